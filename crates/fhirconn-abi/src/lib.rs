@@ -399,7 +399,9 @@ pub fn host_ref<T: HostServices>(services: &T) -> HostRef<'_> {
 }
 
 /// Builds the root module from a function listing the schemes.
-pub fn library(schemes: extern "C" fn() -> RResult<RVec<AuthSchemeBox>, AbiError>) -> SchemeLibrary_Ref {
+pub fn library(
+    schemes: extern "C" fn() -> RResult<RVec<AuthSchemeBox>, AbiError>,
+) -> SchemeLibrary_Ref {
     use abi_stable::prefix_type::PrefixTypeTrait;
     SchemeLibrary { schemes }.leak_into_prefix()
 }
@@ -466,7 +468,9 @@ pub mod loading {
     /// The library is never unloaded.
     pub fn load_library(path: &Path) -> Result<SchemeLibrary_Ref, LoadFailure> {
         let header = lib_header_from_path(path).map_err(classify)?;
-        header.init_root_module::<SchemeLibrary_Ref>().map_err(classify)
+        header
+            .init_root_module::<SchemeLibrary_Ref>()
+            .map_err(classify)
     }
 
     fn classify(err: LibraryError) -> LoadFailure {

@@ -115,7 +115,10 @@ impl Error {
     }
     /// An unknown `invoke` operation.
     pub fn unsupported(op: &str) -> Self {
-        Self::new(ErrorKind::Unsupported, format!("operation '{op}' is not supported"))
+        Self::new(
+            ErrorKind::Unsupported,
+            format!("operation '{op}' is not supported"),
+        )
     }
     /// The kind of failure.
     pub fn kind(&self) -> ErrorKind {

@@ -2,7 +2,9 @@
 
 use crate::error::Error;
 use crate::host::Host;
-use crate::scheme::{AuthRequest, Connection, ConnectionInfo, CredentialHeader, Credentials, Scheme};
+use crate::scheme::{
+    AuthRequest, Connection, ConnectionInfo, CredentialHeader, Credentials, Scheme,
+};
 use fhirconn_abi::{
     std_types::{RResult, RStr, RString, RVec},
     AbiError, AuthRequest as AbiAuthRequest, AuthScheme, AuthSchemeBox, ConnectionAuth,
@@ -113,7 +115,10 @@ impl AuthScheme for SchemeAdapter {
 
     fn describe(&self) -> SchemeDescription {
         let (summary, schema) = match catch_unwind(AssertUnwindSafe(|| {
-            (self.inner.summary().to_string(), self.inner.config_schema().to_string())
+            (
+                self.inner.summary().to_string(),
+                self.inner.config_schema().to_string(),
+            )
         })) {
             Ok(v) => v,
             Err(_) => ("<panicked>".to_string(), "{}".to_string()),
@@ -139,7 +144,9 @@ impl AuthScheme for SchemeAdapter {
                 .map_err(|e| Error::config(format!("settings are not a JSON object: {e}")))?;
             let info = to_info(connection);
             let conn = self.inner.configure(&info, settings, &host)?;
-            Ok(fhirconn_abi::box_connection(ConnectionAdapter { inner: conn }))
+            Ok(fhirconn_abi::box_connection(ConnectionAdapter {
+                inner: conn,
+            }))
         })
     }
 
@@ -305,7 +312,11 @@ mod tests {
         });
         let err = res.unwrap_err();
         assert_eq!(err.kind, ErrorKind::INTERNAL);
-        assert!(err.message.contains("panicked in configure"), "{}", err.message);
+        assert!(
+            err.message.contains("panicked in configure"),
+            "{}",
+            err.message
+        );
         assert!(!err.message.contains("CANARY"), "{}", err.message);
     }
 
@@ -313,6 +324,9 @@ mod tests {
     fn literal_panic_messages_are_kept() {
         let r: RResult<(), AbiError> = guard("authorize", || panic!("static reason"));
         let e = r.into_result().unwrap_err();
-        assert_eq!(e.message.as_str(), "the plugin panicked in authorize: static reason");
+        assert_eq!(
+            e.message.as_str(),
+            "the plugin panicked in authorize: static reason"
+        );
     }
 }

@@ -76,13 +76,15 @@ impl HttpRequest {
     /// Adds a header.
     #[must_use]
     pub fn header(mut self, name: &str, value: &str) -> Self {
-        self.headers.push((name.to_string(), value.to_string(), false));
+        self.headers
+            .push((name.to_string(), value.to_string(), false));
         self
     }
     /// Adds a header whose value is a credential (never logged).
     #[must_use]
     pub fn sensitive_header(mut self, name: &str, value: &str) -> Self {
-        self.headers.push((name.to_string(), value.to_string(), true));
+        self.headers
+            .push((name.to_string(), value.to_string(), true));
         self
     }
     /// Sets an `application/x-www-form-urlencoded` body.
@@ -102,7 +104,13 @@ impl HttpRequest {
 pub fn form_urlencode(pairs: &[(&str, &str)]) -> String {
     pairs
         .iter()
-        .map(|(k, v)| format!("{}={}", form_urlencode_component(k), form_urlencode_component(v)))
+        .map(|(k, v)| {
+            format!(
+                "{}={}",
+                form_urlencode_component(k),
+                form_urlencode_component(v)
+            )
+        })
         .collect::<Vec<_>>()
         .join("&")
 }
@@ -185,7 +193,11 @@ impl<'a> Host<'a> {
 
     /// Reads a file; relative paths resolve against the configuration file's directory.
     pub fn read_file(&self, path: &str) -> Result<Vec<u8>> {
-        Ok(self.raw.read_file(RStr::from(path)).into_result()?.into_vec())
+        Ok(self
+            .raw
+            .read_file(RStr::from(path))
+            .into_result()?
+            .into_vec())
     }
 
     /// Reads a UTF-8 text file.
@@ -273,7 +285,13 @@ mod tests {
 
     #[test]
     fn form_encoding_follows_rfc6749_appendix_b() {
-        assert_eq!(form_urlencode_component("a b:c%d/é+"), "a+b%3Ac%25d%2F%C3%A9%2B");
-        assert_eq!(form_urlencode(&[("k", "v 1"), ("x", "&=")]), "k=v+1&x=%26%3D");
+        assert_eq!(
+            form_urlencode_component("a b:c%d/é+"),
+            "a+b%3Ac%25d%2F%C3%A9%2B"
+        );
+        assert_eq!(
+            form_urlencode(&[("k", "v 1"), ("x", "&=")]),
+            "k=v+1&x=%26%3D"
+        );
     }
 }

@@ -68,7 +68,9 @@ pub mod testing;
 pub use error::{Error, ErrorKind, Result};
 #[doc(hidden)]
 pub use export::__private;
-pub use host::{form_urlencode, form_urlencode_component, ClientIdentity, Host, HttpRequest, HttpResponse};
+pub use host::{
+    form_urlencode, form_urlencode_component, ClientIdentity, Host, HttpRequest, HttpResponse,
+};
 #[cfg(feature = "oauth2")]
 pub use http::{HostHttpClient, HostHttpError};
 pub use scheme::{

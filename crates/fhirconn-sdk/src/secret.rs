@@ -72,7 +72,9 @@ impl SecretSource {
         match self {
             SecretSource::Inline(s) => Ok(s.clone()),
             SecretSource::File(path) => {
-                let bytes = host.read_file(path).map_err(|e| e.context(format!("{name}-file")))?;
+                let bytes = host
+                    .read_file(path)
+                    .map_err(|e| e.context(format!("{name}-file")))?;
                 let mut text = String::from_utf8(bytes).map_err(|_| {
                     Error::config(format!("{name}-file: '{path}' is not UTF-8 text"))
                 })?;
@@ -200,7 +202,10 @@ mod tests {
                 host,
             )
             .unwrap_err();
-            assert_eq!(e.to_string(), "password-env: environment variable NOPE is not set");
+            assert_eq!(
+                e.to_string(),
+                "password-env: environment variable NOPE is not set"
+            );
             let e = SecretSource::resolve(
                 &settings(json!({"password-file": "missing.txt"})),
                 "password",

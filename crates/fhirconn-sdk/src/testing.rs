@@ -142,7 +142,10 @@ impl HostServices for MockHost {
     }
 
     fn env_var(&self, name: RStr<'_>) -> ROption<RString> {
-        self.env.get(name.as_str()).map(|v| RString::from(v.as_str())).into()
+        self.env
+            .get(name.as_str())
+            .map(|v| RString::from(v.as_str()))
+            .into()
     }
 
     fn now_unix_ms(&self) -> i64 {

@@ -1,0 +1,262 @@
+//! Credentials for one connection: calls its scheme(s) on blocking threads, combines stacked
+//! schemes, and caches the result until shortly before it expires (single flight).
+
+use crate::error::Error;
+use crate::plugins::SchemeHandle;
+use crate::services::{CallServices, SharedServices};
+use fhirconn_abi::{
+    host_ref, AuthRequest, ConnectionAuthBox, ConnectionContext, AUTH_FLAG_FORCE_LOGIN,
+    AUTH_FLAG_INTERACTIVE,
+};
+use fhirconn_sdk::{ClientIdentity, ErrorKind, SecretString};
+use reqwest::header::{HeaderName, HeaderValue};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, RwLock};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+/// Renew this long before expiry at most...
+pub const MAX_RENEWAL_MARGIN: Duration = Duration::from_secs(30);
+/// ...and at most this fraction of the lifetime.
+pub const RENEWAL_FRACTION: f64 = 0.1;
+
+/// Resolved credentials, ready to apply to requests. `Debug` shows no secret.
+#[derive(Clone)]
+pub struct Resolved {
+    /// Credential headers (all treated as sensitive).
+    pub headers: Vec<(HeaderName, HeaderValue)>,
+    /// The client identity, if any scheme supplied one.
+    pub identity: Option<ClientIdentity>,
+    /// When the credentials expire.
+    pub expires_at: Option<SystemTime>,
+    /// When the host renews them.
+    pub renew_at: Option<SystemTime>,
+}
+
+impl std::fmt::Debug for Resolved {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Resolved")
+            .field(
+                "headers",
+                &self
+                    .headers
+                    .iter()
+                    .map(|(k, _)| k.as_str())
+                    .collect::<Vec<_>>(),
+            )
+            .field("identity", &self.identity.is_some())
+            .field("expires_at", &self.expires_at)
+            .finish()
+    }
+}
+
+/// When to renew credentials that expire at `expires_at`, fetched at `now`.
+pub fn renew_at(now: SystemTime, expires_at: SystemTime) -> SystemTime {
+    let lifetime = expires_at.duration_since(now).unwrap_or_default();
+    let margin = MAX_RENEWAL_MARGIN.min(lifetime.mul_f64(RENEWAL_FRACTION));
+    expires_at - margin
+}
+
+/// One configured scheme of a connection.
+pub(crate) struct Entry {
+    pub scheme: Arc<SchemeHandle>,
+    pub conn: Arc<ConnectionAuthBox>,
+}
+
+/// The credential runtime of one connection.
+pub(crate) struct AuthRuntime {
+    pub id: String,
+    pub context: ConnectionContext,
+    pub entries: Vec<Entry>,
+    pub services: SharedServices,
+    cache: RwLock<Option<Arc<Resolved>>>,
+    fetch_lock: tokio::sync::Mutex<()>,
+    fetches: AtomicU64,
+}
+
+impl AuthRuntime {
+    pub fn new(
+        id: String,
+        context: ConnectionContext,
+        entries: Vec<Entry>,
+        services: SharedServices,
+    ) -> Self {
+        Self {
+            id,
+            context,
+            entries,
+            services,
+            cache: RwLock::new(None),
+            fetch_lock: tokio::sync::Mutex::new(()),
+            fetches: AtomicU64::new(0),
+        }
+    }
+
+    /// How many times the schemes were asked for credentials.
+    pub fn fetch_count(&self) -> u64 {
+        self.fetches.load(Ordering::Relaxed)
+    }
+
+    fn cached(&self) -> Option<Arc<Resolved>> {
+        let guard = self
+            .cache
+            .read()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        let c = guard.as_ref()?;
+        match c.renew_at {
+            Some(at) if SystemTime::now() >= at => None,
+            _ => Some(c.clone()),
+        }
+    }
+
+    /// Current credentials: cached, or fetched by exactly one caller while the others wait.
+    pub async fn credentials(&self, interactive: bool) -> Result<Arc<Resolved>, Error> {
+        if let Some(c) = self.cached() {
+            return Ok(c);
+        }
+        let _flight = self.fetch_lock.lock().await;
+        if let Some(c) = self.cached() {
+            return Ok(c);
+        }
+        let fresh = Arc::new(self.fetch(interactive, false).await?);
+        *self
+            .cache
+            .write()
+            .unwrap_or_else(std::sync::PoisonError::into_inner) = Some(fresh.clone());
+        Ok(fresh)
+    }
+
+    /// Drops `stale` from the cache (after a 401), unless a newer value replaced it already.
+    pub fn invalidate(&self, stale: &Arc<Resolved>) {
+        let mut guard = self
+            .cache
+            .write()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        if guard.as_ref().is_some_and(|c| Arc::ptr_eq(c, stale)) {
+            *guard = None;
+        }
+    }
+
+    /// Asks every scheme in order; identities of earlier entries are presented by later ones'
+    /// token requests.
+    pub async fn fetch(&self, interactive: bool, force_login: bool) -> Result<Resolved, Error> {
+        self.fetches.fetch_add(1, Ordering::Relaxed);
+        let mut headers: Vec<(HeaderName, HeaderValue)> = Vec::new();
+        let mut identity: Option<ClientIdentity> = None;
+        let mut expires_at: Option<SystemTime> = None;
+        let flags = (if interactive {
+            AUTH_FLAG_INTERACTIVE
+        } else {
+            0
+        }) | (if force_login {
+            AUTH_FLAG_FORCE_LOGIN
+        } else {
+            0
+        });
+        for entry in &self.entries {
+            let request = AuthRequest {
+                connection: self.context.clone(),
+                flags,
+                extensions_json: "{}".into(),
+            };
+            let call = CallServices {
+                shared: self.services.clone(),
+                identity: identity.clone(),
+                interactive,
+            };
+            let conn = entry.conn.clone();
+            let scheme = entry.scheme.name.clone();
+            let creds = tokio::task::spawn_blocking(move || {
+                conn.authorize(&request, host_ref(&call)).into_result()
+            })
+            .await
+            .map_err(|e| Error::Credentials {
+                id: self.id.clone(),
+                kind: ErrorKind::Internal,
+                message: format!("scheme '{scheme}' did not return: {e}"),
+            })?
+            .map_err(|e| Error::Credentials {
+                id: self.id.clone(),
+                kind: ErrorKind::from_abi(e.kind),
+                message: self
+                    .services
+                    .redactor
+                    .redact(&format!("{scheme}: {}", e.message)),
+            })?;
+            for h in creds.headers.iter() {
+                self.services.redactor.add_header_value(h.value.as_str());
+                let name =
+                    HeaderName::from_bytes(h.name.as_bytes()).map_err(|_| Error::Credentials {
+                        id: self.id.clone(),
+                        kind: ErrorKind::Protocol,
+                        message: format!("{scheme}: invalid header name '{}'", h.name),
+                    })?;
+                let mut value =
+                    HeaderValue::from_str(h.value.as_str()).map_err(|_| Error::Credentials {
+                        id: self.id.clone(),
+                        kind: ErrorKind::Protocol,
+                        message: format!("{scheme}: invalid value for header '{name}'"),
+                    })?;
+                value.set_sensitive(true);
+                if headers.iter().any(|(n, _)| *n == name) {
+                    return Err(Error::Credentials {
+                        id: self.id.clone(),
+                        kind: ErrorKind::Config,
+                        message: format!(
+                            "two stacked schemes both set the '{name}' header; keep one"
+                        ),
+                    });
+                }
+                headers.push((name, value));
+            }
+            if let fhirconn_abi::std_types::ROption::RSome(id) = &creds.identity {
+                if identity.is_some() {
+                    return Err(Error::Credentials {
+                        id: self.id.clone(),
+                        kind: ErrorKind::Config,
+                        message: "two stacked schemes both supply a client certificate; keep one"
+                            .into(),
+                    });
+                }
+                self.services.redactor.add(id.private_key_pem.as_str());
+                identity = Some(ClientIdentity {
+                    certificate_chain_pem: id.certificate_chain_pem.to_string(),
+                    private_key_pem: SecretString::from(id.private_key_pem.to_string()),
+                });
+            }
+            if let fhirconn_abi::std_types::ROption::RSome(ms) = creds.expires_at_unix_ms {
+                let at = UNIX_EPOCH + Duration::from_millis(u64::try_from(ms).unwrap_or(0));
+                expires_at = Some(expires_at.map_or(at, |e: SystemTime| e.min(at)));
+            }
+        }
+        let now = SystemTime::now();
+        Ok(Resolved {
+            headers,
+            identity,
+            expires_at,
+            renew_at: expires_at.map(|e| renew_at(now, e)),
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn renewal_margin_is_30s_or_a_tenth_of_the_lifetime() {
+        let now = UNIX_EPOCH + Duration::from_secs(1_000_000);
+        assert_eq!(
+            renew_at(now, now + Duration::from_secs(3600)),
+            now + Duration::from_secs(3570)
+        );
+        assert_eq!(
+            renew_at(now, now + Duration::from_secs(20)),
+            now + Duration::from_secs(18)
+        );
+        // already expired: renew now
+        assert_eq!(
+            renew_at(now, now - Duration::from_secs(5)),
+            now - Duration::from_secs(5)
+        );
+    }
+}

@@ -1,0 +1,418 @@
+//! The connections file: YAML with positions, the composed JSON Schema, and typed settings.
+
+pub mod duration;
+pub mod schema;
+pub mod validate;
+pub mod yaml;
+
+use crate::error::ConfigError;
+use serde_json::Value;
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+use yaml::{escape_segment, Positions};
+
+/// Default connect timeout (DSF's default).
+pub const DEFAULT_CONNECT_TIMEOUT: Duration = Duration::from_secs(2);
+/// Default read timeout (DSF's default).
+pub const DEFAULT_READ_TIMEOUT: Duration = Duration::from_secs(600);
+/// Default cap on a response body.
+pub const DEFAULT_MAX_RESPONSE_BYTES: u64 = 64 * 1024 * 1024;
+
+/// A parsed configuration document with the positions of its nodes.
+#[derive(Debug, Clone)]
+pub struct Document {
+    /// The file (for messages and for resolving relative paths).
+    pub path: PathBuf,
+    /// The document as JSON.
+    pub value: Value,
+    /// Where each node is.
+    pub positions: Positions,
+}
+
+impl Document {
+    /// Parses a document; `path` is used in messages and to resolve relative paths.
+    pub fn parse(path: &Path, bytes: &[u8]) -> Result<Self, Vec<ConfigError>> {
+        match yaml::parse(bytes) {
+            Ok((value, positions)) => Ok(Self {
+                path: path.to_path_buf(),
+                value,
+                positions,
+            }),
+            Err(e) => Err(vec![ConfigError {
+                file: path.to_path_buf(),
+                line: e.loc.map(|l| l.line),
+                column: e.loc.map(|l| l.column),
+                connection: None,
+                field: None,
+                message: e.message,
+            }]),
+        }
+    }
+
+    /// A document built from a JSON value (for hosts configured in code).
+    pub fn from_value(path: &Path, value: Value) -> Self {
+        Self {
+            path: path.to_path_buf(),
+            value,
+            positions: Positions::default(),
+        }
+    }
+
+    /// The directory relative paths resolve against.
+    pub fn base_dir(&self) -> PathBuf {
+        match self.path.parent() {
+            Some(p) if !p.as_os_str().is_empty() => p.to_path_buf(),
+            _ => PathBuf::from("."),
+        }
+    }
+
+    /// Builds an error located at a JSON pointer (`key` = point at the key, not the value).
+    pub fn error_at(&self, pointer: &str, key: bool, message: impl Into<String>) -> ConfigError {
+        let loc = if key {
+            self.positions.key(pointer)
+        } else {
+            self.positions.value(pointer)
+        };
+        let (connection, field) = split_pointer(pointer);
+        ConfigError {
+            file: self.path.clone(),
+            line: loc.map(|l| l.line),
+            column: loc.map(|l| l.column),
+            connection,
+            field,
+            message: message.into(),
+        }
+    }
+
+    /// The scheme names used by the connections, with the pointer of each use.
+    pub fn schemes_used(&self) -> Vec<(String, String)> {
+        let mut out = Vec::new();
+        let Some(conns) = self.value.get("connections").and_then(Value::as_object) else {
+            return out;
+        };
+        for (id, conn) in conns {
+            let base = format!("/connections/{}/auth", escape_segment(id));
+            match conn.get("auth") {
+                Some(Value::Object(o)) => {
+                    if let Some(Value::String(s)) = o.get("scheme") {
+                        out.push((s.clone(), format!("{base}/scheme")));
+                    }
+                }
+                Some(Value::Array(items)) => {
+                    for (i, item) in items.iter().enumerate() {
+                        if let Some(Value::String(s)) = item.get("scheme") {
+                            out.push((s.clone(), format!("{base}/{i}/scheme")));
+                        }
+                    }
+                }
+                _ => {}
+            }
+        }
+        out
+    }
+}
+
+/// Splits `/connections/<id>/<field...>` into the id and a dotted field.
+fn split_pointer(pointer: &str) -> (Option<String>, Option<String>) {
+    let unescape = |s: &str| s.replace("~1", "/").replace("~0", "~");
+    let parts: Vec<&str> = pointer.split('/').skip(1).collect();
+    match parts.as_slice() {
+        ["connections", id, rest @ ..] => {
+            let field = if rest.is_empty() {
+                None
+            } else {
+                Some(
+                    rest.iter()
+                        .map(|s| unescape(s))
+                        .collect::<Vec<_>>()
+                        .join("."),
+                )
+            };
+            (Some(unescape(id)), field)
+        }
+        [] | [""] => (None, None),
+        other => (
+            None,
+            Some(
+                other
+                    .iter()
+                    .map(|s| unescape(s))
+                    .collect::<Vec<_>>()
+                    .join("."),
+            ),
+        ),
+    }
+}
+
+/// One `auth:` entry: a scheme name and its settings.
+#[derive(Debug, Clone)]
+pub struct AuthEntry {
+    /// The scheme name.
+    pub scheme: String,
+    /// The settings without `scheme`.
+    pub settings: serde_json::Map<String, Value>,
+    /// JSON pointer of the entry (for errors).
+    pub pointer: String,
+}
+
+/// A proxy for one connection.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ProxySettings {
+    /// `http://` or `https://` proxy URL.
+    pub url: String,
+    /// Hosts, domains or CIDRs that bypass the proxy.
+    pub no_proxy: Vec<String>,
+}
+
+/// The host's settings for one connection.
+#[derive(Debug, Clone)]
+pub struct ConnectionSettings {
+    /// The connection id.
+    pub id: String,
+    /// The FHIR base URL, without a trailing slash.
+    pub base_url: url::Url,
+    /// TCP+TLS connect timeout.
+    pub connect_timeout: Duration,
+    /// Timeout for the whole response once connected.
+    pub read_timeout: Duration,
+    /// Extra trusted roots (absolute path).
+    pub trusted_roots_file: Option<PathBuf>,
+    /// Keep the system's roots as well.
+    pub use_system_roots: bool,
+    /// Proxy, if any (otherwise the environment's `HTTPS_PROXY` etc. apply).
+    pub proxy: Option<ProxySettings>,
+    /// Log this connection's requests at info level.
+    pub debug_logging: bool,
+    /// Test this connection when a host starts.
+    pub test_on_startup: bool,
+    /// Path read by `fhirconn test` after `/metadata`, e.g. `Patient?_count=1`.
+    pub probe: Option<String>,
+    /// Cap on response bodies.
+    pub max_response_bytes: u64,
+    /// The auth entries, in order (empty = `none`).
+    pub auth: Vec<AuthEntry>,
+}
+
+/// Extracts typed connection settings from a schema-valid document.
+pub fn connections(
+    doc: &Document,
+) -> Result<BTreeMap<String, ConnectionSettings>, Vec<ConfigError>> {
+    let mut out = BTreeMap::new();
+    let mut errors = Vec::new();
+    let Some(conns) = doc.value.get("connections").and_then(Value::as_object) else {
+        return Err(vec![doc.error_at("", false, "missing 'connections'")]);
+    };
+    if conns.is_empty() {
+        errors.push(doc.error_at("/connections", false, "no connections are configured"));
+    }
+    for (id, conn) in conns {
+        let ptr = format!("/connections/{}", escape_segment(id));
+        match connection(doc, id, &ptr, conn) {
+            Ok(c) => {
+                out.insert(id.clone(), c);
+            }
+            Err(mut e) => errors.append(&mut e),
+        }
+    }
+    if errors.is_empty() {
+        Ok(out)
+    } else {
+        Err(errors)
+    }
+}
+
+fn connection(
+    doc: &Document,
+    id: &str,
+    ptr: &str,
+    conn: &Value,
+) -> Result<ConnectionSettings, Vec<ConfigError>> {
+    let mut errors = Vec::new();
+    let get_str = |k: &str| conn.get(k).and_then(Value::as_str);
+    let field = |k: &str| format!("{ptr}/{k}");
+
+    let base_url = match get_str("base-url") {
+        Some(s) => match parse_base_url(s) {
+            Ok(u) => Some(u),
+            Err(m) => {
+                errors.push(doc.error_at(&field("base-url"), false, m));
+                None
+            }
+        },
+        None => {
+            errors.push(doc.error_at(ptr, true, "missing required field 'base-url'"));
+            None
+        }
+    };
+    let mut duration = |k: &str, default: Duration| match get_str(k) {
+        Some(s) => match duration::parse(s) {
+            Ok(d) if d.is_zero() => {
+                errors.push(doc.error_at(&field(k), false, "must be longer than zero"));
+                default
+            }
+            Ok(d) => d,
+            Err(m) => {
+                errors.push(doc.error_at(&field(k), false, m));
+                default
+            }
+        },
+        None => default,
+    };
+    let connect_timeout = duration("connect-timeout", DEFAULT_CONNECT_TIMEOUT);
+    let read_timeout = duration("read-timeout", DEFAULT_READ_TIMEOUT);
+    let trusted_roots_file =
+        get_str("trusted-root-certificates-file").map(|p| doc.base_dir().join(p));
+    let proxy = conn
+        .get("proxy")
+        .and_then(Value::as_object)
+        .map(|p| ProxySettings {
+            url: p
+                .get("url")
+                .and_then(Value::as_str)
+                .unwrap_or_default()
+                .to_string(),
+            no_proxy: p
+                .get("no-proxy")
+                .and_then(Value::as_array)
+                .map(|a| {
+                    a.iter()
+                        .filter_map(Value::as_str)
+                        .map(String::from)
+                        .collect()
+                })
+                .unwrap_or_default(),
+        });
+    if let Some(p) = &proxy {
+        match url::Url::parse(&p.url) {
+            Ok(u) if matches!(u.scheme(), "http" | "https" | "socks5") => {
+                if !u.username().is_empty() || u.password().is_some() {
+                    errors.push(doc.error_at(
+                        &field("proxy/url"),
+                        false,
+                        "put no credentials in the proxy URL",
+                    ));
+                }
+            }
+            _ => errors.push(doc.error_at(
+                &field("proxy/url"),
+                false,
+                "must be an http:// or https:// URL",
+            )),
+        }
+    }
+    let probe = get_str("probe").map(|s| s.trim_start_matches('/').to_string());
+    let max_response_bytes = conn
+        .get("max-response-bytes")
+        .and_then(Value::as_u64)
+        .unwrap_or(DEFAULT_MAX_RESPONSE_BYTES);
+
+    let mut auth = Vec::new();
+    let entries: Vec<(String, &Value)> = match conn.get("auth") {
+        None | Some(Value::Null) => Vec::new(),
+        Some(Value::Array(items)) => items
+            .iter()
+            .enumerate()
+            .map(|(i, v)| (format!("{ptr}/auth/{i}"), v))
+            .collect(),
+        Some(v) => vec![(format!("{ptr}/auth"), v)],
+    };
+    for (p, entry) in entries {
+        let Some(obj) = entry.as_object() else {
+            errors.push(doc.error_at(&p, false, "must be a mapping with 'scheme'"));
+            continue;
+        };
+        let Some(scheme) = obj.get("scheme").and_then(Value::as_str) else {
+            errors.push(doc.error_at(&p, false, "missing required field 'scheme'"));
+            continue;
+        };
+        let mut settings = obj.clone();
+        settings.remove("scheme");
+        auth.push(AuthEntry {
+            scheme: scheme.to_string(),
+            settings,
+            pointer: p,
+        });
+    }
+    if !errors.is_empty() {
+        return Err(errors);
+    }
+    Ok(ConnectionSettings {
+        id: id.to_string(),
+        base_url: base_url.expect("checked above"),
+        connect_timeout,
+        read_timeout,
+        trusted_roots_file,
+        use_system_roots: conn
+            .get("use-system-roots")
+            .and_then(Value::as_bool)
+            .unwrap_or(true),
+        proxy,
+        debug_logging: conn
+            .get("enable-debug-logging")
+            .and_then(Value::as_bool)
+            .unwrap_or(false),
+        test_on_startup: conn
+            .get("test-connection-on-startup")
+            .and_then(Value::as_bool)
+            .unwrap_or(false),
+        probe,
+        max_response_bytes,
+        auth,
+    })
+}
+
+/// Checks a FHIR base URL: absolute http(s), a host, no query, fragment or credentials.
+pub fn parse_base_url(s: &str) -> Result<url::Url, String> {
+    let mut u = url::Url::parse(s).map_err(|e| format!("not a valid URL: {e}"))?;
+    if !matches!(u.scheme(), "http" | "https") {
+        return Err(format!(
+            "must be http:// or https://, not {}://",
+            u.scheme()
+        ));
+    }
+    if u.host_str().is_none_or(str::is_empty) {
+        return Err("has no host".into());
+    }
+    if !u.username().is_empty() || u.password().is_some() {
+        return Err("must not contain credentials; use an auth scheme".into());
+    }
+    if u.query().is_some() || u.fragment().is_some() {
+        return Err("must not have a query or fragment".into());
+    }
+    let trimmed = u.path().trim_end_matches('/').to_string();
+    u.set_path(&trimmed);
+    Ok(u)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn pointers_split_into_connection_and_field() {
+        assert_eq!(
+            split_pointer("/connections/a~1b/auth/password-file"),
+            (Some("a/b".into()), Some("auth.password-file".into()))
+        );
+        assert_eq!(split_pointer(""), (None, None));
+    }
+
+    #[test]
+    fn base_urls_are_checked_and_normalised() {
+        assert_eq!(
+            parse_base_url("https://h/fhir/").unwrap().as_str(),
+            "https://h/fhir"
+        );
+        assert!(parse_base_url("ftp://h").unwrap_err().contains("http"));
+        assert!(parse_base_url("https://u:p@h")
+            .unwrap_err()
+            .contains("credentials"));
+        assert!(parse_base_url("https://h/?x=1")
+            .unwrap_err()
+            .contains("query"));
+        assert!(parse_base_url("not a url")
+            .unwrap_err()
+            .contains("not a valid URL"));
+    }
+}

@@ -1,0 +1,575 @@
+//! fhirconn's host runtime: plugin discovery and registry, the connections file and its
+//! composed schema, credentials with caching, HTTP, and connection tests.
+//!
+//! Embed it in a Rust service to get authenticated FHIR connections without knowing their
+//! schemes; the `fhirconn` CLI is a thin user of this API.
+//!
+//! # Contents
+//! - [`Host`] / [`HostBuilder`]: load a configuration and the plugins it needs
+//! - [`Connection`]: send requests with credentials applied and cached; [`Connection::test`]
+//! - [`plugins::Registry`]: schemes by name; [`config`]: the file format and its schema
+//! - [`Error`]: typed errors, configuration errors carry file, line, column, id and field
+//!
+//! # Example
+//! ```no_run
+//! # async fn run() -> Result<(), fhirconn_host::Error> {
+//! let host = fhirconn_host::Host::builder()
+//!     .config_file("fhirconn.yaml")
+//!     .plugin_dir("target/plugins")
+//!     .build()
+//!     .await?;
+//! let conn = host.connection("my-server")?;
+//! let resp = conn.get("Patient?_count=1").await?;
+//! println!("{} {}", resp.status, String::from_utf8_lossy(&resp.body));
+//! # Ok(()) }
+//! ```
+//!
+//! # Security
+//! Plugin libraries are trusted code: loading runs their constructors. Only configure plugin
+//! directories you control. Credentials are never logged; plugin log lines are redacted.
+//! Redirects are followed by hand and drop every credential header when the origin changes.
+
+#![forbid(unsafe_code)]
+
+mod auth;
+mod builtin;
+pub mod config;
+mod connection;
+mod error;
+pub mod plugins;
+pub mod services;
+pub mod transport;
+
+pub use auth::Resolved;
+use config::validate;
+pub use connection::{
+    operation_outcome_text, parse_capability, Capability, Connection, Diagnosis, ProbeReport,
+    Request, Stage, TestReport, FHIR_JSON,
+};
+pub use error::{ConfigError, Error, PluginError, Result};
+
+use config::schema::SchemePart;
+use config::{ConnectionSettings, Document};
+use fhirconn_abi::{host_ref, ConnectionContext};
+use plugins::{Registry, SchemeHandle};
+use services::{
+    CallServices, CredentialStore, MemoryStore, Person, Redactor, SharedServices, StderrPerson,
+};
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use transport::Transport;
+
+enum Source {
+    File(PathBuf),
+    Yaml(PathBuf, Vec<u8>),
+    Value(PathBuf, serde_json::Value),
+}
+
+/// Builds a [`Host`].
+pub struct HostBuilder {
+    source: Option<Source>,
+    plugin_dirs: Vec<PathBuf>,
+    default_dirs: bool,
+    store: Option<Arc<dyn CredentialStore>>,
+    person: Option<Arc<dyn Person>>,
+}
+
+impl std::fmt::Debug for HostBuilder {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("HostBuilder")
+            .field("plugin_dirs", &self.plugin_dirs)
+            .finish_non_exhaustive()
+    }
+}
+
+impl HostBuilder {
+    /// Reads connections from a YAML file.
+    #[must_use]
+    pub fn config_file(mut self, path: impl Into<PathBuf>) -> Self {
+        self.source = Some(Source::File(path.into()));
+        self
+    }
+    /// Reads connections from YAML text; `path` names it in errors and anchors relative paths.
+    #[must_use]
+    pub fn config_yaml(mut self, path: impl Into<PathBuf>, yaml: impl Into<Vec<u8>>) -> Self {
+        self.source = Some(Source::Yaml(path.into(), yaml.into()));
+        self
+    }
+    /// Takes connections as a JSON value shaped like the YAML file.
+    #[must_use]
+    pub fn config_value(mut self, base_dir: impl Into<PathBuf>, value: serde_json::Value) -> Self {
+        self.source = Some(Source::Value(base_dir.into().join("<config>"), value));
+        self
+    }
+    /// Adds a plugin directory (searched before `FHIRCONN_PLUGIN_PATH` and the default).
+    #[must_use]
+    pub fn plugin_dir(mut self, dir: impl Into<PathBuf>) -> Self {
+        self.plugin_dirs.push(dir.into());
+        self
+    }
+    /// Searches only the directories given with [`HostBuilder::plugin_dir`].
+    #[must_use]
+    pub fn only_explicit_plugin_dirs(mut self) -> Self {
+        self.default_dirs = false;
+        self
+    }
+    /// Where schemes keep refresh tokens (default: in memory).
+    #[must_use]
+    pub fn credential_store(mut self, store: Arc<dyn CredentialStore>) -> Self {
+        self.store = Some(store);
+        self
+    }
+    /// How schemes talk to a person (default: standard error).
+    #[must_use]
+    pub fn person(mut self, person: Arc<dyn Person>) -> Self {
+        self.person = Some(person);
+        self
+    }
+
+    /// The plugin directories this builder will search.
+    pub fn resolved_plugin_dirs(&self) -> Vec<PathBuf> {
+        if self.default_dirs {
+            plugins::default_dirs(&self.plugin_dirs)
+        } else {
+            self.plugin_dirs.clone()
+        }
+    }
+
+    /// Loads the configuration and the plugins it needs, validates it against the composed
+    /// schema and configures every connection. Must be called inside a tokio runtime.
+    ///
+    /// Configuration errors (of the file or reported by a scheme as such) fail the build,
+    /// all of them at once. A plugin that cannot be loaded or fails otherwise only makes its
+    /// connections unavailable.
+    pub async fn build(self) -> Result<Host> {
+        let dirs = self.resolved_plugin_dirs();
+        let doc = match self.source {
+            None => {
+                return Err(Error::ConfigRead {
+                    path: PathBuf::from("fhirconn.yaml"),
+                    source: std::io::Error::new(
+                        std::io::ErrorKind::NotFound,
+                        "no configuration given",
+                    ),
+                })
+            }
+            Some(Source::File(path)) => {
+                let bytes = read_config(&path)?;
+                Document::parse(&path, &bytes).map_err(Error::Config)?
+            }
+            Some(Source::Yaml(path, bytes)) => {
+                Document::parse(&path, &bytes).map_err(Error::Config)?
+            }
+            Some(Source::Value(path, value)) => Document::from_value(&path, value),
+        };
+        let registry = Arc::new(Registry::new(dirs));
+        let store = self
+            .store
+            .unwrap_or_else(|| Arc::new(MemoryStore::default()));
+        let person = self.person.unwrap_or_else(|| Arc::new(StderrPerson));
+        Host::assemble(doc, registry, store, person).await
+    }
+}
+
+fn read_config(path: &Path) -> Result<Vec<u8>> {
+    use std::io::Read as _;
+    let f = std::fs::File::open(path).map_err(|source| Error::ConfigRead {
+        path: path.to_path_buf(),
+        source,
+    })?;
+    let mut buf = Vec::new();
+    f.take(config::yaml::MAX_CONFIG_BYTES as u64 + 1)
+        .read_to_end(&mut buf)
+        .map_err(|source| Error::ConfigRead {
+            path: path.to_path_buf(),
+            source,
+        })?;
+    Ok(buf)
+}
+
+enum Slot {
+    Ready(Arc<Connection>),
+    Unavailable {
+        base_url: String,
+        schemes: Vec<String>,
+        reason: String,
+    },
+}
+
+/// A loaded configuration with its plugins: the entry point of the library API.
+pub struct Host {
+    registry: Arc<Registry>,
+    slots: BTreeMap<String, Slot>,
+    redactor: Arc<Redactor>,
+}
+
+impl std::fmt::Debug for Host {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Host")
+            .field("connections", &self.slots.keys().collect::<Vec<_>>())
+            .finish_non_exhaustive()
+    }
+}
+
+impl Host {
+    /// Starts building a host.
+    pub fn builder() -> HostBuilder {
+        HostBuilder {
+            source: None,
+            plugin_dirs: Vec::new(),
+            default_dirs: true,
+            store: None,
+            person: None,
+        }
+    }
+
+    /// The composed JSON Schema for the given registry's schemes.
+    pub fn schema_for(registry: &Registry) -> serde_json::Value {
+        config::schema::compose(&scheme_parts(&registry.schemes()))
+    }
+
+    async fn assemble(
+        doc: Document,
+        registry: Arc<Registry>,
+        store: Arc<dyn CredentialStore>,
+        person: Arc<dyn Person>,
+    ) -> Result<Host> {
+        let mut errors = Vec::new();
+        // 1. Load the schemes the file uses.
+        let mut broken: BTreeMap<String, String> = BTreeMap::new();
+        for (name, pointer) in doc.schemes_used() {
+            if broken.contains_key(&name) {
+                continue;
+            }
+            match registry.get(&name) {
+                Ok(_) => {}
+                Err(e @ PluginError::UnknownScheme { .. }) => {
+                    errors.push(doc.error_at(&pointer, false, e.to_string()));
+                }
+                Err(e) => {
+                    tracing::warn!("{e}");
+                    broken.insert(name, e.to_string());
+                }
+            }
+        }
+        if !errors.is_empty() {
+            return Err(Error::Config(errors));
+        }
+        // 2. Validate against the composed schema (broken schemes accept anything).
+        let mut parts = scheme_parts(&registry.schemes());
+        for name in broken.keys() {
+            parts.push(SchemePart {
+                name: name.clone(),
+                summary: "unavailable".into(),
+                schema: serde_json::json!({"type": "object"}),
+            });
+        }
+        let schema = config::schema::compose(&parts);
+        let errors = validate::validate(&doc, &schema);
+        if !errors.is_empty() {
+            return Err(Error::Config(errors));
+        }
+        // 3. Typed settings, transports, then each scheme's configure.
+        let settings = config::connections(&doc).map_err(Error::Config)?;
+        let redactor = Arc::new(Redactor::default());
+        register_inline_secrets(&doc.value, &redactor);
+        let rt = tokio::runtime::Handle::current();
+        let mut slots = BTreeMap::new();
+        let mut errors = Vec::new();
+        for (id, s) in settings {
+            let schemes: Vec<String> = if s.auth.is_empty() {
+                vec!["none".to_string()]
+            } else {
+                s.auth.iter().map(|a| a.scheme.clone()).collect()
+            };
+            let base_url = s.base_url.to_string();
+            if let Some(reason) = s.auth.iter().find_map(|a| broken.get(&a.scheme)) {
+                slots.insert(
+                    id,
+                    Slot::Unavailable {
+                        base_url,
+                        schemes,
+                        reason: reason.clone(),
+                    },
+                );
+                continue;
+            }
+            let pointer = format!("/connections/{}", config::yaml::escape_segment(&id));
+            let transport = match Transport::new(s.clone()) {
+                Ok(t) => Arc::new(t),
+                Err(m) => {
+                    let field = if m.starts_with("use-system-roots") {
+                        "use-system-roots"
+                    } else {
+                        "trusted-root-certificates-file"
+                    };
+                    let m = m
+                        .strip_prefix(&format!("{field}: "))
+                        .unwrap_or(&m)
+                        .to_string();
+                    errors.push(doc.error_at(&format!("{pointer}/{field}"), false, m));
+                    continue;
+                }
+            };
+            let shared = SharedServices {
+                rt: rt.clone(),
+                transport: transport.clone(),
+                base_dir: doc.base_dir(),
+                connection_id: id.clone(),
+                redactor: redactor.clone(),
+                store: store.clone(),
+                person: person.clone(),
+            };
+            let context = ConnectionContext {
+                connection_id: id.as_str().into(),
+                base_url: base_url.as_str().into(),
+                extensions_json: "{}".into(),
+            };
+            match configure_entries(&doc, &registry, &s, &context, &shared).await {
+                Ok(entries) => {
+                    let auth =
+                        Arc::new(auth::AuthRuntime::new(id.clone(), context, entries, shared));
+                    slots.insert(id, Slot::Ready(Arc::new(Connection { transport, auth })));
+                }
+                Err(Configured::Config(mut e)) => errors.append(&mut e),
+                Err(Configured::Unavailable(reason)) => {
+                    slots.insert(
+                        id,
+                        Slot::Unavailable {
+                            base_url,
+                            schemes,
+                            reason,
+                        },
+                    );
+                }
+            }
+        }
+        if !errors.is_empty() {
+            return Err(Error::Config(errors));
+        }
+        Ok(Host {
+            registry,
+            slots,
+            redactor,
+        })
+    }
+
+    /// The registry of schemes.
+    pub fn registry(&self) -> &Registry {
+        &self.registry
+    }
+
+    /// The configured connection ids, sorted.
+    pub fn connection_ids(&self) -> Vec<String> {
+        self.slots.keys().cloned().collect()
+    }
+
+    /// A connection by id.
+    pub fn connection(&self, id: &str) -> Result<Arc<Connection>> {
+        match self.slots.get(id) {
+            Some(Slot::Ready(c)) => Ok(c.clone()),
+            Some(Slot::Unavailable { reason, .. }) => Err(Error::Unavailable {
+                id: id.to_string(),
+                reason: reason.clone(),
+            }),
+            None => Err(Error::UnknownConnection {
+                id: id.to_string(),
+                known: self.connection_ids().join(", "),
+            }),
+        }
+    }
+
+    /// Removes known secrets from text (for callers that print errors from elsewhere).
+    pub fn redact(&self, text: &str) -> String {
+        self.redactor.redact(text)
+    }
+
+    /// Tests connections concurrently (all when `ids` is empty), in id order.
+    pub async fn test(&self, ids: &[String], probe: Option<&str>) -> Result<Vec<TestReport>> {
+        let ids: Vec<String> = if ids.is_empty() {
+            self.connection_ids()
+        } else {
+            ids.to_vec()
+        };
+        for id in &ids {
+            if !self.slots.contains_key(id) {
+                return Err(Error::UnknownConnection {
+                    id: id.clone(),
+                    known: self.connection_ids().join(", "),
+                });
+            }
+        }
+        let mut set = tokio::task::JoinSet::new();
+        for (i, id) in ids.iter().enumerate() {
+            match &self.slots[id] {
+                Slot::Ready(c) => {
+                    let c = c.clone();
+                    let probe = probe.map(String::from);
+                    set.spawn(async move { (i, c.test(probe.as_deref()).await) });
+                }
+                Slot::Unavailable {
+                    base_url,
+                    schemes,
+                    reason,
+                } => {
+                    let r = TestReport::unavailable(id, base_url, schemes.clone(), reason);
+                    set.spawn(async move { (i, r) });
+                }
+            }
+        }
+        let mut out: Vec<Option<TestReport>> = vec![None; ids.len()];
+        while let Some(res) = set.join_next().await {
+            match res {
+                Ok((i, r)) => out[i] = Some(r),
+                Err(e) => tracing::error!("a connection test task failed: {e}"),
+            }
+        }
+        Ok(out
+            .into_iter()
+            .enumerate()
+            .map(|(i, r)| {
+                r.unwrap_or_else(|| {
+                    TestReport::unavailable(&ids[i], "", vec![], "the test task failed")
+                })
+            })
+            .collect())
+    }
+
+    /// Tests the connections marked `test-connection-on-startup`.
+    pub async fn test_on_startup(&self) -> Result<Vec<TestReport>> {
+        let ids: Vec<String> = self
+            .slots
+            .iter()
+            .filter(|(_, s)| matches!(s, Slot::Ready(c) if c.transport.settings().test_on_startup))
+            .map(|(id, _)| id.clone())
+            .collect();
+        if ids.is_empty() {
+            return Ok(Vec::new());
+        }
+        self.test(&ids, None).await
+    }
+}
+
+enum Configured {
+    Config(Vec<ConfigError>),
+    Unavailable(String),
+}
+
+async fn configure_entries(
+    doc: &Document,
+    registry: &Registry,
+    s: &ConnectionSettings,
+    context: &ConnectionContext,
+    shared: &SharedServices,
+) -> std::result::Result<Vec<auth::Entry>, Configured> {
+    let mut entries = Vec::new();
+    let default_none = [config::AuthEntry {
+        scheme: "none".into(),
+        settings: serde_json::Map::new(),
+        pointer: format!("/connections/{}", config::yaml::escape_segment(&s.id)),
+    }];
+    let list: &[config::AuthEntry] = if s.auth.is_empty() {
+        &default_none
+    } else {
+        &s.auth
+    };
+    let mut errors = Vec::new();
+    for entry in list {
+        let handle: Arc<SchemeHandle> = registry
+            .get(&entry.scheme)
+            .map_err(|e| Configured::Unavailable(e.to_string()))?;
+        let json = serde_json::Value::Object(entry.settings.clone()).to_string();
+        let call = CallServices {
+            shared: shared.clone(),
+            identity: None,
+            interactive: false,
+        };
+        let ctx = context.clone();
+        let h = handle.clone();
+        let result = tokio::task::spawn_blocking(move || {
+            h.imp
+                .configure(&ctx, json.as_str().into(), host_ref(&call))
+                .into_result()
+        })
+        .await
+        .map_err(|e| {
+            Configured::Unavailable(format!("scheme '{}' did not return: {e}", handle.name))
+        })?;
+        match result {
+            Ok(conn) => entries.push(auth::Entry {
+                scheme: handle,
+                conn: Arc::new(conn),
+            }),
+            Err(e) if e.kind == fhirconn_abi::ErrorKind::CONFIG => {
+                errors.push(locate_scheme_error(
+                    doc,
+                    entry,
+                    &shared.redactor.redact(e.message.as_str()),
+                ));
+            }
+            Err(e) => {
+                return Err(Configured::Unavailable(format!(
+                    "scheme '{}': {}",
+                    handle.name,
+                    shared.redactor.redact(e.message.as_str())
+                )))
+            }
+        }
+    }
+    if errors.is_empty() {
+        Ok(entries)
+    } else {
+        Err(Configured::Config(errors))
+    }
+}
+
+/// Points a scheme's configuration error at the setting it names (`key: ...` or `'key'`).
+fn locate_scheme_error(doc: &Document, entry: &config::AuthEntry, message: &str) -> ConfigError {
+    let mut keys: Vec<&String> = entry.settings.keys().collect();
+    keys.sort_by_key(|k| std::cmp::Reverse(k.len()));
+    for k in keys {
+        let ptr = format!("{}/{}", entry.pointer, config::yaml::escape_segment(k));
+        if let Some(rest) = message.strip_prefix(&format!("{k}: ")) {
+            return doc.error_at(&ptr, false, rest);
+        }
+        if message.contains(&format!("'{k}'")) {
+            return doc.error_at(&ptr, message.contains("unknown"), message);
+        }
+    }
+    doc.error_at(&entry.pointer, false, message)
+}
+
+/// Inline secrets in the file (keys that look like secrets) are redacted from logs too.
+fn register_inline_secrets(v: &serde_json::Value, redactor: &Redactor) {
+    match v {
+        serde_json::Value::Object(o) => {
+            for (k, val) in o {
+                let k = k.to_ascii_lowercase();
+                let secretish = ["password", "secret", "token", "key", "assertion"]
+                    .iter()
+                    .any(|s| k.contains(s))
+                    && !k.ends_with("-file")
+                    && !k.ends_with("-env");
+                match val {
+                    serde_json::Value::String(s) if secretish => redactor.add(s),
+                    other => register_inline_secrets(other, redactor),
+                }
+            }
+        }
+        serde_json::Value::Array(a) => a.iter().for_each(|x| register_inline_secrets(x, redactor)),
+        _ => {}
+    }
+}
+
+/// Turns a [`SchemeHandle`] list into schema parts (for tools that compose the schema).
+pub fn scheme_parts(handles: &[Arc<SchemeHandle>]) -> Vec<SchemePart> {
+    handles
+        .iter()
+        .map(|h| SchemePart {
+            name: h.name.clone(),
+            summary: h.summary.clone(),
+            schema: h.schema.clone(),
+        })
+        .collect()
+}

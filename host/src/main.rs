@@ -1,0 +1,326 @@
+//! `fhirconn`: test and use authenticated FHIR connections from the command line.
+//!
+//! A thin user of the `fhirconn_host` library; this file only parses arguments and renders
+//! results for people. Exit codes: 0 success, 1 a connection or request failed, 2 usage or
+//! configuration error.
+
+#![forbid(unsafe_code)]
+
+use clap::{Parser, Subcommand, ValueEnum};
+use fhirconn_host::{plugins::Registry, Error, Host, TestReport};
+use std::io::IsTerminal as _;
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+#[derive(Parser, Debug)]
+#[command(
+    name = "fhirconn",
+    version,
+    about = "Authenticated connections to FHIR servers, with pluggable auth schemes"
+)]
+struct Cli {
+    /// The connections file.
+    #[arg(
+        long,
+        short = 'c',
+        global = true,
+        env = "FHIRCONN_CONFIG",
+        default_value = "fhirconn.yaml"
+    )]
+    config: PathBuf,
+    /// A directory of scheme plugins (repeatable; searched before FHIRCONN_PLUGIN_PATH and
+    /// `plugins/` next to this binary).
+    #[arg(long = "plugin-dir", global = true, value_name = "DIR")]
+    plugin_dirs: Vec<PathBuf>,
+    /// More logging: -v debug, -vv trace. Secrets are redacted.
+    #[arg(short, long, action = clap::ArgAction::Count, global = true)]
+    verbose: u8,
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand, Debug)]
+enum Command {
+    /// List the available schemes (built-in and every plugin found).
+    Schemes {
+        #[arg(long, value_enum, default_value_t = Output::Human)]
+        output: Output,
+    },
+    /// Test connections: credentials, GET {base}/metadata, and an optional probe read.
+    Test {
+        /// Connection ids (all when none is given).
+        ids: Vec<String>,
+        /// An authenticated read after /metadata, e.g. 'Patient?_count=1'.
+        #[arg(long)]
+        probe: Option<String>,
+        #[arg(long, value_enum, default_value_t = Output::Human)]
+        output: Output,
+    },
+    /// GET a path relative to a connection's base URL, with its credentials.
+    Get {
+        /// Connection id.
+        id: String,
+        /// Path, e.g. 'Patient/123' or 'Patient?name=smith'.
+        path: String,
+    },
+    /// Print the JSON Schema of the connections file (host settings + every scheme found).
+    Schema,
+    /// Configuration commands.
+    Config {
+        #[command(subcommand)]
+        command: ConfigCommand,
+    },
+}
+
+#[derive(Subcommand, Debug)]
+enum ConfigCommand {
+    /// Validate the connections file and configure every connection, without network access.
+    Check,
+}
+
+#[derive(ValueEnum, Clone, Copy, Debug, PartialEq, Eq)]
+enum Output {
+    Human,
+    Json,
+}
+
+fn init_logging(verbose: u8) {
+    use tracing_subscriber::EnvFilter;
+    let filter = match std::env::var("RUST_LOG") {
+        Ok(v) if !v.is_empty() => EnvFilter::new(v),
+        _ => EnvFilter::new(match verbose {
+            0 => "warn,fhirconn_host=info,fhirconn=info",
+            1 => "warn,fhirconn_host=debug,fhirconn=debug",
+            _ => "info,fhirconn_host=trace,fhirconn=trace",
+        }),
+    };
+    let _ = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .with_ansi(std::io::stderr().is_terminal())
+        .with_target(verbose > 0)
+        .try_init();
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    init_logging(cli.verbose);
+    let rt = match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("error: cannot start the async runtime: {e}");
+            return ExitCode::from(2);
+        }
+    };
+    rt.block_on(run(cli))
+}
+
+fn fail(e: &Error) -> ExitCode {
+    match e {
+        Error::Config(errors) => {
+            for err in errors {
+                eprintln!("error: {err}");
+            }
+            if errors.len() > 1 {
+                eprintln!("{} configuration errors", errors.len());
+            }
+            ExitCode::from(2)
+        }
+        Error::ConfigRead { .. } | Error::UnknownConnection { .. } | Error::InvalidRequest(_) => {
+            eprintln!("error: {e}");
+            ExitCode::from(2)
+        }
+        other => {
+            eprintln!("error: {other}");
+            ExitCode::from(1)
+        }
+    }
+}
+
+async fn build_host(cli: &Cli) -> Result<Host, Error> {
+    let mut b = Host::builder().config_file(&cli.config);
+    for d in &cli.plugin_dirs {
+        b = b.plugin_dir(d);
+    }
+    b.build().await
+}
+
+fn registry(cli: &Cli) -> Registry {
+    Registry::new(fhirconn_host::plugins::default_dirs(&cli.plugin_dirs))
+}
+
+async fn run(cli: Cli) -> ExitCode {
+    match &cli.command {
+        Command::Schemes { output } => schemes(&cli, *output),
+        Command::Schema => {
+            let reg = registry(&cli);
+            for e in reg.load_all() {
+                eprintln!("warning: {e}");
+            }
+            let schema = Host::schema_for(&reg);
+            println!(
+                "{}",
+                serde_json::to_string_pretty(&schema).unwrap_or_default()
+            );
+            ExitCode::SUCCESS
+        }
+        Command::Config {
+            command: ConfigCommand::Check,
+        } => match build_host(&cli).await {
+            Ok(host) => {
+                println!(
+                    "{}: {} connection(s) valid",
+                    cli.config.display(),
+                    host.connection_ids().len()
+                );
+                ExitCode::SUCCESS
+            }
+            Err(e) => fail(&e),
+        },
+        Command::Test { ids, probe, output } => {
+            let host = match build_host(&cli).await {
+                Ok(h) => h,
+                Err(e) => return fail(&e),
+            };
+            let reports = match host.test(ids, probe.as_deref()).await {
+                Ok(r) => r,
+                Err(e) => return fail(&e),
+            };
+            match output {
+                Output::Json => println!(
+                    "{}",
+                    serde_json::to_string_pretty(&reports).unwrap_or_default()
+                ),
+                Output::Human => print_reports(&reports),
+            }
+            if reports.iter().all(|r| r.ok) {
+                ExitCode::SUCCESS
+            } else {
+                ExitCode::from(1)
+            }
+        }
+        Command::Get { id, path } => {
+            let host = match build_host(&cli).await {
+                Ok(h) => h,
+                Err(e) => return fail(&e),
+            };
+            let conn = match host.connection(id) {
+                Ok(c) => c,
+                Err(e) => return fail(&e),
+            };
+            match conn.get(path).await {
+                Ok(resp) => {
+                    let body = render_body(&resp.body, std::io::stdout().is_terminal());
+                    if resp.status.is_success() {
+                        println!("{body}");
+                        ExitCode::SUCCESS
+                    } else {
+                        eprintln!("error: HTTP {} from {}", resp.status, resp.url);
+                        if !body.is_empty() {
+                            eprintln!("{body}");
+                        }
+                        ExitCode::from(1)
+                    }
+                }
+                Err(e) => fail(&e),
+            }
+        }
+    }
+}
+
+fn render_body(body: &[u8], pretty: bool) -> String {
+    if pretty {
+        if let Ok(v) = serde_json::from_slice::<serde_json::Value>(body) {
+            return serde_json::to_string_pretty(&v).unwrap_or_default();
+        }
+    }
+    String::from_utf8_lossy(body).trim_end().to_string()
+}
+
+fn schemes(cli: &Cli, output: Output) -> ExitCode {
+    let reg = registry(cli);
+    let errors = reg.load_all();
+    let list = reg.schemes();
+    match output {
+        Output::Json => {
+            let v: Vec<serde_json::Value> = list
+                .iter()
+                .map(|h| {
+                    serde_json::json!({
+                        "name": h.name, "version": h.version, "sdk": h.sdk_version,
+                        "abi": fhirconn_abi::ABI_VERSION, "origin": h.origin.to_string(),
+                        "summary": h.summary,
+                    })
+                })
+                .collect();
+            println!("{}", serde_json::to_string_pretty(&v).unwrap_or_default());
+        }
+        Output::Human => {
+            let w = list.iter().map(|h| h.name.len()).max().unwrap_or(4).max(6);
+            println!(
+                "{:w$}  {:8}  {:6}  SUMMARY / ORIGIN",
+                "SCHEME", "VERSION", "SDK"
+            );
+            for h in &list {
+                println!(
+                    "{:w$}  {:8}  {:6}  {}",
+                    h.name, h.version, h.sdk_version, h.summary
+                );
+                println!("{:w$}  {:8}  {:6}  from {}", "", "", "", h.origin);
+            }
+            println!("plugin interface (ABI) {}", fhirconn_abi::ABI_VERSION);
+        }
+    }
+    for e in &errors {
+        eprintln!("error: {e}");
+    }
+    if errors.is_empty() {
+        ExitCode::SUCCESS
+    } else {
+        ExitCode::from(1)
+    }
+}
+
+fn print_reports(reports: &[TestReport]) {
+    let w = reports.iter().map(|r| r.id.len()).max().unwrap_or(2).max(2);
+    for r in reports {
+        let schemes = r.schemes.join("+");
+        if r.ok {
+            let fhir = r.fhir_version.as_deref().unwrap_or("?");
+            let software = r
+                .software
+                .as_deref()
+                .map(|s| format!(", {s}"))
+                .unwrap_or_default();
+            let probe = r
+                .probe
+                .as_ref()
+                .map(|p| format!(", probe {} -> {}", p.path, p.status))
+                .unwrap_or_default();
+            println!(
+                "PASS  {:w$}  {schemes}  {}  FHIR {fhir}{software}{probe}  ({} ms)",
+                r.id, r.base_url, r.total_ms
+            );
+        } else {
+            let why = r
+                .failure
+                .as_ref()
+                .map(ToString::to_string)
+                .unwrap_or_else(|| "failed".into());
+            println!("FAIL  {:w$}  {schemes}  {}", r.id, r.base_url);
+            println!("      {:w$}  {why}", "");
+        }
+        for warn in &r.warnings {
+            println!("      {:w$}  warning: {warn}", "");
+        }
+    }
+    let failed = reports.iter().filter(|r| !r.ok).count();
+    println!(
+        "{} of {} connections passed",
+        reports.len() - failed,
+        reports.len()
+    );
+}

@@ -1,0 +1,433 @@
+//! HTTP for one connection: reqwest + rustls clients per client identity, timeouts, roots,
+//! proxy, capped bodies, and redirects followed by hand so credentials never change origin.
+
+use crate::config::ConnectionSettings;
+use fhirconn_sdk::ClientIdentity;
+use reqwest::header::{HeaderMap, HeaderName, HeaderValue, LOCATION};
+use reqwest::{Method, StatusCode};
+use secrecy::ExposeSecret;
+use std::collections::HashMap;
+use std::hash::{Hash, Hasher};
+use std::sync::Mutex;
+use std::time::Duration;
+
+/// How many redirects a FHIR request follows.
+pub const MAX_REDIRECTS: usize = 5;
+
+/// Why a request did not produce a response, classified for diagnosis.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[non_exhaustive]
+pub enum TransportError {
+    /// The host name did not resolve.
+    #[error("DNS lookup failed for {host}: {detail}")]
+    Dns {
+        /// The host.
+        host: String,
+        /// Resolver detail.
+        detail: String,
+    },
+    /// TCP connect failed (refused, unreachable).
+    #[error("cannot connect to {host}: {detail}")]
+    Connect {
+        /// host:port.
+        host: String,
+        /// OS detail.
+        detail: String,
+    },
+    /// The TLS handshake failed.
+    #[error("TLS handshake with {host} failed: {detail}")]
+    Tls {
+        /// The host.
+        host: String,
+        /// What rustls said, with a hint.
+        detail: String,
+    },
+    /// A timeout elapsed.
+    #[error("timed out after {after:?} ({what})")]
+    Timeout {
+        /// Which timeout.
+        what: String,
+        /// Its value.
+        after: Duration,
+    },
+    /// The body exceeded the cap.
+    #[error("response body larger than the limit of {limit} bytes")]
+    TooLarge {
+        /// The cap.
+        limit: u64,
+    },
+    /// A redirect could not be followed.
+    #[error("redirect refused: {0}")]
+    Redirect(String),
+    /// Anything else.
+    #[error("{0}")]
+    Other(String),
+}
+
+/// A response with its body read (up to the cap).
+#[derive(Debug, Clone)]
+pub struct Response {
+    /// Status.
+    pub status: StatusCode,
+    /// Headers.
+    pub headers: HeaderMap,
+    /// Body.
+    pub body: Vec<u8>,
+    /// The final URL (after redirects).
+    pub url: url::Url,
+}
+
+impl Response {
+    /// A header as text.
+    pub fn header(&self, name: &str) -> Option<&str> {
+        self.headers.get(name).and_then(|v| v.to_str().ok())
+    }
+}
+
+/// One request: the transport adds nothing but what is given here.
+#[derive(Debug, Clone)]
+pub struct Outgoing {
+    /// Method.
+    pub method: Method,
+    /// Absolute URL.
+    pub url: url::Url,
+    /// Ordinary headers.
+    pub headers: Vec<(HeaderName, HeaderValue)>,
+    /// Credential headers: dropped when a redirect leaves the origin.
+    pub credential_headers: Vec<(HeaderName, HeaderValue)>,
+    /// Body.
+    pub body: Option<Vec<u8>>,
+    /// Follow redirects (FHIR requests) or return them (plugins' token requests).
+    pub follow_redirects: bool,
+}
+
+/// The HTTP side of one connection.
+pub struct Transport {
+    settings: ConnectionSettings,
+    roots: Vec<reqwest::Certificate>,
+    clients: Mutex<HashMap<u64, reqwest::Client>>,
+}
+
+impl std::fmt::Debug for Transport {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Transport")
+            .field("connection", &self.settings.id)
+            .finish_non_exhaustive()
+    }
+}
+
+fn identity_key(identity: Option<&ClientIdentity>) -> u64 {
+    let mut h = std::collections::hash_map::DefaultHasher::new();
+    if let Some(i) = identity {
+        i.certificate_chain_pem.hash(&mut h);
+        i.private_key_pem.expose_secret().hash(&mut h);
+    }
+    h.finish()
+}
+
+impl Transport {
+    /// Reads the connection's trusted roots; fails with a message naming the file.
+    pub fn new(settings: ConnectionSettings) -> Result<Self, String> {
+        let roots = match &settings.trusted_roots_file {
+            Some(path) => {
+                let pem = std::fs::read(path).map_err(|e| {
+                    format!(
+                        "trusted-root-certificates-file: cannot read {}: {e}",
+                        path.display()
+                    )
+                })?;
+                let certs = reqwest::Certificate::from_pem_bundle(&pem).map_err(|_| {
+                    format!(
+                        "trusted-root-certificates-file: {} holds no valid PEM certificates",
+                        path.display()
+                    )
+                })?;
+                if certs.is_empty() {
+                    return Err(format!(
+                        "trusted-root-certificates-file: {} holds no certificates",
+                        path.display()
+                    ));
+                }
+                certs
+            }
+            None => Vec::new(),
+        };
+        if !settings.use_system_roots && roots.is_empty() {
+            return Err(
+                "use-system-roots is false but no trusted-root-certificates-file is set".into(),
+            );
+        }
+        Ok(Self {
+            settings,
+            roots,
+            clients: Mutex::new(HashMap::new()),
+        })
+    }
+
+    /// The connection's settings.
+    pub fn settings(&self) -> &ConnectionSettings {
+        &self.settings
+    }
+
+    /// The client for an identity (built once, then cloned).
+    pub fn client(&self, identity: Option<&ClientIdentity>) -> Result<reqwest::Client, String> {
+        let key = identity_key(identity);
+        let mut clients = self
+            .clients
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        if let Some(c) = clients.get(&key) {
+            return Ok(c.clone());
+        }
+        let s = &self.settings;
+        let mut b = reqwest::Client::builder()
+            .redirect(reqwest::redirect::Policy::none())
+            .connect_timeout(s.connect_timeout)
+            .read_timeout(s.read_timeout)
+            .timeout(s.connect_timeout + s.read_timeout)
+            .user_agent(concat!("fhirconn/", env!("CARGO_PKG_VERSION")))
+            .referer(false);
+        if !self.roots.is_empty() {
+            b = if s.use_system_roots {
+                b.tls_certs_merge(self.roots.iter().cloned())
+            } else {
+                b.tls_certs_only(self.roots.iter().cloned())
+            };
+        }
+        if let Some(p) = &s.proxy {
+            let mut proxy = reqwest::Proxy::all(&p.url).map_err(|e| format!("proxy.url: {e}"))?;
+            if !p.no_proxy.is_empty() {
+                proxy = proxy.no_proxy(reqwest::NoProxy::from_string(&p.no_proxy.join(",")));
+            }
+            b = b.proxy(proxy);
+        }
+        if let Some(id) = identity {
+            let mut pem = id.certificate_chain_pem.clone().into_bytes();
+            pem.push(b'\n');
+            pem.extend_from_slice(id.private_key_pem.expose_secret().as_bytes());
+            let identity = reqwest::Identity::from_pem(&pem)
+                .map_err(|_| "the client certificate or its key could not be used".to_string())?;
+            b = b.identity(identity);
+        }
+        let client = b.build().map_err(|e| {
+            let mut msg = e.to_string();
+            let mut src = std::error::Error::source(&e);
+            while let Some(s) = src {
+                msg = format!("{msg}: {s}");
+                src = s.source();
+            }
+            format!("cannot build the HTTP client: {msg}")
+        })?;
+        clients.insert(key, client.clone());
+        Ok(client)
+    }
+
+    /// Sends a request, following redirects if asked (dropping credential headers when the
+    /// origin changes, refusing https→http), and reads the body up to the cap.
+    pub async fn send(
+        &self,
+        req: Outgoing,
+        identity: Option<&ClientIdentity>,
+    ) -> Result<Response, TransportError> {
+        let client = self.client(identity).map_err(TransportError::Other)?;
+        let origin = req.url.origin();
+        let mut url = req.url.clone();
+        let mut method = req.method.clone();
+        let mut body = req.body.clone();
+        let mut with_credentials = true;
+        for hop in 0..=MAX_REDIRECTS {
+            let mut rb = client.request(method.clone(), url.clone());
+            for (k, v) in &req.headers {
+                rb = rb.header(k, v);
+            }
+            if with_credentials {
+                for (k, v) in &req.credential_headers {
+                    rb = rb.header(k, v);
+                }
+            }
+            if let Some(b) = &body {
+                rb = rb.body(b.clone());
+            }
+            let started = std::time::Instant::now();
+            let resp = rb.send().await.map_err(|e| self.classify(&e, &url))?;
+            let status = resp.status();
+            tracing::debug!(
+                connection = %self.settings.id, %method, url = %url, status = status.as_u16(),
+                elapsed_ms = started.elapsed().as_millis() as u64, "http"
+            );
+            if self.settings.debug_logging {
+                tracing::info!(connection = %self.settings.id, %method, url = %url,
+                    status = status.as_u16(), "http");
+            }
+            let redirect = status.is_redirection() && status != StatusCode::NOT_MODIFIED;
+            if !(redirect && req.follow_redirects) {
+                return self.read(resp, url).await;
+            }
+            if hop == MAX_REDIRECTS {
+                return Err(TransportError::Redirect(format!(
+                    "more than {MAX_REDIRECTS} redirects"
+                )));
+            }
+            let Some(loc) = resp.headers().get(LOCATION).and_then(|v| v.to_str().ok()) else {
+                return self.read(resp, url).await;
+            };
+            let next = url
+                .join(loc)
+                .map_err(|_| TransportError::Redirect("invalid Location header".into()))?;
+            if url.scheme() == "https" && next.scheme() != "https" {
+                return Err(TransportError::Redirect(format!(
+                    "{url} redirects to insecure {next}"
+                )));
+            }
+            if next.origin() != origin {
+                with_credentials = false;
+                tracing::debug!(connection = %self.settings.id, from = %url, to = %next,
+                    "redirect to another origin: credentials dropped");
+            }
+            if status == StatusCode::SEE_OTHER
+                || ((status == StatusCode::MOVED_PERMANENTLY || status == StatusCode::FOUND)
+                    && method == Method::POST)
+            {
+                method = Method::GET;
+                body = None;
+            }
+            url = next;
+        }
+        Err(TransportError::Redirect("redirect loop".into()))
+    }
+
+    async fn read(
+        &self,
+        mut resp: reqwest::Response,
+        url: url::Url,
+    ) -> Result<Response, TransportError> {
+        let limit = self.settings.max_response_bytes;
+        if resp.content_length().is_some_and(|l| l > limit) {
+            return Err(TransportError::TooLarge { limit });
+        }
+        let status = resp.status();
+        let headers = resp.headers().clone();
+        let mut body = Vec::new();
+        loop {
+            match resp.chunk().await {
+                Ok(Some(chunk)) => {
+                    if body.len() as u64 + chunk.len() as u64 > limit {
+                        return Err(TransportError::TooLarge { limit });
+                    }
+                    body.extend_from_slice(&chunk);
+                }
+                Ok(None) => break,
+                Err(e) => return Err(self.classify(&e, &url)),
+            }
+        }
+        Ok(Response {
+            status,
+            headers,
+            body,
+            url,
+        })
+    }
+
+    fn classify(&self, e: &reqwest::Error, url: &url::Url) -> TransportError {
+        let host = url.host_str().unwrap_or_default().to_string();
+        let hostport = match url.port_or_known_default() {
+            Some(p) => format!("{host}:{p}"),
+            None => host.clone(),
+        };
+        let chain = error_chain(e);
+        if e.is_timeout() || chain.iter().any(|m| m.contains("timed out")) {
+            let (what, after) = if e.is_connect() {
+                ("connect-timeout", self.settings.connect_timeout)
+            } else {
+                ("read-timeout", self.settings.read_timeout)
+            };
+            return TransportError::Timeout {
+                what: what.to_string(),
+                after,
+            };
+        }
+        if let Some(tls) = find_rustls(e) {
+            return TransportError::Tls {
+                host,
+                detail: describe_tls(tls),
+            };
+        }
+        let joined = chain.join(": ");
+        if joined.contains("dns error") || joined.contains("failed to lookup address") {
+            let detail = chain.last().cloned().unwrap_or_default();
+            return TransportError::Dns { host, detail };
+        }
+        if e.is_connect() {
+            let detail = chain
+                .iter()
+                .rev()
+                .find(|m| !m.is_empty())
+                .cloned()
+                .unwrap_or_else(|| "connection failed".into());
+            return TransportError::Connect {
+                host: hostport,
+                detail,
+            };
+        }
+        TransportError::Other(joined)
+    }
+}
+
+fn error_chain(e: &(dyn std::error::Error + 'static)) -> Vec<String> {
+    let mut out = vec![e.to_string()];
+    let mut src = e.source();
+    while let Some(s) = src {
+        out.push(s.to_string());
+        src = s.source();
+    }
+    out
+}
+
+fn find_rustls<'a>(e: &'a (dyn std::error::Error + 'static)) -> Option<&'a rustls::Error> {
+    let mut src: Option<&(dyn std::error::Error + 'static)> = Some(e);
+    while let Some(s) = src {
+        if let Some(r) = s.downcast_ref::<rustls::Error>() {
+            return Some(r);
+        }
+        if let Some(io) = s.downcast_ref::<std::io::Error>() {
+            if let Some(inner) = io.get_ref() {
+                if let Some(r) = inner.downcast_ref::<rustls::Error>() {
+                    return Some(r);
+                }
+            }
+        }
+        src = s.source();
+    }
+    None
+}
+
+/// Words a rustls error for a person, naming the setting that fixes it.
+pub fn describe_tls(e: &rustls::Error) -> String {
+    use rustls::{CertificateError, Error as E};
+    match e {
+        E::InvalidCertificate(CertificateError::UnknownIssuer) => {
+            "the server's certificate is not trusted (unknown issuer); \
+             add its CA to trusted-root-certificates-file"
+                .into()
+        }
+        E::InvalidCertificate(CertificateError::NotValidForName)
+        | E::InvalidCertificate(CertificateError::NotValidForNameContext { .. }) => {
+            "the server's certificate is not valid for this host name (hostname mismatch); \
+             use the name the certificate was issued for in base-url"
+                .into()
+        }
+        E::InvalidCertificate(CertificateError::Expired)
+        | E::InvalidCertificate(CertificateError::ExpiredContext { .. }) => {
+            "the server's certificate has expired".into()
+        }
+        E::InvalidCertificate(CertificateError::NotValidYet)
+        | E::InvalidCertificate(CertificateError::NotValidYetContext { .. }) => {
+            "the server's certificate is not valid yet (check the clock)".into()
+        }
+        E::AlertReceived(alert) => format!(
+            "the server refused the handshake ({alert:?}); if it requires a client certificate, \
+             check that one is configured and issued by a CA the server trusts"
+        ),
+        other => other.to_string(),
+    }
+}
