@@ -1,1 +1,361 @@
-fn main() {}
+//! `cargo xtask`: build plugins, dist, demo, test, ci and bench for the fhirconn workspace.
+//!
+//! Plugins are built into one named directory, never guessed: `target/plugins/` (debug, used by
+//! the tests and the demo), `target/plugin-fixtures/` (test fixtures), and
+//! `target/dist/plugins/` next to `target/dist/fhirconn` (release).
+
+use std::io::{BufRead as _, BufReader, Write as _};
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
+use xshell::{cmd, Shell};
+
+type Result<T = ()> = std::result::Result<T, Box<dyn std::error::Error>>;
+
+const USAGE: &str = "\
+usage: cargo xtask <command>
+
+commands:
+  build-plugins [--release]  build every plugin into target/plugins (or target/dist/plugins)
+                             and the test fixtures into target/plugin-fixtures
+  dist                       release host + plugins into target/dist/
+  demo                       build, start the testkit servers, test a connection per scheme
+  test                       build plugins and the CLI, then run every test
+  ci                         fmt --check, clippy -D warnings, test
+  bench                      criterion benchmarks + whole-process fhirconn vs curl";
+
+fn main() -> std::process::ExitCode {
+    let args: Vec<String> = std::env::args().skip(1).collect();
+    let result = match args.first().map(String::as_str) {
+        Some("build-plugins") => build_plugins(args.iter().any(|a| a == "--release")).map(|_| ()),
+        Some("dist") => dist(),
+        Some("demo") => demo(),
+        Some("test") => test(),
+        Some("ci") => ci(),
+        Some("bench") => bench(),
+        _ => {
+            eprintln!("{USAGE}");
+            return std::process::ExitCode::from(2);
+        }
+    };
+    match result {
+        Ok(()) => std::process::ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("xtask: error: {e}");
+            std::process::ExitCode::FAILURE
+        }
+    }
+}
+
+fn project_root() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .parent()
+        .expect("xtask lives in the workspace")
+        .to_path_buf()
+}
+
+fn shell() -> Result<Shell> {
+    let sh = Shell::new()?;
+    sh.change_dir(project_root());
+    Ok(sh)
+}
+
+/// A plugin crate: its package name and its library name.
+struct PluginCrate {
+    package: String,
+    lib: String,
+}
+
+fn cargo_field(manifest: &str, section: &str, key: &str) -> Option<String> {
+    let mut in_section = false;
+    for line in manifest.lines() {
+        let t = line.trim();
+        if t.starts_with('[') {
+            in_section = t == section;
+            continue;
+        }
+        if in_section {
+            if let Some(rest) = t.strip_prefix(key) {
+                let rest = rest.trim_start();
+                if let Some(v) = rest.strip_prefix('=') {
+                    return Some(v.trim().trim_matches('"').to_string());
+                }
+            }
+        }
+    }
+    None
+}
+
+fn crates_in(dir: &Path) -> Result<Vec<PluginCrate>> {
+    let mut out = Vec::new();
+    let mut entries: Vec<PathBuf> = std::fs::read_dir(dir)?
+        .filter_map(|e| e.ok().map(|e| e.path()))
+        .collect();
+    entries.sort();
+    for d in entries {
+        let manifest = d.join("Cargo.toml");
+        let Ok(text) = std::fs::read_to_string(&manifest) else {
+            continue;
+        };
+        if !text.contains("cdylib") || text.contains("\n[workspace]") {
+            continue;
+        }
+        let package = cargo_field(&text, "[package]", "name").ok_or("plugin without a name")?;
+        let lib = cargo_field(&text, "[lib]", "name").ok_or("plugin without [lib] name")?;
+        out.push(PluginCrate { package, lib });
+    }
+    Ok(out)
+}
+
+fn lib_file(lib: &str) -> String {
+    format!(
+        "{}{lib}{}",
+        std::env::consts::DLL_PREFIX,
+        std::env::consts::DLL_SUFFIX
+    )
+}
+
+fn copy_libs(from: &Path, libs: &[PluginCrate], to: &Path) -> Result {
+    std::fs::create_dir_all(to)?;
+    for p in libs {
+        let src = from.join(lib_file(&p.lib));
+        std::fs::copy(&src, to.join(lib_file(&p.lib)))
+            .map_err(|e| format!("copy {}: {e}", src.display()))?;
+    }
+    Ok(())
+}
+
+/// Builds the plugins (and, for debug builds, the fixtures); returns the plugin directory.
+fn build_plugins(release: bool) -> Result<PathBuf> {
+    let sh = shell()?;
+    let root = project_root();
+    let plugins = crates_in(&root.join("plugins"))?;
+    let fixtures = crates_in(&root.join("tests/fixtures"))?;
+    let mut args: Vec<String> = Vec::new();
+    for p in plugins
+        .iter()
+        .chain(if release { [].iter() } else { fixtures.iter() })
+    {
+        args.push("-p".into());
+        args.push(p.package.clone());
+    }
+    let profile = if release { vec!["--release"] } else { vec![] };
+    cmd!(sh, "cargo build {profile...} {args...}").run()?;
+    let target = root.join("target");
+    let out_dir = if release {
+        target.join("dist/plugins")
+    } else {
+        target.join("plugins")
+    };
+    let built = target.join(if release { "release" } else { "debug" });
+    copy_libs(&built, &plugins, &out_dir)?;
+    if !release {
+        let fixture_dir = target.join("plugin-fixtures");
+        copy_libs(&built, &fixtures, &fixture_dir)?;
+        // Built outside the workspace: its interface layout differs on purpose.
+        let manifest = root.join("tests/fixtures/plugin-abi-mismatch/Cargo.toml");
+        let target_dir = target.join("fixture-build");
+        cmd!(
+            sh,
+            "cargo build --manifest-path {manifest} --target-dir {target_dir}"
+        )
+        .run()?;
+        let mismatch = [PluginCrate {
+            package: "fhirconn-fixture-abi-mismatch".into(),
+            lib: "fhirconn_abi_mismatch".into(),
+        }];
+        copy_libs(&target_dir.join("debug"), &mismatch, &fixture_dir)?;
+    }
+    println!("plugins: {}", out_dir.display());
+    Ok(out_dir)
+}
+
+fn dist() -> Result {
+    let sh = shell()?;
+    build_plugins(true)?;
+    cmd!(sh, "cargo build --release -p fhirconn-host --bin fhirconn").run()?;
+    let root = project_root();
+    let exe = format!("fhirconn{}", std::env::consts::EXE_SUFFIX);
+    std::fs::copy(
+        root.join("target/release").join(&exe),
+        root.join("target/dist").join(&exe),
+    )?;
+    println!("dist: {}", root.join("target/dist").display());
+    Ok(())
+}
+
+/// Starts `fhirconn-testkit serve` and returns the child and the servers' description.
+fn start_testkit(bin: &Path) -> Result<(std::process::Child, serde_json::Value)> {
+    let mut child = Command::new(bin)
+        .arg("serve")
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .spawn()
+        .map_err(|e| format!("cannot start {}: {e}", bin.display()))?;
+    let stdout = child.stdout.take().ok_or("no stdout")?;
+    let mut line = String::new();
+    BufReader::new(stdout).read_line(&mut line)?;
+    let info: serde_json::Value =
+        serde_json::from_str(&line).map_err(|e| format!("testkit said {line:?}: {e}"))?;
+    Ok((child, info))
+}
+
+fn demo() -> Result {
+    let sh = shell()?;
+    let root = project_root();
+    let plugins = build_plugins(false)?;
+    cmd!(
+        sh,
+        "cargo build -p fhirconn-host --bin fhirconn -p fhirconn-testkit --bin fhirconn-testkit"
+    )
+    .run()?;
+    let (mut child, info) = start_testkit(&root.join("target/debug/fhirconn-testkit"))?;
+    let dir = root.join("target/demo");
+    std::fs::create_dir_all(&dir)?;
+    let s = |v: &serde_json::Value| v.as_str().unwrap_or_default().to_string();
+    std::fs::write(
+        dir.join("basic-password.txt"),
+        s(&info["basic"]["password"]),
+    )?;
+    std::fs::write(dir.join("bearer-token.txt"), s(&info["bearer"]["token"]))?;
+    let config = format!(
+        "# Written by `cargo xtask demo`: one connection per scheme against the testkit servers.\n\
+         connections:\n  \
+           public:\n    base-url: {}\n  \
+           basic-demo:\n    base-url: {}\n    connect-timeout: PT2S\n    read-timeout: PT30S\n    \
+             auth:\n      scheme: basic\n      username: {}\n      password-file: basic-password.txt\n  \
+           bearer-demo:\n    base-url: {}\n    probe: Patient?_count=1\n    \
+             auth:\n      scheme: bearer\n      token-file: bearer-token.txt\n",
+        s(&info["none"]["base-url"]),
+        s(&info["basic"]["base-url"]),
+        s(&info["basic"]["username"]),
+        s(&info["bearer"]["base-url"]),
+    );
+    let cfg = dir.join("fhirconn.yaml");
+    std::fs::write(&cfg, config)?;
+    println!(
+        "\n--- {} ---\n{}",
+        cfg.display(),
+        std::fs::read_to_string(&cfg)?
+    );
+    println!("--- fhirconn test ---");
+    let status = Command::new(root.join("target/debug/fhirconn"))
+        .args(["--config"])
+        .arg(&cfg)
+        .arg("--plugin-dir")
+        .arg(&plugins)
+        .arg("test")
+        .status()?;
+    if let Some(mut stdin) = child.stdin.take() {
+        let _ = stdin.flush();
+    }
+    let _ = child.kill();
+    let _ = child.wait();
+    if !status.success() {
+        return Err("the demo's connection tests failed".into());
+    }
+    println!("\ntry it yourself:\n  target/debug/fhirconn -c {} --plugin-dir {} get bearer-demo Patient/1", cfg.display(), plugins.display());
+    Ok(())
+}
+
+fn test() -> Result {
+    let sh = shell()?;
+    build_plugins(false)?;
+    cmd!(sh, "cargo build -p fhirconn-host --bin fhirconn").run()?;
+    cmd!(sh, "cargo test --workspace --no-fail-fast").run()?;
+    Ok(())
+}
+
+fn ci() -> Result {
+    let sh = shell()?;
+    cmd!(sh, "cargo fmt --all -- --check").run()?;
+    cmd!(sh, "cargo clippy --workspace --all-targets -- -D warnings").run()?;
+    test()
+}
+
+fn median(mut v: Vec<Duration>) -> Duration {
+    v.sort();
+    v[v.len() / 2]
+}
+
+fn bench() -> Result {
+    let sh = shell()?;
+    let root = project_root();
+    dist()?;
+    cmd!(
+        sh,
+        "cargo build --release -p fhirconn-testkit --bin fhirconn-testkit"
+    )
+    .run()?;
+    // Criterion: authorize across the ABI vs a direct call.
+    let plugin_dir = root.join("target/dist/plugins");
+    cmd!(sh, "cargo bench -p fhirconn-tests --bench authorize")
+        .env("FHIRCONN_TEST_PLUGIN_DIR", &plugin_dir)
+        .run()?;
+    // Whole process: `fhirconn test` of one basic connection vs `curl -u`, same server, same run.
+    let (mut child, info) = start_testkit(&root.join("target/release/fhirconn-testkit"))?;
+    let dir = root.join("target/bench");
+    std::fs::create_dir_all(&dir)?;
+    let base = info["basic"]["base-url"]
+        .as_str()
+        .unwrap_or_default()
+        .to_string();
+    let user = info["basic"]["username"]
+        .as_str()
+        .unwrap_or_default()
+        .to_string();
+    let pass = info["basic"]["password"]
+        .as_str()
+        .unwrap_or_default()
+        .to_string();
+    std::fs::write(dir.join("pw.txt"), &pass)?;
+    std::fs::write(
+        dir.join("fhirconn.yaml"),
+        format!("connections:\n  b:\n    base-url: {base}\n    auth: {{scheme: basic, username: {user}, password-file: pw.txt}}\n"),
+    )?;
+    let runs = 15;
+    let mut ours = Vec::new();
+    let mut curl = Vec::new();
+    for _ in 0..runs {
+        let t = Instant::now();
+        let ok = Command::new(root.join("target/dist/fhirconn"))
+            .arg("-c")
+            .arg(dir.join("fhirconn.yaml"))
+            .arg("test")
+            .stdout(Stdio::null())
+            .status()?
+            .success();
+        ours.push(t.elapsed());
+        if !ok {
+            return Err("fhirconn test failed during the benchmark".into());
+        }
+        let t = Instant::now();
+        let ok = Command::new("curl")
+            .args([
+                "-sf",
+                "-o",
+                "/dev/null",
+                "-H",
+                "Accept: application/fhir+json",
+                "-u",
+            ])
+            .arg(format!("{user}:{pass}"))
+            .arg(format!("{base}/metadata"))
+            .status()?
+            .success();
+        curl.push(t.elapsed());
+        if !ok {
+            return Err("curl failed during the benchmark".into());
+        }
+    }
+    let _ = child.kill();
+    let _ = child.wait();
+    let (o, c) = (median(ours), median(curl));
+    println!(
+        "whole process, median of {runs}: fhirconn test {:.1} ms, curl -u {:.1} ms, ratio {:.2}x",
+        o.as_secs_f64() * 1e3,
+        c.as_secs_f64() * 1e3,
+        o.as_secs_f64() / c.as_secs_f64()
+    );
+    Ok(())
+}

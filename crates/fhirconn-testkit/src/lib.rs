@@ -1,1 +1,389 @@
-//! placeholder
+//! Reference servers for fhirconn's tests, demo and conformance runs.
+//!
+//! [`FhirServer`] is an in-process FHIR R4 server on loopback (axum): a real
+//! CapabilityStatement at `/metadata`, Patient read and search, authentication enforced as
+//! configured (none, basic, bearer) with a `WWW-Authenticate` challenge on 401, fault modes
+//! (slow, 500, non-JSON, huge body) and request counters for assertions.
+
+use axum::{
+    body::Body,
+    extract::{Path, Query, State},
+    http::{header, HeaderMap, HeaderValue, StatusCode},
+    response::{IntoResponse, Response},
+    routing::get,
+    Router,
+};
+use serde_json::{json, Value};
+use std::collections::HashMap;
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+/// How the FHIR server authenticates requests.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum ServerAuth {
+    /// Anonymous access.
+    None,
+    /// HTTP Basic with one user.
+    Basic {
+        /// User-id.
+        username: String,
+        /// Password.
+        password: String,
+    },
+    /// Static bearer tokens.
+    Bearer {
+        /// Accepted tokens.
+        tokens: Vec<String>,
+    },
+}
+
+/// A fault the server injects into every FHIR response.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Fault {
+    /// Answer normally.
+    None,
+    /// Wait this long before answering.
+    Slow(Duration),
+    /// Answer 500 with an OperationOutcome.
+    Status500,
+    /// Answer 200 with an HTML page.
+    NonJson,
+    /// Answer 200 with a body of this many bytes.
+    HugeBody(usize),
+}
+
+/// Server settings.
+#[derive(Debug, Clone)]
+pub struct FhirServerConfig {
+    /// Authentication.
+    pub auth: ServerAuth,
+    /// Whether `/metadata` is public (many servers serve it anonymously).
+    pub anonymous_metadata: bool,
+    /// The injected fault.
+    pub fault: Fault,
+    /// Path prefix of the FHIR base, e.g. `/fhir`.
+    pub base_path: String,
+}
+
+impl Default for FhirServerConfig {
+    fn default() -> Self {
+        Self {
+            auth: ServerAuth::None,
+            anonymous_metadata: false,
+            fault: Fault::None,
+            base_path: "/fhir".into(),
+        }
+    }
+}
+
+#[derive(Debug, Default)]
+struct Counters {
+    requests: AtomicU64,
+    unauthorized: AtomicU64,
+    authorizations: Mutex<Vec<Option<String>>>,
+}
+
+#[derive(Clone)]
+struct AppState {
+    config: Arc<Mutex<FhirServerConfig>>,
+    counters: Arc<Counters>,
+}
+
+/// A running FHIR server; stops when dropped.
+#[derive(Debug)]
+pub struct FhirServer {
+    addr: SocketAddr,
+    base_path: String,
+    config: Arc<Mutex<FhirServerConfig>>,
+    counters: Arc<Counters>,
+    shutdown: Option<tokio::sync::oneshot::Sender<()>>,
+}
+
+impl FhirServer {
+    /// Starts a server on 127.0.0.1 with a free port. Call inside a tokio runtime.
+    pub async fn start(config: FhirServerConfig) -> std::io::Result<Self> {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
+        Self::serve(listener, config)
+    }
+
+    /// Serves on an already bound listener.
+    pub fn serve(
+        listener: tokio::net::TcpListener,
+        config: FhirServerConfig,
+    ) -> std::io::Result<Self> {
+        let addr = listener.local_addr()?;
+        let base_path = config.base_path.trim_end_matches('/').to_string();
+        let config = Arc::new(Mutex::new(config));
+        let counters = Arc::new(Counters::default());
+        let state = AppState {
+            config: config.clone(),
+            counters: counters.clone(),
+        };
+        let fhir = Router::new()
+            .route("/metadata", get(metadata))
+            .route("/Patient", get(search_patients))
+            .route("/Patient/{id}", get(read_patient))
+            .with_state(state);
+        let app = if base_path.is_empty() {
+            fhir
+        } else {
+            Router::new().nest(&base_path, fhir)
+        };
+        let (tx, rx) = tokio::sync::oneshot::channel::<()>();
+        tokio::spawn(async move {
+            let _ = axum::serve(listener, app)
+                .with_graceful_shutdown(async {
+                    let _ = rx.await;
+                })
+                .await;
+        });
+        Ok(Self {
+            addr,
+            base_path,
+            config,
+            counters,
+            shutdown: Some(tx),
+        })
+    }
+
+    /// The FHIR base URL, e.g. `http://127.0.0.1:41234/fhir`.
+    pub fn base_url(&self) -> String {
+        format!("http://{}{}", self.addr, self.base_path)
+    }
+
+    /// The bound address.
+    pub fn addr(&self) -> SocketAddr {
+        self.addr
+    }
+
+    /// Changes the injected fault.
+    pub fn set_fault(&self, fault: Fault) {
+        self.config.lock().unwrap().fault = fault;
+    }
+
+    /// Changes the authentication (e.g. to revoke a token).
+    pub fn set_auth(&self, auth: ServerAuth) {
+        self.config.lock().unwrap().auth = auth;
+    }
+
+    /// Requests served so far.
+    pub fn requests(&self) -> u64 {
+        self.counters.requests.load(Ordering::SeqCst)
+    }
+
+    /// Requests answered 401.
+    pub fn unauthorized(&self) -> u64 {
+        self.counters.unauthorized.load(Ordering::SeqCst)
+    }
+
+    /// The `Authorization` header of every request, in order.
+    pub fn authorizations(&self) -> Vec<Option<String>> {
+        self.counters.authorizations.lock().unwrap().clone()
+    }
+}
+
+impl Drop for FhirServer {
+    fn drop(&mut self) {
+        if let Some(tx) = self.shutdown.take() {
+            let _ = tx.send(());
+        }
+    }
+}
+
+fn fhir_json(status: StatusCode, body: &Value) -> Response {
+    let mut resp = (status, body.to_string()).into_response();
+    resp.headers_mut().insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static("application/fhir+json; charset=utf-8"),
+    );
+    resp
+}
+
+fn outcome(code: &str, diagnostics: &str) -> Value {
+    json!({"resourceType": "OperationOutcome",
+           "issue": [{"severity": "error", "code": code, "diagnostics": diagnostics}]})
+}
+
+/// Checks auth and applies faults; `Ok(())` means serve the resource.
+async fn gate(state: &AppState, headers: &HeaderMap, is_metadata: bool) -> Result<(), Response> {
+    state.counters.requests.fetch_add(1, Ordering::SeqCst);
+    let authz = headers
+        .get(header::AUTHORIZATION)
+        .and_then(|v| v.to_str().ok())
+        .map(String::from);
+    state
+        .counters
+        .authorizations
+        .lock()
+        .unwrap()
+        .push(authz.clone());
+    let cfg = state.config.lock().unwrap().clone();
+    if !(is_metadata && cfg.anonymous_metadata) {
+        let (ok, challenge) = match &cfg.auth {
+            ServerAuth::None => (true, String::new()),
+            ServerAuth::Basic { username, password } => {
+                use base64::Engine as _;
+                let expected = format!(
+                    "Basic {}",
+                    base64::engine::general_purpose::STANDARD
+                        .encode(format!("{username}:{password}"))
+                );
+                (
+                    authz.as_deref() == Some(expected.as_str()),
+                    r#"Basic realm="fhirconn-testkit", charset="UTF-8""#.to_string(),
+                )
+            }
+            ServerAuth::Bearer { tokens } => {
+                let presented = authz.as_deref().and_then(|a| {
+                    let (scheme, token) = a.split_once(' ')?;
+                    scheme
+                        .eq_ignore_ascii_case("bearer")
+                        .then(|| token.trim().to_string())
+                });
+                let ok = presented.as_ref().is_some_and(|t| tokens.contains(t));
+                let challenge = if presented.is_some() {
+                    r#"Bearer realm="fhirconn-testkit", error="invalid_token", error_description="the access token is not valid""#
+                } else {
+                    r#"Bearer realm="fhirconn-testkit""#
+                };
+                (ok, challenge.to_string())
+            }
+        };
+        if !ok {
+            state.counters.unauthorized.fetch_add(1, Ordering::SeqCst);
+            let mut resp = fhir_json(
+                StatusCode::UNAUTHORIZED,
+                &outcome("login", "authentication required"),
+            );
+            if let Ok(v) = HeaderValue::from_str(&challenge) {
+                resp.headers_mut().insert(header::WWW_AUTHENTICATE, v);
+            }
+            return Err(resp);
+        }
+    }
+    match cfg.fault {
+        Fault::None => Ok(()),
+        Fault::Slow(d) => {
+            tokio::time::sleep(d).await;
+            Ok(())
+        }
+        Fault::Status500 => Err(fhir_json(
+            StatusCode::INTERNAL_SERVER_ERROR,
+            &outcome("exception", "injected failure"),
+        )),
+        Fault::NonJson => Err((
+            StatusCode::OK,
+            [(header::CONTENT_TYPE, "text/html")],
+            "<html><body>Welcome to nginx!</body></html>",
+        )
+            .into_response()),
+        Fault::HugeBody(n) => Err((
+            StatusCode::OK,
+            [(header::CONTENT_TYPE, "application/fhir+json")],
+            Body::from(vec![b' '; n]),
+        )
+            .into_response()),
+    }
+}
+
+/// The CapabilityStatement (FHIR R4) this server serves.
+pub fn capability_statement(auth: &ServerAuth) -> Value {
+    let security_code = match auth {
+        ServerAuth::None => None,
+        ServerAuth::Basic { .. } => Some("Basic"),
+        ServerAuth::Bearer { .. } => Some("OAuth"),
+    };
+    let mut rest = json!({
+        "mode": "server",
+        "resource": [{
+            "type": "Patient",
+            "interaction": [{"code": "read"}, {"code": "search-type"}],
+            "searchParam": [
+                {"name": "name", "type": "string"},
+                {"name": "_count", "type": "number"}
+            ]
+        }]
+    });
+    if let Some(code) = security_code {
+        rest["security"] = json!({"service": [{"coding": [{
+            "system": "http://terminology.hl7.org/CodeSystem/restful-security-service",
+            "code": code}]}]});
+    }
+    json!({
+        "resourceType": "CapabilityStatement",
+        "status": "active",
+        "date": "2026-01-01",
+        "kind": "instance",
+        "software": {"name": "fhirconn-testkit", "version": env!("CARGO_PKG_VERSION")},
+        "fhirVersion": "4.0.1",
+        "format": ["json"],
+        "rest": [rest]
+    })
+}
+
+fn patients() -> Vec<Value> {
+    vec![
+        json!({"resourceType": "Patient", "id": "1", "name": [{"family": "Chalmers", "given": ["Peter"]}], "gender": "male", "birthDate": "1974-12-25"}),
+        json!({"resourceType": "Patient", "id": "2", "name": [{"family": "Smith", "given": ["Jane"]}], "gender": "female", "birthDate": "1980-03-01"}),
+    ]
+}
+
+async fn metadata(State(state): State<AppState>, headers: HeaderMap) -> Response {
+    if let Err(r) = gate(&state, &headers, true).await {
+        return r;
+    }
+    let auth = state.config.lock().unwrap().auth.clone();
+    fhir_json(StatusCode::OK, &capability_statement(&auth))
+}
+
+async fn read_patient(
+    State(state): State<AppState>,
+    headers: HeaderMap,
+    Path(id): Path<String>,
+) -> Response {
+    if let Err(r) = gate(&state, &headers, false).await {
+        return r;
+    }
+    match patients().into_iter().find(|p| p["id"] == id.as_str()) {
+        Some(p) => fhir_json(StatusCode::OK, &p),
+        None => fhir_json(
+            StatusCode::NOT_FOUND,
+            &outcome("not-found", &format!("Patient/{id} is not known")),
+        ),
+    }
+}
+
+async fn search_patients(
+    State(state): State<AppState>,
+    headers: HeaderMap,
+    Query(q): Query<HashMap<String, String>>,
+) -> Response {
+    if let Err(r) = gate(&state, &headers, false).await {
+        return r;
+    }
+    let count: usize = q.get("_count").and_then(|c| c.parse().ok()).unwrap_or(50);
+    let name = q.get("name").map(|n| n.to_lowercase());
+    let matches: Vec<Value> = patients()
+        .into_iter()
+        .filter(|p| match &name {
+            Some(n) => p["name"][0]["family"]
+                .as_str()
+                .unwrap_or("")
+                .to_lowercase()
+                .starts_with(n.as_str()),
+            None => true,
+        })
+        .collect();
+    let total = matches.len();
+    let entries: Vec<Value> = matches
+        .into_iter()
+        .take(count)
+        .map(|p| json!({"fullUrl": format!("Patient/{}", p["id"].as_str().unwrap_or("")), "resource": p, "search": {"mode": "match"}}))
+        .collect();
+    fhir_json(
+        StatusCode::OK,
+        &json!({"resourceType": "Bundle", "type": "searchset", "total": total, "entry": entries}),
+    )
+}
