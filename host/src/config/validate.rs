@@ -73,7 +73,9 @@ fn describe(
             let expected = match kind {
                 TypeKind::Single(t) => format!("{t}"),
                 TypeKind::Multiple(ts) => format!("{ts:?}"),
-            };
+            }
+            .replace("object", "mapping")
+            .replace("array", "list");
             let article = if expected.starts_with(['a', 'e', 'i', 'o', 'u']) {
                 "an"
             } else {

@@ -1,0 +1,377 @@
+//! The `fhirconn` CLI end to end against the testkit server: every command, diagnoses, plugin
+//! faults, malformed configurations and secret hygiene.
+
+use fhirconn_testkit::{Fault, FhirServer, FhirServerConfig, ServerAuth};
+use fhirconn_tests::{fhirconn_bin, fixture_dir, plugin_dir};
+use std::path::Path;
+use std::process::Command;
+
+const PASSWORD: &str = "CANARY-pw:with:colons-ünïcode";
+const TOKEN: &str = "CANARY-token-0123456789";
+
+struct Servers {
+    _rt: tokio::runtime::Runtime,
+    none: FhirServer,
+    basic: FhirServer,
+    bearer: FhirServer,
+}
+
+fn servers() -> Servers {
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    let (none, basic, bearer) = rt.block_on(async {
+        let none = FhirServer::start(FhirServerConfig::default())
+            .await
+            .unwrap();
+        let basic = FhirServer::start(FhirServerConfig {
+            auth: ServerAuth::Basic {
+                username: "alice".into(),
+                password: PASSWORD.into(),
+            },
+            ..Default::default()
+        })
+        .await
+        .unwrap();
+        let bearer = FhirServer::start(FhirServerConfig {
+            auth: ServerAuth::Bearer {
+                tokens: vec![TOKEN.into()],
+            },
+            ..Default::default()
+        })
+        .await
+        .unwrap();
+        (none, basic, bearer)
+    });
+    Servers {
+        _rt: rt,
+        none,
+        basic,
+        bearer,
+    }
+}
+
+struct Out {
+    code: i32,
+    stdout: String,
+    stderr: String,
+}
+
+fn run(dir: &Path, args: &[&str]) -> Out {
+    let out = Command::new(fhirconn_bin())
+        .current_dir(dir)
+        .env_remove("FHIRCONN_CONFIG")
+        .env_remove("FHIRCONN_PLUGIN_PATH")
+        .env_remove("RUST_LOG")
+        .env("FHIRCONN_TEST_PW", PASSWORD)
+        .arg("--plugin-dir")
+        .arg(plugin_dir())
+        .args(args)
+        .output()
+        .unwrap();
+    Out {
+        code: out.status.code().unwrap_or(-1),
+        stdout: String::from_utf8_lossy(&out.stdout).into_owned(),
+        stderr: String::from_utf8_lossy(&out.stderr).into_owned(),
+    }
+}
+
+fn write_config(dir: &Path, yaml: &str) {
+    std::fs::write(dir.join("fhirconn.yaml"), yaml).unwrap();
+}
+
+fn assert_no_canary(out: &Out) {
+    use base64::Engine as _;
+    let b64 = base64::engine::general_purpose::STANDARD.encode(format!("alice:{PASSWORD}"));
+    for text in [&out.stdout, &out.stderr] {
+        assert!(!text.contains("CANARY"), "a canary leaked:\n{text}");
+        assert!(
+            !text.contains(&b64),
+            "the basic credentials leaked:\n{text}"
+        );
+    }
+}
+
+#[test]
+fn test_passes_for_none_basic_and_bearer_and_never_leaks_secrets() {
+    let s = servers();
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::write(dir.path().join("token.txt"), format!("{TOKEN}\n")).unwrap();
+    write_config(
+        dir.path(),
+        &format!(
+            "connections:\n  public:\n    base-url: {}\n  basic:\n    base-url: {}\n    auth: {{scheme: basic, username: alice, password-env: FHIRCONN_TEST_PW}}\n  bearer:\n    base-url: {}\n    auth:\n      scheme: bearer\n      token-file: token.txt\n",
+            s.none.base_url(),
+            s.basic.base_url(),
+            s.bearer.base_url()
+        ),
+    );
+    for verbosity in [&[][..], &["-v"][..], &["-vv"][..]] {
+        let mut args: Vec<&str> = verbosity.to_vec();
+        args.extend(["test", "--probe", "Patient?_count=1"]);
+        let out = run(dir.path(), &args);
+        assert_eq!(out.code, 0, "{}\n{}", out.stdout, out.stderr);
+        assert!(out.stdout.contains("PASS  basic"), "{}", out.stdout);
+        assert!(out.stdout.contains("PASS  bearer"), "{}", out.stdout);
+        assert!(out.stdout.contains("PASS  public"), "{}", out.stdout);
+        assert!(out.stdout.contains("FHIR 4.0.1"), "{}", out.stdout);
+        assert_no_canary(&out);
+    }
+    // The servers saw the right credentials.
+    assert!(s.basic.requests() >= 6 && s.basic.unauthorized() == 0);
+    assert!(s
+        .bearer
+        .authorizations()
+        .iter()
+        .all(|a| a.as_deref() == Some(&*format!("Bearer {TOKEN}"))));
+
+    let json = run(dir.path(), &["test", "basic", "--output", "json"]);
+    assert_eq!(json.code, 0);
+    let v: serde_json::Value = serde_json::from_str(&json.stdout).unwrap();
+    assert_eq!(v[0]["id"], "basic");
+    assert_eq!(v[0]["ok"], true);
+    assert_eq!(v[0]["fhir_version"], "4.0.1");
+
+    let get = run(dir.path(), &["-vv", "get", "bearer", "Patient/1"]);
+    assert_eq!(get.code, 0, "{}", get.stderr);
+    let p: serde_json::Value = serde_json::from_str(&get.stdout).unwrap();
+    assert_eq!(p["resourceType"], "Patient");
+    assert_no_canary(&get);
+
+    let missing = run(dir.path(), &["get", "bearer", "Patient/404"]);
+    assert_eq!(missing.code, 1);
+    assert!(missing.stderr.contains("HTTP 404"), "{}", missing.stderr);
+    assert!(
+        missing.stderr.contains("OperationOutcome"),
+        "{}",
+        missing.stderr
+    );
+}
+
+#[test]
+fn a_wrong_password_is_diagnosed_with_the_401_challenge() {
+    let s = servers();
+    let dir = tempfile::tempdir().unwrap();
+    write_config(
+        dir.path(),
+        &format!(
+            "connections:\n  wrong:\n    base-url: {}\n    auth: {{scheme: basic, username: alice, password: CANARY-wrong-password}}\n  ok:\n    base-url: {}\n",
+            s.basic.base_url(),
+            s.none.base_url()
+        ),
+    );
+    let out = run(dir.path(), &["-vv", "test"]);
+    assert_eq!(out.code, 1, "{}\n{}", out.stdout, out.stderr);
+    assert!(out.stdout.contains("FAIL  wrong"), "{}", out.stdout);
+    assert!(out.stdout.contains("unauthorized (401)"), "{}", out.stdout);
+    assert!(
+        out.stdout
+            .contains(r#"WWW-Authenticate: Basic realm="fhirconn-testkit""#),
+        "{}",
+        out.stdout
+    );
+    assert!(out.stdout.contains("PASS  ok"), "{}", out.stdout);
+    assert_no_canary(&out);
+}
+
+#[test]
+fn network_failures_are_diagnosed() {
+    let s = servers();
+    // A port nobody listens on.
+    let free = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let port = free.local_addr().unwrap().port();
+    drop(free);
+    s.bearer
+        .set_fault(Fault::Slow(std::time::Duration::from_secs(5)));
+    s.basic.set_fault(Fault::NonJson);
+    s.none.set_fault(Fault::HugeBody(3 * 1024 * 1024));
+    let dir = tempfile::tempdir().unwrap();
+    write_config(
+        dir.path(),
+        &format!(
+            "connections:\n  refused:\n    base-url: http://127.0.0.1:{port}/fhir\n  slow:\n    base-url: {}\n    read-timeout: PT0.5S\n    auth: {{scheme: bearer, token: {TOKEN}}}\n  html:\n    base-url: {}\n    auth: {{scheme: basic, username: alice, password-env: FHIRCONN_TEST_PW}}\n  huge:\n    base-url: {}\n    max-response-bytes: 1048576\n  dns:\n    base-url: http://no-such-host.invalid/fhir\n",
+            s.bearer.base_url(),
+            s.basic.base_url(),
+            s.none.base_url()
+        ),
+    );
+    let started = std::time::Instant::now();
+    let out = run(dir.path(), &["test", "--output", "json"]);
+    assert!(
+        started.elapsed() < std::time::Duration::from_secs(4),
+        "the slow server was not timed out"
+    );
+    assert_eq!(out.code, 1, "{}", out.stderr);
+    let v: serde_json::Value = serde_json::from_str(&out.stdout).unwrap();
+    let kind = |id: &str| {
+        v.as_array()
+            .unwrap()
+            .iter()
+            .find(|r| r["id"] == id)
+            .unwrap()["failure"]["kind"]
+            .clone()
+    };
+    assert_eq!(kind("refused"), "connect");
+    assert_eq!(kind("slow"), "timeout");
+    assert_eq!(kind("html"), "not-fhir");
+    assert_eq!(kind("huge"), "too-large");
+    assert_eq!(kind("dns"), "dns");
+    assert_no_canary(&out);
+}
+
+#[test]
+fn a_panicking_plugin_fails_its_connection_only() {
+    let s = servers();
+    let dir = tempfile::tempdir().unwrap();
+    write_config(
+        dir.path(),
+        &format!(
+            "connections:\n  boom-configure:\n    base-url: {0}\n    auth: {{scheme: panic, panic-in: configure, password: CANARY-in-panic}}\n  boom-authorize:\n    base-url: {0}\n    auth: {{scheme: panic, panic-in: authorize}}\n  fine:\n    base-url: {0}\n",
+            s.none.base_url()
+        ),
+    );
+    let out = Command::new(fhirconn_bin())
+        .current_dir(dir.path())
+        .arg("--plugin-dir")
+        .arg(fixture_dir())
+        .arg("--plugin-dir")
+        .arg(plugin_dir())
+        .arg("test")
+        .output()
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{stdout}\n{stderr}");
+    assert!(stdout.contains("PASS  fine"), "{stdout}");
+    assert!(stdout.contains("FAIL  boom-configure"), "{stdout}");
+    assert!(
+        stdout.contains("the plugin panicked in configure"),
+        "{stdout}"
+    );
+    assert!(stdout.contains("FAIL  boom-authorize"), "{stdout}");
+    assert!(
+        stdout.contains("the plugin panicked in authorize"),
+        "{stdout}"
+    );
+    assert!(
+        !stdout.contains("CANARY") && !stderr.contains("CANARY"),
+        "{stdout}\n{stderr}"
+    );
+}
+
+#[test]
+fn schemes_and_schema_commands() {
+    let dir = tempfile::tempdir().unwrap();
+    let out = run(dir.path(), &["schemes", "--output", "json"]);
+    assert_eq!(out.code, 0, "{}", out.stderr);
+    let v: serde_json::Value = serde_json::from_str(&out.stdout).unwrap();
+    let names: Vec<&str> = v
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|s| s["name"].as_str().unwrap())
+        .collect();
+    assert_eq!(names, ["basic", "bearer", "none"]);
+    assert_eq!(v[0]["abi"], "1.0.0");
+    let schema = run(dir.path(), &["schema"]);
+    let s: serde_json::Value = serde_json::from_str(&schema.stdout).unwrap();
+    assert!(s["$defs"]["scheme-basic"]["properties"]["password-file"].is_object());
+    assert!(s["$defs"]["scheme-bearer"]["properties"]["token-env"].is_object());
+    let names = s["$defs"]["auth"]["properties"]["scheme"]["enum"].clone();
+    assert_eq!(names, serde_json::json!(["basic", "bearer", "none"]));
+}
+
+/// (name, YAML, expected fragment of the message). Every case must exit 2 with a location.
+const MALFORMED: &[(&str, &str, &str)] = &[
+    ("bad yaml", "connections:\n  a: [\n", "invalid YAML"),
+    ("empty file", "", "the file is empty"),
+    ("not a mapping", "- a\n- b\n", "must be a mapping, found a list"),
+    ("no connections", "other: 1\n", "missing required field 'connections'"),
+    ("unknown top-level", "connections:\n  a:\n    base-url: http://h\nextra: 1\n", "unknown field 'extra'"),
+    ("missing base-url", "connections:\n  a:\n    read-timeout: PT1S\n", "missing required field 'base-url'"),
+    ("bad url", "connections:\n  a:\n    base-url: not a url\n", "not a valid URL"),
+    ("ftp url", "connections:\n  a:\n    base-url: ftp://h/fhir\n", "must be http:// or https://"),
+    ("url with credentials", "connections:\n  a:\n    base-url: https://u:p@h/fhir\n", "must not contain credentials"),
+    ("bad duration", "connections:\n  a:\n    base-url: http://h\n    read-timeout: 30s\n", "not an ISO-8601 duration"),
+    ("months duration", "connections:\n  a:\n    base-url: http://h\n    connect-timeout: P1M\n", "months"),
+    ("zero duration", "connections:\n  a:\n    base-url: http://h\n    connect-timeout: PT0S\n", "longer than zero"),
+    ("unknown scheme", "connections:\n  a:\n    base-url: http://h\n    auth: {scheme: kerberos}\n", "unknown scheme 'kerberos'"),
+    ("missing scheme", "connections:\n  a:\n    base-url: http://h\n    auth: {username: u}\n", "missing required field 'scheme'"),
+    ("missing username", "connections:\n  a:\n    base-url: http://h\n    auth: {scheme: basic, password: x}\n", "missing required field 'username'"),
+    ("no password", "connections:\n  a:\n    base-url: http://h\n    auth: {scheme: basic, username: u}\n", "exactly one of 'password', 'password-file', 'password-env' must be set; none is"),
+    ("two passwords", "connections:\n  a:\n    base-url: http://h\n    auth: {scheme: basic, username: u, password: x, password-file: pw.txt}\n", "found 'password' and 'password-file'"),
+    ("typo in setting", "connections:\n  a:\n    base-url: http://h\n    auth: {scheme: basic, username: u, pasword: x}\n", "unknown field 'pasword'"),
+    ("missing password file", "connections:\n  a:\n    base-url: http://h\n    auth: {scheme: basic, username: u, password-file: missing.txt}\n", "no such file"),
+    ("unset env", "connections:\n  a:\n    base-url: http://h\n    auth: {scheme: bearer, token-env: FHIRCONN_UNSET_VAR_XYZ}\n", "environment variable FHIRCONN_UNSET_VAR_XYZ is not set"),
+    ("wrong type", "connections:\n  a:\n    base-url: http://h\n    use-system-roots: maybe\n", "must be a boolean, found a string"),
+    ("bad id", "connections:\n  'a b':\n    base-url: http://h\n", "connection id 'a b'"),
+    ("duplicate id", "connections:\n  a:\n    base-url: http://h\n  a:\n    base-url: http://i\n", "dup"),
+    ("missing roots file", "connections:\n  a:\n    base-url: https://h\n    trusted-root-certificates-file: nope.pem\n", "cannot read"),
+    ("colon in username", "connections:\n  a:\n    base-url: http://h\n    auth: {scheme: basic, username: 'a:b', password: x}\n", "does not match the pattern"),
+    ("token with space", "connections:\n  a:\n    base-url: http://h\n    auth: {scheme: bearer, token: 'two words'}\n", "whitespace"),
+    ("settings on none", "connections:\n  a:\n    base-url: http://h\n    auth: {scheme: none, user: x}\n", "unknown field 'user'"),
+    ("alias bomb", "a: &a [x,x,x,x,x,x,x,x,x,x]\nb: &b [*a,*a,*a,*a,*a,*a,*a,*a,*a,*a]\nc: &c [*b,*b,*b,*b,*b,*b,*b,*b,*b,*b]\nd: &d [*c,*c,*c,*c,*c,*c,*c,*c,*c,*c]\ne: &e [*d,*d,*d,*d,*d,*d,*d,*d,*d,*d]\nf: &f [*e,*e,*e,*e,*e,*e,*e,*e,*e,*e]\ng: [*f,*f,*f,*f,*f,*f,*f,*f,*f,*f]\n", "alias"),
+    ("empty auth list", "connections:\n  a:\n    base-url: http://h\n    auth: []\n", "at least 1 item"),
+    ("no connections at all", "connections: {}\n", "no connections are configured"),
+];
+
+#[test]
+fn malformed_configurations_exit_2_with_a_location_and_no_panic() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut failures = Vec::new();
+    for (name, yaml, expected) in MALFORMED {
+        write_config(dir.path(), yaml);
+        let out = run(dir.path(), &["config", "check"]);
+        let ok = out.code == 2
+            && out.stderr.contains(expected)
+            && out.stderr.contains("fhirconn.yaml")
+            && !out.stderr.contains("panicked");
+        if !ok {
+            failures.push(format!("{name}: exit {} stderr:\n{}", out.code, out.stderr));
+        }
+        // Values never echoed: the inline password 'x' aside, no full YAML line is repeated.
+        assert!(!out.stderr.contains("CANARY"));
+    }
+    assert!(
+        failures.is_empty(),
+        "{} of {} cases failed:\n{}",
+        failures.len(),
+        MALFORMED.len(),
+        failures.join("\n")
+    );
+    // Locations carry line and column.
+    write_config(
+        dir.path(),
+        "connections:\n  a:\n    base-url: http://h\n    read-timeout: 30s\n",
+    );
+    let out = run(dir.path(), &["config", "check"]);
+    assert!(
+        out.stderr
+            .contains("fhirconn.yaml:4:19: connection 'a': read-timeout: "),
+        "{}",
+        out.stderr
+    );
+}
+
+#[test]
+fn non_utf8_bytes_and_huge_files_are_refused() {
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::write(
+        dir.path().join("fhirconn.yaml"),
+        b"connections:\n  a:\n    base-url: http://h\xff\n",
+    )
+    .unwrap();
+    let out = run(dir.path(), &["config", "check"]);
+    assert_eq!(out.code, 2);
+    assert!(
+        out.stderr.contains("fhirconn.yaml:3:") && out.stderr.contains("not valid UTF-8"),
+        "{}",
+        out.stderr
+    );
+    let big = format!(
+        "connections:\n  a:\n    base-url: http://h\n#{}\n",
+        "x".repeat(5 * 1024 * 1024)
+    );
+    std::fs::write(dir.path().join("fhirconn.yaml"), big).unwrap();
+    let out = run(dir.path(), &["config", "check"]);
+    assert_eq!(out.code, 2);
+    assert!(out.stderr.contains("limit"), "{}", out.stderr);
+}
