@@ -355,3 +355,21 @@ pub fn default_dirs(explicit: &[PathBuf]) -> Vec<PathBuf> {
     });
     dirs
 }
+
+/// Configures a scheme directly against any host-services implementation (benchmarks and
+/// tests of the raw ABI path; the host itself goes through `Host::builder`).
+pub fn configure_for_bench(
+    scheme: &SchemeHandle,
+    context: &fhirconn_abi::ConnectionContext,
+    settings_json: &str,
+    services: &impl fhirconn_abi::HostServices,
+) -> Result<fhirconn_abi::ConnectionAuthBox, fhirconn_abi::AbiError> {
+    scheme
+        .imp
+        .configure(
+            context,
+            settings_json.into(),
+            fhirconn_abi::host_ref(services),
+        )
+        .into_result()
+}

@@ -1,0 +1,102 @@
+//! Tidy checks over the source tree: the architecture invariants that code review would
+//! otherwise have to remember (see ARCHITECTURE.md, "Architecture invariants").
+
+use std::path::{Path, PathBuf};
+
+fn files(dir: &Path, ext: &str, out: &mut Vec<PathBuf>) {
+    let Ok(entries) = std::fs::read_dir(dir) else {
+        return;
+    };
+    for e in entries.flatten() {
+        let p = e.path();
+        let name = e.file_name();
+        let name = name.to_string_lossy();
+        if p.is_dir() {
+            if name == "target" || name.starts_with('.') {
+                continue;
+            }
+            files(&p, ext, out);
+        } else if name.ends_with(ext) {
+            out.push(p);
+        }
+    }
+}
+
+fn workspace_files(ext: &str) -> Vec<PathBuf> {
+    let root = fhirconn_tests::root();
+    let mut out = Vec::new();
+    for top in ["crates", "plugins", "host", "tests", "xtask"] {
+        files(&root.join(top), ext, &mut out);
+    }
+    assert!(out.len() >= 5, "the walk found too few files: {out:?}");
+    out
+}
+
+#[test]
+fn every_rust_file_opens_with_a_doc_line_saying_what_it_is_for() {
+    let missing: Vec<_> = workspace_files(".rs")
+        .into_iter()
+        .filter(|p| {
+            let text = std::fs::read_to_string(p).unwrap_or_default();
+            !text.starts_with("//!")
+        })
+        .collect();
+    assert!(
+        missing.is_empty(),
+        "files without a leading `//!` line: {missing:#?}"
+    );
+}
+
+#[test]
+fn only_fhirconn_abi_depends_on_abi_stable_or_libloading() {
+    let root = fhirconn_tests::root();
+    let offenders: Vec<_> = workspace_files("Cargo.toml")
+        .into_iter()
+        .filter(|p| !p.starts_with(root.join("crates/fhirconn-abi")))
+        .filter(|p| {
+            let text = std::fs::read_to_string(p).unwrap_or_default();
+            text.lines().any(|l| {
+                let l = l.trim_start();
+                l.starts_with("abi_stable") || l.starts_with("libloading")
+            })
+        })
+        .collect();
+    assert!(
+        offenders.is_empty(),
+        "only crates/fhirconn-abi may name abi_stable or libloading: {offenders:#?}"
+    );
+}
+
+#[test]
+fn plugins_do_no_io_of_their_own() {
+    // Plugins reach files, the environment and the network only through HostServices, so the
+    // host can resolve paths, redact logs, apply proxies and timeouts in one place.
+    let root = fhirconn_tests::root();
+    let mut plugin_sources = Vec::new();
+    files(&root.join("plugins"), ".rs", &mut plugin_sources);
+    assert!(!plugin_sources.is_empty());
+    let forbidden = [
+        "std::fs",
+        "std::net",
+        "std::env",
+        "reqwest",
+        "tokio",
+        "std::process",
+    ];
+    let mut hits = Vec::new();
+    for p in plugin_sources {
+        let text = std::fs::read_to_string(&p).unwrap_or_default();
+        for (n, line) in text.lines().enumerate() {
+            // Tests may write temporary files to feed the host mock.
+            if line.trim_start().starts_with("mod tests") {
+                break;
+            }
+            for f in forbidden {
+                if line.contains(f) {
+                    hits.push(format!("{}:{}: {f}", p.display(), n + 1));
+                }
+            }
+        }
+    }
+    assert!(hits.is_empty(), "plugins must use HostServices: {hits:#?}");
+}
