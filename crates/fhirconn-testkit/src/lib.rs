@@ -3,7 +3,13 @@
 //! [`FhirServer`] is an in-process FHIR R4 server on loopback (axum): a real
 //! CapabilityStatement at `/metadata`, Patient read and search, authentication enforced as
 //! configured (none, basic, bearer) with a `WWW-Authenticate` challenge on 401, fault modes
-//! (slow, 500, non-JSON, huge body) and request counters for assertions.
+//! (slow, 500, non-JSON, huge body) and request counters for assertions. With
+//! [`ServerAuth::Jwt`] it is a resource server verifying JWT access tokens, and it can serve a
+//! SMART configuration document (`.well-known/smart-configuration`).
+//!
+//! [`idp::IdentityProvider`] is an OAuth 2.0 / OpenID Connect provider issuing those tokens.
+
+pub mod idp;
 
 use axum::{
     body::Body,
@@ -37,6 +43,46 @@ pub enum ServerAuth {
         /// Accepted tokens.
         tokens: Vec<String>,
     },
+    /// JWT access tokens from an OAuth provider (signature, `iss`, `aud`, `exp`).
+    Jwt(JwtAuth),
+}
+
+/// How a resource server verifies JWT access tokens.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct JwtAuth {
+    /// Expected `iss`.
+    pub issuer: String,
+    /// Expected `aud`.
+    pub audience: String,
+    /// The issuer's public keys.
+    pub jwks: jsonwebtoken::jwk::JwkSet,
+    /// Advertised in the CapabilityStatement's SMART `oauth-uris` extension.
+    pub token_endpoint: Option<String>,
+}
+
+impl JwtAuth {
+    /// Checks a presented access token; `Err` is the `error_description` of the challenge.
+    fn verify(&self, token: &str) -> Result<(), String> {
+        let header = jsonwebtoken::decode_header(token).map_err(|_| "not a JWT".to_string())?;
+        let jwk = header
+            .kid
+            .as_deref()
+            .and_then(|k| self.jwks.find(k))
+            .ok_or("unknown signing key")?;
+        let key = jsonwebtoken::DecodingKey::from_jwk(jwk).map_err(|e| e.to_string())?;
+        let mut v = jsonwebtoken::Validation::new(header.alg);
+        v.set_audience(&[self.audience.as_str()]);
+        v.set_issuer(&[self.issuer.as_str()]);
+        v.leeway = 0;
+        jsonwebtoken::decode::<serde_json::Value>(token, &key, &v)
+            .map(|_| ())
+            .map_err(|e| match e.kind() {
+                jsonwebtoken::errors::ErrorKind::ExpiredSignature => "the token has expired".into(),
+                jsonwebtoken::errors::ErrorKind::InvalidAudience => "wrong audience".into(),
+                jsonwebtoken::errors::ErrorKind::InvalidIssuer => "wrong issuer".into(),
+                _ => "invalid token".into(),
+            })
+    }
 }
 
 /// A fault the server injects into every FHIR response.
@@ -65,6 +111,8 @@ pub struct FhirServerConfig {
     pub fault: Fault,
     /// Path prefix of the FHIR base, e.g. `/fhir`.
     pub base_path: String,
+    /// Served at `{base}/.well-known/smart-configuration` when set.
+    pub smart_configuration: Option<Value>,
 }
 
 impl Default for FhirServerConfig {
@@ -74,6 +122,7 @@ impl Default for FhirServerConfig {
             anonymous_metadata: false,
             fault: Fault::None,
             base_path: "/fhir".into(),
+            smart_configuration: None,
         }
     }
 }
@@ -83,6 +132,7 @@ struct Counters {
     requests: AtomicU64,
     unauthorized: AtomicU64,
     authorizations: Mutex<Vec<Option<String>>>,
+    revoked: Mutex<std::collections::HashSet<String>>,
 }
 
 #[derive(Clone)]
@@ -125,6 +175,7 @@ impl FhirServer {
             .route("/metadata", get(metadata))
             .route("/Patient", get(search_patients))
             .route("/Patient/{id}", get(read_patient))
+            .route("/.well-known/smart-configuration", get(smart_configuration))
             .with_state(state);
         let app = if base_path.is_empty() {
             fhir
@@ -176,6 +227,17 @@ impl FhirServer {
     /// Requests answered 401.
     pub fn unauthorized(&self) -> u64 {
         self.counters.unauthorized.load(Ordering::SeqCst)
+    }
+
+    /// Revokes every bearer token presented so far: their next use is answered 401.
+    pub fn revoke_presented_tokens(&self) {
+        let presented: Vec<String> = self
+            .authorizations()
+            .into_iter()
+            .flatten()
+            .filter_map(|a| bearer_token(&a))
+            .collect();
+        self.counters.revoked.lock().unwrap().extend(presented);
     }
 
     /// The `Authorization` header of every request, in order.
@@ -235,14 +297,31 @@ async fn gate(state: &AppState, headers: &HeaderMap, is_metadata: bool) -> Resul
                     r#"Basic realm="fhirconn-testkit", charset="UTF-8""#.to_string(),
                 )
             }
+            ServerAuth::Jwt(jwt) => {
+                let presented = authz.as_deref().and_then(bearer_token);
+                let verdict = match &presented {
+                    None => Err(None),
+                    Some(t) if state.counters.revoked.lock().unwrap().contains(t) => {
+                        Err(Some("the token has been revoked".to_string()))
+                    }
+                    Some(t) => jwt.verify(t).map_err(Some),
+                };
+                match verdict {
+                    Ok(()) => (true, String::new()),
+                    Err(None) => (false, r#"Bearer realm="fhirconn-testkit""#.to_string()),
+                    Err(Some(why)) => (
+                        false,
+                        format!(
+                            r#"Bearer realm="fhirconn-testkit", error="invalid_token", error_description="{why}""#
+                        ),
+                    ),
+                }
+            }
             ServerAuth::Bearer { tokens } => {
-                let presented = authz.as_deref().and_then(|a| {
-                    let (scheme, token) = a.split_once(' ')?;
-                    scheme
-                        .eq_ignore_ascii_case("bearer")
-                        .then(|| token.trim().to_string())
+                let presented = authz.as_deref().and_then(bearer_token);
+                let ok = presented.as_ref().is_some_and(|t| {
+                    tokens.contains(t) && !state.counters.revoked.lock().unwrap().contains(t)
                 });
-                let ok = presented.as_ref().is_some_and(|t| tokens.contains(t));
                 let challenge = if presented.is_some() {
                     r#"Bearer realm="fhirconn-testkit", error="invalid_token", error_description="the access token is not valid""#
                 } else {
@@ -288,12 +367,30 @@ async fn gate(state: &AppState, headers: &HeaderMap, is_metadata: bool) -> Resul
     }
 }
 
+fn bearer_token(authorization: &str) -> Option<String> {
+    let (scheme, token) = authorization.split_once(' ')?;
+    scheme
+        .eq_ignore_ascii_case("bearer")
+        .then(|| token.trim().to_string())
+}
+
+async fn smart_configuration(State(state): State<AppState>) -> Response {
+    match state.config.lock().unwrap().smart_configuration.clone() {
+        Some(doc) => axum::Json(doc).into_response(),
+        None => fhir_json(
+            StatusCode::NOT_FOUND,
+            &outcome("not-found", "this server has no SMART configuration"),
+        ),
+    }
+}
+
 /// The CapabilityStatement (FHIR R4) this server serves.
 pub fn capability_statement(auth: &ServerAuth) -> Value {
     let security_code = match auth {
         ServerAuth::None => None,
         ServerAuth::Basic { .. } => Some("Basic"),
         ServerAuth::Bearer { .. } => Some("OAuth"),
+        ServerAuth::Jwt(_) => Some("SMART-on-FHIR"),
     };
     let mut rest = json!({
         "mode": "server",
@@ -310,6 +407,16 @@ pub fn capability_statement(auth: &ServerAuth) -> Value {
         rest["security"] = json!({"service": [{"coding": [{
             "system": "http://terminology.hl7.org/CodeSystem/restful-security-service",
             "code": code}]}]});
+        if let ServerAuth::Jwt(JwtAuth {
+            token_endpoint: Some(token),
+            ..
+        }) = auth
+        {
+            rest["security"]["extension"] = json!([{
+                "url": "http://fhir-registry.smarthealthit.org/StructureDefinition/oauth-uris",
+                "extension": [{"url": "token", "valueUri": token}]
+            }]);
+        }
     }
     json!({
         "resourceType": "CapabilityStatement",

@@ -1,0 +1,670 @@
+//! An OAuth 2.0 / OpenID Connect provider on loopback: discovery, JWKS, and a token endpoint for
+//! the client-credentials grant with `client_secret_basic`, `client_secret_post` and
+//! `private_key_jwt` (with the SMART Backend Services checks), issuing signed JWT access tokens.
+//!
+//! It is strict where the specifications are: a request that authenticates the client twice is
+//! refused (RFC 6749 §2.3), Basic credentials are form-urlencoded (§2.3.1), a repeated parameter
+//! is an `invalid_request` (§3.2), errors are RFC 6749 §5.2 JSON bodies, and client assertions
+//! follow RFC 7523 §3 and SMART App Launch 2.x (`kid`, `typ: JWT`, RS384/ES384, `iss = sub`,
+//! `aud` = the token endpoint, `exp` at most five minutes ahead, unique `jti`).
+
+use axum::{
+    extract::State,
+    http::{header, HeaderMap, HeaderValue, StatusCode},
+    response::{IntoResponse, Response},
+    routing::{get, post},
+    Router,
+};
+use jsonwebtoken::jwk::{Jwk, JwkSet, KeyAlgorithm, PublicKeyUse};
+use jsonwebtoken::{Algorithm, DecodingKey, EncodingKey, Header, Validation};
+use serde_json::{json, Value};
+use std::collections::HashMap;
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+/// The client-assertion type of RFC 7523.
+pub const JWT_BEARER_ASSERTION: &str = "urn:ietf:params:oauth:client-assertion-type:jwt-bearer";
+
+/// How a registered client authenticates at the token endpoint.
+#[derive(Debug, Clone)]
+pub enum ClientAuth {
+    /// `client_secret_basic`: HTTP Basic with the form-urlencoded id and secret.
+    SecretBasic(String),
+    /// `client_secret_post`: `client_id` and `client_secret` in the body.
+    SecretPost(String),
+    /// `private_key_jwt`: a signed client assertion verified with these public keys.
+    PrivateKeyJwt(JwkSet),
+}
+
+impl ClientAuth {
+    fn method(&self) -> &'static str {
+        match self {
+            ClientAuth::SecretBasic(_) => "client_secret_basic",
+            ClientAuth::SecretPost(_) => "client_secret_post",
+            ClientAuth::PrivateKeyJwt(_) => "private_key_jwt",
+        }
+    }
+}
+
+/// A client registered with the provider.
+#[derive(Debug, Clone)]
+pub struct RegisteredClient {
+    /// The `client_id`.
+    pub client_id: String,
+    /// Its one authentication method.
+    pub auth: ClientAuth,
+    /// Scopes it may be granted (requesting others is `invalid_scope`).
+    pub scopes: Vec<String>,
+}
+
+/// A fault the provider injects.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum IdpFault {
+    /// Behave.
+    None,
+    /// The token endpoint answers 500 with an HTML page.
+    TokenStatus500,
+    /// The token endpoint answers 200 with a body that is not JSON.
+    TokenGarbage,
+    /// The discovery document is missing (404).
+    NoDiscovery,
+    /// The discovery document names another issuer.
+    WrongIssuer,
+}
+
+/// Provider settings.
+#[derive(Debug, Clone)]
+pub struct IdpConfig {
+    /// Path of the issuer below the server root, e.g. `/oauth` (the issuer is
+    /// `http://127.0.0.1:PORT/oauth`).
+    pub issuer_path: String,
+    /// The `aud` of the access tokens it issues (usually the FHIR base URL).
+    pub audience: String,
+    /// Lifetime of access tokens.
+    pub token_lifetime: Duration,
+    /// Registered clients.
+    pub clients: Vec<RegisteredClient>,
+}
+
+impl Default for IdpConfig {
+    fn default() -> Self {
+        Self {
+            issuer_path: "/oauth".into(),
+            audience: "fhirconn-testkit".into(),
+            token_lifetime: Duration::from_secs(300),
+            clients: Vec::new(),
+        }
+    }
+}
+
+struct Signer {
+    key: EncodingKey,
+    jwks: JwkSet,
+    kid: String,
+}
+
+struct IdpState {
+    config: Mutex<IdpConfig>,
+    fault: Mutex<IdpFault>,
+    issuer: String,
+    token_endpoint: String,
+    signer: Signer,
+    seen_jti: Mutex<HashMap<String, u64>>,
+    token_requests: AtomicU64,
+    tokens_issued: AtomicU64,
+    token_sequence: AtomicU64,
+    last_error: Mutex<Option<String>>,
+}
+
+/// A running identity provider; stops when dropped.
+pub struct IdentityProvider {
+    addr: SocketAddr,
+    state: Arc<IdpState>,
+    shutdown: Option<tokio::sync::oneshot::Sender<()>>,
+}
+
+impl std::fmt::Debug for IdentityProvider {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("IdentityProvider")
+            .field("issuer", &self.state.issuer)
+            .finish_non_exhaustive()
+    }
+}
+
+fn now_secs() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .unwrap_or_default()
+        .as_secs()
+}
+
+fn signing_key() -> Signer {
+    let pair = rcgen::KeyPair::generate_for(&rcgen::PKCS_ECDSA_P256_SHA256)
+        .expect("generating a P-256 key");
+    let key = EncodingKey::from_ec_der(&pair.serialize_der());
+    let kid = "testkit-es256".to_string();
+    let mut jwk = Jwk::from_encoding_key(&key, Algorithm::ES256).expect("public JWK of our key");
+    jwk.common.key_id = Some(kid.clone());
+    jwk.common.public_key_use = Some(PublicKeyUse::Signature);
+    jwk.common.key_algorithm = Some(KeyAlgorithm::ES256);
+    Signer {
+        key,
+        jwks: JwkSet { keys: vec![jwk] },
+        kid,
+    }
+}
+
+impl IdentityProvider {
+    /// Starts a provider on 127.0.0.1 with a free port. Call inside a tokio runtime.
+    pub async fn start(config: IdpConfig) -> std::io::Result<Self> {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
+        let addr = listener.local_addr()?;
+        let path = config.issuer_path.trim_end_matches('/').to_string();
+        let issuer = format!("http://{addr}{path}");
+        let state = Arc::new(IdpState {
+            token_endpoint: format!("{issuer}/token"),
+            issuer,
+            config: Mutex::new(config),
+            fault: Mutex::new(IdpFault::None),
+            signer: signing_key(),
+            seen_jti: Mutex::new(HashMap::new()),
+            token_requests: AtomicU64::new(0),
+            tokens_issued: AtomicU64::new(0),
+            token_sequence: AtomicU64::new(0),
+            last_error: Mutex::new(None),
+        });
+        let routes = Router::new()
+            .route("/.well-known/openid-configuration", get(discovery))
+            .route("/jwks", get(jwks))
+            .route("/token", post(token))
+            .with_state(state.clone());
+        let app = if path.is_empty() {
+            routes
+        } else {
+            Router::new().nest(&path, routes)
+        };
+        let (tx, rx) = tokio::sync::oneshot::channel::<()>();
+        tokio::spawn(async move {
+            let _ = axum::serve(listener, app)
+                .with_graceful_shutdown(async {
+                    let _ = rx.await;
+                })
+                .await;
+        });
+        Ok(Self {
+            addr,
+            state,
+            shutdown: Some(tx),
+        })
+    }
+
+    /// The issuer URL (no trailing slash).
+    pub fn issuer(&self) -> String {
+        self.state.issuer.clone()
+    }
+
+    /// The token endpoint URL.
+    pub fn token_endpoint(&self) -> String {
+        self.state.token_endpoint.clone()
+    }
+
+    /// The bound address.
+    pub fn addr(&self) -> SocketAddr {
+        self.addr
+    }
+
+    /// The provider's public signing keys (what a resource server verifies tokens with).
+    pub fn jwks(&self) -> JwkSet {
+        self.state.signer.jwks.clone()
+    }
+
+    /// A verifier for a FHIR server accepting this provider's tokens for `audience`.
+    pub fn verifier(&self, audience: &str) -> crate::JwtAuth {
+        crate::JwtAuth {
+            issuer: self.issuer(),
+            audience: audience.to_string(),
+            jwks: self.jwks(),
+            token_endpoint: Some(self.token_endpoint()),
+        }
+    }
+
+    /// A SMART configuration document (`.well-known/smart-configuration`) naming this provider.
+    pub fn smart_configuration(&self) -> Value {
+        json!({
+            "issuer": self.issuer(),
+            "jwks_uri": format!("{}/jwks", self.issuer()),
+            "token_endpoint": self.token_endpoint(),
+            "grant_types_supported": ["client_credentials"],
+            "token_endpoint_auth_methods_supported": ["private_key_jwt"],
+            "token_endpoint_auth_signing_alg_values_supported": ["RS384", "ES384"],
+            "scopes_supported": ["system/*.read", "system/*.rs", "system/Patient.rs"],
+            "capabilities": ["client-confidential-asymmetric", "permission-v1", "permission-v2"]
+        })
+    }
+
+    /// Registers another client (or replaces one with the same id).
+    pub fn register(&self, client: RegisteredClient) {
+        let mut cfg = self.state.config.lock().unwrap();
+        cfg.clients.retain(|c| c.client_id != client.client_id);
+        cfg.clients.push(client);
+    }
+
+    /// Changes the lifetime of tokens issued from now on.
+    pub fn set_token_lifetime(&self, lifetime: Duration) {
+        self.state.config.lock().unwrap().token_lifetime = lifetime;
+    }
+
+    /// Changes the injected fault.
+    pub fn set_fault(&self, fault: IdpFault) {
+        *self.state.fault.lock().unwrap() = fault;
+    }
+
+    /// Requests the token endpoint received.
+    pub fn token_requests(&self) -> u64 {
+        self.state.token_requests.load(Ordering::SeqCst)
+    }
+
+    /// Access tokens issued.
+    pub fn tokens_issued(&self) -> u64 {
+        self.state.tokens_issued.load(Ordering::SeqCst)
+    }
+
+    /// The `error_description` of the last refused token request.
+    pub fn last_error(&self) -> Option<String> {
+        self.state.last_error.lock().unwrap().clone()
+    }
+}
+
+impl Drop for IdentityProvider {
+    fn drop(&mut self) {
+        if let Some(tx) = self.shutdown.take() {
+            let _ = tx.send(());
+        }
+    }
+}
+
+async fn discovery(State(state): State<Arc<IdpState>>) -> Response {
+    let fault = *state.fault.lock().unwrap();
+    if fault == IdpFault::NoDiscovery {
+        return (StatusCode::NOT_FOUND, "no discovery here").into_response();
+    }
+    let issuer = if fault == IdpFault::WrongIssuer {
+        "https://evil.example.com/oauth".to_string()
+    } else {
+        state.issuer.clone()
+    };
+    axum::Json(json!({
+        "issuer": issuer,
+        "authorization_endpoint": format!("{}/authorize", state.issuer),
+        "token_endpoint": state.token_endpoint,
+        "jwks_uri": format!("{}/jwks", state.issuer),
+        "response_types_supported": ["code"],
+        "subject_types_supported": ["public"],
+        "id_token_signing_alg_values_supported": ["ES256"],
+        "grant_types_supported": ["client_credentials"],
+        "token_endpoint_auth_methods_supported":
+            ["client_secret_basic", "client_secret_post", "private_key_jwt"],
+        "token_endpoint_auth_signing_alg_values_supported": ["RS384", "ES384"],
+    }))
+    .into_response()
+}
+
+async fn jwks(State(state): State<Arc<IdpState>>) -> Response {
+    axum::Json(&state.signer.jwks).into_response()
+}
+
+/// An RFC 6749 §5.2 error response.
+fn oauth_error(state: &IdpState, status: StatusCode, error: &str, description: &str) -> Response {
+    *state.last_error.lock().unwrap() = Some(format!("{error}: {description}"));
+    let mut resp = (
+        status,
+        axum::Json(json!({"error": error, "error_description": description})),
+    )
+        .into_response();
+    let h = resp.headers_mut();
+    h.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
+    if status == StatusCode::UNAUTHORIZED {
+        h.insert(
+            header::WWW_AUTHENTICATE,
+            HeaderValue::from_static(r#"Basic realm="fhirconn-testkit-idp""#),
+        );
+    }
+    resp
+}
+
+fn form_decode(s: &str) -> String {
+    url::form_urlencoded::parse(format!("x={s}").as_bytes())
+        .next()
+        .map(|(_, v)| v.into_owned())
+        .unwrap_or_default()
+}
+
+/// The client credentials presented in the `Authorization: Basic` header, form-urldecoded.
+fn basic_credentials(headers: &HeaderMap) -> Option<Result<(String, String), ()>> {
+    use base64::Engine as _;
+    let v = headers.get(header::AUTHORIZATION)?.to_str().ok()?;
+    let (scheme, rest) = v.split_once(' ')?;
+    if !scheme.eq_ignore_ascii_case("basic") {
+        return None;
+    }
+    let decoded = base64::engine::general_purpose::STANDARD
+        .decode(rest.trim())
+        .ok()
+        .and_then(|b| String::from_utf8(b).ok());
+    Some(match decoded.as_deref().and_then(|d| d.split_once(':')) {
+        Some((id, secret)) => Ok((form_decode(id), form_decode(secret))),
+        None => Err(()),
+    })
+}
+
+#[derive(serde::Deserialize)]
+struct AssertionClaims {
+    sub: String,
+    exp: u64,
+    jti: String,
+}
+
+async fn token(State(state): State<Arc<IdpState>>, headers: HeaderMap, body: String) -> Response {
+    state.token_requests.fetch_add(1, Ordering::SeqCst);
+    match *state.fault.lock().unwrap() {
+        IdpFault::TokenStatus500 => {
+            return (
+                StatusCode::INTERNAL_SERVER_ERROR,
+                [(header::CONTENT_TYPE, "text/html")],
+                "<html><body>502 Bad Gateway</body></html>",
+            )
+                .into_response()
+        }
+        IdpFault::TokenGarbage => {
+            return (
+                StatusCode::OK,
+                [(header::CONTENT_TYPE, "application/json")],
+                "{\"access_token\": ",
+            )
+                .into_response()
+        }
+        _ => {}
+    }
+    let bad =
+        |status, error: &str, description: &str| oauth_error(&state, status, error, description);
+    let is_form = headers
+        .get(header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .is_some_and(|v| v.starts_with("application/x-www-form-urlencoded"));
+    if !is_form {
+        return bad(
+            StatusCode::BAD_REQUEST,
+            "invalid_request",
+            "the body must be application/x-www-form-urlencoded",
+        );
+    }
+    let mut params: HashMap<String, String> = HashMap::new();
+    for (k, v) in url::form_urlencoded::parse(body.as_bytes()) {
+        if params.insert(k.to_string(), v.into_owned()).is_some() {
+            return bad(
+                StatusCode::BAD_REQUEST,
+                "invalid_request",
+                &format!("parameter '{k}' is repeated"),
+            );
+        }
+    }
+    match params.get("grant_type").map(String::as_str) {
+        Some("client_credentials") => {}
+        Some(other) => {
+            return bad(
+                StatusCode::BAD_REQUEST,
+                "unsupported_grant_type",
+                &format!("grant_type '{other}' is not supported"),
+            )
+        }
+        None => {
+            return bad(
+                StatusCode::BAD_REQUEST,
+                "invalid_request",
+                "grant_type is missing",
+            )
+        }
+    }
+
+    // Which client authentication methods were used? Exactly one is allowed.
+    let basic = basic_credentials(&headers);
+    let post_secret = params.get("client_secret").cloned();
+    let assertion = params.get("client_assertion").cloned();
+    let used = [basic.is_some(), post_secret.is_some(), assertion.is_some()]
+        .iter()
+        .filter(|b| **b)
+        .count();
+    if used > 1 {
+        return bad(
+            StatusCode::BAD_REQUEST,
+            "invalid_request",
+            "the client authenticated with more than one method",
+        );
+    }
+    let (client_id, presented) = match (basic, post_secret, assertion) {
+        (Some(Err(())), _, _) => {
+            return bad(
+                StatusCode::UNAUTHORIZED,
+                "invalid_client",
+                "malformed Basic credentials",
+            )
+        }
+        (Some(Ok((id, secret))), _, _) => {
+            if params.get("client_id").is_some_and(|c| *c != id) {
+                return bad(
+                    StatusCode::BAD_REQUEST,
+                    "invalid_request",
+                    "client_id in the body differs from the Basic credentials",
+                );
+            }
+            (id, Presented::Basic(secret))
+        }
+        (None, Some(secret), _) => match params.get("client_id") {
+            Some(id) => (id.clone(), Presented::Post(secret)),
+            None => {
+                return bad(
+                    StatusCode::BAD_REQUEST,
+                    "invalid_request",
+                    "client_secret without client_id",
+                )
+            }
+        },
+        (None, None, Some(jwt)) => {
+            if params.get("client_assertion_type").map(String::as_str) != Some(JWT_BEARER_ASSERTION)
+            {
+                return bad(
+                    StatusCode::BAD_REQUEST,
+                    "invalid_request",
+                    "client_assertion_type must be urn:ietf:params:oauth:client-assertion-type:jwt-bearer",
+                );
+            }
+            let unverified = jsonwebtoken::dangerous::insecure_decode::<Value>(&jwt)
+                .ok()
+                .and_then(|d| d.claims["iss"].as_str().map(String::from));
+            match unverified {
+                Some(iss) => (iss, Presented::Jwt(jwt)),
+                None => {
+                    return bad(
+                        StatusCode::BAD_REQUEST,
+                        "invalid_client",
+                        "the client assertion is not a JWT with an 'iss' claim",
+                    )
+                }
+            }
+        }
+        (None, None, None) => {
+            return bad(
+                StatusCode::UNAUTHORIZED,
+                "invalid_client",
+                "client authentication is required",
+            )
+        }
+    };
+
+    let cfg = state.config.lock().unwrap().clone();
+    let Some(client) = cfg.clients.iter().find(|c| c.client_id == client_id) else {
+        return bad(StatusCode::UNAUTHORIZED, "invalid_client", "unknown client");
+    };
+    let method_ok = matches!(
+        (&client.auth, &presented),
+        (ClientAuth::SecretBasic(_), Presented::Basic(_))
+            | (ClientAuth::SecretPost(_), Presented::Post(_))
+            | (ClientAuth::PrivateKeyJwt(_), Presented::Jwt(_))
+    );
+    if !method_ok {
+        return bad(
+            StatusCode::UNAUTHORIZED,
+            "invalid_client",
+            &format!("this client is registered for {}", client.auth.method()),
+        );
+    }
+    match (&client.auth, &presented) {
+        (ClientAuth::SecretBasic(s), Presented::Basic(p))
+        | (ClientAuth::SecretPost(s), Presented::Post(p)) => {
+            if s != p {
+                return bad(
+                    StatusCode::UNAUTHORIZED,
+                    "invalid_client",
+                    "client authentication failed",
+                );
+            }
+        }
+        (ClientAuth::PrivateKeyJwt(keys), Presented::Jwt(jwt)) => {
+            if let Err(why) = verify_assertion(&state, &client.client_id, keys, jwt) {
+                return bad(StatusCode::UNAUTHORIZED, "invalid_client", &why);
+            }
+        }
+        _ => unreachable!("checked above"),
+    }
+
+    // Scopes: every requested one must be allowed; none requested = all allowed ones.
+    let requested: Vec<String> = params
+        .get("scope")
+        .map(|s| {
+            s.split(' ')
+                .filter(|s| !s.is_empty())
+                .map(String::from)
+                .collect()
+        })
+        .unwrap_or_default();
+    if let Some(refused) = requested.iter().find(|s| !client.scopes.contains(s)) {
+        return bad(
+            StatusCode::BAD_REQUEST,
+            "invalid_scope",
+            &format!("scope '{refused}' is not granted to this client"),
+        );
+    }
+    let granted = if requested.is_empty() {
+        client.scopes.join(" ")
+    } else {
+        requested.join(" ")
+    };
+    let now = now_secs();
+    let lifetime = cfg.token_lifetime.as_secs().max(1);
+    let seq = state.token_sequence.fetch_add(1, Ordering::SeqCst);
+    let claims = json!({
+        "iss": state.issuer,
+        "sub": client.client_id,
+        "aud": cfg.audience,
+        "iat": now,
+        "exp": now + lifetime,
+        "scope": granted,
+        "jti": format!("at-{seq}-{now}"),
+        "client_id": client.client_id,
+    });
+    let mut header = Header::new(Algorithm::ES256);
+    header.kid = Some(state.signer.kid.clone());
+    header.typ = Some("at+jwt".into());
+    let access_token = match jsonwebtoken::encode(&header, &claims, &state.signer.key) {
+        Ok(t) => t,
+        Err(e) => {
+            return bad(
+                StatusCode::INTERNAL_SERVER_ERROR,
+                "server_error",
+                &format!("signing failed: {e}"),
+            )
+        }
+    };
+    state.tokens_issued.fetch_add(1, Ordering::SeqCst);
+    let mut resp = axum::Json(json!({
+        "access_token": access_token,
+        "token_type": "Bearer",
+        "expires_in": lifetime,
+        "scope": granted,
+    }))
+    .into_response();
+    resp.headers_mut()
+        .insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
+    resp.headers_mut()
+        .insert(header::PRAGMA, HeaderValue::from_static("no-cache"));
+    resp
+}
+
+enum Presented {
+    Basic(String),
+    Post(String),
+    Jwt(String),
+}
+
+/// Verifies a client assertion as RFC 7523 §3 and SMART Backend Services require.
+fn verify_assertion(
+    state: &IdpState,
+    client_id: &str,
+    keys: &JwkSet,
+    jwt: &str,
+) -> Result<(), String> {
+    let header = jsonwebtoken::decode_header(jwt).map_err(|e| format!("assertion header: {e}"))?;
+    if !matches!(header.alg, Algorithm::RS384 | Algorithm::ES384) {
+        return Err(format!(
+            "assertion alg {:?} is not allowed (RS384 or ES384)",
+            header.alg
+        ));
+    }
+    if header.typ.as_deref() != Some("JWT") {
+        return Err("assertion header 'typ' must be JWT".into());
+    }
+    let kid = header
+        .kid
+        .ok_or_else(|| "assertion header has no 'kid'".to_string())?;
+    let jwk = keys
+        .find(&kid)
+        .ok_or_else(|| format!("no key with kid '{kid}' is registered for this client"))?;
+    let key = DecodingKey::from_jwk(jwk).map_err(|e| format!("registered key: {e}"))?;
+    let mut v = Validation::new(header.alg);
+    v.set_audience(&[state.token_endpoint.as_str()]);
+    v.set_issuer(&[client_id]);
+    v.set_required_spec_claims(&["exp", "iss", "sub", "aud"]);
+    v.leeway = 5;
+    let data = jsonwebtoken::decode::<AssertionClaims>(jwt, &key, &v).map_err(|e| {
+        use jsonwebtoken::errors::ErrorKind as K;
+        match e.kind() {
+            K::InvalidSignature => "the assertion's signature does not verify".to_string(),
+            K::ExpiredSignature => "the assertion has expired".to_string(),
+            K::InvalidAudience => format!(
+                "the assertion's 'aud' is not the token endpoint {}",
+                state.token_endpoint
+            ),
+            K::InvalidIssuer => "the assertion's 'iss' is not the client_id".to_string(),
+            other => format!("invalid assertion: {other:?}"),
+        }
+    })?;
+    let claims = data.claims;
+    if claims.sub != client_id {
+        return Err("the assertion's 'sub' is not the client_id".into());
+    }
+    let now = now_secs();
+    if claims.exp > now + 300 + 5 {
+        return Err("the assertion's 'exp' is more than five minutes in the future".into());
+    }
+    let mut seen = state.seen_jti.lock().unwrap();
+    seen.retain(|_, exp| *exp + 10 > now);
+    if seen.insert(claims.jti.clone(), claims.exp).is_some() {
+        return Err(format!(
+            "the assertion's jti '{}' was already used",
+            claims.jti
+        ));
+    }
+    Ok(())
+}

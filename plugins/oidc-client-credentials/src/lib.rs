@@ -1,0 +1,777 @@
+//! fhirconn scheme `oidc-client-credentials`: an access token from the OAuth 2.0 client
+//! credentials grant (RFC 6749 §4.4), with the token endpoint found by OpenID Connect Discovery
+//! or given explicitly.
+//!
+//! Settings:
+//! - `issuer` (discovery at `issuer` + `discovery-path`, default
+//!   `/.well-known/openid-configuration`; the document's `issuer` must be identical, OIDC
+//!   Discovery §4.3) **or** `token-url`;
+//! - `client-id` and exactly one of `client-secret`, `client-secret-file`, `client-secret-env`;
+//! - `auth-method`: `client_secret_basic` (default; RFC 6749 §2.3.1, id and secret
+//!   form-urlencoded before Basic encoding) or `client_secret_post`. The secret is sent by
+//!   exactly one method;
+//! - optional `scope` (space-separated), `audience`, `resource` (RFC 8707, one or a list) and
+//!   `extra-params` (vendor-specific token parameters).
+//!
+//! The token request goes through the host's HTTP service (so the connection's roots, proxy,
+//! timeouts and client certificate apply). Errors quote the server's OAuth `error` and
+//! `error_description`, never the request.
+
+#![forbid(unsafe_code)]
+
+use fhirconn_sdk::serde_json::{self, json, Value};
+use fhirconn_sdk::{
+    AuthRequest, Connection, ConnectionInfo, Credentials, Error, ErrorKind, ExposeSecret, Host,
+    HostHttpClient, HostHttpError, HttpRequest, Result, Scheme, SecretSource, SecretString,
+};
+use oauth2::basic::{BasicClient, BasicTokenType};
+use oauth2::{
+    AuthType, ClientId, ClientSecret, RequestTokenError, Scope, SyncHttpClient, TokenResponse,
+    TokenUrl,
+};
+use openidconnect::core::CoreProviderMetadata;
+use serde::de::IgnoredAny;
+use serde::Deserialize;
+use std::cell::Cell;
+use std::collections::BTreeMap;
+use std::sync::Mutex;
+
+/// The default OpenID Connect discovery path.
+pub const DEFAULT_DISCOVERY_PATH: &str = "/.well-known/openid-configuration";
+
+/// Token parameters that `extra-params` may not set: the scheme sets them itself.
+const RESERVED_PARAMS: &[&str] = &[
+    "grant_type",
+    "client_id",
+    "client_secret",
+    "client_assertion",
+    "client_assertion_type",
+    "scope",
+    "audience",
+    "resource",
+];
+
+/// The `oidc-client-credentials` scheme.
+#[derive(Debug, Default)]
+pub struct ClientCredentials;
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Default)]
+#[serde(rename_all = "snake_case")]
+enum AuthMethod {
+    #[default]
+    ClientSecretBasic,
+    ClientSecretPost,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(untagged)]
+enum OneOrMany {
+    One(String),
+    Many(Vec<String>),
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(rename_all = "kebab-case", deny_unknown_fields)]
+struct Settings {
+    issuer: Option<String>,
+    discovery_path: Option<String>,
+    token_url: Option<String>,
+    client_id: String,
+    // Read through SecretSource; declared so unknown-field checking accepts them.
+    #[allow(dead_code)]
+    client_secret: Option<IgnoredAny>,
+    #[allow(dead_code)]
+    client_secret_file: Option<IgnoredAny>,
+    #[allow(dead_code)]
+    client_secret_env: Option<IgnoredAny>,
+    #[serde(default)]
+    auth_method: AuthMethod,
+    scope: Option<String>,
+    audience: Option<String>,
+    resource: Option<OneOrMany>,
+    #[serde(default)]
+    extra_params: BTreeMap<String, String>,
+}
+
+enum Endpoint {
+    Discover {
+        issuer: String,
+        discovery_url: String,
+    },
+    Fixed(String),
+}
+
+/// A configured `oidc-client-credentials` connection.
+pub struct ClientCredentialsConnection {
+    endpoint: Endpoint,
+    discovered: Mutex<Option<String>>,
+    client_id: String,
+    secret: SecretString,
+    auth_method: AuthMethod,
+    scopes: Vec<String>,
+    params: Vec<(String, String)>,
+}
+
+impl std::fmt::Debug for ClientCredentialsConnection {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ClientCredentialsConnection")
+            .field("client_id", &self.client_id)
+            .field("auth_method", &self.auth_method)
+            .field("scopes", &self.scopes)
+            .finish_non_exhaustive()
+    }
+}
+
+fn check_url(field: &str, value: &str, host: &Host<'_>) -> Result<()> {
+    let url = TokenUrl::new(value.to_string())
+        .map_err(|e| Error::config(format!("{field}: not a valid URL ({e})")))?;
+    let u = url.url();
+    match u.scheme() {
+        "https" => Ok(()),
+        "http" => {
+            let loopback = matches!(
+                u.host_str(),
+                Some("localhost") | Some("127.0.0.1") | Some("[::1]")
+            );
+            if !loopback {
+                host.warn(&format!(
+                    "{field} uses plain http: the client secret and tokens travel unencrypted \
+                     (RFC 6749 §2.3.1 requires TLS)"
+                ));
+            }
+            Ok(())
+        }
+        other => Err(Error::config(format!(
+            "{field}: scheme '{other}' is not http or https"
+        ))),
+    }
+}
+
+impl Scheme for ClientCredentials {
+    fn name(&self) -> &str {
+        "oidc-client-credentials"
+    }
+
+    fn summary(&self) -> &str {
+        "OAuth 2.0 client credentials (client secret) with OpenID Connect discovery"
+    }
+
+    fn config_schema(&self) -> Value {
+        let mut props = SecretSource::schema_properties("client-secret", "client secret");
+        let extra = json!({
+            "issuer": {"type": "string", "format": "uri",
+                "description": "OpenID provider issuer URL; the token endpoint is discovered"},
+            "discovery-path": {"type": "string", "pattern": "^/",
+                "description": "discovery document path below the issuer (default /.well-known/openid-configuration)"},
+            "token-url": {"type": "string", "format": "uri",
+                "description": "token endpoint, for servers without discovery"},
+            "client-id": {"type": "string", "minLength": 1},
+            "auth-method": {"enum": ["client_secret_basic", "client_secret_post"],
+                "default": "client_secret_basic"},
+            "scope": {"type": "string", "description": "space-separated scopes"},
+            "audience": {"type": "string"},
+            "resource": {"oneOf": [{"type": "string"},
+                {"type": "array", "items": {"type": "string"}, "minItems": 1}],
+                "description": "RFC 8707 resource indicator(s)"},
+            "extra-params": {"type": "object", "additionalProperties": {"type": "string"},
+                "description": "additional token request parameters"},
+        });
+        if let Value::Object(extra) = extra {
+            props.extend(extra);
+        }
+        json!({
+            "type": "object",
+            "description": "OAuth 2.0 client credentials grant",
+            "properties": props,
+            "required": ["client-id"],
+            "additionalProperties": false,
+            "allOf": [
+                SecretSource::schema_exactly_one("client-secret"),
+                {"oneOf": [
+                    {"required": ["issuer"], "not": {"required": ["token-url"]}},
+                    {"required": ["token-url"], "not": {"anyOf": [
+                        {"required": ["issuer"]}, {"required": ["discovery-path"]}]}}
+                ]}
+            ],
+        })
+    }
+
+    fn configure(
+        &self,
+        _connection: &ConnectionInfo,
+        settings: Value,
+        host: &Host<'_>,
+    ) -> Result<Box<dyn Connection>> {
+        let Value::Object(map) = &settings else {
+            return Err(Error::config("settings must be an object"));
+        };
+        let secret = SecretSource::resolve(map, "client-secret", true, host)?
+            .ok_or_else(|| Error::internal("client-secret resolved to nothing"))?;
+        let s: Settings = fhirconn_sdk::parse_settings(settings)?;
+        if s.client_id.is_empty() {
+            return Err(Error::config("client-id: must not be empty"));
+        }
+        let endpoint = match (&s.issuer, &s.token_url) {
+            (Some(issuer), None) => {
+                check_url("issuer", issuer, host)?;
+                let path = s
+                    .discovery_path
+                    .as_deref()
+                    .unwrap_or(DEFAULT_DISCOVERY_PATH);
+                if !path.starts_with('/') {
+                    return Err(Error::config("discovery-path: must start with '/'"));
+                }
+                Endpoint::Discover {
+                    issuer: issuer.clone(),
+                    discovery_url: format!("{}{path}", issuer.trim_end_matches('/')),
+                }
+            }
+            (None, Some(url)) => {
+                if s.discovery_path.is_some() {
+                    return Err(Error::config(
+                        "discovery-path: only applies with 'issuer', not with 'token-url'",
+                    ));
+                }
+                check_url("token-url", url, host)?;
+                Endpoint::Fixed(url.clone())
+            }
+            (Some(_), Some(_)) => {
+                return Err(Error::config(
+                    "set either 'issuer' (discovery) or 'token-url', not both",
+                ))
+            }
+            (None, None) => {
+                return Err(Error::config(
+                    "set 'issuer' (OpenID Connect discovery) or 'token-url'",
+                ))
+            }
+        };
+        let mut params = Vec::new();
+        if let Some(a) = s.audience {
+            params.push(("audience".to_string(), a));
+        }
+        match s.resource {
+            Some(OneOrMany::One(r)) => params.push(("resource".into(), r)),
+            Some(OneOrMany::Many(rs)) => {
+                params.extend(rs.into_iter().map(|r| ("resource".to_string(), r)))
+            }
+            None => {}
+        }
+        for (k, v) in s.extra_params {
+            if RESERVED_PARAMS.contains(&k.as_str()) {
+                return Err(Error::config(format!(
+                    "extra-params: '{k}' is set by the scheme itself; use the matching setting"
+                )));
+            }
+            params.push((k, v));
+        }
+        let scopes = s
+            .scope
+            .as_deref()
+            .unwrap_or("")
+            .split(' ')
+            .filter(|s| !s.is_empty())
+            .map(String::from)
+            .collect();
+        Ok(Box::new(ClientCredentialsConnection {
+            endpoint,
+            discovered: Mutex::new(None),
+            client_id: s.client_id,
+            secret,
+            auth_method: s.auth_method,
+            scopes,
+            params,
+        }))
+    }
+}
+
+/// Reads the token endpoint from an OpenID Connect discovery document.
+pub fn discover_token_endpoint(
+    issuer: &str,
+    discovery_url: &str,
+    host: &Host<'_>,
+) -> Result<String> {
+    let resp = host
+        .http(HttpRequest::new("GET", discovery_url).header("Accept", "application/json"))
+        .map_err(|e| e.context(format!("OIDC discovery {discovery_url}")))?;
+    if !resp.is_success() {
+        return Err(Error::protocol(format!(
+            "OIDC discovery {discovery_url}: HTTP {}; check 'issuer', or set 'token-url' for a \
+             server without discovery",
+            resp.status
+        )));
+    }
+    let meta: CoreProviderMetadata = serde_json::from_slice(&resp.body).map_err(|e| {
+        Error::protocol(format!(
+            "OIDC discovery {discovery_url}: not an OpenID provider configuration ({e})"
+        ))
+    })?;
+    if meta.issuer().as_str() != issuer {
+        return Err(Error::protocol(format!(
+            "OIDC discovery {discovery_url}: the document names issuer '{}', not the configured \
+             '{issuer}' (OpenID Connect Discovery §4.3 requires them to be identical)",
+            meta.issuer().as_str()
+        )));
+    }
+    meta.token_endpoint()
+        .map(|t| t.as_str().to_string())
+        .ok_or_else(|| {
+            Error::protocol(format!(
+                "OIDC discovery {discovery_url}: the document has no token_endpoint"
+            ))
+        })
+}
+
+/// A `SyncHttpClient` that remembers the status of the last response, for messages.
+struct Recording<'h, 'a> {
+    inner: HostHttpClient<'h, 'a>,
+    status: Cell<Option<u16>>,
+}
+
+impl SyncHttpClient for Recording<'_, '_> {
+    type Error = HostHttpError;
+
+    fn call(
+        &self,
+        request: oauth2::HttpRequest,
+    ) -> std::result::Result<oauth2::HttpResponse, Self::Error> {
+        let resp = self.inner.call(request)?;
+        self.status.set(Some(resp.status().as_u16()));
+        Ok(resp)
+    }
+}
+
+/// serde messages may quote a value; keep the part that names the problem.
+fn without_values(msg: &str) -> &str {
+    msg.find(": string \"")
+        .or_else(|| msg.find(" string \""))
+        .map_or(msg, |i| &msg[..i])
+}
+
+/// Kinds of OAuth `error` codes (RFC 6749 §5.2) that mean "these credentials are refused".
+fn error_kind(code: &str) -> ErrorKind {
+    match code {
+        "invalid_client"
+        | "unauthorized_client"
+        | "invalid_grant"
+        | "invalid_scope"
+        | "access_denied" => ErrorKind::CredentialsRejected,
+        _ => ErrorKind::Protocol,
+    }
+}
+
+/// Checks a token response's `token_type` (case-insensitive, RFC 6749 §5.1) and token.
+pub fn check_bearer(token_type: &BasicTokenType, token: &str, endpoint: &str) -> Result<()> {
+    let ok = match token_type {
+        BasicTokenType::Bearer => true,
+        BasicTokenType::Extension(t) => t.eq_ignore_ascii_case("bearer"),
+        BasicTokenType::Mac => false,
+    };
+    if !ok {
+        return Err(Error::protocol(format!(
+            "token endpoint {endpoint}: token_type '{}' is not supported (only Bearer)",
+            token_type.as_ref()
+        )));
+    }
+    if token.is_empty() || token.chars().any(|c| c.is_whitespace() || c.is_control()) {
+        return Err(Error::protocol(format!(
+            "token endpoint {endpoint}: the access_token is empty or has whitespace"
+        )));
+    }
+    Ok(())
+}
+
+impl ClientCredentialsConnection {
+    fn token_endpoint(&self, host: &Host<'_>) -> Result<String> {
+        match &self.endpoint {
+            Endpoint::Fixed(url) => Ok(url.clone()),
+            Endpoint::Discover {
+                issuer,
+                discovery_url,
+            } => {
+                let mut cached = self.discovered.lock().unwrap_or_else(|p| p.into_inner());
+                if let Some(url) = cached.as_ref() {
+                    return Ok(url.clone());
+                }
+                let url = discover_token_endpoint(issuer, discovery_url, host)?;
+                host.debug(&format!("discovered token endpoint {url}"));
+                *cached = Some(url.clone());
+                Ok(url)
+            }
+        }
+    }
+}
+
+impl Connection for ClientCredentialsConnection {
+    fn authorize(&self, _request: &AuthRequest, host: &Host<'_>) -> Result<Credentials> {
+        let endpoint = self.token_endpoint(host)?;
+        let token_url = TokenUrl::new(endpoint.clone()).map_err(|e| {
+            Error::protocol(format!(
+                "token endpoint '{endpoint}' is not a valid URL ({e})"
+            ))
+        })?;
+        let client = BasicClient::new(ClientId::new(self.client_id.clone()))
+            .set_client_secret(ClientSecret::new(self.secret.expose_secret().to_string()))
+            .set_token_uri(token_url)
+            .set_auth_type(match self.auth_method {
+                AuthMethod::ClientSecretBasic => AuthType::BasicAuth,
+                AuthMethod::ClientSecretPost => AuthType::RequestBody,
+            });
+        let mut req = client.exchange_client_credentials();
+        for s in &self.scopes {
+            req = req.add_scope(Scope::new(s.clone()));
+        }
+        for (k, v) in &self.params {
+            req = req.add_extra_param(k.clone(), v.clone());
+        }
+        let http = Recording {
+            inner: HostHttpClient::new(host),
+            status: Cell::new(None),
+        };
+        let status = || {
+            http.status
+                .get()
+                .map(|s| format!("HTTP {s}"))
+                .unwrap_or_else(|| "no response".into())
+        };
+        let resp = req.request(&http).map_err(|e| match e {
+            RequestTokenError::ServerResponse(err) => {
+                let code = err.error().to_string();
+                let desc = err
+                    .error_description()
+                    .map(|d| format!(": {d}"))
+                    .unwrap_or_default();
+                Error::new(
+                    error_kind(&code),
+                    format!(
+                        "token endpoint {endpoint} answered {}: {code}{desc}",
+                        status()
+                    ),
+                )
+            }
+            RequestTokenError::Request(HostHttpError::Host(e)) => {
+                e.context(format!("token endpoint {endpoint}"))
+            }
+            RequestTokenError::Request(other) => {
+                Error::protocol(format!("token endpoint {endpoint}: {other}"))
+            }
+            RequestTokenError::Parse(err, _body) => Error::protocol(format!(
+                "token endpoint {endpoint} answered {} with a body that is not a token response \
+                 ({}: {})",
+                status(),
+                err.path(),
+                without_values(&err.inner().to_string())
+            )),
+            RequestTokenError::Other(msg) => Error::protocol(format!(
+                "token endpoint {endpoint} answered {}: {msg}",
+                status()
+            )),
+        })?;
+        let token = resp.access_token().secret();
+        check_bearer(resp.token_type(), token, &endpoint)?;
+        let mut creds = Credentials::new().bearer(&SecretString::from(token.clone()));
+        if let Some(lifetime) = resp.expires_in() {
+            creds = creds.expires_in(host, lifetime);
+        }
+        Ok(creds)
+    }
+}
+
+fhirconn_sdk::export_schemes!(ClientCredentials);
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use fhirconn_sdk::testing::MockHost;
+    use fhirconn_sdk::{CredentialHeader, HttpResponse};
+    use std::sync::{Arc, Mutex as StdMutex};
+
+    fn info() -> ConnectionInfo {
+        ConnectionInfo {
+            id: "c".into(),
+            base_url: "https://fhir.example/r4".into(),
+        }
+    }
+
+    fn json_response(status: u16, body: Value) -> HttpResponse {
+        HttpResponse {
+            status,
+            headers: vec![("content-type".into(), "application/json".into())],
+            body: body.to_string().into_bytes(),
+        }
+    }
+
+    type Seen = Arc<StdMutex<Vec<HttpRequest>>>;
+
+    /// A mock provider at https://idp.example answering discovery and token requests.
+    fn provider(
+        token_reply: impl Fn() -> HttpResponse + Send + Sync + 'static,
+    ) -> (MockHost, Seen) {
+        let seen: Seen = Arc::default();
+        let log = seen.clone();
+        let mock = MockHost::new().with_http(move |req| {
+            log.lock().unwrap().push(req.clone());
+            Ok(match req.url.as_str() {
+                "https://idp.example/realm/.well-known/openid-configuration" => json_response(
+                    200,
+                    json!({
+                        "issuer": "https://idp.example/realm",
+                        "authorization_endpoint": "https://idp.example/realm/auth",
+                        "token_endpoint": "https://idp.example/realm/token",
+                        "jwks_uri": "https://idp.example/realm/jwks",
+                        "response_types_supported": ["code"],
+                        "subject_types_supported": ["public"],
+                        "id_token_signing_alg_values_supported": ["RS256"]
+                    }),
+                ),
+                "https://idp.example/realm/token" => token_reply(),
+                _ => json_response(404, json!({})),
+            })
+        });
+        (mock, seen)
+    }
+
+    fn authorize(settings: Value, mock: &MockHost) -> Result<Credentials> {
+        mock.with_host(|host| {
+            let conn = ClientCredentials.configure(&info(), settings, host)?;
+            conn.authorize(
+                &AuthRequest {
+                    connection: info(),
+                    interactive: false,
+                    force_login: false,
+                },
+                host,
+            )
+        })
+    }
+
+    fn good_token() -> HttpResponse {
+        json_response(
+            200,
+            json!({"access_token": "tok-123", "token_type": "Bearer", "expires_in": 300}),
+        )
+    }
+
+    fn header_value(req: &HttpRequest, name: &str) -> Option<String> {
+        req.headers
+            .iter()
+            .find(|h| h.0.eq_ignore_ascii_case(name))
+            .map(|h| h.1.clone())
+    }
+
+    #[test]
+    fn basic_auth_form_urlencodes_id_and_secret_and_sends_nothing_in_the_body() {
+        use base64::Engine as _;
+        let (mock, seen) = provider(good_token);
+        let creds = authorize(
+            json!({"issuer": "https://idp.example/realm", "client-id": "my app",
+                   "client-secret": "s:e%c/r€t", "scope": "system/*.read  launch"}),
+            &mock,
+        )
+        .unwrap();
+        match &creds.headers[..] {
+            [CredentialHeader::Secret(n, v)] => {
+                assert_eq!(n, "Authorization");
+                assert_eq!(v.expose_secret(), "Bearer tok-123");
+            }
+            other => panic!("{other:?}"),
+        }
+        assert!(creds.expires_at.is_some());
+        let seen = seen.lock().unwrap();
+        assert_eq!(seen.len(), 2, "discovery then token");
+        let token_req = &seen[1];
+        let basic = header_value(token_req, "authorization").unwrap();
+        let decoded = base64::engine::general_purpose::STANDARD
+            .decode(basic.strip_prefix("Basic ").unwrap())
+            .unwrap();
+        assert_eq!(
+            String::from_utf8(decoded).unwrap(),
+            "my+app:s%3Ae%25c%2Fr%E2%82%ACt"
+        );
+        let body = String::from_utf8(token_req.body.clone()).unwrap();
+        assert!(
+            !body.contains("client_secret") && !body.contains("client_id"),
+            "{body}"
+        );
+        assert!(body.contains("grant_type=client_credentials"));
+        assert!(body.contains("scope=system%2F*.read+launch"), "{body}");
+    }
+
+    #[test]
+    fn post_auth_sends_the_secret_in_the_body_only_with_extra_params() {
+        let (mock, seen) = provider(good_token);
+        authorize(
+            json!({"token-url": "https://idp.example/realm/token", "client-id": "app",
+                   "client-secret": "pw", "auth-method": "client_secret_post",
+                   "audience": "https://fhir.example", "resource": ["r1", "r2"],
+                   "extra-params": {"tenant": "t1"}}),
+            &mock,
+        )
+        .unwrap();
+        let seen = seen.lock().unwrap();
+        assert_eq!(seen.len(), 1, "no discovery with token-url");
+        assert!(header_value(&seen[0], "authorization").is_none());
+        let body = String::from_utf8(seen[0].body.clone()).unwrap();
+        for part in [
+            "client_id=app",
+            "client_secret=pw",
+            "audience=https%3A%2F%2Ffhir.example",
+            "resource=r1",
+            "resource=r2",
+            "tenant=t1",
+        ] {
+            assert!(body.contains(part), "{part} missing from {body}");
+        }
+    }
+
+    #[test]
+    fn discovery_is_cached_and_must_name_the_configured_issuer() {
+        let (mock, seen) = provider(good_token);
+        mock.with_host(|host| {
+            let conn = ClientCredentials
+                .configure(
+                    &info(),
+                    json!({"issuer": "https://idp.example/realm", "client-id": "a", "client-secret": "b"}),
+                    host,
+                )
+                .unwrap();
+            let req = AuthRequest {
+                connection: info(),
+                interactive: false,
+                force_login: false,
+            };
+            conn.authorize(&req, host).unwrap();
+            conn.authorize(&req, host).unwrap();
+        });
+        assert_eq!(
+            seen.lock().unwrap().len(),
+            3,
+            "one discovery, two token requests"
+        );
+
+        let (mock, _) = provider(good_token);
+        let e = authorize(
+            json!({"issuer": "https://idp.example/realm/", "client-id": "a", "client-secret": "b"}),
+            &mock,
+        )
+        .unwrap_err();
+        assert!(
+            e.message()
+                .contains("names issuer 'https://idp.example/realm'"),
+            "{e}"
+        );
+    }
+
+    #[test]
+    fn server_errors_are_quoted_and_classified_without_the_secret() {
+        let cases: Vec<(HttpResponse, ErrorKind, &str)> = vec![
+            (
+                json_response(
+                    401,
+                    json!({"error": "invalid_client", "error_description": "bad secret"}),
+                ),
+                ErrorKind::CredentialsRejected,
+                "answered HTTP 401: invalid_client: bad secret",
+            ),
+            (
+                json_response(400, json!({"error": "invalid_scope"})),
+                ErrorKind::CredentialsRejected,
+                "invalid_scope",
+            ),
+            (
+                HttpResponse {
+                    status: 500,
+                    headers: vec![("content-type".into(), "text/html".into())],
+                    body: b"<html>oops</html>".to_vec(),
+                },
+                ErrorKind::Protocol,
+                "answered HTTP 500",
+            ),
+            (
+                json_response(200, json!({"token_type": "Bearer"})),
+                ErrorKind::Protocol,
+                "not a token response",
+            ),
+            (
+                json_response(200, json!({"access_token": "x", "token_type": "mac"})),
+                ErrorKind::Protocol,
+                "token_type 'mac'",
+            ),
+        ];
+        for (reply, kind, expected) in cases {
+            let reply = Arc::new(reply);
+            let (mock, _) = provider(move || (*reply).clone());
+            let e = authorize(
+                json!({"token-url": "https://idp.example/realm/token", "client-id": "a",
+                       "client-secret": "canary-secret-42"}),
+                &mock,
+            )
+            .unwrap_err();
+            assert_eq!(e.kind(), kind, "{e}");
+            assert!(e.message().contains(expected), "{e}");
+            assert!(!e.message().contains("canary-secret-42"));
+        }
+    }
+
+    #[test]
+    fn lowercase_bearer_and_missing_expiry_are_accepted() {
+        let (mock, _) =
+            provider(|| json_response(200, json!({"access_token": "t", "token_type": "bearer"})));
+        let creds = authorize(
+            json!({"token-url": "https://idp.example/realm/token", "client-id": "a", "client-secret": "b"}),
+            &mock,
+        )
+        .unwrap();
+        assert!(creds.expires_at.is_none());
+    }
+
+    #[test]
+    fn bad_settings_are_config_errors() {
+        let mock = MockHost::new();
+        let cases = [
+            (
+                json!({"client-id": "a", "client-secret": "b"}),
+                "set 'issuer'",
+            ),
+            (
+                json!({"issuer": "https://i", "token-url": "https://t", "client-id": "a", "client-secret": "b"}),
+                "not both",
+            ),
+            (
+                json!({"token-url": "ftp://t", "client-id": "a", "client-secret": "b"}),
+                "scheme 'ftp'",
+            ),
+            (
+                json!({"token-url": "not a url", "client-id": "a", "client-secret": "b"}),
+                "token-url: not a valid URL",
+            ),
+            (
+                json!({"token-url": "https://t", "client-id": "a"}),
+                "exactly one of 'client-secret'",
+            ),
+            (
+                json!({"token-url": "https://t", "client-id": "a", "client-secret": "b", "auth-method": "tls"}),
+                "unknown variant",
+            ),
+            (
+                json!({"token-url": "https://t", "client-id": "a", "client-secret": "b", "extra-params": {"grant_type": "x"}}),
+                "extra-params: 'grant_type'",
+            ),
+            (
+                json!({"token-url": "https://t", "client-id": "a", "client-secret": "b", "scopes": "x"}),
+                "unknown field `scopes`",
+            ),
+        ];
+        for (s, expected) in cases {
+            let e = mock
+                .with_host(|h| {
+                    ClientCredentials
+                        .configure(&info(), s.clone(), h)
+                        .map(|_| ())
+                })
+                .unwrap_err();
+            assert_eq!(e.kind(), ErrorKind::Config, "{s}");
+            assert!(e.message().contains(expected), "{s}: {e}");
+        }
+    }
+}
