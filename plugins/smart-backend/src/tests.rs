@@ -1,0 +1,481 @@
+//! Unit tests of the `smart-backend` scheme against a mocked host: key formats, the client
+//! assertion's header and claims, discovery checks and token response validation.
+
+use super::*;
+use base64::Engine as _;
+use fhirconn_sdk::testing::MockHost;
+use fhirconn_sdk::CredentialHeader;
+use jsonwebtoken::{DecodingKey, EncodingKey, Validation};
+use std::sync::{Arc, Mutex as StdMutex};
+
+fn info() -> ConnectionInfo {
+    ConnectionInfo {
+        id: "c".into(),
+        base_url: "https://fhir.example/r4".into(),
+    }
+}
+
+/// A freshly generated key: PKCS#8 DER and the public JWK.
+fn generate(alg: Algorithm) -> (Vec<u8>, Value) {
+    let pair = match alg {
+        Algorithm::ES384 => rcgen::KeyPair::generate_for(&rcgen::PKCS_ECDSA_P384_SHA384).unwrap(),
+        _ => rcgen::KeyPair::generate_rsa_for(&rcgen::PKCS_RSA_SHA256, rcgen::RsaKeySize::_2048)
+            .unwrap(),
+    };
+    let der = pair.serialize_der();
+    let enc = match alg {
+        Algorithm::ES384 => EncodingKey::from_ec_der(&der),
+        _ => EncodingKey::from_rsa_der(&pkcs8_inner(&der)),
+    };
+    let jwk = jsonwebtoken::jwk::Jwk::from_encoding_key(&enc, alg).unwrap();
+    (der, serde_json::to_value(jwk).unwrap())
+}
+
+/// DER reader: (tag, content, rest).
+fn read_tlv(der: &[u8]) -> (u8, &[u8], &[u8]) {
+    let tag = der[0];
+    let (len, hdr) = if der[1] & 0x80 == 0 {
+        (der[1] as usize, 2)
+    } else {
+        let n = (der[1] & 0x7f) as usize;
+        let len = der[2..2 + n]
+            .iter()
+            .fold(0usize, |a, b| (a << 8) | *b as usize);
+        (len, 2 + n)
+    };
+    (tag, &der[hdr..hdr + len], &der[hdr + len..])
+}
+
+/// The private key inside PKCS#8 (PKCS#1 for RSA, SEC1 for EC).
+fn pkcs8_inner(der: &[u8]) -> Vec<u8> {
+    let (_, body, _) = read_tlv(der);
+    let (_, _, rest) = read_tlv(body); // version
+    let (_, _, rest) = read_tlv(rest); // algorithm
+    let (tag, key, _) = read_tlv(rest);
+    assert_eq!(tag, 0x04);
+    key.to_vec()
+}
+
+fn pem(label: &str, der: &[u8]) -> String {
+    ::pem::encode(&::pem::Pem::new(label, der.to_vec()))
+}
+
+fn b64(bytes: &[u8]) -> String {
+    base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(bytes)
+}
+
+/// A private JWK built from PKCS#8 DER and the public JWK.
+fn private_jwk(alg: Algorithm, der: &[u8], public: &Value, kid: &str) -> Value {
+    let inner = pkcs8_inner(der);
+    let mut jwk = public.clone();
+    jwk["kid"] = json!(kid);
+    match alg {
+        Algorithm::ES384 => {
+            let (_, body, _) = read_tlv(&inner);
+            let (_, _, rest) = read_tlv(body); // version
+            let (_, d, _) = read_tlv(rest);
+            jwk["d"] = json!(b64(d));
+        }
+        _ => {
+            let (_, mut rest, _) = read_tlv(&inner);
+            let mut ints = Vec::new();
+            while !rest.is_empty() {
+                let (_, v, r) = read_tlv(rest);
+                let v: Vec<u8> = v.iter().copied().skip_while(|b| *b == 0).collect();
+                ints.push(v);
+                rest = r;
+            }
+            for (name, v) in ["d", "p", "q", "dp", "dq", "qi"].iter().zip(&ints[3..]) {
+                jwk[*name] = json!(b64(v));
+            }
+        }
+    }
+    jwk
+}
+
+type Seen = Arc<StdMutex<Vec<HttpRequest>>>;
+
+fn json_response(status: u16, body: Value) -> HttpResponse {
+    HttpResponse {
+        status,
+        headers: vec![("content-type".into(), "application/json".into())],
+        body: body.to_string().into_bytes(),
+    }
+}
+
+fn server(
+    smart: Option<Value>,
+    token: impl Fn() -> HttpResponse + Send + Sync + 'static,
+) -> (MockHost, Seen) {
+    let seen: Seen = Arc::default();
+    let log = seen.clone();
+    let mock = MockHost::new().with_http(move |req| {
+        log.lock().unwrap().push(req.clone());
+        Ok(match req.url.as_str() {
+            "https://fhir.example/r4/.well-known/smart-configuration" => match &smart {
+                Some(doc) => json_response(200, doc.clone()),
+                None => json_response(404, json!({})),
+            },
+            "https://auth.example/token" | "https://fhir.example/r4/auth/token" => token(),
+            _ => json_response(404, json!({})),
+        })
+    });
+    (mock, seen)
+}
+
+fn ok_token() -> HttpResponse {
+    json_response(
+        200,
+        json!({"access_token": "at-1", "token_type": "bearer", "expires_in": 300, "scope": "system/*.rs"}),
+    )
+}
+
+fn smart_doc(token_endpoint: &str) -> Value {
+    json!({
+        "token_endpoint": token_endpoint,
+        "grant_types_supported": ["client_credentials"],
+        "token_endpoint_auth_methods_supported": ["private_key_jwt"],
+        "token_endpoint_auth_signing_alg_values_supported": ["RS384", "ES384"],
+    })
+}
+
+fn run(settings: Value, mock: &MockHost) -> Result<Credentials> {
+    mock.with_host(|host| {
+        let conn = SmartBackend.configure(&info(), settings, host)?;
+        conn.authorize(
+            &AuthRequest {
+                connection: info(),
+                interactive: false,
+                force_login: false,
+            },
+            host,
+        )
+    })
+}
+
+fn form(body: &[u8]) -> std::collections::HashMap<String, String> {
+    url::form_urlencoded::parse(body).into_owned().collect()
+}
+
+#[test]
+fn both_algorithms_sign_assertions_with_the_smart_header_and_claims() {
+    for alg in [Algorithm::ES384, Algorithm::RS384] {
+        let (der, public) = generate(alg);
+        let (mock, seen) = server(Some(smart_doc("auth/token")), ok_token);
+        let mock = mock.with_file("key.pem", pem("PRIVATE KEY", &der).as_bytes());
+        let creds = run(
+            json!({"client-id": "bulk-client", "private-key-file": "key.pem", "kid": "k1",
+                   "jku": "https://client.example/jwks", "scope": "system/*.rs"}),
+            &mock,
+        )
+        .unwrap();
+        match &creds.headers[..] {
+            [CredentialHeader::Secret(_, v)] => assert_eq!(v.expose_secret(), "Bearer at-1"),
+            other => panic!("{other:?}"),
+        }
+        let seen = seen.lock().unwrap();
+        assert_eq!(seen.len(), 2);
+        let params = form(&seen[1].body);
+        assert_eq!(params["grant_type"], "client_credentials");
+        assert_eq!(params["client_assertion_type"], JWT_BEARER);
+        assert_eq!(params["scope"], "system/*.rs");
+        assert!(!params.contains_key("client_id"));
+        let jwt = &params["client_assertion"];
+        let header = jsonwebtoken::decode_header(jwt).unwrap();
+        assert_eq!(header.alg, alg);
+        assert_eq!(header.kid.as_deref(), Some("k1"));
+        assert_eq!(header.typ.as_deref(), Some("JWT"));
+        assert_eq!(header.jku.as_deref(), Some("https://client.example/jwks"));
+        let jwk: jsonwebtoken::jwk::Jwk = serde_json::from_value(public).unwrap();
+        let mut v = Validation::new(alg);
+        // the relative token_endpoint is resolved against the base URL
+        v.set_audience(&["https://fhir.example/r4/auth/token"]);
+        v.set_issuer(&["bulk-client"]);
+        v.validate_exp = false; // the mock clock is not the wall clock
+        v.set_required_spec_claims(&["exp", "iss", "sub", "aud"]);
+        let claims = jsonwebtoken::decode::<Value>(jwt, &DecodingKey::from_jwk(&jwk).unwrap(), &v)
+            .unwrap()
+            .claims;
+        assert_eq!(claims["sub"], "bulk-client");
+        let iat = claims["iat"].as_u64().unwrap();
+        assert_eq!(claims["exp"].as_u64().unwrap() - iat, 300);
+        assert_eq!(claims["jti"].as_str().unwrap().len(), 32);
+    }
+}
+
+#[test]
+fn every_assertion_has_a_fresh_jti_and_lifetime_is_configurable() {
+    let (der, _) = generate(Algorithm::ES384);
+    let mock = MockHost::new().with_file("k.pem", pem("PRIVATE KEY", &der).as_bytes());
+    mock.with_host(|host| {
+        let conn = SmartBackend
+            .configure(
+                &info(),
+                json!({"client-id": "c", "private-key-file": "k.pem", "kid": "k",
+                       "scope": "system/*.read", "assertion-lifetime": 60,
+                       "token-url": "https://auth.example/token"}),
+                host,
+            )
+            .unwrap();
+        let _ = conn; // the trait object hides `assertion`; build one directly below
+    });
+    let key = keys::load(pem("PRIVATE KEY", &der).as_bytes(), None).unwrap();
+    let conn = SmartConnection {
+        client_id: "c".into(),
+        key,
+        kid: "k".into(),
+        jku: None,
+        scope: "system/*.read".into(),
+        base_url: "https://fhir.example/r4".into(),
+        token_url: None,
+        discovered: Mutex::new(None),
+        lifetime: 60,
+    };
+    let jtis: std::collections::HashSet<String> = (0..20)
+        .map(|_| {
+            let jwt = mock
+                .with_host(|h| conn.assertion("https://auth.example/token", h))
+                .unwrap();
+            let c = jsonwebtoken::dangerous::insecure_decode::<Value>(&jwt)
+                .unwrap()
+                .claims;
+            assert_eq!(c["exp"].as_u64().unwrap() - c["iat"].as_u64().unwrap(), 60);
+            c["jti"].as_str().unwrap().to_string()
+        })
+        .collect();
+    assert_eq!(jtis.len(), 20);
+}
+
+#[test]
+fn pem_pkcs1_sec1_and_jwk_keys_all_load() {
+    let (ec, ec_pub) = generate(Algorithm::ES384);
+    let (rsa, rsa_pub) = generate(Algorithm::RS384);
+    let cases: Vec<(String, Algorithm, Option<&str>)> =
+        vec![
+        (pem("PRIVATE KEY", &ec), Algorithm::ES384, None),
+        (pem("EC PRIVATE KEY", &pkcs8_inner(&ec)), Algorithm::ES384, None),
+        (pem("PRIVATE KEY", &rsa), Algorithm::RS384, None),
+        (pem("RSA PRIVATE KEY", &pkcs8_inner(&rsa)), Algorithm::RS384, None),
+        (
+            private_jwk(Algorithm::ES384, &ec, &ec_pub, "ec-1").to_string(),
+            Algorithm::ES384,
+            Some("ec-1"),
+        ),
+        (
+            private_jwk(Algorithm::RS384, &rsa, &rsa_pub, "rsa-1").to_string(),
+            Algorithm::RS384,
+            Some("rsa-1"),
+        ),
+        (
+            json!({"keys": [ec_pub.clone(), private_jwk(Algorithm::ES384, &ec, &ec_pub, "ec-2")]})
+                .to_string(),
+            Algorithm::ES384,
+            Some("ec-2"),
+        ),
+    ];
+    for (text, alg, kid) in cases {
+        let key = keys::load(text.as_bytes(), None).unwrap_or_else(|e| panic!("{e}: {text}"));
+        assert_eq!(key.alg, alg);
+        assert_eq!(key.kid.as_deref(), kid);
+        // The JWK-derived key signs verifiably with the public half.
+        let public = if alg == Algorithm::ES384 {
+            &ec_pub
+        } else {
+            &rsa_pub
+        };
+        let jwk: jsonwebtoken::jwk::Jwk = serde_json::from_value(public.clone()).unwrap();
+        let sig = jsonwebtoken::crypto::sign(b"m", &key.key, alg).unwrap();
+        assert!(jsonwebtoken::crypto::verify(
+            &sig,
+            b"m",
+            &DecodingKey::from_jwk(&jwk).unwrap(),
+            alg
+        )
+        .unwrap());
+    }
+}
+
+#[test]
+fn wrong_or_unreadable_keys_are_config_errors_naming_the_field() {
+    let p256 = rcgen::KeyPair::generate_for(&rcgen::PKCS_ECDSA_P256_SHA256).unwrap();
+    let (ec, ec_pub) = generate(Algorithm::ES384);
+    let ed = rcgen::KeyPair::generate_for(&rcgen::PKCS_ED25519).unwrap();
+    let cases: Vec<(Vec<u8>, &str)> = vec![
+        (
+            pem("PRIVATE KEY", &p256.serialize_der()).into_bytes(),
+            "not a valid P-384 key",
+        ),
+        (
+            pem("PRIVATE KEY", &ed.serialize_der()).into_bytes(),
+            "neither RSA nor EC",
+        ),
+        (
+            pem(
+                "PUBLIC KEY",
+                &rcgen::PublicKeyData::subject_public_key_info(&p256),
+            )
+            .into_bytes(),
+            "public key, not a private key",
+        ),
+        (
+            pem("ENCRYPTED PRIVATE KEY", b"xx").into_bytes(),
+            "encrypted",
+        ),
+        (b"hello".to_vec(), "not a PEM file or JWK"),
+        (ec_pub.to_string().into_bytes(), "public key (no 'd')"),
+        (
+            json!({"kty": "EC", "crv": "P-256", "d": "AA", "x": "AA", "y": "AA"})
+                .to_string()
+                .into_bytes(),
+            "needs P-384",
+        ),
+        (
+            json!({"keys": []}).to_string().into_bytes(),
+            "no private key",
+        ),
+        (vec![0xff, 0xfe], "not UTF-8"),
+    ];
+    let _ = ec;
+    for (bytes, expected) in cases {
+        let mock = MockHost::new().with_file("k", &bytes);
+        let e = mock
+            .with_host(|h| {
+                SmartBackend
+                    .configure(
+                        &info(),
+                        json!({"client-id": "c", "private-key-file": "k", "kid": "x", "scope": "system/*.rs"}),
+                        h,
+                    )
+                    .map(|_| ())
+            })
+            .unwrap_err();
+        assert_eq!(e.kind(), ErrorKind::Config);
+        assert!(e.message().starts_with("private-key-file: "), "{e}");
+        assert!(e.message().contains(expected), "{expected}: {e}");
+    }
+    let e = MockHost::new()
+        .with_host(|h| {
+            SmartBackend
+                .configure(
+                    &info(),
+                    json!({"client-id": "c", "private-key-file": "missing.pem", "kid": "x", "scope": "s"}),
+                    h,
+                )
+                .map(|_| ())
+        })
+        .unwrap_err();
+    assert!(e.message().contains("missing.pem"), "{e}");
+}
+
+#[test]
+fn settings_are_checked() {
+    let (ec, _) = generate(Algorithm::ES384);
+    let mock = MockHost::new().with_file("k", pem("PRIVATE KEY", &ec).as_bytes());
+    let cases = [
+        (
+            json!({"client-id": "c", "private-key-file": "k", "scope": "system/*.rs"}),
+            "kid: required",
+        ),
+        (
+            json!({"client-id": "c", "private-key-file": "k", "kid": "a", "scope": "system/*.rs", "alg": "RS384"}),
+            "alg: RS384 does not match",
+        ),
+        (
+            json!({"client-id": "c", "private-key-file": "k", "kid": "a", "scope": "system/*.rs", "assertion-lifetime": 301}),
+            "assertion-lifetime",
+        ),
+        (
+            json!({"client-id": "c", "private-key-file": "k", "kid": "a"}),
+            "missing field `scope`",
+        ),
+        (
+            json!({"client-id": "c", "private-key-file": "k", "kid": "a", "scope": "  "}),
+            "scope: must name",
+        ),
+    ];
+    for (s, expected) in cases {
+        let e = mock
+            .with_host(|h| SmartBackend.configure(&info(), s.clone(), h).map(|_| ()))
+            .unwrap_err();
+        assert_eq!(e.kind(), ErrorKind::Config, "{s}");
+        assert!(e.message().contains(expected), "{s}: {e}");
+    }
+}
+
+#[test]
+fn discovery_problems_and_bad_token_responses_are_clear() {
+    let (ec, _) = generate(Algorithm::ES384);
+    let key = pem("PRIVATE KEY", &ec);
+    let settings =
+        json!({"client-id": "c", "private-key-file": "k", "kid": "a", "scope": "system/*.rs"});
+    let mut no_jwt = smart_doc("https://auth.example/token");
+    no_jwt["token_endpoint_auth_methods_supported"] = json!(["client_secret_basic"]);
+    let mut rs_only = smart_doc("https://auth.example/token");
+    rs_only["token_endpoint_auth_signing_alg_values_supported"] = json!(["RS384"]);
+    type Reply = fn() -> HttpResponse;
+    let cases: Vec<(Option<Value>, Reply, ErrorKind, &str)> = vec![
+        (
+            None,
+            ok_token,
+            ErrorKind::Protocol,
+            "smart-configuration: HTTP 404",
+        ),
+        (
+            Some(no_jwt),
+            ok_token,
+            ErrorKind::Protocol,
+            "does not include private_key_jwt",
+        ),
+        (
+            Some(rs_only),
+            ok_token,
+            ErrorKind::Protocol,
+            "does not include ES384",
+        ),
+        (
+            Some(smart_doc("https://auth.example/token")),
+            || {
+                json_response(
+                    400,
+                    json!({"error": "invalid_scope", "error_description": "no"}),
+                )
+            },
+            ErrorKind::CredentialsRejected,
+            "HTTP 400: invalid_scope: no",
+        ),
+        (
+            Some(smart_doc("https://auth.example/token")),
+            || json_response(200, json!({"access_token": "x", "token_type": "mac"})),
+            ErrorKind::Protocol,
+            "token_type 'mac'",
+        ),
+        (
+            Some(smart_doc("https://auth.example/token")),
+            || {
+                json_response(
+                    200,
+                    json!({"access_token": "x", "token_type": "Bearer", "expires_in": "300"}),
+                )
+            },
+            ErrorKind::Protocol,
+            "non-numeric expires_in",
+        ),
+        (
+            Some(smart_doc("https://auth.example/token")),
+            || HttpResponse {
+                status: 502,
+                headers: vec![("content-type".into(), "text/html".into())],
+                body: b"<html/>".to_vec(),
+            },
+            ErrorKind::Protocol,
+            "HTTP 502 without an OAuth error (text/html)",
+        ),
+    ];
+    for (doc, reply, kind, expected) in cases {
+        let (mock, _) = server(doc, reply);
+        let mock = mock.with_file("k", key.as_bytes());
+        let e = run(settings.clone(), &mock).unwrap_err();
+        assert_eq!(e.kind(), kind, "{e}");
+        assert!(e.message().contains(expected), "{expected}: {e}");
+    }
+}
