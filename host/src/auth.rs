@@ -49,10 +49,14 @@ impl std::fmt::Debug for Resolved {
     }
 }
 
-/// When to renew credentials that expire at `expires_at`, fetched at `now`.
-pub fn renew_at(now: SystemTime, expires_at: SystemTime) -> SystemTime {
+/// When to renew credentials that expire at `expires_at`, fetched at `now`: `margin` before
+/// expiry when configured, else 30 s or a tenth of the lifetime, whichever is smaller; never
+/// before `now`.
+pub fn renew_at(now: SystemTime, expires_at: SystemTime, margin: Option<Duration>) -> SystemTime {
     let lifetime = expires_at.duration_since(now).unwrap_or_default();
-    let margin = MAX_RENEWAL_MARGIN.min(lifetime.mul_f64(RENEWAL_FRACTION));
+    let margin = margin
+        .unwrap_or_else(|| MAX_RENEWAL_MARGIN.min(lifetime.mul_f64(RENEWAL_FRACTION)))
+        .min(lifetime);
     expires_at - margin
 }
 
@@ -68,6 +72,7 @@ pub(crate) struct AuthRuntime {
     pub context: ConnectionContext,
     pub entries: Vec<Entry>,
     pub services: SharedServices,
+    pub renewal_margin: Option<Duration>,
     cache: RwLock<Option<Arc<Resolved>>>,
     fetch_lock: tokio::sync::Mutex<()>,
     fetches: AtomicU64,
@@ -79,12 +84,14 @@ impl AuthRuntime {
         context: ConnectionContext,
         entries: Vec<Entry>,
         services: SharedServices,
+        renewal_margin: Option<Duration>,
     ) -> Self {
         Self {
             id,
             context,
             entries,
             services,
+            renewal_margin,
             cache: RwLock::new(None),
             fetch_lock: tokio::sync::Mutex::new(()),
             fetches: AtomicU64::new(0),
@@ -233,7 +240,7 @@ impl AuthRuntime {
             headers,
             identity,
             expires_at,
-            renew_at: expires_at.map(|e| renew_at(now, e)),
+            renew_at: expires_at.map(|e| renew_at(now, e, self.renewal_margin)),
         })
     }
 }
@@ -245,17 +252,21 @@ mod tests {
     #[test]
     fn renewal_margin_is_30s_or_a_tenth_of_the_lifetime() {
         let now = UNIX_EPOCH + Duration::from_secs(1_000_000);
-        assert_eq!(
-            renew_at(now, now + Duration::from_secs(3600)),
-            now + Duration::from_secs(3570)
-        );
-        assert_eq!(
-            renew_at(now, now + Duration::from_secs(20)),
-            now + Duration::from_secs(18)
-        );
+        let at = |secs: u64, margin: Option<u64>| {
+            renew_at(
+                now,
+                now + Duration::from_secs(secs),
+                margin.map(Duration::from_secs),
+            )
+        };
+        assert_eq!(at(3600, None), now + Duration::from_secs(3570));
+        assert_eq!(at(20, None), now + Duration::from_secs(18));
+        // a configured margin wins, but never reaches before now
+        assert_eq!(at(3600, Some(300)), now + Duration::from_secs(3300));
+        assert_eq!(at(60, Some(300)), now);
         // already expired: renew now
         assert_eq!(
-            renew_at(now, now - Duration::from_secs(5)),
+            renew_at(now, now - Duration::from_secs(5), None),
             now - Duration::from_secs(5)
         );
     }

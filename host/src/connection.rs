@@ -113,17 +113,21 @@ impl Connection {
         self.auth.credentials(interactive).await
     }
 
-    /// Sends a request with the connection's credentials. A 401 with expiring credentials
-    /// drops them and retries once with fresh ones.
+    /// Sends a request with the connection's credentials. A 401 drops the cached credentials
+    /// and fetches fresh ones; if they differ (a token scheme issued a new token), the request
+    /// is retried once. A second 401 is returned as is, with its `WWW-Authenticate`.
     pub async fn send(&self, request: Request) -> Result<Response, Error> {
         let url = self.url_for(&request.path)?;
         let creds = self.auth.credentials(false).await?;
         let resp = self.send_with(&request, &url, &creds).await?;
-        if resp.status == StatusCode::UNAUTHORIZED && creds.expires_at.is_some() {
-            tracing::debug!(connection = %self.id(), "401: dropping cached credentials, retrying once");
+        if resp.status == StatusCode::UNAUTHORIZED && !creds.headers.is_empty() {
+            tracing::debug!(connection = %self.id(), "401: dropping cached credentials");
             self.auth.invalidate(&creds);
             let fresh = self.auth.credentials(false).await?;
-            return self.send_with(&request, &url, &fresh).await;
+            if fresh.headers != creds.headers {
+                tracing::debug!(connection = %self.id(), "retrying once with fresh credentials");
+                return self.send_with(&request, &url, &fresh).await;
+            }
         }
         Ok(resp)
     }

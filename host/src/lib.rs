@@ -36,6 +36,7 @@ mod builtin;
 pub mod config;
 mod connection;
 mod error;
+pub mod keygen;
 pub mod plugins;
 pub mod services;
 pub mod transport;
@@ -328,8 +329,13 @@ impl Host {
             };
             match configure_entries(&doc, &registry, &s, &context, &shared).await {
                 Ok(entries) => {
-                    let auth =
-                        Arc::new(auth::AuthRuntime::new(id.clone(), context, entries, shared));
+                    let auth = Arc::new(auth::AuthRuntime::new(
+                        id.clone(),
+                        context,
+                        entries,
+                        shared,
+                        s.token_renewal_margin,
+                    ));
                     slots.insert(id, Slot::Ready(Arc::new(Connection { transport, auth })));
                 }
                 Err(Configured::Config(mut e)) => errors.append(&mut e),

@@ -63,6 +63,27 @@ enum Command {
         /// Path, e.g. 'Patient/123' or 'Patient?name=smith'.
         path: String,
     },
+    /// Print a current access token of a connection (for scripts); fetched or cached.
+    Token {
+        /// Connection id.
+        id: String,
+    },
+    /// Generate a key pair for SMART Backend Services: the private key (mode 0600) and the
+    /// public JWKS to register with the server.
+    Keygen {
+        /// Signature algorithm.
+        #[arg(long, value_enum, default_value_t = Alg::Es384)]
+        alg: Alg,
+        /// Key id (default: the RFC 7638 thumbprint of the public key).
+        #[arg(long)]
+        kid: Option<String>,
+        /// Directory for `private-key.pem` and `jwks.json`.
+        #[arg(long, value_name = "DIR")]
+        out: PathBuf,
+        /// Replace existing files.
+        #[arg(long)]
+        force: bool,
+    },
     /// Print the JSON Schema of the connections file (host settings + every scheme found).
     Schema,
     /// Configuration commands.
@@ -76,6 +97,14 @@ enum Command {
 enum ConfigCommand {
     /// Validate the connections file and configure every connection, without network access.
     Check,
+}
+
+#[derive(ValueEnum, Clone, Copy, Debug, PartialEq, Eq)]
+enum Alg {
+    #[value(name = "ES384")]
+    Es384,
+    #[value(name = "RS384")]
+    Rs384,
 }
 
 #[derive(ValueEnum, Clone, Copy, Debug, PartialEq, Eq)]
@@ -200,6 +229,79 @@ async fn run(cli: Cli) -> ExitCode {
                 ExitCode::SUCCESS
             } else {
                 ExitCode::from(1)
+            }
+        }
+        Command::Token { id } => {
+            let host = match build_host(&cli).await {
+                Ok(h) => h,
+                Err(e) => return fail(&e),
+            };
+            let conn = match host.connection(id) {
+                Ok(c) => c,
+                Err(e) => return fail(&e),
+            };
+            let creds = match conn.credentials(true).await {
+                Ok(c) => c,
+                Err(e) => return fail(&e),
+            };
+            let token = creds.headers.iter().find_map(|(name, value)| {
+                let v = value.to_str().ok()?;
+                let (scheme, token) = v.split_once(' ')?;
+                (name == reqwest::header::AUTHORIZATION && scheme.eq_ignore_ascii_case("bearer"))
+                    .then(|| token.to_string())
+            });
+            match token {
+                Some(t) => {
+                    println!("{t}");
+                    ExitCode::SUCCESS
+                }
+                None => {
+                    eprintln!(
+                        "error: connection '{id}' uses no bearer token (schemes: {})",
+                        conn.schemes().join("+")
+                    );
+                    ExitCode::from(1)
+                }
+            }
+        }
+        Command::Keygen {
+            alg,
+            kid,
+            out,
+            force,
+        } => {
+            use fhirconn_host::keygen;
+            let a = match alg {
+                Alg::Es384 => keygen::KeyAlg::Es384,
+                Alg::Rs384 => keygen::KeyAlg::Rs384,
+            };
+            let written = keygen::generate(a, kid.as_deref())
+                .and_then(|key| keygen::write(out, &key, *force).map(|paths| (key, paths)));
+            match written {
+                Ok((key, (private, public))) => {
+                    let name = match alg {
+                        Alg::Es384 => "ES384",
+                        Alg::Rs384 => "RS384",
+                    };
+                    println!("wrote {} (private, mode 0600)", private.display());
+                    println!(
+                        "wrote {} (public JWKS: register it with the server)",
+                        public.display()
+                    );
+                    println!();
+                    println!("auth:");
+                    println!("  scheme: smart-backend");
+                    println!("  client-id: <the client id the server assigned>");
+                    println!("  private-key-file: {}", private.display());
+                    println!("  kid: {}", key.kid);
+                    println!("  alg: {name}");
+                    println!("  scope: system/*.rs");
+                    ExitCode::SUCCESS
+                }
+                Err(e) => {
+                    eprintln!("error: {e}");
+                    ExitCode::from(2)
+                }
             }
         }
         Command::Get { id, path } => {

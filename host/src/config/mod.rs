@@ -190,6 +190,9 @@ pub struct ConnectionSettings {
     pub probe: Option<String>,
     /// Cap on response bodies.
     pub max_response_bytes: u64,
+    /// Renew credentials this long before they expire (default: 30 s or a tenth of the
+    /// lifetime, whichever is smaller).
+    pub token_renewal_margin: Option<Duration>,
     /// The auth entries, in order (empty = `none`).
     pub auth: Vec<AuthEntry>,
 }
@@ -261,6 +264,11 @@ fn connection(
     };
     let connect_timeout = duration("connect-timeout", DEFAULT_CONNECT_TIMEOUT);
     let read_timeout = duration("read-timeout", DEFAULT_READ_TIMEOUT);
+    let token_renewal_margin = get_str("token-renewal-margin").and_then(|s| {
+        duration::parse(s)
+            .map_err(|m| errors.push(doc.error_at(&field("token-renewal-margin"), false, m)))
+            .ok()
+    });
     let trusted_roots_file =
         get_str("trusted-root-certificates-file").map(|p| doc.base_dir().join(p));
     let proxy = conn
@@ -342,6 +350,7 @@ fn connection(
         base_url: base_url.expect("checked above"),
         connect_timeout,
         read_timeout,
+        token_renewal_margin,
         trusted_roots_file,
         use_system_roots: conn
             .get("use-system-roots")

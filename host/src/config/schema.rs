@@ -89,6 +89,8 @@ fn connection_schema() -> Value {
                          "description": "FHIR base URL, e.g. https://fhir.example.org/fhir"},
             "connect-timeout": {"$ref": "#/$defs/duration", "default": "PT2S"},
             "read-timeout": {"$ref": "#/$defs/duration", "default": "PT10M"},
+            "token-renewal-margin": {"$ref": "#/$defs/duration",
+                "description": "renew tokens this long before they expire (default: 30 s or 10% of the lifetime, whichever is smaller)"},
             "trusted-root-certificates-file": {"type": "string", "minLength": 1,
                 "description": "PEM bundle of extra trusted roots, relative to this file"},
             "use-system-roots": {"type": "boolean", "default": true},
