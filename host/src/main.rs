@@ -388,8 +388,13 @@ fn schemes(cli: &Cli, output: Output) -> ExitCode {
 
 fn print_reports(reports: &[TestReport]) {
     let w = reports.iter().map(|r| r.id.len()).max().unwrap_or(2).max(2);
+    let sw = reports
+        .iter()
+        .map(|r| r.schemes.join("+").len())
+        .max()
+        .unwrap_or(4);
     for r in reports {
-        let schemes = r.schemes.join("+");
+        let schemes = format!("{:sw$}", r.schemes.join("+"));
         if r.ok {
             let fhir = r.fhir_version.as_deref().unwrap_or("?");
             let software = r

@@ -200,6 +200,20 @@ fn start_testkit(bin: &Path) -> Result<(std::process::Child, serde_json::Value)>
     Ok((child, info))
 }
 
+/// Writes a file only its owner can read.
+fn write_private(path: &Path, contents: &str) -> Result {
+    let _ = std::fs::remove_file(path);
+    let mut opts = std::fs::OpenOptions::new();
+    opts.write(true).create_new(true);
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::OpenOptionsExt as _;
+        opts.mode(0o600);
+    }
+    opts.open(path)?.write_all(contents.as_bytes())?;
+    Ok(())
+}
+
 fn demo() -> Result {
     let sh = shell()?;
     let root = project_root();
@@ -218,6 +232,14 @@ fn demo() -> Result {
         s(&info["basic"]["password"]),
     )?;
     std::fs::write(dir.join("bearer-token.txt"), s(&info["bearer"]["token"]))?;
+    std::fs::write(
+        dir.join("client-secret.txt"),
+        s(&info["oauth"]["client-secret"]),
+    )?;
+    write_private(
+        &dir.join("smart-key.pem"),
+        &s(&info["oauth"]["private-key-pem"]),
+    )?;
     let config = format!(
         "# Written by `cargo xtask demo`: one connection per scheme against the testkit servers.\n\
          connections:\n  \
@@ -225,11 +247,23 @@ fn demo() -> Result {
            basic-demo:\n    base-url: {}\n    connect-timeout: PT2S\n    read-timeout: PT30S\n    \
              auth:\n      scheme: basic\n      username: {}\n      password-file: basic-password.txt\n  \
            bearer-demo:\n    base-url: {}\n    probe: Patient?_count=1\n    \
-             auth:\n      scheme: bearer\n      token-file: bearer-token.txt\n",
+             auth:\n      scheme: bearer\n      token-file: bearer-token.txt\n  \
+           oidc-demo:\n    base-url: {}\n    probe: Patient?_count=1\n    \
+             auth:\n      scheme: oidc-client-credentials\n      issuer: {}\n      \
+             client-id: {}\n      client-secret-file: client-secret.txt\n      scope: system/*.rs\n  \
+           smart-demo:\n    base-url: {}\n    probe: Patient?_count=1\n    \
+             auth:\n      scheme: smart-backend\n      client-id: {}\n      \
+             private-key-file: smart-key.pem\n      kid: {}\n      scope: system/*.rs\n",
         s(&info["none"]["base-url"]),
         s(&info["basic"]["base-url"]),
         s(&info["basic"]["username"]),
         s(&info["bearer"]["base-url"]),
+        s(&info["oauth"]["base-url"]),
+        s(&info["oauth"]["issuer"]),
+        s(&info["oauth"]["client-id"]),
+        s(&info["oauth"]["base-url"]),
+        s(&info["oauth"]["smart-client-id"]),
+        s(&info["oauth"]["kid"]),
     );
     let cfg = dir.join("fhirconn.yaml");
     std::fs::write(&cfg, config)?;
@@ -292,70 +326,195 @@ fn bench() -> Result {
     cmd!(sh, "cargo bench -p fhirconn-tests --bench authorize")
         .env("FHIRCONN_TEST_PLUGIN_DIR", &plugin_dir)
         .run()?;
-    // Whole process: `fhirconn test` of one basic connection vs `curl -u`, same server, same run.
-    let (mut child, info) = start_testkit(&root.join("target/release/fhirconn-testkit"))?;
-    let dir = root.join("target/bench");
-    std::fs::create_dir_all(&dir)?;
-    let base = info["basic"]["base-url"]
-        .as_str()
-        .unwrap_or_default()
-        .to_string();
-    let user = info["basic"]["username"]
-        .as_str()
-        .unwrap_or_default()
-        .to_string();
-    let pass = info["basic"]["password"]
-        .as_str()
-        .unwrap_or_default()
-        .to_string();
-    std::fs::write(dir.join("pw.txt"), &pass)?;
-    std::fs::write(
-        dir.join("fhirconn.yaml"),
-        format!("connections:\n  b:\n    base-url: {base}\n    auth: {{scheme: basic, username: {user}, password-file: pw.txt}}\n"),
-    )?;
-    let runs = 15;
-    let mut ours = Vec::new();
-    let mut curl = Vec::new();
-    for _ in 0..runs {
-        let t = Instant::now();
-        let ok = Command::new(root.join("target/dist/fhirconn"))
-            .arg("-c")
-            .arg(dir.join("fhirconn.yaml"))
-            .arg("test")
-            .stdout(Stdio::null())
-            .status()?
-            .success();
-        ours.push(t.elapsed());
-        if !ok {
-            return Err("fhirconn test failed during the benchmark".into());
-        }
-        let t = Instant::now();
-        let ok = Command::new("curl")
-            .args([
-                "-sf",
-                "-o",
-                "/dev/null",
-                "-H",
-                "Accept: application/fhir+json",
-                "-u",
-            ])
-            .arg(format!("{user}:{pass}"))
-            .arg(format!("{base}/metadata"))
-            .status()?
-            .success();
-        curl.push(t.elapsed());
-        if !ok {
-            return Err("curl failed during the benchmark".into());
-        }
+    cmd!(sh, "cargo bench -p fhirconn-tests --bench request")
+        .env("FHIRCONN_TEST_PLUGIN_DIR", &plugin_dir)
+        .run()?;
+    whole_process(&root)
+}
+
+/// Runs a command with its output discarded; its wall time if it succeeded.
+fn timed(cmd: &mut Command) -> Result<Duration> {
+    let t = Instant::now();
+    let out = cmd.stdin(Stdio::null()).output()?;
+    let took = t.elapsed();
+    if !out.status.success() {
+        return Err(format!(
+            "{cmd:?} failed: {}{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        )
+        .into());
     }
+    Ok(took)
+}
+
+fn curl() -> Command {
+    let mut c = Command::new("curl");
+    c.args([
+        "-sf",
+        "-o",
+        "/dev/null",
+        "-H",
+        "Accept: application/fhir+json",
+    ]);
+    c
+}
+
+/// `application/x-www-form-urlencoded` of one value (RFC 6749 §2.3.1 for Basic credentials).
+fn form_encode(s: &str) -> String {
+    s.bytes()
+        .map(|b| match b {
+            b'A'..=b'Z' | b'a'..=b'z' | b'0'..=b'9' | b'-' | b'.' | b'_' | b'*' => {
+                (b as char).to_string()
+            }
+            b' ' => "+".into(),
+            _ => format!("%{b:02X}"),
+        })
+        .collect()
+}
+
+/// A token from the endpoint by curl; the whole exchange is timed by the caller.
+fn curl_token(args: &[String]) -> Result<String> {
+    let out = Command::new("curl").args(["-sf"]).args(args).output()?;
+    if !out.status.success() {
+        return Err(format!(
+            "curl token request failed: {}",
+            String::from_utf8_lossy(&out.stderr)
+        )
+        .into());
+    }
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout)?;
+    Ok(v["access_token"].as_str().unwrap_or_default().to_string())
+}
+
+/// Whole process, per scheme: `fhirconn test ID` vs curl doing the same by hand (token
+/// request, then `GET {base}/metadata`), same servers, same run, median of 15 each.
+fn whole_process(root: &Path) -> Result {
+    let (mut child, info) = start_testkit(&root.join("target/release/fhirconn-testkit"))?;
+    let result = (|| -> Result {
+        let dir = root.join("target/bench");
+        std::fs::create_dir_all(&dir)?;
+        let s = |v: &serde_json::Value| v.as_str().unwrap_or_default().to_string();
+        let (basic, bearer, oauth) = (&info["basic"], &info["bearer"], &info["oauth"]);
+        std::fs::write(dir.join("pw.txt"), s(&basic["password"]))?;
+        std::fs::write(dir.join("token.txt"), s(&bearer["token"]))?;
+        std::fs::write(dir.join("secret.txt"), s(&oauth["client-secret"]))?;
+        write_private(&dir.join("key.pem"), &s(&oauth["private-key-pem"]))?;
+        std::fs::write(
+            dir.join("fhirconn.yaml"),
+            format!(
+                "connections:\n  \
+                 basic:\n    base-url: {}\n    auth: {{scheme: basic, username: {}, password-file: pw.txt}}\n  \
+                 bearer:\n    base-url: {}\n    auth: {{scheme: bearer, token-file: token.txt}}\n  \
+                 oidc:\n    base-url: {}\n    auth: {{scheme: oidc-client-credentials, token-url: '{}', client-id: {}, client-secret-file: secret.txt}}\n  \
+                 smart:\n    base-url: {}\n    auth: {{scheme: smart-backend, token-url: '{}', client-id: {}, private-key-file: key.pem, kid: {}, scope: system/*.rs}}\n",
+                s(&basic["base-url"]), s(&basic["username"]),
+                s(&bearer["base-url"]),
+                s(&oauth["base-url"]), s(&oauth["token-endpoint"]), s(&oauth["client-id"]),
+                s(&oauth["base-url"]), s(&oauth["token-endpoint"]), s(&oauth["smart-client-id"]), s(&oauth["kid"]),
+            ),
+        )?;
+        let cfg = dir.join("fhirconn.yaml");
+        let ours = |id: &str| {
+            timed(
+                Command::new(root.join("target/dist/fhirconn"))
+                    .arg("-c")
+                    .arg(&cfg)
+                    .args(["test", id]),
+            )
+        };
+        let metadata = |base: &serde_json::Value| format!("{}/metadata", s(base));
+        let token_url = s(&oauth["token-endpoint"]);
+        let mut assertions = oauth["presigned-assertions"]
+            .as_array()
+            .cloned()
+            .unwrap_or_default()
+            .into_iter();
+        let runs = 15;
+        println!("\nwhole process, median of {runs} runs each (loopback):");
+        for scheme in ["basic", "bearer", "oidc", "smart"] {
+            let (mut a, mut b) = (Vec::new(), Vec::new());
+            for _ in 0..runs {
+                a.push(ours(scheme)?);
+                let t = Instant::now();
+                match scheme {
+                    "basic" => {
+                        timed(
+                            curl()
+                                .arg("-u")
+                                .arg(format!(
+                                    "{}:{}",
+                                    s(&basic["username"]),
+                                    s(&basic["password"])
+                                ))
+                                .arg(metadata(&basic["base-url"])),
+                        )?;
+                    }
+                    "bearer" => {
+                        timed(
+                            curl()
+                                .arg("-H")
+                                .arg(format!("Authorization: Bearer {}", s(&bearer["token"])))
+                                .arg(metadata(&bearer["base-url"])),
+                        )?;
+                    }
+                    "oidc" => {
+                        let token = curl_token(&[
+                            "-u".into(),
+                            format!(
+                                "{}:{}",
+                                form_encode(&s(&oauth["client-id"])),
+                                form_encode(&s(&oauth["client-secret"]))
+                            ),
+                            "-d".into(),
+                            "grant_type=client_credentials".into(),
+                            token_url.clone(),
+                        ])?;
+                        timed(
+                            curl()
+                                .arg("-H")
+                                .arg(format!("Authorization: Bearer {token}"))
+                                .arg(metadata(&oauth["base-url"])),
+                        )?;
+                    }
+                    _ => {
+                        let assertion = assertions
+                            .next()
+                            .map(|v| s(&v))
+                            .ok_or("out of presigned assertions")?;
+                        let token = curl_token(&[
+                            "-d".into(), "grant_type=client_credentials".into(),
+                            "-d".into(), "scope=system%2F*.rs".into(),
+                            "-d".into(), "client_assertion_type=urn%3Aietf%3Aparams%3Aoauth%3Aclient-assertion-type%3Ajwt-bearer".into(),
+                            "-d".into(), format!("client_assertion={assertion}"),
+                            token_url.clone(),
+                        ])?;
+                        timed(
+                            curl()
+                                .arg("-H")
+                                .arg(format!("Authorization: Bearer {token}"))
+                                .arg(metadata(&oauth["base-url"])),
+                        )?;
+                    }
+                }
+                b.push(t.elapsed());
+            }
+            let (o, c) = (median(a), median(b));
+            let how = match scheme {
+                "oidc" => "curl token + curl GET",
+                "smart" => "curl token (pre-signed assertion) + curl GET",
+                _ => "curl GET",
+            };
+            println!(
+                "  {scheme:7} fhirconn test {:6.1} ms   {how}: {:6.1} ms   ratio {:.2}x",
+                o.as_secs_f64() * 1e3,
+                c.as_secs_f64() * 1e3,
+                o.as_secs_f64() / c.as_secs_f64()
+            );
+        }
+        Ok(())
+    })();
     let _ = child.kill();
     let _ = child.wait();
-    let (o, c) = (median(ours), median(curl));
-    println!(
-        "whole process, median of {runs}: fhirconn test {:.1} ms, curl -u {:.1} ms, ratio {:.2}x",
-        o.as_secs_f64() * 1e3,
-        c.as_secs_f64() * 1e3,
-        o.as_secs_f64() / c.as_secs_f64()
-    );
-    Ok(())
+    result
 }

@@ -2,13 +2,31 @@
 //! manual testing, prints their base URLs as one JSON line, and runs until stdin closes or
 //! the process is interrupted.
 
+use fhirconn_testkit::idp::{ClientAuth, IdentityProvider, IdpConfig, RegisteredClient};
 use fhirconn_testkit::{FhirServer, FhirServerConfig, ServerAuth};
+use jsonwebtoken::jwk::{Jwk, JwkSet, KeyAlgorithm};
 use tokio::io::AsyncReadExt as _;
 
 /// Demo credentials (the demo writes them to files next to its config).
 const DEMO_USER: &str = "demo";
 const DEMO_PASSWORD: &str = "demo:pässword";
 const DEMO_TOKEN: &str = "demo-token-7f3a";
+const DEMO_CLIENT_SECRET: &str = "demo-client-secret:42";
+const DEMO_AUDIENCE: &str = "https://fhirconn.demo/fhir";
+const DEMO_KID: &str = "demo-es384";
+
+/// An ES384 key for the SMART demo client: (PKCS#8 PEM, public JWKS).
+fn demo_key() -> std::io::Result<(String, JwkSet)> {
+    let err = |e: String| std::io::Error::other(e);
+    let pair = rcgen::KeyPair::generate_for(&rcgen::PKCS_ECDSA_P384_SHA384)
+        .map_err(|e| err(e.to_string()))?;
+    let enc = jsonwebtoken::EncodingKey::from_ec_der(&pair.serialize_der());
+    let mut jwk = Jwk::from_encoding_key(&enc, jsonwebtoken::Algorithm::ES384)
+        .map_err(|e| err(e.to_string()))?;
+    jwk.common.key_id = Some(DEMO_KID.into());
+    jwk.common.key_algorithm = Some(KeyAlgorithm::ES384);
+    Ok((pair.serialize_pem(), JwkSet { keys: vec![jwk] }))
+}
 
 #[tokio::main]
 async fn main() -> std::io::Result<()> {
@@ -33,10 +51,59 @@ async fn main() -> std::io::Result<()> {
         ..FhirServerConfig::default()
     })
     .await?;
+    let (pem, jwks) = demo_key()?;
+    let signer = jsonwebtoken::EncodingKey::from_ec_pem(pem.as_bytes())
+        .map_err(|e| std::io::Error::other(e.to_string()))?;
+    let scopes = vec!["system/*.rs".to_string(), "system/*.read".to_string()];
+    let idp = IdentityProvider::start(IdpConfig {
+        audience: DEMO_AUDIENCE.into(),
+        clients: vec![
+            RegisteredClient {
+                client_id: "demo-client".into(),
+                auth: ClientAuth::SecretBasic(DEMO_CLIENT_SECRET.into()),
+                scopes: scopes.clone(),
+            },
+            RegisteredClient {
+                client_id: "demo-backend".into(),
+                auth: ClientAuth::PrivateKeyJwt(jwks),
+                scopes,
+            },
+        ],
+        ..IdpConfig::default()
+    })
+    .await?;
+    let oauth = FhirServer::start(FhirServerConfig {
+        auth: ServerAuth::Jwt(idp.verifier(DEMO_AUDIENCE)),
+        smart_configuration: Some(idp.smart_configuration()),
+        ..FhirServerConfig::default()
+    })
+    .await?;
+    // Pre-signed client assertions, one per use (jti), for `cargo xtask bench` to compare
+    // against curl, which cannot sign a JWT itself.
+    let assertions: Vec<String> = (0..50)
+        .map(|i| {
+            let now = std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .unwrap_or_default()
+                .as_secs();
+            let mut header = jsonwebtoken::Header::new(jsonwebtoken::Algorithm::ES384);
+            header.kid = Some(DEMO_KID.into());
+            header.typ = Some("JWT".into());
+            let claims = serde_json::json!({"iss": "demo-backend", "sub": "demo-backend",
+                "aud": idp.token_endpoint(), "iat": now, "exp": now + 290,
+                "jti": format!("presigned-{i}-{now}")});
+            jsonwebtoken::encode(&header, &claims, &signer).unwrap_or_default()
+        })
+        .collect();
     let info = serde_json::json!({
         "none": {"base-url": none.base_url()},
         "basic": {"base-url": basic.base_url(), "username": DEMO_USER, "password": DEMO_PASSWORD},
         "bearer": {"base-url": bearer.base_url(), "token": DEMO_TOKEN},
+        "oauth": {"base-url": oauth.base_url(), "issuer": idp.issuer(),
+                  "client-id": "demo-client", "client-secret": DEMO_CLIENT_SECRET,
+                  "token-endpoint": idp.token_endpoint(),
+                  "smart-client-id": "demo-backend", "kid": DEMO_KID, "private-key-pem": pem,
+                  "presigned-assertions": assertions},
     });
     println!("{info}");
     // Run until stdin reaches EOF (the parent closed it or exited) or Ctrl-C.
