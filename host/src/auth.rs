@@ -30,6 +30,8 @@ pub struct Resolved {
     pub expires_at: Option<SystemTime>,
     /// When the host renews them.
     pub renew_at: Option<SystemTime>,
+    /// Warnings the schemes reported (shown by `fhirconn test`).
+    pub warnings: Vec<String>,
 }
 
 impl std::fmt::Debug for Resolved {
@@ -150,6 +152,7 @@ impl AuthRuntime {
         let mut headers: Vec<(HeaderName, HeaderValue)> = Vec::new();
         let mut identity: Option<ClientIdentity> = None;
         let mut expires_at: Option<SystemTime> = None;
+        let mut warnings: Vec<String> = Vec::new();
         let flags = (if interactive {
             AUTH_FLAG_INTERACTIVE
         } else {
@@ -230,6 +233,17 @@ impl AuthRuntime {
                     private_key_pem: SecretString::from(id.private_key_pem.to_string()),
                 });
             }
+            if let Ok(ext) =
+                serde_json::from_str::<serde_json::Value>(creds.extensions_json.as_str())
+            {
+                if let Some(list) = ext.get("warnings").and_then(|w| w.as_array()) {
+                    warnings.extend(
+                        list.iter()
+                            .filter_map(|w| w.as_str())
+                            .map(|w| self.services.redactor.redact(&format!("{scheme}: {w}"))),
+                    );
+                }
+            }
             if let fhirconn_abi::std_types::ROption::RSome(ms) = creds.expires_at_unix_ms {
                 let at = UNIX_EPOCH + Duration::from_millis(u64::try_from(ms).unwrap_or(0));
                 expires_at = Some(expires_at.map_or(at, |e: SystemTime| e.min(at)));
@@ -241,6 +255,7 @@ impl AuthRuntime {
             identity,
             expires_at,
             renew_at: expires_at.map(|e| renew_at(now, e, self.renewal_margin)),
+            warnings,
         })
     }
 }

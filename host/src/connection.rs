@@ -191,6 +191,7 @@ impl Connection {
             }
         };
         report.credentials_ms = t.elapsed().as_millis() as u64;
+        report.warnings.extend(creds.warnings.iter().cloned());
         // 2. metadata
         let t = Instant::now();
         let url = match self.url_for("metadata") {
@@ -208,15 +209,16 @@ impl Connection {
             .send_with(&Request::get("metadata"), &url, &creds)
             .await;
         if matches!(&resp, Ok(r) if r.status == StatusCode::UNAUTHORIZED)
-            && creds.expires_at.is_some()
+            && !creds.headers.is_empty()
         {
             self.auth.invalidate(&creds);
             match self.auth.credentials(false).await {
-                Ok(fresh) => {
+                Ok(fresh) if fresh.headers != creds.headers => {
                     resp = self
                         .send_with(&Request::get("metadata"), &url, &fresh)
                         .await
                 }
+                Ok(_) => {}
                 Err(e) => {
                     report.failure = Some(credential_failure(&e, self.id()));
                     return finish(report);

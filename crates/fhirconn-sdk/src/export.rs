@@ -93,7 +93,13 @@ pub(crate) fn credentials_to_abi(c: Credentials) -> AbiCredentials {
                 Err(_) => 0,
             })
             .into(),
-        extensions_json: RString::new(),
+        extensions_json: if c.warnings.is_empty() {
+            RString::new()
+        } else {
+            serde_json::json!({ "warnings": c.warnings })
+                .to_string()
+                .into()
+        },
         #[cfg(feature = "__fixture-changed-layout")]
         fixture_changed_layout: 0,
     }

@@ -46,6 +46,9 @@ pub struct Credentials {
     pub identity: Option<ClientIdentity>,
     /// When the credentials stop working; `None` for credentials that do not expire.
     pub expires_at: Option<SystemTime>,
+    /// Things a person should know (e.g. a certificate that expires soon); `fhirconn test`
+    /// shows them. They travel in the ABI's `extensions_json` as `{"warnings": [...]}`.
+    pub warnings: Vec<String>,
 }
 
 impl Credentials {
@@ -84,6 +87,12 @@ impl Credentials {
     #[must_use]
     pub fn expires_at(mut self, at: SystemTime) -> Self {
         self.expires_at = Some(at);
+        self
+    }
+    /// Adds a warning for the person testing the connection.
+    #[must_use]
+    pub fn warning(mut self, message: impl Into<String>) -> Self {
+        self.warnings.push(message.into());
         self
     }
     /// Sets the expiry relative to the host's clock (e.g. from `expires_in`).

@@ -122,6 +122,7 @@ struct IdpState {
 pub struct IdentityProvider {
     addr: SocketAddr,
     state: Arc<IdpState>,
+    tls: Option<Arc<crate::tls::TlsStats>>,
     shutdown: Option<tokio::sync::oneshot::Sender<()>>,
 }
 
@@ -161,8 +162,30 @@ impl IdentityProvider {
     pub async fn start(config: IdpConfig) -> std::io::Result<Self> {
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
         let addr = listener.local_addr()?;
+        Self::serve_on(listener, addr, "http", None, config)
+    }
+
+    /// Starts a provider over HTTPS (e.g. a token endpoint that requires a client certificate).
+    pub async fn start_tls(
+        config: IdpConfig,
+        tls: Arc<rustls::ServerConfig>,
+    ) -> std::io::Result<Self> {
+        let tcp = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
+        let addr = tcp.local_addr()?;
+        let listener = crate::tls::TlsListener::new(tcp, tls);
+        let stats = listener.stats();
+        Self::serve_on(listener, addr, "https", Some(stats), config)
+    }
+
+    fn serve_on<L: axum::serve::Listener<Addr = SocketAddr>>(
+        listener: L,
+        addr: SocketAddr,
+        scheme: &str,
+        tls: Option<Arc<crate::tls::TlsStats>>,
+        config: IdpConfig,
+    ) -> std::io::Result<Self> {
         let path = config.issuer_path.trim_end_matches('/').to_string();
-        let issuer = format!("http://{addr}{path}");
+        let issuer = format!("{scheme}://{addr}{path}");
         let state = Arc::new(IdpState {
             token_endpoint: format!("{issuer}/token"),
             issuer,
@@ -196,6 +219,7 @@ impl IdentityProvider {
         Ok(Self {
             addr,
             state,
+            tls,
             shutdown: Some(tx),
         })
     }
@@ -213,6 +237,11 @@ impl IdentityProvider {
     /// The bound address.
     pub fn addr(&self) -> SocketAddr {
         self.addr
+    }
+
+    /// TLS statistics, for a provider started with [`IdentityProvider::start_tls`].
+    pub fn tls_stats(&self) -> Option<Arc<crate::tls::TlsStats>> {
+        self.tls.clone()
     }
 
     /// The provider's public signing keys (what a resource server verifies tokens with).

@@ -10,6 +10,8 @@
 //! [`idp::IdentityProvider`] is an OAuth 2.0 / OpenID Connect provider issuing those tokens.
 
 pub mod idp;
+pub mod pki;
+pub mod tls;
 
 use axum::{
     body::Body,
@@ -145,6 +147,8 @@ struct AppState {
 #[derive(Debug)]
 pub struct FhirServer {
     addr: SocketAddr,
+    scheme: &'static str,
+    tls: Option<Arc<tls::TlsStats>>,
     base_path: String,
     config: Arc<Mutex<FhirServerConfig>>,
     counters: Arc<Counters>,
@@ -158,12 +162,34 @@ impl FhirServer {
         Self::serve(listener, config)
     }
 
+    /// Starts an HTTPS server on 127.0.0.1 with a free port.
+    pub async fn start_tls(
+        config: FhirServerConfig,
+        tls: Arc<rustls::ServerConfig>,
+    ) -> std::io::Result<Self> {
+        let tcp = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
+        let addr = tcp.local_addr()?;
+        let listener = tls::TlsListener::new(tcp, tls);
+        let stats = listener.stats();
+        Self::serve_on(listener, addr, "https", Some(stats), config)
+    }
+
     /// Serves on an already bound listener.
     pub fn serve(
         listener: tokio::net::TcpListener,
         config: FhirServerConfig,
     ) -> std::io::Result<Self> {
         let addr = listener.local_addr()?;
+        Self::serve_on(listener, addr, "http", None, config)
+    }
+
+    fn serve_on<L: axum::serve::Listener<Addr = SocketAddr>>(
+        listener: L,
+        addr: SocketAddr,
+        scheme: &'static str,
+        tls: Option<Arc<tls::TlsStats>>,
+        config: FhirServerConfig,
+    ) -> std::io::Result<Self> {
         let base_path = config.base_path.trim_end_matches('/').to_string();
         let config = Arc::new(Mutex::new(config));
         let counters = Arc::new(Counters::default());
@@ -192,6 +218,8 @@ impl FhirServer {
         });
         Ok(Self {
             addr,
+            scheme,
+            tls,
             base_path,
             config,
             counters,
@@ -201,7 +229,22 @@ impl FhirServer {
 
     /// The FHIR base URL, e.g. `http://127.0.0.1:41234/fhir`.
     pub fn base_url(&self) -> String {
-        format!("http://{}{}", self.addr, self.base_path)
+        format!("{}://{}{}", self.scheme, self.addr, self.base_path)
+    }
+
+    /// The FHIR base URL with another host name for the same port (e.g. `localhost`).
+    pub fn base_url_as(&self, host: &str) -> String {
+        format!(
+            "{}://{host}:{}{}",
+            self.scheme,
+            self.addr.port(),
+            self.base_path
+        )
+    }
+
+    /// TLS statistics (handshakes, failures, client certificates), for HTTPS servers.
+    pub fn tls_stats(&self) -> Option<Arc<tls::TlsStats>> {
+        self.tls.clone()
     }
 
     /// The bound address.

@@ -1,0 +1,418 @@
+//! fhirconn scheme `mtls`: a TLS client certificate. The host builds the TLS client from the
+//! identity this scheme returns and presents it to the FHIR server and to the token endpoints
+//! of schemes stacked after it on the same connection.
+//!
+//! Settings: `certificate-file` (PEM, leaf first, then intermediates) with the private key as
+//! exactly one of `private-key`, `private-key-file`, `private-key-env` (PEM: PKCS#8, PKCS#1 RSA,
+//! SEC1 EC, or encrypted PKCS#8 with `private-key-password`, `-file` or `-env`); **or**
+//! `p12-file` (PKCS#12) with `p12-password`, `-file` or `-env`.
+//!
+//! Checked at configure time: the key belongs to the leaf certificate, the certificate allows
+//! client authentication when it lists extended key usages, and it is valid now. A certificate
+//! that expires within 30 days yields a warning.
+
+#![forbid(unsafe_code)]
+
+use fhirconn_sdk::serde_json::{json, Map, Value};
+use fhirconn_sdk::{
+    AuthRequest, ClientIdentity, Connection, ConnectionInfo, Credentials, Error, ExposeSecret,
+    Host, Result, Scheme, SecretSource, SecretString,
+};
+use rustls::pki_types::{
+    CertificateDer, PrivateKeyDer, PrivatePkcs1KeyDer, PrivatePkcs8KeyDer, PrivateSec1KeyDer,
+};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use x509_parser::prelude::{FromDer, X509Certificate};
+
+/// Warn when the certificate expires sooner than this.
+pub const EXPIRY_WARNING: Duration = Duration::from_secs(30 * 24 * 3600);
+
+/// The `mtls` scheme.
+#[derive(Debug, Default)]
+pub struct Mtls;
+
+/// A configured `mtls` connection.
+pub struct MtlsConnection {
+    identity: ClientIdentity,
+    subject: String,
+    not_after: SystemTime,
+}
+
+impl std::fmt::Debug for MtlsConnection {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("MtlsConnection")
+            .field("subject", &self.subject)
+            .finish_non_exhaustive()
+    }
+}
+
+const FIELDS: &[&str] = &[
+    "certificate-file",
+    "private-key",
+    "private-key-file",
+    "private-key-env",
+    "private-key-password",
+    "private-key-password-file",
+    "private-key-password-env",
+    "p12-file",
+    "p12-password",
+    "p12-password-file",
+    "p12-password-env",
+];
+
+/// A private key as loaded: its DER and the PEM label reqwest/rustls understand.
+struct Key {
+    der: PrivateKeyDer<'static>,
+}
+
+impl Key {
+    fn to_pem(&self) -> SecretString {
+        let (label, bytes) = match &self.der {
+            PrivateKeyDer::Pkcs1(k) => ("RSA PRIVATE KEY", k.secret_pkcs1_der()),
+            PrivateKeyDer::Sec1(k) => ("EC PRIVATE KEY", k.secret_sec1_der()),
+            PrivateKeyDer::Pkcs8(k) => ("PRIVATE KEY", k.secret_pkcs8_der()),
+            _ => ("PRIVATE KEY", &[][..]),
+        };
+        SecretString::from(pem::encode(&pem::Pem::new(label, bytes.to_vec())))
+    }
+}
+
+fn field_in_use(map: &Map<String, Value>, name: &str) -> String {
+    [
+        format!("{name}-file"),
+        format!("{name}-env"),
+        name.to_string(),
+    ]
+    .into_iter()
+    .find(|f| map.contains_key(f))
+    .unwrap_or_else(|| name.to_string())
+}
+
+/// Parses the private key PEM, decrypting an encrypted PKCS#8 key with `password`.
+fn parse_key(text: &str, password: Option<&SecretString>, field: &str) -> Result<Key> {
+    let block = pem::parse(text.as_bytes())
+        .map_err(|e| Error::config(format!("{field}: not a PEM private key ({e})")))?;
+    let der = block.contents().to_vec();
+    let plain_with_password = |k: Key| {
+        if password.is_some() {
+            Err(Error::config(format!(
+                "private-key-password is set, but the key in {field} is not encrypted"
+            )))
+        } else {
+            Ok(k)
+        }
+    };
+    match block.tag() {
+        "PRIVATE KEY" => plain_with_password(Key {
+            der: PrivateKeyDer::Pkcs8(PrivatePkcs8KeyDer::from(der)),
+        }),
+        "RSA PRIVATE KEY" => plain_with_password(Key {
+            der: PrivateKeyDer::Pkcs1(PrivatePkcs1KeyDer::from(der)),
+        }),
+        "EC PRIVATE KEY" => plain_with_password(Key {
+            der: PrivateKeyDer::Sec1(PrivateSec1KeyDer::from(der)),
+        }),
+        "ENCRYPTED PRIVATE KEY" => {
+            let Some(password) = password else {
+                return Err(Error::config(format!(
+                    "{field}: the key is encrypted; set private-key-password, \
+                     private-key-password-file or private-key-password-env"
+                )));
+            };
+            let info = pkcs8::EncryptedPrivateKeyInfoRef::try_from(der.as_slice())
+                .map_err(|e| Error::config(format!("{field}: invalid encrypted key ({e})")))?;
+            if info.encryption_algorithm.pbes2().is_none() {
+                return Err(Error::config(format!(
+                    "{field}: legacy PKCS#5 v1.5 encryption (PBES1, e.g. 3DES) is not supported; \
+                     re-encrypt with `openssl pkcs8 -topk8 -v2 aes-256-cbc`"
+                )));
+            }
+            let plain = info
+                .decrypt(password.expose_secret().as_bytes())
+                .map_err(|_| {
+                    Error::config(format!(
+                        "{field}: cannot decrypt the key: wrong private-key-password"
+                    ))
+                })?;
+            Ok(Key {
+                der: PrivateKeyDer::Pkcs8(PrivatePkcs8KeyDer::from(plain.as_bytes().to_vec())),
+            })
+        }
+        "CERTIFICATE" => Err(Error::config(format!(
+            "{field}: holds a certificate, not a private key (the certificate goes in certificate-file)"
+        ))),
+        other => Err(Error::config(format!(
+            "{field}: unsupported PEM block '{other}' (expected PRIVATE KEY, RSA PRIVATE KEY, \
+             EC PRIVATE KEY or ENCRYPTED PRIVATE KEY)"
+        ))),
+    }
+}
+
+fn parse_certs(bytes: &[u8], field: &str) -> Result<Vec<CertificateDer<'static>>> {
+    let blocks = pem::parse_many(bytes)
+        .map_err(|e| Error::config(format!("{field}: not a PEM file ({e})")))?;
+    let certs: Vec<CertificateDer<'static>> = blocks
+        .into_iter()
+        .filter(|b| b.tag() == "CERTIFICATE")
+        .map(|b| CertificateDer::from(b.into_contents()))
+        .collect();
+    if certs.is_empty() {
+        return Err(Error::config(format!(
+            "{field}: holds no CERTIFICATE block"
+        )));
+    }
+    Ok(certs)
+}
+
+fn load_p12(bytes: &[u8], password: &str) -> Result<(Vec<CertificateDer<'static>>, Key)> {
+    let store = p12_keystore::KeyStore::from_pkcs12(
+        bytes,
+        password,
+        p12_keystore::Pkcs12ImportPolicy::Strict,
+    )
+    .map_err(|e| {
+        Error::config(format!(
+            "p12-file: cannot open the PKCS#12 file: wrong p12-password or not a PKCS#12 file ({e})"
+        ))
+    })?;
+    let (_, chain) = store
+        .private_key_chain()
+        .ok_or_else(|| Error::config("p12-file: holds no private key with its certificate"))?;
+    let certs: Vec<CertificateDer<'static>> = chain
+        .certs()
+        .iter()
+        .map(|c| CertificateDer::from(c.as_der().to_vec()))
+        .collect();
+    if certs.is_empty() {
+        return Err(Error::config(
+            "p12-file: the private key has no certificate",
+        ));
+    }
+    let key = Key {
+        der: PrivateKeyDer::Pkcs8(PrivatePkcs8KeyDer::from(chain.key().as_der().to_vec())),
+    };
+    Ok((certs, key))
+}
+
+fn to_system_time(t: x509_parser::time::ASN1Time) -> SystemTime {
+    let secs = t.timestamp();
+    if secs >= 0 {
+        UNIX_EPOCH + Duration::from_secs(secs as u64)
+    } else {
+        UNIX_EPOCH
+    }
+}
+
+/// A date for messages.
+fn show(t: x509_parser::time::ASN1Time) -> String {
+    t.to_string()
+}
+
+/// The checks a person would otherwise learn about from a failed handshake.
+fn check(
+    certs: &[CertificateDer<'static>],
+    key: &Key,
+    now: SystemTime,
+    field: &str,
+) -> Result<(String, SystemTime)> {
+    let (_, leaf) = X509Certificate::from_der(certs[0].as_ref()).map_err(|e| {
+        Error::config(format!(
+            "{field}: the first certificate cannot be parsed ({e})"
+        ))
+    })?;
+    let subject = leaf.subject().to_string();
+    let signing = rustls::crypto::aws_lc_rs::sign::any_supported_type(&key.der).map_err(|e| {
+        Error::config(format!(
+            "the private key is not a usable RSA or EC key ({e})"
+        ))
+    })?;
+    let certified = rustls::sign::CertifiedKey::new(certs.to_vec(), signing);
+    if let Err(e) = certified.keys_match() {
+        return Err(Error::config(match e {
+            rustls::Error::InconsistentKeys(rustls::InconsistentKeys::KeyMismatch) => format!(
+                "the private key does not belong to the certificate '{subject}' (the first \
+                 certificate in {field} must be the one issued for this key)"
+            ),
+            other => format!("cannot check the key against the certificate '{subject}': {other}"),
+        }));
+    }
+    if let Ok(Some(eku)) = leaf.extended_key_usage() {
+        let eku = eku.value;
+        if !(eku.client_auth || eku.any) {
+            let mut listed = Vec::new();
+            if eku.server_auth {
+                listed.push("serverAuth");
+            }
+            if eku.code_signing {
+                listed.push("codeSigning");
+            }
+            if eku.email_protection {
+                listed.push("emailProtection");
+            }
+            return Err(Error::config(format!(
+                "the certificate '{subject}' does not allow TLS client authentication (its \
+                 extended key usage lists {}; it needs clientAuth)",
+                if listed.is_empty() {
+                    "other purposes".to_string()
+                } else {
+                    listed.join(", ")
+                }
+            )));
+        }
+    }
+    let validity = leaf.validity();
+    let not_before = to_system_time(validity.not_before);
+    let not_after = to_system_time(validity.not_after);
+    if now < not_before {
+        return Err(Error::config(format!(
+            "the certificate '{subject}' is not valid before {}",
+            show(validity.not_before)
+        )));
+    }
+    if now > not_after {
+        return Err(Error::config(format!(
+            "the certificate '{subject}' expired on {}",
+            show(validity.not_after)
+        )));
+    }
+    Ok((subject, not_after))
+}
+
+fn pem_chain(certs: &[CertificateDer<'static>]) -> String {
+    certs
+        .iter()
+        .map(|c| pem::encode(&pem::Pem::new("CERTIFICATE", c.as_ref().to_vec())))
+        .collect()
+}
+
+impl Scheme for Mtls {
+    fn name(&self) -> &str {
+        "mtls"
+    }
+
+    fn summary(&self) -> &str {
+        "a TLS client certificate (PEM or PKCS#12), optionally stacked with a token scheme"
+    }
+
+    fn config_schema(&self) -> Value {
+        let mut props = Map::new();
+        props.insert(
+            "certificate-file".into(),
+            json!({"type": "string", "minLength": 1,
+                   "description": "PEM: the client certificate first, then intermediates"}),
+        );
+        props.insert(
+            "p12-file".into(),
+            json!({"type": "string", "minLength": 1, "description": "PKCS#12 (.p12/.pfx) with key and chain"}),
+        );
+        props.extend(SecretSource::schema_properties(
+            "private-key",
+            "PEM private key",
+        ));
+        props.extend(SecretSource::schema_properties(
+            "private-key-password",
+            "password of an encrypted PKCS#8 key",
+        ));
+        props.extend(SecretSource::schema_properties(
+            "p12-password",
+            "PKCS#12 password",
+        ));
+        json!({
+            "type": "object",
+            "description": "TLS client certificate",
+            "properties": props,
+            "additionalProperties": false,
+            "oneOf": [
+                {"required": ["certificate-file"],
+                 "not": {"anyOf": [{"required": ["p12-file"]}, {"required": ["p12-password"]},
+                                   {"required": ["p12-password-file"]}, {"required": ["p12-password-env"]}]}},
+                {"required": ["p12-file"],
+                 "not": {"anyOf": [{"required": ["certificate-file"]}, {"required": ["private-key"]},
+                                   {"required": ["private-key-file"]}, {"required": ["private-key-env"]}]}}
+            ],
+        })
+    }
+
+    fn configure(
+        &self,
+        _connection: &ConnectionInfo,
+        settings: Value,
+        host: &Host<'_>,
+    ) -> Result<Box<dyn Connection>> {
+        let Value::Object(map) = settings else {
+            return Err(Error::config("settings must be an object"));
+        };
+        if let Some(k) = map.keys().find(|k| !FIELDS.contains(&k.as_str())) {
+            return Err(Error::config(format!("unknown setting '{k}'")));
+        }
+        let cert_file = map.get("certificate-file").and_then(Value::as_str);
+        let p12_file = map.get("p12-file").and_then(Value::as_str);
+        let (certs, key, field) = match (cert_file, p12_file) {
+            (Some(cert_file), None) => {
+                let key_field = field_in_use(&map, "private-key");
+                let key_text = SecretSource::resolve(&map, "private-key", true, host)?
+                    .ok_or_else(|| Error::internal("private-key resolved to nothing"))?;
+                let password = SecretSource::resolve(&map, "private-key-password", false, host)?;
+                let key = parse_key(key_text.expose_secret(), password.as_ref(), &key_field)?;
+                let bytes = host
+                    .read_file(cert_file)
+                    .map_err(|e| e.context("certificate-file"))?;
+                (
+                    parse_certs(&bytes, "certificate-file")?,
+                    key,
+                    "certificate-file",
+                )
+            }
+            (None, Some(p12)) => {
+                let password = SecretSource::resolve(&map, "p12-password", false, host)?;
+                let bytes = host.read_file(p12).map_err(|e| e.context("p12-file"))?;
+                let pw = password.as_ref().map(|p| p.expose_secret().to_string());
+                let (certs, key) = load_p12(&bytes, pw.as_deref().unwrap_or(""))?;
+                (certs, key, "p12-file")
+            }
+            (Some(_), Some(_)) => {
+                return Err(Error::config(
+                    "set either certificate-file (with a private key) or p12-file, not both",
+                ))
+            }
+            (None, None) => {
+                return Err(Error::config(
+                    "set certificate-file and private-key-file, or p12-file",
+                ))
+            }
+        };
+        let (subject, not_after) = check(&certs, &key, host.now(), field)?;
+        host.debug(&format!("client certificate '{subject}'"));
+        Ok(Box::new(MtlsConnection {
+            identity: ClientIdentity {
+                certificate_chain_pem: pem_chain(&certs),
+                private_key_pem: key.to_pem(),
+            },
+            subject,
+            not_after,
+        }))
+    }
+}
+
+impl Connection for MtlsConnection {
+    fn authorize(&self, _request: &AuthRequest, host: &Host<'_>) -> Result<Credentials> {
+        let mut creds = Credentials::new().identity(self.identity.clone());
+        let left = self
+            .not_after
+            .duration_since(host.now())
+            .unwrap_or(Duration::ZERO);
+        if left < EXPIRY_WARNING {
+            creds = creds.warning(format!(
+                "the client certificate '{}' expires in {} day(s)",
+                self.subject,
+                left.as_secs() / 86_400
+            ));
+        }
+        Ok(creds)
+    }
+}
+
+fhirconn_sdk::export_schemes!(Mtls);
+
+#[cfg(test)]
+mod tests;
