@@ -173,6 +173,8 @@ impl Connection {
             probe: None,
             failure: None,
             warnings: Vec::new(),
+            server_certificate: None,
+            client_certificate: None,
             credentials_ms: 0,
             metadata_ms: 0,
             total_ms: 0,
@@ -192,6 +194,10 @@ impl Connection {
         };
         report.credentials_ms = t.elapsed().as_millis() as u64;
         report.warnings.extend(creds.warnings.iter().cloned());
+        report.client_certificate = creds.identity.as_ref().and_then(|i| {
+            let block = pem_first_certificate(&i.certificate_chain_pem)?;
+            CertificateFacts::from_der(&block)
+        });
         // 2. metadata
         let t = Instant::now();
         let url = match self.url_for("metadata") {
@@ -227,7 +233,21 @@ impl Connection {
         }
         report.metadata_ms = t.elapsed().as_millis() as u64;
         let resp = match resp {
-            Ok(r) => r,
+            Ok(r) => {
+                report.server_certificate = r
+                    .peer_certificate
+                    .as_deref()
+                    .and_then(CertificateFacts::from_der);
+                if let Some(c) = &report.server_certificate {
+                    if c.days_left < 30 {
+                        report.warnings.push(format!(
+                            "the server's certificate '{}' expires in {} day(s)",
+                            c.subject, c.days_left
+                        ));
+                    }
+                }
+                r
+            }
             Err(e) => {
                 report.failure = Some(transport_failure(Stage::Metadata, &e));
                 return finish(report);
@@ -376,12 +396,60 @@ pub struct TestReport {
     pub failure: Option<Diagnosis>,
     /// Things worth knowing that are not failures.
     pub warnings: Vec<String>,
+    /// The server's TLS certificate, for HTTPS.
+    pub server_certificate: Option<CertificateFacts>,
+    /// The client certificate offered, if a scheme supplied one.
+    pub client_certificate: Option<CertificateFacts>,
     /// Time to obtain credentials.
     pub credentials_ms: u64,
     /// Time of the metadata request.
     pub metadata_ms: u64,
     /// Total time.
     pub total_ms: u64,
+}
+
+/// What a person debugging TLS wants to know about a certificate.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct CertificateFacts {
+    /// Subject distinguished name.
+    pub subject: String,
+    /// Issuer distinguished name.
+    pub issuer: String,
+    /// End of validity, RFC 2822-like as x509-parser prints it.
+    pub not_after: String,
+    /// Whole days until it expires (negative when expired).
+    pub days_left: i64,
+}
+
+impl CertificateFacts {
+    /// Reads the facts of a DER certificate; `None` if it cannot be parsed.
+    pub fn from_der(der: &[u8]) -> Option<Self> {
+        use x509_parser::prelude::{FromDer, X509Certificate};
+        let (_, cert) = X509Certificate::from_der(der).ok()?;
+        let not_after = cert.validity().not_after;
+        let now = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .ok()?
+            .as_secs() as i64;
+        Some(Self {
+            subject: cert.subject().to_string(),
+            issuer: cert.issuer().to_string(),
+            not_after: not_after.to_string(),
+            days_left: (not_after.timestamp() - now).div_euclid(86_400),
+        })
+    }
+}
+
+/// The first certificate of a PEM chain, as DER.
+fn pem_first_certificate(pem_text: &str) -> Option<Vec<u8>> {
+    use base64::Engine as _;
+    let start = pem_text.find("-----BEGIN CERTIFICATE-----")? + 27;
+    let end = start + pem_text[start..].find("-----END CERTIFICATE-----")?;
+    let b64: String = pem_text[start..end]
+        .chars()
+        .filter(|c| !c.is_whitespace())
+        .collect();
+    base64::engine::general_purpose::STANDARD.decode(b64).ok()
 }
 
 impl TestReport {
@@ -397,6 +465,8 @@ impl TestReport {
             probe: None,
             failure: Some(Diagnosis::new(Stage::Setup, "unavailable", reason)),
             warnings: Vec::new(),
+            server_certificate: None,
+            client_certificate: None,
             credentials_ms: 0,
             metadata_ms: 0,
             total_ms: 0,

@@ -44,8 +44,8 @@ pub mod transport;
 pub use auth::Resolved;
 use config::validate;
 pub use connection::{
-    operation_outcome_text, parse_capability, Capability, Connection, Diagnosis, ProbeReport,
-    Request, Stage, TestReport, FHIR_JSON,
+    operation_outcome_text, parse_capability, Capability, CertificateFacts, Connection, Diagnosis,
+    ProbeReport, Request, Stage, TestReport, FHIR_JSON,
 };
 pub use error::{ConfigError, Error, PluginError, Result};
 

@@ -420,6 +420,18 @@ fn print_reports(reports: &[TestReport]) {
             println!("FAIL  {:w$}  {schemes}  {}", r.id, r.base_url);
             println!("      {:w$}  {why}", "");
         }
+        if r.server_certificate.is_some() || r.client_certificate.is_some() {
+            let server = r
+                .server_certificate
+                .as_ref()
+                .map(|c| format!("server '{}' (expires {})", c.subject, c.not_after));
+            let client = r
+                .client_certificate
+                .as_ref()
+                .map(|c| format!("client certificate '{}' offered", c.subject));
+            let facts: Vec<String> = server.into_iter().chain(client).collect();
+            println!("      {:w$}  tls: {}", "", facts.join(", "));
+        }
         for warn in &r.warnings {
             println!("      {:w$}  warning: {warn}", "");
         }

@@ -75,6 +75,8 @@ pub struct Response {
     pub body: Vec<u8>,
     /// The final URL (after redirects).
     pub url: url::Url,
+    /// The server's leaf certificate (DER), for HTTPS.
+    pub peer_certificate: Option<Vec<u8>>,
 }
 
 impl Response {
@@ -186,6 +188,7 @@ impl Transport {
             .read_timeout(s.read_timeout)
             .timeout(s.connect_timeout + s.read_timeout)
             .user_agent(concat!("fhirconn/", env!("CARGO_PKG_VERSION")))
+            .tls_info(true)
             .referer(false);
         if !self.roots.is_empty() {
             b = if s.use_system_roots {
@@ -307,6 +310,11 @@ impl Transport {
         }
         let status = resp.status();
         let headers = resp.headers().clone();
+        let peer_certificate = resp
+            .extensions()
+            .get::<reqwest::tls::TlsInfo>()
+            .and_then(|i| i.peer_certificate())
+            .map(<[u8]>::to_vec);
         let mut body = Vec::new();
         loop {
             match resp.chunk().await {
@@ -325,6 +333,7 @@ impl Transport {
             headers,
             body,
             url,
+            peer_certificate,
         })
     }
 
@@ -353,6 +362,12 @@ impl Transport {
             };
         }
         let joined = chain.join(": ");
+        if let Some(cert_error) = tls_error_from_text(&joined) {
+            return TransportError::Tls {
+                host,
+                detail: describe_tls(&cert_error),
+            };
+        }
         if joined.contains("dns error") || joined.contains("failed to lookup address") {
             let detail = chain.last().cloned().unwrap_or_default();
             return TransportError::Dns { host, detail };
@@ -384,21 +399,36 @@ fn error_chain(e: &(dyn std::error::Error + 'static)) -> Vec<String> {
 }
 
 fn find_rustls<'a>(e: &'a (dyn std::error::Error + 'static)) -> Option<&'a rustls::Error> {
-    let mut src: Option<&(dyn std::error::Error + 'static)> = Some(e);
-    while let Some(s) = src {
-        if let Some(r) = s.downcast_ref::<rustls::Error>() {
+    if let Some(r) = e.downcast_ref::<rustls::Error>() {
+        return Some(r);
+    }
+    // `io::Error::source` skips the error it wraps, so look inside explicitly.
+    if let Some(inner) = e
+        .downcast_ref::<std::io::Error>()
+        .and_then(|io| io.get_ref())
+    {
+        let inner: &(dyn std::error::Error + 'static) = inner;
+        if let Some(r) = find_rustls(inner) {
             return Some(r);
         }
-        if let Some(io) = s.downcast_ref::<std::io::Error>() {
-            if let Some(inner) = io.get_ref() {
-                if let Some(r) = inner.downcast_ref::<rustls::Error>() {
-                    return Some(r);
-                }
-            }
-        }
-        src = s.source();
     }
-    None
+    e.source().and_then(find_rustls)
+}
+
+/// Recognises a certificate error that reached us only as text (some verifiers flatten it).
+fn tls_error_from_text(text: &str) -> Option<rustls::Error> {
+    use rustls::{CertificateError as C, Error as E};
+    let rest = text.split("invalid peer certificate: ").nth(1)?;
+    let code = rest.split([':', ' ', ',', ')']).next().unwrap_or_default();
+    Some(E::InvalidCertificate(match code {
+        "UnknownIssuer" => C::UnknownIssuer,
+        "NotValidForName" => C::NotValidForName,
+        "Expired" => C::Expired,
+        "NotValidYet" => C::NotValidYet,
+        "BadSignature" => C::BadSignature,
+        "Revoked" => C::Revoked,
+        _ => return None,
+    }))
 }
 
 /// Words a rustls error for a person, naming the setting that fixes it.
