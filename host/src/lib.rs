@@ -551,12 +551,14 @@ fn register_inline_secrets(v: &serde_json::Value, redactor: &Redactor) {
     match v {
         serde_json::Value::Object(o) => {
             for (k, val) in o {
+                // The last word names what the value is: `client-secret`, `private-key`,
+                // `p12-password` are secrets; `token-url`, `private-key-file` are not.
                 let k = k.to_ascii_lowercase();
-                let secretish = ["password", "secret", "token", "key", "assertion"]
-                    .iter()
-                    .any(|s| k.contains(s))
-                    && !k.ends_with("-file")
-                    && !k.ends_with("-env");
+                let last = k.rsplit(['-', '_']).next().unwrap_or_default();
+                let secretish = matches!(
+                    last,
+                    "password" | "passphrase" | "secret" | "token" | "key" | "assertion"
+                );
                 match val {
                     serde_json::Value::String(s) if secretish => redactor.add(s),
                     other => register_inline_secrets(other, redactor),

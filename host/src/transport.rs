@@ -252,7 +252,22 @@ impl Transport {
                 rb = rb.body(b.clone());
             }
             let started = std::time::Instant::now();
-            let resp = rb.send().await.map_err(|e| self.classify(&e, &url))?;
+            let retry = rb.try_clone();
+            let resp = match rb.send().await {
+                Ok(r) => r,
+                // The connection closed between its handshake and our request, so the request
+                // was never sent (hyper: "connection was not ready"): safe to send it again.
+                Err(e)
+                    if retry.is_some()
+                        && error_chain(&e).iter().any(|m| m.contains("not ready")) =>
+                {
+                    tracing::debug!(connection = %self.settings.id, url = %url,
+                        "connection closed before the request was sent; retrying once");
+                    let rb = retry.expect("checked");
+                    rb.send().await.map_err(|e| self.classify(&e, &url))?
+                }
+                Err(e) => return Err(self.classify(&e, &url)),
+            };
             let status = resp.status();
             tracing::debug!(
                 connection = %self.settings.id, %method, url = %url, status = status.as_u16(),

@@ -60,7 +60,7 @@ const FIELDS: &[&str] = &[
     "p12-password-env",
 ];
 
-/// A private key as loaded: its DER and the PEM label reqwest/rustls understand.
+/// A private key as loaded: its DER (written back as PEM for the host's TLS client).
 struct Key {
     der: PrivateKeyDer<'static>,
 }
