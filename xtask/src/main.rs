@@ -240,6 +240,9 @@ fn demo() -> Result {
         &dir.join("smart-key.pem"),
         &s(&info["oauth"]["private-key-pem"]),
     )?;
+    std::fs::write(dir.join("demo-ca.pem"), s(&info["mtls"]["ca-pem"]))?;
+    std::fs::write(dir.join("client.crt"), s(&info["mtls"]["certificate-pem"]))?;
+    write_private(&dir.join("client.key"), &s(&info["mtls"]["private-key-pem"]))?;
     let config = format!(
         "# Written by `cargo xtask demo`: one connection per scheme against the testkit servers.\n\
          connections:\n  \
@@ -253,7 +256,10 @@ fn demo() -> Result {
              client-id: {}\n      client-secret-file: client-secret.txt\n      scope: system/*.rs\n  \
            smart-demo:\n    base-url: {}\n    probe: Patient?_count=1\n    \
              auth:\n      scheme: smart-backend\n      client-id: {}\n      \
-             private-key-file: smart-key.pem\n      kid: {}\n      scope: system/*.rs\n",
+             private-key-file: smart-key.pem\n      kid: {}\n      scope: system/*.rs\n  \
+           mtls-demo:\n    base-url: {}\n    trusted-root-certificates-file: demo-ca.pem\n    \
+             probe: Patient/1\n    auth:\n      scheme: mtls\n      \
+             certificate-file: client.crt\n      private-key-file: client.key\n",
         s(&info["none"]["base-url"]),
         s(&info["basic"]["base-url"]),
         s(&info["basic"]["username"]),
@@ -264,6 +270,7 @@ fn demo() -> Result {
         s(&info["oauth"]["base-url"]),
         s(&info["oauth"]["smart-client-id"]),
         s(&info["oauth"]["kid"]),
+        s(&info["mtls"]["base-url"]),
     );
     let cfg = dir.join("fhirconn.yaml");
     std::fs::write(&cfg, config)?;
@@ -400,6 +407,10 @@ fn whole_process(root: &Path) -> Result {
         std::fs::write(dir.join("token.txt"), s(&bearer["token"]))?;
         std::fs::write(dir.join("secret.txt"), s(&oauth["client-secret"]))?;
         write_private(&dir.join("key.pem"), &s(&oauth["private-key-pem"]))?;
+        let mtls = &info["mtls"];
+        std::fs::write(dir.join("ca.pem"), s(&mtls["ca-pem"]))?;
+        std::fs::write(dir.join("client.crt"), s(&mtls["certificate-pem"]))?;
+        write_private(&dir.join("client.key"), &s(&mtls["private-key-pem"]))?;
         std::fs::write(
             dir.join("fhirconn.yaml"),
             format!(
@@ -407,11 +418,13 @@ fn whole_process(root: &Path) -> Result {
                  basic:\n    base-url: {}\n    auth: {{scheme: basic, username: {}, password-file: pw.txt}}\n  \
                  bearer:\n    base-url: {}\n    auth: {{scheme: bearer, token-file: token.txt}}\n  \
                  oidc:\n    base-url: {}\n    auth: {{scheme: oidc-client-credentials, token-url: '{}', client-id: {}, client-secret-file: secret.txt}}\n  \
-                 smart:\n    base-url: {}\n    auth: {{scheme: smart-backend, token-url: '{}', client-id: {}, private-key-file: key.pem, kid: {}, scope: system/*.rs}}\n",
+                 smart:\n    base-url: {}\n    auth: {{scheme: smart-backend, token-url: '{}', client-id: {}, private-key-file: key.pem, kid: {}, scope: system/*.rs}}\n  \
+                 mtls:\n    base-url: {}\n    trusted-root-certificates-file: ca.pem\n    auth: {{scheme: mtls, certificate-file: client.crt, private-key-file: client.key}}\n",
                 s(&basic["base-url"]), s(&basic["username"]),
                 s(&bearer["base-url"]),
                 s(&oauth["base-url"]), s(&oauth["token-endpoint"]), s(&oauth["client-id"]),
                 s(&oauth["base-url"]), s(&oauth["token-endpoint"]), s(&oauth["smart-client-id"]), s(&oauth["kid"]),
+                s(&mtls["base-url"]),
             ),
         )?;
         let cfg = dir.join("fhirconn.yaml");
@@ -432,7 +445,7 @@ fn whole_process(root: &Path) -> Result {
             .into_iter();
         let runs = 15;
         println!("\nwhole process, median of {runs} runs each (loopback):");
-        for scheme in ["basic", "bearer", "oidc", "smart"] {
+        for scheme in ["basic", "bearer", "oidc", "smart", "mtls"] {
             let (mut a, mut b) = (Vec::new(), Vec::new());
             for _ in 0..runs {
                 a.push(ours(scheme)?);
@@ -477,6 +490,18 @@ fn whole_process(root: &Path) -> Result {
                                 .arg(metadata(&oauth["base-url"])),
                         )?;
                     }
+                    "mtls" => {
+                        timed(
+                            curl()
+                                .arg("--cert")
+                                .arg(dir.join("client.crt"))
+                                .arg("--key")
+                                .arg(dir.join("client.key"))
+                                .arg("--cacert")
+                                .arg(dir.join("ca.pem"))
+                                .arg(metadata(&mtls["base-url"])),
+                        )?;
+                    }
                     _ => {
                         let assertion = assertions
                             .next()
@@ -503,6 +528,7 @@ fn whole_process(root: &Path) -> Result {
             let how = match scheme {
                 "oidc" => "curl token + curl GET",
                 "smart" => "curl token (pre-signed assertion) + curl GET",
+                "mtls" => "curl --cert --key --cacert GET",
                 _ => "curl GET",
             };
             println!(

@@ -3,6 +3,8 @@
 //! the process is interrupted.
 
 use fhirconn_testkit::idp::{ClientAuth, IdentityProvider, IdpConfig, RegisteredClient};
+use fhirconn_testkit::pki::{ClientSpec, Pki};
+use fhirconn_testkit::tls::{server_config, ClientCerts};
 use fhirconn_testkit::{FhirServer, FhirServerConfig, ServerAuth};
 use jsonwebtoken::jwk::{Jwk, JwkSet, KeyAlgorithm};
 use tokio::io::AsyncReadExt as _;
@@ -78,6 +80,13 @@ async fn main() -> std::io::Result<()> {
         ..FhirServerConfig::default()
     })
     .await?;
+    let pki = Pki::new();
+    let client = pki.client(&ClientSpec::new("fhirconn demo client"));
+    let mtls = FhirServer::start_tls(
+        FhirServerConfig::default(),
+        server_config(&pki, ClientCerts::Required),
+    )
+    .await?;
     // Pre-signed client assertions, one per use (jti), for `cargo xtask bench` to compare
     // against curl, which cannot sign a JWT itself.
     let assertions: Vec<String> = (0..50)
@@ -104,6 +113,8 @@ async fn main() -> std::io::Result<()> {
                   "token-endpoint": idp.token_endpoint(),
                   "smart-client-id": "demo-backend", "kid": DEMO_KID, "private-key-pem": pem,
                   "presigned-assertions": assertions},
+        "mtls": {"base-url": mtls.base_url(), "ca-pem": pki.root_pem(),
+                 "certificate-pem": client.chain_pem, "private-key-pem": client.key_pem},
     });
     println!("{info}");
     // Run until stdin reaches EOF (the parent closed it or exited) or Ctrl-C.
