@@ -74,6 +74,7 @@ pub struct HostBuilder {
     default_dirs: bool,
     store: Option<Arc<dyn CredentialStore>>,
     person: Option<Arc<dyn Person>>,
+    only: Option<Vec<String>>,
 }
 
 impl std::fmt::Debug for HostBuilder {
@@ -137,6 +138,19 @@ impl HostBuilder {
         }
     }
 
+    /// Configures only these connections (the whole file is still validated). Asking for an
+    /// id the file lacks is an [`Error::UnknownConnection`] at build time. Without this, every
+    /// connection is configured.
+    pub fn only_connections<I, S>(mut self, ids: I) -> Self
+    where
+        I: IntoIterator<Item = S>,
+        S: Into<String>,
+    {
+        let ids: Vec<String> = ids.into_iter().map(Into::into).collect();
+        self.only = (!ids.is_empty()).then_some(ids);
+        self
+    }
+
     /// Loads the configuration and the plugins it needs, validates it against the composed
     /// schema and configures every connection. Must be called inside a tokio runtime.
     ///
@@ -169,7 +183,7 @@ impl HostBuilder {
             .store
             .unwrap_or_else(|| Arc::new(MemoryStore::default()));
         let person = self.person.unwrap_or_else(|| Arc::new(StderrPerson));
-        Host::assemble(doc, registry, store, person).await
+        Host::assemble(doc, registry, store, person, self.only).await
     }
 }
 
@@ -222,6 +236,7 @@ impl Host {
             default_dirs: true,
             store: None,
             person: None,
+            only: None,
         }
     }
 
@@ -235,6 +250,7 @@ impl Host {
         registry: Arc<Registry>,
         store: Arc<dyn CredentialStore>,
         person: Arc<dyn Person>,
+        only: Option<Vec<String>>,
     ) -> Result<Host> {
         let mut errors = Vec::new();
         // 1. Load the schemes the file uses.
@@ -272,7 +288,16 @@ impl Host {
             return Err(Error::Config(errors));
         }
         // 3. Typed settings, transports, then each scheme's configure.
-        let settings = config::connections(&doc).map_err(Error::Config)?;
+        let mut settings = config::connections(&doc).map_err(Error::Config)?;
+        if let Some(only) = &only {
+            if let Some(missing) = only.iter().find(|id| !settings.contains_key(*id)) {
+                return Err(Error::UnknownConnection {
+                    id: missing.clone(),
+                    known: settings.keys().cloned().collect::<Vec<_>>().join(", "),
+                });
+            }
+            settings.retain(|id, _| only.contains(id));
+        }
         let redactor = Arc::new(Redactor::default());
         register_inline_secrets(&doc.value, &redactor);
         let rt = tokio::runtime::Handle::current();

@@ -169,8 +169,11 @@ fn fail(e: &Error) -> ExitCode {
     }
 }
 
-async fn build_host(cli: &Cli) -> Result<Host, Error> {
-    let mut b = Host::builder().config_file(&cli.config);
+/// A host for the whole file, or configured for only `ids` (the file is validated whole).
+async fn build_host(cli: &Cli, ids: &[String]) -> Result<Host, Error> {
+    let mut b = Host::builder()
+        .config_file(&cli.config)
+        .only_connections(ids.iter().cloned());
     for d in &cli.plugin_dirs {
         b = b.plugin_dir(d);
     }
@@ -198,7 +201,7 @@ async fn run(cli: Cli) -> ExitCode {
         }
         Command::Config {
             command: ConfigCommand::Check,
-        } => match build_host(&cli).await {
+        } => match build_host(&cli, &[]).await {
             Ok(host) => {
                 println!(
                     "{}: {} connection(s) valid",
@@ -210,7 +213,7 @@ async fn run(cli: Cli) -> ExitCode {
             Err(e) => fail(&e),
         },
         Command::Test { ids, probe, output } => {
-            let host = match build_host(&cli).await {
+            let host = match build_host(&cli, ids).await {
                 Ok(h) => h,
                 Err(e) => return fail(&e),
             };
@@ -232,7 +235,7 @@ async fn run(cli: Cli) -> ExitCode {
             }
         }
         Command::Token { id } => {
-            let host = match build_host(&cli).await {
+            let host = match build_host(&cli, std::slice::from_ref(id)).await {
                 Ok(h) => h,
                 Err(e) => return fail(&e),
             };
@@ -305,7 +308,7 @@ async fn run(cli: Cli) -> ExitCode {
             }
         }
         Command::Get { id, path } => {
-            let host = match build_host(&cli).await {
+            let host = match build_host(&cli, std::slice::from_ref(id)).await {
                 Ok(h) => h,
                 Err(e) => return fail(&e),
             };

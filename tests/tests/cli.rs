@@ -173,6 +173,40 @@ fn a_wrong_password_is_diagnosed_with_the_401_challenge() {
 }
 
 #[test]
+fn testing_named_connections_configures_only_those() {
+    let s = servers();
+    let dir = tempfile::tempdir().unwrap();
+    // `broken` validates against the schema but its scheme refuses it at configure time.
+    write_config(
+        dir.path(),
+        &format!(
+            "connections:\n  good:\n    base-url: {}\n  broken:\n    base-url: {}\n    auth: {{scheme: bearer, token-file: missing-token.txt}}\n",
+            s.none.base_url(),
+            s.bearer.base_url()
+        ),
+    );
+    let out = run(dir.path(), &["test", "good"]);
+    assert_eq!(out.code, 0, "{}\n{}", out.stdout, out.stderr);
+    assert!(
+        out.stdout.contains("1 of 1 connections passed"),
+        "{}",
+        out.stdout
+    );
+    let out = run(dir.path(), &["test"]);
+    assert_eq!(out.code, 2, "{}", out.stderr);
+    assert!(out.stderr.contains("missing-token.txt"), "{}", out.stderr);
+    let out = run(dir.path(), &["config", "check"]);
+    assert_eq!(out.code, 2, "{}", out.stderr);
+    let out = run(dir.path(), &["test", "nope"]);
+    assert_eq!(out.code, 2, "{}", out.stderr);
+    assert!(
+        out.stderr.contains("nope") && out.stderr.contains("good"),
+        "{}",
+        out.stderr
+    );
+}
+
+#[test]
 fn network_failures_are_diagnosed() {
     let s = servers();
     // A port nobody listens on.

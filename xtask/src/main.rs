@@ -242,7 +242,10 @@ fn demo() -> Result {
     )?;
     std::fs::write(dir.join("demo-ca.pem"), s(&info["mtls"]["ca-pem"]))?;
     std::fs::write(dir.join("client.crt"), s(&info["mtls"]["certificate-pem"]))?;
-    write_private(&dir.join("client.key"), &s(&info["mtls"]["private-key-pem"]))?;
+    write_private(
+        &dir.join("client.key"),
+        &s(&info["mtls"]["private-key-pem"]),
+    )?;
     let config = format!(
         "# Written by `cargo xtask demo`: one connection per scheme against the testkit servers.\n\
          connections:\n  \
