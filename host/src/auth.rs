@@ -134,6 +134,62 @@ impl AuthRuntime {
         Ok(fresh)
     }
 
+    /// Signs in afresh (interactive, ignoring stored refresh state) and caches the result.
+    pub async fn login(&self) -> Result<Arc<Resolved>, Error> {
+        let _flight = self.fetch_lock.lock().await;
+        let fresh = Arc::new(self.fetch(true, true).await?);
+        *self
+            .cache
+            .write()
+            .unwrap_or_else(std::sync::PoisonError::into_inner) = Some(fresh.clone());
+        Ok(fresh)
+    }
+
+    /// Runs a connection-level operation (e.g. `logout`) on every scheme; returns whether any
+    /// scheme knew it. Drops the cached credentials.
+    pub async fn invoke_all(&self, op: &str) -> Result<bool, Error> {
+        let _flight = self.fetch_lock.lock().await;
+        *self
+            .cache
+            .write()
+            .unwrap_or_else(std::sync::PoisonError::into_inner) = None;
+        let mut handled = false;
+        for entry in &self.entries {
+            let call = CallServices {
+                shared: self.services.clone(),
+                identity: None,
+                interactive: false,
+            };
+            let conn = entry.conn.clone();
+            let op_owned = op.to_string();
+            let result = tokio::task::spawn_blocking(move || {
+                conn.invoke(op_owned.as_str().into(), "{}".into(), host_ref(&call))
+                    .into_result()
+            })
+            .await
+            .map_err(|e| Error::Credentials {
+                id: self.id.clone(),
+                kind: ErrorKind::Internal,
+                message: format!("scheme '{}' did not return: {e}", entry.scheme.name),
+            })?;
+            match result {
+                Ok(_) => handled = true,
+                Err(e) if e.kind == fhirconn_abi::ErrorKind::UNSUPPORTED => {}
+                Err(e) => {
+                    return Err(Error::Credentials {
+                        id: self.id.clone(),
+                        kind: ErrorKind::from_abi(e.kind),
+                        message: self
+                            .services
+                            .redactor
+                            .redact(&format!("{}: {}", entry.scheme.name, e.message)),
+                    })
+                }
+            }
+        }
+        Ok(handled)
+    }
+
     /// Drops `stale` from the cache (after a 401), unless a newer value replaced it already.
     pub fn invalidate(&self, stale: &Arc<Resolved>) {
         let mut guard = self

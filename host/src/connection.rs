@@ -113,6 +113,18 @@ impl Connection {
         self.auth.credentials(interactive).await
     }
 
+    /// Runs the schemes' interactive sign-in (e.g. a device code), ignoring stored refresh
+    /// tokens, and caches the result. Schemes that need no person simply authorize.
+    pub async fn login(&self) -> Result<Arc<crate::auth::Resolved>, Error> {
+        self.auth.login().await
+    }
+
+    /// Forgets stored sign-ins (refresh tokens) of the connection's schemes; `false` when no
+    /// scheme keeps any.
+    pub async fn logout(&self) -> Result<bool, Error> {
+        self.auth.invoke_all("logout").await
+    }
+
     /// Sends a request with the connection's credentials. A 401 drops the cached credentials
     /// and fetches fresh ones; if they differ (a token scheme issued a new token), the request
     /// is retried once. A second 401 is returned as is, with its `WWW-Authenticate`.

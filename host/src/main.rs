@@ -7,6 +7,7 @@
 #![forbid(unsafe_code)]
 
 use clap::{Parser, Subcommand, ValueEnum};
+use fhirconn_host::services::FileStore;
 use fhirconn_host::{plugins::Registry, Error, Host, TestReport};
 use std::io::IsTerminal as _;
 use std::path::PathBuf;
@@ -83,6 +84,16 @@ enum Command {
         /// Replace existing files.
         #[arg(long)]
         force: bool,
+    },
+    /// Sign in to a connection that needs a person (e.g. azure-ad) and store its refresh token.
+    Login {
+        /// Connection id.
+        id: String,
+    },
+    /// Forget a connection's stored sign-in.
+    Logout {
+        /// Connection id.
+        id: String,
     },
     /// Print the JSON Schema of the connections file (host settings + every scheme found).
     Schema,
@@ -169,11 +180,26 @@ fn fail(e: &Error) -> ExitCode {
     }
 }
 
+/// Where sign-ins (refresh tokens) are kept: `$FHIRCONN_CREDENTIALS`, else
+/// `.fhirconn-credentials.json` beside the connections file (mode 0600).
+fn credentials_path(cli: &Cli) -> PathBuf {
+    if let Some(p) = std::env::var_os("FHIRCONN_CREDENTIALS").filter(|p| !p.is_empty()) {
+        return PathBuf::from(p);
+    }
+    let dir = cli
+        .config
+        .parent()
+        .filter(|p| !p.as_os_str().is_empty())
+        .unwrap_or_else(|| std::path::Path::new("."));
+    dir.join(".fhirconn-credentials.json")
+}
+
 /// A host for the whole file, or configured for only `ids` (the file is validated whole).
 async fn build_host(cli: &Cli, ids: &[String]) -> Result<Host, Error> {
     let mut b = Host::builder()
         .config_file(&cli.config)
-        .only_connections(ids.iter().cloned());
+        .only_connections(ids.iter().cloned())
+        .credential_store(std::sync::Arc::new(FileStore::new(credentials_path(cli))));
     for d in &cli.plugin_dirs {
         b = b.plugin_dir(d);
     }
@@ -304,6 +330,41 @@ async fn run(cli: Cli) -> ExitCode {
                 Err(e) => {
                     eprintln!("error: {e}");
                     ExitCode::from(2)
+                }
+            }
+        }
+        Command::Login { id } | Command::Logout { id } => {
+            let login = matches!(cli.command, Command::Login { .. });
+            let host = match build_host(&cli, std::slice::from_ref(id)).await {
+                Ok(h) => h,
+                Err(e) => return fail(&e),
+            };
+            let conn = match host.connection(id) {
+                Ok(c) => c,
+                Err(e) => return fail(&e),
+            };
+            if login {
+                match conn.login().await {
+                    Ok(_) => {
+                        println!(
+                            "signed in to '{id}'; a stored sign-in (if the scheme keeps one) is in {}",
+                            credentials_path(&cli).display()
+                        );
+                        ExitCode::SUCCESS
+                    }
+                    Err(e) => fail(&e),
+                }
+            } else {
+                match conn.logout().await {
+                    Ok(true) => {
+                        println!("signed out of '{id}'");
+                        ExitCode::SUCCESS
+                    }
+                    Ok(false) => {
+                        println!("'{id}' keeps no sign-in; nothing to forget");
+                        ExitCode::SUCCESS
+                    }
+                    Err(e) => fail(&e),
                 }
             }
         }

@@ -197,7 +197,7 @@ pub trait Person: Send + Sync {
     fn tell(&self, message: &str, url: Option<&str>) -> bool;
 }
 
-/// Prints to standard error; never opens a browser.
+/// Prints to standard error and opens URLs with `$BROWSER` when it is set.
 #[derive(Debug, Default)]
 pub struct StderrPerson;
 
@@ -207,7 +207,16 @@ impl Person for StderrPerson {
             Some(u) => eprintln!("{message}\n  {u}"),
             None => eprintln!("{message}"),
         }
-        false
+        let Some(u) = url else { return false };
+        match std::env::var_os("BROWSER").filter(|b| !b.is_empty()) {
+            Some(browser) => std::process::Command::new(browser)
+                .arg(u)
+                .stdin(std::process::Stdio::null())
+                .stdout(std::process::Stdio::null())
+                .spawn()
+                .is_ok(),
+            None => false,
+        }
     }
 }
 
@@ -456,11 +465,125 @@ impl HostServices for CallServices {
         })
     }
 
-    fn invoke(&self, op: RStr<'_>, _payload_json: RStr<'_>) -> RResult<RString, AbiError> {
-        RResult::RErr(AbiError::new(
-            ErrorKind::UNSUPPORTED,
-            format!("host operation '{}' is not supported", op.as_str()),
-        ))
+    fn invoke(&self, op: RStr<'_>, payload_json: RStr<'_>) -> RResult<RString, AbiError> {
+        match op.as_str() {
+            BROWSER_REDIRECT => guard(BROWSER_REDIRECT, || {
+                self.browser_redirect(payload_json.as_str()).into()
+            }),
+            other => RResult::RErr(AbiError::new(
+                ErrorKind::UNSUPPORTED,
+                format!("host operation '{other}' is not supported"),
+            )),
+        }
+    }
+}
+
+/// Host operation: send the person to an authorization URL and catch the browser's redirect
+/// on a loopback listener (RFC 8252 §7.3). Payload `{"url", "message", "timeout_seconds"}`;
+/// the host adds `redirect_uri=http://127.0.0.1:PORT/` to `url` and answers
+/// `{"redirect_uri", "query"}` with the query string the browser brought back.
+pub const BROWSER_REDIRECT: &str = "browser-redirect";
+
+impl CallServices {
+    fn browser_redirect(&self, payload: &str) -> Result<RString, AbiError> {
+        use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
+        let bad = |m: String| AbiError::new(ErrorKind::INTERNAL, m);
+        if !self.interactive {
+            return Err(AbiError::new(
+                ErrorKind::INTERACTION_REQUIRED,
+                "signing in needs a person",
+            ));
+        }
+        let p: serde_json::Value =
+            serde_json::from_str(payload).map_err(|e| bad(format!("{BROWSER_REDIRECT}: {e}")))?;
+        let mut url = url::Url::parse(p["url"].as_str().unwrap_or_default())
+            .map_err(|e| bad(format!("{BROWSER_REDIRECT}: url: {e}")))?;
+        if !matches!(url.scheme(), "https" | "http") {
+            return Err(bad(format!("{BROWSER_REDIRECT}: url must be http(s)")));
+        }
+        let message = p["message"]
+            .as_str()
+            .unwrap_or("Sign in in your browser:")
+            .to_string();
+        let timeout =
+            std::time::Duration::from_secs(p["timeout_seconds"].as_u64().unwrap_or(300).min(900));
+        let person = self.shared.person.clone();
+        let redactor = self.shared.redactor.clone();
+        self.shared.rt.block_on(async move {
+            let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+                .await
+                .map_err(|e| bad(format!("cannot listen on 127.0.0.1: {e}")))?;
+            let port = listener
+                .local_addr()
+                .map_err(|e| bad(e.to_string()))?
+                .port();
+            let redirect_uri = format!("http://127.0.0.1:{port}/");
+            url.query_pairs_mut().append_pair("redirect_uri", &redirect_uri);
+            let full = url.to_string();
+            let opened = catch_unwind(AssertUnwindSafe(|| person.tell(&message, Some(&full))))
+                .unwrap_or(false);
+            if !opened {
+                tracing::info!("open the URL above in a browser on this machine");
+            }
+            let deadline = tokio::time::Instant::now() + timeout;
+            loop {
+                let accepted = tokio::time::timeout_at(deadline, listener.accept()).await;
+                let (mut stream, _) = match accepted {
+                    Ok(Ok(s)) => s,
+                    Ok(Err(e)) => return Err(bad(format!("loopback listener: {e}"))),
+                    Err(_) => {
+                        return Err(AbiError::new(
+                            ErrorKind::INTERACTION_REQUIRED,
+                            format!("no sign-in within {} s", timeout.as_secs()),
+                        ))
+                    }
+                };
+                let mut buf = vec![0u8; 16 * 1024];
+                let mut len = 0;
+                while len < buf.len() {
+                    match tokio::time::timeout(std::time::Duration::from_secs(10), stream.read(&mut buf[len..])).await {
+                        Ok(Ok(0)) | Err(_) | Ok(Err(_)) => break,
+                        Ok(Ok(n)) => {
+                            len += n;
+                            if buf[..len].windows(4).any(|w| w == b"\r\n\r\n") {
+                                break;
+                            }
+                        }
+                    }
+                }
+                let head = String::from_utf8_lossy(&buf[..len]).into_owned();
+                let target = head
+                    .lines()
+                    .next()
+                    .and_then(|l| l.split(' ').nth(1))
+                    .unwrap_or_default()
+                    .to_string();
+                let query = target.split_once('?').map(|(_, q)| q.to_string());
+                let relevant = query
+                    .as_deref()
+                    .is_some_and(|q| q.contains("code=") || q.contains("error="));
+                let (status, text) = if relevant {
+                    ("200 OK", "Signed in. You can close this window and return to fhirconn.")
+                } else {
+                    ("404 Not Found", "Not found.")
+                };
+                let page = format!(
+                    "HTTP/1.1 {status}\r\nContent-Type: text/html; charset=utf-8\r\nConnection: close\r\n\r\n<html><body><p>{text}</p></body></html>"
+                );
+                let _ = stream.write_all(page.as_bytes()).await;
+                let _ = stream.shutdown().await;
+                if let (true, Some(q)) = (relevant, query) {
+                    for (k, v) in url::form_urlencoded::parse(q.as_bytes()) {
+                        if k == "code" {
+                            redactor.add(&v);
+                        }
+                    }
+                    return Ok(serde_json::json!({"redirect_uri": redirect_uri, "query": q})
+                        .to_string()
+                        .into());
+                }
+            }
+        })
     }
 }
 

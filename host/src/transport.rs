@@ -239,32 +239,30 @@ impl Transport {
         let mut body = req.body.clone();
         let mut with_credentials = true;
         for hop in 0..=MAX_REDIRECTS {
-            let mut rb = client.request(method.clone(), url.clone());
-            for (k, v) in &req.headers {
-                rb = rb.header(k, v);
-            }
-            if with_credentials {
-                for (k, v) in &req.credential_headers {
+            let build = || {
+                let mut rb = client.request(method.clone(), url.clone());
+                for (k, v) in &req.headers {
                     rb = rb.header(k, v);
                 }
-            }
-            if let Some(b) = &body {
-                rb = rb.body(b.clone());
-            }
+                if with_credentials {
+                    for (k, v) in &req.credential_headers {
+                        rb = rb.header(k, v);
+                    }
+                }
+                if let Some(b) = &body {
+                    rb = rb.body(b.clone());
+                }
+                rb
+            };
             let started = std::time::Instant::now();
-            let retry = rb.try_clone();
-            let resp = match rb.send().await {
+            let resp = match build().send().await {
                 Ok(r) => r,
                 // The connection closed between its handshake and our request, so the request
                 // was never sent (hyper: "connection was not ready"): safe to send it again.
-                Err(e)
-                    if retry.is_some()
-                        && error_chain(&e).iter().any(|m| m.contains("not ready")) =>
-                {
+                Err(e) if error_chain(&e).iter().any(|m| m.contains("not ready")) => {
                     tracing::debug!(connection = %self.settings.id, url = %url,
                         "connection closed before the request was sent; retrying once");
-                    let rb = retry.expect("checked");
-                    rb.send().await.map_err(|e| self.classify(&e, &url))?
+                    build().send().await.map_err(|e| self.classify(&e, &url))?
                 }
                 Err(e) => return Err(self.classify(&e, &url)),
             };

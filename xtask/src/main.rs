@@ -414,28 +414,31 @@ fn whole_process(root: &Path) -> Result {
         std::fs::write(dir.join("ca.pem"), s(&mtls["ca-pem"]))?;
         std::fs::write(dir.join("client.crt"), s(&mtls["certificate-pem"]))?;
         write_private(&dir.join("client.key"), &s(&mtls["private-key-pem"]))?;
-        std::fs::write(
-            dir.join("fhirconn.yaml"),
-            format!(
-                "connections:\n  \
-                 basic:\n    base-url: {}\n    auth: {{scheme: basic, username: {}, password-file: pw.txt}}\n  \
-                 bearer:\n    base-url: {}\n    auth: {{scheme: bearer, token-file: token.txt}}\n  \
-                 oidc:\n    base-url: {}\n    auth: {{scheme: oidc-client-credentials, token-url: '{}', client-id: {}, client-secret-file: secret.txt}}\n  \
-                 smart:\n    base-url: {}\n    auth: {{scheme: smart-backend, token-url: '{}', client-id: {}, private-key-file: key.pem, kid: {}, scope: system/*.rs}}\n  \
-                 mtls:\n    base-url: {}\n    trusted-root-certificates-file: ca.pem\n    auth: {{scheme: mtls, certificate-file: client.crt, private-key-file: client.key}}\n",
-                s(&basic["base-url"]), s(&basic["username"]),
-                s(&bearer["base-url"]),
-                s(&oauth["base-url"]), s(&oauth["token-endpoint"]), s(&oauth["client-id"]),
-                s(&oauth["base-url"]), s(&oauth["token-endpoint"]), s(&oauth["smart-client-id"]), s(&oauth["kid"]),
-                s(&mtls["base-url"]),
-            ),
-        )?;
-        let cfg = dir.join("fhirconn.yaml");
+        // One file per connection: each run loads exactly one scheme, as a user testing one
+        // server would.
+        let connections = [
+            ("basic", format!("base-url: {}\n    auth: {{scheme: basic, username: {}, password-file: pw.txt}}",
+                s(&basic["base-url"]), s(&basic["username"]))),
+            ("bearer", format!("base-url: {}\n    auth: {{scheme: bearer, token-file: token.txt}}",
+                s(&bearer["base-url"]))),
+            ("oidc", format!("base-url: {}\n    auth: {{scheme: oidc-client-credentials, token-url: '{}', client-id: {}, client-secret-file: secret.txt}}",
+                s(&oauth["base-url"]), s(&oauth["token-endpoint"]), s(&oauth["client-id"]))),
+            ("smart", format!("base-url: {}\n    auth: {{scheme: smart-backend, token-url: '{}', client-id: {}, private-key-file: key.pem, kid: {}, scope: system/*.rs}}",
+                s(&oauth["base-url"]), s(&oauth["token-endpoint"]), s(&oauth["smart-client-id"]), s(&oauth["kid"]))),
+            ("mtls", format!("base-url: {}\n    trusted-root-certificates-file: ca.pem\n    auth: {{scheme: mtls, certificate-file: client.crt, private-key-file: client.key}}",
+                s(&mtls["base-url"]))),
+        ];
+        for (id, body) in &connections {
+            std::fs::write(
+                dir.join(format!("{id}.yaml")),
+                format!("connections:\n  {id}:\n    {body}\n"),
+            )?;
+        }
         let ours = |id: &str| {
             timed(
                 Command::new(root.join("target/dist/fhirconn"))
                     .arg("-c")
-                    .arg(&cfg)
+                    .arg(dir.join(format!("{id}.yaml")))
                     .args(["test", id]),
             )
         };

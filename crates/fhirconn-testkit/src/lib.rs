@@ -9,6 +9,7 @@
 //!
 //! [`idp::IdentityProvider`] is an OAuth 2.0 / OpenID Connect provider issuing those tokens.
 
+pub mod entra;
 pub mod idp;
 pub mod pki;
 pub mod tls;
@@ -115,6 +116,9 @@ pub struct FhirServerConfig {
     pub base_path: String,
     /// Served at `{base}/.well-known/smart-configuration` when set.
     pub smart_configuration: Option<Value>,
+    /// The `WWW-Authenticate` header of every 401 instead of the default one (e.g. the
+    /// challenge Microsoft's FHIR server sends, naming its Entra tenant and audience).
+    pub challenge: Option<String>,
 }
 
 impl Default for FhirServerConfig {
@@ -125,6 +129,7 @@ impl Default for FhirServerConfig {
             fault: Fault::None,
             base_path: "/fhir".into(),
             smart_configuration: None,
+            challenge: None,
         }
     }
 }
@@ -257,6 +262,11 @@ impl FhirServer {
         self.config.lock().unwrap().fault = fault;
     }
 
+    /// Changes the `WWW-Authenticate` header of 401 answers (`None`: the default challenge).
+    pub fn set_challenge(&self, challenge: Option<String>) {
+        self.config.lock().unwrap().challenge = challenge;
+    }
+
     /// Changes the authentication (e.g. to revoke a token).
     pub fn set_auth(&self, auth: ServerAuth) {
         self.config.lock().unwrap().auth = auth;
@@ -379,6 +389,7 @@ async fn gate(state: &AppState, headers: &HeaderMap, is_metadata: bool) -> Resul
                 StatusCode::UNAUTHORIZED,
                 &outcome("login", "authentication required"),
             );
+            let challenge = cfg.challenge.clone().unwrap_or(challenge);
             if let Ok(v) = HeaderValue::from_str(&challenge) {
                 resp.headers_mut().insert(header::WWW_AUTHENTICATE, v);
             }

@@ -1,0 +1,440 @@
+//! The `azure-ad` plugin (built cdylib) against the testkit's mock Entra ID and a FHIR server
+//! that challenges like Microsoft's: device code, auth code + PKCE through the host's loopback
+//! redirect, silent refresh, `needs login`, authority discovery from the 401 challenge, and
+//! client credentials.
+
+use fhirconn_host::services::{CredentialStore, MemoryStore, Person};
+use fhirconn_host::{Host, TestReport};
+use fhirconn_testkit::entra::{DevicePoll, EntraConfig, MockEntra, TENANT_ID};
+use fhirconn_testkit::{FhirServer, FhirServerConfig, ServerAuth};
+use fhirconn_tests::{fhirconn_bin, plugin_dir};
+use serde_json::{json, Value};
+use std::io::{Read as _, Write as _};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+/// A person who reads messages and, for sign-in URLs, lets a "browser" follow them: GET the
+/// authorize URL, then GET the loopback redirect it answers with.
+#[derive(Default)]
+struct TestPerson {
+    messages: Mutex<Vec<String>>,
+}
+
+fn http_get(url: &url::Url) -> Option<String> {
+    let addr = format!("{}:{}", url.host_str()?, url.port_or_known_default()?);
+    let mut s = std::net::TcpStream::connect(addr).ok()?;
+    let path = match url.query() {
+        Some(q) => format!("{}?{q}", url.path()),
+        None => url.path().to_string(),
+    };
+    write!(
+        s,
+        "GET {path} HTTP/1.1\r\nHost: {}\r\nConnection: close\r\n\r\n",
+        url.host_str()?
+    )
+    .ok()?;
+    let mut out = String::new();
+    s.read_to_string(&mut out).ok()?;
+    Some(out)
+}
+
+impl Person for TestPerson {
+    fn tell(&self, message: &str, url: Option<&str>) -> bool {
+        self.messages
+            .lock()
+            .unwrap()
+            .push(format!("{message} {}", url.unwrap_or("")));
+        let Some(u) = url.and_then(|u| url::Url::parse(u).ok()) else {
+            return false;
+        };
+        if !u.path().ends_with("/authorize") {
+            return false;
+        }
+        std::thread::spawn(move || {
+            let resp = http_get(&u).unwrap_or_default();
+            let location = resp
+                .lines()
+                .find_map(|l| {
+                    l.strip_prefix("location: ")
+                        .or_else(|| l.strip_prefix("Location: "))
+                })
+                .map(str::trim)
+                .and_then(|l| url::Url::parse(l).ok());
+            if let Some(back) = location {
+                let _ = http_get(&back);
+            }
+        });
+        true
+    }
+}
+
+struct Env {
+    entra: MockEntra,
+    fhir: FhirServer,
+    dir: tempfile::TempDir,
+    store: Arc<MemoryStore>,
+    person: Arc<TestPerson>,
+}
+
+async fn env() -> Env {
+    let entra = MockEntra::start(EntraConfig::default()).await.unwrap();
+    let fhir = FhirServer::start(FhirServerConfig::default())
+        .await
+        .unwrap();
+    let audience = fhir.base_url();
+    fhir.set_auth(ServerAuth::Jwt(entra.verifier(&audience)));
+    fhir.set_challenge(Some(entra.challenge(&audience)));
+    Env {
+        entra,
+        fhir,
+        dir: tempfile::tempdir().unwrap(),
+        store: Arc::new(MemoryStore::default()),
+        person: Arc::new(TestPerson::default()),
+    }
+}
+
+impl Env {
+    fn auth(&self, extra: Value) -> Value {
+        let mut a = json!({"scheme": "azure-ad", "client-id": "public-app",
+                           "authority-host": self.entra.authority_host()});
+        if let (Value::Object(a), Value::Object(e)) = (&mut a, extra) {
+            a.extend(e);
+        }
+        a
+    }
+
+    async fn host(&self, auth: Value) -> Host {
+        Host::builder()
+            .config_value(
+                self.dir.path(),
+                json!({"connections": {"c": {"base-url": self.fhir.base_url(), "auth": auth}}}),
+            )
+            .plugin_dir(plugin_dir())
+            .only_explicit_plugin_dirs()
+            .credential_store(self.store.clone())
+            .person(self.person.clone())
+            .build()
+            .await
+            .unwrap_or_else(|e| panic!("{e}"))
+    }
+
+    fn grants(&self) -> Vec<String> {
+        self.entra
+            .token_request_params()
+            .iter()
+            .map(|p| p.get("grant_type").cloned().unwrap_or_default())
+            .collect()
+    }
+
+    fn assert_no_resource_parameter(&self) {
+        for p in self.entra.token_request_params() {
+            assert!(
+                !p.contains_key("resource"),
+                "v2.0 endpoints reject 'resource': {p:?}"
+            );
+        }
+    }
+}
+
+fn failure(r: &TestReport) -> String {
+    r.failure
+        .as_ref()
+        .map(|d| format!("{} [{}]", d, d.kind))
+        .unwrap_or_else(|| "passed".into())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn device_code_waits_through_pending_and_slow_down_then_signs_in() {
+    let e = env().await;
+    e.entra.script_device_polls(vec![
+        DevicePoll::Pending,
+        DevicePoll::SlowDown,
+        DevicePoll::Approve,
+    ]);
+    let host = e.host(e.auth(json!({}))).await;
+    let conn = host.connection("c").unwrap();
+    // Without a stored sign-in, a test never waits for a person.
+    let r = host.test(&[], None).await.unwrap().remove(0);
+    assert!(
+        failure(&r).contains("needs login: run fhirconn login c"),
+        "{}",
+        failure(&r)
+    );
+    assert!(failure(&r).contains("[needs-login]"));
+    assert!(e.person.messages.lock().unwrap().is_empty());
+
+    conn.login().await.unwrap_or_else(|err| panic!("{err}"));
+    let told = e.person.messages.lock().unwrap().join("\n");
+    assert!(
+        told.contains("enter the code F") && told.contains("/devicelogin"),
+        "{told}"
+    );
+    assert_eq!(
+        e.grants().len(),
+        3,
+        "pending, slow_down, success: {:?}",
+        e.grants()
+    );
+    assert_eq!(
+        e.entra.polls_too_fast(),
+        0,
+        "the client honoured interval and slow_down"
+    );
+    assert_eq!(conn.get("Patient/1").await.unwrap().status, 200);
+    e.assert_no_resource_parameter();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn auth_code_with_pkce_signs_in_through_the_loopback_redirect() {
+    let e = env().await;
+    let host = e
+        .host(e.auth(json!({"flow": "auth-code", "tenant": TENANT_ID})))
+        .await;
+    let conn = host.connection("c").unwrap();
+    conn.login().await.unwrap_or_else(|err| panic!("{err}"));
+    let p = e.entra.token_request_params().pop().unwrap();
+    assert_eq!(p["grant_type"], "authorization_code");
+    assert!(p["redirect_uri"].starts_with("http://127.0.0.1:"), "{p:?}");
+    assert_eq!(p["code_verifier"].len(), 43);
+    assert_eq!(
+        p["scope"],
+        format!("{}/user_impersonation offline_access", e.fhir.base_url())
+    );
+    assert_eq!(conn.get("Patient/1").await.unwrap().status, 200);
+    e.assert_no_resource_parameter();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_wrong_pkce_verifier_is_rejected() {
+    let e = env().await;
+    // Drive the mock by hand: authorize with one verifier's challenge, redeem with another.
+    let challenge = "E9Melhoa2OwvFrEMTJguCHaoeK1t8URWbuGJSstw-cM"; // RFC 7636 appendix B
+    let redirect = "http://127.0.0.1:9/cb";
+    let mut authorize = url::Url::parse(&format!(
+        "{}/{TENANT_ID}/oauth2/v2.0/authorize",
+        e.entra.authority_host()
+    ))
+    .unwrap();
+    authorize
+        .query_pairs_mut()
+        .append_pair("client_id", "public-app")
+        .append_pair("response_type", "code")
+        .append_pair("redirect_uri", redirect)
+        .append_pair("scope", "https://x/user_impersonation")
+        .append_pair("code_challenge", challenge)
+        .append_pair("code_challenge_method", "S256");
+    let resp = tokio::task::spawn_blocking(move || http_get(&authorize).unwrap())
+        .await
+        .unwrap();
+    let location = resp
+        .lines()
+        .find_map(|l| l.strip_prefix("location: "))
+        .unwrap()
+        .trim()
+        .to_string();
+    let code = url::Url::parse(&location)
+        .unwrap()
+        .query_pairs()
+        .find(|(k, _)| k == "code")
+        .unwrap()
+        .1
+        .into_owned();
+    let token_url = format!("{}/{TENANT_ID}/oauth2/v2.0/token", e.entra.authority_host());
+    let post = |verifier: &'static str, code: String| {
+        let token_url = token_url.clone();
+        async move {
+            let body = url::form_urlencoded::Serializer::new(String::new())
+                .extend_pairs([
+                    ("grant_type", "authorization_code"),
+                    ("client_id", "public-app"),
+                    ("code", code.as_str()),
+                    ("redirect_uri", redirect),
+                    ("code_verifier", verifier),
+                ])
+                .finish();
+            let r = reqwest::Client::new()
+                .post(token_url)
+                .header("content-type", "application/x-www-form-urlencoded")
+                .body(body)
+                .send()
+                .await
+                .unwrap();
+            (r.status().as_u16(), r.text().await.unwrap())
+        }
+    };
+    let (status, body) = post("wrong-verifier-wrong-verifier-wrong-verifier", code.clone()).await;
+    assert_eq!(status, 400);
+    assert!(body.contains("AADSTS501481"), "{body}");
+    // The right verifier (RFC 7636 appendix B) would have worked, but codes are single-use.
+    let (status, _) = post("dBjftJeZ4CVP-mJ92K27uhbUJU1p1r_wW1gFWFOEjXk", code).await;
+    assert_eq!(status, 400, "a code is redeemed at most once");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn tokens_refresh_silently_and_an_expired_refresh_token_needs_login() {
+    let e = env().await;
+    e.entra.set_access_token_lifetime(Duration::from_secs(2));
+    let host = e.host(e.auth(json!({"tenant": TENANT_ID}))).await;
+    let conn = host.connection("c").unwrap();
+    conn.login().await.unwrap();
+    let told = e.person.messages.lock().unwrap().len();
+    assert_eq!(conn.get("Patient/1").await.unwrap().status, 200);
+    tokio::time::sleep(Duration::from_millis(2100)).await;
+    assert_eq!(conn.get("Patient/1").await.unwrap().status, 200);
+    assert_eq!(e.grants().last().map(String::as_str), Some("refresh_token"));
+    assert_eq!(
+        e.person.messages.lock().unwrap().len(),
+        told,
+        "no person involved"
+    );
+
+    // A new process (same store) signs in silently too.
+    let host2 = e.host(e.auth(json!({"tenant": TENANT_ID}))).await;
+    assert!(host2.test(&[], None).await.unwrap()[0].ok);
+
+    e.entra.expire_refresh_tokens();
+    let host3 = e.host(e.auth(json!({"tenant": TENANT_ID}))).await;
+    let r = host3.test(&[], None).await.unwrap().remove(0);
+    assert!(failure(&r).contains("[needs-login]"), "{}", failure(&r));
+    assert!(
+        e.store.get("c/azure-ad/refresh-token").unwrap().is_none(),
+        "the refused refresh token is forgotten"
+    );
+    // logout forgets a stored sign-in.
+    host3.connection("c").unwrap().login().await.unwrap();
+    assert!(e.store.get("c/azure-ad/refresh-token").unwrap().is_some());
+    assert!(host3.connection("c").unwrap().logout().await.unwrap());
+    assert!(e.store.get("c/azure-ad/refresh-token").unwrap().is_none());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn the_authority_is_discovered_from_the_challenge_however_it_is_spelled() {
+    let e = env().await;
+    let base = e.fhir.base_url();
+    let host_url = e.entra.authority_host();
+    let cc = json!({"client-id": "daemon-app", "flow": "client-credentials",
+                    "client-secret": "daemon-secret"});
+    for challenge in [
+        format!(
+            r#"Bearer authorization_uri="{host_url}/{TENANT_ID}", resource_id="{base}", realm="{base}""#
+        ),
+        format!(r#"Bearer authorization_uri = "{host_url}/{TENANT_ID}" ,resource_id = "{base}/""#),
+        format!(r#"bearer Authorization_Uri='{host_url}/{TENANT_ID}' resource_id={base}"#),
+    ] {
+        e.fhir.set_challenge(Some(challenge.clone()));
+        let host = e.host(e.auth(cc.clone())).await;
+        let r = host.test(&[], Some("Patient/1")).await.unwrap().remove(0);
+        assert!(r.ok, "{challenge}: {}", failure(&r));
+    }
+    let p = e.entra.token_request_params().pop().unwrap();
+    assert_eq!(p["scope"], format!("{base}/.default"));
+    assert_eq!(p["grant_type"], "client_credentials");
+    e.assert_no_resource_parameter();
+
+    // A challenge naming another host must not receive credentials.
+    e.fhir.set_challenge(Some(format!(
+        r#"Bearer authorization_uri="https://login.evil.example/{TENANT_ID}", resource_id="{base}""#
+    )));
+    let before = e.entra.token_requests();
+    let host = e.host(e.auth(cc.clone())).await;
+    let r = host.test(&[], None).await.unwrap().remove(0);
+    assert!(
+        failure(&r).contains("refusing to send credentials there"),
+        "{}",
+        failure(&r)
+    );
+    assert_eq!(e.entra.token_requests(), before);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn audience_with_or_without_a_trailing_slash_and_client_credentials_errors() {
+    let e = env().await;
+    let base = e.fhir.base_url();
+    for audience in [base.clone(), format!("{base}/")] {
+        let host = e
+            .host(e.auth(
+                json!({"client-id": "daemon-app", "flow": "client-credentials",
+                                "client-secret": "daemon-secret", "tenant": TENANT_ID,
+                                "audience": audience}),
+            ))
+            .await;
+        let r = host.test(&[], Some("Patient/1")).await.unwrap().remove(0);
+        assert!(r.ok, "{audience}: {}", failure(&r));
+    }
+    let host = e
+        .host(e.auth(
+            json!({"client-id": "daemon-app", "flow": "client-credentials",
+                            "client-secret": "CANARY-wrong", "tenant": TENANT_ID}),
+        ))
+        .await;
+    let r = host.test(&[], None).await.unwrap().remove(0);
+    let text = failure(&r);
+    assert!(
+        text.contains("invalid_client") && text.contains("AADSTS7000215"),
+        "{text}"
+    );
+    assert!(!text.contains("CANARY-wrong"));
+}
+
+#[test]
+fn cli_login_test_and_logout_with_a_file_store() {
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    let e = rt.block_on(env());
+    let dir = e.dir.path();
+    std::fs::write(
+        dir.join("fhirconn.yaml"),
+        serde_json::to_string(
+            &json!({"connections": {"az": {"base-url": e.fhir.base_url(),
+            "auth": e.auth(json!({}))}}}),
+        )
+        .unwrap(),
+    )
+    .unwrap();
+    let run = |args: &[&str]| {
+        let out = std::process::Command::new(fhirconn_bin())
+            .current_dir(dir)
+            .env_remove("FHIRCONN_CONFIG")
+            .env_remove("FHIRCONN_CREDENTIALS")
+            .env_remove("BROWSER")
+            .arg("--plugin-dir")
+            .arg(plugin_dir())
+            .args(args)
+            .output()
+            .unwrap();
+        (
+            out.status.code().unwrap_or(-1),
+            String::from_utf8_lossy(&out.stdout).into_owned(),
+            String::from_utf8_lossy(&out.stderr).into_owned(),
+        )
+    };
+    let (code, stdout, _) = run(&["test"]);
+    assert_eq!(code, 1);
+    assert!(
+        stdout.contains("needs login: run fhirconn login az"),
+        "{stdout}"
+    );
+    let (code, stdout, stderr) = run(&["login", "az"]);
+    assert_eq!(code, 0, "{stdout}{stderr}");
+    assert!(
+        stderr.contains("enter the code"),
+        "the person was told: {stderr}"
+    );
+    let store = dir.join(".fhirconn-credentials.json");
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::PermissionsExt as _;
+        assert_eq!(
+            std::fs::metadata(&store).unwrap().permissions().mode() & 0o777,
+            0o600
+        );
+    }
+    let (code, stdout, _) = run(&["test"]);
+    assert_eq!(
+        code, 0,
+        "signed in silently from the stored refresh token: {stdout}"
+    );
+    let (code, _, _) = run(&["logout", "az"]);
+    assert_eq!(code, 0);
+    let (code, stdout, _) = run(&["test"]);
+    assert_eq!(code, 1, "{stdout}");
+}
