@@ -241,6 +241,10 @@ fn demo() -> Result {
         &s(&info["oauth"]["private-key-pem"]),
     )?;
     std::fs::write(dir.join("demo-ca.pem"), s(&info["mtls"]["ca-pem"]))?;
+    std::fs::write(
+        dir.join("azure-secret.txt"),
+        s(&info["azure"]["client-secret"]),
+    )?;
     std::fs::write(dir.join("client.crt"), s(&info["mtls"]["certificate-pem"]))?;
     write_private(
         &dir.join("client.key"),
@@ -262,7 +266,11 @@ fn demo() -> Result {
              private-key-file: smart-key.pem\n      kid: {}\n      scope: system/*.rs\n  \
            mtls-demo:\n    base-url: {}\n    trusted-root-certificates-file: demo-ca.pem\n    \
              probe: Patient/1\n    auth:\n      scheme: mtls\n      \
-             certificate-file: client.crt\n      private-key-file: client.key\n",
+             certificate-file: client.crt\n      private-key-file: client.key\n  \
+           azure-demo:\n    base-url: {}\n    probe: Patient/1\n    auth:\n      scheme: azure-ad\n      \
+             authority-host: {}\n      client-id: {}\n      flow: client-credentials\n      \
+             client-secret-file: azure-secret.txt\n      \
+             # no tenant: discovered from the server's 401 challenge\n",
         s(&info["none"]["base-url"]),
         s(&info["basic"]["base-url"]),
         s(&info["basic"]["username"]),
@@ -274,6 +282,9 @@ fn demo() -> Result {
         s(&info["oauth"]["smart-client-id"]),
         s(&info["oauth"]["kid"]),
         s(&info["mtls"]["base-url"]),
+        s(&info["azure"]["base-url"]),
+        s(&info["azure"]["authority-host"]),
+        s(&info["azure"]["client-id"]),
     );
     let cfg = dir.join("fhirconn.yaml");
     std::fs::write(&cfg, config)?;

@@ -87,6 +87,10 @@ async fn main() -> std::io::Result<()> {
         server_config(&pki, ClientCerts::Required),
     )
     .await?;
+    let entra = fhirconn_testkit::entra::MockEntra::start(Default::default()).await?;
+    let azure = FhirServer::start(FhirServerConfig::default()).await?;
+    azure.set_auth(ServerAuth::Jwt(entra.verifier(&azure.base_url())));
+    azure.set_challenge(Some(entra.challenge(&azure.base_url())));
     // Pre-signed client assertions, one per use (jti), for `cargo xtask bench` to compare
     // against curl, which cannot sign a JWT itself.
     let assertions: Vec<String> = (0..50)
@@ -113,6 +117,9 @@ async fn main() -> std::io::Result<()> {
                   "token-endpoint": idp.token_endpoint(),
                   "smart-client-id": "demo-backend", "kid": DEMO_KID, "private-key-pem": pem,
                   "presigned-assertions": assertions},
+        "azure": {"base-url": azure.base_url(), "authority-host": entra.authority_host(),
+                  "client-id": "daemon-app", "client-secret": "daemon-secret",
+                  "public-client-id": "public-app"},
         "mtls": {"base-url": mtls.base_url(), "ca-pem": pki.root_pem(),
                  "certificate-pem": client.chain_pem, "private-key-pem": client.key_pem},
     });
