@@ -3,6 +3,17 @@
 
 use std::path::PathBuf;
 
+/// Every scheme the workspace ships (the built-in `none` and one plugin per scheme), sorted.
+pub const SCHEMES: &[&str] = &[
+    "azure-ad",
+    "basic",
+    "bearer",
+    "mtls",
+    "none",
+    "oidc-client-credentials",
+    "smart-backend",
+];
+
 /// The workspace root.
 pub fn root() -> PathBuf {
     PathBuf::from(env!("CARGO_MANIFEST_DIR"))

@@ -303,34 +303,14 @@ fn schemes_and_schema_commands() {
         .iter()
         .map(|s| s["name"].as_str().unwrap())
         .collect();
-    assert_eq!(
-        names,
-        [
-            "basic",
-            "bearer",
-            "mtls",
-            "none",
-            "oidc-client-credentials",
-            "smart-backend"
-        ]
-    );
+    assert_eq!(names, fhirconn_tests::SCHEMES);
     assert_eq!(v[0]["abi"], "1.0.0");
     let schema = run(dir.path(), &["schema"]);
     let s: serde_json::Value = serde_json::from_str(&schema.stdout).unwrap();
     assert!(s["$defs"]["scheme-basic"]["properties"]["password-file"].is_object());
     assert!(s["$defs"]["scheme-bearer"]["properties"]["token-env"].is_object());
     let names = s["$defs"]["auth"]["properties"]["scheme"]["enum"].clone();
-    assert_eq!(
-        names,
-        serde_json::json!([
-            "basic",
-            "bearer",
-            "mtls",
-            "none",
-            "oidc-client-credentials",
-            "smart-backend"
-        ])
-    );
+    assert_eq!(names, serde_json::json!(fhirconn_tests::SCHEMES));
 }
 
 /// (name, YAML, expected fragment of the message). Every case must exit 2 with a location.
