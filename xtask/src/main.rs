@@ -21,8 +21,10 @@ commands:
   dist                       release host + plugins into target/dist/
   demo                       build, start the testkit servers, test a connection per scheme
   test                       build plugins and the CLI, then run every test
-  ci                         fmt --check, clippy -D warnings, test
-  bench                      criterion benchmarks + whole-process fhirconn vs curl";
+  ci                         fmt --check, clippy -D warnings, test, conformance
+  bench                      criterion benchmarks + whole-process fhirconn vs curl
+  conformance [--scheme S]... [--plugin-dir D]... [--format table|json|junit]
+                             release build, then the conformance suite over every scheme";
 
 fn main() -> std::process::ExitCode {
     let args: Vec<String> = std::env::args().skip(1).collect();
@@ -33,6 +35,7 @@ fn main() -> std::process::ExitCode {
         Some("test") => test(),
         Some("ci") => ci(),
         Some("bench") => bench(),
+        Some("conformance") => conformance(&args[1..]),
         _ => {
             eprintln!("{USAGE}");
             return std::process::ExitCode::from(2);
@@ -325,7 +328,49 @@ fn ci() -> Result {
     let sh = shell()?;
     cmd!(sh, "cargo fmt --all -- --check").run()?;
     cmd!(sh, "cargo clippy --workspace --all-targets -- -D warnings").run()?;
-    test()
+    test()?;
+    conformance(&[])
+}
+
+/// Release host and plugins, then `fhirconn-conformance` over them (or over `--plugin-dir`s).
+fn conformance(args: &[String]) -> Result {
+    let sh = shell()?;
+    let root = project_root();
+    let mut passthrough: Vec<String> = Vec::new();
+    let mut plugin_dirs: Vec<String> = Vec::new();
+    let mut it = args.iter();
+    while let Some(a) = it.next() {
+        match a.as_str() {
+            "--plugin-dir" => {
+                plugin_dirs.push(it.next().ok_or("--plugin-dir needs a value")?.clone())
+            }
+            "--scheme" | "--format" => {
+                passthrough.push(a.clone());
+                passthrough.push(it.next().ok_or(format!("{a} needs a value"))?.clone());
+            }
+            other => return Err(format!("conformance: unknown option {other}\n{USAGE}").into()),
+        }
+    }
+    if plugin_dirs.is_empty() {
+        plugin_dirs.push(build_plugins(true)?.display().to_string());
+    }
+    cmd!(
+        sh,
+        "cargo build --release -p fhirconn-host --bin fhirconn -p fhirconn-conformance"
+    )
+    .run()?;
+    let mut cmd = Command::new(root.join("target/release/fhirconn-conformance"));
+    for d in &plugin_dirs {
+        cmd.arg("--plugin-dir").arg(d);
+    }
+    cmd.arg("--fhirconn")
+        .arg(root.join("target/release/fhirconn"))
+        .args(&passthrough);
+    let status = cmd.status()?;
+    if !status.success() {
+        return Err("conformance cases failed".into());
+    }
+    Ok(())
 }
 
 fn median(mut v: Vec<Duration>) -> Duration {

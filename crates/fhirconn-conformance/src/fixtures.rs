@@ -1,0 +1,403 @@
+//! Per-scheme fixtures: the reference servers a scheme talks to, its good and wrong settings,
+//! the secrets that must never be printed, and its scheme-specific case.
+
+use crate::Setup;
+use fhirconn_host::keygen::{self, KeyAlg};
+use fhirconn_testkit::entra::{EntraConfig, MockEntra};
+use fhirconn_testkit::idp::{ClientAuth, IdentityProvider, IdpConfig, RegisteredClient};
+use fhirconn_testkit::pki::{ClientSpec, Pki, Validity};
+use fhirconn_testkit::tls::{server_config, ClientCerts};
+use fhirconn_testkit::{Fault, FhirServer, FhirServerConfig, ServerAuth};
+use serde_json::{json, Value};
+use std::path::Path;
+use std::time::Duration;
+
+/// Schemes with a fixture, in matrix order.
+pub const SCHEMES: &[&str] = &[
+    "none",
+    "basic",
+    "bearer",
+    "oidc-client-credentials",
+    "smart-backend",
+    "mtls",
+    "azure-ad",
+];
+
+const AUDIENCE: &str = "https://conformance.fhirconn.example/fhir";
+const PASSWORD: &str = "CANARY-conf:pässword:42";
+const TOKEN: &str = "CANARY-conformance-token-5150";
+const SECRET: &str = "CANARY-client:secret%/€";
+
+/// Reference servers and settings for one scheme.
+pub struct Fixture {
+    scheme: String,
+    dir: tempfile::TempDir,
+    fhir: FhirServer,
+    idp: Option<IdentityProvider>,
+    entra: Option<MockEntra>,
+    good: Value,
+    wrong: Option<Value>,
+    extra: Value,
+    secrets: Vec<String>,
+}
+
+impl std::fmt::Debug for Fixture {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Fixture")
+            .field("scheme", &self.scheme)
+            .finish_non_exhaustive()
+    }
+}
+
+fn write(dir: &Path, name: &str, text: &str) -> Result<(), String> {
+    std::fs::write(dir.join(name), text).map_err(|e| format!("{name}: {e}"))
+}
+
+fn err(e: impl std::fmt::Display) -> String {
+    e.to_string()
+}
+
+impl Fixture {
+    /// Starts the reference servers for `scheme`.
+    pub async fn new(scheme: &str, _setup: &Setup) -> Result<Self, String> {
+        let dir = tempfile::tempdir().map_err(err)?;
+        let d = dir.path().to_path_buf();
+        let plain = |auth| FhirServerConfig {
+            auth,
+            ..FhirServerConfig::default()
+        };
+        let mut idp = None;
+        let mut entra = None;
+        let mut extra = json!({});
+        let mut secrets = Vec::new();
+        let (fhir, good, wrong) = match scheme {
+            "none" => (
+                FhirServer::start(plain(ServerAuth::None))
+                    .await
+                    .map_err(err)?,
+                json!({"scheme": "none"}),
+                None,
+            ),
+            "basic" => {
+                write(&d, "pw.txt", PASSWORD)?;
+                secrets.push(PASSWORD.to_string());
+                (
+                    FhirServer::start(plain(ServerAuth::Basic {
+                        username: "conformance".into(),
+                        password: PASSWORD.into(),
+                    }))
+                    .await
+                    .map_err(err)?,
+                    json!({"scheme": "basic", "username": "conformance", "password-file": "pw.txt"}),
+                    Some(
+                        json!({"scheme": "basic", "username": "conformance", "password": "CANARY-wrong-pw"}),
+                    ),
+                )
+            }
+            "bearer" => {
+                write(&d, "token.txt", TOKEN)?;
+                secrets.push(TOKEN.to_string());
+                (
+                    FhirServer::start(plain(ServerAuth::Bearer {
+                        tokens: vec![TOKEN.into()],
+                    }))
+                    .await
+                    .map_err(err)?,
+                    json!({"scheme": "bearer", "token-file": "token.txt"}),
+                    Some(json!({"scheme": "bearer", "token": "CANARY-wrong-token-77"})),
+                )
+            }
+            "oidc-client-credentials" => {
+                write(&d, "secret.txt", SECRET)?;
+                secrets.push(SECRET.to_string());
+                let p = IdentityProvider::start(IdpConfig {
+                    audience: AUDIENCE.into(),
+                    clients: vec![RegisteredClient {
+                        client_id: "conformance".into(),
+                        auth: ClientAuth::SecretBasic(SECRET.into()),
+                        scopes: vec!["system/*.rs".into()],
+                    }],
+                    ..IdpConfig::default()
+                })
+                .await
+                .map_err(err)?;
+                let fhir = FhirServer::start(plain(ServerAuth::Jwt(p.verifier(AUDIENCE))))
+                    .await
+                    .map_err(err)?;
+                let good = json!({"scheme": "oidc-client-credentials", "issuer": p.issuer(),
+                    "client-id": "conformance", "client-secret-file": "secret.txt", "scope": "system/*.rs"});
+                let mut wrong = good.clone();
+                if let Some(o) = wrong.as_object_mut() {
+                    o.remove("client-secret-file");
+                }
+                wrong["client-secret"] = json!("CANARY-wrong-secret");
+                idp = Some(p);
+                (fhir, good, Some(wrong))
+            }
+            "smart-backend" => {
+                let key = keygen::generate(KeyAlg::Es384, Some("conformance-key")).map_err(err)?;
+                keygen::write(&d.join("key"), &key, false).map_err(err)?;
+                let other =
+                    keygen::generate(KeyAlg::Rs384, Some("conformance-key")).map_err(err)?;
+                keygen::write(&d.join("other"), &other, false).map_err(err)?;
+                secrets.push(private_body(&d.join("key/private-key.pem"))?);
+                let p = IdentityProvider::start(IdpConfig {
+                    audience: AUDIENCE.into(),
+                    clients: vec![RegisteredClient {
+                        client_id: "conformance".into(),
+                        auth: ClientAuth::PrivateKeyJwt(key.jwks.clone()),
+                        scopes: vec!["system/*.rs".into()],
+                    }],
+                    ..IdpConfig::default()
+                })
+                .await
+                .map_err(err)?;
+                let fhir = FhirServer::start(FhirServerConfig {
+                    auth: ServerAuth::Jwt(p.verifier(AUDIENCE)),
+                    smart_configuration: Some(p.smart_configuration()),
+                    ..FhirServerConfig::default()
+                })
+                .await
+                .map_err(err)?;
+                let good = json!({"scheme": "smart-backend", "client-id": "conformance",
+                    "private-key-file": "key/private-key.pem", "kid": "conformance-key", "scope": "system/*.rs"});
+                let mut wrong = good.clone();
+                wrong["private-key-file"] = json!("other/private-key.pem");
+                idp = Some(p);
+                (fhir, good, Some(wrong))
+            }
+            "mtls" => {
+                let pki = Pki::new();
+                let client = pki.client(&ClientSpec::new("conformance client"));
+                let rogue = pki.rogue_client("rogue client");
+                let expired = pki.client(&ClientSpec {
+                    validity: Validity::Expired,
+                    ..ClientSpec::new("expired client")
+                });
+                write(&d, "ca.pem", &pki.root_pem())?;
+                for (name, c) in [
+                    ("client", &client),
+                    ("rogue", &rogue),
+                    ("expired", &expired),
+                ] {
+                    write(&d, &format!("{name}.crt"), &c.chain_pem)?;
+                    write(&d, &format!("{name}.key"), &c.key_pem)?;
+                }
+                secrets.push(private_body(&d.join("client.key"))?);
+                extra = json!({"trusted-root-certificates-file": "ca.pem"});
+                let fhir = FhirServer::start_tls(
+                    FhirServerConfig::default(),
+                    server_config(&pki, ClientCerts::Required),
+                )
+                .await
+                .map_err(err)?;
+                let pair = |n: &str| json!({"scheme": "mtls", "certificate-file": format!("{n}.crt"), "private-key-file": format!("{n}.key")});
+                (fhir, pair("client"), Some(pair("rogue")))
+            }
+            "azure-ad" => {
+                write(&d, "secret.txt", "daemon-secret")?;
+                let e = MockEntra::start(EntraConfig::default())
+                    .await
+                    .map_err(err)?;
+                let fhir = FhirServer::start(FhirServerConfig::default())
+                    .await
+                    .map_err(err)?;
+                fhir.set_auth(ServerAuth::Jwt(e.verifier(&fhir.base_url())));
+                fhir.set_challenge(Some(e.challenge(&fhir.base_url())));
+                let good = json!({"scheme": "azure-ad", "authority-host": e.authority_host(),
+                    "client-id": "daemon-app", "flow": "client-credentials", "client-secret-file": "secret.txt"});
+                let mut wrong = good.clone();
+                if let Some(o) = wrong.as_object_mut() {
+                    o.remove("client-secret-file");
+                }
+                wrong["client-secret"] = json!("CANARY-wrong-daemon-secret");
+                entra = Some(e);
+                (fhir, good, Some(wrong))
+            }
+            other => {
+                return Err(format!(
+                    "no conformance fixture for scheme '{other}' (known: {})",
+                    SCHEMES.join(", ")
+                ))
+            }
+        };
+        if let Some(w) = &wrong {
+            secrets.extend(
+                ["password", "token", "client-secret"]
+                    .iter()
+                    .filter_map(|k| w[*k].as_str().map(String::from)),
+            );
+        }
+        Ok(Self {
+            scheme: scheme.to_string(),
+            dir,
+            fhir,
+            idp,
+            entra,
+            good,
+            wrong,
+            extra,
+            secrets,
+        })
+    }
+
+    /// The FHIR base URL.
+    pub fn base_url(&self) -> String {
+        self.fhir.base_url()
+    }
+    /// The directory of the fixture's files (relative paths resolve here).
+    pub fn dir(&self) -> &Path {
+        self.dir.path()
+    }
+    /// Host settings the connection needs besides `auth` (e.g. trusted roots).
+    pub fn connection_extra(&self) -> Value {
+        self.extra.clone()
+    }
+    /// Working settings.
+    pub fn good(&self) -> Value {
+        self.good.clone()
+    }
+    /// Settings the server must refuse (the scheme's `auth` with the good one's secret wrong).
+    pub fn wrong(&self) -> Value {
+        self.wrong.clone().unwrap_or(Value::Null)
+    }
+    /// Whether the scheme fetches expiring tokens.
+    pub fn issues_tokens(&self) -> bool {
+        self.idp.is_some() || self.entra.is_some()
+    }
+    /// Changes the lifetime of tokens issued from now on.
+    pub fn set_token_lifetime(&self, d: Duration) {
+        if let Some(p) = &self.idp {
+            p.set_token_lifetime(d);
+        }
+        if let Some(e) = &self.entra {
+            e.set_access_token_lifetime(d);
+        }
+    }
+    /// Tokens issued (or token requests, for the Entra mock).
+    pub fn tokens_issued(&self) -> u64 {
+        self.idp
+            .as_ref()
+            .map(|p| p.tokens_issued())
+            .or_else(|| self.entra.as_ref().map(|e| e.token_requests()))
+            .unwrap_or(0)
+    }
+    /// Revokes every token the FHIR server has seen.
+    pub fn revoke_tokens(&self) {
+        self.fhir.revoke_presented_tokens();
+    }
+    /// 401 answers so far.
+    pub fn unauthorized(&self) -> u64 {
+        self.fhir.unauthorized()
+    }
+    /// Makes the FHIR server slow (or normal again).
+    pub fn set_slow(&self, d: Option<Duration>) {
+        self.fhir.set_fault(d.map_or(Fault::None, Fault::Slow));
+    }
+    /// Secrets in the fixture's settings.
+    pub fn secrets(&self) -> Vec<String> {
+        self.secrets.clone()
+    }
+    /// Bearer tokens the FHIR server received.
+    pub fn issued_tokens(&self) -> Vec<String> {
+        self.fhir
+            .authorizations()
+            .into_iter()
+            .flatten()
+            .filter_map(|a| a.strip_prefix("Bearer ").map(String::from))
+            .collect()
+    }
+
+    /// The case this scheme's specification adds.
+    pub async fn scheme_specific(&self, setup: &Setup) -> Result<Option<()>, String> {
+        let expect_failure =
+            |r: fhirconn_host::TestReport, needle: &str| -> Result<Option<()>, String> {
+                let text = r
+                    .failure
+                    .as_ref()
+                    .map(ToString::to_string)
+                    .unwrap_or_default();
+                if text.contains(needle) {
+                    Ok(Some(()))
+                } else {
+                    Err(format!(
+                        "expected '{needle}' in: {}",
+                        if r.ok { "passed" } else { &text }
+                    ))
+                }
+            };
+        match self.scheme.as_str() {
+            // The reference provider verifies kid, typ, alg, iss = sub, aud = token URL,
+            // exp ≤ 5 min, jti replay and the signature by kid; the assertion's aud must be the
+            // token URL exactly, so a different spelling of the same URL is refused.
+            "smart-backend" => {
+                for _ in 0..2 {
+                    let r = self.test_once(setup, &self.good, Value::Null).await?;
+                    if !r.ok {
+                        return Err(format!("a fresh assertion was refused: {r:?}"));
+                    }
+                }
+                let p = self.idp.as_ref().ok_or("no idp")?;
+                let mut aliased = self.good.clone();
+                aliased["token-url"] = json!(p.token_endpoint().replace("127.0.0.1", "localhost"));
+                expect_failure(
+                    self.test_once(setup, &aliased, Value::Null).await?,
+                    "'aud' is not the token endpoint",
+                )
+            }
+            // The provider refuses a request that authenticates twice; a client registered for
+            // Basic is refused when it posts its secret instead.
+            "oidc-client-credentials" => {
+                let mut post = self.good.clone();
+                post["auth-method"] = json!("client_secret_post");
+                expect_failure(
+                    self.test_once(setup, &post, Value::Null).await?,
+                    "registered for client_secret_basic",
+                )
+            }
+            "mtls" => {
+                let expired = json!({"scheme": "mtls", "certificate-file": "expired.crt", "private-key-file": "expired.key"});
+                match self.host(setup, &expired, Value::Null).await {
+                    Err(e) if e.contains("expired on") => Ok(Some(())),
+                    Err(e) => Err(format!("unexpected error: {e}")),
+                    Ok(_) => Err("an expired client certificate was accepted".into()),
+                }
+            }
+            "azure-ad" => {
+                // The tenant was discovered from the challenge in `passes`; a challenge that
+                // names another authority host must not receive the secret.
+                self.fhir.set_challenge(Some(format!(
+                    "Bearer authorization_uri=\"https://login.evil.example/t\", resource_id=\"{}\"",
+                    self.base_url()
+                )));
+                let r = self.test_once(setup, &self.good, Value::Null).await;
+                if let Some(e) = &self.entra {
+                    self.fhir.set_challenge(Some(e.challenge(&self.base_url())));
+                }
+                expect_failure(r?, "refusing to send credentials there")
+            }
+            "basic" => {
+                // A UTF-8 password with colons (the canary) passed in `passes`; a username
+                // with a colon cannot be sent (RFC 7617 §2) and is refused.
+                let bad = json!({"scheme": "basic", "username": "a:b", "password": "x"});
+                match self.host(setup, &bad, Value::Null).await {
+                    Err(e) if e.contains("username") => Ok(Some(())),
+                    other => Err(format!(
+                        "expected a username error, got {:?}",
+                        other.map(|_| ())
+                    )),
+                }
+            }
+            _ => Ok(None),
+        }
+    }
+}
+
+/// The second line of a PEM file (base64 key material), as a canary.
+fn private_body(path: &Path) -> Result<String, String> {
+    let text = std::fs::read_to_string(path).map_err(err)?;
+    text.lines()
+        .nth(1)
+        .map(String::from)
+        .ok_or_else(|| format!("{}: empty", path.display()))
+}
