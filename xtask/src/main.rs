@@ -356,7 +356,7 @@ fn conformance(args: &[String]) -> Result {
     }
     cmd!(
         sh,
-        "cargo build --release -p fhirconn-host --bin fhirconn -p fhirconn-conformance"
+        "cargo build --release -p fhirconn-host -p fhirconn-conformance --bins"
     )
     .run()?;
     let mut cmd = Command::new(root.join("target/release/fhirconn-conformance"));
