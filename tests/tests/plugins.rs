@@ -90,3 +90,40 @@ fn unknown_schemes_list_what_is_available() {
         "{msg}"
     );
 }
+
+/// A plugin compiled against the frozen copy of the 1.0.0 interface (tests/fixtures/abi-v1)
+/// loads in the current host and works, although the host has since gained operations the
+/// plugin never heard of (`logout`, `browser-redirect`, warnings in `extensions_json`).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_plugin_built_against_the_frozen_v1_interface_works_in_this_host() {
+    use fhirconn_testkit::{FhirServer, FhirServerConfig, ServerAuth};
+    let server = FhirServer::start(FhirServerConfig {
+        auth: ServerAuth::Bearer {
+            tokens: vec!["frozen-token-1".into()],
+        },
+        ..FhirServerConfig::default()
+    })
+    .await
+    .unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let host = fhirconn_host::Host::builder()
+        .config_value(
+            dir.path(),
+            serde_json::json!({"connections": {"old": {
+                "base-url": server.base_url(),
+                "auth": {"scheme": "frozen-v1", "token": "frozen-token-1"}}}}),
+        )
+        .plugin_dir(fixture_dir())
+        .only_explicit_plugin_dirs()
+        .build()
+        .await
+        .unwrap_or_else(|e| panic!("{e}"));
+    let scheme = host.registry().get("frozen-v1").unwrap();
+    assert_eq!(scheme.sdk_version, "abi-1.0.0");
+    let report = host.test(&[], Some("Patient/1")).await.unwrap().remove(0);
+    assert!(report.ok, "{:?}", report.failure);
+    let conn = host.connection("old").unwrap();
+    // An operation added after 1.0: the old plugin answers `unsupported`, the host copes.
+    assert!(!conn.logout().await.unwrap());
+    assert_eq!(conn.get("Patient/1").await.unwrap().status, 200);
+}

@@ -168,6 +168,18 @@ fn build_plugins(release: bool) -> Result<PathBuf> {
             lib: "fhirconn_abi_mismatch".into(),
         }];
         copy_libs(&target_dir.join("debug"), &mismatch, &fixture_dir)?;
+        // Built against the frozen copy of the 1.0.0 interface, as an old vendor plugin.
+        let manifest = root.join("tests/fixtures/plugin-abi-v1/Cargo.toml");
+        cmd!(
+            sh,
+            "cargo build --manifest-path {manifest} --target-dir {target_dir}"
+        )
+        .run()?;
+        let frozen = [PluginCrate {
+            package: "fhirconn-fixture-abi-v1".into(),
+            lib: "fhirconn_frozen_v1".into(),
+        }];
+        copy_libs(&target_dir.join("debug"), &frozen, &fixture_dir)?;
     }
     println!("plugins: {}", out_dir.display());
     Ok(out_dir)
