@@ -24,7 +24,9 @@ commands:
   ci                         fmt --check, clippy -D warnings, test, conformance
   bench                      criterion benchmarks + whole-process fhirconn vs curl
   conformance [--scheme S]... [--plugin-dir D]... [--format table|json|junit]
-                             release build, then the conformance suite over every scheme";
+                             release build, then the conformance suite over every scheme
+  new-scheme NAME [--path DIR]
+                             generate an out-of-tree plugin crate depending on fhirconn-sdk only";
 
 fn main() -> std::process::ExitCode {
     let args: Vec<String> = std::env::args().skip(1).collect();
@@ -36,6 +38,7 @@ fn main() -> std::process::ExitCode {
         Some("ci") => ci(),
         Some("bench") => bench(),
         Some("conformance") => conformance(&args[1..]),
+        Some("new-scheme") => new_scheme(&args[1..]),
         _ => {
             eprintln!("{USAGE}");
             return std::process::ExitCode::from(2);
@@ -180,6 +183,23 @@ fn build_plugins(release: bool) -> Result<PathBuf> {
             lib: "fhirconn_frozen_v1".into(),
         }];
         copy_libs(&target_dir.join("debug"), &frozen, &fixture_dir)?;
+        // The example vendor plugin, built out of tree, with its conformance descriptor.
+        let manifest = root.join("tests/vendor-plugin/Cargo.toml");
+        cmd!(
+            sh,
+            "cargo build --manifest-path {manifest} --target-dir {target_dir}"
+        )
+        .run()?;
+        let vendor_dir = target.join("vendor-plugins");
+        let vendor = [PluginCrate {
+            package: "acme-fhirconn-auth".into(),
+            lib: "fhirconn_acme_apikey".into(),
+        }];
+        copy_libs(&target_dir.join("debug"), &vendor, &vendor_dir)?;
+        std::fs::copy(
+            root.join("tests/vendor-plugin/acme-apikey.conformance.json"),
+            vendor_dir.join("acme-apikey.conformance.json"),
+        )?;
     }
     println!("plugins: {}", out_dir.display());
     Ok(out_dir)
@@ -330,11 +350,202 @@ fn demo() -> Result {
 
 fn test() -> Result {
     let sh = shell()?;
+    let root = project_root();
     build_plugins(false)?;
-    cmd!(sh, "cargo build -p fhirconn-host --bin fhirconn").run()?;
+    cmd!(
+        sh,
+        "cargo build -p fhirconn-host -p fhirconn-conformance --bins"
+    )
+    .run()?;
     cmd!(sh, "cargo test --workspace --no-fail-fast").run()?;
+    // Out of tree: the vendor plugin's own tests, and a freshly generated scheme's.
+    let target_dir = root.join("target/fixture-build");
+    let vendor = root.join("tests/vendor-plugin/Cargo.toml");
+    cmd!(
+        sh,
+        "cargo test --manifest-path {vendor} --target-dir {target_dir}"
+    )
+    .run()?;
+    let generated = root.join("target/new-scheme");
+    let _ = std::fs::remove_dir_all(&generated);
+    new_scheme(&[
+        "acme-check".to_string(),
+        "--path".to_string(),
+        generated.display().to_string(),
+    ])?;
+    let manifest = generated.join("acme-check/Cargo.toml");
+    cmd!(
+        sh,
+        "cargo test --manifest-path {manifest} --target-dir {target_dir}"
+    )
+    .run()?;
     Ok(())
 }
+
+/// `cargo xtask new-scheme NAME [--path DIR]`: a plugin crate outside the workspace that
+/// depends only on fhirconn-sdk, with a passing unit test.
+fn new_scheme(args: &[String]) -> Result {
+    let mut name = None;
+    let mut dir = None;
+    let mut it = args.iter();
+    while let Some(a) = it.next() {
+        match a.as_str() {
+            "--path" => dir = Some(PathBuf::from(it.next().ok_or("--path needs a value")?)),
+            other if name.is_none() && !other.starts_with('-') => name = Some(other.to_string()),
+            other => return Err(format!("new-scheme: unexpected {other}\n{USAGE}").into()),
+        }
+    }
+    let name = name.ok_or("new-scheme: NAME is required")?;
+    let valid = !name.is_empty()
+        && name
+            .chars()
+            .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '-')
+        && name.starts_with(|c: char| c.is_ascii_lowercase());
+    if !valid {
+        return Err(
+            format!("new-scheme: '{name}' must be lowercase letters, digits and '-'").into(),
+        );
+    }
+    let root = project_root();
+    let crate_dir = dir.unwrap_or_else(|| PathBuf::from(".")).join(&name);
+    if crate_dir.exists() {
+        return Err(format!("{} exists; not overwriting it", crate_dir.display()).into());
+    }
+    std::fs::create_dir_all(crate_dir.join("src"))?;
+    let lib = format!("fhirconn_{}", name.replace('-', "_"));
+    let ty: String = name
+        .split('-')
+        .map(|p| {
+            let mut c = p.chars();
+            c.next()
+                .map(|f| f.to_ascii_uppercase().to_string() + c.as_str())
+                .unwrap_or_default()
+        })
+        .collect();
+    let sdk = root.join("crates/fhirconn-sdk");
+    let manifest = TEMPLATE_CARGO
+        .replace("{name}", &name)
+        .replace("{lib}", &lib)
+        .replace("{sdk}", &sdk.display().to_string());
+    std::fs::write(crate_dir.join("Cargo.toml"), manifest)?;
+    let source = TEMPLATE_LIB.replace("{name}", &name).replace("{Type}", &ty);
+    std::fs::write(crate_dir.join("src/lib.rs"), source)?;
+    println!(
+        "created {} (scheme '{name}', library lib{lib}): `cargo build` there, then \
+         `fhirconn --plugin-dir {}/target/debug schemes`",
+        crate_dir.display(),
+        crate_dir.display()
+    );
+    Ok(())
+}
+
+const TEMPLATE_CARGO: &str = r#"[package]
+name = "{name}"
+version = "0.1.0"
+edition = "2021"
+publish = false
+
+[lib]
+name = "{lib}"
+crate-type = ["cdylib", "rlib"]
+
+[dependencies]
+# A published plugin would use `fhirconn-sdk = "0.1"`.
+fhirconn-sdk = { path = "{sdk}" }
+
+[workspace]
+
+# Panics must unwind so the SDK can turn them into errors at the plugin boundary.
+[profile.dev]
+panic = "unwind"
+
+[profile.release]
+panic = "unwind"
+"#;
+
+const TEMPLATE_LIB: &str = r#"//! fhirconn scheme `{name}`: sends `X-Api-Key` from `api-key`, `api-key-file` or
+//! `api-key-env`. Replace `authorize` with your scheme's logic; reach the network, files and
+//! environment only through `host`.
+
+use fhirconn_sdk::serde_json::{json, Value};
+use fhirconn_sdk::{
+    AuthRequest, Connection, ConnectionInfo, Credentials, Error, Host, Result, Scheme,
+    SecretSource, SecretString,
+};
+
+/// The `{name}` scheme.
+#[derive(Debug, Default)]
+pub struct {Type};
+
+/// A configured connection.
+#[derive(Debug)]
+pub struct {Type}Connection {
+    key: SecretString,
+}
+
+impl Scheme for {Type} {
+    fn name(&self) -> &str {
+        "{name}"
+    }
+
+    fn summary(&self) -> &str {
+        "an API key in the X-Api-Key header"
+    }
+
+    fn config_schema(&self) -> Value {
+        json!({
+            "type": "object",
+            "properties": SecretSource::schema_properties("api-key", "API key"),
+            "additionalProperties": false,
+            "allOf": [SecretSource::schema_exactly_one("api-key")],
+        })
+    }
+
+    fn configure(&self, _c: &ConnectionInfo, settings: Value, host: &Host<'_>) -> Result<Box<dyn Connection>> {
+        let Value::Object(map) = settings else {
+            return Err(Error::config("settings must be an object"));
+        };
+        let key = SecretSource::resolve(&map, "api-key", true, host)?
+            .ok_or_else(|| Error::internal("api-key resolved to nothing"))?;
+        Ok(Box::new({Type}Connection { key }))
+    }
+}
+
+impl Connection for {Type}Connection {
+    fn authorize(&self, _request: &AuthRequest, _host: &Host<'_>) -> Result<Credentials> {
+        Ok(Credentials::new().secret_header("X-Api-Key", self.key.clone()))
+    }
+}
+
+fhirconn_sdk::export_schemes!({Type});
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use fhirconn_sdk::testing::MockHost;
+    use fhirconn_sdk::{CredentialHeader, ExposeSecret};
+
+    #[test]
+    fn the_key_is_sent_and_a_missing_one_is_a_config_error() {
+        let info = ConnectionInfo { id: "c".into(), base_url: "https://fhir.example".into() };
+        let mock = MockHost::new().with_file("key.txt", b"k-1
+");
+        let creds = mock
+            .with_host(|h| {
+                {Type}
+                    .configure(&info, json!({"api-key-file": "key.txt"}), h)?
+                    .authorize(&AuthRequest { connection: info.clone(), interactive: false, force_login: false }, h)
+            })
+            .unwrap();
+        match &creds.headers[..] {
+            [CredentialHeader::Secret(n, v)] => assert_eq!((n.as_str(), v.expose_secret()), ("X-Api-Key", "k-1")),
+            other => panic!("{other:?}"),
+        }
+        let err = mock.with_host(|h| {Type}.configure(&info, json!({}), h).map(|_| ())).unwrap_err();
+        assert!(err.message().contains("api-key"), "{err}");
+    }
+}
+"#;
 
 fn ci() -> Result {
     let sh = shell()?;

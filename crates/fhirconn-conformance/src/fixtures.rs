@@ -215,10 +215,62 @@ impl Fixture {
                 (fhir, good, Some(wrong))
             }
             other => {
-                return Err(format!(
-                    "no conformance fixture for scheme '{other}' (known: {})",
-                    SCHEMES.join(", ")
-                ))
+                let (doc, path) = descriptor(other, _setup)?;
+                write(&d, "secret.txt", SECRET)?;
+                secrets.push(SECRET.to_string());
+                match doc["server"].as_str() {
+                    Some("apikey-token-exchange") | Some("oauth-client-credentials") => {}
+                    s => {
+                        return Err(format!(
+                            "{}: unknown server '{}' (apikey-token-exchange or oauth-client-credentials)",
+                            path.display(),
+                            s.unwrap_or("")
+                        ))
+                    }
+                }
+                let p = IdentityProvider::start(IdpConfig {
+                    audience: AUDIENCE.into(),
+                    clients: vec![RegisteredClient {
+                        client_id: "conformance-vendor".into(),
+                        auth: ClientAuth::SecretPost(SECRET.into()),
+                        scopes: vec!["system/*.rs".into()],
+                    }],
+                    ..IdpConfig::default()
+                })
+                .await
+                .map_err(err)?;
+                let fhir = FhirServer::start(plain(ServerAuth::Jwt(p.verifier(AUDIENCE))))
+                    .await
+                    .map_err(err)?;
+                let vars = [
+                    ("${APIKEY_TOKEN_URL}", p.apikey_token_endpoint()),
+                    ("${TOKEN_URL}", p.token_endpoint()),
+                    ("${ISSUER}", p.issuer()),
+                    ("${CLIENT_ID}", "conformance-vendor".to_string()),
+                    ("${SECRET_FILE}", "secret.txt".to_string()),
+                    ("${SECRET}", SECRET.to_string()),
+                ];
+                let fill = |v: &Value| -> Result<Value, String> {
+                    let mut text = v.to_string();
+                    for (k, val) in &vars {
+                        text = text.replace(k, val);
+                    }
+                    serde_json::from_str(&text).map_err(err)
+                };
+                let good = fill(&doc["good"])?;
+                if good["scheme"] != other {
+                    return Err(format!(
+                        "{}: 'good' must use scheme '{other}'",
+                        path.display()
+                    ));
+                }
+                let wrong = if doc["wrong"].is_null() {
+                    None
+                } else {
+                    Some(fill(&doc["wrong"])?)
+                };
+                idp = Some(p);
+                (fhir, good, wrong)
             }
         };
         if let Some(w) = &wrong {
@@ -391,6 +443,25 @@ impl Fixture {
             _ => Ok(None),
         }
     }
+}
+
+/// A vendor scheme's `<scheme>.conformance.json`, found next to its library in a plugin
+/// directory: which reference server it talks to and its good and wrong settings, with
+/// placeholders (`${APIKEY_TOKEN_URL}`, `${TOKEN_URL}`, `${ISSUER}`, `${CLIENT_ID}`,
+/// `${SECRET_FILE}`, `${SECRET}`) filled in by the suite.
+fn descriptor(scheme: &str, setup: &Setup) -> Result<(Value, std::path::PathBuf), String> {
+    for dir in &setup.plugin_dirs {
+        let path = dir.join(format!("{scheme}.conformance.json"));
+        if let Ok(text) = std::fs::read_to_string(&path) {
+            let v = serde_json::from_str(&text).map_err(|e| format!("{}: {e}", path.display()))?;
+            return Ok((v, path));
+        }
+    }
+    Err(format!(
+        "no conformance fixture for scheme '{scheme}': built-in fixtures exist for {}, and no \
+         {scheme}.conformance.json was found in the plugin directories",
+        SCHEMES.join(", ")
+    ))
 }
 
 /// The second line of a PEM file (base64 key material), as a canary.

@@ -241,7 +241,17 @@ async fn run_case(case: &str, f: &Fixture, setup: &Setup) -> Outcome {
 pub async fn run(setup: &Setup, schemes: &[String]) -> Result<Vec<CaseResult>, String> {
     let mut out = Vec::new();
     let names: Vec<String> = if schemes.is_empty() {
-        fixtures::SCHEMES.iter().map(|s| s.to_string()).collect()
+        // Every scheme the plugin directories provide (plus the built-in one).
+        let registry = fhirconn_host::plugins::Registry::new(setup.plugin_dirs.clone());
+        let _ = registry.load_all();
+        let mut found: Vec<String> = registry.schemes().iter().map(|h| h.name.clone()).collect();
+        found.sort_by_key(|n| {
+            fixtures::SCHEMES
+                .iter()
+                .position(|s| s == n)
+                .unwrap_or(fixtures::SCHEMES.len())
+        });
+        found
     } else {
         schemes.to_vec()
     };

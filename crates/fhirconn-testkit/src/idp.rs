@@ -202,6 +202,7 @@ impl IdentityProvider {
             .route("/.well-known/openid-configuration", get(discovery))
             .route("/jwks", get(jwks))
             .route("/token", post(token))
+            .route("/apikey-token", post(apikey_token))
             .with_state(state.clone());
         let app = if path.is_empty() {
             routes
@@ -232,6 +233,13 @@ impl IdentityProvider {
     /// The token endpoint URL.
     pub fn token_endpoint(&self) -> String {
         self.state.token_endpoint.clone()
+    }
+
+    /// A vendor-style JSON token exchange (not OAuth): `POST {"client_id", "api_key"}` answers
+    /// `{"access_token", "token_type", "expires_in"}` for a client registered with
+    /// [`ClientAuth::SecretPost`] whose secret is the API key. For out-of-tree scheme tests.
+    pub fn apikey_token_endpoint(&self) -> String {
+        format!("{}/apikey-token", self.state.issuer)
     }
 
     /// The bound address.
@@ -629,6 +637,52 @@ async fn token(State(state): State<Arc<IdpState>>, headers: HeaderMap, body: Str
     resp.headers_mut()
         .insert(header::PRAGMA, HeaderValue::from_static("no-cache"));
     resp
+}
+
+async fn apikey_token(State(state): State<Arc<IdpState>>, body: String) -> Response {
+    state.token_requests.fetch_add(1, Ordering::SeqCst);
+    let v: Value = serde_json::from_str(&body).unwrap_or(Value::Null);
+    let (Some(id), Some(key)) = (v["client_id"].as_str(), v["api_key"].as_str()) else {
+        return oauth_error(
+            &state,
+            StatusCode::BAD_REQUEST,
+            "invalid_request",
+            "client_id and api_key are required",
+        );
+    };
+    let cfg = state.config.lock().unwrap().clone();
+    let ok = cfg
+        .clients
+        .iter()
+        .any(|c| c.client_id == id && matches!(&c.auth, ClientAuth::SecretPost(s) if s == key));
+    if !ok {
+        return oauth_error(
+            &state,
+            StatusCode::UNAUTHORIZED,
+            "invalid_api_key",
+            "the API key is not valid for this client",
+        );
+    }
+    let now = now_secs();
+    let lifetime = cfg.token_lifetime.as_secs().max(1);
+    let seq = state.token_sequence.fetch_add(1, Ordering::SeqCst);
+    let claims = json!({"iss": state.issuer, "sub": id, "aud": cfg.audience, "iat": now,
+        "exp": now + lifetime, "jti": format!("ak-{seq}-{now}"), "client_id": id});
+    let mut header = Header::new(Algorithm::ES256);
+    header.kid = Some(state.signer.kid.clone());
+    match jsonwebtoken::encode(&header, &claims, &state.signer.key) {
+        Ok(t) => {
+            state.tokens_issued.fetch_add(1, Ordering::SeqCst);
+            axum::Json(json!({"access_token": t, "token_type": "Bearer", "expires_in": lifetime}))
+                .into_response()
+        }
+        Err(e) => oauth_error(
+            &state,
+            StatusCode::INTERNAL_SERVER_ERROR,
+            "server_error",
+            &e.to_string(),
+        ),
+    }
 }
 
 enum Presented {
