@@ -38,8 +38,14 @@ impl Scheme for AcmeApiKey {
 
     fn config_schema(&self) -> Value {
         let mut props = SecretSource::schema_properties("api-key", "ACME API key");
-        props.insert("token-url".into(), json!({"type": "string", "format": "uri"}));
-        props.insert("client-id".into(), json!({"type": "string", "minLength": 1}));
+        props.insert(
+            "token-url".into(),
+            json!({"type": "string", "format": "uri"}),
+        );
+        props.insert(
+            "client-id".into(),
+            json!({"type": "string", "minLength": 1}),
+        );
         json!({
             "type": "object",
             "properties": props,
@@ -143,7 +149,11 @@ mod tests {
                         body: br#"{"access_token":"tok","expires_in":60}"#.to_vec(),
                     }
                 } else {
-                    HttpResponse { status: 401, headers: vec![], body: br#"{"error":"invalid_api_key"}"#.to_vec() }
+                    HttpResponse {
+                        status: 401,
+                        headers: vec![],
+                        body: br#"{"error":"invalid_api_key"}"#.to_vec(),
+                    }
                 })
             });
         let settings = json!({"token-url": "https://auth.acme.example/token", "client-id": "c",
@@ -151,7 +161,11 @@ mod tests {
         let creds = mock
             .with_host(|h| {
                 AcmeApiKey.configure(&info(), settings, h)?.authorize(
-                    &AuthRequest { connection: info(), interactive: false, force_login: false },
+                    &AuthRequest {
+                        connection: info(),
+                        interactive: false,
+                        force_login: false,
+                    },
                     h,
                 )
             })
