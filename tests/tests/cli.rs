@@ -345,11 +345,55 @@ const MALFORMED: &[(&str, &str, &str)] = &[
     ("alias bomb", "a: &a [x,x,x,x,x,x,x,x,x,x]\nb: &b [*a,*a,*a,*a,*a,*a,*a,*a,*a,*a]\nc: &c [*b,*b,*b,*b,*b,*b,*b,*b,*b,*b]\nd: &d [*c,*c,*c,*c,*c,*c,*c,*c,*c,*c]\ne: &e [*d,*d,*d,*d,*d,*d,*d,*d,*d,*d]\nf: &f [*e,*e,*e,*e,*e,*e,*e,*e,*e,*e]\ng: [*f,*f,*f,*f,*f,*f,*f,*f,*f,*f]\n", "alias"),
     ("empty auth list", "connections:\n  a:\n    base-url: http://h\n    auth: []\n", "at least 1 item"),
     ("no connections at all", "connections: {}\n", "no connections are configured"),
+    // Every scheme's settings.
+    ("oidc without endpoint", "connections:\n  a:\n    base-url: http://h\n    auth: {scheme: oidc-client-credentials, client-id: a, client-secret: b}\n", "exactly one of 'issuer', 'token-url' must be set; none is"),
+    ("oidc with both endpoints", "connections:\n  a:\n    base-url: http://h\n    auth: {scheme: oidc-client-credentials, issuer: 'https://i', token-url: 'https://t', client-id: a, client-secret: b}\n", "exactly one of 'issuer', 'token-url' must be set; found 'issuer' and 'token-url'"),
+    ("oidc unknown auth-method", "connections:\n  a:\n    base-url: http://h\n    auth: {scheme: oidc-client-credentials, token-url: 'https://t', client-id: a, client-secret: b, auth-method: tls_client_auth}\n", "auth.auth-method: must be one of"),
+    ("oidc reserved extra param", "connections:\n  a:\n    base-url: http://h\n    auth: {scheme: oidc-client-credentials, token-url: 'https://t', client-id: a, client-secret: b, extra-params: {grant_type: x}}\n", "extra-params: 'grant_type'"),
+    ("oidc scope as a list", "connections:\n  a:\n    base-url: http://h\n    auth: {scheme: oidc-client-credentials, token-url: 'https://t', client-id: a, client-secret: b, scope: [a, b]}\n", "must be a string, found a list"),
+    ("oidc missing secret file", "connections:\n  a:\n    base-url: http://h\n    auth: {scheme: oidc-client-credentials, token-url: 'https://t', client-id: a, client-secret-file: nope.txt}\n", "no such file"),
+    ("oidc resource as a number", "connections:\n  a:\n    base-url: http://h\n    auth: {scheme: oidc-client-credentials, token-url: 'https://t', client-id: a, client-secret: b, resource: 5}\n", "auth.resource: must be a string or a list, found a number"),
+    ("oidc discovery path without slash", "connections:\n  a:\n    base-url: http://h\n    auth: {scheme: oidc-client-credentials, issuer: 'https://i', discovery-path: well-known, client-id: a, client-secret: b}\n", "auth.discovery-path: does not match the pattern ^/"),
+    ("smart without scope", "connections:\n  a:\n    base-url: http://h\n    auth: {scheme: smart-backend, client-id: a, private-key-file: ec.pem, kid: k}\n", "missing required field 'scope'"),
+    ("smart key file not a key", "connections:\n  a:\n    base-url: http://h\n    auth: {scheme: smart-backend, client-id: a, private-key-file: garbage.txt, kid: k, scope: system/*.rs}\n", "private-key-file: not a PEM file or JWK"),
+    ("smart P-256 key", "connections:\n  a:\n    base-url: http://h\n    auth: {scheme: smart-backend, client-id: a, private-key-file: p256.pem, kid: k, scope: system/*.rs}\n", "not a valid P-384 key"),
+    ("smart certificate as key", "connections:\n  a:\n    base-url: http://h\n    auth: {scheme: smart-backend, client-id: a, private-key-file: cert.pem, kid: k, scope: system/*.rs}\n", "holds a certificate"),
+    ("smart assertion too long-lived", "connections:\n  a:\n    base-url: http://h\n    auth: {scheme: smart-backend, client-id: a, private-key-file: ec.pem, kid: k, scope: system/*.rs, assertion-lifetime: 600}\n", "assertion-lifetime: value is greater than the maximum of 300"),
+    ("smart ES256", "connections:\n  a:\n    base-url: http://h\n    auth: {scheme: smart-backend, client-id: a, private-key-file: ec.pem, kid: k, scope: system/*.rs, alg: ES256}\n", "auth.alg: must be one of [\"RS384\",\"ES384\"]"),
+    ("smart without kid", "connections:\n  a:\n    base-url: http://h\n    auth: {scheme: smart-backend, client-id: a, private-key-file: ec.pem, scope: system/*.rs}\n", "kid: required"),
+    ("mtls without key", "connections:\n  a:\n    base-url: https://h\n    auth: {scheme: mtls, certificate-file: cert.pem}\n", "exactly one of 'private-key'"),
+    ("mtls with certificate and p12", "connections:\n  a:\n    base-url: https://h\n    auth: {scheme: mtls, certificate-file: cert.pem, private-key-file: p256.pem, p12-file: x.p12}\n", "found 'certificate-file' and 'p12-file'"),
+    ("mtls certificate file not PEM", "connections:\n  a:\n    base-url: https://h\n    auth: {scheme: mtls, certificate-file: garbage.txt, private-key-file: p256.pem}\n", "certificate-file: "),
+    ("mtls certificate as key", "connections:\n  a:\n    base-url: https://h\n    auth: {scheme: mtls, certificate-file: cert.pem, private-key-file: cert.pem}\n", "holds a certificate, not a private key"),
+    ("mtls missing p12", "connections:\n  a:\n    base-url: https://h\n    auth: {scheme: mtls, p12-file: nope.p12, p12-password: x}\n", "no such file"),
+    ("mtls p12 not PKCS#12", "connections:\n  a:\n    base-url: https://h\n    auth: {scheme: mtls, p12-file: garbage.txt, p12-password: x}\n", "cannot open the PKCS#12 file"),
+    ("mtls key of another certificate", "connections:\n  a:\n    base-url: https://h\n    auth: {scheme: mtls, certificate-file: client.pem, private-key-file: p256.pem}\n", "does not belong to the certificate"),
+    ("azure unknown flow", "connections:\n  a:\n    base-url: https://h\n    auth: {scheme: azure-ad, client-id: a, flow: implicit}\n", "auth.flow: must be one of"),
+    ("azure secret for a person", "connections:\n  a:\n    base-url: https://h\n    auth: {scheme: azure-ad, client-id: a, client-secret: s}\n", "only applies to flow: client-credentials"),
+    ("azure daemon without secret", "connections:\n  a:\n    base-url: https://h\n    auth: {scheme: azure-ad, client-id: a, flow: client-credentials}\n", "needs client-secret"),
+    ("azure tenant with a slash", "connections:\n  a:\n    base-url: https://h\n    auth: {scheme: azure-ad, client-id: a, tenant: 'a/b'}\n", "tenant: a tenant id or domain"),
+    ("azure ftp authority", "connections:\n  a:\n    base-url: https://h\n    auth: {scheme: azure-ad, client-id: a, authority-host: 'ftp://login'}\n", "must be an http(s) URL"),
+    ("proxy without url", "connections:\n  a:\n    base-url: http://h\n    proxy: {no-proxy: [x]}\n", "missing required field 'url'"),
+    ("tiny response cap", "connections:\n  a:\n    base-url: http://h\n    max-response-bytes: 10\n", "max-response-bytes: value is less than the minimum of 1024"),
+    ("bad renewal margin", "connections:\n  a:\n    base-url: http://h\n    token-renewal-margin: soon\n", "not an ISO-8601 duration"),
+    ("base-url a number", "connections:\n  a:\n    base-url: 5\n", "must be a string, found a number"),
 ];
 
 #[test]
 fn malformed_configurations_exit_2_with_a_location_and_no_panic() {
     let dir = tempfile::tempdir().unwrap();
+    // Files the cases refer to: a non-key, a certificate, keys of the wrong kind.
+    let pki = fhirconn_testkit::pki::Pki::new();
+    let client = pki.client(&fhirconn_testkit::pki::ClientSpec::new("other"));
+    let other = pki.client(&fhirconn_testkit::pki::ClientSpec::new("p256"));
+    std::fs::write(dir.path().join("garbage.txt"), "hello, not a key").unwrap();
+    std::fs::write(dir.path().join("cert.pem"), pki.root_pem()).unwrap();
+    std::fs::write(dir.path().join("client.pem"), &client.chain_pem).unwrap();
+    std::fs::write(dir.path().join("p256.pem"), &other.key_pem).unwrap();
+    let es384 = fhirconn_host::keygen::generate(fhirconn_host::keygen::KeyAlg::Es384, None).unwrap();
+    fhirconn_host::keygen::write(&dir.path().join("k"), &es384, false).unwrap();
+    std::fs::copy(dir.path().join("k/private-key.pem"), dir.path().join("ec.pem")).unwrap();
+    assert!(MALFORMED.len() >= 50, "the corpus has {} cases", MALFORMED.len());
     let mut failures = Vec::new();
     for (name, yaml, expected) in MALFORMED {
         write_config(dir.path(), yaml);

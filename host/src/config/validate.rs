@@ -98,12 +98,58 @@ fn describe(
                     _ => None,
                 })
                 .collect();
-            match names {
-                Some(n) if !n.is_empty() => one(format!(
+            // Branches that each accept one JSON type: "must be a string or a list".
+            let types: Option<Vec<String>> = context
+                .iter()
+                .map(|branch| match branch.as_slice() {
+                    [e] => match e.kind() {
+                        ValidationErrorKind::Type {
+                            kind: TypeKind::Single(t),
+                        } => Some(
+                            format!("{t}")
+                                .replace("object", "mapping")
+                                .replace("array", "list"),
+                        ),
+                        _ => None,
+                    },
+                    _ => None,
+                })
+                .collect();
+            match (names, types) {
+                (Some(n), _) if !n.is_empty() => one(format!(
                     "exactly one of {} must be set; none is",
                     quoted(&n)
                 )),
-                _ => one(err.masked().to_string()),
+                (_, Some(t)) if !t.is_empty() => one(format!(
+                    "must be a {}, found {}",
+                    t.join(" or a "),
+                    type_name(err.instance())
+                )),
+                _ => {
+                    // Branches like `{required: [x], not: {...}}`: say which ones are present.
+                    let names = one_of_required_names(schema, err.schema_path().as_str());
+                    let present: Vec<String> = names
+                        .iter()
+                        .filter(|n| err.instance().get(n.as_str()).is_some())
+                        .cloned()
+                        .collect();
+                    match present.len() {
+                        0 if !names.is_empty() => one(format!(
+                            "exactly one of {} must be set; none is",
+                            quoted(&names)
+                        )),
+                        n if n > 1 => one(format!(
+                            "exactly one of {} must be set; found {}",
+                            quoted(&names),
+                            present
+                                .iter()
+                                .map(|p| format!("'{p}'"))
+                                .collect::<Vec<_>>()
+                                .join(" and ")
+                        )),
+                        _ => one(err.masked().to_string()),
+                    }
+                }
             }
         }
         ValidationErrorKind::OneOfMultipleValid { .. } => {
