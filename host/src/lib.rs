@@ -212,6 +212,9 @@ enum Slot {
     },
 }
 
+/// How many connection tests [`Host::test`] runs at once.
+pub const MAX_CONCURRENT_TESTS: usize = 64;
+
 /// A loaded configuration with its plugins: the entry point of the library API.
 pub struct Host {
     registry: Arc<Registry>,
@@ -431,13 +434,20 @@ impl Host {
                 });
             }
         }
+        // Concurrent, but bounded: a file of a thousand connections must not open a thousand
+        // sockets (or hit one server a thousand times) at once.
+        let permits = Arc::new(tokio::sync::Semaphore::new(MAX_CONCURRENT_TESTS));
         let mut set = tokio::task::JoinSet::new();
         for (i, id) in ids.iter().enumerate() {
             match &self.slots[id] {
                 Slot::Ready(c) => {
                     let c = c.clone();
                     let probe = probe.map(String::from);
-                    set.spawn(async move { (i, c.test(probe.as_deref()).await) });
+                    let permits = permits.clone();
+                    set.spawn(async move {
+                        let _permit = permits.acquire_owned().await;
+                        (i, c.test(probe.as_deref()).await)
+                    });
                 }
                 Slot::Unavailable {
                     base_url,

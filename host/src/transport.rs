@@ -104,9 +104,14 @@ pub struct Outgoing {
 }
 
 /// The HTTP side of one connection.
+/// Clients shared by every connection of the process, by [`Transport::client_key`].
+static SHARED_CLIENTS: std::sync::LazyLock<Mutex<HashMap<u64, reqwest::Client>>> =
+    std::sync::LazyLock::new(|| Mutex::new(HashMap::new()));
+
 pub struct Transport {
     settings: ConnectionSettings,
     roots: Vec<reqwest::Certificate>,
+    roots_pem: Vec<u8>,
     clients: Mutex<HashMap<u64, reqwest::Client>>,
 }
 
@@ -130,6 +135,7 @@ fn identity_key(identity: Option<&ClientIdentity>) -> u64 {
 impl Transport {
     /// Reads the connection's trusted roots; fails with a message naming the file.
     pub fn new(settings: ConnectionSettings) -> Result<Self, String> {
+        let mut roots_pem = Vec::new();
         let roots = match &settings.trusted_roots_file {
             Some(path) => {
                 let pem = std::fs::read(path).map_err(|e| {
@@ -150,6 +156,7 @@ impl Transport {
                         path.display()
                     ));
                 }
+                roots_pem = pem;
                 certs
             }
             None => Vec::new(),
@@ -162,6 +169,7 @@ impl Transport {
         Ok(Self {
             settings,
             roots,
+            roots_pem,
             clients: Mutex::new(HashMap::new()),
         })
     }
@@ -171,14 +179,23 @@ impl Transport {
         &self.settings
     }
 
-    /// The client for an identity (built once, then cloned).
+    /// The client for an identity: built once per distinct (TLS roots, proxy, timeouts,
+    /// identity) in the process and cloned, so a file of many connections to similar servers
+    /// shares clients and their connection pools (building one costs milliseconds).
     pub fn client(&self, identity: Option<&ClientIdentity>) -> Result<reqwest::Client, String> {
-        let key = identity_key(identity);
+        let key = self.client_key(identity);
         let mut clients = self
             .clients
             .lock()
             .unwrap_or_else(std::sync::PoisonError::into_inner);
         if let Some(c) = clients.get(&key) {
+            return Ok(c.clone());
+        }
+        let mut shared = SHARED_CLIENTS
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        if let Some(c) = shared.get(&key) {
+            clients.insert(key, c.clone());
             return Ok(c.clone());
         }
         let s = &self.settings;
@@ -222,7 +239,26 @@ impl Transport {
             format!("cannot build the HTTP client: {msg}")
         })?;
         clients.insert(key, client.clone());
+        shared.insert(key, client.clone());
         Ok(client)
+    }
+
+    /// What makes two clients interchangeable.
+    fn client_key(&self, identity: Option<&ClientIdentity>) -> u64 {
+        let s = &self.settings;
+        let mut h = std::collections::hash_map::DefaultHasher::new();
+        identity_key(identity).hash(&mut h);
+        s.connect_timeout.hash(&mut h);
+        s.read_timeout.hash(&mut h);
+        s.use_system_roots.hash(&mut h);
+        for r in &self.roots_pem {
+            r.hash(&mut h);
+        }
+        if let Some(p) = &s.proxy {
+            p.url.hash(&mut h);
+            p.no_proxy.hash(&mut h);
+        }
+        h.finish()
     }
 
     /// Sends a request, following redirects if asked (dropping credential headers when the

@@ -390,10 +390,19 @@ fn malformed_configurations_exit_2_with_a_location_and_no_panic() {
     std::fs::write(dir.path().join("cert.pem"), pki.root_pem()).unwrap();
     std::fs::write(dir.path().join("client.pem"), &client.chain_pem).unwrap();
     std::fs::write(dir.path().join("p256.pem"), &other.key_pem).unwrap();
-    let es384 = fhirconn_host::keygen::generate(fhirconn_host::keygen::KeyAlg::Es384, None).unwrap();
+    let es384 =
+        fhirconn_host::keygen::generate(fhirconn_host::keygen::KeyAlg::Es384, None).unwrap();
     fhirconn_host::keygen::write(&dir.path().join("k"), &es384, false).unwrap();
-    std::fs::copy(dir.path().join("k/private-key.pem"), dir.path().join("ec.pem")).unwrap();
-    assert!(MALFORMED.len() >= 50, "the corpus has {} cases", MALFORMED.len());
+    std::fs::copy(
+        dir.path().join("k/private-key.pem"),
+        dir.path().join("ec.pem"),
+    )
+    .unwrap();
+    assert!(
+        MALFORMED.len() >= 50,
+        "the corpus has {} cases",
+        MALFORMED.len()
+    );
     let mut failures = Vec::new();
     for (name, yaml, expected) in MALFORMED {
         write_config(dir.path(), yaml);

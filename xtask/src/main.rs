@@ -618,6 +618,9 @@ fn bench() -> Result {
     cmd!(sh, "cargo bench -p fhirconn-tests --bench request")
         .env("FHIRCONN_TEST_PLUGIN_DIR", &plugin_dir)
         .run()?;
+    cmd!(sh, "cargo bench -p fhirconn-tests --bench soak")
+        .env("FHIRCONN_TEST_PLUGIN_DIR", &plugin_dir)
+        .run()?;
     whole_process(&root)
 }
 
@@ -823,6 +826,50 @@ fn whole_process(root: &Path) -> Result {
                 o.as_secs_f64() / c.as_secs_f64()
             );
         }
+        // Loading every plugin: `fhirconn schemes` (loads all) minus `fhirconn --version`.
+        let bin = root.join("target/dist/fhirconn");
+        let plugins = root.join("target/dist/plugins");
+        let count = std::fs::read_dir(&plugins)?.count();
+        let (mut load, mut base) = (Vec::new(), Vec::new());
+        for _ in 0..runs {
+            load.push(timed(
+                Command::new(&bin)
+                    .arg("--plugin-dir")
+                    .arg(&plugins)
+                    .args(["schemes", "--output", "json"]),
+            )?);
+            base.push(timed(Command::new(&bin).arg("--version"))?);
+        }
+        let (l, b) = (median(load), median(base));
+        println!(
+            "loading all {count} plugins: {:.1} ms (fhirconn schemes {:.1} ms minus fhirconn --version {:.1} ms, medians of {runs})",
+            (l.as_secs_f64() - b.as_secs_f64()) * 1e3,
+            l.as_secs_f64() * 1e3,
+            b.as_secs_f64() * 1e3
+        );
+        // A file of 1,000 connections, all tested.
+        let mut big = String::from("connections:\n");
+        for i in 0..1000 {
+            big.push_str(&format!(
+                "  c{i:04}:\n    base-url: {}\n    auth: {{scheme: basic, username: {}, password-file: pw.txt}}\n",
+                s(&basic["base-url"]),
+                s(&basic["username"])
+            ));
+        }
+        std::fs::write(dir.join("thousand.yaml"), big)?;
+        let mut times = Vec::new();
+        for _ in 0..5 {
+            times.push(timed(
+                Command::new(&bin)
+                    .arg("-c")
+                    .arg(dir.join("thousand.yaml"))
+                    .arg("test"),
+            )?);
+        }
+        println!(
+            "fhirconn test of 1,000 basic connections (one loopback server): {:.2} s (median of 5)",
+            median(times).as_secs_f64()
+        );
         Ok(())
     })();
     let _ = child.kill();
