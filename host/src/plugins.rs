@@ -356,9 +356,9 @@ pub fn default_dirs(explicit: &[PathBuf]) -> Vec<PathBuf> {
     dirs
 }
 
-/// Configures a scheme directly against any host-services implementation (benchmarks and
-/// tests of the raw ABI path; the host itself goes through `Host::builder`).
-pub fn configure_for_bench(
+/// Configures a scheme directly against any host-services implementation: the raw ABI path
+/// for benchmarks and the fuzz harness (the host itself goes through `Host::builder`).
+pub fn configure_raw(
     scheme: &SchemeHandle,
     context: &fhirconn_abi::ConnectionContext,
     settings_json: &str,

@@ -37,8 +37,7 @@ fn authorize(c: &mut Criterion) {
         extensions_json: "{}".into(),
     };
     let conn =
-        fhirconn_host::plugins::configure_for_bench(&scheme, &ctx, &settings.to_string(), &mock)
-            .unwrap();
+        fhirconn_host::plugins::configure_raw(&scheme, &ctx, &settings.to_string(), &mock).unwrap();
     let abi_req = AuthRequest {
         connection: ctx.clone(),
         flags: 0,

@@ -25,6 +25,8 @@ commands:
   bench                      criterion benchmarks + whole-process fhirconn vs curl
   conformance [--scheme S]... [--plugin-dir D]... [--format table|json|junit]
                              release build, then the conformance suite over every scheme
+  fuzz [TARGET] [--seconds N] [--seed S]
+                             mutation-fuzz the parsers of untrusted input (default: all, 60 s)
   new-scheme NAME [--path DIR]
                              generate an out-of-tree plugin crate depending on fhirconn-sdk only";
 
@@ -39,6 +41,7 @@ fn main() -> std::process::ExitCode {
         Some("bench") => bench(),
         Some("conformance") => conformance(&args[1..]),
         Some("new-scheme") => new_scheme(&args[1..]),
+        Some("fuzz") => fuzz(&args[1..]),
         _ => {
             eprintln!("{USAGE}");
             return std::process::ExitCode::from(2);
@@ -552,7 +555,30 @@ fn ci() -> Result {
     cmd!(sh, "cargo fmt --all -- --check").run()?;
     cmd!(sh, "cargo clippy --workspace --all-targets -- -D warnings").run()?;
     test()?;
-    conformance(&[])
+    conformance(&[])?;
+    fuzz(&["all".into(), "--seconds".into(), "30".into()])
+}
+
+/// Builds the plugins and the fuzz harness (debug, with overflow checks), then runs it.
+fn fuzz(args: &[String]) -> Result {
+    let sh = shell()?;
+    let root = project_root();
+    build_plugins(false)?;
+    cmd!(sh, "cargo build -p fhirconn-tests --bin fhirconn-fuzz").run()?;
+    let mut a: Vec<String> = args.to_vec();
+    if a.first().is_none_or(|f| f.starts_with('-')) {
+        a.insert(0, "all".into());
+    }
+    if !a.iter().any(|x| x == "--seconds") {
+        a.extend(["--seconds".into(), "60".into()]);
+    }
+    let status = Command::new(root.join("target/debug/fhirconn-fuzz"))
+        .args(&a)
+        .status()?;
+    if !status.success() {
+        return Err("the fuzzer found a panic (see target/fuzz-findings/)".into());
+    }
+    Ok(())
 }
 
 /// Release host and plugins, then `fhirconn-conformance` over them (or over `--plugin-dir`s).
