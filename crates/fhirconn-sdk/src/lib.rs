@@ -61,6 +61,7 @@ mod export;
 mod host;
 #[cfg(feature = "oauth2")]
 mod http;
+pub mod oauth;
 mod scheme;
 mod secret;
 pub mod testing;

@@ -18,8 +18,8 @@ pub mod challenge;
 
 use fhirconn_sdk::serde_json::{self, json, Value};
 use fhirconn_sdk::{
-    AuthRequest, Connection, ConnectionInfo, Credentials, Error, ErrorKind, ExposeSecret, Host,
-    HttpRequest, HttpResponse, Result, Scheme, SecretSource, SecretString,
+    AuthRequest, Connection, ConnectionInfo, Credentials, Error, ExposeSecret, Host, HttpRequest,
+    HttpResponse, Result, Scheme, SecretSource, SecretString,
 };
 use serde::de::IgnoredAny;
 use serde::Deserialize;
@@ -195,11 +195,7 @@ fn json_of(resp: &HttpResponse) -> Option<Value> {
 }
 
 fn oauth_error(resp: &HttpResponse) -> Option<(String, String)> {
-    let v = json_of(resp)?;
-    Some((
-        v["error"].as_str()?.to_string(),
-        v["error_description"].as_str().unwrap_or("").to_string(),
-    ))
+    fhirconn_sdk::oauth::error_response(resp).map(|e| (e.error, e.description.unwrap_or_default()))
 }
 
 fn form(url: &str, pairs: &[(&str, &str)]) -> HttpRequest {
@@ -355,63 +351,15 @@ impl AzureConnection {
         endpoint: &str,
         host: &Host<'_>,
     ) -> Result<Credentials> {
-        let v = json_of(resp).ok_or_else(|| {
-            Error::protocol(format!(
-                "token endpoint {endpoint} answered HTTP {} with a body that is not JSON",
-                resp.status
-            ))
-        })?;
-        let token = v["access_token"]
-            .as_str()
-            .filter(|t| !t.is_empty())
-            .ok_or_else(|| {
-                Error::protocol(format!("token endpoint {endpoint}: no access_token"))
-            })?;
-        if !v["token_type"]
-            .as_str()
-            .is_some_and(|t| t.eq_ignore_ascii_case("bearer"))
-        {
-            return Err(Error::protocol(format!(
-                "token endpoint {endpoint}: token_type is not Bearer"
-            )));
-        }
+        let (creds, v) = fhirconn_sdk::oauth::token_response(resp, endpoint, host)?;
         if let Some(rt) = v["refresh_token"].as_str() {
             host.store_put(REFRESH_KEY, &SecretString::from(rt.to_string()))?;
-        }
-        let mut creds = Credentials::new().bearer(&SecretString::from(token.to_string()));
-        if let Some(secs) = v["expires_in"]
-            .as_u64()
-            .or_else(|| v["expires_in"].as_str()?.parse().ok())
-        {
-            creds = creds.expires_in(host, Duration::from_secs(secs));
         }
         Ok(creds)
     }
 
     fn refused(resp: &HttpResponse, endpoint: &str) -> Error {
-        match oauth_error(resp) {
-            Some((code, desc)) => {
-                let kind = match code.as_str() {
-                    "invalid_client"
-                    | "unauthorized_client"
-                    | "invalid_grant"
-                    | "invalid_scope"
-                    | "access_denied" => ErrorKind::CredentialsRejected,
-                    _ => ErrorKind::Protocol,
-                };
-                Error::new(
-                    kind,
-                    format!(
-                        "token endpoint {endpoint} answered HTTP {}: {code}: {desc}",
-                        resp.status
-                    ),
-                )
-            }
-            None => Error::protocol(format!(
-                "token endpoint {endpoint} answered HTTP {} without an OAuth error",
-                resp.status
-            )),
-        }
+        fhirconn_sdk::oauth::refused(resp, endpoint)
     }
 
     /// Silent sign-in with a stored refresh token; `Ok(None)` when there is none or it failed.

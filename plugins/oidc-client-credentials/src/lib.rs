@@ -21,7 +21,7 @@
 
 use fhirconn_sdk::serde_json::{self, json, Value};
 use fhirconn_sdk::{
-    AuthRequest, Connection, ConnectionInfo, Credentials, Error, ErrorKind, ExposeSecret, Host,
+    AuthRequest, Connection, ConnectionInfo, Credentials, Error, ExposeSecret, Host,
     HostHttpClient, HostHttpError, HttpRequest, Result, Scheme, SecretSource, SecretString,
 };
 use oauth2::basic::{BasicClient, BasicTokenType};
@@ -348,18 +348,6 @@ fn without_values(msg: &str) -> &str {
         .map_or(msg, |i| &msg[..i])
 }
 
-/// Kinds of OAuth `error` codes (RFC 6749 §5.2) that mean "these credentials are refused".
-fn error_kind(code: &str) -> ErrorKind {
-    match code {
-        "invalid_client"
-        | "unauthorized_client"
-        | "invalid_grant"
-        | "invalid_scope"
-        | "access_denied" => ErrorKind::CredentialsRejected,
-        _ => ErrorKind::Protocol,
-    }
-}
-
 /// Checks a token response's `token_type` (case-insensitive, RFC 6749 §5.1) and token.
 pub fn check_bearer(token_type: &BasicTokenType, token: &str, endpoint: &str) -> Result<()> {
     let ok = match token_type {
@@ -442,7 +430,7 @@ impl Connection for ClientCredentialsConnection {
                     .map(|d| format!(": {d}"))
                     .unwrap_or_default();
                 Error::new(
-                    error_kind(&code),
+                    fhirconn_sdk::oauth::error_kind(&code),
                     format!(
                         "token endpoint {endpoint} answered {}: {code}{desc}",
                         status()
@@ -483,7 +471,7 @@ fhirconn_sdk::export_schemes!(ClientCredentials);
 mod tests {
     use super::*;
     use fhirconn_sdk::testing::MockHost;
-    use fhirconn_sdk::{CredentialHeader, HttpResponse};
+    use fhirconn_sdk::{CredentialHeader, ErrorKind, HttpResponse};
     use std::sync::{Arc, Mutex as StdMutex};
 
     fn info() -> ConnectionInfo {

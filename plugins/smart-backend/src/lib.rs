@@ -15,8 +15,8 @@ pub mod keys;
 
 use fhirconn_sdk::serde_json::{self, json, Value};
 use fhirconn_sdk::{
-    AuthRequest, Connection, ConnectionInfo, Credentials, Error, ErrorKind, ExposeSecret, Host,
-    HttpRequest, HttpResponse, Result, Scheme, SecretSource, SecretString,
+    AuthRequest, Connection, ConnectionInfo, Credentials, Error, ExposeSecret, Host, HttpRequest,
+    Result, Scheme, SecretSource, SecretString,
 };
 use jsonwebtoken::{Algorithm, Header};
 use serde::de::IgnoredAny;
@@ -253,17 +253,6 @@ fn random_jti() -> Result<String> {
     Ok(bytes.iter().map(|b| format!("{b:02x}")).collect())
 }
 
-/// The OAuth error of a refused token request, as a message.
-fn oauth_error(resp: &HttpResponse) -> Option<(String, String)> {
-    let v: Value = serde_json::from_slice(&resp.body).ok()?;
-    let code = v["error"].as_str()?.to_string();
-    let desc = v["error_description"]
-        .as_str()
-        .map(|d| format!(": {d}"))
-        .unwrap_or_default();
-    Some((code, desc))
-}
-
 impl SmartConnection {
     fn token_endpoint(&self, host: &Host<'_>) -> Result<String> {
         if let Some(t) = &self.token_url {
@@ -331,79 +320,10 @@ impl Connection for SmartConnection {
             .http(req)
             .map_err(|e| e.context(format!("token endpoint {endpoint}")))?;
         if !resp.is_success() {
-            return Err(match oauth_error(&resp) {
-                Some((code, desc)) => {
-                    let kind = match code.as_str() {
-                        "invalid_client"
-                        | "unauthorized_client"
-                        | "invalid_grant"
-                        | "invalid_scope"
-                        | "access_denied" => ErrorKind::CredentialsRejected,
-                        _ => ErrorKind::Protocol,
-                    };
-                    Error::new(
-                        kind,
-                        format!(
-                            "token endpoint {endpoint} answered HTTP {}: {code}{desc}",
-                            resp.status
-                        ),
-                    )
-                }
-                None => Error::protocol(format!(
-                    "token endpoint {endpoint} answered HTTP {} without an OAuth error ({})",
-                    resp.status,
-                    resp.header("content-type").unwrap_or("no content type")
-                )),
-            });
+            return Err(fhirconn_sdk::oauth::refused(&resp, &endpoint));
         }
-        parse_token_response(&resp, &endpoint, host)
+        fhirconn_sdk::oauth::token_response(&resp, &endpoint, host).map(|(creds, _)| creds)
     }
-}
-
-/// Validates a token response (RFC 6749 §5.1): `access_token`, `token_type` Bearer
-/// (case-insensitive) and a numeric `expires_in`.
-pub fn parse_token_response(
-    resp: &HttpResponse,
-    endpoint: &str,
-    host: &Host<'_>,
-) -> Result<Credentials> {
-    let bad = |what: &str| {
-        Error::protocol(format!(
-            "token endpoint {endpoint} answered HTTP {} {what}",
-            resp.status
-        ))
-    };
-    let v: Value =
-        serde_json::from_slice(&resp.body).map_err(|_| bad("with a body that is not JSON"))?;
-    let token = v["access_token"]
-        .as_str()
-        .filter(|t| !t.is_empty())
-        .ok_or_else(|| bad("without an access_token"))?;
-    if token.chars().any(|c| c.is_whitespace() || c.is_control()) {
-        return Err(bad("with an access_token containing whitespace"));
-    }
-    match v["token_type"].as_str() {
-        Some(t) if t.eq_ignore_ascii_case("bearer") => {}
-        Some(t) => {
-            return Err(bad(&format!(
-                "with token_type '{t}' (only Bearer is supported)"
-            )))
-        }
-        None => return Err(bad("without a token_type")),
-    }
-    let mut creds = Credentials::new().bearer(&SecretString::from(token.to_string()));
-    match v.get("expires_in") {
-        None | Some(Value::Null) => {}
-        Some(Value::Number(n)) => {
-            let secs = n
-                .as_f64()
-                .filter(|s| s.is_finite() && *s >= 0.0)
-                .ok_or_else(|| bad("with a negative expires_in"))?;
-            creds = creds.expires_in(host, Duration::from_secs_f64(secs));
-        }
-        Some(_) => return Err(bad("with a non-numeric expires_in")),
-    }
-    Ok(creds)
 }
 
 fhirconn_sdk::export_schemes!(SmartBackend);

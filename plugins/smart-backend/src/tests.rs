@@ -4,7 +4,7 @@
 use super::*;
 use base64::Engine as _;
 use fhirconn_sdk::testing::MockHost;
-use fhirconn_sdk::CredentialHeader;
+use fhirconn_sdk::{CredentialHeader, ErrorKind, HttpResponse};
 use jsonwebtoken::{DecodingKey, EncodingKey, Validation};
 use std::sync::{Arc, Mutex as StdMutex};
 

@@ -1,0 +1,167 @@
+//! OAuth 2.0 token endpoint answers (RFC 6749 §5), shared by the token schemes: reading an
+//! error response, classifying its `error` code, and validating a token response.
+
+use crate::host::{Host, HttpResponse};
+use crate::scheme::Credentials;
+use crate::secret::SecretString;
+use crate::{Error, ErrorKind, Result};
+use serde_json::Value;
+use std::time::Duration;
+
+/// An OAuth error response (RFC 6749 §5.2).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct OAuthError {
+    /// The `error` code, e.g. `invalid_client`.
+    pub error: String,
+    /// The `error_description`, if any.
+    pub description: Option<String>,
+}
+
+/// Reads an OAuth error response; `None` when the body is not one.
+pub fn error_response(resp: &HttpResponse) -> Option<OAuthError> {
+    let v: Value = serde_json::from_slice(&resp.body).ok()?;
+    Some(OAuthError {
+        error: v["error"].as_str()?.to_string(),
+        description: v["error_description"].as_str().map(String::from),
+    })
+}
+
+/// The kind of failure an `error` code means: the credentials (or what they may ask for) were
+/// refused, or the exchange went wrong otherwise.
+pub fn error_kind(code: &str) -> ErrorKind {
+    match code {
+        "invalid_client"
+        | "unauthorized_client"
+        | "invalid_grant"
+        | "invalid_scope"
+        | "access_denied" => ErrorKind::CredentialsRejected,
+        _ => ErrorKind::Protocol,
+    }
+}
+
+/// The error for a token endpoint that did not answer 2xx: its OAuth `error` and
+/// `error_description` when it sent them, else the status and content type. Never the request.
+pub fn refused(resp: &HttpResponse, endpoint: &str) -> Error {
+    match error_response(resp) {
+        Some(e) => Error::new(
+            error_kind(&e.error),
+            format!(
+                "token endpoint {endpoint} answered HTTP {}: {}{}",
+                resp.status,
+                e.error,
+                e.description.map(|d| format!(": {d}")).unwrap_or_default()
+            ),
+        ),
+        None => Error::protocol(format!(
+            "token endpoint {endpoint} answered HTTP {} without an OAuth error ({})",
+            resp.status,
+            resp.header("content-type").unwrap_or("no content type")
+        )),
+    }
+}
+
+/// Validates a successful token response (RFC 6749 §5.1): an `access_token` without
+/// whitespace, `token_type` Bearer (case-insensitive) and, when present, a numeric
+/// `expires_in`. Returns the credentials and the whole response (for `refresh_token` & co).
+pub fn token_response(
+    resp: &HttpResponse,
+    endpoint: &str,
+    host: &Host<'_>,
+) -> Result<(Credentials, Value)> {
+    let bad = |what: &str| {
+        Error::protocol(format!(
+            "token endpoint {endpoint} answered HTTP {} {what}",
+            resp.status
+        ))
+    };
+    let v: Value =
+        serde_json::from_slice(&resp.body).map_err(|_| bad("with a body that is not JSON"))?;
+    let token = v["access_token"]
+        .as_str()
+        .filter(|t| !t.is_empty())
+        .ok_or_else(|| bad("without an access_token"))?;
+    if token.chars().any(|c| c.is_whitespace() || c.is_control()) {
+        return Err(bad("with an access_token containing whitespace"));
+    }
+    match v["token_type"].as_str() {
+        Some(t) if t.eq_ignore_ascii_case("bearer") => {}
+        Some(t) => {
+            return Err(bad(&format!(
+                "with token_type '{t}' (only Bearer is supported)"
+            )))
+        }
+        None => return Err(bad("without a token_type")),
+    }
+    let mut creds = Credentials::new().bearer(&SecretString::from(token.to_string()));
+    match v.get("expires_in") {
+        None | Some(Value::Null) => {}
+        Some(Value::Number(n)) => {
+            let secs = n
+                .as_f64()
+                .filter(|s| s.is_finite() && *s >= 0.0 && *s < 1e12)
+                .ok_or_else(|| bad("with a negative or absurd expires_in"))?;
+            creds = creds.expires_in(host, Duration::from_secs_f64(secs));
+        }
+        Some(_) => return Err(bad("with a non-numeric expires_in")),
+    }
+    Ok((creds, v))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::testing::MockHost;
+
+    fn resp(status: u16, body: &str) -> HttpResponse {
+        HttpResponse {
+            status,
+            headers: vec![("content-type".into(), "application/json".into())],
+            body: body.as_bytes().to_vec(),
+        }
+    }
+
+    #[test]
+    fn errors_are_quoted_and_classified() {
+        let e = refused(
+            &resp(
+                401,
+                r#"{"error":"invalid_client","error_description":"bad"}"#,
+            ),
+            "https://t",
+        );
+        assert_eq!(e.kind(), ErrorKind::CredentialsRejected);
+        assert_eq!(
+            e.message(),
+            "token endpoint https://t answered HTTP 401: invalid_client: bad"
+        );
+        let e = refused(&resp(500, "<html>"), "https://t");
+        assert_eq!(e.kind(), ErrorKind::Protocol);
+        assert!(e
+            .message()
+            .contains("without an OAuth error (application/json)"));
+        assert_eq!(error_kind("temporarily_unavailable"), ErrorKind::Protocol);
+    }
+
+    #[test]
+    fn token_responses_are_validated() {
+        let mock = MockHost::new();
+        mock.with_host(|h| {
+            let (c, v) = token_response(&resp(200, r#"{"access_token":"a","token_type":"BEARER","expires_in":60,"refresh_token":"r"}"#), "t", h).unwrap();
+            assert!(c.expires_at.is_some());
+            assert_eq!(v["refresh_token"], "r");
+            for (body, expected) in [
+                ("nope", "not JSON"),
+                (r#"{"token_type":"Bearer"}"#, "without an access_token"),
+                (r#"{"access_token":"a b","token_type":"Bearer"}"#, "whitespace"),
+                (r#"{"access_token":"a","token_type":"mac"}"#, "token_type 'mac'"),
+                (r#"{"access_token":"a"}"#, "without a token_type"),
+                (r#"{"access_token":"a","token_type":"Bearer","expires_in":"60"}"#, "non-numeric"),
+                (r#"{"access_token":"a","token_type":"Bearer","expires_in":-1}"#, "negative"),
+                (r#"{"access_token":"a","token_type":"Bearer","expires_in":1e300}"#, "absurd"),
+            ] {
+                let e = token_response(&resp(200, body), "t", h).unwrap_err();
+                assert!(e.message().contains(expected), "{body}: {e}");
+            }
+        });
+    }
+}
