@@ -161,44 +161,44 @@ fn build_plugins(release: bool) -> Result<PathBuf> {
     if !release {
         let fixture_dir = target.join("plugin-fixtures");
         copy_libs(&built, &fixtures, &fixture_dir)?;
-        // Built outside the workspace: its interface layout differs on purpose.
-        let manifest = root.join("tests/fixtures/plugin-abi-mismatch/Cargo.toml");
         let target_dir = target.join("fixture-build");
-        cmd!(
-            sh,
-            "cargo build --manifest-path {manifest} --target-dir {target_dir}"
-        )
-        .run()?;
-        let mismatch = [PluginCrate {
-            package: "fhirconn-fixture-abi-mismatch".into(),
-            lib: "fhirconn_abi_mismatch".into(),
-        }];
-        copy_libs(&target_dir.join("debug"), &mismatch, &fixture_dir)?;
-        // Built against the frozen copy of the 1.0.0 interface, as an old vendor plugin.
-        let manifest = root.join("tests/fixtures/plugin-abi-v1/Cargo.toml");
-        cmd!(
-            sh,
-            "cargo build --manifest-path {manifest} --target-dir {target_dir}"
-        )
-        .run()?;
-        let frozen = [PluginCrate {
-            package: "fhirconn-fixture-abi-v1".into(),
-            lib: "fhirconn_frozen_v1".into(),
-        }];
-        copy_libs(&target_dir.join("debug"), &frozen, &fixture_dir)?;
-        // The example vendor plugin, built out of tree, with its conformance descriptor.
-        let manifest = root.join("tests/vendor-plugin/Cargo.toml");
-        cmd!(
-            sh,
-            "cargo build --manifest-path {manifest} --target-dir {target_dir}"
-        )
-        .run()?;
+        // Each is built outside the workspace, in its own Cargo workspace:
+        // - a plugin whose interface layout differs on purpose;
+        // - a plugin built against the frozen copy of the 1.0.0 interface;
+        // - the example vendor plugin (with its conformance descriptor).
         let vendor_dir = target.join("vendor-plugins");
-        let vendor = [PluginCrate {
-            package: "acme-fhirconn-auth".into(),
-            lib: "fhirconn_acme_apikey".into(),
-        }];
-        copy_libs(&target_dir.join("debug"), &vendor, &vendor_dir)?;
+        for (manifest, package, lib, dest) in [
+            (
+                "tests/fixtures/plugin-abi-mismatch",
+                "fhirconn-fixture-abi-mismatch",
+                "fhirconn_abi_mismatch",
+                &fixture_dir,
+            ),
+            (
+                "tests/fixtures/plugin-abi-v1",
+                "fhirconn-fixture-abi-v1",
+                "fhirconn_frozen_v1",
+                &fixture_dir,
+            ),
+            (
+                "tests/vendor-plugin",
+                "acme-fhirconn-auth",
+                "fhirconn_acme_apikey",
+                &vendor_dir,
+            ),
+        ] {
+            let manifest = root.join(manifest).join("Cargo.toml");
+            cmd!(
+                sh,
+                "cargo build --manifest-path {manifest} --target-dir {target_dir}"
+            )
+            .run()?;
+            let krate = [PluginCrate {
+                package: package.into(),
+                lib: lib.into(),
+            }];
+            copy_libs(&target_dir.join("debug"), &krate, dest)?;
+        }
         std::fs::copy(
             root.join("tests/vendor-plugin/acme-apikey.conformance.json"),
             vendor_dir.join("acme-apikey.conformance.json"),

@@ -209,14 +209,7 @@ impl IdentityProvider {
         } else {
             Router::new().nest(&path, routes)
         };
-        let (tx, rx) = tokio::sync::oneshot::channel::<()>();
-        tokio::spawn(async move {
-            let _ = axum::serve(listener, app)
-                .with_graceful_shutdown(async {
-                    let _ = rx.await;
-                })
-                .await;
-        });
+        let tx = crate::spawn_server(listener, app);
         Ok(Self {
             addr,
             state,

@@ -213,14 +213,7 @@ impl FhirServer {
         } else {
             Router::new().nest(&base_path, fhir)
         };
-        let (tx, rx) = tokio::sync::oneshot::channel::<()>();
-        tokio::spawn(async move {
-            let _ = axum::serve(listener, app)
-                .with_graceful_shutdown(async {
-                    let _ = rx.await;
-                })
-                .await;
-        });
+        let tx = crate::spawn_server(listener, app);
         Ok(Self {
             addr,
             scheme,
@@ -305,6 +298,22 @@ impl Drop for FhirServer {
             let _ = tx.send(());
         }
     }
+}
+
+/// Serves `app` on `listener` in the background until the returned sender fires or drops.
+pub(crate) fn spawn_server<L>(listener: L, app: Router) -> tokio::sync::oneshot::Sender<()>
+where
+    L: axum::serve::Listener<Addr = SocketAddr>,
+{
+    let (tx, rx) = tokio::sync::oneshot::channel::<()>();
+    tokio::spawn(async move {
+        let _ = axum::serve(listener, app)
+            .with_graceful_shutdown(async {
+                let _ = rx.await;
+            })
+            .await;
+    });
+    tx
 }
 
 fn fhir_json(status: StatusCode, body: &Value) -> Response {
