@@ -200,24 +200,60 @@ async fn run_case(case: &str, f: &Fixture, setup: &Setup) -> Outcome {
                     .map_err(|e| e.to_string())?,
             )
             .map_err(|e| e.to_string())?;
-            let mut cmd = tokio::process::Command::new(&setup.fhirconn);
-            cmd.arg("-vv").arg("-c").arg(&cfg);
-            for d in &setup.plugin_dirs {
-                cmd.arg("--plugin-dir").arg(d);
+            // `test` and `get` at the most verbose logging.
+            let mut text = String::new();
+            for args in [&["test"][..], &["get", "c", "Patient/1"][..]] {
+                let mut cmd = tokio::process::Command::new(&setup.fhirconn);
+                cmd.arg("-vv").arg("-c").arg(&cfg);
+                for d in &setup.plugin_dirs {
+                    cmd.arg("--plugin-dir").arg(d);
+                }
+                let out = cmd
+                    .args(args)
+                    .env_remove("RUST_LOG")
+                    .output()
+                    .await
+                    .map_err(|e| format!("cannot run {}: {e}", setup.fhirconn.display()))?;
+                let both = format!(
+                    "{}{}",
+                    String::from_utf8_lossy(&out.stdout),
+                    String::from_utf8_lossy(&out.stderr)
+                );
+                if !out.status.success() {
+                    return Err(format!(
+                        "fhirconn {} failed: {}",
+                        args.join(" "),
+                        both.lines().last().unwrap_or("")
+                    ));
+                }
+                text.push_str(&both);
             }
-            let out = cmd
-                .args(["test"])
-                .env_remove("RUST_LOG")
-                .output()
-                .await
-                .map_err(|e| format!("cannot run {}: {e}", setup.fhirconn.display()))?;
-            let text = format!(
-                "{}{}",
-                String::from_utf8_lossy(&out.stdout),
-                String::from_utf8_lossy(&out.stderr)
-            );
-            if !out.status.success() {
-                return Err(format!("fhirconn test failed: {}", text.lines().last().unwrap_or("")));
+            // The error path too: the wrong credentials' diagnosis must not quote them.
+            if !f.wrong().is_null() {
+                let mut conn = serde_json::json!({"base-url": f.base_url(), "auth": f.wrong()});
+                if let (Value::Object(c), Value::Object(e)) = (&mut conn, f.connection_extra()) {
+                    c.extend(e);
+                }
+                let wrong_cfg = f.dir().join("conformance-wrong.yaml");
+                std::fs::write(
+                    &wrong_cfg,
+                    serde_json::to_string(&serde_json::json!({"connections": {"c": conn}}))
+                        .map_err(|e| e.to_string())?,
+                )
+                .map_err(|e| e.to_string())?;
+                let mut cmd = tokio::process::Command::new(&setup.fhirconn);
+                cmd.arg("-vv").arg("-c").arg(&wrong_cfg);
+                for d in &setup.plugin_dirs {
+                    cmd.arg("--plugin-dir").arg(d);
+                }
+                let out = cmd
+                    .arg("test")
+                    .env_remove("RUST_LOG")
+                    .output()
+                    .await
+                    .map_err(|e| e.to_string())?;
+                text.push_str(&String::from_utf8_lossy(&out.stdout));
+                text.push_str(&String::from_utf8_lossy(&out.stderr));
             }
             let mut secrets = f.secrets();
             secrets.extend(f.issued_tokens());
