@@ -179,10 +179,11 @@ impl AuthRuntime {
                     return Err(Error::Credentials {
                         id: self.id.clone(),
                         kind: ErrorKind::from_abi(e.kind),
-                        message: self
-                            .services
-                            .redactor
-                            .redact(&format!("{}: {}", entry.scheme.name, e.message)),
+                        message: self.services.redactor.redact(&format!(
+                            "{}: {}",
+                            entry.scheme.name,
+                            crate::services::plugin_text(&e.message)
+                        )),
                     })
                 }
             }
@@ -243,10 +244,10 @@ impl AuthRuntime {
             .map_err(|e| Error::Credentials {
                 id: self.id.clone(),
                 kind: ErrorKind::from_abi(e.kind),
-                message: self
-                    .services
-                    .redactor
-                    .redact(&format!("{scheme}: {}", e.message)),
+                message: self.services.redactor.redact(&format!(
+                    "{scheme}: {}",
+                    crate::services::plugin_text(&e.message)
+                )),
             })?;
             for h in creds.headers.iter() {
                 self.services.redactor.add_header_value(h.value.as_str());

@@ -574,6 +574,10 @@ fn http_failure(stage: Stage, resp: &Response) -> Option<Diagnosis> {
     if let Some(text) = outcome {
         d.message = format!("{} (OperationOutcome: {text})", d.message);
     }
+    if let Some(after) = resp.header("retry-after") {
+        let after: String = after.chars().filter(|c| !c.is_control()).take(64).collect();
+        d.message = format!("{}; the server asks to retry after {after}", d.message);
+    }
     d.status = Some(code);
     Some(d)
 }
@@ -626,9 +630,19 @@ pub fn parse_capability(resp: &Response) -> Result<Capability, Diagnosis> {
             Stage::Metadata,
             "not-fhir",
             format!(
-                "not a FHIR server: /metadata returned {} instead of a CapabilityStatement",
-                rt.map(|r| format!("a {r}"))
-                    .unwrap_or_else(|| "JSON without resourceType".into())
+                "not a FHIR server: /metadata returned {} instead of a CapabilityStatement{}",
+                rt.map(|r| {
+                    let article = if r.starts_with(['A', 'E', 'I', 'O', 'U']) {
+                        "an"
+                    } else {
+                        "a"
+                    };
+                    format!("{article} {r}")
+                })
+                .unwrap_or_else(|| "JSON without resourceType".into()),
+                operation_outcome_text(&resp.body)
+                    .map(|t| format!(" ({t})"))
+                    .unwrap_or_default()
             ),
         ));
     }

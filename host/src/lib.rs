@@ -546,14 +546,14 @@ async fn configure_entries(
                 errors.push(locate_scheme_error(
                     doc,
                     entry,
-                    &shared.redactor.redact(e.message.as_str()),
+                    &services::plugin_text(&shared.redactor.redact(e.message.as_str())),
                 ));
             }
             Err(e) => {
                 return Err(Configured::Unavailable(format!(
                     "scheme '{}': {}",
                     handle.name,
-                    shared.redactor.redact(e.message.as_str())
+                    services::plugin_text(&shared.redactor.redact(e.message.as_str()))
                 )))
             }
         }

@@ -84,10 +84,10 @@ impl SchemeHandle {
             .unwrap_or_else(|_| serde_json::json!({"type": "object"}));
         Self {
             name,
-            version: version.into_string(),
-            summary: summary.into_string(),
+            version: crate::services::plugin_text(&version),
+            summary: crate::services::plugin_text(&summary),
             schema,
-            sdk_version: sdk_version.into_string(),
+            sdk_version: crate::services::plugin_text(&sdk_version),
             origin,
             imp,
         }
@@ -291,7 +291,7 @@ impl Registry {
             .into_result()
             .map_err(|e| PluginError::Init {
                 path: path.to_path_buf(),
-                reason: e.message.into_string(),
+                reason: crate::services::plugin_text(&e.message),
             })?;
         let handles: Vec<SchemeHandle> = list
             .into_iter()

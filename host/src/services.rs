@@ -77,6 +77,27 @@ impl Redactor {
     }
 }
 
+/// Text that came from a plugin, made fit for a terminal and a log: control characters
+/// (terminal escapes, NULs, bells) become `?`, line breaks become spaces, and anything past
+/// 1,000 characters is cut with a note. Plugins are trusted code, but not trusted to be tidy.
+pub fn plugin_text(s: &str) -> String {
+    const MAX: usize = 1000;
+    let mut out: String = s
+        .chars()
+        .take(MAX)
+        .map(|c| match c {
+            '\n' | '\r' | '\t' => ' ',
+            c if c.is_control() => '?',
+            c => c,
+        })
+        .collect();
+    let total = s.chars().count();
+    if total > MAX {
+        out.push_str(&format!("… ({} more characters)", total - MAX));
+    }
+    out
+}
+
 /// Where schemes keep refresh tokens and similar long-lived state.
 pub trait CredentialStore: Send + Sync {
     /// Reads a value.
@@ -394,7 +415,7 @@ impl HostServices for CallServices {
 
     fn log(&self, level: u32, message: RStr<'_>) {
         let _ = catch_unwind(AssertUnwindSafe(|| {
-            let msg = self.shared.redactor.redact(message.as_str());
+            let msg = plugin_text(&self.shared.redactor.redact(message.as_str()));
             let id = &self.shared.connection_id;
             match level {
                 log_level::ERROR => {

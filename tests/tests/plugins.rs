@@ -127,3 +127,123 @@ async fn a_plugin_built_against_the_frozen_v1_interface_works_in_this_host() {
     assert!(!conn.logout().await.unwrap());
     assert_eq!(conn.get("Patient/1").await.unwrap().status, 200);
 }
+
+#[test]
+fn a_truncated_library_and_two_schemes_with_one_name_are_refused() {
+    let dir = tempfile::tempdir().unwrap();
+    let real = std::fs::read(plugin_dir().join(fhirconn_host::plugins::library_file_name("basic")))
+        .unwrap();
+    let cut = dir
+        .path()
+        .join(fhirconn_host::plugins::library_file_name("cut"));
+    std::fs::write(&cut, &real[..real.len() / 2]).unwrap();
+    let reg = Registry::new(vec![dir.path().to_path_buf()]);
+    let err = reg.load(&cut).unwrap_err();
+    let msg = err.to_string();
+    assert!(msg.contains("libfhirconn_cut"), "{msg}");
+    assert!(msg.lines().count() <= 5, "{msg}");
+
+    let reg = Registry::new(vec![fixture_dir()]);
+    let err = reg.load(&fixture("fhirconn_twins")).unwrap_err();
+    assert!(
+        matches!(err, PluginError::DuplicateScheme { .. }),
+        "{err:?}"
+    );
+    assert!(err.to_string().contains("twin") && err.to_string().contains("fhirconn_twins"));
+}
+
+/// A plugin returning garbage from every entry point: each connection fails with a short,
+/// printable diagnosis of its own; nothing panics; other connections pass.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn garbage_from_a_plugin_becomes_clear_per_connection_diagnoses() {
+    use fhirconn_testkit::{FhirServer, FhirServerConfig};
+    let server = FhirServer::start(FhirServerConfig::default())
+        .await
+        .unwrap();
+    let modes = [
+        "bad-header-name",
+        "header-injection",
+        "negative-expiry",
+        "bad-identity",
+        "bad-extensions",
+        "authorize-error",
+    ];
+    let mut conns = serde_json::Map::new();
+    for m in modes {
+        conns.insert(
+            m.into(),
+            serde_json::json!({"base-url": server.base_url(), "auth": {"scheme": "garbage", "mode": m}}),
+        );
+    }
+    conns.insert(
+        "fine".into(),
+        serde_json::json!({"base-url": server.base_url()}),
+    );
+    let dir = tempfile::tempdir().unwrap();
+    let host = fhirconn_host::Host::builder()
+        .config_value(dir.path(), serde_json::json!({ "connections": conns }))
+        .plugin_dir(fixture_dir())
+        .only_explicit_plugin_dirs()
+        .build()
+        .await
+        .unwrap_or_else(|e| panic!("{e}"));
+    let reports = host.test(&[], None).await.unwrap();
+    for r in &reports {
+        let text = r
+            .failure
+            .as_ref()
+            .map(ToString::to_string)
+            .unwrap_or_default();
+        assert!(
+            text.len() < 2_000,
+            "{}: a {}-byte diagnosis",
+            r.id,
+            text.len()
+        );
+        assert!(
+            !text.chars().any(|c| c.is_control() && c != '\n'),
+            "{}: control characters reach the terminal: {text:?}",
+            r.id
+        );
+        match r.id.as_str() {
+            "fine" | "bad-extensions" | "negative-expiry" => assert!(r.ok, "{}: {text}", r.id),
+            "header-injection" | "bad-header-name" => {
+                assert!(text.contains("invalid"), "{}: {text}", r.id)
+            }
+            "bad-identity" => assert!(text.contains("client certificate"), "{text}"),
+            _ => assert!(
+                !r.ok && text.starts_with("credentials: "),
+                "{}: {text}",
+                r.id
+            ),
+        }
+    }
+    // A configure-time error with an unknown kind and a megabyte of terminal escapes.
+    let err = fhirconn_host::Host::builder()
+        .config_value(
+            dir.path(),
+            serde_json::json!({"connections": {"g": {"base-url": server.base_url(),
+                "auth": {"scheme": "garbage", "mode": "configure-error"}}}}),
+        )
+        .plugin_dir(fixture_dir())
+        .only_explicit_plugin_dirs()
+        .build()
+        .await;
+    let text = match err {
+        Ok(h) => h
+            .test(&[], None)
+            .await
+            .unwrap()
+            .remove(0)
+            .failure
+            .map(|d| d.to_string())
+            .unwrap_or_default(),
+        Err(e) => e.to_string(),
+    };
+    assert!(!text.is_empty());
+    assert!(text.len() < 2_000, "a {}-byte message", text.len());
+    assert!(
+        !text.chars().any(|c| c.is_control() && c != '\n'),
+        "{text:?}"
+    );
+}

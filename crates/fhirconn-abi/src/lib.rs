@@ -461,12 +461,36 @@ pub mod loading {
         Init(String),
     }
 
+    /// A truncated ELF library may still `dlopen` (its pages are mapped lazily) and then fault
+    /// when code past the end is reached: check that the file holds its own section header
+    /// table, which the linker writes last. Files that are not 64-bit ELF are left to `dlopen`.
+    fn check_elf_complete(path: &Path) -> Result<(), LoadFailure> {
+        use std::io::Read as _;
+        let mut head = [0u8; 64];
+        let len = std::fs::metadata(path).map(|m| m.len()).unwrap_or(0);
+        let read = std::fs::File::open(path).and_then(|mut f| f.read_exact(&mut head));
+        if read.is_err() || &head[..4] != b"\x7fELF" || head[4] != 2 || head[5] != 1 {
+            return Ok(());
+        }
+        let shoff = u64::from_le_bytes(head[0x28..0x30].try_into().unwrap_or_default());
+        let shentsize = u64::from(u16::from_le_bytes([head[0x3a], head[0x3b]]));
+        let shnum = u64::from(u16::from_le_bytes([head[0x3c], head[0x3d]]));
+        let needed = shoff.saturating_add(shentsize.saturating_mul(shnum));
+        if needed > len {
+            return Err(LoadFailure::Open(format!(
+                "the file is truncated ({len} bytes; its ELF header describes at least {needed})"
+            )));
+        }
+        Ok(())
+    }
+
     /// Loads the library at `path` and returns its root module.
     ///
     /// Uses `lib_header_from_path` rather than `RootModule::load_from_file`: the latter caches
     /// the first module loaded per type and would return it for every later library.
     /// The library is never unloaded.
     pub fn load_library(path: &Path) -> Result<SchemeLibrary_Ref, LoadFailure> {
+        check_elf_complete(path)?;
         let header = lib_header_from_path(path).map_err(classify)?;
         header
             .init_root_module::<SchemeLibrary_Ref>()

@@ -89,7 +89,7 @@ impl JwtAuth {
 }
 
 /// A fault the server injects into every FHIR response.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Fault {
     /// Answer normally.
     None,
@@ -101,6 +101,14 @@ pub enum Fault {
     NonJson,
     /// Answer 200 with a body of this many bytes.
     HugeBody(usize),
+    /// Answer 200 and send the body one byte per interval, forever.
+    Trickle(Duration),
+    /// Answer 503, with a `Retry-After` of this many seconds when set.
+    Unavailable(Option<u64>),
+    /// Answer 200 with an OperationOutcome instead of the resource.
+    ErrorIn200,
+    /// Answer 302 to this URL.
+    RedirectTo(String),
 }
 
 /// Server settings.
@@ -421,12 +429,52 @@ async fn gate(state: &AppState, headers: &HeaderMap, is_metadata: bool) -> Resul
             "<html><body>Welcome to nginx!</body></html>",
         )
             .into_response()),
-        Fault::HugeBody(n) => Err((
+        Fault::HugeBody(n) => {
+            // Streamed in 64 KiB chunks, so the server does not hold the whole body.
+            let chunks = futures_util::stream::iter((0..n.div_ceil(65_536)).map(move |i| {
+                let len = 65_536.min(n - i * 65_536);
+                Ok::<_, std::io::Error>(axum::body::Bytes::from(vec![b' '; len]))
+            }));
+            Err((
+                StatusCode::OK,
+                [(header::CONTENT_TYPE, "application/fhir+json")],
+                Body::from_stream(chunks),
+            )
+                .into_response())
+        }
+        Fault::Trickle(every) => {
+            let drip = futures_util::stream::unfold((), move |()| async move {
+                tokio::time::sleep(every).await;
+                Some((
+                    Ok::<_, std::io::Error>(axum::body::Bytes::from_static(b" ")),
+                    (),
+                ))
+            });
+            Err((
+                StatusCode::OK,
+                [(header::CONTENT_TYPE, "application/fhir+json")],
+                Body::from_stream(drip),
+            )
+                .into_response())
+        }
+        Fault::Unavailable(retry_after) => {
+            let mut resp = fhir_json(
+                StatusCode::SERVICE_UNAVAILABLE,
+                &outcome("transient", "down for maintenance"),
+            );
+            if let Some(s) = retry_after {
+                resp.headers_mut()
+                    .insert(header::RETRY_AFTER, HeaderValue::from(s));
+            }
+            Err(resp)
+        }
+        Fault::ErrorIn200 => Err(fhir_json(
             StatusCode::OK,
-            [(header::CONTENT_TYPE, "application/fhir+json")],
-            Body::from(vec![b' '; n]),
-        )
-            .into_response()),
+            &outcome("processing", "an error, sent with status 200"),
+        )),
+        Fault::RedirectTo(url) => {
+            Err((StatusCode::FOUND, [(header::LOCATION, url)], "").into_response())
+        }
     }
 }
 

@@ -1,0 +1,127 @@
+//! Hostile FHIR servers: hanging, trickling, unavailable with and without `Retry-After`,
+//! enormous, lying with a 200, and redirecting elsewhere. Every test ends within the configured
+//! timeouts, says what happened, and never sends credentials to another origin.
+
+use fhirconn_host::{Host, TestReport};
+use fhirconn_testkit::{Fault, FhirServer, FhirServerConfig, ServerAuth};
+use serde_json::json;
+use std::time::{Duration, Instant};
+
+const TOKEN: &str = "CANARY-hostile-token-31337";
+
+async fn bearer_server() -> FhirServer {
+    FhirServer::start(FhirServerConfig {
+        auth: ServerAuth::Bearer {
+            tokens: vec![TOKEN.into()],
+        },
+        ..FhirServerConfig::default()
+    })
+    .await
+    .unwrap()
+}
+
+async fn test_once(base: &str, extra: serde_json::Value) -> (TestReport, Duration) {
+    let dir = tempfile::tempdir().unwrap();
+    let mut conn = json!({"base-url": base, "auth": {"scheme": "bearer", "token": TOKEN},
+                          "connect-timeout": "PT1S", "read-timeout": "PT1S"});
+    if let (Some(c), Some(e)) = (conn.as_object_mut(), extra.as_object()) {
+        c.extend(e.clone());
+    }
+    let host = Host::builder()
+        .config_value(dir.path(), json!({"connections": {"c": conn}}))
+        .plugin_dir(fhirconn_tests::plugin_dir())
+        .only_explicit_plugin_dirs()
+        .build()
+        .await
+        .unwrap_or_else(|e| panic!("{e}"));
+    let started = Instant::now();
+    let r = host.test(&[], None).await.unwrap().remove(0);
+    (r, started.elapsed())
+}
+
+fn failure(r: &TestReport) -> (String, String) {
+    let d = r.failure.as_ref().expect("the test failed");
+    (d.kind.clone(), d.to_string())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn hanging_and_trickling_servers_time_out_within_the_configured_limits() {
+    let s = bearer_server().await;
+    for fault in [
+        Fault::Slow(Duration::from_secs(30)),
+        Fault::Trickle(Duration::from_millis(200)),
+    ] {
+        s.set_fault(fault.clone());
+        let (r, took) = test_once(&s.base_url(), json!({})).await;
+        let (kind, text) = failure(&r);
+        assert_eq!(kind, "timeout", "{fault:?}: {text}");
+        // connect-timeout + read-timeout bound the whole exchange.
+        assert!(
+            took < Duration::from_millis(2800),
+            "{fault:?} took {took:?}"
+        );
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn unavailable_servers_are_reported_with_their_retry_after() {
+    let s = bearer_server().await;
+    s.set_fault(Fault::Unavailable(Some(120)));
+    let (r, _) = test_once(&s.base_url(), json!({})).await;
+    let (_, text) = failure(&r);
+    assert!(
+        text.contains("HTTP 503") && text.contains("retry after 120"),
+        "{text}"
+    );
+    assert!(
+        text.contains("down for maintenance"),
+        "the OperationOutcome is quoted: {text}"
+    );
+    s.set_fault(Fault::Unavailable(None));
+    let (r, _) = test_once(&s.base_url(), json!({})).await;
+    let (_, text) = failure(&r);
+    assert!(
+        text.contains("HTTP 503") && !text.contains("retry after"),
+        "{text}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_100_mb_body_is_refused_at_the_cap_and_a_200_with_an_error_is_not_fhir() {
+    let s = bearer_server().await;
+    s.set_fault(Fault::HugeBody(100 * 1024 * 1024));
+    let (r, took) = test_once(&s.base_url(), json!({"read-timeout": "PT10S"})).await;
+    let (kind, text) = failure(&r);
+    assert_eq!(kind, "too-large", "{text}");
+    assert!(took < Duration::from_secs(10), "{took:?}");
+
+    s.set_fault(Fault::ErrorIn200);
+    let (r, _) = test_once(&s.base_url(), json!({})).await;
+    let (kind, text) = failure(&r);
+    assert_eq!(kind, "not-fhir", "{text}");
+    assert!(text.contains("an error, sent with status 200"), "{text}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_redirect_to_another_origin_never_carries_the_credentials() {
+    let elsewhere = FhirServer::start(FhirServerConfig::default())
+        .await
+        .unwrap();
+    let s = bearer_server().await;
+    s.set_fault(Fault::RedirectTo(format!(
+        "{}/metadata",
+        elsewhere.base_url()
+    )));
+    let (r, _) = test_once(&s.base_url(), json!({})).await;
+    assert!(r.ok, "{:?}", r.failure);
+    assert!(
+        elsewhere.authorizations().iter().all(Option::is_none),
+        "the other origin received credentials: {:?}",
+        elsewhere.authorizations()
+    );
+    assert_eq!(
+        s.authorizations().first().cloned().flatten().as_deref(),
+        Some(format!("Bearer {TOKEN}").as_str()),
+        "the first origin did get them"
+    );
+}
