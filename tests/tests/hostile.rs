@@ -125,3 +125,84 @@ async fn a_redirect_to_another_origin_never_carries_the_credentials() {
         "the first origin did get them"
     );
 }
+
+async fn oidc_test(token_url: &str, base: &str) -> (TestReport, Duration) {
+    let dir = tempfile::tempdir().unwrap();
+    let host = Host::builder()
+        .config_value(
+            dir.path(),
+            json!({"connections": {"c": {"base-url": base, "connect-timeout": "PT1S",
+                "read-timeout": "PT1S",
+                "auth": {"scheme": "oidc-client-credentials", "token-url": token_url,
+                         "client-id": "c", "client-secret": "CANARY-hostile-secret"}}}}),
+        )
+        .plugin_dir(fhirconn_tests::plugin_dir())
+        .only_explicit_plugin_dirs()
+        .build()
+        .await
+        .unwrap_or_else(|e| panic!("{e}"));
+    let started = Instant::now();
+    let r = host.test(&[], None).await.unwrap().remove(0);
+    (r, started.elapsed())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn hostile_token_endpoints_time_out_and_never_send_the_secret_elsewhere() {
+    use fhirconn_testkit::idp::{IdentityProvider, IdpConfig, IdpFault};
+    let idp = IdentityProvider::start(IdpConfig::default()).await.unwrap();
+    let fhir = FhirServer::start(FhirServerConfig::default())
+        .await
+        .unwrap();
+
+    idp.set_fault(IdpFault::TokenHang);
+    let (r, took) = oidc_test(&idp.token_endpoint(), &fhir.base_url()).await;
+    let (kind, text) = failure(&r);
+    assert!(
+        text.starts_with("credentials: ") && text.contains("timed out"),
+        "{kind}: {text}"
+    );
+    assert!(took < Duration::from_millis(2800), "{took:?}");
+
+    // A token endpoint redirecting elsewhere: plugins' requests never follow redirects.
+    let elsewhere = FhirServer::start(FhirServerConfig::default())
+        .await
+        .unwrap();
+    let target: &'static str =
+        Box::leak(format!("{}/token", elsewhere.base_url()).into_boxed_str());
+    idp.set_fault(IdpFault::TokenRedirect(target));
+    let (r, _) = oidc_test(&idp.token_endpoint(), &fhir.base_url()).await;
+    let (_, text) = failure(&r);
+    assert!(text.contains("HTTP 307"), "{text}");
+    assert!(!text.contains("CANARY-hostile-secret"));
+    assert_eq!(elsewhere.requests(), 0, "the other origin was contacted");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn an_expired_server_certificate_is_diagnosed() {
+    use fhirconn_testkit::pki::Pki;
+    use fhirconn_testkit::tls::{server_config_with, ClientCerts};
+    let pki = Pki::new();
+    let s = FhirServer::start_tls(
+        FhirServerConfig::default(),
+        server_config_with(&pki, &pki.expired_server(), ClientCerts::None),
+    )
+    .await
+    .unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::write(dir.path().join("ca.pem"), pki.root_pem()).unwrap();
+    let host = Host::builder()
+        .config_value(
+            dir.path(),
+            json!({"connections": {"c": {"base-url": s.base_url(),
+                "trusted-root-certificates-file": "ca.pem"}}}),
+        )
+        .plugin_dir(fhirconn_tests::plugin_dir())
+        .only_explicit_plugin_dirs()
+        .build()
+        .await
+        .unwrap();
+    let r = host.test(&[], None).await.unwrap().remove(0);
+    let (kind, text) = failure(&r);
+    assert_eq!(kind, "tls", "{text}");
+    assert!(text.contains("has expired"), "{text}");
+}

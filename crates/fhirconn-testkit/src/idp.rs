@@ -72,6 +72,10 @@ pub enum IdpFault {
     NoDiscovery,
     /// The discovery document names another issuer.
     WrongIssuer,
+    /// The token endpoint never answers.
+    TokenHang,
+    /// The token endpoint redirects (307, keeping the method and body) to this URL.
+    TokenRedirect(&'static str),
 }
 
 /// Provider settings.
@@ -398,7 +402,14 @@ struct AssertionClaims {
 
 async fn token(State(state): State<Arc<IdpState>>, headers: HeaderMap, body: String) -> Response {
     state.token_requests.fetch_add(1, Ordering::SeqCst);
-    match *state.fault.lock().unwrap() {
+    let fault = *state.fault.lock().unwrap();
+    match fault {
+        IdpFault::TokenHang => {
+            tokio::time::sleep(Duration::from_secs(3600)).await;
+        }
+        IdpFault::TokenRedirect(to) => {
+            return (StatusCode::TEMPORARY_REDIRECT, [(header::LOCATION, to)], "").into_response()
+        }
         IdpFault::TokenStatus500 => {
             return (
                 StatusCode::INTERNAL_SERVER_ERROR,

@@ -126,6 +126,14 @@ fn pem_of(der: &[u8]) -> String {
 }
 
 fn server_cert(root: &CertifiedIssuer<'static, KeyPair>, names: &[&str]) -> CertAndKey {
+    server_cert_valid(root, names, false)
+}
+
+fn server_cert_valid(
+    root: &CertifiedIssuer<'static, KeyPair>,
+    names: &[&str],
+    expired: bool,
+) -> CertAndKey {
     let server_key = key(KeyKind::Ec);
     let mut p = CertificateParams::new(Vec::<String>::new()).expect("no SANs");
     for n in names {
@@ -141,8 +149,12 @@ fn server_cert(root: &CertifiedIssuer<'static, KeyPair>, names: &[&str]) -> Cert
     );
     p.extended_key_usages = vec![ExtendedKeyUsagePurpose::ServerAuth];
     let now = OffsetDateTime::now_utc();
-    p.not_before = now - Duration::from_secs(86_400);
-    p.not_after = now + Duration::from_secs(365 * 86_400);
+    let day = Duration::from_secs(86_400);
+    (p.not_before, p.not_after) = if expired {
+        (now - 30 * day, now - day)
+    } else {
+        (now - day, now + 365 * day)
+    };
     let cert = p.signed_by(&server_key, root).expect("server certificate");
     CertAndKey {
         chain_pem: pem_of(cert.der()),
@@ -178,6 +190,11 @@ impl Pki {
     /// A server certificate from the root for other names (e.g. to provoke a name mismatch).
     pub fn server_for(&self, names: &[&str]) -> CertAndKey {
         server_cert(&self.root, names)
+    }
+
+    /// An expired server certificate for 127.0.0.1, localhost and ::1.
+    pub fn expired_server(&self) -> CertAndKey {
+        server_cert_valid(&self.root, &["localhost", "127.0.0.1", "::1"], true)
     }
 
     /// The root CA certificate, PEM (what clients and servers trust).
