@@ -38,6 +38,7 @@ mod connection;
 mod error;
 pub mod keygen;
 pub mod plugins;
+pub mod proxy;
 pub mod services;
 pub mod transport;
 

@@ -8,7 +8,7 @@
 
 use clap::{Parser, Subcommand, ValueEnum};
 use fhirconn_host::services::FileStore;
-use fhirconn_host::{plugins::Registry, Error, Host, TestReport};
+use fhirconn_host::{plugins::Registry, Error, Host, Request, TestReport};
 use std::io::IsTerminal as _;
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -58,11 +58,25 @@ enum Command {
         output: Output,
     },
     /// GET a path relative to a connection's base URL, with its credentials.
-    Get {
-        /// Connection id.
-        id: String,
-        /// Path, e.g. 'Patient/123' or 'Patient?name=smith'.
-        path: String,
+    Get(RequestArgs),
+    /// POST to a path (e.g. a transaction Bundle to '' or a resource to 'Patient').
+    Post(RequestArgs),
+    /// PUT a resource (e.g. 'Patient/123').
+    Put(RequestArgs),
+    /// DELETE a resource.
+    Delete(RequestArgs),
+    /// Serve connections on a local port: http://LISTEN/<ID>/<path> is forwarded to that
+    /// connection with its authentication applied.
+    Proxy {
+        /// Address to listen on.
+        #[arg(long, default_value = "127.0.0.1:8089")]
+        listen: String,
+        /// A file with a bearer token clients must send to the proxy.
+        #[arg(long, value_name = "FILE")]
+        token_file: Option<PathBuf>,
+        /// Listen on a non-loopback address (requires --token-file).
+        #[arg(long)]
+        allow_remote: bool,
     },
     /// Print a current access token of a connection (for scripts); fetched or cached.
     Token {
@@ -102,6 +116,26 @@ enum Command {
         #[command(subcommand)]
         command: ConfigCommand,
     },
+}
+
+#[derive(clap::Args, Debug)]
+struct RequestArgs {
+    /// Connection id.
+    id: String,
+    /// Path relative to the base URL, e.g. 'Patient/123' or 'Patient?name=smith'.
+    path: String,
+    /// Request body: '@file.json', '-' for standard input, or the JSON itself.
+    #[arg(long)]
+    data: Option<String>,
+    /// Extra header 'Name: value' (repeatable).
+    #[arg(long = "header", value_name = "K:V")]
+    headers: Vec<String>,
+    /// Extra query parameter 'key=value' (repeatable).
+    #[arg(long = "query", value_name = "K=V")]
+    query: Vec<String>,
+    /// Follow the Bundle's `next` links (same origin only) and print one Bundle of all entries.
+    #[arg(long)]
+    all_pages: bool,
 }
 
 #[derive(Subcommand, Debug)]
@@ -368,31 +402,225 @@ async fn run(cli: Cli) -> ExitCode {
                 }
             }
         }
-        Command::Get { id, path } => {
-            let host = match build_host(&cli, std::slice::from_ref(id)).await {
-                Ok(h) => h,
-                Err(e) => return fail(&e),
-            };
-            let conn = match host.connection(id) {
-                Ok(c) => c,
-                Err(e) => return fail(&e),
-            };
-            match conn.get(path).await {
-                Ok(resp) => {
-                    let body = render_body(&resp.body, std::io::stdout().is_terminal());
-                    if resp.status.is_success() {
-                        println!("{body}");
-                        ExitCode::SUCCESS
-                    } else {
-                        eprintln!("error: HTTP {} from {}", resp.status, resp.url);
-                        if !body.is_empty() {
-                            eprintln!("{body}");
-                        }
-                        ExitCode::from(1)
-                    }
-                }
-                Err(e) => fail(&e),
+        Command::Get(a) => request(&cli, reqwest::Method::GET, a).await,
+        Command::Post(a) => request(&cli, reqwest::Method::POST, a).await,
+        Command::Put(a) => request(&cli, reqwest::Method::PUT, a).await,
+        Command::Delete(a) => request(&cli, reqwest::Method::DELETE, a).await,
+        Command::Proxy {
+            listen,
+            token_file,
+            allow_remote,
+        } => proxy(&cli, listen, token_file.as_deref(), *allow_remote).await,
+    }
+}
+
+/// Reads `--data`: `@file`, `-` (standard input) or the text itself.
+fn read_data(data: &str) -> Result<Vec<u8>, String> {
+    use std::io::Read as _;
+    if data == "-" {
+        let mut buf = Vec::new();
+        std::io::stdin()
+            .read_to_end(&mut buf)
+            .map_err(|e| format!("--data -: {e}"))?;
+        Ok(buf)
+    } else if let Some(file) = data.strip_prefix('@') {
+        std::fs::read(file).map_err(|e| format!("--data @{file}: {e}"))
+    } else {
+        Ok(data.as_bytes().to_vec())
+    }
+}
+
+fn build_request(method: reqwest::Method, a: &RequestArgs) -> Result<Request, String> {
+    let mut path = a.path.clone();
+    if !a.query.is_empty() {
+        let mut ser = url::form_urlencoded::Serializer::new(String::new());
+        for q in &a.query {
+            let (k, v) = q
+                .split_once('=')
+                .ok_or_else(|| format!("--query {q}: expected key=value"))?;
+            ser.append_pair(k, v);
+        }
+        path.push(if path.contains('?') { '&' } else { '?' });
+        path.push_str(&ser.finish());
+    }
+    let mut req = Request::get(&path);
+    req.method = method;
+    for h in &a.headers {
+        let (k, v) = h
+            .split_once(':')
+            .ok_or_else(|| format!("--header {h}: expected 'Name: value'"))?;
+        let name = reqwest::header::HeaderName::from_bytes(k.trim().as_bytes())
+            .map_err(|_| format!("--header {h}: invalid header name"))?;
+        let value = reqwest::header::HeaderValue::from_str(v.trim())
+            .map_err(|_| format!("--header {h}: invalid header value"))?;
+        req.headers.retain(|(n, _)| *n != name);
+        req.headers.push((name, value));
+    }
+    if let Some(d) = &a.data {
+        req.body = Some(read_data(d)?);
+        if !req
+            .headers
+            .iter()
+            .any(|(n, _)| n == reqwest::header::CONTENT_TYPE)
+        {
+            req.headers.push((
+                reqwest::header::CONTENT_TYPE,
+                reqwest::header::HeaderValue::from_static(fhirconn_host::FHIR_JSON),
+            ));
+        }
+    }
+    Ok(req)
+}
+
+/// `get`, `post`, `put`, `delete`: FHIR JSON pretty on a terminal, raw when piped; a non-2xx
+/// answer prints its body (an OperationOutcome) on stderr and exits 1.
+async fn request(cli: &Cli, method: reqwest::Method, a: &RequestArgs) -> ExitCode {
+    let req = match build_request(method.clone(), a) {
+        Ok(r) => r,
+        Err(e) => {
+            eprintln!("error: {e}");
+            return ExitCode::from(2);
+        }
+    };
+    let host = match build_host(cli, std::slice::from_ref(&a.id)).await {
+        Ok(h) => h,
+        Err(e) => return fail(&e),
+    };
+    let conn = match host.connection(&a.id) {
+        Ok(c) => c,
+        Err(e) => return fail(&e),
+    };
+    let pretty = std::io::stdout().is_terminal();
+    let mut resp = match conn.send(req.clone()).await {
+        Ok(r) => r,
+        Err(e) => return fail(&e),
+    };
+    if !resp.status.is_success() {
+        eprintln!("error: HTTP {} from {}", resp.status, resp.url);
+        let body = render_body(&resp.body, true);
+        if !body.is_empty() {
+            eprintln!("{body}");
+        }
+        return ExitCode::from(1);
+    }
+    if !(a.all_pages && method == reqwest::Method::GET) {
+        println!("{}", render_body(&resp.body, pretty));
+        return ExitCode::SUCCESS;
+    }
+    // Follow `next` links on the same origin; print one Bundle with every entry.
+    let mut bundle: serde_json::Value = match serde_json::from_slice(&resp.body) {
+        Ok(v) => v,
+        Err(_) => {
+            eprintln!("error: --all-pages: the answer is not JSON");
+            return ExitCode::from(1);
+        }
+    };
+    let mut pages = 1;
+    loop {
+        let page: serde_json::Value = serde_json::from_slice(&resp.body).unwrap_or_default();
+        if pages > 1 {
+            if let (Some(all), Some(more)) =
+                (bundle["entry"].as_array_mut(), page["entry"].as_array())
+            {
+                all.extend(more.iter().cloned());
             }
+        }
+        let next = page["link"].as_array().and_then(|links| {
+            links
+                .iter()
+                .find(|l| l["relation"] == "next")
+                .and_then(|l| l["url"].as_str())
+                .map(String::from)
+        });
+        let Some(next) = next else { break };
+        if pages >= 1000 {
+            eprintln!("warning: stopped after 1000 pages");
+            break;
+        }
+        let mut r = req.clone();
+        r.path = next.clone();
+        resp = match conn.send(r).await {
+            Ok(x) if x.status.is_success() => x,
+            Ok(x) => {
+                eprintln!("error: HTTP {} from {next}", x.status);
+                return ExitCode::from(1);
+            }
+            Err(e) => return fail(&e),
+        };
+        pages += 1;
+    }
+    if let Some(links) = bundle.get_mut("link") {
+        *links = serde_json::json!([]);
+    }
+    let text = if pretty {
+        serde_json::to_string_pretty(&bundle)
+    } else {
+        serde_json::to_string(&bundle)
+    };
+    println!("{}", text.unwrap_or_default());
+    eprintln!("{pages} page(s)");
+    ExitCode::SUCCESS
+}
+
+async fn proxy(
+    cli: &Cli,
+    listen: &str,
+    token_file: Option<&std::path::Path>,
+    allow_remote: bool,
+) -> ExitCode {
+    let addr: std::net::SocketAddr = match listen.parse() {
+        Ok(a) => a,
+        Err(e) => {
+            eprintln!("error: --listen {listen}: {e}");
+            return ExitCode::from(2);
+        }
+    };
+    let token = match token_file.map(std::fs::read_to_string) {
+        Some(Ok(t)) if !t.trim().is_empty() => Some(t.trim().to_string()),
+        Some(Ok(_)) => {
+            eprintln!("error: --token-file is empty");
+            return ExitCode::from(2);
+        }
+        Some(Err(e)) => {
+            eprintln!("error: --token-file: {e}");
+            return ExitCode::from(2);
+        }
+        None => None,
+    };
+    if !addr.ip().is_loopback() && !(allow_remote && token.is_some()) {
+        eprintln!(
+            "error: --listen {addr} is not a loopback address: the proxy adds your credentials \
+             to every request; use --allow-remote with --token-file to accept that"
+        );
+        return ExitCode::from(2);
+    }
+    let host = match build_host(cli, &[]).await {
+        Ok(h) => std::sync::Arc::new(h),
+        Err(e) => return fail(&e),
+    };
+    let listener = match tokio::net::TcpListener::bind(addr).await {
+        Ok(l) => l,
+        Err(e) => {
+            eprintln!("error: cannot listen on {addr}: {e}");
+            return ExitCode::from(1);
+        }
+    };
+    let bound = listener
+        .local_addr()
+        .map(|a| a.to_string())
+        .unwrap_or_default();
+    eprintln!(
+        "proxy on http://{bound}/<connection>/<path> for: {}",
+        host.connection_ids().join(", ")
+    );
+    let shutdown = async {
+        let _ = tokio::signal::ctrl_c().await;
+    };
+    match fhirconn_host::proxy::serve(host, listener, token, shutdown).await {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("error: {e}");
+            ExitCode::from(1)
         }
     }
 }

@@ -212,8 +212,11 @@ impl FhirServer {
         };
         let fhir = Router::new()
             .route("/metadata", get(metadata))
-            .route("/Patient", get(search_patients))
-            .route("/Patient/{id}", get(read_patient))
+            .route("/Patient", get(search_patients).post(create_patient))
+            .route(
+                "/Patient/{id}",
+                get(read_patient).put(update_patient).delete(delete_patient),
+            )
             .route("/.well-known/smart-configuration", get(smart_configuration))
             .with_state(state);
         let app = if base_path.is_empty() {
@@ -581,7 +584,12 @@ async fn search_patients(
     if let Err(r) = gate(&state, &headers, false).await {
         return r;
     }
-    let count: usize = q.get("_count").and_then(|c| c.parse().ok()).unwrap_or(50);
+    let count: usize = q
+        .get("_count")
+        .and_then(|c| c.parse().ok())
+        .unwrap_or(50)
+        .max(1);
+    let offset: usize = q.get("_offset").and_then(|c| c.parse().ok()).unwrap_or(0);
     let name = q.get("name").map(|n| n.to_lowercase());
     let matches: Vec<Value> = patients()
         .into_iter()
@@ -597,11 +605,87 @@ async fn search_patients(
     let total = matches.len();
     let entries: Vec<Value> = matches
         .into_iter()
+        .skip(offset)
         .take(count)
         .map(|p| json!({"fullUrl": format!("Patient/{}", p["id"].as_str().unwrap_or("")), "resource": p, "search": {"mode": "match"}}))
         .collect();
-    fhir_json(
-        StatusCode::OK,
-        &json!({"resourceType": "Bundle", "type": "searchset", "total": total, "entry": entries}),
-    )
+    let mut bundle =
+        json!({"resourceType": "Bundle", "type": "searchset", "total": total, "entry": entries});
+    if offset + count < total {
+        // Absolute, as FHIR requires; on this server's own origin.
+        let host = headers
+            .get(header::HOST)
+            .and_then(|h| h.to_str().ok())
+            .unwrap_or("127.0.0.1");
+        let base = state.config.lock().unwrap().base_path.clone();
+        let mut next = format!(
+            "http://{host}{}/Patient?_count={count}&_offset={}",
+            base.trim_end_matches('/'),
+            offset + count
+        );
+        if let Some(n) = &name {
+            next.push_str(&format!("&name={n}"));
+        }
+        bundle["link"] = json!([{"relation": "next", "url": next}]);
+    }
+    fhir_json(StatusCode::OK, &bundle)
+}
+
+async fn create_patient(
+    State(state): State<AppState>,
+    headers: HeaderMap,
+    body: axum::body::Bytes,
+) -> Response {
+    if let Err(r) = gate(&state, &headers, false).await {
+        return r;
+    }
+    match serde_json::from_slice::<Value>(&body) {
+        Ok(mut p) if p["resourceType"] == "Patient" => {
+            p["id"] = json!("new-1");
+            let mut r = fhir_json(StatusCode::CREATED, &p);
+            r.headers_mut().insert(
+                header::LOCATION,
+                HeaderValue::from_static("Patient/new-1/_history/1"),
+            );
+            r
+        }
+        _ => fhir_json(
+            StatusCode::BAD_REQUEST,
+            &outcome("invalid", "the body is not a Patient resource"),
+        ),
+    }
+}
+
+async fn update_patient(
+    State(state): State<AppState>,
+    headers: HeaderMap,
+    Path(id): Path<String>,
+    body: axum::body::Bytes,
+) -> Response {
+    if let Err(r) = gate(&state, &headers, false).await {
+        return r;
+    }
+    match serde_json::from_slice::<Value>(&body) {
+        Ok(p) if p["resourceType"] == "Patient" && p["id"] == id.as_str() => {
+            fhir_json(StatusCode::OK, &p)
+        }
+        _ => fhir_json(
+            StatusCode::BAD_REQUEST,
+            &outcome(
+                "invalid",
+                "the body must be the Patient with the id in the URL",
+            ),
+        ),
+    }
+}
+
+async fn delete_patient(
+    State(state): State<AppState>,
+    headers: HeaderMap,
+    Path(_id): Path<String>,
+) -> Response {
+    if let Err(r) = gate(&state, &headers, false).await {
+        return r;
+    }
+    StatusCode::NO_CONTENT.into_response()
 }

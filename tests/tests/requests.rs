@@ -1,0 +1,240 @@
+//! Using a connection: `get`/`post`/`put`/`delete` with data, headers, queries and paging, and
+//! the local authenticating proxy under concurrent clients.
+
+use fhirconn_host::Host;
+use fhirconn_testkit::{FhirServer, FhirServerConfig, ServerAuth};
+use fhirconn_tests::{fhirconn_bin, plugin_dir};
+use serde_json::json;
+use std::process::Command;
+use std::sync::Arc;
+
+const TOKEN: &str = "CANARY-requests-token-77";
+
+fn servers(rt: &tokio::runtime::Runtime) -> (FhirServer, FhirServer) {
+    rt.block_on(async {
+        let bearer = FhirServer::start(FhirServerConfig {
+            auth: ServerAuth::Bearer {
+                tokens: vec![TOKEN.into()],
+            },
+            ..FhirServerConfig::default()
+        })
+        .await
+        .unwrap();
+        let basic = FhirServer::start(FhirServerConfig {
+            auth: ServerAuth::Basic {
+                username: "u".into(),
+                password: "CANARY-requests-pw".into(),
+            },
+            ..FhirServerConfig::default()
+        })
+        .await
+        .unwrap();
+        (bearer, basic)
+    })
+}
+
+fn run(dir: &std::path::Path, args: &[&str], stdin: Option<&str>) -> (i32, String, String) {
+    use std::io::Write as _;
+    let mut child = Command::new(fhirconn_bin())
+        .current_dir(dir)
+        .env_remove("FHIRCONN_CONFIG")
+        .arg("--plugin-dir")
+        .arg(plugin_dir())
+        .args(args)
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    if let Some(text) = stdin {
+        child
+            .stdin
+            .take()
+            .unwrap()
+            .write_all(text.as_bytes())
+            .unwrap();
+    }
+    drop(child.stdin.take());
+    let out = child.wait_with_output().unwrap();
+    (
+        out.status.code().unwrap_or(-1),
+        String::from_utf8_lossy(&out.stdout).into_owned(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
+}
+
+#[test]
+fn get_post_put_delete_with_data_headers_queries_and_pages() {
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    let (s, _) = servers(&rt);
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::write(
+        dir.path().join("fhirconn.yaml"),
+        format!(
+            "connections:\n  s:\n    base-url: {}\n    auth: {{scheme: bearer, token: {TOKEN}}}\n",
+            s.base_url()
+        ),
+    )
+    .unwrap();
+    std::fs::write(
+        dir.path().join("p.json"),
+        r#"{"resourceType":"Patient","name":[{"family":"New"}]}"#,
+    )
+    .unwrap();
+    let d = dir.path();
+
+    let (code, out, err) = run(d, &["post", "s", "Patient", "--data", "@p.json"], None);
+    assert_eq!(code, 0, "{err}");
+    let v: serde_json::Value = serde_json::from_str(&out).unwrap();
+    assert_eq!(v["id"], "new-1");
+
+    let (code, out, err) = run(
+        d,
+        &[
+            "put",
+            "s",
+            "Patient/7",
+            "--data",
+            "-",
+            "--header",
+            "If-Match: W/\"1\"",
+        ],
+        Some(r#"{"resourceType":"Patient","id":"7"}"#),
+    );
+    assert_eq!(code, 0, "{err}");
+    assert!(
+        out.contains("\"id\":\"7\""),
+        "raw (not pretty) when piped: {out}"
+    );
+
+    let (code, _, err) = run(d, &["delete", "s", "Patient/7"], None);
+    assert_eq!(code, 0, "{err}");
+
+    let (code, out, err) = run(
+        d,
+        &["get", "s", "Patient", "--query", "_count=1", "--all-pages"],
+        None,
+    );
+    assert_eq!(code, 0, "{err}");
+    let v: serde_json::Value = serde_json::from_str(&out).unwrap();
+    assert_eq!(v["entry"].as_array().unwrap().len(), 2, "{out}");
+    assert!(err.contains("2 page(s)"), "{err}");
+
+    let (code, _, err) = run(d, &["get", "s", "Patient/999"], None);
+    assert_eq!(code, 1);
+    assert!(
+        err.contains("HTTP 404") && err.contains("OperationOutcome"),
+        "{err}"
+    );
+
+    let (code, _, err) = run(d, &["get", "s", "Patient", "--query", "novalue"], None);
+    assert_eq!(code, 2, "{err}");
+    assert!(!err.contains(TOKEN) && !out.contains(TOKEN));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn the_proxy_authenticates_64_concurrent_clients_and_isolates_failures() {
+    let bearer = FhirServer::start(FhirServerConfig {
+        auth: ServerAuth::Bearer {
+            tokens: vec![TOKEN.into()],
+        },
+        ..FhirServerConfig::default()
+    })
+    .await
+    .unwrap();
+    let basic = FhirServer::start(FhirServerConfig {
+        auth: ServerAuth::Basic {
+            username: "u".into(),
+            password: "CANARY-requests-pw".into(),
+        },
+        ..FhirServerConfig::default()
+    })
+    .await
+    .unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let host = Host::builder()
+        .config_value(
+            dir.path(),
+            json!({"connections": {
+                "tok": {"base-url": bearer.base_url(), "auth": {"scheme": "bearer", "token": TOKEN}},
+                "pw": {"base-url": basic.base_url(), "auth": {"scheme": "basic", "username": "u", "password": "CANARY-requests-pw"}},
+                "dead": {"base-url": "http://127.0.0.1:9/fhir", "connect-timeout": "PT1S"}}}),
+        )
+        .plugin_dir(plugin_dir())
+        .only_explicit_plugin_dirs()
+        .build()
+        .await
+        .unwrap();
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+    let server = tokio::spawn(fhirconn_host::proxy::serve(
+        Arc::new(host),
+        listener,
+        Some("proxy-secret".into()),
+        async {
+            let _ = stopped.await;
+        },
+    ));
+    let client = reqwest::Client::new();
+    let tasks: Vec<_> = (0..64)
+        .map(|i| {
+            let client = client.clone();
+            tokio::spawn(async move {
+                let id = ["tok", "pw", "dead"][i % 3];
+                let r = client
+                    .get(format!("http://{addr}/{id}/Patient?_count=1"))
+                    .bearer_auth("proxy-secret")
+                    .header("Connection", "close")
+                    .send()
+                    .await
+                    .unwrap();
+                (id, r.status().as_u16())
+            })
+        })
+        .collect();
+    for t in tasks {
+        let (id, status) = t.await.unwrap();
+        let expected = if id == "dead" { 502 } else { 200 };
+        assert_eq!(status, expected, "{id}");
+    }
+    // The proxy's own token is not forwarded; the connection's credentials are.
+    assert!(bearer
+        .authorizations()
+        .iter()
+        .all(|a| a.as_deref() == Some(&format!("Bearer {TOKEN}")[..])));
+    // Without the proxy token: 401 from the proxy itself; unknown connection: 404.
+    let r = client
+        .get(format!("http://{addr}/tok/metadata"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status().as_u16(), 401);
+    let r = client
+        .get(format!("http://{addr}/nope/metadata"))
+        .bearer_auth("proxy-secret")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status().as_u16(), 404);
+    let body = r.text().await.unwrap();
+    assert!(
+        body.contains("OperationOutcome") && !body.contains(TOKEN),
+        "{body}"
+    );
+    let _ = stop.send(());
+    server.await.unwrap().unwrap();
+}
+
+#[test]
+fn the_proxy_refuses_a_public_address_without_a_token() {
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::write(
+        dir.path().join("fhirconn.yaml"),
+        "connections:\n  a:\n    base-url: http://h\n",
+    )
+    .unwrap();
+    let (code, _, err) = run(dir.path(), &["proxy", "--listen", "0.0.0.0:0"], None);
+    assert_eq!(code, 2);
+    assert!(err.contains("not a loopback address"), "{err}");
+}
