@@ -587,7 +587,8 @@ async fn proxy(
         }
         None => None,
     };
-    if !addr.ip().is_loopback() && !(allow_remote && token.is_some()) {
+    let remote_allowed = allow_remote && token.is_some();
+    if !(addr.ip().is_loopback() || remote_allowed) {
         eprintln!(
             "error: --listen {addr} is not a loopback address: the proxy adds your credentials \
              to every request; use --allow-remote with --token-file to accept that"
