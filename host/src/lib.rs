@@ -35,6 +35,7 @@ mod auth;
 mod builtin;
 pub mod config;
 mod connection;
+pub mod dsf;
 mod error;
 pub mod keygen;
 pub mod plugins;

@@ -109,6 +109,11 @@ enum Command {
         /// Connection id.
         id: String,
     },
+    /// Convert another tool's connection configuration into a fhirconn connections file.
+    Import {
+        #[command(subcommand)]
+        from: ImportCommand,
+    },
     /// Print the JSON Schema of the connections file (host settings + every scheme found).
     Schema,
     /// Configuration commands.
@@ -136,6 +141,18 @@ struct RequestArgs {
     /// Follow the Bundle's `next` links (same origin only) and print one Bundle of all entries.
     #[arg(long)]
     all_pages: bool,
+}
+
+#[derive(Subcommand, Debug)]
+enum ImportCommand {
+    /// A DSF BPE FHIR client connections YAML (DEV_DSF_BPE_FHIR_CLIENT_CONNECTIONS_CONFIG).
+    Dsf {
+        /// The DSF YAML file.
+        file: PathBuf,
+        /// Write here instead of standard output (never overwrites).
+        #[arg(long)]
+        out: Option<PathBuf>,
+    },
 }
 
 #[derive(Subcommand, Debug)]
@@ -401,6 +418,46 @@ async fn run(cli: Cli) -> ExitCode {
                     Err(e) => fail(&e),
                 }
             }
+        }
+        Command::Import {
+            from: ImportCommand::Dsf { file, out },
+        } => {
+            let bytes = match std::fs::read(file) {
+                Ok(b) => b,
+                Err(e) => {
+                    eprintln!("error: {}: {e}", file.display());
+                    return ExitCode::from(2);
+                }
+            };
+            let imported = match fhirconn_host::dsf::import(file, &bytes) {
+                Ok(i) => i,
+                Err(e) => {
+                    eprintln!("error: {e}");
+                    return ExitCode::from(2);
+                }
+            };
+            for n in &imported.notes {
+                eprintln!("note: {n}");
+            }
+            match out {
+                Some(path) => {
+                    let written = std::fs::OpenOptions::new()
+                        .write(true)
+                        .create_new(true)
+                        .open(path)
+                        .and_then(|mut f| {
+                            use std::io::Write as _;
+                            f.write_all(imported.yaml.as_bytes())
+                        });
+                    if let Err(e) = written {
+                        eprintln!("error: {}: {e}", path.display());
+                        return ExitCode::from(2);
+                    }
+                    eprintln!("wrote {}", path.display());
+                }
+                None => print!("{}", imported.yaml),
+            }
+            ExitCode::SUCCESS
         }
         Command::Get(a) => request(&cli, reqwest::Method::GET, a).await,
         Command::Post(a) => request(&cli, reqwest::Method::POST, a).await,

@@ -238,3 +238,52 @@ fn the_proxy_refuses_a_public_address_without_a_token() {
     assert_eq!(code, 2);
     assert!(err.contains("not a loopback address"), "{err}");
 }
+
+#[test]
+fn a_dsf_connections_file_is_imported_and_what_has_no_equivalent_is_reported() {
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    // As DSF documents it: the environment variable holding the YAML as a block scalar.
+    std::fs::write(
+        d.join("dsf.yaml"),
+        "DEV_DSF_BPE_FHIR_CLIENT_CONNECTIONS_CONFIG: |\n  no-auth-server:\n    base-url: https://no.auth.server:8443/fhir\n    test-connection-on-startup: yes\n    connect-timeout: PT0.5S\n    read-timeout: PT5M\n  basic-auth-server:\n    base-url: https://basic.auth.server/fhir\n    basic-auth:\n      username: user\n      password-file: password.file\n  token-server:\n    base-url: https://token.server/fhir\n    bearer-auth:\n      token-file: token.file\n  cert-and-oidc:\n    base-url: https://cert.server/fhir\n    oidc-auth:\n      base-url: https://oidc.server/realms/x\n      client-id: some_client_id\n      client-secret-file: secret.file\n    cert-auth:\n      private-key-file: client.key\n      certificate-file: client.crt\n      password: pw\n    proxy:\n      url: http://proxy:8080\n",
+    )
+    .unwrap();
+    let (code, _, err) = run(
+        d,
+        &["import", "dsf", "dsf.yaml", "--out", "fhirconn.yaml"],
+        None,
+    );
+    assert_eq!(code, 0, "{err}");
+    assert!(
+        err.contains("note: cert-and-oidc: proxy: no equivalent setting"),
+        "{err}"
+    );
+    let yaml = std::fs::read_to_string(d.join("fhirconn.yaml")).unwrap();
+    // The certificate comes first, so the token request presents it.
+    let mtls = yaml.find("\"mtls\"").unwrap();
+    let oidc = yaml.find("\"oidc-client-credentials\"").unwrap();
+    assert!(mtls < oidc, "{yaml}");
+    assert!(
+        yaml.contains("private-key-password: \"pw\"")
+            && yaml.contains("issuer: \"https://oidc.server/realms/x\""),
+        "{yaml}"
+    );
+    assert!(yaml.contains("test-connection-on-startup: true"), "{yaml}");
+    // The result validates against the composed schema; only the referenced files are missing.
+    let (code, _, err) = run(d, &["config", "check"], None);
+    assert_eq!(code, 2, "{err}");
+    for line in err.lines().filter(|l| l.starts_with("error:")) {
+        assert!(
+            line.contains("no such file") || line.contains("cannot read"),
+            "a schema error in the converted file: {line}"
+        );
+    }
+    // Never overwrite an existing file.
+    let (code, _, err) = run(
+        d,
+        &["import", "dsf", "dsf.yaml", "--out", "fhirconn.yaml"],
+        None,
+    );
+    assert_eq!(code, 2, "{err}");
+}

@@ -1,0 +1,260 @@
+//! `fhirconn import dsf`: converts a DSF BPE "FHIR client connections" YAML (the value of
+//! `DEV_DSF_BPE_FHIR_CLIENT_CONNECTIONS_CONFIG`, or a file holding that variable) into a
+//! fhirconn connections file, and reports every setting that has no equivalent.
+
+use crate::config::Document;
+use serde_json::{json, Map, Value};
+use std::path::Path;
+
+/// The result of a conversion.
+#[derive(Debug, Clone)]
+pub struct Imported {
+    /// The fhirconn connections file, as YAML text.
+    pub yaml: String,
+    /// What could not be carried over, one line each (`connection: setting: why`).
+    pub notes: Vec<String>,
+}
+
+/// DSF writes YAML 1.1 booleans (`yes`/`no`); fhirconn's YAML is 1.2.
+fn boolean(v: &Value) -> Option<bool> {
+    match v {
+        Value::Bool(b) => Some(*b),
+        Value::String(s) => match s.to_ascii_lowercase().as_str() {
+            "yes" | "true" | "on" | "y" => Some(true),
+            "no" | "false" | "off" | "n" => Some(false),
+            _ => None,
+        },
+        _ => None,
+    }
+}
+
+fn copy_secret(from: &Map<String, Value>, dsf: &str, to: &mut Map<String, Value>, ours: &str) {
+    for (suffix_in, suffix_out) in [("", ""), ("-file", "-file")] {
+        if let Some(v) = from.get(&format!("{dsf}{suffix_in}")) {
+            to.insert(format!("{ours}{suffix_out}"), v.clone());
+        }
+    }
+}
+
+fn convert_auth(
+    id: &str,
+    kind: &str,
+    a: &Map<String, Value>,
+    notes: &mut Vec<String>,
+) -> Option<Value> {
+    let mut out = Map::new();
+    let known: &[&str] = match kind {
+        "basic-auth" => {
+            out.insert("scheme".into(), json!("basic"));
+            if let Some(u) = a.get("username") {
+                out.insert("username".into(), u.clone());
+            }
+            copy_secret(a, "password", &mut out, "password");
+            &["username", "password", "password-file"]
+        }
+        "bearer-auth" => {
+            out.insert("scheme".into(), json!("bearer"));
+            copy_secret(a, "token", &mut out, "token");
+            &["token", "token-file"]
+        }
+        "cert-auth" => {
+            out.insert("scheme".into(), json!("mtls"));
+            for k in ["certificate-file", "private-key-file"] {
+                if let Some(v) = a.get(k) {
+                    out.insert(k.into(), v.clone());
+                }
+            }
+            copy_secret(a, "password", &mut out, "private-key-password");
+            &[
+                "certificate-file",
+                "private-key-file",
+                "password",
+                "password-file",
+            ]
+        }
+        "oidc-auth" => {
+            out.insert("scheme".into(), json!("oidc-client-credentials"));
+            if let Some(v) = a.get("base-url") {
+                out.insert("issuer".into(), v.clone());
+            }
+            for k in ["discovery-path", "client-id"] {
+                if let Some(v) = a.get(k) {
+                    out.insert(k.into(), v.clone());
+                }
+            }
+            copy_secret(a, "client-secret", &mut out, "client-secret");
+            &[
+                "base-url",
+                "discovery-path",
+                "client-id",
+                "client-secret",
+                "client-secret-file",
+            ]
+        }
+        other => {
+            notes.push(format!(
+                "{id}: {other}: no fhirconn scheme corresponds; left out"
+            ));
+            return None;
+        }
+    };
+    for k in a.keys().filter(|k| !known.contains(&k.as_str())) {
+        notes.push(format!("{id}: {kind}.{k}: no equivalent setting; left out"));
+    }
+    Some(Value::Object(out))
+}
+
+/// Converts DSF connections. `path` is used in messages only.
+pub fn import(path: &Path, bytes: &[u8]) -> Result<Imported, String> {
+    let doc = Document::parse(path, bytes).map_err(|errors| {
+        errors
+            .iter()
+            .map(ToString::to_string)
+            .collect::<Vec<_>>()
+            .join("\n")
+    })?;
+    let mut root = doc.value.clone();
+    // A file holding the environment variable itself: its value is the YAML.
+    if let Some(inner) = root
+        .get("DEV_DSF_BPE_FHIR_CLIENT_CONNECTIONS_CONFIG")
+        .and_then(Value::as_str)
+    {
+        root = Document::parse(path, inner.as_bytes())
+            .map_err(|e| {
+                format!(
+                    "{} (inside DEV_DSF_BPE_FHIR_CLIENT_CONNECTIONS_CONFIG)",
+                    e[0]
+                )
+            })?
+            .value;
+    }
+    let Value::Object(connections) = root else {
+        return Err(format!(
+            "{}: expected a mapping of connection ids",
+            path.display()
+        ));
+    };
+    let mut notes = Vec::new();
+    let mut out = Map::new();
+    for (id, c) in &connections {
+        let Value::Object(c) = c else {
+            notes.push(format!("{id}: not a mapping; left out"));
+            continue;
+        };
+        let mut conn = Map::new();
+        let mut auth = Vec::new();
+        for (k, v) in c {
+            match k.as_str() {
+                "base-url"
+                | "connect-timeout"
+                | "read-timeout"
+                | "trusted-root-certificates-file" => {
+                    conn.insert(k.clone(), v.clone());
+                }
+                "test-connection-on-startup" | "enable-debug-logging" => match boolean(v) {
+                    Some(b) => {
+                        conn.insert(k.clone(), json!(b));
+                    }
+                    None => notes.push(format!("{id}: {k}: '{v}' is not a boolean; left out")),
+                },
+                "basic-auth" | "bearer-auth" | "cert-auth" | "oidc-auth" => match v {
+                    Value::Object(a) => {
+                        if let Some(x) = convert_auth(id, k, a, &mut notes) {
+                            auth.push((k.clone(), x));
+                        }
+                    }
+                    _ => notes.push(format!("{id}: {k}: not a mapping; left out")),
+                },
+                other => notes.push(format!("{id}: {other}: no equivalent setting; left out")),
+            }
+        }
+        // A certificate first: later schemes' token requests present it.
+        auth.sort_by_key(|(k, _)| (k != "cert-auth") as u8);
+        match auth.len() {
+            0 => {}
+            1 => {
+                conn.insert("auth".into(), auth.remove(0).1);
+            }
+            _ => {
+                conn.insert(
+                    "auth".into(),
+                    Value::Array(auth.into_iter().map(|(_, v)| v).collect()),
+                );
+            }
+        }
+        out.insert(id.clone(), Value::Object(conn));
+    }
+    let mut yaml = String::from(
+        "# Converted from a DSF FHIR client connections file by `fhirconn import dsf`.\n\
+         # Relative paths were relative to the DSF BPE's working directory; check them.\n\
+         connections:\n",
+    );
+    for (id, conn) in &out {
+        yaml.push_str(&format!("  {}:\n", scalar(&json!(id))));
+        if let Value::Object(m) = conn {
+            for (k, v) in ordered(m) {
+                emit(&mut yaml, 4, k, v);
+            }
+        }
+    }
+    Ok(Imported { yaml, notes })
+}
+
+/// A YAML scalar: JSON's string syntax is YAML's double-quoted style.
+fn scalar(v: &Value) -> String {
+    v.to_string()
+}
+
+/// Keys in the order a person reads them: `scheme` and `base-url` first.
+fn ordered(m: &Map<String, Value>) -> Vec<(&String, &Value)> {
+    let mut v: Vec<_> = m.iter().collect();
+    v.sort_by_key(|(k, _)| match k.as_str() {
+        "scheme" => 0,
+        "base-url" => 1,
+        "auth" => 3,
+        _ => 2,
+    });
+    v
+}
+
+fn emit(out: &mut String, indent: usize, key: &str, v: &Value) {
+    let pad = " ".repeat(indent);
+    match v {
+        Value::Object(m) => {
+            out.push_str(&format!("{pad}{key}:\n"));
+            for (k, x) in ordered(m) {
+                emit(out, indent + 2, k, x);
+            }
+        }
+        Value::Array(items) => {
+            out.push_str(&format!("{pad}{key}:\n"));
+            for item in items {
+                match item {
+                    Value::Object(m) => {
+                        let mut first = true;
+                        for (k, x) in ordered(m) {
+                            let lead = if first {
+                                format!("{pad}  - ")
+                            } else {
+                                format!("{pad}    ")
+                            };
+                            first = false;
+                            let mut line = String::new();
+                            emit(&mut line, 0, k, x);
+                            // Re-indent nested lines under the list item.
+                            for (i, l) in line.lines().enumerate() {
+                                if i == 0 {
+                                    out.push_str(&format!("{lead}{l}\n"));
+                                } else {
+                                    out.push_str(&format!("{pad}    {l}\n"));
+                                }
+                            }
+                        }
+                    }
+                    other => out.push_str(&format!("{pad}  - {}\n", scalar(other))),
+                }
+            }
+        }
+        other => out.push_str(&format!("{pad}{key}: {}\n", scalar(other))),
+    }
+}
