@@ -39,6 +39,7 @@ pub mod dsf;
 mod error;
 pub mod keygen;
 pub mod plugins;
+pub mod profile;
 pub mod proxy;
 pub mod services;
 pub mod transport;
@@ -250,13 +251,9 @@ impl Host {
         config::schema::compose(&scheme_parts(&registry.schemes()))
     }
 
-    async fn assemble(
-        doc: Document,
-        registry: Arc<Registry>,
-        store: Arc<dyn CredentialStore>,
-        person: Arc<dyn Person>,
-        only: Option<Vec<String>>,
-    ) -> Result<Host> {
+    /// Loads the schemes a document uses and validates it against the composed schema.
+    /// Returns the schemes whose plugins failed to load (their settings are not checked).
+    fn load_and_validate(doc: &Document, registry: &Registry) -> Result<BTreeMap<String, String>> {
         let mut errors = Vec::new();
         // 1. Load the schemes the file uses.
         let mut broken: BTreeMap<String, String> = BTreeMap::new();
@@ -292,6 +289,25 @@ impl Host {
         if !errors.is_empty() {
             return Err(Error::Config(errors));
         }
+        Ok(broken)
+    }
+
+    /// Validates a connections document (schema, typed settings) without configuring any
+    /// connection: what `fhirconn profile set` checks before it writes.
+    pub fn check_document(doc: &Document, registry: &Registry) -> Result<()> {
+        Self::load_and_validate(doc, registry)?;
+        config::connections(doc).map_err(Error::Config)?;
+        Ok(())
+    }
+
+    async fn assemble(
+        doc: Document,
+        registry: Arc<Registry>,
+        store: Arc<dyn CredentialStore>,
+        person: Arc<dyn Person>,
+        only: Option<Vec<String>>,
+    ) -> Result<Host> {
+        let broken = Host::load_and_validate(&doc, &registry)?;
         // 3. Typed settings, transports, then each scheme's configure.
         let mut settings = config::connections(&doc).map_err(Error::Config)?;
         if let Some(only) = &only {

@@ -109,6 +109,11 @@ enum Command {
         /// Connection id.
         id: String,
     },
+    /// Edit connections in the connections file (comments and order are kept).
+    Profile {
+        #[command(subcommand)]
+        command: ProfileCommand,
+    },
     /// Convert another tool's connection configuration into a fhirconn connections file.
     Import {
         #[command(subcommand)]
@@ -141,6 +146,39 @@ struct RequestArgs {
     /// Follow the Bundle's `next` links (same origin only) and print one Bundle of all entries.
     #[arg(long)]
     all_pages: bool,
+}
+
+#[derive(Subcommand, Debug)]
+enum ProfileCommand {
+    /// Add or replace a connection.
+    Set {
+        /// Connection id.
+        id: String,
+        /// Scheme, e.g. basic, smart-backend, azure-ad.
+        #[arg(long)]
+        scheme: String,
+        /// FHIR base URL.
+        #[arg(long)]
+        base_url: String,
+        /// A setting 'key=value' (repeatable): the scheme's, or the connection's (timeouts...).
+        #[arg(long = "set", value_name = "K=V")]
+        settings: Vec<String>,
+        /// Accept secrets on the command line (prefer *-file or *-env settings).
+        #[arg(long)]
+        allow_inline_secret: bool,
+    },
+    /// List the connections.
+    List,
+    /// Show a connection's settings (secrets as ***).
+    Describe {
+        /// Connection id.
+        id: String,
+    },
+    /// Remove a connection.
+    Remove {
+        /// Connection id.
+        id: String,
+    },
 }
 
 #[derive(Subcommand, Debug)]
@@ -459,6 +497,7 @@ async fn run(cli: Cli) -> ExitCode {
             }
             ExitCode::SUCCESS
         }
+        Command::Profile { command } => profile(&cli, command),
         Command::Get(a) => request(&cli, reqwest::Method::GET, a).await,
         Command::Post(a) => request(&cli, reqwest::Method::POST, a).await,
         Command::Put(a) => request(&cli, reqwest::Method::PUT, a).await,
@@ -468,6 +507,148 @@ async fn run(cli: Cli) -> ExitCode {
             token_file,
             allow_remote,
         } => proxy(&cli, listen, token_file.as_deref(), *allow_remote).await,
+    }
+}
+
+/// Writes `text` to `path` atomically: a temporary file in the same directory, then rename.
+fn write_atomically(path: &std::path::Path, text: &str) -> std::io::Result<()> {
+    use std::io::Write as _;
+    let dir = path
+        .parent()
+        .filter(|p| !p.as_os_str().is_empty())
+        .unwrap_or_else(|| std::path::Path::new("."));
+    let tmp = dir.join(format!(
+        ".{}.{}.tmp",
+        path.file_name()
+            .and_then(|n| n.to_str())
+            .unwrap_or("fhirconn.yaml"),
+        std::process::id()
+    ));
+    let result = (|| {
+        let mut f = std::fs::File::create(&tmp)?;
+        if let Ok(meta) = std::fs::metadata(path) {
+            f.set_permissions(meta.permissions())?;
+        }
+        f.write_all(text.as_bytes())?;
+        f.sync_all()?;
+        std::fs::rename(&tmp, path)
+    })();
+    if result.is_err() {
+        let _ = std::fs::remove_file(&tmp);
+    }
+    result
+}
+
+fn profile(cli: &Cli, command: &ProfileCommand) -> ExitCode {
+    use fhirconn_host::profile;
+    let path = &cli.config;
+    let text = match std::fs::read_to_string(path) {
+        Ok(t) => t,
+        Err(e)
+            if e.kind() == std::io::ErrorKind::NotFound
+                && matches!(command, ProfileCommand::Set { .. }) =>
+        {
+            String::new()
+        }
+        Err(e) => {
+            eprintln!("error: {}: {e}", path.display());
+            return ExitCode::from(2);
+        }
+    };
+    let parse = |t: &str| fhirconn_host::config::Document::parse(path, t.as_bytes());
+    let edited = match command {
+        ProfileCommand::List | ProfileCommand::Describe { .. } => {
+            let doc = match parse(&text) {
+                Ok(d) => d,
+                Err(errors) => return fail(&Error::Config(errors)),
+            };
+            let conns = doc.value["connections"]
+                .as_object()
+                .cloned()
+                .unwrap_or_default();
+            if let ProfileCommand::Describe { id } = command {
+                return match conns.get(id) {
+                    Some(v) => {
+                        print!("{}", profile::describe(id, v));
+                        ExitCode::SUCCESS
+                    }
+                    None => {
+                        eprintln!("error: no connection '{id}' in {}", path.display());
+                        ExitCode::from(2)
+                    }
+                };
+            }
+            let w = conns.keys().map(String::len).max().unwrap_or(2);
+            for (id, c) in &conns {
+                let auth = &c["auth"];
+                let schemes: Vec<&str> = match auth {
+                    serde_json::Value::Array(a) => {
+                        a.iter().filter_map(|x| x["scheme"].as_str()).collect()
+                    }
+                    serde_json::Value::Object(_) => auth["scheme"].as_str().into_iter().collect(),
+                    _ => vec!["none"],
+                };
+                println!(
+                    "{id:w$}  {:24}  {}",
+                    schemes.join("+"),
+                    c["base-url"].as_str().unwrap_or("")
+                );
+            }
+            return ExitCode::SUCCESS;
+        }
+        ProfileCommand::Remove { id } => profile::remove(&text, id),
+        ProfileCommand::Set {
+            id,
+            scheme,
+            base_url,
+            settings,
+            allow_inline_secret,
+        } => {
+            let mut pairs = Vec::new();
+            for s in settings {
+                match s.split_once('=') {
+                    Some((k, v)) => pairs.push((k.trim().to_string(), v.to_string())),
+                    None => {
+                        eprintln!("error: --set {s}: expected key=value");
+                        return ExitCode::from(2);
+                    }
+                }
+            }
+            profile::entry_value(&profile::ProfileSet {
+                id: id.clone(),
+                scheme: scheme.clone(),
+                base_url: base_url.clone(),
+                settings: pairs,
+                allow_inline_secret: *allow_inline_secret,
+            })
+            .and_then(|v| profile::set(&text, id, &v))
+        }
+    };
+    let new_text = match edited {
+        Ok(t) => t,
+        Err(e) => {
+            eprintln!("error: {e}");
+            return ExitCode::from(2);
+        }
+    };
+    // Validate the whole result against the composed schema before writing anything.
+    let doc = match parse(&new_text) {
+        Ok(d) => d,
+        Err(errors) => return fail(&Error::Config(errors)),
+    };
+    if let Err(e) = Host::check_document(&doc, &registry(cli)) {
+        eprintln!("the file was not changed:");
+        return fail(&e);
+    }
+    match write_atomically(path, &new_text) {
+        Ok(()) => {
+            println!("updated {}", path.display());
+            ExitCode::SUCCESS
+        }
+        Err(e) => {
+            eprintln!("error: cannot write {}: {e}", path.display());
+            ExitCode::from(1)
+        }
     }
 }
 

@@ -287,3 +287,124 @@ fn a_dsf_connections_file_is_imported_and_what_has_no_equivalent_is_reported() {
     );
     assert_eq!(code, 2, "{err}");
 }
+
+#[test]
+fn profiles_are_edited_in_place_keeping_comments_and_validated_before_writing() {
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    let original = "# Team connections — keep this comment\nconnections:\n  # production\n  prod:\n    base-url: https://prod.example/fhir  # the real one\n";
+    std::fs::write(d.join("fhirconn.yaml"), original).unwrap();
+    let read = || std::fs::read_to_string(d.join("fhirconn.yaml")).unwrap();
+
+    let (code, out, err) = run(
+        d,
+        &[
+            "profile",
+            "set",
+            "lab",
+            "--scheme",
+            "basic",
+            "--base-url",
+            "https://lab.example/fhir",
+            "--set",
+            "username=ann",
+            "--set",
+            "password-file=lab.pw",
+            "--set",
+            "read-timeout=PT30S",
+        ],
+        None,
+    );
+    assert_eq!(code, 0, "{out}{err}");
+    let text = read();
+    assert!(
+        text.starts_with(original.trim_end()),
+        "the rest of the file is kept:\n{text}"
+    );
+    assert!(
+        text.contains("read-timeout: \"PT30S\"") && text.contains("scheme: \"basic\""),
+        "{text}"
+    );
+
+    // A secret on the command line is refused; so is a setting the scheme does not know.
+    for args in [
+        &[
+            "profile",
+            "set",
+            "x",
+            "--scheme",
+            "basic",
+            "--base-url",
+            "https://x",
+            "--set",
+            "username=u",
+            "--set",
+            "password=CANARY-inline",
+        ][..],
+        &[
+            "profile",
+            "set",
+            "x",
+            "--scheme",
+            "basic",
+            "--base-url",
+            "https://x",
+            "--set",
+            "username=u",
+            "--set",
+            "pasword-file=p",
+        ][..],
+        &[
+            "profile",
+            "set",
+            "x",
+            "--scheme",
+            "kerberos",
+            "--base-url",
+            "https://x",
+        ][..],
+    ] {
+        let (code, _, err) = run(d, args, None);
+        assert_eq!(code, 2, "{args:?}: {err}");
+        assert!(!err.contains("CANARY-inline"));
+        assert_eq!(read(), text, "{args:?} changed the file");
+    }
+
+    let (code, out, _) = run(d, &["profile", "list"], None);
+    assert_eq!(code, 0);
+    assert!(
+        out.contains("lab") && out.contains("basic") && out.contains("prod"),
+        "{out}"
+    );
+    run(
+        d,
+        &[
+            "profile",
+            "set",
+            "tok",
+            "--scheme",
+            "bearer",
+            "--base-url",
+            "https://t",
+            "--set",
+            "token=CANARY-tok-1",
+            "--allow-inline-secret",
+        ],
+        None,
+    );
+    let (code, out, _) = run(d, &["profile", "describe", "tok"], None);
+    assert_eq!(code, 0);
+    assert!(
+        out.contains("***") && !out.contains("CANARY-tok-1"),
+        "{out}"
+    );
+
+    let (code, _, err) = run(d, &["profile", "remove", "lab"], None);
+    assert_eq!(code, 0, "{err}");
+    let text = read();
+    assert!(
+        !text.contains("lab.example")
+            && text.contains("# Team connections")
+            && text.contains("# the real one")
+    );
+}

@@ -1,6 +1,7 @@
 //! The connections file: YAML with positions, the composed JSON Schema, and typed settings.
 
 pub mod duration;
+pub mod emit;
 pub mod schema;
 pub mod validate;
 pub mod yaml;

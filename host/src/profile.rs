@@ -1,0 +1,279 @@
+//! `fhirconn profile`: editing connections in the connections file from the command line.
+//!
+//! Edits are made to the text, one connection entry at a time, so the rest of the file —
+//! comments, order, formatting — stays as it was. The caller validates the result against the
+//! composed schema and writes it atomically.
+
+use crate::config::emit;
+use serde_json::{Map, Value};
+
+/// Settings that belong to the connection rather than to its scheme.
+const CONNECTION_SETTINGS: &[&str] = &[
+    "connect-timeout",
+    "read-timeout",
+    "trusted-root-certificates-file",
+    "use-system-roots",
+    "probe",
+    "max-response-bytes",
+    "token-renewal-margin",
+    "enable-debug-logging",
+    "test-connection-on-startup",
+];
+
+/// Whether a setting holds a secret inline (`password`, `client-secret`, `private-key`...;
+/// not `password-file` or `token-url`).
+pub fn is_inline_secret(key: &str) -> bool {
+    let last = key.rsplit(['-', '_']).next().unwrap_or_default();
+    matches!(
+        last,
+        "password" | "passphrase" | "secret" | "token" | "key" | "assertion"
+    )
+}
+
+/// A `profile set` request.
+#[derive(Debug, Clone)]
+pub struct ProfileSet {
+    /// Connection id.
+    pub id: String,
+    /// Scheme name.
+    pub scheme: String,
+    /// FHIR base URL.
+    pub base_url: String,
+    /// `key=value` settings: connection settings or the scheme's.
+    pub settings: Vec<(String, String)>,
+    /// Accept secrets on the command line (they end up in the file and the shell history).
+    pub allow_inline_secret: bool,
+}
+
+/// A value as typed on the command line: JSON numbers, booleans and arrays stay typed.
+fn typed(v: &str) -> Value {
+    match serde_json::from_str::<Value>(v) {
+        Ok(x @ (Value::Number(_) | Value::Bool(_) | Value::Array(_) | Value::Object(_))) => x,
+        _ => Value::String(v.to_string()),
+    }
+}
+
+/// The entry a `profile set` writes.
+pub fn entry_value(p: &ProfileSet) -> Result<Value, String> {
+    if p.id.is_empty() || p.id.contains([' ', ':', '#', '/']) {
+        return Err(format!("'{}' is not a valid connection id", p.id));
+    }
+    let mut conn = Map::new();
+    conn.insert("base-url".into(), Value::String(p.base_url.clone()));
+    let mut auth = Map::new();
+    auth.insert("scheme".into(), Value::String(p.scheme.clone()));
+    for (k, v) in &p.settings {
+        if is_inline_secret(k) && !p.allow_inline_secret {
+            return Err(format!(
+                "--set {k}=...: a secret on the command line lands in the file and the shell \
+                 history; use {k}-file or {k}-env (or --allow-inline-secret)"
+            ));
+        }
+        if CONNECTION_SETTINGS.contains(&k.as_str()) {
+            conn.insert(k.clone(), typed(v));
+        } else {
+            auth.insert(k.clone(), typed(v));
+        }
+    }
+    if p.scheme != "none" || auth.len() > 1 {
+        conn.insert("auth".into(), Value::Object(auth));
+    }
+    Ok(Value::Object(conn))
+}
+
+fn indent_of(line: &str) -> usize {
+    line.len() - line.trim_start().len()
+}
+
+fn is_content(line: &str) -> bool {
+    let t = line.trim_start();
+    !t.is_empty() && !t.starts_with('#')
+}
+
+fn key_of(line: &str) -> Option<String> {
+    let t = line.trim_start();
+    let (k, _) = t.split_once(':')?;
+    Some(k.trim().trim_matches(['"', '\'']).to_string())
+}
+
+/// Where things are: the `connections:` line, the entries' indentation, and each entry's
+/// line range `[start, end)`.
+struct Layout {
+    connections_line: Option<usize>,
+    child_indent: usize,
+    entries: Vec<(String, usize, usize)>,
+    block_end: usize,
+}
+
+fn layout(lines: &[&str]) -> Result<Layout, String> {
+    let connections_line = lines
+        .iter()
+        .position(|l| indent_of(l) == 0 && key_of(l).as_deref() == Some("connections"));
+    let Some(c) = connections_line else {
+        return Ok(Layout {
+            connections_line: None,
+            child_indent: 2,
+            entries: Vec::new(),
+            block_end: lines.len(),
+        });
+    };
+    let after_colon = lines[c].split_once(':').map(|x| x.1).unwrap_or("").trim();
+    if !after_colon.is_empty() && !after_colon.starts_with('#') {
+        return Err(
+            "`connections:` is written in flow style ({...}); edit this file by hand".into(),
+        );
+    }
+    let block_end = (c + 1..lines.len())
+        .find(|&i| is_content(lines[i]) && indent_of(lines[i]) == 0)
+        .unwrap_or(lines.len());
+    let child_indent = (c + 1..block_end)
+        .find(|&i| is_content(lines[i]))
+        .map(|i| indent_of(lines[i]))
+        .unwrap_or(2);
+    let starts: Vec<usize> = (c + 1..block_end)
+        .filter(|&i| is_content(lines[i]) && indent_of(lines[i]) == child_indent)
+        .collect();
+    let entries = starts
+        .iter()
+        .enumerate()
+        .map(|(n, &s)| {
+            let mut end = starts.get(n + 1).copied().unwrap_or(block_end);
+            // Comments and blank lines just before the next entry belong to it.
+            while end > s + 1 && !is_content(lines[end - 1]) {
+                end -= 1;
+            }
+            (key_of(lines[s]).unwrap_or_default(), s, end)
+        })
+        .collect();
+    Ok(Layout {
+        connections_line: Some(c),
+        child_indent,
+        entries,
+        block_end,
+    })
+}
+
+/// Sets (adds or replaces) one connection entry, keeping the rest of the text.
+pub fn set(text: &str, id: &str, value: &Value) -> Result<String, String> {
+    let lines: Vec<&str> = text.lines().collect();
+    let l = layout(&lines)?;
+    let entry = emit::entry(id, value, l.child_indent);
+    let mut out: Vec<String> = lines.iter().map(|s| s.to_string()).collect();
+    match (l.connections_line, l.entries.iter().find(|(k, ..)| k == id)) {
+        (_, Some((_, start, end))) => {
+            out.splice(*start..*end, entry.lines().map(String::from));
+        }
+        (Some(_), None) => {
+            // After the last entry (or right after `connections:`), before trailing comments.
+            let at = l.entries.last().map(|e| e.2).unwrap_or(l.block_end);
+            out.splice(at..at, entry.lines().map(String::from));
+        }
+        (None, None) => {
+            out.push("connections:".into());
+            out.extend(entry.lines().map(String::from));
+        }
+    }
+    Ok(out.join("\n") + "\n")
+}
+
+/// Removes one connection entry; an error if there is none.
+pub fn remove(text: &str, id: &str) -> Result<String, String> {
+    let lines: Vec<&str> = text.lines().collect();
+    let l = layout(&lines)?;
+    let Some((_, start, end)) = l.entries.iter().find(|(k, ..)| k == id) else {
+        return Err(format!("no connection '{id}' in the file"));
+    };
+    let mut out: Vec<&str> = lines.clone();
+    out.drain(*start..*end);
+    Ok(out.join("\n") + "\n")
+}
+
+/// A connection's settings for people: secrets shown as `***`, files named.
+pub fn describe(id: &str, settings: &Value) -> String {
+    fn mask(v: &Value) -> Value {
+        match v {
+            Value::Object(m) => Value::Object(
+                m.iter()
+                    .map(|(k, x)| {
+                        let shown = if is_inline_secret(k) && x.is_string() {
+                            Value::String("***".into())
+                        } else {
+                            mask(x)
+                        };
+                        (k.clone(), shown)
+                    })
+                    .collect(),
+            ),
+            Value::Array(a) => Value::Array(a.iter().map(mask).collect()),
+            other => other.clone(),
+        }
+    }
+    emit::entry(id, &mask(settings), 0)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    const FILE: &str = "# my connections\nconnections:\n  # the first one\n  a:\n    base-url: http://a/fhir   # keep me\n\n  b:\n    base-url: http://b/fhir\n    auth: {scheme: basic, username: u, password-file: pw}\n# trailing comment\nother: 1\n";
+
+    #[test]
+    fn set_replaces_or_appends_one_entry_and_keeps_everything_else() {
+        let v =
+            json!({"base-url": "http://new/fhir", "auth": {"scheme": "bearer", "token-file": "t"}});
+        let out = set(FILE, "b", &v).unwrap();
+        assert!(out.contains("# my connections") && out.contains("# the first one"));
+        assert!(out.contains("base-url: http://a/fhir   # keep me"));
+        assert!(
+            out.contains("  \"b\":\n    base-url: \"http://new/fhir\""),
+            "{out}"
+        );
+        assert!(!out.contains("password-file: pw"), "{out}");
+        assert!(out.contains("# trailing comment\nother: 1"), "{out}");
+        let out = set(FILE, "c", &v).unwrap();
+        let c = out.find("\"c\":").unwrap();
+        assert!(
+            c > out.find("password-file: pw").unwrap() && c < out.find("# trailing").unwrap(),
+            "{out}"
+        );
+        assert!(set("", "x", &v)
+            .unwrap()
+            .starts_with("connections:\n  \"x\":"));
+        assert!(set("connections: {a: {base-url: x}}\n", "x", &v).is_err());
+    }
+
+    #[test]
+    fn remove_drops_only_that_entry() {
+        let out = remove(FILE, "a").unwrap();
+        assert!(!out.contains("http://a/fhir") && out.contains("http://b/fhir"));
+        assert!(out.contains("# my connections"));
+        assert!(remove(FILE, "zz").is_err());
+    }
+
+    #[test]
+    fn inline_secrets_need_consent_and_are_masked() {
+        let p = ProfileSet {
+            id: "x".into(),
+            scheme: "basic".into(),
+            base_url: "http://x".into(),
+            settings: vec![
+                ("username".into(), "u".into()),
+                ("password".into(), "CANARY".into()),
+            ],
+            allow_inline_secret: false,
+        };
+        assert!(entry_value(&p).unwrap_err().contains("password-file"));
+        let v = entry_value(&ProfileSet {
+            allow_inline_secret: true,
+            ..p
+        })
+        .unwrap();
+        let shown = describe("x", &v);
+        assert!(
+            shown.contains("\"***\"") && !shown.contains("CANARY"),
+            "{shown}"
+        );
+        assert!(!is_inline_secret("password-file") && !is_inline_secret("token-url"));
+    }
+}
