@@ -285,7 +285,7 @@ impl Host {
             });
         }
         let schema = config::schema::compose(&parts);
-        let errors = validate::validate(&doc, &schema);
+        let errors = validate::validate(doc, &schema);
         if !errors.is_empty() {
             return Err(Error::Config(errors));
         }
