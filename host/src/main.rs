@@ -109,6 +109,27 @@ enum Command {
         /// Connection id.
         id: String,
     },
+    /// FHIR Bulk Data export: kick off, wait for the job, download its NDJSON files to DIR.
+    /// Run it again with the same --out to resume; Ctrl-C cancels the job on the server.
+    Export {
+        /// Connection id.
+        id: String,
+        /// Resource types, comma-separated (`_type`).
+        #[arg(long = "type", value_name = "T,T")]
+        types: Option<String>,
+        /// Only resources changed since this instant (`_since`, e.g. 2026-01-01T00:00:00Z).
+        #[arg(long)]
+        since: Option<String>,
+        /// Export one Group's patients (`Group/ID/$export`).
+        #[arg(long, conflicts_with = "patient")]
+        group: Option<String>,
+        /// Export all patients' data (`Patient/$export`); default: system level (`$export`).
+        #[arg(long)]
+        patient: bool,
+        /// Directory for the NDJSON files.
+        #[arg(long)]
+        out: PathBuf,
+    },
     /// Edit connections in the connections file (comments and order are kept).
     Profile {
         #[command(subcommand)]
@@ -498,6 +519,25 @@ async fn run(cli: Cli) -> ExitCode {
             ExitCode::SUCCESS
         }
         Command::Profile { command } => profile(&cli, command),
+        Command::Export {
+            id,
+            types,
+            since,
+            group,
+            patient,
+            out,
+        } => {
+            export(
+                &cli,
+                id,
+                types.as_deref(),
+                since.as_deref(),
+                group.as_deref(),
+                *patient,
+                out,
+            )
+            .await
+        }
         Command::Get(a) => request(&cli, reqwest::Method::GET, a).await,
         Command::Post(a) => request(&cli, reqwest::Method::POST, a).await,
         Command::Put(a) => request(&cli, reqwest::Method::PUT, a).await,
@@ -508,6 +548,266 @@ async fn run(cli: Cli) -> ExitCode {
             allow_remote,
         } => proxy(&cli, listen, token_file.as_deref(), *allow_remote).await,
     }
+}
+
+/// Checks NDJSON as it streams: every complete line must be a JSON object with a
+/// `resourceType`.
+struct NdjsonCheck {
+    partial: Vec<u8>,
+    lines: u64,
+}
+
+impl NdjsonCheck {
+    fn feed(&mut self, chunk: &[u8]) -> Result<(), String> {
+        self.partial.extend_from_slice(chunk);
+        while let Some(pos) = self.partial.iter().position(|b| *b == b'\n') {
+            let line: Vec<u8> = self.partial.drain(..=pos).collect();
+            self.check(&line[..line.len() - 1])?;
+        }
+        Ok(())
+    }
+    fn check(&mut self, line: &[u8]) -> Result<(), String> {
+        if line.iter().all(u8::is_ascii_whitespace) {
+            return Ok(());
+        }
+        self.lines += 1;
+        let v: serde_json::Value = serde_json::from_slice(line)
+            .map_err(|e| format!("line {}: not JSON ({e})", self.lines))?;
+        if v["resourceType"].as_str().is_none() {
+            return Err(format!("line {}: no resourceType", self.lines));
+        }
+        Ok(())
+    }
+    fn finish(&mut self) -> Result<(), String> {
+        let rest = std::mem::take(&mut self.partial);
+        self.check(&rest)
+    }
+}
+
+#[allow(clippy::too_many_arguments)]
+async fn export(
+    cli: &Cli,
+    id: &str,
+    types: Option<&str>,
+    since: Option<&str>,
+    group: Option<&str>,
+    patient: bool,
+    out: &std::path::Path,
+) -> ExitCode {
+    use std::io::Write as _;
+    let quiet = !std::io::stderr().is_terminal();
+    let say = |m: &str| {
+        if !quiet {
+            eprintln!("{m}");
+        }
+    };
+    let host = match build_host(cli, &[id.to_string()]).await {
+        Ok(h) => h,
+        Err(e) => return fail(&e),
+    };
+    let conn = match host.connection(id) {
+        Ok(c) => c,
+        Err(e) => return fail(&e),
+    };
+    if let Err(e) = std::fs::create_dir_all(out) {
+        eprintln!("error: {}: {e}", out.display());
+        return ExitCode::from(2);
+    }
+    let state_path = out.join(".fhirconn-export.json");
+    let mut state: serde_json::Value = std::fs::read(&state_path)
+        .ok()
+        .and_then(|b| serde_json::from_slice(&b).ok())
+        .unwrap_or_else(|| serde_json::json!({}));
+    let save = |state: &serde_json::Value| {
+        let _ = std::fs::write(&state_path, state.to_string());
+    };
+    // 1. Kick off (unless resuming).
+    let status_url = match state["status"].as_str() {
+        Some(u) => {
+            say(&format!("resuming the export at {u}"));
+            u.to_string()
+        }
+        None => {
+            let mut path = match group {
+                Some(g) => format!("Group/{g}/$export"),
+                None if patient => "Patient/$export".to_string(),
+                None => "$export".to_string(),
+            };
+            let mut q = url::form_urlencoded::Serializer::new(String::new());
+            if let Some(t) = types {
+                q.append_pair("_type", t);
+            }
+            if let Some(s) = since {
+                q.append_pair("_since", s);
+            }
+            let q = q.finish();
+            if !q.is_empty() {
+                path = format!("{path}?{q}");
+            }
+            let mut req = Request::get(&path);
+            req.headers.push((
+                reqwest::header::HeaderName::from_static("prefer"),
+                reqwest::header::HeaderValue::from_static("respond-async"),
+            ));
+            let resp = match conn.send(req).await {
+                Ok(r) => r,
+                Err(e) => return fail(&e),
+            };
+            let location = resp.header("content-location").map(String::from);
+            match (resp.status.as_u16(), location) {
+                (202, Some(l)) => {
+                    state["status"] = serde_json::json!(l);
+                    save(&state);
+                    l
+                }
+                (code, _) => {
+                    eprintln!(
+                        "error: the kick-off answered HTTP {code} (expected 202 with Content-Location)"
+                    );
+                    let body = render_body(&resp.body, true);
+                    if !body.is_empty() {
+                        eprintln!("{body}");
+                    }
+                    return ExitCode::from(1);
+                }
+            }
+        }
+    };
+    // 2. Wait, honouring Retry-After; Ctrl-C cancels the job.
+    let mut backoff = 1u64;
+    let manifest = loop {
+        let resp = match conn.get(&status_url).await {
+            Ok(r) => r,
+            Err(e) => return fail(&e),
+        };
+        match resp.status.as_u16() {
+            200 => match serde_json::from_slice::<serde_json::Value>(&resp.body) {
+                Ok(m) => break m,
+                Err(e) => {
+                    eprintln!("error: the export manifest is not JSON: {e}");
+                    return ExitCode::from(1);
+                }
+            },
+            202 => {
+                let wait = resp
+                    .header("retry-after")
+                    .and_then(|v| v.trim().parse::<u64>().ok())
+                    .unwrap_or(backoff)
+                    .clamp(1, 120);
+                backoff = (backoff * 2).min(30);
+                say(&format!(
+                    "waiting {wait} s ({})",
+                    resp.header("x-progress").unwrap_or("in progress")
+                ));
+                tokio::select! {
+                    _ = tokio::time::sleep(std::time::Duration::from_secs(wait)) => {}
+                    _ = tokio::signal::ctrl_c() => {
+                        let mut del = Request::get(&status_url);
+                        del.method = reqwest::Method::DELETE;
+                        let _ = conn.send(del).await;
+                        let _ = std::fs::remove_file(&state_path);
+                        eprintln!("cancelled; the export job was deleted on the server");
+                        return ExitCode::from(130);
+                    }
+                }
+            }
+            code => {
+                eprintln!("error: the export status answered HTTP {code}");
+                let body = render_body(&resp.body, true);
+                if !body.is_empty() {
+                    eprintln!("{body}");
+                }
+                return ExitCode::from(1);
+            }
+        }
+    };
+    // 3. Download, a few files at a time, streaming to disk and checking NDJSON.
+    let with_token = manifest["requiresAccessToken"].as_bool().unwrap_or(false);
+    let outputs: Vec<(String, String)> = manifest["output"]
+        .as_array()
+        .map(|a| {
+            a.iter()
+                .filter_map(|o| {
+                    Some((
+                        o["type"].as_str()?.to_string(),
+                        o["url"].as_str()?.to_string(),
+                    ))
+                })
+                .collect()
+        })
+        .unwrap_or_default();
+    let done: Vec<String> = state["done"]
+        .as_array()
+        .map(|a| {
+            a.iter()
+                .filter_map(|x| x.as_str().map(String::from))
+                .collect()
+        })
+        .unwrap_or_default();
+    let permits = std::sync::Arc::new(tokio::sync::Semaphore::new(4));
+    let mut tasks = tokio::task::JoinSet::new();
+    for (n, (ty, url)) in outputs.iter().enumerate() {
+        let name = format!("{ty}.{n:03}.ndjson");
+        if done.contains(&name) && out.join(&name).exists() {
+            continue;
+        }
+        let (conn, url, out, permits) = (
+            conn.clone(),
+            url.clone(),
+            out.to_path_buf(),
+            permits.clone(),
+        );
+        tasks.spawn(async move {
+            let _permit = permits.acquire_owned().await;
+            let part = out.join(format!("{name}.part"));
+            let mut file =
+                std::fs::File::create(&part).map_err(|e| format!("{}: {e}", part.display()))?;
+            let mut check = NdjsonCheck {
+                partial: Vec::new(),
+                lines: 0,
+            };
+            let status = conn
+                .download(&url, with_token, |chunk| {
+                    check.feed(chunk)?;
+                    file.write_all(chunk).map_err(|e| e.to_string())
+                })
+                .await
+                .map_err(|e| e.to_string())?;
+            if !status.is_success() {
+                return Err(format!("{url}: HTTP {status}"));
+            }
+            check.finish().map_err(|e| format!("{url}: {e}"))?;
+            std::fs::rename(&part, out.join(&name)).map_err(|e| e.to_string())?;
+            Ok::<_, String>((name, check.lines))
+        });
+    }
+    let mut failed = false;
+    let mut done = done;
+    while let Some(r) = tasks.join_next().await {
+        match r {
+            Ok(Ok((name, lines))) => {
+                say(&format!("{name}: {lines} resources"));
+                done.push(name);
+                state["done"] = serde_json::json!(done);
+                save(&state);
+            }
+            Ok(Err(e)) => {
+                eprintln!("error: {e}");
+                failed = true;
+            }
+            Err(e) => {
+                eprintln!("error: a download failed: {e}");
+                failed = true;
+            }
+        }
+    }
+    if failed {
+        eprintln!("run the same command again to resume");
+        return ExitCode::from(1);
+    }
+    let _ = std::fs::remove_file(&state_path);
+    println!("{} file(s) in {}", outputs.len(), out.display());
+    ExitCode::SUCCESS
 }
 
 /// Writes `text` to `path` atomically: a temporary file in the same directory, then rename.

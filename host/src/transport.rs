@@ -386,6 +386,11 @@ impl Transport {
         })
     }
 
+    /// Classifies a reqwest error for a person (DNS, connect, TLS with a hint, timeout...).
+    pub fn classify_error(&self, e: &reqwest::Error, url: &url::Url) -> TransportError {
+        self.classify(e, url)
+    }
+
     fn classify(&self, e: &reqwest::Error, url: &url::Url) -> TransportError {
         let host = url.host_str().unwrap_or_default().to_string();
         let hostport = match url.port_or_known_default() {

@@ -127,6 +127,10 @@ pub struct FhirServerConfig {
     /// The `WWW-Authenticate` header of every 401 instead of the default one (e.g. the
     /// challenge Microsoft's FHIR server sends, naming its Entra tenant and audience).
     pub challenge: Option<String>,
+    /// Bulk export: status polls answered 202 before a job completes.
+    pub export_polls: u32,
+    /// Bulk export: the `Retry-After` (seconds) of those 202s; none when `None`.
+    pub export_retry_after: Option<u64>,
 }
 
 impl Default for FhirServerConfig {
@@ -138,6 +142,8 @@ impl Default for FhirServerConfig {
             base_path: "/fhir".into(),
             smart_configuration: None,
             challenge: None,
+            export_polls: 2,
+            export_retry_after: Some(1),
         }
     }
 }
@@ -148,6 +154,9 @@ struct Counters {
     unauthorized: AtomicU64,
     authorizations: Mutex<Vec<Option<String>>>,
     revoked: Mutex<std::collections::HashSet<String>>,
+    /// Bulk export jobs: id → (polls left before completion, requested types, cancelled).
+    exports: Mutex<HashMap<u64, (u32, Vec<String>, bool)>>,
+    export_seq: AtomicU64,
 }
 
 #[derive(Clone)]
@@ -218,6 +227,14 @@ impl FhirServer {
                 get(read_patient).put(update_patient).delete(delete_patient),
             )
             .route("/.well-known/smart-configuration", get(smart_configuration))
+            .route("/$export", get(export_kickoff))
+            .route("/Patient/$export", get(export_kickoff))
+            .route("/Group/{id}/$export", get(export_kickoff_group))
+            .route(
+                "/$export-status/{job}",
+                get(export_status).delete(export_cancel),
+            )
+            .route("/$export-file/{job}/{name}", get(export_file))
             .with_state(state);
         let app = if base_path.is_empty() {
             fhir
@@ -264,6 +281,17 @@ impl FhirServer {
     /// Changes the injected fault.
     pub fn set_fault(&self, fault: Fault) {
         self.config.lock().unwrap().fault = fault;
+    }
+
+    /// Bulk export jobs cancelled by clients (DELETE on the status URL).
+    pub fn exports_cancelled(&self) -> usize {
+        self.counters
+            .exports
+            .lock()
+            .unwrap()
+            .values()
+            .filter(|j| j.2)
+            .count()
     }
 
     /// Changes the `WWW-Authenticate` header of 401 answers (`None`: the default challenge).
@@ -629,6 +657,145 @@ async fn search_patients(
         bundle["link"] = json!([{"relation": "next", "url": next}]);
     }
     fhir_json(StatusCode::OK, &bundle)
+}
+
+fn origin_of(headers: &HeaderMap, state: &AppState) -> String {
+    let host = headers
+        .get(header::HOST)
+        .and_then(|h| h.to_str().ok())
+        .unwrap_or("127.0.0.1");
+    format!(
+        "http://{host}{}",
+        state.config.lock().unwrap().base_path.trim_end_matches('/')
+    )
+}
+
+async fn export_kickoff(
+    State(state): State<AppState>,
+    headers: HeaderMap,
+    Query(q): Query<HashMap<String, String>>,
+) -> Response {
+    if let Err(r) = gate(&state, &headers, false).await {
+        return r;
+    }
+    let prefer = headers
+        .get("prefer")
+        .and_then(|v| v.to_str().ok())
+        .unwrap_or("");
+    if !prefer.contains("respond-async") {
+        return fhir_json(
+            StatusCode::BAD_REQUEST,
+            &outcome("invalid", "bulk export requires Prefer: respond-async"),
+        );
+    }
+    let types: Vec<String> = q
+        .get("_type")
+        .map(|t| t.split(',').map(String::from).collect())
+        .unwrap_or_else(|| vec!["Patient".into()]);
+    let job = state.counters.export_seq.fetch_add(1, Ordering::SeqCst) + 1;
+    let polls = state.config.lock().unwrap().export_polls;
+    state
+        .counters
+        .exports
+        .lock()
+        .unwrap()
+        .insert(job, (polls, types, false));
+    let mut r = StatusCode::ACCEPTED.into_response();
+    let status = format!("{}/$export-status/{job}", origin_of(&headers, &state));
+    if let Ok(v) = HeaderValue::from_str(&status) {
+        r.headers_mut().insert(header::CONTENT_LOCATION, v);
+    }
+    r
+}
+
+async fn export_kickoff_group(
+    State(state): State<AppState>,
+    headers: HeaderMap,
+    Path(_group): Path<String>,
+    q: Query<HashMap<String, String>>,
+) -> Response {
+    export_kickoff(State(state), headers, q).await
+}
+
+async fn export_status(
+    State(state): State<AppState>,
+    headers: HeaderMap,
+    Path(job): Path<u64>,
+) -> Response {
+    if let Err(r) = gate(&state, &headers, false).await {
+        return r;
+    }
+    let retry_after = state.config.lock().unwrap().export_retry_after;
+    let mut jobs = state.counters.exports.lock().unwrap();
+    let Some(j) = jobs.get_mut(&job) else {
+        return fhir_json(
+            StatusCode::NOT_FOUND,
+            &outcome("not-found", "no such export job"),
+        );
+    };
+    if j.2 {
+        return fhir_json(
+            StatusCode::NOT_FOUND,
+            &outcome("not-found", "the job was cancelled"),
+        );
+    }
+    if j.0 > 0 {
+        j.0 -= 1;
+        let mut r = StatusCode::ACCEPTED.into_response();
+        r.headers_mut()
+            .insert("x-progress", HeaderValue::from_static("in progress"));
+        if let Some(s) = retry_after {
+            r.headers_mut()
+                .insert(header::RETRY_AFTER, HeaderValue::from(s));
+        }
+        return r;
+    }
+    let base = origin_of(&headers, &state);
+    let output: Vec<Value> =
+        j.1.iter()
+            .map(|t| json!({"type": t, "url": format!("{base}/$export-file/{job}/{t}.ndjson")}))
+            .collect();
+    axum::Json(json!({
+        "transactionTime": "2026-11-24T00:00:00Z",
+        "request": format!("{base}/$export"),
+        "requiresAccessToken": true,
+        "output": output,
+        "error": [],
+    }))
+    .into_response()
+}
+
+async fn export_cancel(State(state): State<AppState>, Path(job): Path<u64>) -> Response {
+    match state.counters.exports.lock().unwrap().get_mut(&job) {
+        Some(j) => {
+            j.2 = true;
+            StatusCode::ACCEPTED.into_response()
+        }
+        None => StatusCode::NOT_FOUND.into_response(),
+    }
+}
+
+async fn export_file(
+    State(state): State<AppState>,
+    headers: HeaderMap,
+    Path((_job, name)): Path<(u64, String)>,
+) -> Response {
+    if let Err(r) = gate(&state, &headers, false).await {
+        return r;
+    }
+    let ty = name.trim_end_matches(".ndjson");
+    let lines: Vec<String> = match ty {
+        "Patient" => patients().iter().map(|p| p.to_string()).collect(),
+        other => (1..=3)
+            .map(|i| json!({"resourceType": other, "id": format!("{i}")}).to_string())
+            .collect(),
+    };
+    (
+        StatusCode::OK,
+        [(header::CONTENT_TYPE, "application/fhir+ndjson")],
+        lines.join("\n") + "\n",
+    )
+        .into_response()
 }
 
 async fn create_patient(
