@@ -154,10 +154,12 @@ struct Counters {
     unauthorized: AtomicU64,
     authorizations: Mutex<Vec<Option<String>>>,
     revoked: Mutex<std::collections::HashSet<String>>,
-    /// Bulk export jobs: id → (polls left before completion, requested types, cancelled).
-    exports: Mutex<HashMap<u64, (u32, Vec<String>, bool)>>,
+    exports: Mutex<HashMap<u64, ExportJob>>,
     export_seq: AtomicU64,
 }
+
+/// A bulk export job: (polls left before completion, requested types, cancelled).
+type ExportJob = (u32, Vec<String>, bool);
 
 #[derive(Clone)]
 struct AppState {
