@@ -144,6 +144,49 @@ impl Connection {
         Ok(resp)
     }
 
+    /// Like [`Connection::send`], but returns the response unread, to stream its body (the
+    /// proxy). Redirects are returned, not followed; a 401 is retried once with fresh
+    /// credentials as in `send`.
+    pub async fn send_streaming(&self, request: Request) -> Result<reqwest::Response, Error> {
+        let url = self.url_for(&request.path)?;
+        let creds = self.auth.credentials(false).await?;
+        let resp = self.stream_with(&request, &url, &creds).await?;
+        if resp.status() == StatusCode::UNAUTHORIZED && !creds.headers.is_empty() {
+            self.auth.invalidate(&creds);
+            let fresh = self.auth.credentials(false).await?;
+            if fresh.headers != creds.headers {
+                return self.stream_with(&request, &url, &fresh).await;
+            }
+        }
+        Ok(resp)
+    }
+
+    async fn stream_with(
+        &self,
+        request: &Request,
+        url: &url::Url,
+        creds: &crate::auth::Resolved,
+    ) -> Result<reqwest::Response, Error> {
+        let transport_err = |error| Error::Transport {
+            id: self.id().to_string(),
+            error,
+        };
+        let client = self
+            .transport
+            .client(creds.identity.as_ref())
+            .map_err(|e| transport_err(crate::transport::TransportError::Other(e)))?;
+        let mut rb = client.request(request.method.clone(), url.clone());
+        for (k, v) in request.headers.iter().chain(creds.headers.iter()) {
+            rb = rb.header(k, v);
+        }
+        if let Some(b) = &request.body {
+            rb = rb.body(b.clone());
+        }
+        rb.send()
+            .await
+            .map_err(|e| transport_err(self.transport.classify_error(&e, url)))
+    }
+
     /// Streams a GET of `url` (e.g. a bulk data output file) into `on_chunk`, without the body
     /// cap. Credentials go only to the connection's own origin: `with_credentials` for another
     /// origin is an error. Redirects are not followed.

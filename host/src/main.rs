@@ -673,7 +673,15 @@ async fn export(
             }
         }
     };
-    // 2. Wait, honouring Retry-After; Ctrl-C cancels the job.
+    // 2. Wait, honouring Retry-After; Ctrl-C cancels the job. A spinner on a terminal.
+    let progress = indicatif::MultiProgress::with_draw_target(if quiet {
+        indicatif::ProgressDrawTarget::hidden()
+    } else {
+        indicatif::ProgressDrawTarget::stderr()
+    });
+    let spinner = progress.add(indicatif::ProgressBar::new_spinner());
+    spinner.set_message("waiting for the export job");
+    spinner.enable_steady_tick(std::time::Duration::from_millis(120));
     let mut backoff = 1u64;
     let manifest = loop {
         let resp = match conn.get(&status_url).await {
@@ -695,8 +703,8 @@ async fn export(
                     .unwrap_or(backoff)
                     .clamp(1, 120);
                 backoff = (backoff * 2).min(30);
-                say(&format!(
-                    "waiting {wait} s ({})",
+                spinner.set_message(format!(
+                    "waiting for the export job ({}; next check in {wait} s)",
                     resp.header("x-progress").unwrap_or("in progress")
                 ));
                 tokio::select! {
@@ -721,6 +729,7 @@ async fn export(
             }
         }
     };
+    spinner.finish_and_clear();
     // 3. Download, a few files at a time, streaming to disk and checking NDJSON.
     let with_token = manifest["requiresAccessToken"].as_bool().unwrap_or(false);
     let outputs: Vec<(String, String)> = manifest["output"]
@@ -757,6 +766,12 @@ async fn export(
             out.to_path_buf(),
             permits.clone(),
         );
+        let bar = progress.add(indicatif::ProgressBar::new_spinner());
+        bar.set_style(
+            indicatif::ProgressStyle::with_template("{spinner} {msg} {bytes} ({bytes_per_sec})")
+                .unwrap_or_else(|_| indicatif::ProgressStyle::default_spinner()),
+        );
+        bar.set_message(name.clone());
         tasks.spawn(async move {
             let _permit = permits.acquire_owned().await;
             let part = out.join(format!("{name}.part"));
@@ -769,6 +784,7 @@ async fn export(
             let status = conn
                 .download(&url, with_token, |chunk| {
                     check.feed(chunk)?;
+                    bar.inc(chunk.len() as u64);
                     file.write_all(chunk).map_err(|e| e.to_string())
                 })
                 .await
@@ -777,6 +793,7 @@ async fn export(
                 return Err(format!("{url}: HTTP {status}"));
             }
             check.finish().map_err(|e| format!("{url}: {e}"))?;
+            bar.finish_and_clear();
             std::fs::rename(&part, out.join(&name)).map_err(|e| e.to_string())?;
             Ok::<_, String>((name, check.lines))
         });

@@ -5,8 +5,8 @@
 //!
 //! Hop-by-hop headers and the client's own `Authorization` are not forwarded; an optional
 //! bearer token protects the proxy itself. Requests are independent: one connection failing
-//! answers 502 for that connection only. Bodies are buffered (request bodies up to 64 MiB,
-//! responses up to the connection's `max-response-bytes`), not streamed.
+//! answers 502 for that connection only. Response bodies are streamed through; request bodies
+//! are buffered (up to 64 MiB) so that a request can be resent after a 401.
 
 use crate::connection::Request;
 use crate::Host;
@@ -132,12 +132,22 @@ async fn forward(State(st): State<ProxyState>, req: axum::extract::Request) -> R
         headers,
         body: (!body.is_empty()).then(|| body.to_vec()),
     };
-    match conn.send(request).await {
+    match conn.send_streaming(request).await {
         Ok(resp) => {
-            let listed = connection_listed(&resp.headers);
-            let mut out = Response::new(Body::from(resp.body));
-            *out.status_mut() = resp.status;
-            for (k, v) in resp.headers.iter() {
+            let status = resp.status();
+            let headers = resp.headers().clone();
+            let listed = connection_listed(&headers);
+            let chunks = futures_util::stream::unfold(Some(resp), |state| async move {
+                let mut resp = state?;
+                match resp.chunk().await {
+                    Ok(Some(c)) => Some((Ok::<_, reqwest::Error>(c), Some(resp))),
+                    Ok(None) => None,
+                    Err(e) => Some((Err(e), None)),
+                }
+            });
+            let mut out = Response::new(Body::from_stream(chunks));
+            *out.status_mut() = status;
+            for (k, v) in headers.iter() {
                 if forwardable(k, &listed) {
                     out.headers_mut().append(k.clone(), v.clone());
                 }

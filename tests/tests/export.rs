@@ -109,3 +109,56 @@ fn a_bulk_export_waits_renews_its_token_and_downloads_checked_ndjson() {
     );
     assert!(data.join("Observation.001.ndjson").exists());
 }
+
+#[test]
+fn ctrl_c_while_waiting_deletes_the_job_on_the_server() {
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    let fhir = rt.block_on(async {
+        FhirServer::start(FhirServerConfig {
+            export_polls: 1000,
+            export_retry_after: Some(1),
+            ..FhirServerConfig::default()
+        })
+        .await
+        .unwrap()
+    });
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::write(
+        dir.path().join("fhirconn.yaml"),
+        format!("connections:\n  open:\n    base-url: {}\n", fhir.base_url()),
+    )
+    .unwrap();
+    let child = Command::new(fhirconn_bin())
+        .current_dir(dir.path())
+        .env_remove("FHIRCONN_CONFIG")
+        .arg("--plugin-dir")
+        .arg(plugin_dir())
+        .args(["export", "open", "--out", "data"])
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    // Wait until the job exists and the client is between polls.
+    let state = dir.path().join("data/.fhirconn-export.json");
+    for _ in 0..100 {
+        if state.exists() {
+            break;
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    std::thread::sleep(Duration::from_millis(1500));
+    let killed = Command::new("kill")
+        .args(["-INT", &child.id().to_string()])
+        .status()
+        .unwrap();
+    assert!(killed.success());
+    let out = child.wait_with_output().unwrap();
+    assert_eq!(
+        out.status.code(),
+        Some(130),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert_eq!(fhir.exports_cancelled(), 1);
+    assert!(!state.exists(), "nothing to resume after a cancel");
+}

@@ -408,3 +408,47 @@ fn profiles_are_edited_in_place_keeping_comments_and_validated_before_writing() 
             && text.contains("# the real one")
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_proxy_streams_bodies_larger_than_the_connections_response_cap() {
+    let s = FhirServer::start(FhirServerConfig::default())
+        .await
+        .unwrap();
+    s.set_fault(fhirconn_testkit::Fault::HugeBody(5 * 1024 * 1024));
+    let dir = tempfile::tempdir().unwrap();
+    let host = Host::builder()
+        .config_value(
+            dir.path(),
+            json!({"connections": {"big": {"base-url": s.base_url(), "max-response-bytes": 1048576}}}),
+        )
+        .plugin_dir(plugin_dir())
+        .only_explicit_plugin_dirs()
+        .build()
+        .await
+        .unwrap();
+    let host = Arc::new(host);
+    // Buffered, the cap applies...
+    let err = host
+        .connection("big")
+        .unwrap()
+        .get("Patient/1")
+        .await
+        .unwrap_err();
+    assert!(err.to_string().contains("larger than the limit"), "{err}");
+    // ...streamed through the proxy, it does not: the body is never held whole.
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+    let server = tokio::spawn(fhirconn_host::proxy::serve(host, listener, None, async {
+        let _ = stopped.await;
+    }));
+    let body = reqwest::get(format!("http://{addr}/big/Patient/1"))
+        .await
+        .unwrap()
+        .bytes()
+        .await
+        .unwrap();
+    assert_eq!(body.len(), 5 * 1024 * 1024);
+    let _ = stop.send(());
+    server.await.unwrap().unwrap();
+}
