@@ -10,27 +10,30 @@ use std::sync::Arc;
 
 const TOKEN: &str = "CANARY-requests-token-77";
 
-fn servers(rt: &tokio::runtime::Runtime) -> (FhirServer, FhirServer) {
-    rt.block_on(async {
-        let bearer = FhirServer::start(FhirServerConfig {
-            auth: ServerAuth::Bearer {
-                tokens: vec![TOKEN.into()],
-            },
-            ..FhirServerConfig::default()
-        })
-        .await
-        .unwrap();
-        let basic = FhirServer::start(FhirServerConfig {
-            auth: ServerAuth::Basic {
-                username: "u".into(),
-                password: "CANARY-requests-pw".into(),
-            },
-            ..FhirServerConfig::default()
-        })
-        .await
-        .unwrap();
-        (bearer, basic)
+/// A bearer-protected and a basic-protected server.
+async fn start_servers() -> (FhirServer, FhirServer) {
+    let bearer = FhirServer::start(FhirServerConfig {
+        auth: ServerAuth::Bearer {
+            tokens: vec![TOKEN.into()],
+        },
+        ..FhirServerConfig::default()
     })
+    .await
+    .unwrap();
+    let basic = FhirServer::start(FhirServerConfig {
+        auth: ServerAuth::Basic {
+            username: "u".into(),
+            password: "CANARY-requests-pw".into(),
+        },
+        ..FhirServerConfig::default()
+    })
+    .await
+    .unwrap();
+    (bearer, basic)
+}
+
+fn servers(rt: &tokio::runtime::Runtime) -> (FhirServer, FhirServer) {
+    rt.block_on(start_servers())
 }
 
 fn run(dir: &std::path::Path, args: &[&str], stdin: Option<&str>) -> (i32, String, String) {
@@ -134,23 +137,7 @@ fn get_post_put_delete_with_data_headers_queries_and_pages() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn the_proxy_authenticates_64_concurrent_clients_and_isolates_failures() {
-    let bearer = FhirServer::start(FhirServerConfig {
-        auth: ServerAuth::Bearer {
-            tokens: vec![TOKEN.into()],
-        },
-        ..FhirServerConfig::default()
-    })
-    .await
-    .unwrap();
-    let basic = FhirServer::start(FhirServerConfig {
-        auth: ServerAuth::Basic {
-            username: "u".into(),
-            password: "CANARY-requests-pw".into(),
-        },
-        ..FhirServerConfig::default()
-    })
-    .await
-    .unwrap();
+    let (bearer, basic) = start_servers().await;
     let dir = tempfile::tempdir().unwrap();
     let host = Host::builder()
         .config_value(
