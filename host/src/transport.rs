@@ -103,6 +103,10 @@ pub struct Outgoing {
     pub follow_redirects: bool,
 }
 
+/// Request headers that still follow a redirect to another origin (everything else, including
+/// custom `--header`s, is dropped there).
+const CROSS_ORIGIN_HEADERS: &[&str] = &["accept", "user-agent", "accept-language"];
+
 /// The HTTP side of one connection.
 /// Clients shared by every connection of the process, by [`Transport::client_key`].
 static SHARED_CLIENTS: std::sync::LazyLock<Mutex<HashMap<u64, reqwest::Client>>> =
@@ -268,7 +272,7 @@ impl Transport {
         req: Outgoing,
         identity: Option<&ClientIdentity>,
     ) -> Result<Response, TransportError> {
-        let client = self.client(identity).map_err(TransportError::Other)?;
+        let mut client = self.client(identity).map_err(TransportError::Other)?;
         let origin = req.url.origin();
         let mut url = req.url.clone();
         let mut method = req.method.clone();
@@ -278,7 +282,11 @@ impl Transport {
             let build = || {
                 let mut rb = client.request(method.clone(), url.clone());
                 for (k, v) in &req.headers {
-                    rb = rb.header(k, v);
+                    // Past an origin change only harmless headers follow: a custom header
+                    // (`--header X-Api-Key: ...`) may be a credential too.
+                    if with_credentials || CROSS_ORIGIN_HEADERS.contains(&k.as_str()) {
+                        rb = rb.header(k, v);
+                    }
                 }
                 if with_credentials {
                     for (k, v) in &req.credential_headers {
@@ -331,10 +339,32 @@ impl Transport {
                     "{url} redirects to insecure {next}"
                 )));
             }
+            let keeps_method = status == StatusCode::TEMPORARY_REDIRECT
+                || status == StatusCode::PERMANENT_REDIRECT;
             if next.origin() != origin {
-                with_credentials = false;
-                tracing::debug!(connection = %self.settings.id, from = %url, to = %next,
-                    "redirect to another origin: credentials dropped");
+                // A 307/308 would replay the method and body (PUT/POST with patient data,
+                // DELETE) at a server the person never named: refuse it.
+                if keeps_method
+                    && (body.is_some() || !matches!(method, Method::GET | Method::HEAD))
+                {
+                    return Err(TransportError::Redirect(format!(
+                        "{url} answered {} to another origin ({}); not re-sending the {method} \
+                         request there",
+                        status.as_u16(),
+                        next.origin().ascii_serialization()
+                    )));
+                }
+                if with_credentials {
+                    // No credential header, custom header or client certificate follows: the
+                    // rest of the hops use a client without the identity.
+                    with_credentials = false;
+                    if identity.is_some() {
+                        client = self.client(None).map_err(TransportError::Other)?;
+                    }
+                    tracing::debug!(connection = %self.settings.id, from = %url, to = %next,
+                        "redirect to another origin: credentials, custom headers and client \
+                         certificate dropped");
+                }
             }
             if status == StatusCode::SEE_OTHER
                 || ((status == StatusCode::MOVED_PERMANENTLY || status == StatusCode::FOUND)

@@ -76,12 +76,17 @@ struct Env {
     person: Arc<TestPerson>,
 }
 
+/// The FHIR server's origin: the audience Azure FHIR services use, and fhirconn's default.
+fn origin(fhir: &FhirServer) -> String {
+    format!("http://{}", fhir.addr())
+}
+
 async fn env() -> Env {
     let entra = MockEntra::start(EntraConfig::default()).await.unwrap();
     let fhir = FhirServer::start(FhirServerConfig::default())
         .await
         .unwrap();
-    let audience = fhir.base_url();
+    let audience = origin(&fhir);
     fhir.set_auth(ServerAuth::Jwt(entra.verifier(&audience)));
     fhir.set_challenge(Some(entra.challenge(&audience)));
     Env {
@@ -198,7 +203,7 @@ async fn auth_code_with_pkce_signs_in_through_the_loopback_redirect() {
     assert_eq!(p["code_verifier"].len(), 43);
     assert_eq!(
         p["scope"],
-        format!("{}/user_impersonation offline_access", e.fhir.base_url())
+        format!("{}/user_impersonation offline_access", origin(&e.fhir))
     );
     assert_eq!(conn.get("Patient/1").await.unwrap().status, 200);
     e.assert_no_resource_parameter();
@@ -310,7 +315,7 @@ async fn tokens_refresh_silently_and_an_expired_refresh_token_needs_login() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn the_authority_is_discovered_from_the_challenge_however_it_is_spelled() {
     let e = env().await;
-    let base = e.fhir.base_url();
+    let base = origin(&e.fhir);
     let host_url = e.entra.authority_host();
     let cc = json!({"client-id": "daemon-app", "flow": "client-credentials",
                     "client-secret": "daemon-secret"});
@@ -349,7 +354,7 @@ async fn the_authority_is_discovered_from_the_challenge_however_it_is_spelled() 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn audience_with_or_without_a_trailing_slash_and_client_credentials_errors() {
     let e = env().await;
-    let base = e.fhir.base_url();
+    let base = origin(&e.fhir);
     for audience in [base.clone(), format!("{base}/")] {
         let host = e
             .host(e.auth(
@@ -437,4 +442,88 @@ fn cli_login_test_and_logout_with_a_file_store() {
     assert_eq!(code, 0);
     let (code, stdout, _) = run(&["test"]);
     assert_eq!(code, 1, "{stdout}");
+}
+
+/// Security boundary: the FHIR server must not choose the token audience. A challenge naming
+/// Azure Resource Manager gets no token request, in any flow, and the error names both values.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_challenge_naming_a_foreign_resource_gets_no_token() {
+    let e = env().await;
+    let hostile = fhirconn_testkit::hostile::documents::foreign_resource_challenge(
+        &e.entra.authority_host(),
+        TENANT_ID,
+    );
+    // Sign in first (tenant configured: no challenge read), so a refresh token is stored.
+    let host = e.host(e.auth(json!({"tenant": TENANT_ID}))).await;
+    host.connection("c").unwrap().login().await.unwrap();
+    e.fhir.set_challenge(Some(hostile));
+    let before = e.entra.token_requests();
+    for auth in [
+        json!({"client-id": "daemon-app", "flow": "client-credentials",
+               "client-secret": "daemon-secret"}),
+        // Device code with a stored refresh token: the silent refresh must not happen either.
+        json!({}),
+    ] {
+        let host = e.host(e.auth(auth)).await;
+        let r = host.test(&[], None).await.unwrap().remove(0);
+        let text = failure(&r);
+        assert!(
+            text.contains("https://management.azure.com") && text.contains(&origin(&e.fhir)),
+            "the error names both audiences: {text}"
+        );
+    }
+    assert_eq!(e.entra.token_requests(), before, "no token was requested");
+    for p in e.entra.token_request_params() {
+        assert!(
+            !p.get("scope")
+                .is_some_and(|s| s.contains("management.azure.com")),
+            "{p:?}"
+        );
+    }
+}
+
+/// Security boundary: a stored refresh token is bound to the authority, tenant, client id and
+/// audience it was issued for; another authority with the same connection id never gets it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_stored_refresh_token_is_never_sent_to_another_authority() {
+    let e = env().await;
+    let host = e.host(e.auth(json!({"tenant": TENANT_ID}))).await;
+    host.connection("c").unwrap().login().await.unwrap();
+    let other = MockEntra::start(EntraConfig::default()).await.unwrap();
+    // Same connection id, same store, another authority (a second connections file).
+    let elsewhere = json!({"scheme": "azure-ad", "client-id": "public-app",
+                           "authority-host": other.authority_host(), "tenant": TENANT_ID});
+    let r = e
+        .host(elsewhere)
+        .await
+        .test(&[], None)
+        .await
+        .unwrap()
+        .remove(0);
+    assert!(failure(&r).contains("[needs-login]"), "{}", failure(&r));
+    assert_eq!(other.token_requests(), 0, "the other authority got nothing");
+    // Another client id or audience at the same authority: sign in again, too.
+    let before = e.entra.token_requests();
+    for extra in [
+        json!({"tenant": TENANT_ID, "client-id": "another-app"}),
+        json!({"tenant": TENANT_ID, "audience": "https://other.azurehealthcareapis.com"}),
+    ] {
+        let r = e
+            .host(e.auth(extra))
+            .await
+            .test(&[], None)
+            .await
+            .unwrap()
+            .remove(0);
+        assert!(failure(&r).contains("[needs-login]"), "{}", failure(&r));
+    }
+    assert_eq!(e.entra.token_requests(), before);
+    // The original binding still signs in silently.
+    let r = e
+        .host(e.auth(json!({"tenant": TENANT_ID})))
+        .await
+        .test(&[], None)
+        .await
+        .unwrap();
+    assert!(r[0].ok, "{}", failure(&r[0]));
 }

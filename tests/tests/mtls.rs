@@ -414,3 +414,39 @@ fn cli_shows_tls_facts_and_exits_2_on_a_bad_key() {
         "{stderr}"
     );
 }
+
+/// Security boundary: a client certificate never follows a redirect to another origin. The
+/// first server (which requires the certificate) redirects `/metadata` to a second one that
+/// requires a certificate from the same PKI: the second must never see it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_client_certificate_never_follows_a_redirect_to_another_origin() {
+    let e = env().await;
+    let elsewhere = FhirServer::start_tls(
+        FhirServerConfig::default(),
+        server_config(&e.pki, ClientCerts::Required),
+    )
+    .await
+    .unwrap();
+    e.mtls
+        .set_fault(fhirconn_testkit::Fault::RedirectTo(format!(
+            "{}/metadata",
+            elsewhere.base_url()
+        )));
+    let r = e
+        .test_one(e.conn(e.mtls.base_url(), pem_auth("ec")), None)
+        .await;
+    e.mtls.set_fault(fhirconn_testkit::Fault::None);
+    assert!(
+        !r.ok,
+        "the other origin requires a certificate it must not get"
+    );
+    let stats = elsewhere.tls_stats().unwrap();
+    assert!(
+        stats.client_certs().is_empty(),
+        "the client certificate was presented to another origin"
+    );
+    assert!(
+        stats.failures() >= 1,
+        "the redirect target was reached without a certificate"
+    );
+}

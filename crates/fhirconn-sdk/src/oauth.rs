@@ -96,15 +96,64 @@ pub fn token_response(
     match v.get("expires_in") {
         None | Some(Value::Null) => {}
         Some(Value::Number(n)) => {
-            let secs = n
+            let lifetime = n
                 .as_f64()
-                .filter(|s| s.is_finite() && *s >= 0.0 && *s < 1e12)
-                .ok_or_else(|| bad("with a negative or absurd expires_in"))?;
-            creds = creds.expires_in(host, Duration::from_secs_f64(secs));
+                .ok_or_else(|| bad("with a non-numeric expires_in"))
+                .and_then(|secs| token_lifetime(secs).map_err(|why| bad(&why)))?;
+            creds = creds.expires_in(host, lifetime);
         }
         Some(_) => return Err(bad("with a non-numeric expires_in")),
     }
     Ok((creds, v))
+}
+
+/// The longest token lifetime accepted from a server: ten years (anything longer is a bug or
+/// an attack on the host's clock arithmetic).
+pub const MAX_TOKEN_LIFETIME_SECS: f64 = 10.0 * 365.0 * 24.0 * 3600.0;
+
+/// Checks a server-chosen `expires_in` (seconds): it must be finite, above zero and at most
+/// [`MAX_TOKEN_LIFETIME_SECS`]. The error says what was wrong, for a diagnosis.
+pub fn token_lifetime(secs: f64) -> std::result::Result<Duration, String> {
+    if !secs.is_finite() || secs < 0.0 {
+        return Err(format!("with a negative or absurd expires_in ({secs})"));
+    }
+    if secs < 1.0 {
+        return Err(format!(
+            "with expires_in {secs}: a token that has already expired (the server's clock or \
+             configuration is wrong)"
+        ));
+    }
+    if secs > MAX_TOKEN_LIFETIME_SECS {
+        return Err(format!(
+            "with an absurd expires_in ({secs:.0} s, more than ten years)"
+        ));
+    }
+    Ok(Duration::from_secs_f64(secs))
+}
+
+/// Bounds a server-chosen wait (a device-code `interval`, `expires_in`, or `Retry-After`) to
+/// `[min, max]` seconds, so a hostile server can neither spin the client nor park it forever.
+pub fn bounded_seconds(value: Option<u64>, default: u64, min: u64, max: u64) -> Duration {
+    Duration::from_secs(value.unwrap_or(default).clamp(min, max))
+}
+
+/// RFC 6749 §5.1: a token response's `scope` differs from the request when the server granted
+/// less. Returns a warning naming the scopes that were asked for and not granted.
+pub fn scope_downgrade(requested: &[&str], granted: Option<&str>) -> Option<String> {
+    let granted: Vec<&str> = granted?.split(' ').filter(|s| !s.is_empty()).collect();
+    let missing: Vec<&str> = requested
+        .iter()
+        .copied()
+        .filter(|r| !r.is_empty() && !granted.contains(r))
+        .collect();
+    if missing.is_empty() {
+        return None;
+    }
+    Some(format!(
+        "the token endpoint granted fewer scopes than requested: not granted {}; granted '{}'",
+        missing.join(" "),
+        granted.join(" ")
+    ))
 }
 
 #[cfg(test)]
@@ -158,10 +207,32 @@ mod tests {
                 (r#"{"access_token":"a","token_type":"Bearer","expires_in":"60"}"#, "non-numeric"),
                 (r#"{"access_token":"a","token_type":"Bearer","expires_in":-1}"#, "negative"),
                 (r#"{"access_token":"a","token_type":"Bearer","expires_in":1e300}"#, "absurd"),
+                (r#"{"access_token":"a","token_type":"Bearer","expires_in":1e10}"#, "absurd"),
+                (r#"{"access_token":"a","token_type":"Bearer","expires_in":0}"#, "already expired"),
             ] {
                 let e = token_response(&resp(200, body), "t", h).unwrap_err();
                 assert!(e.message().contains(expected), "{body}: {e}");
             }
         });
+    }
+
+    #[test]
+    fn scope_downgrades_and_waits_are_reported_and_bounded() {
+        assert_eq!(scope_downgrade(&["a", "b"], None), None);
+        assert_eq!(scope_downgrade(&["a", "b"], Some("b a")), None);
+        let w = scope_downgrade(
+            &["system/*.rs", "system/Patient.r"],
+            Some("system/Patient.r"),
+        )
+        .unwrap();
+        assert!(w.contains("not granted system/*.rs"), "{w}");
+        assert_eq!(bounded_seconds(Some(0), 5, 1, 60), Duration::from_secs(1));
+        assert_eq!(
+            bounded_seconds(Some(u64::MAX), 5, 1, 60),
+            Duration::from_secs(60)
+        );
+        assert_eq!(bounded_seconds(None, 5, 1, 60), Duration::from_secs(5));
+        assert!(token_lifetime(3600.0).is_ok());
+        assert!(token_lifetime(f64::NAN).is_err());
     }
 }

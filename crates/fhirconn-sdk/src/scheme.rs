@@ -98,7 +98,12 @@ impl Credentials {
     /// Sets the expiry relative to the host's clock (e.g. from `expires_in`).
     #[must_use]
     pub fn expires_in(self, host: &Host<'_>, lifetime: Duration) -> Self {
-        let at = host.now() + lifetime;
+        // A server-chosen lifetime must not overflow the clock arithmetic (that would panic).
+        let now = host.now();
+        let at = now
+            .checked_add(lifetime)
+            .or_else(|| now.checked_add(Duration::from_secs(10 * 365 * 24 * 3600)))
+            .unwrap_or(now);
         self.expires_at(at)
     }
 }

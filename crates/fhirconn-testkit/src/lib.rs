@@ -10,6 +10,7 @@
 //! [`idp::IdentityProvider`] is an OAuth 2.0 / OpenID Connect provider issuing those tokens.
 
 pub mod entra;
+pub mod hostile;
 pub mod idp;
 pub mod pki;
 pub mod tls;

@@ -196,6 +196,28 @@ pub struct ConnectionSettings {
     pub token_renewal_margin: Option<Duration>,
     /// The auth entries, in order (empty = `none`).
     pub auth: Vec<AuthEntry>,
+    /// Credentials may go over plain http to a host that is not loopback (`allow-insecure-http`).
+    pub allow_insecure_http: bool,
+}
+
+/// Whether `url` may carry a credential without `allow-insecure-http`: https, or http to a
+/// loopback host (`localhost`, 127.0.0.0/8, `[::1]`).
+pub fn is_secure_or_loopback(url: &url::Url) -> bool {
+    match url.scheme() {
+        "https" => true,
+        "http" => is_loopback_host(url),
+        _ => false,
+    }
+}
+
+/// Whether the URL's host is loopback: `localhost`, 127.0.0.0/8 or `[::1]`.
+pub fn is_loopback_host(url: &url::Url) -> bool {
+    match url.host() {
+        Some(url::Host::Domain(d)) => d.eq_ignore_ascii_case("localhost"),
+        Some(url::Host::Ipv4(ip)) => ip.is_loopback(),
+        Some(url::Host::Ipv6(ip)) => ip.is_loopback(),
+        None => false,
+    }
 }
 
 /// Extracts typed connection settings from a schema-valid document.
@@ -294,7 +316,7 @@ fn connection(
         });
     if let Some(p) = &proxy {
         match url::Url::parse(&p.url) {
-            Ok(u) if matches!(u.scheme(), "http" | "https" | "socks5") => {
+            Ok(u) if matches!(u.scheme(), "http" | "https") => {
                 if !u.username().is_empty() || u.password().is_some() {
                     errors.push(doc.error_at(
                         &field("proxy/url"),
@@ -306,7 +328,7 @@ fn connection(
             _ => errors.push(doc.error_at(
                 &field("proxy/url"),
                 false,
-                "must be an http:// or https:// URL",
+                "must be an http:// or https:// URL (SOCKS proxies are not supported)",
             )),
         }
     }
@@ -343,10 +365,32 @@ fn connection(
             pointer: p,
         });
     }
+    let allow_insecure_http = conn
+        .get("allow-insecure-http")
+        .and_then(Value::as_bool)
+        .unwrap_or(false);
+    if let Some(u) = &base_url {
+        let sends_credentials = auth.iter().any(|a| a.scheme != "none");
+        if sends_credentials && !allow_insecure_http && !is_secure_or_loopback(u) {
+            let schemes: Vec<&str> = auth.iter().map(|a| a.scheme.as_str()).collect();
+            errors.push(doc.error_at(
+                &field("base-url"),
+                false,
+                format!(
+                    "{} would send credentials ({}) over plain http to a host that is not \
+                     loopback; use https, or set 'allow-insecure-http: true' on this connection \
+                     to accept that",
+                    u.origin().ascii_serialization(),
+                    schemes.join(", ")
+                ),
+            ));
+        }
+    }
     if !errors.is_empty() {
         return Err(errors);
     }
     Ok(ConnectionSettings {
+        allow_insecure_http,
         id: id.to_string(),
         base_url: base_url.expect("checked above"),
         connect_timeout,

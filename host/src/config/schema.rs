@@ -105,6 +105,8 @@ fn connection_schema() -> Value {
             "test-connection-on-startup": {"type": "boolean", "default": false},
             "probe": {"type": "string", "description": "authenticated read after /metadata, e.g. Patient?_count=1"},
             "max-response-bytes": {"type": "integer", "minimum": 1024},
+            "allow-insecure-http": {"type": "boolean", "default": false,
+                "description": "allow credentials over plain http to a host that is not loopback (warned about in every report)"},
             "auth": {
                 "if": {"type": "array"},
                 "then": {"type": "array", "minItems": 1, "items": {"$ref": "#/$defs/auth"}},

@@ -6,9 +6,16 @@
 //!
 //! Settings: `client-id`; `tenant` (optional: discovered from the FHIR server's 401 challenge
 //! `authorization_uri`); `authority-host` (default `https://login.microsoftonline.com`; a
-//! discovered authority on another host is refused); `audience` (default: the challenge's
-//! `resource_id`, else the base URL without a trailing slash); `flow`: `device-code` (default),
-//! `auth-code` or `client-credentials` (with `client-secret`, `-file` or `-env`).
+//! discovered authority on another host is refused); `audience` (default: the origin of the
+//! base URL); `flow`: `device-code` (default), `auth-code` or `client-credentials` (with
+//! `client-secret`, `-file` or `-env`).
+//!
+//! **The audience comes from configuration, never from the server.** A FHIR server's challenge
+//! may name a `resource_id`; it is only compared with the configured (or default) audience, and
+//! a mismatch is an error naming both, before any token request. Otherwise a hostile server
+//! could name `https://management.azure.com` and receive an Azure Resource Manager token.
+//! A stored refresh token is bound to the authority, tenant, client id and audience it was
+//! issued for, and used only when all four match.
 //!
 //! No `resource` parameter is ever sent: the v2.0 endpoints reject it.
 
@@ -66,6 +73,7 @@ struct Settings {
 /// Endpoints of the resolved authority.
 #[derive(Debug, Clone)]
 struct Authority {
+    tenant: String,
     audience: String,
     token_endpoint: String,
     device_endpoint: Option<String>,
@@ -99,6 +107,32 @@ pub fn normalize_audience(a: &str) -> String {
     a.trim_end_matches('/').to_string()
 }
 
+/// The default audience: the origin of the base URL (what Azure API for FHIR and Azure Health
+/// Data Services expect, e.g. `https://ws-svc.fhir.azurehealthcareapis.com`).
+pub fn default_audience(base_url: &str) -> String {
+    match url::Url::parse(base_url) {
+        Ok(u) if u.host_str().is_some() => u.origin().ascii_serialization(),
+        _ => normalize_audience(base_url),
+    }
+}
+
+/// Whether two audiences name the same resource: URLs compare by scheme, host and port (case-
+/// and default-port-insensitive) and path without trailing slashes; other strings (an app id
+/// URI such as `api://...` or a GUID) compare case-insensitively without trailing slashes.
+pub fn same_audience(a: &str, b: &str) -> bool {
+    fn norm(x: &str) -> String {
+        match url::Url::parse(x.trim()) {
+            Ok(u) if u.host_str().is_some() => format!(
+                "{}{}",
+                u.origin().ascii_serialization(),
+                u.path().trim_end_matches('/')
+            ),
+            _ => x.trim().trim_end_matches('/').to_ascii_lowercase(),
+        }
+    }
+    norm(a) == norm(b)
+}
+
 impl Scheme for AzureAd {
     fn name(&self) -> &str {
         "azure-ad"
@@ -119,7 +153,7 @@ impl Scheme for AzureAd {
                 "description": "tenant id or domain; default: from the FHIR server's 401 challenge"},
             "authority-host": {"type": "string", "format": "uri", "default": DEFAULT_AUTHORITY_HOST},
             "audience": {"type": "string", "minLength": 1,
-                "description": "the FHIR service's audience; default: the challenge's resource_id or the base URL"},
+                "description": "the FHIR service's audience; default: the origin of base-url (a challenge's resource_id must match it)"},
             "flow": {"enum": ["device-code", "auth-code", "client-credentials"], "default": "device-code"},
         });
         if let Value::Object(extra) = extra {
@@ -211,7 +245,7 @@ impl AzureConnection {
 
     /// Tenant and audience: configured, or read from the FHIR server's 401 challenge.
     fn tenant_and_audience(&self, host: &Host<'_>) -> Result<(String, String)> {
-        let fallback_audience = || normalize_audience(&self.base_url);
+        let fallback_audience = || default_audience(&self.base_url);
         if let Some(t) = &self.tenant {
             return Ok((
                 t.clone(),
@@ -253,11 +287,21 @@ impl AzureConnection {
             .and_then(|mut s| s.find(|seg| !seg.is_empty()))
             .map(String::from)
             .ok_or_else(|| Error::protocol(format!("authorization_uri '{uri}' names no tenant")))?;
-        let audience = self
-            .audience
-            .clone()
-            .or_else(|| ch.get("resource_id").map(|a| normalize_audience(a)))
-            .unwrap_or_else(fallback_audience);
+        let audience = self.audience.clone().unwrap_or_else(fallback_audience);
+        if let Some(resource) = ch.get("resource_id") {
+            if !same_audience(resource, &audience) {
+                return Err(Error::config(format!(
+                    "the FHIR server's challenge names the audience '{resource}', but this \
+                     connection's audience is '{audience}' ({}); refusing to request a token for \
+                     another resource. Set 'audience' if the server's value is right",
+                    if self.audience.is_some() {
+                        "the audience setting"
+                    } else {
+                        "the origin of base-url"
+                    }
+                )));
+            }
+        }
         host.debug(&format!(
             "discovered tenant {tenant} and audience {audience}"
         ));
@@ -331,6 +375,7 @@ impl AzureConnection {
             }
         }
         let a = Authority {
+            tenant,
             audience,
             token_endpoint,
             device_endpoint,
@@ -344,18 +389,53 @@ impl AzureConnection {
         format!("{}/user_impersonation offline_access", a.audience)
     }
 
-    /// Reads a token response; stores a new refresh token.
+    /// What a stored refresh token is bound to: it is used only with the same values.
+    fn binding(&self, a: &Authority) -> Value {
+        json!({
+            "authority": self.origin(),
+            "tenant": a.tenant,
+            "client_id": self.client_id,
+            "audience": a.audience,
+        })
+    }
+
+    /// Reads a token response; stores a new refresh token with its binding.
     fn accept_tokens(
         &self,
+        a: &Authority,
         resp: &HttpResponse,
         endpoint: &str,
         host: &Host<'_>,
     ) -> Result<Credentials> {
         let (creds, v) = fhirconn_sdk::oauth::token_response(resp, endpoint, host)?;
         if let Some(rt) = v["refresh_token"].as_str() {
-            host.store_put(REFRESH_KEY, &SecretString::from(rt.to_string()))?;
+            let mut stored = self.binding(a);
+            stored["refresh_token"] = Value::String(rt.to_string());
+            host.store_put(REFRESH_KEY, &SecretString::from(stored.to_string()))?;
         }
         Ok(creds)
+    }
+
+    /// The stored refresh token, if there is one bound to this authority, tenant, client id
+    /// and audience. A token stored for anything else is never sent: the person signs in again.
+    fn stored_refresh_token(&self, a: &Authority, host: &Host<'_>) -> Result<Option<SecretString>> {
+        let Some(raw) = host.store_get(REFRESH_KEY)? else {
+            return Ok(None);
+        };
+        let Ok(Value::Object(mut stored)) = serde_json::from_str::<Value>(raw.expose_secret())
+        else {
+            host.debug("the stored sign-in has no binding (an older format); sign in again");
+            return Ok(None);
+        };
+        let token = stored.remove("refresh_token");
+        if Value::Object(stored) != self.binding(a) {
+            host.debug(
+                "the stored sign-in was issued for another authority, tenant, client id or \
+                 audience; it is not used (sign in again)",
+            );
+            return Ok(None);
+        }
+        Ok(token.and_then(|t| t.as_str().map(|t| SecretString::from(t.to_string()))))
     }
 
     fn refused(resp: &HttpResponse, endpoint: &str) -> Error {
@@ -364,7 +444,7 @@ impl AzureConnection {
 
     /// Silent sign-in with a stored refresh token; `Ok(None)` when there is none or it failed.
     fn refresh(&self, a: &Authority, host: &Host<'_>) -> Result<Option<Credentials>> {
-        let Some(rt) = host.store_get(REFRESH_KEY)? else {
+        let Some(rt) = self.stored_refresh_token(a, host)? else {
             return Ok(None);
         };
         let scope = Self::delegated_scope(a);
@@ -378,7 +458,9 @@ impl AzureConnection {
             ],
         ))?;
         if resp.is_success() {
-            return self.accept_tokens(&resp, &a.token_endpoint, host).map(Some);
+            return self
+                .accept_tokens(a, &resp, &a.token_endpoint, host)
+                .map(Some);
         }
         match oauth_error(&resp) {
             Some((code, desc)) if code == "invalid_grant" || code == "interaction_required" => {
@@ -416,16 +498,19 @@ impl AzureConnection {
             .as_str()
             .or_else(|| v["verification_url"].as_str())
             .unwrap_or("");
-        let mut interval = v["interval"].as_u64().unwrap_or(5).max(1);
-        let expires_in = v["expires_in"].as_u64().unwrap_or(900);
+        // Server-chosen waits are bounded: a hostile authority can neither make the client poll
+        // in a tight loop nor park it for ever (RFC 8628 §3.2 default interval 5 s).
+        let mut interval = fhirconn_sdk::oauth::bounded_seconds(v["interval"].as_u64(), 5, 1, 60);
+        let expires_in =
+            fhirconn_sdk::oauth::bounded_seconds(v["expires_in"].as_u64(), 900, 1, 1800);
         let message = v["message"]
             .as_str()
             .map(String::from)
             .unwrap_or_else(|| format!("To sign in, open {uri} and enter the code {user_code}"));
         host.tell_person(&message, Some(uri));
-        let deadline = Instant::now() + Duration::from_secs(expires_in);
+        let deadline = Instant::now() + expires_in;
         loop {
-            host.sleep(Duration::from_secs(interval));
+            host.sleep(interval);
             if Instant::now() > deadline {
                 return Err(Error::interaction_required(
                     "the sign-in code expired; run login again",
@@ -440,12 +525,14 @@ impl AzureConnection {
                 ],
             ))?;
             if resp.is_success() {
-                return self.accept_tokens(&resp, &a.token_endpoint, host);
+                return self.accept_tokens(a, &resp, &a.token_endpoint, host);
             }
             match oauth_error(&resp).map(|(c, _)| c).as_deref() {
                 Some("authorization_pending") => continue,
                 // RFC 8628 §3.5: add 5 seconds for this and every later request.
-                Some("slow_down") => interval += 5,
+                Some("slow_down") => {
+                    interval = (interval + Duration::from_secs(5)).min(Duration::from_secs(60))
+                }
                 Some("expired_token") => {
                     return Err(Error::interaction_required(
                         "the sign-in code expired before it was used; run login again",
@@ -515,7 +602,7 @@ impl AzureConnection {
         if !resp.is_success() {
             return Err(Self::refused(&resp, &a.token_endpoint));
         }
-        self.accept_tokens(&resp, &a.token_endpoint, host)
+        self.accept_tokens(a, &resp, &a.token_endpoint, host)
     }
 
     fn client_credentials(&self, a: &Authority, host: &Host<'_>) -> Result<Credentials> {
@@ -536,7 +623,7 @@ impl AzureConnection {
         if !resp.is_success() {
             return Err(Self::refused(&resp, &a.token_endpoint));
         }
-        self.accept_tokens(&resp, &a.token_endpoint, host)
+        self.accept_tokens(a, &resp, &a.token_endpoint, host)
     }
 }
 

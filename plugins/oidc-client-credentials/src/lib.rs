@@ -459,7 +459,21 @@ impl Connection for ClientCredentialsConnection {
         check_bearer(resp.token_type(), token, &endpoint)?;
         let mut creds = Credentials::new().bearer(&SecretString::from(token.clone()));
         if let Some(lifetime) = resp.expires_in() {
+            let lifetime =
+                fhirconn_sdk::oauth::token_lifetime(lifetime.as_secs_f64()).map_err(|why| {
+                    Error::protocol(format!(
+                        "token endpoint {endpoint} answered {} {why}",
+                        status()
+                    ))
+                })?;
             creds = creds.expires_in(host, lifetime);
+        }
+        let granted = resp
+            .scopes()
+            .map(|s| s.iter().map(|s| s.as_str()).collect::<Vec<_>>().join(" "));
+        let requested: Vec<&str> = self.scopes.iter().map(String::as_str).collect();
+        if let Some(w) = fhirconn_sdk::oauth::scope_downgrade(&requested, granted.as_deref()) {
+            creds = creds.warning(w);
         }
         Ok(creds)
     }

@@ -246,6 +246,16 @@ pub fn discover(base_url: &str, alg: &str, host: &Host<'_>) -> Result<String> {
     resolve_url(base_url, endpoint)
 }
 
+/// Whether two URLs name the same host (scheme and port aside).
+fn same_host(a: &str, b: &str) -> bool {
+    let host = |u: &str| {
+        url::Url::parse(u)
+            .ok()
+            .and_then(|u| u.host_str().map(str::to_ascii_lowercase))
+    };
+    host(a).is_some() && host(a) == host(b)
+}
+
 fn random_jti() -> Result<String> {
     let mut bytes = [0u8; 16];
     getrandom::fill(&mut bytes)
@@ -322,7 +332,18 @@ impl Connection for SmartConnection {
         if !resp.is_success() {
             return Err(fhirconn_sdk::oauth::refused(&resp, &endpoint));
         }
-        fhirconn_sdk::oauth::token_response(&resp, &endpoint, host).map(|(creds, _)| creds)
+        let (mut creds, v) = fhirconn_sdk::oauth::token_response(&resp, &endpoint, host)?;
+        let requested: Vec<&str> = self.scope.split(' ').collect();
+        if let Some(w) = fhirconn_sdk::oauth::scope_downgrade(&requested, v["scope"].as_str()) {
+            creds = creds.warning(w);
+        }
+        if self.token_url.is_none() && !same_host(&endpoint, &self.base_url) {
+            creds = creds.warning(format!(
+                "the token endpoint {endpoint} (from the server's smart-configuration) is on \
+                 another host than base-url; set 'token-url' to pin it if that is expected"
+            ));
+        }
+        Ok(creds)
     }
 }
 
