@@ -96,6 +96,13 @@ fn credentials_over_plain_http_to_a_remote_host_are_refused_unless_allowed() {
         );
         assert!(!text.contains("CANARY"), "{text}");
     }
+    // This build has no SOCKS support: a socks5 proxy is refused when the file loads.
+    let (code, text) = check(
+        "connections:\n  c:\n    base-url: https://fhir.example.org/r4\n    \
+         proxy: {url: 'socks5://127.0.0.1:1080'}\n    auth: {scheme: none}\n",
+    );
+    assert_eq!(code, Some(2), "{text}");
+    assert!(text.contains("SOCKS") && text.contains("proxy"), "{text}");
     // Loopback, https, `none` and an explicit opt-in are fine.
     for (base, extra, auth) in [
         ("http://127.0.0.1:9/r4", "", "{scheme: bearer, token: t}"),
