@@ -290,8 +290,15 @@ impl Connection {
             metadata_ms: 0,
             total_ms: 0,
         };
+        if self.transport.settings().allow_insecure_http {
+            report.warnings.push(
+                "allow-insecure-http is set: credentials may cross the network in plain text"
+                    .to_string(),
+            );
+        }
         let finish = |mut r: TestReport| {
             r.total_ms = started.elapsed().as_millis() as u64;
+            r.clean(&self.auth.services.redactor);
             r
         };
         // 1. credentials
@@ -563,7 +570,44 @@ fn pem_first_certificate(pem_text: &str) -> Option<Vec<u8>> {
     base64::engine::general_purpose::STANDARD.decode(b64).ok()
 }
 
+/// How many characters of a diagnosis a report keeps.
+const MAX_MESSAGE: usize = 2000;
+
 impl TestReport {
+    /// Makes the report safe to print and to store: every text that came from outside (the
+    /// server's software, diagnostics, challenge, certificate names; warnings) has the known
+    /// secrets removed in all their forms, then its control characters escaped, on one line.
+    /// Redaction comes first, so no cut or escape can hide a secret from it.
+    pub(crate) fn clean(&mut self, redactor: &crate::services::Redactor) {
+        use crate::services::sanitize_line;
+        let line = |s: &str, max: usize| sanitize_line(&redactor.redact(s), max);
+        for field in [&mut self.fhir_version, &mut self.software] {
+            if let Some(v) = field.as_mut() {
+                *v = line(v, 200);
+            }
+        }
+        if let Some(d) = self.failure.as_mut() {
+            d.message = line(&d.message, MAX_MESSAGE);
+            if let Some(c) = d.www_authenticate.as_mut() {
+                *c = line(c, MAX_MESSAGE);
+            }
+        }
+        for w in &mut self.warnings {
+            *w = line(w, MAX_MESSAGE);
+        }
+        if let Some(p) = self.probe.as_mut() {
+            p.path = line(&p.path, MAX_MESSAGE);
+        }
+        for c in [&mut self.server_certificate, &mut self.client_certificate]
+            .into_iter()
+            .flatten()
+        {
+            c.subject = line(&c.subject, 500);
+            c.issuer = line(&c.issuer, 500);
+            c.not_after = line(&c.not_after, 100);
+        }
+    }
+
     /// A report for a connection that could not be set up.
     pub fn unavailable(id: &str, base_url: &str, schemes: Vec<String>, reason: &str) -> Self {
         Self {
@@ -574,7 +618,11 @@ impl TestReport {
             fhir_version: None,
             software: None,
             probe: None,
-            failure: Some(Diagnosis::new(Stage::Setup, "unavailable", reason)),
+            failure: Some(Diagnosis::new(
+                Stage::Setup,
+                "unavailable",
+                crate::services::sanitize_line(reason, MAX_MESSAGE),
+            )),
             warnings: Vec::new(),
             server_certificate: None,
             client_certificate: None,
@@ -633,7 +681,9 @@ fn http_failure(stage: Stage, resp: &Response) -> Option<Diagnosis> {
     let outcome = operation_outcome_text(&resp.body);
     let mut d = match status {
         StatusCode::UNAUTHORIZED => {
-            let challenge = resp.header(WWW_AUTHENTICATE.as_str()).map(String::from);
+            let challenge = resp
+                .header(WWW_AUTHENTICATE.as_str())
+                .map(crate::services::sanitize);
             let mut d = Diagnosis::new(
                 stage,
                 "unauthorized",
@@ -681,7 +731,8 @@ fn http_failure(stage: Stage, resp: &Response) -> Option<Diagnosis> {
     Some(d)
 }
 
-/// The diagnostics of an OperationOutcome body, if it is one.
+/// The diagnostics of an OperationOutcome body, if it is one, with control characters escaped
+/// (lines kept, nothing cut: a connection test redacts known secrets, then shortens).
 pub fn operation_outcome_text(body: &[u8]) -> Option<String> {
     let v: serde_json::Value = serde_json::from_slice(body).ok()?;
     if v.get("resourceType")?.as_str()? != "OperationOutcome" {
@@ -695,7 +746,7 @@ pub fn operation_outcome_text(body: &[u8]) -> Option<String> {
             i.get("diagnostics")
                 .or_else(|| i.get("details").and_then(|d| d.get("text")))
                 .and_then(|t| t.as_str())
-                .map(|s| s.chars().take(300).collect())
+                .map(crate::services::sanitize)
         })
         .collect();
     (!texts.is_empty()).then(|| texts.join("; "))
@@ -748,13 +799,16 @@ pub fn parse_capability(resp: &Response) -> Result<Capability, Diagnosis> {
     let fhir_version = v
         .get("fhirVersion")
         .and_then(|s| s.as_str())
-        .map(String::from);
+        .map(crate::services::sanitize);
     let software = v.get("software").and_then(|s| {
         let name = s.get("name")?.as_str()?;
-        Some(match s.get("version").and_then(|v| v.as_str()) {
+        Some(crate::services::sanitize(&match s
+            .get("version")
+            .and_then(|v| v.as_str())
+        {
             Some(ver) => format!("{name} {ver}"),
             None => name.to_string(),
-        })
+        }))
     });
     Ok(Capability {
         fhir_version,
