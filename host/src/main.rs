@@ -67,17 +67,7 @@ enum Command {
     Delete(RequestArgs),
     /// Serve connections on a local port: http://LISTEN/<ID>/<path> is forwarded to that
     /// connection with its authentication applied.
-    Proxy {
-        /// Address to listen on.
-        #[arg(long, default_value = "127.0.0.1:8089")]
-        listen: String,
-        /// A file with a bearer token clients must send to the proxy.
-        #[arg(long, value_name = "FILE")]
-        token_file: Option<PathBuf>,
-        /// Listen on a non-loopback address (requires --token-file).
-        #[arg(long)]
-        allow_remote: bool,
-    },
+    Proxy(ProxyArgs),
     /// Print a current access token of a connection (for scripts); fetched or cached.
     Token {
         /// Connection id.
@@ -542,11 +532,7 @@ async fn run(cli: Cli) -> ExitCode {
         Command::Post(a) => request(&cli, reqwest::Method::POST, a).await,
         Command::Put(a) => request(&cli, reqwest::Method::PUT, a).await,
         Command::Delete(a) => request(&cli, reqwest::Method::DELETE, a).await,
-        Command::Proxy {
-            listen,
-            token_file,
-            allow_remote,
-        } => proxy(&cli, listen, token_file.as_deref(), *allow_remote).await,
+        Command::Proxy(a) => proxy(&cli, a).await,
     }
 }
 
@@ -1117,39 +1103,61 @@ async fn request(cli: &Cli, method: reqwest::Method, a: &RequestArgs) -> ExitCod
     ExitCode::SUCCESS
 }
 
-async fn proxy(
-    cli: &Cli,
-    listen: &str,
-    token_file: Option<&std::path::Path>,
+/// `fhirconn proxy` options.
+#[derive(clap::Args, Debug)]
+struct ProxyArgs {
+    /// Address to listen on.
+    #[arg(long, default_value = "127.0.0.1:8089")]
+    listen: String,
+    /// A file with the bearer token clients must send (`Authorization: Bearer <token>`).
+    /// Without it, a token is generated for each run into a private file in the state
+    /// directory ($XDG_STATE_HOME/fhirconn/proxy-PORT.token), whose path is printed.
+    #[arg(long, value_name = "FILE")]
+    token_file: Option<PathBuf>,
+    /// Require no token (loopback only): every local user and process can then use your
+    /// connections.
+    #[arg(long, conflicts_with = "token_file")]
+    no_token: bool,
+    /// Listen on a non-loopback address (requires --tls-cert and --tls-key, and a token).
+    #[arg(long)]
     allow_remote: bool,
-) -> ExitCode {
-    let addr: std::net::SocketAddr = match listen.parse() {
-        Ok(a) => a,
+    /// PEM certificate chain to serve HTTPS with (leaf first).
+    #[arg(long, value_name = "FILE", requires = "tls_key")]
+    tls_cert: Option<PathBuf>,
+    /// PEM private key of --tls-cert.
+    #[arg(long, value_name = "FILE", requires = "tls_cert")]
+    tls_key: Option<PathBuf>,
+}
+
+async fn proxy(cli: &Cli, a: &ProxyArgs) -> ExitCode {
+    let options = fhirconn_host::proxy::Options {
+        listen: a.listen.clone(),
+        token_file: a.token_file.clone(),
+        no_token: a.no_token,
+        allow_remote: a.allow_remote,
+        tls_cert: a.tls_cert.clone(),
+        tls_key: a.tls_key.clone(),
+    };
+    let prepared = match options.prepare() {
+        Ok(p) => p,
         Err(e) => {
-            eprintln!("error: --listen {listen}: {e}");
+            eprintln!("error: {e}");
             return ExitCode::from(2);
         }
     };
-    let token = match token_file.map(std::fs::read_to_string) {
-        Some(Ok(t)) if !t.trim().is_empty() => Some(t.trim().to_string()),
-        Some(Ok(_)) => {
-            eprintln!("error: --token-file is empty");
+    let token_dir = match fhirconn_host::proxy::state_dir() {
+        Some(d) => d,
+        None if prepared.is_open() || a.token_file.is_some() => PathBuf::new(),
+        None => {
+            eprintln!(
+                "error: no state directory for the proxy token (set $XDG_STATE_HOME or $HOME), \
+                 or pass --token-file"
+            );
             return ExitCode::from(2);
         }
-        Some(Err(e)) => {
-            eprintln!("error: --token-file: {e}");
-            return ExitCode::from(2);
-        }
-        None => None,
     };
-    let remote_allowed = allow_remote && token.is_some();
-    if !(addr.ip().is_loopback() || remote_allowed) {
-        eprintln!(
-            "error: --listen {addr} is not a loopback address: the proxy adds your credentials \
-             to every request; use --allow-remote with --token-file to accept that"
-        );
-        return ExitCode::from(2);
-    }
+    let addr = prepared.addr();
+    let scheme = if prepared.is_tls() { "https" } else { "http" };
     let host = match build_host(cli, &[]).await {
         Ok(h) => std::sync::Arc::new(h),
         Err(e) => return fail(&e),
@@ -1161,18 +1169,42 @@ async fn proxy(
             return ExitCode::from(1);
         }
     };
-    let bound = listener
-        .local_addr()
-        .map(|a| a.to_string())
-        .unwrap_or_default();
+    let bound = match listener.local_addr() {
+        Ok(b) => b,
+        Err(e) => {
+            eprintln!("error: cannot listen on {addr}: {e}");
+            return ExitCode::from(1);
+        }
+    };
+    let (config, generated) = match prepared.into_config(bound, &token_dir) {
+        Ok(c) => c,
+        Err(e) => {
+            eprintln!("error: {e}");
+            return ExitCode::from(1);
+        }
+    };
     eprintln!(
-        "proxy on http://{bound}/<connection>/<path> for: {}",
+        "proxy on {scheme}://{bound}/<connection>/<path> for: {}",
         host.connection_ids().join(", ")
     );
+    if let Some(g) = &generated {
+        eprintln!(
+            "callers must send 'Authorization: Bearer <token>'; the token (new for this run) is \
+             in {}",
+            g.path().display()
+        );
+    } else if a.no_token {
+        eprintln!(
+            "warning: --no-token: every local user and process (and any container sharing this \
+             network namespace) can use these connections with your credentials"
+        );
+    }
     let shutdown = async {
         let _ = tokio::signal::ctrl_c().await;
     };
-    match fhirconn_host::proxy::serve(host, listener, token, shutdown).await {
+    let result = fhirconn_host::proxy::serve(host, listener, config, shutdown).await;
+    drop(generated);
+    match result {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
             eprintln!("error: {e}");

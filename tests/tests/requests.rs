@@ -1,12 +1,10 @@
-//! Using a connection: `get`/`post`/`put`/`delete` with data, headers, queries and paging, and
-//! the local authenticating proxy under concurrent clients.
+//! Using a connection: `get`/`post`/`put`/`delete` with data, headers, queries and paging,
+//! `import dsf` and `profile` (the proxy's tests are in `proxy.rs`).
 
-use fhirconn_host::Host;
 use fhirconn_testkit::{FhirServer, FhirServerConfig, ServerAuth};
 use fhirconn_tests::{fhirconn_bin, plugin_dir};
 use serde_json::json;
 use std::process::Command;
-use std::sync::Arc;
 
 const TOKEN: &str = "CANARY-requests-token-77";
 
@@ -133,97 +131,6 @@ fn get_post_put_delete_with_data_headers_queries_and_pages() {
     let (code, _, err) = run(d, &["get", "s", "Patient", "--query", "novalue"], None);
     assert_eq!(code, 2, "{err}");
     assert!(!err.contains(TOKEN) && !out.contains(TOKEN));
-}
-
-#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
-async fn the_proxy_authenticates_64_concurrent_clients_and_isolates_failures() {
-    let (bearer, basic) = start_servers().await;
-    let dir = tempfile::tempdir().unwrap();
-    let host = Host::builder()
-        .config_value(
-            dir.path(),
-            json!({"connections": {
-                "tok": {"base-url": bearer.base_url(), "auth": {"scheme": "bearer", "token": TOKEN}},
-                "pw": {"base-url": basic.base_url(), "auth": {"scheme": "basic", "username": "u", "password": "CANARY-requests-pw"}},
-                "dead": {"base-url": "http://127.0.0.1:9/fhir", "connect-timeout": "PT1S"}}}),
-        )
-        .plugin_dir(plugin_dir())
-        .only_explicit_plugin_dirs()
-        .build()
-        .await
-        .unwrap();
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let addr = listener.local_addr().unwrap();
-    let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
-    let server = tokio::spawn(fhirconn_host::proxy::serve(
-        Arc::new(host),
-        listener,
-        Some("proxy-secret".into()),
-        async {
-            let _ = stopped.await;
-        },
-    ));
-    let client = reqwest::Client::new();
-    let tasks: Vec<_> = (0..64)
-        .map(|i| {
-            let client = client.clone();
-            tokio::spawn(async move {
-                let id = ["tok", "pw", "dead"][i % 3];
-                let r = client
-                    .get(format!("http://{addr}/{id}/Patient?_count=1"))
-                    .bearer_auth("proxy-secret")
-                    .header("Connection", "close")
-                    .send()
-                    .await
-                    .unwrap();
-                (id, r.status().as_u16())
-            })
-        })
-        .collect();
-    for t in tasks {
-        let (id, status) = t.await.unwrap();
-        let expected = if id == "dead" { 502 } else { 200 };
-        assert_eq!(status, expected, "{id}");
-    }
-    // The proxy's own token is not forwarded; the connection's credentials are.
-    assert!(bearer
-        .authorizations()
-        .iter()
-        .all(|a| a.as_deref() == Some(&format!("Bearer {TOKEN}")[..])));
-    // Without the proxy token: 401 from the proxy itself; unknown connection: 404.
-    let r = client
-        .get(format!("http://{addr}/tok/metadata"))
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(r.status().as_u16(), 401);
-    let r = client
-        .get(format!("http://{addr}/nope/metadata"))
-        .bearer_auth("proxy-secret")
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(r.status().as_u16(), 404);
-    let body = r.text().await.unwrap();
-    assert!(
-        body.contains("OperationOutcome") && !body.contains(TOKEN),
-        "{body}"
-    );
-    let _ = stop.send(());
-    server.await.unwrap().unwrap();
-}
-
-#[test]
-fn the_proxy_refuses_a_public_address_without_a_token() {
-    let dir = tempfile::tempdir().unwrap();
-    std::fs::write(
-        dir.path().join("fhirconn.yaml"),
-        "connections:\n  a:\n    base-url: http://h\n",
-    )
-    .unwrap();
-    let (code, _, err) = run(dir.path(), &["proxy", "--listen", "0.0.0.0:0"], None);
-    assert_eq!(code, 2);
-    assert!(err.contains("not a loopback address"), "{err}");
 }
 
 #[test]
@@ -394,48 +301,4 @@ fn profiles_are_edited_in_place_keeping_comments_and_validated_before_writing() 
             && text.contains("# Team connections")
             && text.contains("# the real one")
     );
-}
-
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn the_proxy_streams_bodies_larger_than_the_connections_response_cap() {
-    let s = FhirServer::start(FhirServerConfig::default())
-        .await
-        .unwrap();
-    s.set_fault(fhirconn_testkit::Fault::HugeBody(5 * 1024 * 1024));
-    let dir = tempfile::tempdir().unwrap();
-    let host = Host::builder()
-        .config_value(
-            dir.path(),
-            json!({"connections": {"big": {"base-url": s.base_url(), "max-response-bytes": 1048576}}}),
-        )
-        .plugin_dir(plugin_dir())
-        .only_explicit_plugin_dirs()
-        .build()
-        .await
-        .unwrap();
-    let host = Arc::new(host);
-    // Buffered, the cap applies...
-    let err = host
-        .connection("big")
-        .unwrap()
-        .get("Patient/1")
-        .await
-        .unwrap_err();
-    assert!(err.to_string().contains("larger than the limit"), "{err}");
-    // ...streamed through the proxy, it does not: the body is never held whole.
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let addr = listener.local_addr().unwrap();
-    let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
-    let server = tokio::spawn(fhirconn_host::proxy::serve(host, listener, None, async {
-        let _ = stopped.await;
-    }));
-    let body = reqwest::get(format!("http://{addr}/big/Patient/1"))
-        .await
-        .unwrap()
-        .bytes()
-        .await
-        .unwrap();
-    assert_eq!(body.len(), 5 * 1024 * 1024);
-    let _ = stop.send(());
-    server.await.unwrap().unwrap();
 }

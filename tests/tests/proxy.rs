@@ -1,0 +1,817 @@
+//! `fhirconn proxy`, the local authenticating proxy, end to end: the real binary (and the
+//! library's `proxy::serve`) in front of testkit servers. Besides forwarding under concurrent
+//! clients and streaming, these tests try the proxy as a web page or another local user would:
+//! DNS rebinding (`Host: rebind.attacker.example`), cross-site requests (`Origin`,
+//! `Sec-Fetch-Site`, `Referer`), cookies in both directions, HTML run in the proxy's origin,
+//! requests without the token, and listening beyond loopback without TLS.
+
+use fhirconn_host::Host;
+use fhirconn_testkit::hostile::{Answer, HostileServer};
+use fhirconn_testkit::{FhirServer, FhirServerConfig, ServerAuth};
+use fhirconn_tests::{fhirconn_bin, plugin_dir};
+use serde_json::json;
+use std::io::{BufRead as _, Read as _, Write as _};
+use std::net::SocketAddr;
+use std::path::Path;
+use std::process::{Child, Command, Stdio};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+const TOKEN: &str = "CANARY-proxy-upstream-token-31";
+const PROXY_TOKEN: &str = "CANARY-proxy-own-token-64";
+
+async fn bearer_server() -> FhirServer {
+    FhirServer::start(FhirServerConfig {
+        auth: ServerAuth::Bearer {
+            tokens: vec![TOKEN.into()],
+        },
+        ..FhirServerConfig::default()
+    })
+    .await
+    .unwrap()
+}
+
+/// A directory with `fhirconn.yaml` holding connection `s` (bearer `TOKEN`) to `base_url`,
+/// and `proxy.token` holding `PROXY_TOKEN`.
+fn config_dir(base_url: &str) -> tempfile::TempDir {
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::write(
+        dir.path().join("fhirconn.yaml"),
+        format!(
+            "connections:\n  s:\n    base-url: {base_url}\n    auth: {{scheme: bearer, token: {TOKEN}}}\n  other:\n    base-url: http://127.0.0.1:9/fhir\n"
+        ),
+    )
+    .unwrap();
+    std::fs::write(dir.path().join("proxy.token"), format!("{PROXY_TOKEN}\n")).unwrap();
+    dir
+}
+
+/// A running `fhirconn proxy` (killed on drop).
+struct Proxy {
+    child: Child,
+    addr: SocketAddr,
+    stderr: Arc<Mutex<String>>,
+}
+
+impl Proxy {
+    /// Starts `fhirconn proxy --listen 127.0.0.1:0 ARGS` in `dir` (state directory
+    /// `dir/state`) and waits until it listens.
+    fn start(dir: &Path, args: &[&str]) -> Self {
+        let args = if args.contains(&"--listen") {
+            args.to_vec()
+        } else {
+            [&["--listen", "127.0.0.1:0"], args].concat()
+        };
+        let mut child = Command::new(fhirconn_bin())
+            .current_dir(dir)
+            .env_remove("FHIRCONN_CONFIG")
+            .env("XDG_STATE_HOME", dir.join("state"))
+            .env("HOME", dir)
+            .arg("--plugin-dir")
+            .arg(plugin_dir())
+            .arg("proxy")
+            .args(&args)
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap();
+        let stderr = Arc::new(Mutex::new(String::new()));
+        let (tx, rx) = std::sync::mpsc::channel();
+        let pipe = child.stderr.take().unwrap();
+        let log = stderr.clone();
+        std::thread::spawn(move || {
+            for line in std::io::BufReader::new(pipe).lines() {
+                let Ok(line) = line else { break };
+                log.lock().unwrap().push_str(&format!("{line}\n"));
+                if let Some(rest) = line.strip_prefix("proxy on ") {
+                    let authority = rest.split("://").nth(1).unwrap_or("");
+                    let authority = authority.split('/').next().unwrap_or("");
+                    let _ = tx.send(authority.to_string());
+                }
+            }
+        });
+        let Ok(authority) = rx.recv_timeout(Duration::from_secs(30)) else {
+            let _ = child.kill();
+            let _ = child.wait();
+            panic!("the proxy did not start: {}", stderr.lock().unwrap());
+        };
+        // Wait for the rest of the start-up lines.
+        std::thread::sleep(Duration::from_millis(100));
+        Self {
+            child,
+            addr: authority.parse().unwrap(),
+            stderr,
+        }
+    }
+
+    fn port(&self) -> u16 {
+        self.addr.port()
+    }
+
+    fn url(&self, path: &str) -> String {
+        format!("http://127.0.0.1:{}{path}", self.port())
+    }
+
+    fn stderr(&self) -> String {
+        self.stderr.lock().unwrap().clone()
+    }
+
+    /// Sends SIGINT (as Ctrl-C does) and waits for the exit.
+    fn interrupt(mut self) -> std::process::ExitStatus {
+        let status = Command::new("kill")
+            .arg("-INT")
+            .arg(self.child.id().to_string())
+            .status()
+            .unwrap();
+        assert!(status.success());
+        let deadline = Instant::now() + Duration::from_secs(10);
+        loop {
+            if let Some(s) = self.child.try_wait().unwrap() {
+                return s;
+            }
+            assert!(Instant::now() < deadline, "the proxy did not stop");
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+}
+
+impl Drop for Proxy {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// Starts a proxy off the async runtime (start-up blocks on its output).
+async fn start_proxy(dir: &Path, args: &[&str]) -> Proxy {
+    let dir = dir.to_path_buf();
+    let args: Vec<String> = args.iter().map(|s| s.to_string()).collect();
+    tokio::task::spawn_blocking(move || {
+        let args: Vec<&str> = args.iter().map(String::as_str).collect();
+        Proxy::start(&dir, &args)
+    })
+    .await
+    .unwrap()
+}
+
+/// Runs `fhirconn proxy ARGS` expecting it to refuse to start.
+fn refused(dir: &Path, args: &[&str]) -> (i32, String) {
+    let out = Command::new(fhirconn_bin())
+        .current_dir(dir)
+        .env_remove("FHIRCONN_CONFIG")
+        .env("XDG_STATE_HOME", dir.join("state"))
+        .arg("--plugin-dir")
+        .arg(plugin_dir())
+        .arg("proxy")
+        .args(args)
+        .stdin(Stdio::null())
+        .output()
+        .unwrap();
+    (
+        out.status.code().unwrap_or(-1),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
+}
+
+/// One HTTP/1.1 exchange over a raw socket (for request targets and headers reqwest will not
+/// send); returns the status line and the whole answer.
+fn raw_request(addr: SocketAddr, request: &str) -> (String, String) {
+    let mut s = std::net::TcpStream::connect(addr).unwrap();
+    s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+    s.write_all(request.as_bytes()).unwrap();
+    let mut out = Vec::new();
+    let _ = s.read_to_end(&mut out);
+    let text = String::from_utf8_lossy(&out).into_owned();
+    (text.lines().next().unwrap_or("").to_string(), text)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn requests_that_do_not_name_the_proxy_are_refused_and_never_forwarded() {
+    let upstream = bearer_server().await;
+    let dir = config_dir(&upstream.base_url());
+    let proxy = start_proxy(dir.path(), &["--token-file", "proxy.token"]).await;
+    let port = proxy.port();
+    let client = reqwest::Client::new();
+    let get = |host: String, path: &str| {
+        client
+            .get(proxy.url(path))
+            .header("Host", host)
+            .bearer_auth(PROXY_TOKEN)
+            .send()
+    };
+
+    // DNS rebinding: the page's own name, now resolving to 127.0.0.1. Even with the token
+    // (a page cannot have it, but the check must not depend on that), nothing is forwarded.
+    for path in ["/s/Patient/1", "/"] {
+        let r = get(format!("rebind.attacker.example:{port}"), path)
+            .await
+            .unwrap();
+        assert_eq!(r.status().as_u16(), 421, "{path}");
+        let body = r.text().await.unwrap();
+        assert!(body.contains("DNS rebinding"), "{body}");
+        assert!(!body.contains("other"), "ids listed: {body}");
+    }
+    // Another port of loopback is another origin too.
+    let r = get(format!("127.0.0.1:{}", port.wrapping_add(1)), "/s/metadata")
+        .await
+        .unwrap();
+    assert_eq!(r.status().as_u16(), 421);
+    assert_eq!(
+        upstream.requests(),
+        0,
+        "a misdirected request was forwarded"
+    );
+
+    // An absolute request target naming another host, and a request without Host.
+    let (status, _) = raw_request(
+        proxy.addr,
+        &format!(
+            "GET http://rebind.attacker.example:{port}/s/metadata HTTP/1.1\r\nHost: 127.0.0.1:{port}\r\nAuthorization: Bearer {PROXY_TOKEN}\r\nConnection: close\r\n\r\n"
+        ),
+    );
+    assert!(status.contains(" 421 "), "{status}");
+    let (status, _) = raw_request(
+        proxy.addr,
+        &format!("GET /s/metadata HTTP/1.0\r\nAuthorization: Bearer {PROXY_TOKEN}\r\n\r\n"),
+    );
+    assert!(status.contains(" 421 "), "{status}");
+    assert_eq!(
+        upstream.requests(),
+        0,
+        "a misdirected request was forwarded"
+    );
+
+    // The proxy's own names are answered.
+    for host in [
+        format!("127.0.0.1:{port}"),
+        format!("localhost:{port}"),
+        format!("LOCALHOST:{port}"),
+        format!("[::1]:{port}"),
+    ] {
+        let r = get(host.clone(), "/s/Patient/1").await.unwrap();
+        assert_eq!(r.status().as_u16(), 200, "{host}");
+    }
+    assert_eq!(upstream.requests(), 4);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn cross_site_browser_requests_are_refused_and_never_forwarded() {
+    let upstream = bearer_server().await;
+    let dir = config_dir(&upstream.base_url());
+    let proxy = start_proxy(dir.path(), &["--token-file", "proxy.token"]).await;
+    let own = format!("http://127.0.0.1:{}", proxy.port());
+    let client = reqwest::Client::new();
+    let post = |name: &'static str, value: String| {
+        client
+            .post(proxy.url("/s/Patient"))
+            .bearer_auth(PROXY_TOKEN)
+            .header("Content-Type", "text/plain")
+            .header(name, value)
+            .body(r#"{"resourceType":"Patient"}"#)
+            .send()
+    };
+    // The `<form enctype=text/plain>` CSRF, and what browsers send for other cross-site loads.
+    for (name, value) in [
+        ("Origin", "https://evil.example".to_string()),
+        ("Origin", "null".to_string()),
+        ("Origin", format!("http://127.0.0.1:{}", proxy.port() + 1)),
+        ("Origin", format!("https://127.0.0.1:{}", proxy.port())),
+        ("Sec-Fetch-Site", "cross-site".to_string()),
+        // Every port of localhost is the same site: a local dev server's page is not the proxy.
+        ("Sec-Fetch-Site", "same-site".to_string()),
+        ("Referer", "https://evil.example/page".to_string()),
+    ] {
+        let r = post(name, value.clone()).await.unwrap();
+        assert_eq!(r.status().as_u16(), 403, "{name}: {value}");
+        let body = r.text().await.unwrap();
+        assert!(body.contains("other origins"), "{body}");
+    }
+    assert_eq!(upstream.requests(), 0, "a cross-site request was forwarded");
+
+    // The proxy's own pages (same origin) and tools that send none of these are answered.
+    let r = post("Origin", own.clone()).await.unwrap();
+    assert_eq!(r.status().as_u16(), 201);
+    let r = post("Sec-Fetch-Site", "same-origin".into()).await.unwrap();
+    assert_eq!(r.status().as_u16(), 201);
+    let r = post("Sec-Fetch-Site", "none".into()).await.unwrap();
+    assert_eq!(r.status().as_u16(), 201);
+    let r = post("Referer", format!("{own}/s/Patient")).await.unwrap();
+    assert_eq!(r.status().as_u16(), 201);
+    assert_eq!(upstream.requests(), 4);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn cookies_never_cross_the_proxy_and_answers_cannot_run_script_in_its_origin() {
+    let upstream = HostileServer::start().await.unwrap();
+    upstream.otherwise(
+        Answer::raw(
+            200,
+            "<html><script>fetch('/hospital/Patient')</script></html>",
+        )
+        .header("content-type", "text/html")
+        .header("set-cookie", "session=from-server-a; Path=/")
+        .header("set-cookie", "tracker=1")
+        .header("set-cookie2", "old=1")
+        .header("access-control-allow-origin", "*")
+        .header("access-control-allow-credentials", "true")
+        .header("alt-svc", "h3=\":443\"")
+        .header("x-upstream", "kept"),
+    );
+    let dir = config_dir(&upstream.origin());
+    let proxy = start_proxy(dir.path(), &["--token-file", "proxy.token"]).await;
+    let r = reqwest::Client::new()
+        .get(proxy.url("/s/Binary/1"))
+        .bearer_auth(PROXY_TOKEN)
+        .header("Cookie", "jupyter=CANARY-cookie-of-another-localhost-app")
+        .header("Sec-Fetch-Site", "same-origin")
+        .header("X-Client", "kept")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status().as_u16(), 200);
+    let h = r.headers();
+    for dropped in [
+        "set-cookie",
+        "set-cookie2",
+        "access-control-allow-origin",
+        "access-control-allow-credentials",
+        "alt-svc",
+    ] {
+        assert!(h.get(dropped).is_none(), "{dropped} returned: {h:?}");
+    }
+    assert_eq!(h["x-upstream"], "kept");
+    assert_eq!(h["x-content-type-options"], "nosniff");
+    let csp: Vec<_> = h
+        .get_all("content-security-policy")
+        .iter()
+        .map(|v| v.to_str().unwrap().to_string())
+        .collect();
+    assert!(csp.iter().any(|v| v.contains("sandbox")), "{csp:?}");
+
+    let seen = upstream.received();
+    assert_eq!(seen.len(), 1);
+    let req = &seen[0];
+    assert!(req.header("cookie").is_none(), "{:?}", req.headers);
+    assert_eq!(req.header("x-client"), Some("kept"));
+    // The connection's credentials went upstream, not the proxy's token.
+    assert_eq!(
+        req.header("authorization"),
+        Some(&format!("Bearer {TOKEN}")[..])
+    );
+    assert!(!format!("{:?}", req.headers).contains(PROXY_TOKEN));
+
+    // The proxy's own answers are sandboxed too.
+    let r = reqwest::get(proxy.url("/s/metadata")).await.unwrap();
+    assert_eq!(r.status().as_u16(), 401);
+    assert_eq!(r.headers()["x-content-type-options"], "nosniff");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn without_a_token_file_a_token_is_generated_into_a_private_file() {
+    let upstream = bearer_server().await;
+    let dir = config_dir(&upstream.base_url());
+    let proxy = start_proxy(dir.path(), &[]).await;
+    let path = dir
+        .path()
+        .join(format!("state/fhirconn/proxy-{}.token", proxy.port()));
+    let err = proxy.stderr();
+    assert!(err.contains(&path.display().to_string()), "{err}");
+    let token = std::fs::read_to_string(&path).unwrap();
+    assert!(token.len() >= 40, "a weak token: {} chars", token.len());
+    assert!(!err.contains(&token), "the token was printed: {err}");
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::PermissionsExt as _;
+        let mode = |p: &Path| std::fs::metadata(p).unwrap().permissions().mode() & 0o777;
+        assert_eq!(mode(&path), 0o600);
+        assert_eq!(mode(path.parent().unwrap()), 0o700);
+    }
+
+    let client = reqwest::Client::new();
+    // Another local user or process, without the token: nothing, not even the ids.
+    for path in ["/s/Patient/1", "/", "/nope/x"] {
+        let r = client.get(proxy.url(path)).send().await.unwrap();
+        assert_eq!(r.status().as_u16(), 401, "{path}");
+        assert!(r.headers().contains_key("www-authenticate"));
+        let body = r.text().await.unwrap();
+        assert!(!body.contains("other"), "{body}");
+    }
+    let r = client
+        .get(proxy.url("/"))
+        .bearer_auth(format!("{token}x"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status().as_u16(), 401);
+    assert_eq!(upstream.requests(), 0);
+    // The person, with the token: the ids, and the connection.
+    let r = client
+        .get(proxy.url("/"))
+        .bearer_auth(&token)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status().as_u16(), 404);
+    let body = r.text().await.unwrap();
+    assert!(body.contains("other") && body.contains('s'), "{body}");
+    let r = client
+        .get(proxy.url("/s/Patient/1"))
+        .bearer_auth(&token)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status().as_u16(), 200);
+    assert_eq!(
+        upstream.authorizations(),
+        vec![Some(format!("Bearer {TOKEN}"))]
+    );
+    // Ctrl-C: the token of this run goes away with it.
+    let status = tokio::task::spawn_blocking(move || proxy.interrupt())
+        .await
+        .unwrap();
+    assert!(status.success(), "{status:?}");
+    assert!(!path.exists(), "the token file stayed");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn no_token_must_be_asked_for_warns_and_still_lists_no_ids() {
+    let upstream = bearer_server().await;
+    let dir = config_dir(&upstream.base_url());
+    let proxy = start_proxy(dir.path(), &["--no-token"]).await;
+    let err = proxy.stderr();
+    assert!(err.contains("warning: --no-token"), "{err}");
+    assert!(!dir.path().join("state").exists());
+    let client = reqwest::Client::new();
+    let r = client.get(proxy.url("/s/Patient/1")).send().await.unwrap();
+    assert_eq!(r.status().as_u16(), 200);
+    for path in ["/", "/nope/x"] {
+        let r = client.get(proxy.url(path)).send().await.unwrap();
+        assert_eq!(r.status().as_u16(), 404);
+        let body = r.text().await.unwrap();
+        assert!(
+            !body.contains("other"),
+            "ids listed without a token: {body}"
+        );
+    }
+    // The browser checks hold without a token too.
+    let r = client
+        .get(proxy.url("/s/Patient/1"))
+        .header("Host", format!("rebind.attacker.example:{}", proxy.port()))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status().as_u16(), 421);
+    let (code, err) = refused(dir.path(), &["--no-token", "--token-file", "proxy.token"]);
+    assert_eq!(code, 2, "{err}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_token_file_keeps_working_and_is_not_forwarded() {
+    let upstream = bearer_server().await;
+    let dir = config_dir(&upstream.base_url());
+    let proxy = start_proxy(dir.path(), &["--token-file", "proxy.token"]).await;
+    let client = reqwest::Client::new();
+    let r = client
+        .get(proxy.url("/s/Patient/1"))
+        .header("Authorization", format!("Bearer {PROXY_TOKEN}"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status().as_u16(), 200);
+    for wrong in [
+        format!("Bearer {PROXY_TOKEN}x"),
+        format!("Bearer {}", &PROXY_TOKEN[..PROXY_TOKEN.len() - 1]),
+        format!("Basic {PROXY_TOKEN}"),
+        "Bearer ".to_string(),
+    ] {
+        let r = client
+            .get(proxy.url("/s/Patient/1"))
+            .header("Authorization", wrong.clone())
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(r.status().as_u16(), 401, "{wrong}");
+    }
+    assert_eq!(
+        upstream.authorizations(),
+        vec![Some(format!("Bearer {TOKEN}"))]
+    );
+    assert!(!proxy.stderr().contains(PROXY_TOKEN));
+    std::fs::write(dir.path().join("empty.token"), "\n").unwrap();
+    let (code, err) = refused(dir.path(), &["--token-file", "empty.token"]);
+    assert_eq!(code, 2);
+    assert!(err.contains("empty"), "{err}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn beyond_loopback_the_proxy_needs_tls_and_a_token() {
+    let upstream = bearer_server().await;
+    let dir = config_dir(&upstream.base_url());
+    let d = dir.path();
+    let (code, err) = refused(d, &["--listen", "0.0.0.0:0"]);
+    assert_eq!(code, 2);
+    assert!(err.contains("not a loopback address"), "{err}");
+    // Plain HTTP beyond loopback would put tokens and patient data on the network.
+    let (code, err) = refused(
+        d,
+        &[
+            "--listen",
+            "0.0.0.0:0",
+            "--allow-remote",
+            "--token-file",
+            "proxy.token",
+        ],
+    );
+    assert_eq!(code, 2);
+    assert!(
+        err.contains("--allow-remote requires --tls-cert and --tls-key"),
+        "{err}"
+    );
+
+    let pki = fhirconn_testkit::pki::Pki::new();
+    std::fs::write(d.join("cert.pem"), &pki.server.chain_pem).unwrap();
+    std::fs::write(d.join("key.pem"), &pki.server.key_pem).unwrap();
+    std::fs::write(d.join("notakey.pem"), "not a key").unwrap();
+    let tls = ["--tls-cert", "cert.pem", "--tls-key", "key.pem"];
+    let (code, err) = refused(
+        d,
+        &[
+            &["--listen", "0.0.0.0:0", "--allow-remote", "--no-token"][..],
+            &tls,
+        ]
+        .concat(),
+    );
+    assert_eq!(code, 2);
+    assert!(err.contains("requires a token"), "{err}");
+    let (code, err) = refused(
+        d,
+        &[
+            "--allow-remote",
+            "--tls-cert",
+            "cert.pem",
+            "--tls-key",
+            "notakey.pem",
+        ],
+    );
+    assert_eq!(code, 2);
+    assert!(
+        err.contains("--tls-key") && err.contains("notakey.pem"),
+        "{err}"
+    );
+
+    let proxy = start_proxy(
+        d,
+        &[
+            &[
+                "--listen",
+                "0.0.0.0:0",
+                "--allow-remote",
+                "--token-file",
+                "proxy.token",
+            ][..],
+            &tls,
+        ]
+        .concat(),
+    )
+    .await;
+    let port = proxy.port();
+    assert!(
+        proxy.stderr().contains("proxy on https://"),
+        "{}",
+        proxy.stderr()
+    );
+    let root = reqwest::Certificate::from_pem(pki.root_pem().as_bytes()).unwrap();
+    let client = reqwest::Client::builder()
+        .tls_certs_only([root])
+        .build()
+        .unwrap();
+    // A client that opens a connection and never finishes its handshake holds up no one.
+    let _stalled = std::net::TcpStream::connect(("127.0.0.1", port)).unwrap();
+    let started = Instant::now();
+    let r = client
+        .get(format!("https://127.0.0.1:{port}/s/Patient/1"))
+        .bearer_auth(PROXY_TOKEN)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status().as_u16(), 200);
+    assert!(started.elapsed() < Duration::from_secs(5));
+    let r = client
+        .get(format!("https://localhost:{port}/s/Patient/1"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status().as_u16(), 401);
+    // Nothing is served in plain text.
+    let plain = reqwest::Client::new()
+        .get(format!("http://127.0.0.1:{port}/s/Patient/1"))
+        .bearer_auth(PROXY_TOKEN)
+        .timeout(Duration::from_secs(5))
+        .send()
+        .await;
+    assert!(
+        plain.map_or(true, |r| !r.status().is_success()),
+        "served over plain HTTP"
+    );
+    assert_eq!(upstream.requests(), 1);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn the_proxy_authenticates_64_concurrent_clients_and_isolates_failures() {
+    let bearer = bearer_server().await;
+    let basic = FhirServer::start(FhirServerConfig {
+        auth: ServerAuth::Basic {
+            username: "u".into(),
+            password: "CANARY-proxy-pw".into(),
+        },
+        ..FhirServerConfig::default()
+    })
+    .await
+    .unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let host = Host::builder()
+        .config_value(
+            dir.path(),
+            json!({"connections": {
+                "tok": {"base-url": bearer.base_url(), "auth": {"scheme": "bearer", "token": TOKEN}},
+                "pw": {"base-url": basic.base_url(), "auth": {"scheme": "basic", "username": "u", "password": "CANARY-proxy-pw"}},
+                "dead": {"base-url": "http://127.0.0.1:9/fhir", "connect-timeout": "PT1S"}}}),
+        )
+        .plugin_dir(plugin_dir())
+        .only_explicit_plugin_dirs()
+        .build()
+        .await
+        .unwrap();
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+    let server = tokio::spawn(fhirconn_host::proxy::serve(
+        Arc::new(host),
+        listener,
+        fhirconn_host::proxy::Config::default().with_token("proxy-secret"),
+        async {
+            let _ = stopped.await;
+        },
+    ));
+    let client = reqwest::Client::new();
+    let tasks: Vec<_> = (0..64)
+        .map(|i| {
+            let client = client.clone();
+            tokio::spawn(async move {
+                let id = ["tok", "pw", "dead"][i % 3];
+                let r = client
+                    .get(format!("http://{addr}/{id}/Patient?_count=1"))
+                    .bearer_auth("proxy-secret")
+                    .header("Connection", "close")
+                    .send()
+                    .await
+                    .unwrap();
+                (id, r.status().as_u16())
+            })
+        })
+        .collect();
+    for t in tasks {
+        let (id, status) = t.await.unwrap();
+        let expected = if id == "dead" { 502 } else { 200 };
+        assert_eq!(status, expected, "{id}");
+    }
+    // The proxy's own token is not forwarded; the connection's credentials are.
+    assert!(bearer
+        .authorizations()
+        .iter()
+        .all(|a| a.as_deref() == Some(&format!("Bearer {TOKEN}")[..])));
+    // Without the proxy token: 401 from the proxy itself; unknown connection: 404.
+    let r = client
+        .get(format!("http://{addr}/tok/metadata"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status().as_u16(), 401);
+    let r = client
+        .get(format!("http://{addr}/nope/metadata"))
+        .bearer_auth("proxy-secret")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status().as_u16(), 404);
+    let body = r.text().await.unwrap();
+    assert!(
+        body.contains("OperationOutcome") && !body.contains(TOKEN),
+        "{body}"
+    );
+    let _ = stop.send(());
+    server.await.unwrap().unwrap();
+}
+
+/// Serves `host` through the library's proxy without a token; returns its address and a stop.
+async fn library_proxy(
+    host: Arc<Host>,
+) -> (
+    SocketAddr,
+    tokio::sync::oneshot::Sender<()>,
+    tokio::task::JoinHandle<std::io::Result<()>>,
+) {
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+    let server = tokio::spawn(fhirconn_host::proxy::serve(
+        host,
+        listener,
+        fhirconn_host::proxy::Config::default(),
+        async {
+            let _ = stopped.await;
+        },
+    ));
+    (addr, stop, server)
+}
+
+async fn host_for(name: &str, settings: serde_json::Value) -> Arc<Host> {
+    let dir = tempfile::tempdir().unwrap();
+    let host = Host::builder()
+        .config_value(dir.path(), json!({"connections": {name: settings}}))
+        .plugin_dir(plugin_dir())
+        .only_explicit_plugin_dirs()
+        .build()
+        .await
+        .unwrap();
+    Arc::new(host)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_proxy_streams_bodies_larger_than_the_connections_response_cap() {
+    let s = FhirServer::start(FhirServerConfig::default())
+        .await
+        .unwrap();
+    s.set_fault(fhirconn_testkit::Fault::HugeBody(5 * 1024 * 1024));
+    let host = host_for(
+        "big",
+        json!({"base-url": s.base_url(), "max-response-bytes": 1048576}),
+    )
+    .await;
+    // Buffered, the cap applies...
+    let err = host
+        .connection("big")
+        .unwrap()
+        .get("Patient/1")
+        .await
+        .unwrap_err();
+    assert!(err.to_string().contains("larger than the limit"), "{err}");
+    // ...streamed through the proxy, it does not: the body is never held whole.
+    let (addr, stop, server) = library_proxy(host).await;
+    let body = reqwest::get(format!("http://{addr}/big/Patient/1"))
+        .await
+        .unwrap()
+        .bytes()
+        .await
+        .unwrap();
+    assert_eq!(body.len(), 5 * 1024 * 1024);
+    let _ = stop.send(());
+    server.await.unwrap().unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_first_bytes_reach_the_client_while_the_upstream_is_still_sending() {
+    // The upstream sends one byte every 100 ms and never finishes: a proxy that buffered the
+    // body would never answer.
+    let s = FhirServer::start(FhirServerConfig::default())
+        .await
+        .unwrap();
+    let every = Duration::from_millis(100);
+    s.set_fault(fhirconn_testkit::Fault::Trickle(every));
+    let host = host_for("slow", json!({"base-url": s.base_url()})).await;
+    let (addr, stop, server) = library_proxy(host).await;
+    let started = Instant::now();
+    let mut resp = tokio::time::timeout(
+        Duration::from_secs(10),
+        reqwest::get(format!("http://{addr}/slow/Patient/1")),
+    )
+    .await
+    .expect("no answer while the upstream was still sending")
+    .unwrap();
+    assert_eq!(resp.status().as_u16(), 200);
+    let mut arrivals = Vec::new();
+    while arrivals.len() < 5 {
+        let chunk = tokio::time::timeout(Duration::from_secs(10), resp.chunk())
+            .await
+            .expect("no bytes while the upstream was still sending")
+            .unwrap()
+            .expect("the body ended, but the upstream never ends it");
+        if !chunk.is_empty() {
+            arrivals.push(started.elapsed());
+        }
+    }
+    // The bytes came one by one as they were sent, not in one batch at the end.
+    assert!(
+        arrivals[0] < Duration::from_secs(2),
+        "first byte after {:?}",
+        arrivals[0]
+    );
+    assert!(
+        arrivals[4] - arrivals[0] >= every * 3,
+        "the chunks arrived together: {arrivals:?}"
+    );
+    drop(resp);
+    let _ = stop.send(());
+    let _ = tokio::time::timeout(Duration::from_secs(10), server).await;
+}
