@@ -308,3 +308,29 @@ async fn redirects_to_another_origin_carry_no_credentials_custom_headers_or_bodi
         "a write was replayed at another origin"
     );
 }
+
+/// A secret file that is a device or a FIFO is refused at once: `/dev/zero` would be read until
+/// memory ran out, a FIFO would block for ever.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn secret_files_must_be_regular_files() {
+    let dir = tempfile::tempdir().unwrap();
+    let fifo = dir.path().join("token.fifo");
+    let made = std::process::Command::new("mkfifo")
+        .arg(&fifo)
+        .status()
+        .unwrap();
+    assert!(made.success());
+    for file in [fifo.display().to_string(), "/dev/zero".to_string()] {
+        let conn = json!({"base-url": "http://127.0.0.1:9/fhir",
+                          "auth": {"scheme": "bearer", "token-file": file}});
+        let built =
+            tokio::time::timeout(std::time::Duration::from_secs(10), host(dir.path(), conn))
+                .await
+                .expect("reading the secret file must not hang");
+        let text = match built {
+            Err(e) => e.to_string(),
+            Ok(h) => failure(&h.test(&[], None).await.unwrap()[0]),
+        };
+        assert!(text.contains("not a regular file"), "{file}: {text}");
+    }
+}
