@@ -33,14 +33,17 @@
 
 mod auth;
 mod builtin;
+pub mod bulk;
 pub mod config;
 mod connection;
 pub mod dsf;
 mod error;
 pub mod keygen;
 pub mod plugins;
+pub mod process;
 pub mod profile;
 pub mod proxy;
+pub mod safe_write;
 pub mod services;
 pub mod transport;
 

@@ -101,6 +101,7 @@ enum Command {
     },
     /// FHIR Bulk Data export: kick off, wait for the job, download its NDJSON files to DIR.
     /// Run it again with the same --out to resume; Ctrl-C cancels the job on the server.
+    /// File names are made from the manifest's resource types (`Patient.000.ndjson`).
     Export {
         /// Connection id.
         id: String,
@@ -116,9 +117,14 @@ enum Command {
         /// Export all patients' data (`Patient/$export`); default: system level (`$export`).
         #[arg(long)]
         patient: bool,
-        /// Directory for the NDJSON files.
+        /// Directory for the NDJSON files (created 0700; files are 0600).
         #[arg(long)]
         out: PathBuf,
+        /// Overall deadline for the kick-off and waiting for the job: seconds or an ISO-8601
+        /// duration (a single Retry-After is capped at 60 s). Downloads are not limited by
+        /// it; each stops only when no data arrives for the connection's read-timeout.
+        #[arg(long, default_value = "PT1H", value_name = "DURATION")]
+        timeout: String,
     },
     /// Edit connections in the connections file (comments and order are kept).
     Profile {
@@ -243,6 +249,8 @@ fn init_logging(verbose: u8) {
 }
 
 fn main() -> ExitCode {
+    // Tokens, refresh tokens and keys live in this process: no core dumps of it.
+    fhirconn_host::process::deny_core_dumps();
     let cli = Cli::parse();
     init_logging(cli.verbose);
     let rt = match tokio::runtime::Builder::new_multi_thread()
@@ -255,43 +263,57 @@ fn main() -> ExitCode {
             return ExitCode::from(2);
         }
     };
-    rt.block_on(run(cli))
+    let code = rt.block_on(run(cli));
+    // Do not wait for a plugin call still blocking a thread (e.g. after a Ctrl-C).
+    rt.shutdown_timeout(std::time::Duration::from_secs(1));
+    code
 }
 
+use fhirconn_host::services as text;
+
 fn fail(e: &Error) -> ExitCode {
-    match e {
+    // Errors quote servers and plugins (a redirect's Location, an authority's error text):
+    // control characters are shown escaped, never sent to the terminal.
+    let code = match e {
         Error::Config(errors) => {
             for err in errors {
-                eprintln!("error: {err}");
+                eprintln!("error: {}", text::sanitize(&err.to_string()));
             }
             if errors.len() > 1 {
                 eprintln!("{} configuration errors", errors.len());
             }
-            ExitCode::from(2)
+            return ExitCode::from(2);
         }
-        Error::ConfigRead { .. } | Error::UnknownConnection { .. } | Error::InvalidRequest(_) => {
-            eprintln!("error: {e}");
-            ExitCode::from(2)
-        }
-        other => {
-            eprintln!("error: {other}");
-            ExitCode::from(1)
-        }
-    }
+        Error::ConfigRead { .. } | Error::UnknownConnection { .. } | Error::InvalidRequest(_) => 2,
+        _ => 1,
+    };
+    eprintln!("error: {}", text::sanitize(&e.to_string()));
+    ExitCode::from(code)
 }
 
-/// Where sign-ins (refresh tokens) are kept: `$FHIRCONN_CREDENTIALS`, else
-/// `.fhirconn-credentials.json` beside the connections file (mode 0600).
-fn credentials_path(cli: &Cli) -> PathBuf {
-    if let Some(p) = std::env::var_os("FHIRCONN_CREDENTIALS").filter(|p| !p.is_empty()) {
-        return PathBuf::from(p);
+/// Where sign-ins (refresh tokens) are kept: `$FHIRCONN_CREDENTIALS`, else the user's state
+/// directory (`$XDG_STATE_HOME/fhirconn/credentials.json`, else
+/// `~/.local/state/fhirconn/credentials.json`; the directory 0700, the file 0600). Never beside
+/// the connections file: that is often a project or shared directory.
+fn credentials_path() -> Option<PathBuf> {
+    std::env::var_os("FHIRCONN_CREDENTIALS")
+        .filter(|p| !p.is_empty())
+        .map(PathBuf::from)
+        .or_else(FileStore::default_path)
+}
+
+/// The credential store: a file at [`credentials_path`], or memory only without a home.
+fn credential_store() -> std::sync::Arc<dyn fhirconn_host::services::CredentialStore> {
+    match credentials_path() {
+        Some(p) => std::sync::Arc::new(FileStore::new(p)),
+        None => {
+            tracing::warn!(
+                "no state directory ($XDG_STATE_HOME or $HOME) and no $FHIRCONN_CREDENTIALS: \
+                 sign-ins are not kept"
+            );
+            std::sync::Arc::new(fhirconn_host::services::MemoryStore::default())
+        }
     }
-    let dir = cli
-        .config
-        .parent()
-        .filter(|p| !p.as_os_str().is_empty())
-        .unwrap_or_else(|| std::path::Path::new("."));
-    dir.join(".fhirconn-credentials.json")
 }
 
 /// A host for the whole file, or configured for only `ids` (the file is validated whole).
@@ -299,7 +321,7 @@ async fn build_host(cli: &Cli, ids: &[String]) -> Result<Host, Error> {
     let mut b = Host::builder()
         .config_file(&cli.config)
         .only_connections(ids.iter().cloned())
-        .credential_store(std::sync::Arc::new(FileStore::new(credentials_path(cli))));
+        .credential_store(credential_store());
     for d in &cli.plugin_dirs {
         b = b.plugin_dir(d);
     }
@@ -350,7 +372,7 @@ async fn run(cli: Cli) -> ExitCode {
             match output {
                 Output::Json => println!(
                     "{}",
-                    serde_json::to_string_pretty(&reports).unwrap_or_default()
+                    text::json_text_safe(&serde_json::to_string_pretty(&reports).unwrap_or_default())
                 ),
                 Output::Human => print_reports(&reports),
             }
@@ -446,10 +468,13 @@ async fn run(cli: Cli) -> ExitCode {
             if login {
                 match conn.login().await {
                     Ok(_) => {
-                        println!(
-                            "signed in to '{id}'; a stored sign-in (if the scheme keeps one) is in {}",
-                            credentials_path(&cli).display()
-                        );
+                        match credentials_path() {
+                            Some(p) => println!(
+                                "signed in to '{id}'; a stored sign-in (if the scheme keeps one) is in {}",
+                                p.display()
+                            ),
+                            None => println!("signed in to '{id}' (not kept: no state directory)"),
+                        }
                         ExitCode::SUCCESS
                     }
                     Err(e) => fail(&e),
@@ -471,7 +496,14 @@ async fn run(cli: Cli) -> ExitCode {
         Command::Import {
             from: ImportCommand::Dsf { file, out },
         } => {
-            let bytes = match std::fs::read(file) {
+            // Read at most one byte over the size limit (the parser refuses larger files).
+            let limit = fhirconn_host::config::yaml::MAX_CONFIG_BYTES as u64 + 1;
+            let read = std::fs::File::open(file).and_then(|f| {
+                use std::io::Read as _;
+                let mut b = Vec::new();
+                f.take(limit).read_to_end(&mut b).map(|_| b)
+            });
+            let bytes = match read {
                 Ok(b) => b,
                 Err(e) => {
                     eprintln!("error: {}: {e}", file.display());
@@ -488,16 +520,28 @@ async fn run(cli: Cli) -> ExitCode {
             for n in &imported.notes {
                 eprintln!("note: {n}");
             }
+            for s in &imported.inline_secrets {
+                eprintln!(
+                    "warning: {s}: a secret copied inline into the output; move it to a file \
+                     or the environment ({}-file or {}-env)",
+                    s.rsplit(": ").next().unwrap_or_default(),
+                    s.rsplit(": ").next().unwrap_or_default()
+                );
+            }
             match out {
                 Some(path) => {
-                    let written = std::fs::OpenOptions::new()
-                        .write(true)
-                        .create_new(true)
-                        .open(path)
-                        .and_then(|mut f| {
-                            use std::io::Write as _;
-                            f.write_all(imported.yaml.as_bytes())
-                        });
+                    // Never replaces an existing file; private when it holds a secret.
+                    let opts = fhirconn_host::safe_write::Options {
+                        mode: if imported.inline_secrets.is_empty() {
+                            0o644
+                        } else {
+                            0o600
+                        },
+                        follow_target_symlink: false,
+                        create_new: true,
+                    };
+                    let written =
+                        fhirconn_host::safe_write::write(path, imported.yaml.as_bytes(), opts);
                     if let Err(e) = written {
                         eprintln!("error: {}: {e}", path.display());
                         return ExitCode::from(2);
@@ -516,6 +560,7 @@ async fn run(cli: Cli) -> ExitCode {
             group,
             patient,
             out,
+            timeout,
         } => {
             export(
                 &cli,
@@ -525,6 +570,7 @@ async fn run(cli: Cli) -> ExitCode {
                 group.as_deref(),
                 *patient,
                 out,
+                timeout,
             )
             .await
         }
@@ -536,38 +582,49 @@ async fn run(cli: Cli) -> ExitCode {
     }
 }
 
-/// Checks NDJSON as it streams: every complete line must be a JSON object with a
-/// `resourceType`.
-struct NdjsonCheck {
-    partial: Vec<u8>,
-    lines: u64,
+/// Parses `--timeout`: seconds (`3600`) or an ISO-8601 duration (`PT1H`).
+fn parse_timeout(s: &str) -> Result<std::time::Duration, String> {
+    if !s.is_empty() && s.bytes().all(|b| b.is_ascii_digit()) {
+        return s
+            .parse::<u64>()
+            .map(std::time::Duration::from_secs)
+            .map_err(|e| format!("'{s}': {e}"));
+    }
+    fhirconn_host::config::duration::parse(s)
 }
 
-impl NdjsonCheck {
-    fn feed(&mut self, chunk: &[u8]) -> Result<(), String> {
-        self.partial.extend_from_slice(chunk);
-        while let Some(pos) = self.partial.iter().position(|b| *b == b'\n') {
-            let line: Vec<u8> = self.partial.drain(..=pos).collect();
-            self.check(&line[..line.len() - 1])?;
+/// Ctrl-C (SIGINT) for the whole export: the listener is installed once, before anything
+/// else, so a Ctrl-C at any moment (kick-off, a status request, a wait, downloads) cancels.
+/// A second Ctrl-C exits at once.
+fn cancel_on_ctrl_c() -> fhirconn_host::bulk::Cancel {
+    let (tx, cancel) = fhirconn_host::bulk::Cancel::new();
+    #[cfg(unix)]
+    {
+        use tokio::signal::unix::{signal, SignalKind};
+        match signal(SignalKind::interrupt()) {
+            Ok(mut sig) => {
+                tokio::spawn(async move {
+                    if sig.recv().await.is_some() {
+                        let _ = tx.send(true);
+                    }
+                    if sig.recv().await.is_some() {
+                        std::process::exit(130);
+                    }
+                });
+            }
+            Err(e) => eprintln!("warning: Ctrl-C cannot cancel this export: {e}"),
         }
-        Ok(())
     }
-    fn check(&mut self, line: &[u8]) -> Result<(), String> {
-        if line.iter().all(u8::is_ascii_whitespace) {
-            return Ok(());
+    #[cfg(not(unix))]
+    tokio::spawn(async move {
+        if tokio::signal::ctrl_c().await.is_ok() {
+            let _ = tx.send(true);
         }
-        self.lines += 1;
-        let v: serde_json::Value = serde_json::from_slice(line)
-            .map_err(|e| format!("line {}: not JSON ({e})", self.lines))?;
-        if v["resourceType"].as_str().is_none() {
-            return Err(format!("line {}: no resourceType", self.lines));
+        if tokio::signal::ctrl_c().await.is_ok() {
+            std::process::exit(130);
         }
-        Ok(())
-    }
-    fn finish(&mut self) -> Result<(), String> {
-        let rest = std::mem::take(&mut self.partial);
-        self.check(&rest)
-    }
+    });
+    cancel
 }
 
 #[allow(clippy::too_many_arguments)]
@@ -579,12 +636,15 @@ async fn export(
     group: Option<&str>,
     patient: bool,
     out: &std::path::Path,
+    timeout: &str,
 ) -> ExitCode {
-    use std::io::Write as _;
-    let quiet = !std::io::stderr().is_terminal();
-    let say = |m: &str| {
-        if !quiet {
-            eprintln!("{m}");
+    use fhirconn_host::bulk::{self, BulkError, Event, Outcome};
+    let cancel = cancel_on_ctrl_c();
+    let timeout = match parse_timeout(timeout) {
+        Ok(t) => t,
+        Err(e) => {
+            eprintln!("error: --timeout: {e}");
+            return ExitCode::from(2);
         }
     };
     let host = match build_host(cli, &[id.to_string()]).await {
@@ -595,71 +655,21 @@ async fn export(
         Ok(c) => c,
         Err(e) => return fail(&e),
     };
-    if let Err(e) = std::fs::create_dir_all(out) {
-        eprintln!("error: {}: {e}", out.display());
-        return ExitCode::from(2);
-    }
-    let state_path = out.join(".fhirconn-export.json");
-    let mut state: serde_json::Value = std::fs::read(&state_path)
-        .ok()
-        .and_then(|b| serde_json::from_slice(&b).ok())
-        .unwrap_or_else(|| serde_json::json!({}));
-    let save = |state: &serde_json::Value| {
-        let _ = std::fs::write(&state_path, state.to_string());
+    let request = bulk::ExportRequest {
+        level: match group {
+            Some(g) => bulk::Level::Group(g.to_string()),
+            None if patient => bulk::Level::Patient,
+            None => bulk::Level::System,
+        },
+        types: types.map(String::from),
+        since: since.map(String::from),
     };
-    // 1. Kick off (unless resuming).
-    let status_url = match state["status"].as_str() {
-        Some(u) => {
-            say(&format!("resuming the export at {u}"));
-            u.to_string()
-        }
-        None => {
-            let mut path = match group {
-                Some(g) => format!("Group/{g}/$export"),
-                None if patient => "Patient/$export".to_string(),
-                None => "$export".to_string(),
-            };
-            let mut q = url::form_urlencoded::Serializer::new(String::new());
-            if let Some(t) = types {
-                q.append_pair("_type", t);
-            }
-            if let Some(s) = since {
-                q.append_pair("_since", s);
-            }
-            let q = q.finish();
-            if !q.is_empty() {
-                path = format!("{path}?{q}");
-            }
-            let mut req = Request::get(&path);
-            req.headers.push((
-                reqwest::header::HeaderName::from_static("prefer"),
-                reqwest::header::HeaderValue::from_static("respond-async"),
-            ));
-            let resp = match conn.send(req).await {
-                Ok(r) => r,
-                Err(e) => return fail(&e),
-            };
-            let location = resp.header("content-location").map(String::from);
-            match (resp.status.as_u16(), location) {
-                (202, Some(l)) => {
-                    state["status"] = serde_json::json!(l);
-                    save(&state);
-                    l
-                }
-                (code, _) => {
-                    eprintln!(
-                        "error: the kick-off answered HTTP {code} (expected 202 with Content-Location)"
-                    );
-                    let body = render_body(&resp.body, true);
-                    if !body.is_empty() {
-                        eprintln!("{body}");
-                    }
-                    return ExitCode::from(1);
-                }
-            }
-        }
+    let opts = bulk::Options {
+        timeout,
+        ..bulk::Options::new(out)
     };
-    // 2. Wait, honouring Retry-After; Ctrl-C cancels the job. A spinner on a terminal.
+    // A spinner while waiting and a bar per download on a terminal; errors always.
+    let quiet = !std::io::stderr().is_terminal();
     let progress = indicatif::MultiProgress::with_draw_target(if quiet {
         indicatif::ProgressDrawTarget::hidden()
     } else {
@@ -668,178 +678,120 @@ async fn export(
     let spinner = progress.add(indicatif::ProgressBar::new_spinner());
     spinner.set_message("waiting for the export job");
     spinner.enable_steady_tick(std::time::Duration::from_millis(120));
-    let mut backoff = 1u64;
-    let manifest = loop {
-        let resp = match conn.get(&status_url).await {
-            Ok(r) => r,
-            Err(e) => return fail(&e),
-        };
-        match resp.status.as_u16() {
-            200 => match serde_json::from_slice::<serde_json::Value>(&resp.body) {
-                Ok(m) => break m,
-                Err(e) => {
-                    eprintln!("error: the export manifest is not JSON: {e}");
-                    return ExitCode::from(1);
+    let bars =
+        std::sync::Mutex::new(std::collections::HashMap::<String, indicatif::ProgressBar>::new());
+    let observer: bulk::Observer = {
+        let (progress, spinner) = (progress.clone(), spinner.clone());
+        std::sync::Arc::new(move |event: Event<'_>| {
+            let say = |m: String| {
+                if !quiet {
+                    progress.suspend(|| eprintln!("{m}"));
                 }
-            },
-            202 => {
-                let wait = resp
-                    .header("retry-after")
-                    .and_then(|v| v.trim().parse::<u64>().ok())
-                    .unwrap_or(backoff)
-                    .clamp(1, 120);
-                backoff = (backoff * 2).min(30);
-                spinner.set_message(format!(
-                    "waiting for the export job ({}; next check in {wait} s)",
-                    resp.header("x-progress").unwrap_or("in progress")
-                ));
-                tokio::select! {
-                    _ = tokio::time::sleep(std::time::Duration::from_secs(wait)) => {}
-                    _ = tokio::signal::ctrl_c() => {
-                        let mut del = Request::get(&status_url);
-                        del.method = reqwest::Method::DELETE;
-                        let _ = conn.send(del).await;
-                        let _ = std::fs::remove_file(&state_path);
-                        eprintln!("cancelled; the export job was deleted on the server");
-                        return ExitCode::from(130);
+            };
+            let mut bars = bars
+                .lock()
+                .unwrap_or_else(std::sync::PoisonError::into_inner);
+            match event {
+                Event::Resuming { status_url } => {
+                    say(format!("resuming the export at {status_url}"))
+                }
+                Event::Restarting { reason } => say(format!("{reason}; starting a new export")),
+                Event::KickedOff { .. } | Event::Manifest { .. } => {}
+                Event::Waiting { progress, next } => spinner.set_message(format!(
+                    "waiting for the export job ({}; next check in {} s)",
+                    progress.unwrap_or("in progress"),
+                    next.as_secs()
+                )),
+                Event::Skipped { name } => say(format!("{name}: kept from an earlier run")),
+                Event::Started { name } => {
+                    spinner.finish_and_clear();
+                    let bar = progress.add(indicatif::ProgressBar::new_spinner());
+                    bar.set_style(
+                        indicatif::ProgressStyle::with_template(
+                            "{spinner} {msg} {bytes} ({bytes_per_sec})",
+                        )
+                        .unwrap_or_else(|_| indicatif::ProgressStyle::default_spinner()),
+                    );
+                    bar.set_message(name.to_string());
+                    bars.insert(name.to_string(), bar);
+                }
+                Event::Bytes { name, bytes } => {
+                    if let Some(bar) = bars.get(name) {
+                        bar.inc(bytes);
                     }
                 }
-            }
-            code => {
-                eprintln!("error: the export status answered HTTP {code}");
-                let body = render_body(&resp.body, true);
-                if !body.is_empty() {
-                    eprintln!("{body}");
+                Event::Finished { name, resources } => {
+                    if let Some(bar) = bars.remove(name) {
+                        bar.finish_and_clear();
+                    }
+                    say(format!("{name}: {resources} resources"));
                 }
-                return ExitCode::from(1);
+                Event::Failed { error } => {
+                    progress.suspend(|| eprintln!("error: {error}"));
+                }
             }
-        }
+        })
     };
+    let result = bulk::run(&conn, &request, &opts, cancel, observer).await;
     spinner.finish_and_clear();
-    // 3. Download, a few files at a time, streaming to disk and checking NDJSON.
-    let with_token = manifest["requiresAccessToken"].as_bool().unwrap_or(false);
-    let outputs: Vec<(String, String)> = manifest["output"]
-        .as_array()
-        .map(|a| {
-            a.iter()
-                .filter_map(|o| {
-                    Some((
-                        o["type"].as_str()?.to_string(),
-                        o["url"].as_str()?.to_string(),
-                    ))
-                })
-                .collect()
-        })
-        .unwrap_or_default();
-    let done: Vec<String> = state["done"]
-        .as_array()
-        .map(|a| {
-            a.iter()
-                .filter_map(|x| x.as_str().map(String::from))
-                .collect()
-        })
-        .unwrap_or_default();
-    let permits = std::sync::Arc::new(tokio::sync::Semaphore::new(4));
-    let mut tasks = tokio::task::JoinSet::new();
-    for (n, (ty, url)) in outputs.iter().enumerate() {
-        let name = format!("{ty}.{n:03}.ndjson");
-        if done.contains(&name) && out.join(&name).exists() {
-            continue;
-        }
-        let (conn, url, out, permits) = (
-            conn.clone(),
-            url.clone(),
-            out.to_path_buf(),
-            permits.clone(),
-        );
-        let bar = progress.add(indicatif::ProgressBar::new_spinner());
-        bar.set_style(
-            indicatif::ProgressStyle::with_template("{spinner} {msg} {bytes} ({bytes_per_sec})")
-                .unwrap_or_else(|_| indicatif::ProgressStyle::default_spinner()),
-        );
-        bar.set_message(name.clone());
-        tasks.spawn(async move {
-            let _permit = permits.acquire_owned().await;
-            let part = out.join(format!("{name}.part"));
-            let mut file =
-                std::fs::File::create(&part).map_err(|e| format!("{}: {e}", part.display()))?;
-            let mut check = NdjsonCheck {
-                partial: Vec::new(),
-                lines: 0,
-            };
-            let status = conn
-                .download(&url, with_token, |chunk| {
-                    check.feed(chunk)?;
-                    bar.inc(chunk.len() as u64);
-                    file.write_all(chunk).map_err(|e| e.to_string())
-                })
-                .await
-                .map_err(|e| e.to_string())?;
-            if !status.is_success() {
-                return Err(format!("{url}: HTTP {status}"));
-            }
-            check.finish().map_err(|e| format!("{url}: {e}"))?;
-            bar.finish_and_clear();
-            std::fs::rename(&part, out.join(&name)).map_err(|e| e.to_string())?;
-            Ok::<_, String>((name, check.lines))
-        });
-    }
-    let mut failed = false;
-    let mut done = done;
-    while let Some(r) = tasks.join_next().await {
-        match r {
-            Ok(Ok((name, lines))) => {
-                say(&format!("{name}: {lines} resources"));
-                done.push(name);
-                state["done"] = serde_json::json!(done);
-                save(&state);
-            }
-            Ok(Err(e)) => {
-                eprintln!("error: {e}");
-                failed = true;
-            }
-            Err(e) => {
-                eprintln!("error: a download failed: {e}");
-                failed = true;
+    let _ = progress.clear();
+    match result {
+        Ok(Outcome::Done(report)) => {
+            if report.failed.is_empty() {
+                println!("{} file(s) in {}", report.entries, out.display());
+                ExitCode::SUCCESS
+            } else {
+                eprintln!(
+                    "{} of {} output entries failed; run the same command again to resume",
+                    report.failed.len(),
+                    report.entries
+                );
+                ExitCode::from(1)
             }
         }
+        Ok(Outcome::Cancelled { job_deleted }) => {
+            if job_deleted {
+                eprintln!("cancelled; the export job was deleted on the server");
+            } else {
+                eprintln!("cancelled; the server did not confirm deleting the export job");
+            }
+            ExitCode::from(130)
+        }
+        Err(BulkError::Connection(e)) => fail(&e),
+        Err(e @ (BulkError::Io { .. } | BulkError::State { .. })) => {
+            eprintln!("error: {e}");
+            ExitCode::from(2)
+        }
+        Err(e) => {
+            eprintln!("error: {e}");
+            ExitCode::from(1)
+        }
     }
-    if failed {
-        eprintln!("run the same command again to resume");
-        return ExitCode::from(1);
-    }
-    let _ = std::fs::remove_file(&state_path);
-    println!("{} file(s) in {}", outputs.len(), out.display());
-    ExitCode::SUCCESS
 }
 
-/// Writes `text` to `path` atomically: a temporary file in the same directory, then rename.
-fn write_atomically(path: &std::path::Path, text: &str) -> std::io::Result<()> {
-    use std::io::Write as _;
-    let dir = path
-        .parent()
-        .filter(|p| !p.as_os_str().is_empty())
-        .unwrap_or_else(|| std::path::Path::new("."));
-    let tmp = dir.join(format!(
-        ".{}.{}.tmp",
-        path.file_name()
-            .and_then(|n| n.to_str())
-            .unwrap_or("fhirconn.yaml"),
-        std::process::id()
-    ));
-    let result = (|| {
-        let mut f = std::fs::File::create(&tmp)?;
-        if let Ok(meta) = std::fs::metadata(path) {
-            f.set_permissions(meta.permissions())?;
-        }
-        f.write_all(text.as_bytes())?;
-        f.sync_all()?;
-        std::fs::rename(&tmp, path)
-    })();
-    if result.is_err() {
-        let _ = std::fs::remove_file(&tmp);
+/// The scheme names a connection entry uses.
+fn schemes_of(conn: &serde_json::Value) -> Vec<String> {
+    match &conn["auth"] {
+        serde_json::Value::Array(a) => a
+            .iter()
+            .filter_map(|x| x["scheme"].as_str().map(String::from))
+            .collect(),
+        a => a["scheme"].as_str().map(String::from).into_iter().collect(),
     }
-    result
+}
+
+/// The permission bits of an existing file.
+fn existing_mode(path: &std::path::Path) -> Option<u32> {
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::PermissionsExt as _;
+        std::fs::metadata(path).ok().map(|m| m.permissions().mode())
+    }
+    #[cfg(not(unix))]
+    {
+        let _ = path;
+        None
+    }
 }
 
 fn profile(cli: &Cli, command: &ProfileCommand) -> ExitCode {
@@ -872,7 +824,11 @@ fn profile(cli: &Cli, command: &ProfileCommand) -> ExitCode {
             if let ProfileCommand::Describe { id } = command {
                 return match conns.get(id) {
                     Some(v) => {
-                        print!("{}", profile::describe(id, v));
+                        let marks = profile::SecretMarks::from_registry(
+                            &registry(cli),
+                            schemes_of(v).iter().map(String::as_str),
+                        );
+                        print!("{}", profile::describe(id, v, &marks));
                         ExitCode::SUCCESS
                     }
                     None => {
@@ -924,7 +880,14 @@ fn profile(cli: &Cli, command: &ProfileCommand) -> ExitCode {
                 settings: pairs,
                 allow_inline_secret: *allow_inline_secret,
             })
-            .and_then(|v| profile::set(&text, id, &v))
+            .and_then(|v| {
+                let marks = profile::SecretMarks::from_registry(
+                    &registry(cli),
+                    schemes_of(&v).iter().map(String::as_str),
+                );
+                profile::check_inline_secrets(&v, &marks, *allow_inline_secret)?;
+                profile::set(&text, id, &v)
+            })
         }
     };
     let new_text = match edited {
@@ -939,11 +902,27 @@ fn profile(cli: &Cli, command: &ProfileCommand) -> ExitCode {
         Ok(d) => d,
         Err(errors) => return fail(&Error::Config(errors)),
     };
-    if let Err(e) = Host::check_document(&doc, &registry(cli)) {
+    let reg = registry(cli);
+    if let Err(e) = Host::check_document(&doc, &reg) {
         eprintln!("the file was not changed:");
         return fail(&e);
     }
-    match write_atomically(path, &new_text) {
+    // Through the safe-write helper: a private temporary file renamed over the file's final
+    // target (a symlinked config stays a symlink). The mode is kept, except that a file
+    // holding an inline secret is 0600; a new file is 0644, or 0600 with a secret.
+    let marks = profile::SecretMarks::new(reg.schemes().iter().map(|h| (h.name.clone(), h.schema.clone())));
+    let target = fhirconn_host::safe_write::resolve_symlinks(path).unwrap_or_else(|_| path.clone());
+    let mode = if marks.document_has_secrets(&doc.value) {
+        0o600
+    } else {
+        existing_mode(&target).map_or(0o644, |m| m & 0o777)
+    };
+    let opts = fhirconn_host::safe_write::Options {
+        mode,
+        follow_target_symlink: true,
+        create_new: false,
+    };
+    match fhirconn_host::safe_write::write(path, new_text.as_bytes(), opts) {
         Ok(()) => {
             println!("updated {}", path.display());
             ExitCode::SUCCESS
@@ -1038,7 +1017,7 @@ async fn request(cli: &Cli, method: reqwest::Method, a: &RequestArgs) -> ExitCod
     };
     if !resp.status.is_success() {
         eprintln!("error: HTTP {} from {}", resp.status, resp.url);
-        let body = render_body(&resp.body, true);
+        let body = error_body(&host, &resp.body);
         if !body.is_empty() {
             eprintln!("{body}");
         }
@@ -1048,23 +1027,31 @@ async fn request(cli: &Cli, method: reqwest::Method, a: &RequestArgs) -> ExitCod
         println!("{}", render_body(&resp.body, pretty));
         return ExitCode::SUCCESS;
     }
-    // Follow `next` links on the same origin; print one Bundle with every entry.
-    let mut bundle: serde_json::Value = match serde_json::from_slice(&resp.body) {
-        Ok(v) => v,
-        Err(_) => {
-            eprintln!("error: --all-pages: the answer is not JSON");
+    // Follow `next` links on the same origin; print one Bundle with every entry, written page
+    // by page as the pages arrive (only one page is held in memory).
+    let first: serde_json::Value = match serde_json::from_slice(&resp.body) {
+        Ok(v @ serde_json::Value::Object(_)) => v,
+        _ => {
+            eprintln!("error: --all-pages: the answer is not a JSON Bundle");
             return ExitCode::from(1);
         }
     };
+    let stdout = std::io::stdout();
+    let mut out = match BundleWriter::start(stdout.lock(), &first, pretty) {
+        Ok(w) => w,
+        Err(e) => {
+            eprintln!("error: standard output: {e}");
+            return ExitCode::from(1);
+        }
+    };
+    let mut page = first;
     let mut pages = 1;
+    let incomplete =
+        |pages: u32| eprintln!("the output is incomplete: it stops after {pages} page(s)");
     loop {
-        let page: serde_json::Value = serde_json::from_slice(&resp.body).unwrap_or_default();
-        if pages > 1 {
-            if let (Some(all), Some(more)) =
-                (bundle["entry"].as_array_mut(), page["entry"].as_array())
-            {
-                all.extend(more.iter().cloned());
-            }
+        if let Err(e) = out.entries(page["entry"].as_array().map(Vec::as_slice).unwrap_or(&[])) {
+            eprintln!("error: standard output: {e}");
+            return ExitCode::from(1);
         }
         let next = page["link"].as_array().and_then(|links| {
             links
@@ -1074,8 +1061,8 @@ async fn request(cli: &Cli, method: reqwest::Method, a: &RequestArgs) -> ExitCod
                 .map(String::from)
         });
         let Some(next) = next else { break };
-        if pages >= 1000 {
-            eprintln!("warning: stopped after 1000 pages");
+        if pages >= MAX_PAGES {
+            eprintln!("warning: stopped after {MAX_PAGES} pages");
             break;
         }
         let mut r = req.clone();
@@ -1084,23 +1071,108 @@ async fn request(cli: &Cli, method: reqwest::Method, a: &RequestArgs) -> ExitCod
             Ok(x) if x.status.is_success() => x,
             Ok(x) => {
                 eprintln!("error: HTTP {} from {next}", x.status);
+                incomplete(pages);
                 return ExitCode::from(1);
             }
-            Err(e) => return fail(&e),
+            Err(e) => {
+                incomplete(pages);
+                return fail(&e);
+            }
+        };
+        page = match serde_json::from_slice(&resp.body) {
+            Ok(v) => v,
+            Err(_) => {
+                eprintln!("error: --all-pages: page {} is not JSON", pages + 1);
+                incomplete(pages);
+                return ExitCode::from(1);
+            }
         };
         pages += 1;
     }
-    if let Some(links) = bundle.get_mut("link") {
-        *links = serde_json::json!([]);
+    if let Err(e) = out.finish() {
+        eprintln!("error: standard output: {e}");
+        return ExitCode::from(1);
     }
-    let text = if pretty {
-        serde_json::to_string_pretty(&bundle)
-    } else {
-        serde_json::to_string(&bundle)
-    };
-    println!("{}", text.unwrap_or_default());
     eprintln!("{pages} page(s)");
     ExitCode::SUCCESS
+}
+
+/// `--all-pages` stops after this many pages (a loop of `next` links ends there).
+const MAX_PAGES: u32 = 1000;
+
+/// Writes one Bundle whose entries arrive page by page: the first page's other fields (its
+/// `link` emptied), then `"entry": [...]`, flushed after every page.
+struct BundleWriter<W: std::io::Write> {
+    out: W,
+    pretty: bool,
+    first: bool,
+}
+
+impl<W: std::io::Write> BundleWriter<W> {
+    fn start(mut out: W, first_page: &serde_json::Value, pretty: bool) -> std::io::Result<Self> {
+        let mut head = first_page.as_object().cloned().unwrap_or_default();
+        head.remove("entry");
+        if let Some(links) = head.get_mut("link") {
+            *links = serde_json::json!([]);
+        }
+        let empty = head.is_empty();
+        let head = serde_json::Value::Object(head);
+        let text = if pretty {
+            serde_json::to_string_pretty(&head)
+        } else {
+            serde_json::to_string(&head)
+        }
+        .unwrap_or_default();
+        let open = text.trim_end().strip_suffix('}').unwrap_or("{").trim_end();
+        write!(out, "{open}")?;
+        if !empty {
+            write!(out, ",")?;
+        }
+        write!(
+            out,
+            "{}",
+            if pretty {
+                "\n  \"entry\": ["
+            } else {
+                "\"entry\":["
+            }
+        )?;
+        Ok(Self {
+            out,
+            pretty,
+            first: true,
+        })
+    }
+
+    fn entries(&mut self, entries: &[serde_json::Value]) -> std::io::Result<()> {
+        for e in entries {
+            if !self.first {
+                write!(self.out, ",")?;
+            }
+            self.first = false;
+            if self.pretty {
+                let text = serde_json::to_string_pretty(e).unwrap_or_default();
+                for line in text.lines() {
+                    write!(self.out, "\n    {line}")?;
+                }
+            } else {
+                write!(self.out, "{}", serde_json::to_string(e).unwrap_or_default())?;
+            }
+        }
+        self.out.flush()
+    }
+
+    fn finish(mut self) -> std::io::Result<()> {
+        if self.pretty {
+            if !self.first {
+                write!(self.out, "\n  ")?;
+            }
+            writeln!(self.out, "]\n}}")?;
+        } else {
+            writeln!(self.out, "]}}")?;
+        }
+        self.out.flush()
+    }
 }
 
 /// `fhirconn proxy` options.
@@ -1213,13 +1285,30 @@ async fn proxy(cli: &Cli, a: &ProxyArgs) -> ExitCode {
     }
 }
 
+/// A response body for standard output. JSON (pretty on a terminal) keeps its value but has
+/// every character a terminal would act on written as a `\uXXXX` escape; other text is
+/// escaped on a terminal and left as it is when piped (it is the data asked for).
 fn render_body(body: &[u8], pretty: bool) -> String {
-    if pretty {
-        if let Ok(v) = serde_json::from_slice::<serde_json::Value>(body) {
-            return serde_json::to_string_pretty(&v).unwrap_or_default();
+    if let Ok(v) = serde_json::from_slice::<serde_json::Value>(body) {
+        if pretty {
+            return text::json_text_safe(&serde_json::to_string_pretty(&v).unwrap_or_default());
         }
+        return text::json_text_safe(String::from_utf8_lossy(body).trim_end());
     }
-    String::from_utf8_lossy(body).trim_end().to_string()
+    let raw = String::from_utf8_lossy(body).trim_end().to_string();
+    if pretty {
+        text::sanitize(&raw)
+    } else {
+        raw
+    }
+}
+
+/// The body of an error answer, for standard error: known secrets removed in all their forms
+/// (servers and gateways echo `Authorization` and request bodies), control characters escaped.
+fn error_body(host: &Host, body: &[u8]) -> String {
+    // JSON pretty, other text raw: redaction sees the text before anything is escaped.
+    let json = serde_json::from_slice::<serde_json::Value>(body).is_ok();
+    text::sanitize(&host.redact(&render_body(body, json)))
 }
 
 fn schemes(cli: &Cli, output: Output) -> ExitCode {
