@@ -13,6 +13,9 @@ pub struct Imported {
     pub yaml: String,
     /// What could not be carried over, one line each (`connection: setting: why`).
     pub notes: Vec<String>,
+    /// Every secret copied inline into `yaml`, as `connection: setting` (the output must then
+    /// be private; each is better moved to its `-file` or `-env` form).
+    pub inline_secrets: Vec<String>,
 }
 
 /// DSF writes YAML 1.1 booleans (`yes`/`no`); fhirconn's YAML is 1.2.
@@ -28,10 +31,21 @@ fn boolean(v: &Value) -> Option<bool> {
     }
 }
 
-fn copy_secret(from: &Map<String, Value>, dsf: &str, to: &mut Map<String, Value>, ours: &str) {
+/// Copies `dsf` (inline) and `dsf-file` to `ours` and `ours-file`; an inline value is
+/// recorded in `inline` as `id: ours`.
+fn copy_secret(
+    from: &Map<String, Value>,
+    dsf: &str,
+    to: &mut Map<String, Value>,
+    ours: &str,
+    (id, inline): (&str, &mut Vec<String>),
+) {
     for (suffix_in, suffix_out) in [("", ""), ("-file", "-file")] {
         if let Some(v) = from.get(&format!("{dsf}{suffix_in}")) {
             to.insert(format!("{ours}{suffix_out}"), v.clone());
+            if suffix_in.is_empty() {
+                inline.push(format!("{id}: {ours}"));
+            }
         }
     }
 }
@@ -41,6 +55,7 @@ fn convert_auth(
     kind: &str,
     a: &Map<String, Value>,
     notes: &mut Vec<String>,
+    inline: &mut Vec<String>,
 ) -> Option<Value> {
     let mut out = Map::new();
     let known: &[&str] = match kind {
@@ -49,12 +64,12 @@ fn convert_auth(
             if let Some(u) = a.get("username") {
                 out.insert("username".into(), u.clone());
             }
-            copy_secret(a, "password", &mut out, "password");
+            copy_secret(a, "password", &mut out, "password", (id, inline));
             &["username", "password", "password-file"]
         }
         "bearer-auth" => {
             out.insert("scheme".into(), json!("bearer"));
-            copy_secret(a, "token", &mut out, "token");
+            copy_secret(a, "token", &mut out, "token", (id, inline));
             &["token", "token-file"]
         }
         "cert-auth" => {
@@ -64,7 +79,13 @@ fn convert_auth(
                     out.insert(k.into(), v.clone());
                 }
             }
-            copy_secret(a, "password", &mut out, "private-key-password");
+            copy_secret(
+                a,
+                "password",
+                &mut out,
+                "private-key-password",
+                (id, inline),
+            );
             &[
                 "certificate-file",
                 "private-key-file",
@@ -82,7 +103,7 @@ fn convert_auth(
                     out.insert(k.into(), v.clone());
                 }
             }
-            copy_secret(a, "client-secret", &mut out, "client-secret");
+            copy_secret(a, "client-secret", &mut out, "client-secret", (id, inline));
             &[
                 "base-url",
                 "discovery-path",
@@ -135,6 +156,7 @@ pub fn import(path: &Path, bytes: &[u8]) -> Result<Imported, String> {
         ));
     };
     let mut notes = Vec::new();
+    let mut inline_secrets = Vec::new();
     let mut out = Map::new();
     for (id, c) in &connections {
         let Value::Object(c) = c else {
@@ -159,7 +181,7 @@ pub fn import(path: &Path, bytes: &[u8]) -> Result<Imported, String> {
                 },
                 "basic-auth" | "bearer-auth" | "cert-auth" | "oidc-auth" => match v {
                     Value::Object(a) => {
-                        if let Some(x) = convert_auth(id, k, a, &mut notes) {
+                        if let Some(x) = convert_auth(id, k, a, &mut notes, &mut inline_secrets) {
                             auth.push((k.clone(), x));
                         }
                     }
@@ -192,5 +214,9 @@ pub fn import(path: &Path, bytes: &[u8]) -> Result<Imported, String> {
     for (id, conn) in &out {
         yaml.push_str(&crate::config::emit::entry(id, conn, 2));
     }
-    Ok(Imported { yaml, notes })
+    Ok(Imported {
+        yaml,
+        notes,
+        inline_secrets,
+    })
 }

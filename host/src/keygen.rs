@@ -94,59 +94,42 @@ pub fn generate(alg: KeyAlg, kid: Option<&str>) -> Result<GeneratedKey, KeygenEr
     })
 }
 
+/// Writes one file through [`crate::safe_write`]: a private temporary file renamed over the
+/// target, so a symlink planted at the target is replaced, never written through (also with
+/// `force`).
 fn write_file(path: &Path, bytes: &[u8], private: bool, force: bool) -> Result<(), KeygenError> {
-    use std::io::Write as _;
-    let err = |source| KeygenError::Write {
-        path: path.to_path_buf(),
-        source,
+    let opts = crate::safe_write::Options {
+        mode: if private { 0o600 } else { 0o644 },
+        follow_target_symlink: false,
+        create_new: !force,
     };
-    let mut opts = std::fs::OpenOptions::new();
-    opts.write(true);
-    if force {
-        opts.create(true).truncate(true);
-    } else {
-        opts.create_new(true);
-    }
-    #[cfg(unix)]
-    if private {
-        use std::os::unix::fs::OpenOptionsExt as _;
-        opts.mode(0o600);
-    }
-    #[cfg(not(unix))]
-    let _ = private;
-    let mut f = opts.open(path).map_err(|e| {
-        if e.kind() == std::io::ErrorKind::AlreadyExists {
+    crate::safe_write::write(path, bytes, opts).map_err(|e| {
+        if e.kind() == std::io::ErrorKind::AlreadyExists && !force {
             KeygenError::Exists(path.to_path_buf())
         } else {
-            err(e)
+            KeygenError::Write {
+                path: path.to_path_buf(),
+                source: e,
+            }
         }
-    })?;
-    #[cfg(unix)]
-    if private {
-        // An existing file replaced with --force keeps its old mode unless we set it.
-        use std::os::unix::fs::PermissionsExt as _;
-        f.set_permissions(std::fs::Permissions::from_mode(0o600))
-            .map_err(err)?;
-    }
-    f.write_all(bytes).map_err(err)?;
-    f.sync_all().map_err(err)
+    })
 }
 
 /// Writes `private-key.pem` (0600) and `jwks.json` into `dir` (created if missing); returns
-/// their paths. Existing files are kept unless `force`.
+/// their paths. Existing files are kept unless `force`; a new directory is 0700.
 pub fn write(
     dir: &Path,
     key: &GeneratedKey,
     force: bool,
 ) -> Result<(PathBuf, PathBuf), KeygenError> {
-    std::fs::create_dir_all(dir).map_err(|source| KeygenError::Write {
+    crate::safe_write::create_private_dir(dir).map_err(|source| KeygenError::Write {
         path: dir.to_path_buf(),
         source,
     })?;
     let private = dir.join("private-key.pem");
     let public = dir.join("jwks.json");
     for p in [&private, &public] {
-        if !force && p.exists() {
+        if !force && std::fs::symlink_metadata(p).is_ok() {
             return Err(KeygenError::Exists(p.clone()));
         }
     }

@@ -18,6 +18,7 @@ const CONNECTION_SETTINGS: &[&str] = &[
     "token-renewal-margin",
     "enable-debug-logging",
     "test-connection-on-startup",
+    "allow-insecure-http",
 ];
 
 /// Whether a setting holds a secret inline (`password`, `client-secret`, `private-key`...;
@@ -188,27 +189,190 @@ pub fn remove(text: &str, id: &str) -> Result<String, String> {
     Ok(out.join("\n") + "\n")
 }
 
-/// A connection's settings for people: secrets shown as `***`, files named.
-pub fn describe(id: &str, settings: &Value) -> String {
-    fn mask(v: &Value) -> Value {
-        match v {
-            Value::Object(m) => Value::Object(
-                m.iter()
-                    .map(|(k, x)| {
-                        let shown = if is_inline_secret(k) && x.is_string() {
-                            Value::String("***".into())
-                        } else {
-                            mask(x)
-                        };
-                        (k.clone(), shown)
-                    })
-                    .collect(),
-            ),
-            Value::Array(a) => Value::Array(a.iter().map(mask).collect()),
-            other => other.clone(),
+/// What each scheme's settings schema marks as secret (`writeOnly: true`, as
+/// `SecretSource::schema_properties` emits for the inline form of every secret).
+///
+/// Deciding by the schema, not by key names, also covers numbers, nested objects and vendor
+/// keys (`pin`, `apikey`). What no schema describes is treated as secret: an unknown scheme's
+/// settings (except `*-file`/`*-env`, which name where a secret is, and `scheme`), settings a
+/// schema does not list, and every value under `extra-params` (vendor token parameters).
+#[derive(Debug, Clone, Default)]
+pub struct SecretMarks {
+    schemas: std::collections::BTreeMap<String, Value>,
+}
+
+impl SecretMarks {
+    /// Marks from `(scheme name, settings schema)` pairs.
+    pub fn new(schemas: impl IntoIterator<Item = (String, Value)>) -> Self {
+        Self {
+            schemas: schemas.into_iter().collect(),
         }
     }
-    emit::entry(id, &mask(settings), 0)
+
+    /// Marks for the schemes `names`, loaded from `registry` (a scheme that cannot be loaded
+    /// has no schema: all its settings count as secret).
+    pub fn from_registry<'a>(
+        registry: &crate::plugins::Registry,
+        names: impl IntoIterator<Item = &'a str>,
+    ) -> Self {
+        Self::new(names.into_iter().filter_map(|n| {
+            registry
+                .get(n)
+                .ok()
+                .map(|h| (h.name.clone(), h.schema.clone()))
+        }))
+    }
+
+    /// JSON pointers (relative to `conn`, one connection entry) of every inline secret value.
+    pub fn secrets_in_connection(&self, conn: &Value) -> Vec<String> {
+        let mut out = Vec::new();
+        let Some(obj) = conn.as_object() else {
+            return out;
+        };
+        for (k, v) in obj {
+            let ptr = format!("/{}", crate::config::yaml::escape_segment(k));
+            match (k.as_str(), v) {
+                ("auth", Value::Array(entries)) => {
+                    for (i, e) in entries.iter().enumerate() {
+                        self.secrets_in_auth(e, &format!("{ptr}/{i}"), &mut out);
+                    }
+                }
+                ("auth", e) => self.secrets_in_auth(e, &ptr, &mut out),
+                // A proxy URL may carry `user:password@`.
+                ("proxy", Value::Object(p)) => {
+                    if let Some(Value::String(u)) = p.get("url") {
+                        if url::Url::parse(u).is_ok_and(|u| u.password().is_some()) {
+                            out.push(format!("{ptr}/url"));
+                        }
+                    }
+                }
+                _ if is_inline_secret(k) => out.push(ptr),
+                _ => {}
+            }
+        }
+        out
+    }
+
+    /// Whether any connection of a connections document holds a secret inline.
+    pub fn document_has_secrets(&self, doc: &Value) -> bool {
+        doc.get("connections")
+            .and_then(Value::as_object)
+            .is_some_and(|c| {
+                c.values()
+                    .any(|v| !self.secrets_in_connection(v).is_empty())
+            })
+    }
+
+    fn secrets_in_auth(&self, entry: &Value, ptr: &str, out: &mut Vec<String>) {
+        let Some(obj) = entry.as_object() else {
+            return;
+        };
+        let schema = obj
+            .get("scheme")
+            .and_then(Value::as_str)
+            .and_then(|s| self.schemas.get(s));
+        for (k, v) in obj {
+            if k == "scheme" {
+                continue;
+            }
+            let p = format!("{ptr}/{}", crate::config::yaml::escape_segment(k));
+            secrets_in_setting(k, v, schema, &p, out);
+        }
+    }
+}
+
+/// Whether a key names where a secret is rather than holding it.
+fn names_a_source(key: &str) -> bool {
+    key.ends_with("-file") || key.ends_with("-env")
+}
+
+/// Collects the secret values of one setting `key: v`, described (or not) by `parent`, the
+/// schema of the object holding it.
+fn secrets_in_setting(
+    key: &str,
+    v: &Value,
+    parent: Option<&Value>,
+    ptr: &str,
+    out: &mut Vec<String>,
+) {
+    if key == "extra-params" {
+        match v {
+            Value::Object(m) => out.extend(
+                m.keys()
+                    .map(|k| format!("{ptr}/{}", crate::config::yaml::escape_segment(k))),
+            ),
+            _ => out.push(ptr.to_string()),
+        }
+        return;
+    }
+    if is_inline_secret(key) {
+        out.push(ptr.to_string());
+        return;
+    }
+    let Some(parent) = parent else {
+        // No schema for this scheme: everything but a secret's source is treated as secret.
+        if !names_a_source(key) {
+            out.push(ptr.to_string());
+        }
+        return;
+    };
+    let Some(prop) = parent.get("properties").and_then(|p| p.get(key)) else {
+        // Not described by the schema (a vendor extension): secret unless it names a source.
+        if !names_a_source(key) {
+            out.push(ptr.to_string());
+        }
+        return;
+    };
+    if prop.get("writeOnly").and_then(Value::as_bool) == Some(true) {
+        out.push(ptr.to_string());
+        return;
+    }
+    if let Value::Object(m) = v {
+        if prop.get("properties").is_some() {
+            for (k, x) in m {
+                let p = format!("{ptr}/{}", crate::config::yaml::escape_segment(k));
+                secrets_in_setting(k, x, Some(prop), &p, out);
+            }
+        } else {
+            // An object the schema does not describe key by key: all of it is hidden.
+            out.push(ptr.to_string());
+        }
+    }
+}
+
+/// A connection's settings for people: every secret (by [`SecretMarks`]) shown as `"***"`,
+/// whatever its type; files and environment variables named.
+pub fn describe(id: &str, settings: &Value, marks: &SecretMarks) -> String {
+    let mut shown = settings.clone();
+    for ptr in marks.secrets_in_connection(settings) {
+        if let Some(v) = shown.pointer_mut(&ptr) {
+            *v = Value::String("***".into());
+        }
+    }
+    emit::entry(id, &shown, 0)
+}
+
+/// Refuses inline secrets in a `profile set` entry unless the person allowed them.
+pub fn check_inline_secrets(entry: &Value, marks: &SecretMarks, allow: bool) -> Result<(), String> {
+    if allow {
+        return Ok(());
+    }
+    match marks.secrets_in_connection(entry).first() {
+        Some(ptr) => {
+            let key = ptr
+                .rsplit('/')
+                .next()
+                .unwrap_or_default()
+                .replace("~1", "/")
+                .replace("~0", "~");
+            Err(format!(
+                "--set {key}=...: that value is a secret (as the scheme's schema says); on the \
+                 command line it lands in the file and the shell history; use its -file or -env \
+                 form (or --allow-inline-secret)"
+            ))
+        }
+        None => Ok(()),
+    }
 }
 
 #[cfg(test)]
@@ -269,11 +433,57 @@ mod tests {
             ..p
         })
         .unwrap();
-        let shown = describe("x", &v);
+        let shown = describe("x", &v, &SecretMarks::default());
         assert!(
             shown.contains("\"***\"") && !shown.contains("CANARY"),
             "{shown}"
         );
         assert!(!is_inline_secret("password-file") && !is_inline_secret("token-url"));
+    }
+
+    /// Security boundary: `profile describe` masks by the schema's `writeOnly` marking, not by
+    /// key names: numbers, nested objects, vendor keys and every `extra-params` value.
+    #[test]
+    fn describe_masks_every_secret_the_schema_marks() {
+        let schema = json!({"type": "object", "properties": {
+            "username": {"type": "string"},
+            "password": {"type": "string", "writeOnly": true},
+            "pin": {"writeOnly": true},
+            "vault": {"type": "object", "properties": {
+                "name": {"type": "string"},
+                "unlock": {"type": "object", "writeOnly": true}}},
+            "extra-params": {"type": "object"},
+            "pin-file": {"type": "string"}}});
+        let marks = SecretMarks::new([("vendor".to_string(), schema)]);
+        let conn = json!({"base-url": "http://x", "auth": {"scheme": "vendor",
+            "username": "visible-user", "password": 987654321, "pin": 4321,
+            "vault": {"name": "visible-vault", "unlock": {"code": "CANARY-nested"}},
+            "extra-params": {"apikey": "CANARY-apikey", "audience": "CANARY-aud"},
+            "pin-file": "visible-file", "undocumented": "CANARY-undocumented"}});
+        let shown = describe("x", &conn, &marks);
+        for canary in ["987654321", "4321", "CANARY"] {
+            assert!(!shown.contains(canary), "{canary} shown:\n{shown}");
+        }
+        for visible in [
+            "visible-user",
+            "visible-vault",
+            "visible-file",
+            "apikey",
+            "http://x",
+        ] {
+            assert!(shown.contains(visible), "{visible} hidden:\n{shown}");
+        }
+        // The same marks decide the file mode and the inline-secret gate.
+        assert!(marks.document_has_secrets(&json!({"connections": {"x": conn}})));
+        let entry = json!({"base-url": "http://x", "auth": {"scheme": "vendor",
+            "extra-params": {"tenant": "t"}}});
+        assert!(check_inline_secrets(&entry, &marks, false).is_err());
+        assert!(check_inline_secrets(&entry, &marks, true).is_ok());
+        let entry = json!({"base-url": "http://x", "auth": {"scheme": "vendor",
+            "username": "u", "pin-file": "p"}});
+        assert!(check_inline_secrets(&entry, &marks, false).is_ok());
+        // A password in a proxy URL is a secret too.
+        let p = json!({"base-url": "http://x", "proxy": {"url": "http://u:CANARY-proxy@p:3128"}});
+        assert!(!describe("x", &p, &marks).contains("CANARY"));
     }
 }

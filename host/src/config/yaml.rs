@@ -1,11 +1,12 @@
 //! YAML to JSON with a line/column for every node, so every error can name its place.
+//!
+//! Input is bounded before saphyr builds a tree: size, nesting depth and alias expansion are
+//! checked on the parser's events ([`MAX_CONFIG_BYTES`], [`MAX_DEPTH`], [`MAX_NODES`]), so any
+//! file parses in bounded memory and stack, or is refused with its line and column.
 
 use saphyr::{LoadableYamlNode, MarkedYaml, Scalar, YamlData};
 use serde_json::{Map, Number, Value};
 use std::collections::HashMap;
-
-/// The largest configuration file accepted.
-pub const MAX_CONFIG_BYTES: usize = 4 * 1024 * 1024;
 
 /// A 1-based line and column.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -56,6 +57,205 @@ pub struct YamlError {
     pub message: String,
 }
 
+/// The largest configuration file accepted (a connections file is a few kilobytes).
+pub const MAX_CONFIG_BYTES: usize = 1024 * 1024;
+/// The deepest nesting of sequences and mappings accepted, aliases expanded.
+pub const MAX_DEPTH: usize = 64;
+/// The most nodes a document may hold, every alias counted at the size of what it repeats.
+pub const MAX_NODES: u64 = 50_000;
+/// The most bytes of scalars (values and keys) a document may expand to, aliases included.
+pub const MAX_SCALAR_BYTES: u64 = 4 * 1024 * 1024;
+/// The most bytes of JSON pointers (one per node, for error positions) a document may need.
+pub const MAX_POINTER_BYTES: u64 = 8 * 1024 * 1024;
+
+/// What a document expands to so far, or what one anchored node costs where it is used.
+#[derive(Debug, Clone, Copy, Default)]
+struct Cost {
+    nodes: u64,
+    scalar_bytes: u64,
+    /// Pointer bytes relative to the node itself (add `nodes × its own pointer length`).
+    pointer_bytes: u64,
+    /// Collection levels below and including the node (0 for a scalar).
+    height: usize,
+}
+
+/// An open sequence or mapping in the pre-pass.
+struct Open {
+    anchor: usize,
+    is_map: bool,
+    children: u64,
+    /// Length of this collection's JSON pointer.
+    pointer_len: u64,
+    /// In a mapping: the length of the pointer segment of the key just read.
+    key_segment: u64,
+    /// Totals when it opened (to compute its own cost when it closes).
+    start: Cost,
+    height: usize,
+}
+
+/// A bounded pass over the parser's events, before any tree is built: saphyr's loader clones
+/// every alias (its own budget charges a complex key as one node, so an alias bomb hidden in
+/// keys grows to gigabytes), and deep nesting overflows recursive code. This refuses
+///
+/// - nesting deeper than [`MAX_DEPTH`] (aliases expanded),
+/// - documents expanding to more than [`MAX_NODES`] nodes, [`MAX_SCALAR_BYTES`] of scalars or
+///   [`MAX_POINTER_BYTES`] of error-position pointers (aliases counted where they are used,
+///   at the full size of the anchored node, nodes inside keys included),
+/// - anchors, aliases and collections inside mapping keys (keys are plain strings),
+///
+/// each with the place of the event that crossed the line.
+fn bounded_prepass(text: &str) -> Result<(), YamlError> {
+    use saphyr_parser::{Event, Parser};
+    let mut total = Cost::default();
+    let mut anchors: HashMap<usize, Cost> = HashMap::new();
+    let mut stack: Vec<Open> = Vec::new();
+    for event in Parser::new_from_str(text) {
+        let (event, span) = event.map_err(|e| YamlError {
+            loc: Some(Loc {
+                line: e.marker().line(),
+                column: e.marker().col() + 1,
+            }),
+            message: format!("invalid YAML: {}", e.info()),
+        })?;
+        let loc = Some(Loc {
+            line: span.start.line(),
+            column: span.start.col() + 1,
+        });
+        let err = |message: String| YamlError { loc, message };
+        // Where this node sits: in a mapping's key position, and its pointer's length.
+        let (in_key, pointer_len) = match stack.last() {
+            None => (false, 0),
+            Some(o) if o.is_map && o.children % 2 == 0 => (true, o.pointer_len),
+            Some(o) if o.is_map => (false, o.pointer_len + o.key_segment),
+            Some(o) => {
+                let index_digits = (o.children.max(1).ilog10() + 1) as u64;
+                (false, o.pointer_len + 1 + index_digits)
+            }
+        };
+        let keys_are_strings = || {
+            err(
+                "mapping keys must be plain strings (no anchors, aliases, sequences or \
+                 mappings in keys)"
+                    .into(),
+            )
+        };
+        // The node this event completes (its anchor, and its cost where it is used).
+        let done: Option<(usize, Cost)> = match event {
+            Event::Scalar(value, _, anchor, _) => {
+                if in_key && anchor != 0 {
+                    return Err(keys_are_strings());
+                }
+                let len = value.len() as u64;
+                let segment = if in_key { 1 + len } else { 0 };
+                let pointer = pointer_len + segment;
+                total.nodes += 1;
+                total.scalar_bytes += len;
+                total.pointer_bytes += pointer;
+                if in_key {
+                    if let Some(o) = stack.last_mut() {
+                        o.key_segment = segment;
+                    }
+                }
+                Some((
+                    anchor,
+                    Cost {
+                        nodes: 1,
+                        scalar_bytes: len,
+                        pointer_bytes: 0,
+                        height: 0,
+                    },
+                ))
+            }
+            Event::Alias(id) => {
+                if in_key {
+                    return Err(keys_are_strings());
+                }
+                let Some(c) = anchors.get(&id).copied() else {
+                    return Err(err("an alias to an unknown anchor".into()));
+                };
+                if stack.len() + c.height > MAX_DEPTH {
+                    return Err(err(format!(
+                        "this alias nests deeper than {MAX_DEPTH} levels where it is used"
+                    )));
+                }
+                total.nodes = total.nodes.saturating_add(c.nodes);
+                total.scalar_bytes = total.scalar_bytes.saturating_add(c.scalar_bytes);
+                total.pointer_bytes = total
+                    .pointer_bytes
+                    .saturating_add(c.pointer_bytes)
+                    .saturating_add(c.nodes.saturating_mul(pointer_len));
+                Some((0, c))
+            }
+            Event::SequenceStart(anchor, _) | Event::MappingStart(anchor, _) => {
+                if in_key {
+                    return Err(keys_are_strings());
+                }
+                if stack.len() >= MAX_DEPTH {
+                    return Err(err(format!(
+                        "nesting deeper than {MAX_DEPTH} levels is not accepted"
+                    )));
+                }
+                let start = total;
+                total.nodes += 1;
+                total.pointer_bytes += pointer_len;
+                stack.push(Open {
+                    anchor,
+                    is_map: matches!(event, Event::MappingStart(..)),
+                    children: 0,
+                    pointer_len,
+                    key_segment: 0,
+                    start,
+                    height: 1,
+                });
+                None
+            }
+            Event::SequenceEnd | Event::MappingEnd => {
+                let Some(o) = stack.pop() else { continue };
+                let nodes = total.nodes - o.start.nodes;
+                Some((
+                    o.anchor,
+                    Cost {
+                        nodes,
+                        scalar_bytes: total.scalar_bytes - o.start.scalar_bytes,
+                        pointer_bytes: (total.pointer_bytes - o.start.pointer_bytes)
+                            .saturating_sub(nodes.saturating_mul(o.pointer_len)),
+                        height: o.height,
+                    },
+                ))
+            }
+            _ => None,
+        };
+        if total.nodes > MAX_NODES {
+            return Err(err(format!(
+                "the document expands to more than {MAX_NODES} nodes (every alias counts at \
+                 the size of what it repeats)"
+            )));
+        }
+        if total.scalar_bytes > MAX_SCALAR_BYTES {
+            return Err(err(format!(
+                "the document expands to more than {MAX_SCALAR_BYTES} bytes of text (every \
+                 alias counts at the size of what it repeats)"
+            )));
+        }
+        if total.pointer_bytes > MAX_POINTER_BYTES {
+            return Err(err(format!(
+                "the document is too large once expanded (more than {MAX_POINTER_BYTES} bytes \
+                 of paths: long keys, deep nesting or aliases)"
+            )));
+        }
+        if let Some((anchor, cost)) = done {
+            if anchor != 0 {
+                anchors.insert(anchor, cost);
+            }
+            if let Some(parent) = stack.last_mut() {
+                parent.children += 1;
+                parent.height = parent.height.max(cost.height + 1);
+            }
+        }
+    }
+    Ok(())
+}
+
 /// Escapes one JSON-pointer segment (RFC 6901).
 pub fn escape_segment(s: &str) -> String {
     s.replace('~', "~0").replace('/', "~1")
@@ -81,6 +281,7 @@ pub fn parse(bytes: &[u8]) -> Result<(Value, Positions), YamlError> {
             message: "the file is not valid UTF-8".to_string(),
         }
     })?;
+    bounded_prepass(text)?;
     let docs = MarkedYaml::load_from_str(text).map_err(|e| YamlError {
         loc: Some(Loc {
             line: e.marker().line(),
@@ -234,5 +435,72 @@ mod tests {
         }
         let e = parse(bomb.as_bytes()).unwrap_err();
         assert!(e.message.contains("alias"), "{e:?}");
+    }
+
+    /// The complex-key alias bomb of the security review (453 bytes, 10^6-fold expansion).
+    pub(crate) fn complex_key_bomb() -> String {
+        let mut y = String::from("k0: &k0 [x, x, x, x, x, x, x, x, x, x]\n");
+        for i in 1..=6 {
+            let p = format!("*k{}", i - 1);
+            y.push_str(&format!(
+                "k{i}: &k{i}\n  ? [{}]\n  : v\n",
+                vec![p.as_str(); 10].join(", ")
+            ));
+        }
+        y
+    }
+
+    #[test]
+    fn input_is_bounded_before_a_tree_is_built() {
+        // Aliases inside complex keys: refused at the first key, whatever the budget says.
+        let e = parse(complex_key_bomb().as_bytes()).unwrap_err();
+        assert!(e.message.contains("plain strings"), "{e:?}");
+        assert_eq!(e.loc, Some(Loc { line: 3, column: 5 }));
+        // 20,000 levels of `- - - x`: refused at level 65, no stack overflow.
+        let deep = "- ".repeat(20_000) + "x\n";
+        let e = parse(deep.as_bytes()).unwrap_err();
+        assert!(e.message.contains("deeper than 64"), "{e:?}");
+        assert_eq!(
+            e.loc,
+            Some(Loc {
+                line: 1,
+                column: 129
+            })
+        );
+        let deep = "[".repeat(20_000) + &"]".repeat(20_000);
+        assert!(parse(deep.as_bytes()).is_err());
+        // Anchors on keys and aliases as keys.
+        for y in [
+            "&a k: v\n",
+            "a: &x k\n*x : v\n",
+            "? [a]\n: v\n",
+            "? {a: b}\n: v\n",
+        ] {
+            let e = parse(y.as_bytes()).unwrap_err();
+            assert!(e.message.contains("plain strings"), "{y}: {e:?}");
+        }
+        // A long string repeated by aliases: bounded by bytes, not nodes.
+        let big = "s".repeat(500_000);
+        let y = format!("a: &a {big}\nb: [*a, *a, *a, *a, *a, *a, *a, *a, *a, *a]\n");
+        let e = parse(y.as_bytes()).unwrap_err();
+        assert!(e.message.contains("bytes of text"), "{e:?}");
+        // Long keys nested deep, then many nodes: bounded by the pointers they would need.
+        let mut y = String::new();
+        for d in 0..60 {
+            y.push_str(&format!("{}{}:\n", "  ".repeat(d), "k".repeat(1_000)));
+        }
+        for _ in 0..5_000 {
+            y.push_str(&format!("{}- x\n", "  ".repeat(60)));
+        }
+        assert!(y.len() < MAX_CONFIG_BYTES);
+        let e = parse(y.as_bytes()).unwrap_err();
+        assert!(e.message.contains("paths"), "{e:?}");
+        // Ordinary aliases still work; the limits leave room for real files.
+        let (v, _) = parse(b"d: &d {t: PT2S}\nc: {a: *d, b: *d}\n").unwrap();
+        assert_eq!(v["c"]["b"]["t"], "PT2S");
+        let many: String = (0..5_000)
+            .map(|i| format!("c{i}:\n  base-url: http://h/{i}\n"))
+            .collect();
+        assert!(parse(many.as_bytes()).is_ok());
     }
 }
