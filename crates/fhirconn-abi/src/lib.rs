@@ -190,9 +190,10 @@ pub struct Credentials {
     pub fixture_changed_layout: u64,
 }
 
-/// A blocking HTTP request a plugin asks the host to send.
+/// A blocking HTTP request a plugin asks the host to send. Its `Debug` shows credential
+/// header values as `[REDACTED]` and the body as its length only.
 #[repr(C)]
-#[derive(StableAbi, Debug, Clone)]
+#[derive(StableAbi, Clone)]
 pub struct HttpRequest {
     /// `GET`, `POST`...
     pub method: RString,
@@ -208,9 +209,11 @@ pub struct HttpRequest {
     pub extensions_json: RString,
 }
 
-/// The host's answer to an [`HttpRequest`]. Redirects are never followed for plugins.
+/// The host's answer to an [`HttpRequest`]. Redirects are never followed for plugins. Its
+/// `Debug` shows credential header values (`Set-Cookie`, ...) as `[REDACTED]` and the body
+/// (which may hold issued tokens) as its length only.
 #[repr(C)]
-#[derive(StableAbi, Debug, Clone)]
+#[derive(StableAbi, Clone)]
 pub struct HttpResponse {
     /// HTTP status code.
     pub status: u16,
@@ -218,6 +221,70 @@ pub struct HttpResponse {
     pub headers: RVec<Header>,
     /// Response body, capped by the host.
     pub body: RVec<u8>,
+}
+
+/// Header names whose values are credentials whether or not they are marked `sensitive`.
+fn is_credential_header(name: &str) -> bool {
+    [
+        "authorization",
+        "proxy-authorization",
+        "cookie",
+        "set-cookie",
+        "x-api-key",
+        "api-key",
+    ]
+    .iter()
+    .any(|n| name.eq_ignore_ascii_case(n))
+}
+
+/// Headers for `Debug`: `(name, value)` with credential values replaced.
+struct DebugHeaders<'a>(&'a [Header]);
+
+impl std::fmt::Debug for DebugHeaders<'_> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_list()
+            .entries(self.0.iter().map(|h| {
+                let value: &str = if h.sensitive || is_credential_header(&h.name) {
+                    "[REDACTED]"
+                } else {
+                    &h.value
+                };
+                (h.name.as_str(), value)
+            }))
+            .finish()
+    }
+}
+
+/// A body for `Debug`: its length, never its bytes (form-encoded secrets, tokens).
+struct DebugBody(usize);
+
+impl std::fmt::Debug for DebugBody {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "[{} bytes]", self.0)
+    }
+}
+
+impl std::fmt::Debug for HttpRequest {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("HttpRequest")
+            .field("method", &self.method.as_str())
+            .field("url", &self.url.as_str())
+            .field("headers", &DebugHeaders(&self.headers))
+            .field("body", &DebugBody(self.body.len()))
+            .field("identity", &self.identity)
+            .field("extensions_json", &DebugBody(self.extensions_json.len()))
+            .finish()
+    }
+}
+
+impl std::fmt::Debug for HttpResponse {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("HttpResponse")
+            .field("status", &self.status)
+            .field("headers", &DebugHeaders(&self.headers))
+            .field("body", &DebugBody(self.body.len()))
+            .finish()
+    }
 }
 
 /// Log levels for [`HostServices::log`].
@@ -558,6 +625,42 @@ mod tests {
             private_key_pem: "CANARY-key".into(),
         };
         assert!(!format!("{id:?}").contains("CANARY"));
+    }
+
+    #[test]
+    fn http_request_and_response_debug_hide_credentials_and_bodies() {
+        let header = |name: &str, value: &str, sensitive: bool| Header {
+            name: name.into(),
+            value: value.into(),
+            sensitive,
+        };
+        let req = HttpRequest {
+            method: "POST".into(),
+            url: "https://idp.example/token".into(),
+            headers: vec![
+                header("Authorization", "Basic CANARY-basic", false),
+                header("X-Custom", "CANARY-marked", true),
+                header("Accept", "application/json", false),
+            ]
+            .into(),
+            body: b"client_secret=CANARY-body".to_vec().into(),
+            identity: ROption::RSome(ClientIdentity {
+                certificate_chain_pem: "cert".into(),
+                private_key_pem: "CANARY-key".into(),
+            }),
+            extensions_json: "{}".into(),
+        };
+        let dbg = format!("{req:?}");
+        assert!(!dbg.contains("CANARY"), "{dbg}");
+        assert!(dbg.contains("application/json") && dbg.contains("[25 bytes]"), "{dbg}");
+        let resp = HttpResponse {
+            status: 200,
+            headers: vec![header("Set-Cookie", "s=CANARY-cookie", false)].into(),
+            body: br#"{"access_token":"CANARY-token"}"#.to_vec().into(),
+        };
+        let dbg = format!("{resp:#?}");
+        assert!(!dbg.contains("CANARY"), "{dbg}");
+        assert!(dbg.contains("200"), "{dbg}");
     }
 
     #[test]

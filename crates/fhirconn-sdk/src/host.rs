@@ -49,8 +49,10 @@ impl ClientIdentity {
     }
 }
 
-/// An HTTP request sent through the host.
-#[derive(Debug, Clone, Default)]
+/// An HTTP request sent through the host. Its `Debug` shows credential header values
+/// (marked sensitive, or `Authorization`, `Cookie`, ...) as `[REDACTED]` and the body as its
+/// length only, so logging a request cannot leak a secret.
+#[derive(Clone, Default)]
 pub struct HttpRequest {
     /// `GET`, `POST`...
     pub method: String,
@@ -130,8 +132,9 @@ pub fn form_urlencode_component(s: &str) -> String {
     out
 }
 
-/// An HTTP response from the host. Redirects are not followed.
-#[derive(Debug, Clone)]
+/// An HTTP response from the host. Redirects are not followed. Its `Debug` shows credential
+/// header values (`Set-Cookie`, ...) as `[REDACTED]` and the body (tokens) as its length only.
+#[derive(Clone)]
 pub struct HttpResponse {
     /// Status code.
     pub status: u16,
@@ -139,6 +142,78 @@ pub struct HttpResponse {
     pub headers: Vec<(String, String)>,
     /// Body bytes (capped by the host).
     pub body: Vec<u8>,
+}
+
+/// Header names whose values are credentials whether or not they are marked sensitive.
+fn is_credential_header(name: &str) -> bool {
+    [
+        "authorization",
+        "proxy-authorization",
+        "cookie",
+        "set-cookie",
+        "x-api-key",
+        "api-key",
+    ]
+    .iter()
+    .any(|n| name.eq_ignore_ascii_case(n))
+}
+
+/// `(name, value)` pairs for `Debug`, credential values replaced.
+struct DebugHeaders<'a>(Vec<(&'a str, &'a str)>);
+
+impl std::fmt::Debug for DebugHeaders<'_> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_list().entries(self.0.iter()).finish()
+    }
+}
+
+/// A body for `Debug`: its length, never its bytes.
+struct DebugBody(usize);
+
+impl std::fmt::Debug for DebugBody {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "[{} bytes]", self.0)
+    }
+}
+
+fn shown<'a>(name: &'a str, value: &'a str, sensitive: bool) -> (&'a str, &'a str) {
+    if sensitive || is_credential_header(name) {
+        (name, "[REDACTED]")
+    } else {
+        (name, value)
+    }
+}
+
+impl std::fmt::Debug for HttpRequest {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let headers = self
+            .headers
+            .iter()
+            .map(|(n, v, s)| shown(n, v, *s))
+            .collect();
+        f.debug_struct("HttpRequest")
+            .field("method", &self.method)
+            .field("url", &self.url)
+            .field("headers", &DebugHeaders(headers))
+            .field("body", &DebugBody(self.body.len()))
+            .field("identity", &self.identity)
+            .finish()
+    }
+}
+
+impl std::fmt::Debug for HttpResponse {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let headers = self
+            .headers
+            .iter()
+            .map(|(n, v)| shown(n, v, false))
+            .collect();
+        f.debug_struct("HttpResponse")
+            .field("status", &self.status)
+            .field("headers", &DebugHeaders(headers))
+            .field("body", &DebugBody(self.body.len()))
+            .finish()
+    }
 }
 
 impl HttpResponse {
@@ -268,6 +343,13 @@ impl<'a> Host<'a> {
         Ok(self.raw.store_delete(RStr::from(key)).into_result()?)
     }
 
+    /// Asks the host to redact `secret` from every log line, error and report from now on,
+    /// in all its encodings (for a secret the host cannot see as one: a value sent in an
+    /// unusual place). Hosts without the operation ignore it.
+    pub fn redact_secret(&self, secret: &str) {
+        let _ = self.invoke("redact-secret", &serde_json::json!({ "secret": secret }));
+    }
+
     /// Calls a host operation added after ABI 1.0.
     pub fn invoke(&self, op: &str, payload: &serde_json::Value) -> Result<serde_json::Value> {
         let out = self
@@ -282,6 +364,29 @@ impl<'a> Host<'a> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn debug_of_requests_and_responses_hides_credentials_and_bodies() {
+        let req = HttpRequest::new("POST", "https://idp.example/token")
+            .sensitive_header("X-Custom", "CANARY-marked")
+            .header("Authorization", "Basic CANARY-basic")
+            .header("Accept", "application/json")
+            .form(&[("client_secret", "CANARY-secret"), ("grant_type", "x")]);
+        let dbg = format!("{req:?}");
+        assert!(!dbg.contains("CANARY"), "{dbg}");
+        assert!(dbg.contains("application/json") && dbg.contains("bytes]"), "{dbg}");
+        let resp = HttpResponse {
+            status: 200,
+            headers: vec![
+                ("Set-Cookie".into(), "s=CANARY-cookie".into()),
+                ("Content-Type".into(), "application/json".into()),
+            ],
+            body: br#"{"access_token":"CANARY-token","refresh_token":"CANARY-r"}"#.to_vec(),
+        };
+        let dbg = format!("{resp:#?}");
+        assert!(!dbg.contains("CANARY"), "{dbg}");
+        assert!(dbg.contains("application/json"), "{dbg}");
+    }
 
     #[test]
     fn form_encoding_follows_rfc6749_appendix_b() {
