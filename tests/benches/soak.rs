@@ -3,9 +3,10 @@
 //!
 //! 1. Cold-cache single flight: the wall time of 1,000 concurrent callers asking a fresh
 //!    connection for credentials, against one caller alone, and the token requests made.
-//! 2. Soak: 10,000 authenticated requests at 64-way concurrency with 20 s tokens on loopback:
-//!    failures, token requests against run time / lifetime + 1, and resident memory before,
-//!    midway and after.
+//! 2. Soak: authenticated requests at 64-way concurrency for `FHIRCONN_SOAK_SECONDS` (default
+//!    40 s) with 5 s tokens on loopback, so renewal happens eight times: failures, requests
+//!    answered 401 (renewal must come ahead of expiry, not by retry), token requests against
+//!    lifetimes + 1, and resident memory at the start, midway and at the end.
 
 use fhirconn_host::Host;
 use fhirconn_testkit::idp::{ClientAuth, IdentityProvider, IdpConfig, RegisteredClient};
@@ -110,35 +111,44 @@ fn main() {
             m.as_secs_f64() / o.as_secs_f64()
         );
 
-        // 2. Soak.
+        // 2. Soak: long enough to cross several token lifetimes (renewals must happen ahead
+        // of expiry: no request may be answered 401), with resident memory sampled at the
+        // start, midway and at the end.
+        let seconds: u64 = std::env::var("FHIRCONN_SOAK_SECONDS")
+            .ok()
+            .and_then(|v| v.parse().ok())
+            .unwrap_or(40);
+        let lifetime = Duration::from_secs(5);
+        idp.set_token_lifetime(lifetime);
         let h = host(&idp, &fhir, dir.path()).await;
         let c = h.connection("c").unwrap();
         let before_tokens = idp.token_requests();
+        let before_401 = fhir.unauthorized();
         let rss_start = rss_kib();
         let started = Instant::now();
-        let total = 10_000usize;
+        let deadline = started + Duration::from_secs(seconds);
+        let midway = started + Duration::from_secs(seconds / 2);
         let workers = 64usize;
-        let next = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+        let done = Arc::new(std::sync::atomic::AtomicUsize::new(0));
         let rss_mid = Arc::new(std::sync::atomic::AtomicU64::new(0));
         let handles: Vec<_> = (0..workers)
             .map(|_| {
                 let c = Arc::clone(&c);
-                let next = next.clone();
+                let done = done.clone();
                 let rss_mid = rss_mid.clone();
                 tokio::spawn(async move {
                     let mut failed = 0usize;
-                    loop {
-                        let i = next.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
-                        if i >= total {
-                            break;
-                        }
-                        if i == total / 2 {
+                    while Instant::now() < deadline {
+                        if Instant::now() >= midway
+                            && rss_mid.load(std::sync::atomic::Ordering::SeqCst) == 0
+                        {
                             rss_mid.store(rss_kib(), std::sync::atomic::Ordering::SeqCst);
                         }
                         match c.get("Patient/1").await {
                             Ok(r) if r.status == 200 => {}
                             _ => failed += 1,
                         }
+                        done.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
                     }
                     failed
                 })
@@ -149,12 +159,18 @@ fn main() {
             failed += h.await.unwrap();
         }
         let took = started.elapsed();
+        let total = done.load(std::sync::atomic::Ordering::SeqCst);
         let tokens = idp.token_requests() - before_tokens;
-        let expected = (took.as_secs_f64() / 20.0).floor() as u64 + 1;
+        let lifetimes = took.as_secs_f64() / lifetime.as_secs_f64();
         println!(
-            "soak: {total} requests, 64-way, 20 s tokens: {failed} failed in {:.1} s ({:.0} req/s); token requests {tokens} (run time / lifetime + 1 = {expected}); RSS {} KiB at start, {} KiB midway, {} KiB at end",
+            "soak: {:.1} s, 64-way, {} s tokens ({lifetimes:.1} lifetimes): {total} requests \
+             ({:.0} req/s), {failed} failed, {} answered 401; token requests {tokens} \
+             (lifetimes + 1 = {:.0}); RSS {} KiB at start, {} KiB midway, {} KiB at end",
             took.as_secs_f64(),
+            lifetime.as_secs(),
             total as f64 / took.as_secs_f64(),
+            fhir.unauthorized() - before_401,
+            lifetimes.floor() + 1.0,
             rss_start,
             rss_mid.load(std::sync::atomic::Ordering::SeqCst),
             rss_kib()
