@@ -157,6 +157,10 @@ struct Counters {
     revoked: Mutex<std::collections::HashSet<String>>,
     exports: Mutex<HashMap<u64, ExportJob>>,
     export_seq: AtomicU64,
+    /// Bulk export: every file request, as `<job>/<name>`.
+    export_file_gets: Mutex<Vec<String>>,
+    /// Bulk export: files sent slowly, `(lines, one every)`.
+    export_trickle: Mutex<Option<(u32, std::time::Duration)>>,
 }
 
 /// A bulk export job: (polls left before completion, requested types, cancelled).
@@ -295,6 +299,22 @@ impl FhirServer {
             .values()
             .filter(|j| j.2)
             .count()
+    }
+
+    /// Bulk export jobs started (kick-offs accepted).
+    pub fn exports_started(&self) -> u64 {
+        self.counters.export_seq.load(Ordering::SeqCst)
+    }
+
+    /// Every bulk export file request so far, as `<job>/<name>` (e.g. `1/Patient.ndjson`).
+    pub fn export_file_requests(&self) -> Vec<String> {
+        self.counters.export_file_gets.lock().unwrap().clone()
+    }
+
+    /// Bulk export files are sent slowly from now on: `lines` resources, one every `every`
+    /// (`None`: at once, as usual).
+    pub fn set_export_file_trickle(&self, trickle: Option<(u32, std::time::Duration)>) {
+        *self.counters.export_trickle.lock().unwrap() = trickle;
     }
 
     /// Changes the `WWW-Authenticate` header of 401 answers (`None`: the default challenge).
@@ -781,12 +801,40 @@ async fn export_cancel(State(state): State<AppState>, Path(job): Path<u64>) -> R
 async fn export_file(
     State(state): State<AppState>,
     headers: HeaderMap,
-    Path((_job, name)): Path<(u64, String)>,
+    Path((job, name)): Path<(u64, String)>,
 ) -> Response {
     if let Err(r) = gate(&state, &headers, false).await {
         return r;
     }
-    let ty = name.trim_end_matches(".ndjson");
+    state
+        .counters
+        .export_file_gets
+        .lock()
+        .unwrap()
+        .push(format!("{job}/{name}"));
+    let ty = name.trim_end_matches(".ndjson").to_string();
+    let trickle = *state.counters.export_trickle.lock().unwrap();
+    if let Some((lines, every)) = trickle {
+        let resource_type = ty.clone();
+        let drip = futures_util::stream::unfold(0u32, move |i| {
+            let ty = resource_type.clone();
+            async move {
+                if i >= lines {
+                    return None;
+                }
+                tokio::time::sleep(every).await;
+                let line = json!({"resourceType": ty, "id": format!("{i}")}).to_string() + "\n";
+                Some((Ok::<_, std::io::Error>(axum::body::Bytes::from(line)), i + 1))
+            }
+        });
+        return (
+            StatusCode::OK,
+            [(header::CONTENT_TYPE, "application/fhir+ndjson")],
+            axum::body::Body::from_stream(drip),
+        )
+            .into_response();
+    }
+    let ty = ty.as_str();
     let lines: Vec<String> = match ty {
         "Patient" => patients().iter().map(|p| p.to_string()).collect(),
         other => (1..=3)
