@@ -479,3 +479,38 @@ fn discovery_problems_and_bad_token_responses_are_clear() {
         assert!(e.message().contains(expected), "{expected}: {e}");
     }
 }
+
+/// `assertion-lifetime` is applied by `configure`: the assertion that reaches the token
+/// endpoint (through the configured connection, not one built by hand) has `exp - iat` equal
+/// to the configured lifetime, and the SMART maximum of 300 s when it is not set.
+#[test]
+fn the_configured_assertion_lifetime_reaches_the_token_request() {
+    let (der, _) = generate(Algorithm::ES384);
+    for (lifetime, expected) in [(Some(60), 60), (Some(1), 1), (Some(299), 299), (None, 300)] {
+        let (mock, seen) = server(None, ok_token);
+        let mock = mock.with_file("k.pem", pem("PRIVATE KEY", &der).as_bytes());
+        let mut settings = json!({"client-id": "c", "private-key-file": "k.pem", "kid": "k",
+                                  "scope": "system/*.rs",
+                                  "token-url": "https://auth.example/token"});
+        if let Some(l) = lifetime {
+            settings["assertion-lifetime"] = json!(l);
+        }
+        run(settings, &mock).unwrap();
+        let seen = seen.lock().unwrap();
+        let token_requests: Vec<_> = seen
+            .iter()
+            .filter(|r| r.url == "https://auth.example/token")
+            .collect();
+        assert_eq!(token_requests.len(), 1, "{lifetime:?}");
+        let jwt = &form(&token_requests[0].body)["client_assertion"];
+        let c = jsonwebtoken::dangerous::insecure_decode::<Value>(jwt)
+            .unwrap()
+            .claims;
+        let iat = c["iat"].as_u64().unwrap();
+        assert_eq!(
+            c["exp"].as_u64().unwrap() - iat,
+            expected,
+            "assertion-lifetime {lifetime:?}"
+        );
+    }
+}
