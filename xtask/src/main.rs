@@ -2,50 +2,133 @@
 //!
 //! Plugins are built into one named directory, never guessed: `target/plugins/` (debug, used by
 //! the tests and the demo), `target/plugin-fixtures/` (test fixtures), and
-//! `target/dist/plugins/` next to `target/dist/fhirconn` (release).
+//! `target/dist/plugins/` next to `target/dist/fhirconn` (release). The plugins broken on
+//! purpose (tests/fixtures/plugin-broken) go to `target/plugin-broken/` only, with their
+//! conformance descriptors, for the test that shows the conformance suite catches them.
 
+use clap::{Args, Parser, Subcommand};
 use std::io::{BufRead as _, BufReader, Write as _};
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 use xshell::{cmd, Shell};
 
 type Result<T = ()> = std::result::Result<T, Box<dyn std::error::Error>>;
 
-const USAGE: &str = "\
-usage: cargo xtask <command>
+/// Build orchestration for the fhirconn workspace.
+#[derive(Parser, Debug)]
+#[command(name = "cargo xtask", bin_name = "cargo xtask")]
+struct Cli {
+    /// Pass `--locked` to every cargo command (`ci` always does).
+    #[arg(long, global = true)]
+    locked: bool,
+    #[command(subcommand)]
+    command: Task,
+}
 
-commands:
-  build-plugins [--release]  build every plugin into target/plugins (or target/dist/plugins)
-                             and the test fixtures into target/plugin-fixtures
-  dist                       release host + plugins into target/dist/
-  demo                       build, start the testkit servers, test a connection per scheme
-  test                       build plugins and the CLI, then run every test
-  ci                         fmt --check, clippy -D warnings, test, conformance
-  bench                      criterion benchmarks + whole-process fhirconn vs curl
-  conformance [--scheme S]... [--plugin-dir D]... [--format table|json|junit]
-                             release build, then the conformance suite over every scheme
-  fuzz [TARGET] [--seconds N] [--seed S]
-                             mutation-fuzz the parsers of untrusted input (default: all, 60 s)
-  new-scheme NAME [--path DIR]
-                             generate an out-of-tree plugin crate depending on fhirconn-sdk only";
+#[derive(Subcommand, Debug)]
+enum Task {
+    /// Build every plugin into target/plugins (or target/dist/plugins with --release), the
+    /// test fixtures into target/plugin-fixtures and the broken-on-purpose ones into
+    /// target/plugin-broken.
+    BuildPlugins {
+        /// Release build into target/dist/plugins (no fixtures).
+        #[arg(long)]
+        release: bool,
+    },
+    /// Release host + plugins into target/dist/.
+    Dist,
+    /// Build, start the testkit servers, test a connection per scheme.
+    Demo,
+    /// Build plugins and the CLI, then run every test (the README's test command).
+    Test,
+    /// What CI runs: fmt --check, clippy -D warnings, test, demo, conformance, fuzz (--locked).
+    Ci,
+    /// Criterion benchmarks + whole-process fhirconn vs curl.
+    Bench,
+    /// Release build, then the conformance suite over every in-tree scheme (or over --plugin-dir).
+    Conformance(ConformanceArgs),
+    /// Mutation-fuzz the parsers of untrusted input.
+    Fuzz {
+        /// Target (default: all).
+        target: Option<String>,
+        /// Seconds in all.
+        #[arg(long, default_value_t = 60)]
+        seconds: u64,
+        /// Random seed.
+        #[arg(long)]
+        seed: Option<u64>,
+    },
+    /// Generate an out-of-tree plugin crate depending on fhirconn-sdk only.
+    NewScheme {
+        /// Scheme name: lowercase letters, digits and '-'.
+        name: String,
+        /// Directory to create the crate in.
+        #[arg(long, default_value = ".")]
+        path: PathBuf,
+    },
+}
+
+#[derive(Args, Debug, Default)]
+struct ConformanceArgs {
+    /// Only this scheme (repeatable).
+    #[arg(long = "scheme")]
+    schemes: Vec<String>,
+    /// Plugin directory (repeatable; default: the freshly built in-tree plugins).
+    #[arg(long = "plugin-dir")]
+    plugin_dirs: Vec<String>,
+    /// Output format: table, json or junit.
+    #[arg(long)]
+    format: Option<String>,
+    /// Seconds one case may take.
+    #[arg(long, value_name = "SECONDS")]
+    case_timeout: Option<u64>,
+    /// Debug builds (target/debug, target/plugins) instead of release: for development.
+    #[arg(long)]
+    debug: bool,
+}
+
+/// The schemes built in this repository (the conformance suite's built-in fixtures): a
+/// default `cargo xtask conformance` requires every one of them.
+const IN_TREE_SCHEMES: &[&str] = &[
+    "none",
+    "basic",
+    "bearer",
+    "oidc-client-credentials",
+    "smart-backend",
+    "mtls",
+    "azure-ad",
+];
+
+static LOCKED: AtomicBool = AtomicBool::new(false);
+
+/// `--locked` when CI (or the caller) asked for it.
+fn locked() -> &'static [&'static str] {
+    if LOCKED.load(Ordering::Relaxed) {
+        &["--locked"]
+    } else {
+        &[]
+    }
+}
 
 fn main() -> std::process::ExitCode {
-    let args: Vec<String> = std::env::args().skip(1).collect();
-    let result = match args.first().map(String::as_str) {
-        Some("build-plugins") => build_plugins(args.iter().any(|a| a == "--release")).map(|_| ()),
-        Some("dist") => dist(),
-        Some("demo") => demo(),
-        Some("test") => test(),
-        Some("ci") => ci(),
-        Some("bench") => bench(),
-        Some("conformance") => conformance(&args[1..]),
-        Some("new-scheme") => new_scheme(&args[1..]),
-        Some("fuzz") => fuzz(&args[1..]),
-        _ => {
-            eprintln!("{USAGE}");
-            return std::process::ExitCode::from(2);
-        }
+    let cli = Cli::parse();
+    LOCKED.store(cli.locked, Ordering::Relaxed);
+    let result = match cli.command {
+        Task::BuildPlugins { release } => build_plugins(release).map(|_| ()),
+        Task::Dist => dist(),
+        Task::Demo => demo(),
+        Task::Test => test(),
+        Task::Ci => ci(),
+        Task::Bench => bench(),
+        Task::Conformance(a) => conformance(&a),
+        Task::NewScheme { name, path } => new_scheme(&name, &path),
+        Task::Fuzz {
+            target,
+            seconds,
+            seed,
+        } => fuzz(target.as_deref().unwrap_or("all"), seconds, seed),
     };
     match result {
         Ok(()) => std::process::ExitCode::SUCCESS,
@@ -149,7 +232,8 @@ fn build_plugins(release: bool) -> Result<PathBuf> {
         args.push(p.package.clone());
     }
     let profile = if release { vec!["--release"] } else { vec![] };
-    cmd!(sh, "cargo build {profile...} {args...}").run()?;
+    let locked = locked();
+    cmd!(sh, "cargo build {locked...} {profile...} {args...}").run()?;
     let target = root.join("target");
     let out_dir = if release {
         target.join("dist/plugins")
@@ -159,7 +243,23 @@ fn build_plugins(release: bool) -> Result<PathBuf> {
     let built = target.join(if release { "release" } else { "debug" });
     copy_libs(&built, &plugins, &out_dir)?;
     if !release {
+        // Broken on purpose: only in their own directory, with their descriptors.
+        let (broken, fixtures): (Vec<PluginCrate>, Vec<PluginCrate>) = fixtures
+            .into_iter()
+            .partition(|p| p.package == "fhirconn-fixture-broken");
+        let broken_dir = target.join("plugin-broken");
+        let _ = std::fs::remove_dir_all(&broken_dir);
+        copy_libs(&built, &broken, &broken_dir)?;
+        for d in std::fs::read_dir(root.join("tests/fixtures/plugin-broken/conformance"))? {
+            let d = d?.path();
+            if let Some(name) = d.file_name() {
+                std::fs::copy(&d, broken_dir.join(name))?;
+            }
+        }
         let fixture_dir = target.join("plugin-fixtures");
+        for p in &broken {
+            let _ = std::fs::remove_file(fixture_dir.join(lib_file(&p.lib)));
+        }
         copy_libs(&built, &fixtures, &fixture_dir)?;
         let target_dir = target.join("fixture-build");
         // Each is built outside the workspace, in its own Cargo workspace:
@@ -190,7 +290,7 @@ fn build_plugins(release: bool) -> Result<PathBuf> {
             let manifest = root.join(manifest).join("Cargo.toml");
             cmd!(
                 sh,
-                "cargo build --manifest-path {manifest} --target-dir {target_dir}"
+                "cargo build {locked...} --manifest-path {manifest} --target-dir {target_dir}"
             )
             .run()?;
             let krate = [PluginCrate {
@@ -211,7 +311,12 @@ fn build_plugins(release: bool) -> Result<PathBuf> {
 fn dist() -> Result {
     let sh = shell()?;
     build_plugins(true)?;
-    cmd!(sh, "cargo build --release -p fhirconn-host --bin fhirconn").run()?;
+    let locked = locked();
+    cmd!(
+        sh,
+        "cargo build {locked...} --release -p fhirconn-host --bin fhirconn"
+    )
+    .run()?;
     let root = project_root();
     let exe = format!("fhirconn{}", std::env::consts::EXE_SUFFIX);
     std::fs::copy(
@@ -256,9 +361,10 @@ fn demo() -> Result {
     let sh = shell()?;
     let root = project_root();
     let plugins = build_plugins(false)?;
+    let locked = locked();
     cmd!(
         sh,
-        "cargo build -p fhirconn-host --bin fhirconn -p fhirconn-testkit --bin fhirconn-testkit"
+        "cargo build {locked...} -p fhirconn-host --bin fhirconn -p fhirconn-testkit --bin fhirconn-testkit"
     )
     .run()?;
     let (mut child, info) = start_testkit(&root.join("target/debug/fhirconn-testkit"))?;
@@ -354,51 +460,39 @@ fn demo() -> Result {
 fn test() -> Result {
     let sh = shell()?;
     let root = project_root();
+    let locked = locked();
     build_plugins(false)?;
     cmd!(
         sh,
-        "cargo build -p fhirconn-host -p fhirconn-conformance --bins"
+        "cargo build {locked...} -p fhirconn-host -p fhirconn-conformance --bins"
     )
     .run()?;
-    cmd!(sh, "cargo test --workspace --no-fail-fast").run()?;
-    // Out of tree: the vendor plugin's own tests, and a freshly generated scheme's.
+    cmd!(sh, "cargo test {locked...} --workspace --no-fail-fast").run()?;
+    // Out of tree: the vendor plugin's own tests, and a freshly generated scheme's (built
+    // from the lockfile `new-scheme` derives from the workspace's).
     let target_dir = root.join("target/fixture-build");
     let vendor = root.join("tests/vendor-plugin/Cargo.toml");
     cmd!(
         sh,
-        "cargo test --manifest-path {vendor} --target-dir {target_dir}"
+        "cargo test {locked...} --manifest-path {vendor} --target-dir {target_dir}"
     )
     .run()?;
     let generated = root.join("target/new-scheme");
     let _ = std::fs::remove_dir_all(&generated);
-    new_scheme(&[
-        "acme-check".to_string(),
-        "--path".to_string(),
-        generated.display().to_string(),
-    ])?;
+    new_scheme("acme-check", &generated)?;
     let manifest = generated.join("acme-check/Cargo.toml");
     cmd!(
         sh,
-        "cargo test --manifest-path {manifest} --target-dir {target_dir}"
+        "cargo test --locked --manifest-path {manifest} --target-dir {target_dir}"
     )
     .run()?;
     Ok(())
 }
 
 /// `cargo xtask new-scheme NAME [--path DIR]`: a plugin crate outside the workspace that
-/// depends only on fhirconn-sdk, with a passing unit test.
-fn new_scheme(args: &[String]) -> Result {
-    let mut name = None;
-    let mut dir = None;
-    let mut it = args.iter();
-    while let Some(a) = it.next() {
-        match a.as_str() {
-            "--path" => dir = Some(PathBuf::from(it.next().ok_or("--path needs a value")?)),
-            other if name.is_none() && !other.starts_with('-') => name = Some(other.to_string()),
-            other => return Err(format!("new-scheme: unexpected {other}\n{USAGE}").into()),
-        }
-    }
-    let name = name.ok_or("new-scheme: NAME is required")?;
+/// depends only on fhirconn-sdk, with a passing unit test, and a `Cargo.lock` derived from the
+/// workspace's (same versions of every dependency), so that it builds with `--locked`.
+fn new_scheme(name: &str, dir: &Path) -> Result {
     let valid = !name.is_empty()
         && name
             .chars()
@@ -410,7 +504,7 @@ fn new_scheme(args: &[String]) -> Result {
         );
     }
     let root = project_root();
-    let crate_dir = dir.unwrap_or_else(|| PathBuf::from(".")).join(&name);
+    let crate_dir = dir.join(name);
     if crate_dir.exists() {
         return Err(format!("{} exists; not overwriting it", crate_dir.display()).into());
     }
@@ -427,12 +521,26 @@ fn new_scheme(args: &[String]) -> Result {
         .collect();
     let sdk = root.join("crates/fhirconn-sdk");
     let manifest = TEMPLATE_CARGO
-        .replace("{name}", &name)
+        .replace("{name}", name)
         .replace("{lib}", &lib)
         .replace("{sdk}", &sdk.display().to_string());
     std::fs::write(crate_dir.join("Cargo.toml"), manifest)?;
-    let source = TEMPLATE_LIB.replace("{name}", &name).replace("{Type}", &ty);
+    let source = TEMPLATE_LIB.replace("{name}", name).replace("{Type}", &ty);
     std::fs::write(crate_dir.join("src/lib.rs"), source)?;
+    // The workspace's lockfile, with only the root package entries brought up to date: every
+    // other package keeps the version the workspace was tested with.
+    std::fs::copy(root.join("Cargo.lock"), crate_dir.join("Cargo.lock"))?;
+    let sh = shell()?;
+    let generated = crate_dir.join("Cargo.toml");
+    if cmd!(
+        sh,
+        "cargo update --workspace --offline --manifest-path {generated}"
+    )
+    .run()
+    .is_err()
+    {
+        cmd!(sh, "cargo update --workspace --manifest-path {generated}").run()?;
+    }
     println!(
         "created {} (scheme '{name}', library lib{lib}): `cargo build` there, then \
          `fhirconn --plugin-dir {}/target/debug schemes`",
@@ -446,6 +554,7 @@ const TEMPLATE_CARGO: &str = r#"[package]
 name = "{name}"
 version = "0.1.0"
 edition = "2021"
+rust-version = "1.88"
 publish = false
 
 [lib]
@@ -550,74 +659,109 @@ mod tests {
 }
 "#;
 
+/// Runs one CI step, printing its wall time.
+fn step(name: &str, f: impl FnOnce() -> Result) -> Result {
+    println!("\n=== ci: {name}");
+    let t = Instant::now();
+    let r = f();
+    println!(
+        "=== ci: {name}: {} in {:.0} s",
+        if r.is_ok() { "ok" } else { "FAILED" },
+        t.elapsed().as_secs_f64()
+    );
+    r.map_err(|e| format!("{name}: {e}").into())
+}
+
+/// The one definition of CI (`.ci/run` only installs what is needed and calls this).
 fn ci() -> Result {
+    LOCKED.store(true, Ordering::Relaxed);
+    let started = Instant::now();
     let sh = shell()?;
-    cmd!(sh, "cargo fmt --all -- --check").run()?;
-    cmd!(sh, "cargo clippy --workspace --all-targets -- -D warnings").run()?;
-    test()?;
-    conformance(&[])?;
-    fuzz(&["all".into(), "--seconds".into(), "30".into()])
+    step("fmt", || Ok(cmd!(sh, "cargo fmt --all -- --check").run()?))?;
+    step("clippy", || {
+        Ok(cmd!(
+            sh,
+            "cargo clippy --locked --workspace --all-targets -- -D warnings"
+        )
+        .run()?)
+    })?;
+    step("test (the README's test command)", test)?;
+    step("demo (the README's first command)", demo)?;
+    step("conformance", || conformance(&ConformanceArgs::default()))?;
+    step("fuzz", || fuzz("all", 30, None))?;
+    println!(
+        "\n=== ci: all steps passed in {:.1} min",
+        started.elapsed().as_secs_f64() / 60.0
+    );
+    Ok(())
 }
 
 /// Builds the plugins and the fuzz harness (debug, with overflow checks), then runs it.
-fn fuzz(args: &[String]) -> Result {
+fn fuzz(target: &str, seconds: u64, seed: Option<u64>) -> Result {
     let sh = shell()?;
     let root = project_root();
     build_plugins(false)?;
-    cmd!(sh, "cargo build -p fhirconn-tests --bin fhirconn-fuzz").run()?;
-    let mut a: Vec<String> = args.to_vec();
-    if a.first().is_none_or(|f| f.starts_with('-')) {
-        a.insert(0, "all".into());
+    let locked = locked();
+    cmd!(
+        sh,
+        "cargo build {locked...} -p fhirconn-tests --bin fhirconn-fuzz"
+    )
+    .run()?;
+    let mut cmd = Command::new(root.join("target/debug/fhirconn-fuzz"));
+    cmd.arg(target).arg("--seconds").arg(seconds.to_string());
+    if let Some(seed) = seed {
+        cmd.arg("--seed").arg(seed.to_string());
     }
-    if !a.iter().any(|x| x == "--seconds") {
-        a.extend(["--seconds".into(), "60".into()]);
-    }
-    let status = Command::new(root.join("target/debug/fhirconn-fuzz"))
-        .args(&a)
-        .status()?;
+    let status = cmd.status()?;
     if !status.success() {
         return Err("the fuzzer found a panic (see target/fuzz-findings/)".into());
     }
     Ok(())
 }
 
-/// Release host and plugins, then `fhirconn-conformance` over them (or over `--plugin-dir`s).
-fn conformance(args: &[String]) -> Result {
+/// Release host and plugins, then `fhirconn-conformance` over them (or over `--plugin-dir`s);
+/// `--debug` uses the debug builds instead (faster to build while developing).
+fn conformance(a: &ConformanceArgs) -> Result {
     let sh = shell()?;
     let root = project_root();
-    let mut passthrough: Vec<String> = Vec::new();
-    let mut plugin_dirs: Vec<String> = Vec::new();
-    let mut it = args.iter();
-    while let Some(a) = it.next() {
-        match a.as_str() {
-            "--plugin-dir" => {
-                plugin_dirs.push(it.next().ok_or("--plugin-dir needs a value")?.clone())
-            }
-            "--scheme" | "--format" => {
-                passthrough.push(a.clone());
-                passthrough.push(it.next().ok_or(format!("{a} needs a value"))?.clone());
-            }
-            other => return Err(format!("conformance: unknown option {other}\n{USAGE}").into()),
-        }
-    }
+    let locked = locked();
+    let (profile, dir) = if a.debug {
+        (vec![], "debug")
+    } else {
+        (vec!["--release"], "release")
+    };
+    let mut plugin_dirs = a.plugin_dirs.clone();
+    let mut schemes = a.schemes.clone();
     if plugin_dirs.is_empty() {
-        plugin_dirs.push(build_plugins(true)?.display().to_string());
+        plugin_dirs.push(build_plugins(!a.debug)?.display().to_string());
+        // Over the in-tree plugins, every in-tree scheme must be there and pass.
+        if schemes.is_empty() {
+            schemes = IN_TREE_SCHEMES.iter().map(|s| s.to_string()).collect();
+        }
     }
     cmd!(
         sh,
-        "cargo build --release -p fhirconn-host -p fhirconn-conformance --bins"
+        "cargo build {locked...} {profile...} -p fhirconn-host -p fhirconn-conformance --bins"
     )
     .run()?;
-    let mut cmd = Command::new(root.join("target/release/fhirconn-conformance"));
+    let bin = root.join("target").join(dir);
+    let mut cmd = Command::new(bin.join("fhirconn-conformance"));
     for d in &plugin_dirs {
         cmd.arg("--plugin-dir").arg(d);
     }
-    cmd.arg("--fhirconn")
-        .arg(root.join("target/release/fhirconn"))
-        .args(&passthrough);
+    for s in &schemes {
+        cmd.arg("--scheme").arg(s);
+    }
+    if let Some(f) = &a.format {
+        cmd.arg("--format").arg(f);
+    }
+    if let Some(t) = a.case_timeout {
+        cmd.arg("--case-timeout").arg(t.to_string());
+    }
+    cmd.arg("--fhirconn").arg(bin.join("fhirconn"));
     let status = cmd.status()?;
     if !status.success() {
-        return Err("conformance cases failed".into());
+        return Err(format!("conformance failed ({status})").into());
     }
     Ok(())
 }

@@ -27,6 +27,9 @@ const AUDIENCE: &str = "https://conformance.fhirconn.example/fhir";
 const PASSWORD: &str = "CANARY-conf:pässword:42";
 const TOKEN: &str = "CANARY-conformance-token-5150";
 const SECRET: &str = "CANARY-client:secret%/€";
+const AZURE_SECRET: &str = "CANARY-daemon-secret-8231";
+/// The token a bearer `token-file` is rotated to by the scheme-specific case.
+const ROTATED_TOKEN: &str = "CANARY-rotated-token-6161";
 
 /// Reference servers and settings for one scheme.
 pub struct Fixture {
@@ -97,6 +100,7 @@ impl Fixture {
             "bearer" => {
                 write(&d, "token.txt", TOKEN)?;
                 secrets.push(TOKEN.to_string());
+                secrets.push(ROTATED_TOKEN.to_string());
                 (
                     FhirServer::start(plain(ServerAuth::Bearer {
                         tokens: vec![TOKEN.into()],
@@ -195,15 +199,22 @@ impl Fixture {
                 (fhir, pair("client"), Some(pair("rogue")))
             }
             "azure-ad" => {
-                write(&d, "secret.txt", "daemon-secret")?;
-                let e = MockEntra::start(EntraConfig::default())
-                    .await
-                    .map_err(err)?;
+                write(&d, "secret.txt", AZURE_SECRET)?;
+                secrets.push(AZURE_SECRET.to_string());
+                let e = MockEntra::start(EntraConfig {
+                    confidential_clients: vec![("daemon-app".into(), AZURE_SECRET.into())],
+                    ..EntraConfig::default()
+                })
+                .await
+                .map_err(err)?;
                 let fhir = FhirServer::start(FhirServerConfig::default())
                     .await
                     .map_err(err)?;
-                fhir.set_auth(ServerAuth::Jwt(e.verifier(&fhir.base_url())));
-                fhir.set_challenge(Some(e.challenge(&fhir.base_url())));
+                // The audience is the server's origin (what Azure FHIR services use and the
+                // plugin's default); the plugin never takes it from the challenge.
+                let audience = origin(&fhir.base_url());
+                fhir.set_auth(ServerAuth::Jwt(e.verifier(&audience)));
+                fhir.set_challenge(Some(e.challenge(&audience)));
                 let good = json!({"scheme": "azure-ad", "authority-host": e.authority_host(),
                     "client-id": "daemon-app", "flow": "client-credentials", "client-secret-file": "secret.txt"});
                 let mut wrong = good.clone();
@@ -273,12 +284,21 @@ impl Fixture {
                 (fhir, good, wrong)
             }
         };
-        if let Some(w) = &wrong {
-            secrets.extend(
-                ["password", "token", "client-secret"]
-                    .iter()
-                    .filter_map(|k| w[*k].as_str().map(String::from)),
-            );
+        // Inline secrets of either settings (the host's rule: the last word of the key names
+        // a secret), e.g. a vendor's `api-key`.
+        for settings in std::iter::once(&good).chain(wrong.as_ref()) {
+            for (k, v) in settings.as_object().into_iter().flatten() {
+                let last = k.rsplit(['-', '_']).next().unwrap_or_default();
+                let secretish = matches!(
+                    last,
+                    "password" | "passphrase" | "secret" | "token" | "key" | "assertion"
+                );
+                if let (true, Some(v)) = (secretish, v.as_str()) {
+                    if !secrets.iter().any(|s| s == v) {
+                        secrets.push(v.to_string());
+                    }
+                }
+            }
         }
         Ok(Self {
             scheme: scheme.to_string(),
@@ -346,18 +366,50 @@ impl Fixture {
     pub fn set_slow(&self, d: Option<Duration>) {
         self.fhir.set_fault(d.map_or(Fault::None, Fault::Slow));
     }
-    /// Secrets in the fixture's settings.
+    /// Secrets in the fixture's settings and files.
     pub fn secrets(&self) -> Vec<String> {
         self.secrets.clone()
     }
-    /// Bearer tokens the FHIR server received.
+    /// User names and client ids of the settings (for `user:secret` forms of the secrets).
+    pub fn users(&self) -> Vec<String> {
+        let mut out: Vec<String> = Vec::new();
+        for settings in std::iter::once(&self.good).chain(self.wrong.as_ref()) {
+            for k in ["username", "client-id", "user"] {
+                if let Some(v) = settings[k].as_str() {
+                    if !out.iter().any(|u| u == v) {
+                        out.push(v.to_string());
+                    }
+                }
+            }
+        }
+        out
+    }
+    /// Undoes what a case may have changed and not restored (it failed or timed out).
+    pub fn reset(&self) {
+        self.set_token_lifetime(Duration::from_secs(300));
+        self.set_slow(None);
+        if let Some(e) = &self.entra {
+            self.fhir
+                .set_challenge(Some(e.challenge(&origin(&self.base_url()))));
+        }
+        if self.scheme == "bearer" {
+            let _ = write(self.dir(), "token.txt", TOKEN);
+            self.fhir.set_auth(ServerAuth::Bearer {
+                tokens: vec![TOKEN.into()],
+            });
+        }
+    }
+    /// Credentials the FHIR server received: every issued token, and the credential part of
+    /// any other `Authorization` (e.g. Basic's base64).
     pub fn issued_tokens(&self) -> Vec<String> {
-        self.fhir
-            .authorizations()
-            .into_iter()
-            .flatten()
-            .filter_map(|a| a.strip_prefix("Bearer ").map(String::from))
-            .collect()
+        let mut out: Vec<String> = Vec::new();
+        for a in self.fhir.authorizations().into_iter().flatten() {
+            let credential = a.split_once(' ').map_or(a.as_str(), |(_, c)| c).trim();
+            if !out.iter().any(|t| t == credential) {
+                out.push(credential.to_string());
+            }
+        }
+        out
     }
 
     /// The case this scheme's specification adds.
@@ -420,13 +472,52 @@ impl Fixture {
                 // names another authority host must not receive the secret.
                 self.fhir.set_challenge(Some(format!(
                     "Bearer authorization_uri=\"https://login.evil.example/t\", resource_id=\"{}\"",
-                    self.base_url()
+                    origin(&self.base_url())
                 )));
                 let r = self.test_once(setup, &self.good, Value::Null).await;
-                if let Some(e) = &self.entra {
-                    self.fhir.set_challenge(Some(e.challenge(&self.base_url())));
-                }
+                self.reset();
                 expect_failure(r?, "refusing to send credentials there")
+            }
+            "bearer" => {
+                // Rotation by another process: the server now accepts only a new token and the
+                // `token-file` is replaced (atomically, as a rotating agent would). The next
+                // request is answered 401 once, then retried with the new token.
+                let host = self.host(setup, &self.good, Value::Null).await?;
+                let conn = host.connection("c").map_err(err)?;
+                let status = |r: Result<
+                    fhirconn_host::transport::Response,
+                    fhirconn_host::Error,
+                >| { r.map(|r| r.status.as_u16()).map_err(err) };
+                let a = status(conn.get("Patient/1").await)?;
+                self.fhir.set_auth(ServerAuth::Bearer {
+                    tokens: vec![ROTATED_TOKEN.into()],
+                });
+                write(self.dir(), "token.txt.new", &format!("{ROTATED_TOKEN}\n"))?;
+                std::fs::rename(
+                    self.dir().join("token.txt.new"),
+                    self.dir().join("token.txt"),
+                )
+                .map_err(err)?;
+                let unauthorized = self.unauthorized();
+                let b = status(conn.get("Patient/1").await)?;
+                let rejected = self.unauthorized() - unauthorized;
+                let last = self
+                    .fhir
+                    .authorizations()
+                    .pop()
+                    .flatten()
+                    .unwrap_or_default();
+                self.reset();
+                let sent_new = last == format!("Bearer {ROTATED_TOKEN}");
+                if (a, b, rejected) == (200, 200, 1) && sent_new {
+                    Ok(Some(()))
+                } else {
+                    Err(format!(
+                        "after the token-file was rotated: statuses {a}, {b}; {rejected} 401(s); \
+                         the last request {} the new token",
+                        if sent_new { "carried" } else { "did not carry" }
+                    ))
+                }
             }
             "basic" => {
                 // A UTF-8 password with colons (the canary) passed in `passes`; a username
@@ -462,6 +553,15 @@ fn descriptor(scheme: &str, setup: &Setup) -> Result<(Value, std::path::PathBuf)
          {scheme}.conformance.json was found in the plugin directories",
         SCHEMES.join(", ")
     ))
+}
+
+/// `scheme://host:port` of a URL.
+fn origin(url: &str) -> String {
+    let after = url.find("://").map_or(0, |i| i + 3);
+    match url[after..].find('/') {
+        Some(i) => url[..after + i].to_string(),
+        None => url.to_string(),
+    }
 }
 
 /// The second line of a PEM file (base64 key material), as a canary.

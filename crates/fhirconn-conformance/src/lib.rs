@@ -8,6 +8,7 @@
 //! tokens; scheme-specific cases check what the scheme's specification demands.
 
 pub mod fixtures;
+pub mod leaks;
 pub mod report;
 
 use fhirconn_host::{Host, TestReport};
@@ -24,7 +25,16 @@ pub struct Setup {
     pub plugin_dirs: Vec<PathBuf>,
     /// The `fhirconn` binary (for the whole-process cases).
     pub fhirconn: PathBuf,
+    /// How long one case may take before it fails as "timed out".
+    pub case_timeout: Duration,
+    /// A program that loads one library in a child process (`PROGRAM --probe-library FILE`,
+    /// see [`probe_library`]), so that a library that crashes or hangs while loading fails its
+    /// row instead of the whole run. `None`: libraries are loaded in this process only.
+    pub prober: Option<PathBuf>,
 }
+
+/// The pseudo-case of a library that did not load or a scheme that cannot be set up.
+pub const SETUP: &str = "setup";
 
 /// The outcome of one case for one scheme.
 #[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
@@ -103,6 +113,29 @@ fn why(r: &TestReport) -> String {
         .unwrap_or_else(|| "passed".into())
 }
 
+/// Runs `fhirconn -vv -c CFG ARGS` with the suite's plugin directories (killed if the case
+/// times out).
+async fn fhirconn(
+    setup: &Setup,
+    cfg: &Path,
+    args: &[&str],
+) -> Result<std::process::Output, String> {
+    let mut cmd = tokio::process::Command::new(&setup.fhirconn);
+    cmd.arg("-vv").arg("-c").arg(cfg);
+    for d in &setup.plugin_dirs {
+        cmd.arg("--plugin-dir").arg(d);
+    }
+    cmd.args(args)
+        .env_remove("RUST_LOG")
+        .env_remove("FHIRCONN_PLUGIN_PATH")
+        .env_remove("FHIRCONN_CONFIG")
+        .stdin(std::process::Stdio::null())
+        .kill_on_drop(true)
+        .output()
+        .await
+        .map_err(|e| format!("cannot run {}: {e}", setup.fhirconn.display()))
+}
+
 async fn run_case(case: &str, f: &Fixture, setup: &Setup) -> Outcome {
     let result: Result<Option<()>, String> = match case {
         "passes" => async {
@@ -137,14 +170,41 @@ async fn run_case(case: &str, f: &Fixture, setup: &Setup) -> Outcome {
             let before = f.tokens_issued();
             let get = || async { conn.get("Patient/1").await.map(|r| r.status.as_u16()) };
             let first = get().await.map_err(|e| e.to_string())?;
-            tokio::time::sleep(Duration::from_millis(2100)).await;
+            // The credentials the first request used (cached: no new fetch).
+            let expires = conn
+                .credentials(false)
+                .await
+                .map_err(|e| e.to_string())?
+                .expires_at;
+            let unauthorized = f.unauthorized();
+            // Past the 2 s lifetime by more than the servers' one-second `exp` granularity, so
+            // a token that was not renewed is refused for sure.
+            tokio::time::sleep(Duration::from_millis(3100)).await;
             let second = get().await.map_err(|e| e.to_string())?;
-            f.set_token_lifetime(Duration::from_secs(300));
+            let rejected = f.unauthorized() - unauthorized;
             let fetched = f.tokens_issued() - before;
-            if (first, second) == (200, 200) && fetched == 2 {
+            let mut problems = Vec::new();
+            if expires.is_none() {
+                problems.push(
+                    "the credentials carry no expiry, so the host cannot renew them ahead of time"
+                        .to_string(),
+                );
+            }
+            if rejected > 0 {
+                problems.push(format!(
+                    "{rejected} request(s) answered 401 around the renewal (renewed by retry, \
+                     not ahead of expiry)"
+                ));
+            }
+            if (first, second) != (200, 200) || fetched != 2 {
+                problems.push(format!(
+                    "statuses {first}, {second}; {fetched} tokens fetched (expected 2)"
+                ));
+            }
+            if problems.is_empty() {
                 Ok(Some(()))
             } else {
-                Err(format!("statuses {first}, {second}; {fetched} tokens fetched (expected 2)"))
+                Err(problems.join("; "))
             }
         }
         .await,
@@ -189,6 +249,10 @@ async fn run_case(case: &str, f: &Fixture, setup: &Setup) -> Outcome {
         }
         .await,
         "no-secret-in-verbose-output" => async {
+            if f.secrets().is_empty() && !f.issues_tokens() {
+                // Nothing secret to leak (`none`): not a pass.
+                return Ok(None);
+            }
             let cfg = f.dir().join("conformance.yaml");
             let mut conn = serde_json::json!({"base-url": f.base_url(), "auth": f.good(), "probe": "Patient/1"});
             if let (Value::Object(c), Value::Object(e)) = (&mut conn, f.connection_extra()) {
@@ -203,17 +267,7 @@ async fn run_case(case: &str, f: &Fixture, setup: &Setup) -> Outcome {
             // `test` and `get` at the most verbose logging.
             let mut text = String::new();
             for args in [&["test"][..], &["get", "c", "Patient/1"][..]] {
-                let mut cmd = tokio::process::Command::new(&setup.fhirconn);
-                cmd.arg("-vv").arg("-c").arg(&cfg);
-                for d in &setup.plugin_dirs {
-                    cmd.arg("--plugin-dir").arg(d);
-                }
-                let out = cmd
-                    .args(args)
-                    .env_remove("RUST_LOG")
-                    .output()
-                    .await
-                    .map_err(|e| format!("cannot run {}: {e}", setup.fhirconn.display()))?;
+                let out = fhirconn(setup, &cfg, args).await?;
                 let both = format!(
                     "{}{}",
                     String::from_utf8_lossy(&out.stdout),
@@ -241,24 +295,14 @@ async fn run_case(case: &str, f: &Fixture, setup: &Setup) -> Outcome {
                         .map_err(|e| e.to_string())?,
                 )
                 .map_err(|e| e.to_string())?;
-                let mut cmd = tokio::process::Command::new(&setup.fhirconn);
-                cmd.arg("-vv").arg("-c").arg(&wrong_cfg);
-                for d in &setup.plugin_dirs {
-                    cmd.arg("--plugin-dir").arg(d);
-                }
-                let out = cmd
-                    .arg("test")
-                    .env_remove("RUST_LOG")
-                    .output()
-                    .await
-                    .map_err(|e| e.to_string())?;
+                let out = fhirconn(setup, &wrong_cfg, &["test"]).await?;
                 text.push_str(&String::from_utf8_lossy(&out.stdout));
                 text.push_str(&String::from_utf8_lossy(&out.stderr));
             }
             let mut secrets = f.secrets();
             secrets.extend(f.issued_tokens());
-            match secrets.iter().find(|s| s.len() >= 8 && text.contains(s.as_str())) {
-                Some(s) => Err(format!("a secret ({} chars) appeared in the output", s.len())),
+            match leaks::find(&text, &secrets, &f.users()) {
+                Some(leak) => Err(leak),
                 None => Ok(Some(())),
             }
         }
@@ -273,29 +317,243 @@ async fn run_case(case: &str, f: &Fixture, setup: &Setup) -> Outcome {
     }
 }
 
-/// Runs every case for each scheme (all known ones when `schemes` is empty).
+/// The platform's prefix and suffix of a fhirconn plugin library file
+/// (`libfhirconn_` and `.so` on Linux).
+fn library_affixes() -> (String, String) {
+    let sample = fhirconn_host::plugins::library_file_name("x");
+    let (prefix, suffix) = sample.split_once('x').unwrap_or((&sample, ""));
+    (prefix.to_string(), suffix.to_string())
+}
+
+/// The plugin libraries of each directory (what the host would scan), sorted; an error for a
+/// directory that is missing, unreadable or holds no plugin library.
+pub fn libraries(dirs: &[PathBuf]) -> Result<Vec<PathBuf>, String> {
+    let (prefix, suffix) = library_affixes();
+    let mut out = Vec::new();
+    for dir in dirs {
+        let rd = std::fs::read_dir(dir)
+            .map_err(|e| format!("plugin directory {}: {e}", dir.display()))?;
+        let mut files: Vec<PathBuf> = rd
+            .filter_map(|e| e.ok().map(|e| e.path()))
+            .filter(|p| {
+                p.file_name()
+                    .and_then(|n| n.to_str())
+                    .is_some_and(|n| n.starts_with(&prefix) && n.ends_with(&suffix))
+            })
+            .collect();
+        if files.is_empty() {
+            return Err(format!(
+                "plugin directory {} holds no fhirconn plugin ({prefix}*{suffix})",
+                dir.display()
+            ));
+        }
+        files.sort();
+        out.extend(files);
+    }
+    Ok(out)
+}
+
+/// Loads one library in this process and describes the outcome as one JSON line:
+/// `{"schemes": [...]}` or `{"error": "..."}`. The child side of [`Setup::prober`].
+pub fn probe_library(path: &Path) -> (bool, String) {
+    let registry = fhirconn_host::plugins::Registry::new(Vec::new());
+    match registry.load(path) {
+        Ok(names) => (true, serde_json::json!({ "schemes": names }).to_string()),
+        Err(e) => (
+            false,
+            serde_json::json!({ "error": e.to_string() }).to_string(),
+        ),
+    }
+}
+
+/// Loads `path` in a child process; `Err` says why it did not load (an error, a crash, a hang).
+async fn probe(prober: &Path, path: &Path, timeout: Duration) -> Result<(), String> {
+    let child = tokio::process::Command::new(prober)
+        .arg("--probe-library")
+        .arg(path)
+        .stdin(std::process::Stdio::null())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::null())
+        .kill_on_drop(true)
+        .spawn()
+        .map_err(|e| format!("cannot start {}: {e}", prober.display()))?;
+    let out = match tokio::time::timeout(timeout, child.wait_with_output()).await {
+        Ok(out) => out.map_err(|e| e.to_string())?,
+        Err(_) => {
+            return Err(format!(
+                "loading it did not finish within {} s (it hangs while loading)",
+                timeout.as_secs()
+            ))
+        }
+    };
+    let v: Value = serde_json::from_slice(&out.stdout).unwrap_or(Value::Null);
+    if out.status.success() && v["schemes"].is_array() {
+        return Ok(());
+    }
+    if let Some(e) = v["error"].as_str() {
+        return Err(e.to_string());
+    }
+    Err(match out.status.code() {
+        Some(c) => format!("the process loading it exited with {c}"),
+        None => format!("loading it crashed the process ({})", out.status),
+    })
+}
+
+fn setup_failure(who: &str, why: String) -> CaseResult {
+    CaseResult {
+        scheme: who.to_string(),
+        case: SETUP.to_string(),
+        outcome: Outcome::Fail(why),
+        ms: 0,
+    }
+}
+
+/// Links (or copies) `from` into `dir` under its own file name, or a numbered one if taken.
+fn link_into(dir: &Path, from: &Path, numbered_stem: &str, suffix: &str) -> Result<(), String> {
+    let name = from
+        .file_name()
+        .ok_or_else(|| format!("{}: no file name", from.display()))?;
+    let mut to = dir.join(name);
+    let mut n = 1;
+    while to.exists() {
+        n += 1;
+        to = dir.join(format!("{numbered_stem}_{n}{suffix}"));
+    }
+    let real = from.canonicalize().unwrap_or_else(|_| from.to_path_buf());
+    #[cfg(unix)]
+    let r = std::os::unix::fs::symlink(&real, &to);
+    #[cfg(not(unix))]
+    let r = std::fs::copy(&real, &to).map(|_| ());
+    r.map_err(|e| format!("{}: {e}", to.display()))
+}
+
+/// Runs every case for each scheme the plugin directories provide (and the built-in `none`),
+/// or only for `schemes`. `Err` is a usage error (exit 2): a plugin directory that does not
+/// exist or holds no plugin, or a requested scheme that no library provides. A library that
+/// does not load is a failed [`SETUP`] row naming the file, never silently skipped.
 pub async fn run(setup: &Setup, schemes: &[String]) -> Result<Vec<CaseResult>, String> {
     let mut out = Vec::new();
+    let libs = libraries(&setup.plugin_dirs)?;
+    if !setup.fhirconn.is_file() {
+        return Err(format!(
+            "the fhirconn binary {} does not exist (--fhirconn)",
+            setup.fhirconn.display()
+        ));
+    }
+    // 1. Each library alone, in a child process: crashes and hangs stay there.
+    let mut healthy = Vec::new();
+    for lib in libs {
+        let shown = lib.display().to_string();
+        match &setup.prober {
+            Some(prober) => match probe(prober, &lib, setup.case_timeout).await {
+                Ok(()) => healthy.push(lib),
+                Err(why) => out.push(setup_failure(
+                    &shown,
+                    format!("{shown} did not load: {why}"),
+                )),
+            },
+            None => healthy.push(lib),
+        }
+    }
+    // 2. The libraries that load alone, together, from one private directory (with the
+    //    vendors' conformance descriptors), in this process: duplicates and the like.
+    let quarantine = tempfile::tempdir().map_err(|e| e.to_string())?;
+    let (prefix, suffix) = library_affixes();
+    for lib in &healthy {
+        link_into(
+            quarantine.path(),
+            lib,
+            &format!("{prefix}conformance"),
+            &suffix,
+        )?;
+    }
+    for dir in &setup.plugin_dirs {
+        let Ok(rd) = std::fs::read_dir(dir) else {
+            continue;
+        };
+        let mut descriptors: Vec<PathBuf> = rd
+            .filter_map(|e| e.ok().map(|e| e.path()))
+            .filter(|p| p.to_string_lossy().ends_with(".conformance.json"))
+            .collect();
+        descriptors.sort();
+        for d in descriptors {
+            if let Some(name) = d.file_name() {
+                if !quarantine.path().join(name).exists() {
+                    link_into(quarantine.path(), &d, "", "")?;
+                }
+            }
+        }
+    }
+    let registry = fhirconn_host::plugins::Registry::new(vec![quarantine.path().to_path_buf()]);
+    for lib in &healthy {
+        if let Err(e) = registry.load(lib) {
+            let shown = lib.display().to_string();
+            out.push(setup_failure(&shown, format!("{shown} did not load: {e}")));
+        }
+    }
+    let inner = Setup {
+        plugin_dirs: vec![quarantine.path().to_path_buf()],
+        ..setup.clone()
+    };
+    // 3. The schemes, in matrix order; a scheme whose description panicked fails here.
+    let mut found = Vec::new();
+    for h in registry.schemes() {
+        if h.name == "<panicked>" || h.summary == "<panicked>" {
+            out.push(setup_failure(
+                &h.name,
+                format!(
+                    "scheme '{}' from {}: the plugin panicked while describing it",
+                    h.name, h.origin
+                ),
+            ));
+        } else {
+            found.push(h.name.clone());
+        }
+    }
+    found.sort_by_key(|n| {
+        fixtures::SCHEMES
+            .iter()
+            .position(|s| s == n)
+            .unwrap_or(fixtures::SCHEMES.len())
+    });
     let names: Vec<String> = if schemes.is_empty() {
-        // Every scheme the plugin directories provide (plus the built-in one).
-        let registry = fhirconn_host::plugins::Registry::new(setup.plugin_dirs.clone());
-        let _ = registry.load_all();
-        let mut found: Vec<String> = registry.schemes().iter().map(|h| h.name.clone()).collect();
-        found.sort_by_key(|n| {
-            fixtures::SCHEMES
-                .iter()
-                .position(|s| s == n)
-                .unwrap_or(fixtures::SCHEMES.len())
-        });
         found
     } else {
+        if let Some(missing) = schemes.iter().find(|s| !found.contains(s)) {
+            return Err(format!(
+                "no loaded library provides scheme '{missing}' (found: {})",
+                found.join(", ")
+            ));
+        }
         schemes.to_vec()
     };
+    let limit = setup.case_timeout;
     for scheme in names {
-        let fixture = Fixture::new(&scheme, setup).await?;
+        let fixture = match tokio::time::timeout(limit, Fixture::new(&scheme, &inner)).await {
+            Ok(Ok(f)) => f,
+            Ok(Err(e)) => {
+                out.push(setup_failure(&scheme, e));
+                continue;
+            }
+            Err(_) => {
+                out.push(setup_failure(
+                    &scheme,
+                    "starting its fixture timed out".into(),
+                ));
+                continue;
+            }
+        };
         for case in CASES {
             let started = Instant::now();
-            let outcome = run_case(case, &fixture, setup).await;
+            let outcome = match tokio::time::timeout(limit, run_case(case, &fixture, &inner)).await
+            {
+                Ok(o) => o,
+                Err(_) => Outcome::Fail(format!(
+                    "timed out after {} s (--case-timeout)",
+                    limit.as_secs_f64()
+                )),
+            };
+            fixture.reset();
             out.push(CaseResult {
                 scheme: scheme.clone(),
                 case: case.to_string(),

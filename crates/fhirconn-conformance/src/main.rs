@@ -1,11 +1,16 @@
 //! `fhirconn-conformance`: runs the conformance suite over the schemes found in plugin
 //! directories and prints a scheme × case matrix (or JSON / JUnit). `cargo xtask conformance`
 //! builds everything in release and runs this.
+//!
+//! Exit status: 0 when every case passed or does not apply, 1 when a case failed or a library
+//! did not load, 2 for a usage error (a plugin directory that does not exist or holds no
+//! plugin, a scheme no library provides).
 
 use clap::{Parser, ValueEnum};
-use fhirconn_conformance::{report, run, Outcome, Setup};
+use fhirconn_conformance::{probe_library, report, run, Outcome, Setup};
+use std::io::Write as _;
 use std::path::PathBuf;
-use std::process::ExitCode;
+use std::time::Duration;
 
 #[derive(Parser, Debug)]
 #[command(
@@ -13,18 +18,24 @@ use std::process::ExitCode;
     about = "Run the conformance suite over fhirconn schemes"
 )]
 struct Args {
-    /// Plugin directory (repeatable).
-    #[arg(long = "plugin-dir", required = true)]
+    /// Plugin directory (repeatable); each must hold at least one plugin library.
+    #[arg(long = "plugin-dir", required_unless_present = "probe_library")]
     plugin_dirs: Vec<PathBuf>,
-    /// Only these schemes (repeatable; default: every scheme with a fixture).
+    /// Only these schemes (repeatable; default: every scheme the directories provide).
     #[arg(long = "scheme")]
     schemes: Vec<String>,
     /// The `fhirconn` binary for the whole-process cases.
-    #[arg(long)]
-    fhirconn: PathBuf,
+    #[arg(long, required_unless_present = "probe_library")]
+    fhirconn: Option<PathBuf>,
     /// Output format.
     #[arg(long, value_enum, default_value_t = Format::Table)]
     format: Format,
+    /// Seconds one case may take before it fails as "timed out".
+    #[arg(long, value_name = "SECONDS", default_value_t = 60)]
+    case_timeout: u64,
+    /// Internal: load one library and report the outcome as JSON (run in a child process).
+    #[arg(long, hide = true, value_name = "FILE")]
+    probe_library: Option<PathBuf>,
 }
 
 #[derive(ValueEnum, Clone, Copy, Debug)]
@@ -34,18 +45,43 @@ enum Format {
     Junit,
 }
 
-#[tokio::main(flavor = "multi_thread", worker_threads = 2)]
-async fn main() -> ExitCode {
+/// Exits at once: a plugin that hangs keeps a blocking thread busy, and dropping the runtime
+/// would wait for it forever.
+fn exit(code: i32) -> ! {
+    let _ = std::io::stdout().flush();
+    let _ = std::io::stderr().flush();
+    std::process::exit(code)
+}
+
+fn main() {
     let args = Args::parse();
+    if let Some(lib) = &args.probe_library {
+        let (ok, line) = probe_library(lib);
+        println!("{line}");
+        exit(if ok { 0 } else { 3 });
+    }
+    let runtime = match tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+    {
+        Ok(r) => r,
+        Err(e) => {
+            eprintln!("error: cannot start the runtime: {e}");
+            exit(2)
+        }
+    };
     let setup = Setup {
         plugin_dirs: args.plugin_dirs,
-        fhirconn: args.fhirconn,
+        fhirconn: args.fhirconn.unwrap_or_default(),
+        case_timeout: Duration::from_secs(args.case_timeout.max(1)),
+        prober: std::env::current_exe().ok(),
     };
-    let results = match run(&setup, &args.schemes).await {
+    let results = match runtime.block_on(run(&setup, &args.schemes)) {
         Ok(r) => r,
         Err(e) => {
             eprintln!("error: {e}");
-            return ExitCode::from(2);
+            exit(2)
         }
     };
     let text = match args.format {
@@ -54,12 +90,8 @@ async fn main() -> ExitCode {
         Format::Junit => report::junit(&results),
     };
     print!("{text}");
-    if results
+    let failed = results
         .iter()
-        .any(|r| matches!(r.outcome, Outcome::Fail(_)))
-    {
-        ExitCode::FAILURE
-    } else {
-        ExitCode::SUCCESS
-    }
+        .any(|r| matches!(r.outcome, Outcome::Fail(_)));
+    exit(if failed { 1 } else { 0 })
 }

@@ -1,6 +1,6 @@
 //! Renders conformance results: a scheme × case matrix for people, JSON, or JUnit XML for CI.
 
-use crate::{CaseResult, Outcome, CASES};
+use crate::{CaseResult, Outcome, CASES, SETUP};
 
 fn cell(o: &Outcome) -> &'static str {
     match o {
@@ -26,6 +26,13 @@ pub fn table(results: &[CaseResult]) -> String {
     out.push('\n');
     for s in &schemes {
         out.push_str(&format!("{s:w$}"));
+        let setup_failed = results
+            .iter()
+            .any(|r| r.scheme == *s && r.case == SETUP && matches!(r.outcome, Outcome::Fail(_)));
+        if setup_failed {
+            out.push_str("  FAIL: did not load or set up (see below)\n");
+            continue;
+        }
         for c in CASES {
             let o = results
                 .iter()
@@ -146,5 +153,22 @@ mod tests {
         );
         assert!(x.contains("failures=\"1\" skipped=\"1\""), "{x}");
         assert!(json(&rs).contains("\"outcome\": \"fail\""));
+    }
+
+    #[test]
+    fn a_library_that_did_not_load_is_a_failed_row() {
+        let rs = vec![CaseResult {
+            scheme: "/p/libfhirconn_x.so".into(),
+            case: SETUP.into(),
+            outcome: Outcome::Fail("/p/libfhirconn_x.so did not load: bad".into()),
+            ms: 0,
+        }];
+        let t = table(&rs);
+        assert!(t.contains("/p/libfhirconn_x.so  FAIL: did not load"), "{t}");
+        assert!(
+            t.contains("FAIL /p/libfhirconn_x.so / setup: /p/libfhirconn_x.so did not load: bad"),
+            "{t}"
+        );
+        assert!(t.ends_with("0 passed, 1 failed\n"), "{t}");
     }
 }

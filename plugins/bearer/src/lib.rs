@@ -1,8 +1,10 @@
 //! fhirconn scheme `bearer`: a static bearer token (RFC 6750) from the config, a file or the
 //! environment.
 //!
-//! Settings: exactly one of `token`, `token-file`, `token-env`. The token is read once, at
-//! configure time; it does not expire as far as fhirconn knows, so a 401 is reported as is.
+//! Settings: exactly one of `token`, `token-file`, `token-env`. The token does not expire as
+//! far as fhirconn knows. A `token-file` is read again on every `authorize`, so a token rotated
+//! on disk by another process is used after the server's next 401 (the host then asks for
+//! credentials again and retries once); an inline or environment token is read once.
 
 #![forbid(unsafe_code)]
 
@@ -20,6 +22,8 @@ pub struct Bearer;
 #[derive(Debug)]
 pub struct BearerConnection {
     token: SecretString,
+    /// Where a `token-file` token comes from (read again on every `authorize`).
+    file: Option<SecretSource>,
 }
 
 impl Scheme for Bearer {
@@ -56,27 +60,37 @@ impl Scheme for Bearer {
         {
             return Err(Error::config(format!("unknown setting '{key}'")));
         }
-        let token = SecretSource::resolve(&settings, "token", true, host)?
+        let source = SecretSource::from_settings(&settings, "token", true)?
             .ok_or_else(|| Error::internal("token resolved to nothing"))?;
-        let t = token.expose_secret();
-        if t.get(..7)
-            .is_some_and(|p| p.eq_ignore_ascii_case("bearer "))
-        {
-            return Err(Error::config("give the token without the 'Bearer ' prefix"));
-        }
-        // RFC 6750 b64token: no whitespace, no control characters (header injection).
-        if t.chars().any(|c| c.is_whitespace() || c.is_control()) {
-            return Err(Error::config(
-                "the token contains whitespace or control characters (RFC 6750 b64token)",
-            ));
-        }
-        Ok(Box::new(BearerConnection { token }))
+        let token = checked(source.load("token", host)?)?;
+        let file = matches!(source, SecretSource::File(_)).then_some(source);
+        Ok(Box::new(BearerConnection { token, file }))
     }
 }
 
+/// Refuses a token that cannot be sent as is.
+fn checked(token: SecretString) -> Result<SecretString> {
+    let t = token.expose_secret();
+    if t.get(..7)
+        .is_some_and(|p| p.eq_ignore_ascii_case("bearer "))
+    {
+        return Err(Error::config("give the token without the 'Bearer ' prefix"));
+    }
+    // RFC 6750 b64token: no whitespace, no control characters (header injection).
+    if t.chars().any(|c| c.is_whitespace() || c.is_control()) {
+        return Err(Error::config(
+            "the token contains whitespace or control characters (RFC 6750 b64token)",
+        ));
+    }
+    Ok(token)
+}
+
 impl Connection for BearerConnection {
-    fn authorize(&self, _request: &AuthRequest, _host: &Host<'_>) -> Result<Credentials> {
-        Ok(Credentials::new().bearer(&self.token))
+    fn authorize(&self, _request: &AuthRequest, host: &Host<'_>) -> Result<Credentials> {
+        match &self.file {
+            Some(file) => Ok(Credentials::new().bearer(&checked(file.load("token", host)?)?)),
+            None => Ok(Credentials::new().bearer(&self.token)),
+        }
     }
 }
 
@@ -125,6 +139,28 @@ mod tests {
         ] {
             assert_eq!(header(s, &mock).unwrap(), "Bearer abc.def-ghi");
         }
+    }
+
+    #[test]
+    fn a_token_file_is_read_again_on_every_authorize() {
+        let dir = MockHost::new().with_file("t.txt", b"first\n");
+        let req = AuthRequest {
+            connection: info(),
+            interactive: false,
+            force_login: false,
+        };
+        let conn = dir
+            .with_host(|h| Bearer.configure(&info(), json!({"token-file": "t.txt"}), h))
+            .unwrap();
+        let rotated = dir.with_file("t.txt", b"second\n");
+        let creds = rotated.with_host(|h| conn.authorize(&req, h)).unwrap();
+        match &creds.headers[..] {
+            [CredentialHeader::Secret(_, v)] => assert_eq!(v.expose_secret(), "Bearer second"),
+            other => panic!("unexpected {other:?}"),
+        }
+        let broken = MockHost::new().with_file("t.txt", b"two words\n");
+        let e = broken.with_host(|h| conn.authorize(&req, h)).unwrap_err();
+        assert!(e.message().contains("whitespace"), "{e}");
     }
 
     #[test]

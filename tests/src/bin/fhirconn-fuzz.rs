@@ -287,6 +287,10 @@ fn targets() -> Vec<Target> {
                 let _ = fhirconn_host::operation_outcome_text(input);
             },
         ),
+        // Not in `all`: proves that a panicking seed fails the run (tests/tests/conformance_teeth.rs).
+        ("selftest-panic", vec![b"panic".to_vec()], |input| {
+            assert!(input != b"panic", "the self-test seed panics");
+        }),
     ]
 }
 
@@ -312,7 +316,7 @@ fn main() -> std::process::ExitCode {
     let all = targets();
     let chosen: Vec<&Target> = all
         .iter()
-        .filter(|t| which == "all" || t.0 == which)
+        .filter(|t| (which == "all" && !t.0.starts_with("selftest")) || t.0 == which)
         .collect();
     if chosen.is_empty() {
         eprintln!(
@@ -329,8 +333,18 @@ fn main() -> std::process::ExitCode {
     for (name, seeds, run) in chosen {
         let started = Instant::now();
         let mut execs = 0u64;
-        for s in seeds.iter() {
-            let _ = catch_unwind(AssertUnwindSafe(|| run(s)));
+        // A seed that panics is a finding like any other input.
+        for (i, s) in seeds.iter().enumerate() {
+            if catch_unwind(AssertUnwindSafe(|| run(s))).is_err() {
+                findings += 1;
+                let _ = std::fs::create_dir_all(&findings_dir);
+                let path = findings_dir.join(format!("{name}-seed-{i}.bin"));
+                let _ = std::fs::write(&path, s);
+                println!(
+                    "FINDING {name}: seed {i} panics; input saved to {}",
+                    path.display()
+                );
+            }
         }
         while started.elapsed() < per_target {
             let input = mutate(&mut rng, seeds);
