@@ -824,7 +824,10 @@ async fn export_file(
                 }
                 tokio::time::sleep(every).await;
                 let line = json!({"resourceType": ty, "id": format!("{i}")}).to_string() + "\n";
-                Some((Ok::<_, std::io::Error>(axum::body::Bytes::from(line)), i + 1))
+                Some((
+                    Ok::<_, std::io::Error>(axum::body::Bytes::from(line)),
+                    i + 1,
+                ))
             }
         });
         return (
