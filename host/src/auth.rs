@@ -179,10 +179,9 @@ impl AuthRuntime {
                     return Err(Error::Credentials {
                         id: self.id.clone(),
                         kind: ErrorKind::from_abi(e.kind),
-                        message: self.services.redactor.redact(&format!(
-                            "{}: {}",
-                            entry.scheme.name,
-                            crate::services::plugin_text(&e.message)
+                        // Redact before cutting and escaping, so neither can split a secret.
+                        message: crate::services::plugin_text(&self.services.redactor.redact(
+                            &format!("{}: {}", entry.scheme.name, e.message),
                         )),
                     })
                 }
@@ -244,10 +243,13 @@ impl AuthRuntime {
             .map_err(|e| Error::Credentials {
                 id: self.id.clone(),
                 kind: ErrorKind::from_abi(e.kind),
-                message: self.services.redactor.redact(&format!(
-                    "{scheme}: {}",
-                    crate::services::plugin_text(&e.message)
-                )),
+                // Redact before cutting and escaping, so neither can split a secret.
+                message: crate::services::plugin_text(
+                    &self
+                        .services
+                        .redactor
+                        .redact(&format!("{scheme}: {}", e.message)),
+                ),
             })?;
             for h in creds.headers.iter() {
                 self.services.redactor.add_header_value(h.value.as_str());
@@ -297,7 +299,11 @@ impl AuthRuntime {
                     warnings.extend(
                         list.iter()
                             .filter_map(|w| w.as_str())
-                            .map(|w| self.services.redactor.redact(&format!("{scheme}: {w}"))),
+                            .map(|w| {
+                                crate::services::plugin_text(
+                                    &self.services.redactor.redact(&format!("{scheme}: {w}")),
+                                )
+                            }),
                     );
                 }
             }
