@@ -520,10 +520,14 @@ fn new_scheme(name: &str, dir: &Path) -> Result {
         })
         .collect();
     let sdk = root.join("crates/fhirconn-sdk");
+    let workspace = std::fs::read_to_string(root.join("Cargo.toml"))?;
+    let msrv = cargo_field(&workspace, "[workspace.package]", "rust-version")
+        .ok_or("no rust-version in the workspace's Cargo.toml")?;
     let manifest = TEMPLATE_CARGO
         .replace("{name}", name)
         .replace("{lib}", &lib)
-        .replace("{sdk}", &sdk.display().to_string());
+        .replace("{sdk}", &sdk.display().to_string())
+        .replace("{msrv}", &msrv);
     std::fs::write(crate_dir.join("Cargo.toml"), manifest)?;
     let source = TEMPLATE_LIB.replace("{name}", name).replace("{Type}", &ty);
     std::fs::write(crate_dir.join("src/lib.rs"), source)?;
@@ -554,7 +558,7 @@ const TEMPLATE_CARGO: &str = r#"[package]
 name = "{name}"
 version = "0.1.0"
 edition = "2021"
-rust-version = "1.88"
+rust-version = "{msrv}"
 publish = false
 
 [lib]
