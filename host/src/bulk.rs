@@ -703,10 +703,25 @@ pub async fn run(
             on(Event::Resuming { status_url: &url });
             url
         } else {
+            let started = kick_off(conn, request, deadline, opts.timeout);
+            tokio::pin!(started);
             let url = tokio::select! {
                 biased;
-                _ = cancel.cancelled() => return Ok(Outcome::Cancelled { job_deleted: false }),
-                r = kick_off(conn, request, deadline, opts.timeout) => r?,
+                _ = cancel.cancelled() => {
+                    // The server may be creating the job: give the kick-off a moment to
+                    // answer, so that job can be deleted too.
+                    return match tokio::time::timeout(CANCEL_GRACE, &mut started).await {
+                        Ok(Ok(url)) => {
+                            state = State {
+                                status: Some(url.clone()),
+                                ..State::default()
+                            };
+                            cancel_job(conn, &url, &mut state, &state_path).await
+                        }
+                        _ => Ok(Outcome::Cancelled { job_deleted: false }),
+                    };
+                }
+                r = &mut started => r?,
             };
             state = State {
                 status: Some(url.clone()),

@@ -301,6 +301,24 @@ fn ctrl_c_during_a_status_request_cancels_within_5_s() {
 }
 
 #[test]
+fn ctrl_c_during_the_kick_off_deletes_the_job_it_created() {
+    let (_rt, fhir) = start_fhir(FhirServerConfig {
+        export_polls: 1000,
+        fault: Fault::Slow(Duration::from_secs(2)),
+        ..FhirServerConfig::default()
+    });
+    let dir = tempfile::tempdir().unwrap();
+    open_config(dir.path(), &fhir.base_url(), "");
+    let child = spawn_export(dir.path());
+    wait_for("the kick-off request", Duration::from_secs(20), || {
+        fhir.requests() > 0
+    });
+    std::thread::sleep(Duration::from_millis(300));
+    assert_cancelled(child, &fhir, &dir.path().join("data"));
+    assert_eq!(fhir.exports_started(), 1);
+}
+
+#[test]
 fn ctrl_c_during_downloads_cancels_keeps_no_unchecked_bytes_and_a_rerun_starts_over() {
     let (_rt, fhir) = start_fhir(FhirServerConfig {
         export_polls: 0,
