@@ -49,6 +49,8 @@ pub const DEFAULT_PARALLEL: usize = 4;
 /// would cut a large file that keeps flowing); the idle timeout is what ends a stalled one.
 const DOWNLOAD_LIMIT: Duration = Duration::from_secs(30 * 24 * 3600);
 const MAX_STATE_BYTES: u64 = 4 * 1024 * 1024;
+/// The most output entries a manifest may list.
+pub const MAX_ENTRIES: usize = 100_000;
 
 /// What to export.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
@@ -434,6 +436,12 @@ pub fn parse_manifest(
         .get("output")
         .and_then(|o| o.as_array())
         .ok_or_else(|| BulkError::Manifest("no `output` array".into()))?;
+    if output.len() > MAX_ENTRIES {
+        return Err(BulkError::Manifest(format!(
+            "{} output entries (at most {MAX_ENTRIES})",
+            output.len()
+        )));
+    }
     let with_token = manifest["requiresAccessToken"].as_bool().unwrap_or(false);
     let entries = output
         .iter()
@@ -700,7 +708,9 @@ pub async fn run(
     let (status_url, manifest) = loop {
         let status_url = if resuming {
             let url = state.status.clone().unwrap_or_default();
-            on(Event::Resuming { status_url: &url });
+            on(Event::Resuming {
+                status_url: &printable(&url, 200),
+            });
             url
         } else {
             let started = kick_off(conn, request, deadline, opts.timeout);
@@ -728,7 +738,9 @@ pub async fn run(
                 ..State::default()
             };
             state.save(&state_path)?;
-            on(Event::KickedOff { status_url: &url });
+            on(Event::KickedOff {
+                status_url: &printable(&url, 200),
+            });
             url
         };
         let polled = tokio::select! {
