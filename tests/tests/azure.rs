@@ -400,6 +400,7 @@ fn cli_login_test_and_logout_with_a_file_store() {
             .current_dir(dir)
             .env_remove("FHIRCONN_CONFIG")
             .env_remove("FHIRCONN_CREDENTIALS")
+            .env("XDG_STATE_HOME", dir.join("state"))
             .env_remove("BROWSER")
             .arg("--plugin-dir")
             .arg(plugin_dir())
@@ -424,7 +425,9 @@ fn cli_login_test_and_logout_with_a_file_store() {
         stderr.contains("enter the code"),
         "the person was told: {stderr}"
     );
-    let store = dir.join(".fhirconn-credentials.json");
+    // The user's state directory, never beside the connections file.
+    let store = dir.join("state/fhirconn/credentials.json");
+    assert!(!dir.join(".fhirconn-credentials.json").exists());
     #[cfg(unix)]
     {
         use std::os::unix::fs::PermissionsExt as _;
