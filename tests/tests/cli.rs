@@ -474,3 +474,149 @@ fn non_utf8_bytes_and_huge_files_are_refused() {
     assert_eq!(out.code, 2);
     assert!(out.stderr.contains("limit"), "{}", out.stderr);
 }
+
+/// Runs the binary in `dir` with exactly the given fhirconn environment (no `--plugin-dir`
+/// unless `args` has one).
+fn run_with_env(dir: &Path, env: &[(&str, &std::ffi::OsStr)], args: &[&str]) -> Out {
+    let mut cmd = Command::new(fhirconn_bin());
+    cmd.current_dir(dir)
+        .env_remove("FHIRCONN_CONFIG")
+        .env_remove("FHIRCONN_PLUGIN_PATH")
+        .env_remove("FHIRCONN_CREDENTIALS")
+        .env_remove("RUST_LOG");
+    for (k, v) in env {
+        cmd.env(k, v);
+    }
+    let out = cmd.args(args).output().unwrap();
+    Out {
+        code: out.status.code().unwrap_or(-1),
+        stdout: String::from_utf8_lossy(&out.stdout).into_owned(),
+        stderr: String::from_utf8_lossy(&out.stderr).into_owned(),
+    }
+}
+
+/// `$FHIRCONN_CONFIG` names the connections file when `-c` is not given; files it refers to
+/// resolve next to it (not in the working directory); `-c` wins over it.
+#[test]
+fn fhirconn_config_names_the_connections_file() {
+    let s = servers();
+    let cwd = tempfile::tempdir().unwrap();
+    let elsewhere = tempfile::tempdir().unwrap();
+    std::fs::write(elsewhere.path().join("token.txt"), format!("{TOKEN}\n")).unwrap();
+    let file = elsewhere.path().join("team.yaml");
+    std::fs::write(
+        &file,
+        format!(
+            "connections:\n  from-env:\n    base-url: {}\n    auth: {{scheme: bearer, token-file: token.txt}}\n",
+            s.bearer.base_url()
+        ),
+    )
+    .unwrap();
+    let plugins = plugin_dir();
+    let args = ["--plugin-dir", plugins.to_str().unwrap(), "test"];
+
+    let without = run_with_env(cwd.path(), &[], &args);
+    assert_eq!(without.code, 2, "no fhirconn.yaml here: {}", without.stderr);
+    assert!(
+        without.stderr.contains("fhirconn.yaml"),
+        "{}",
+        without.stderr
+    );
+
+    let with = run_with_env(cwd.path(), &[("FHIRCONN_CONFIG", file.as_os_str())], &args);
+    assert_eq!(with.code, 0, "{}\n{}", with.stdout, with.stderr);
+    assert!(with.stdout.contains("PASS  from-env"), "{}", with.stdout);
+    assert_no_canary(&with);
+
+    // An explicit -c wins over the environment.
+    write_config(
+        cwd.path(),
+        &format!(
+            "connections:\n  local:\n    base-url: {}\n",
+            s.none.base_url()
+        ),
+    );
+    let explicit = run_with_env(
+        cwd.path(),
+        &[("FHIRCONN_CONFIG", file.as_os_str())],
+        &[
+            "--plugin-dir",
+            plugins.to_str().unwrap(),
+            "-c",
+            "fhirconn.yaml",
+            "test",
+        ],
+    );
+    assert_eq!(explicit.code, 0, "{}\n{}", explicit.stdout, explicit.stderr);
+    assert!(
+        explicit.stdout.contains("PASS  local") && !explicit.stdout.contains("from-env"),
+        "{}",
+        explicit.stdout
+    );
+}
+
+/// `$FHIRCONN_PLUGIN_PATH` is a list of plugin directories searched after `--plugin-dir`: a
+/// scheme found only there is listed and usable; without the variable it is unknown.
+#[test]
+fn fhirconn_plugin_path_adds_plugin_directories() {
+    let s = servers();
+    let dir = tempfile::tempdir().unwrap();
+    let extra = dir.path().join("extra-plugins");
+    std::fs::create_dir(&extra).unwrap();
+    let panic_lib = fhirconn_tests::fixture("fhirconn_panic");
+    std::fs::copy(&panic_lib, extra.join(panic_lib.file_name().unwrap())).unwrap();
+    let path = std::env::join_paths([plugin_dir(), extra.clone()]).unwrap();
+    let names = |out: &Out| -> Vec<String> {
+        let v: serde_json::Value = serde_json::from_str(&out.stdout)
+            .unwrap_or_else(|e| panic!("{e}: {}\n{}", out.stdout, out.stderr));
+        v.as_array()
+            .unwrap()
+            .iter()
+            .map(|s| s["name"].as_str().unwrap().to_string())
+            .collect()
+    };
+
+    let with = run_with_env(
+        dir.path(),
+        &[("FHIRCONN_PLUGIN_PATH", path.as_os_str())],
+        &["schemes", "--output", "json"],
+    );
+    assert_eq!(with.code, 0, "{}", with.stderr);
+    let found = names(&with);
+    for scheme in fhirconn_tests::SCHEMES.iter().chain(&["panic"]) {
+        assert!(found.iter().any(|n| n == scheme), "{scheme}: {found:?}");
+    }
+
+    let without = run_with_env(dir.path(), &[], &["schemes", "--output", "json"]);
+    assert_eq!(without.code, 0, "{}", without.stderr);
+    let found = names(&without);
+    assert!(!found.iter().any(|n| n == "panic"), "{found:?}");
+    assert!(!found.iter().any(|n| n == "basic"), "{found:?}");
+
+    // A connection using a scheme from the path works end to end.
+    write_config(
+        dir.path(),
+        &format!(
+            "connections:\n  b:\n    base-url: {}\n    auth: {{scheme: basic, username: alice, password-env: FHIRCONN_TEST_PW}}\n",
+            s.basic.base_url()
+        ),
+    );
+    let pw = std::ffi::OsString::from(PASSWORD);
+    let test = run_with_env(
+        dir.path(),
+        &[
+            ("FHIRCONN_PLUGIN_PATH", path.as_os_str()),
+            ("FHIRCONN_TEST_PW", pw.as_os_str()),
+        ],
+        &["test"],
+    );
+    assert_eq!(test.code, 0, "{}\n{}", test.stdout, test.stderr);
+    assert!(test.stdout.contains("PASS  b"), "{}", test.stdout);
+    let test = run_with_env(
+        dir.path(),
+        &[("FHIRCONN_TEST_PW", pw.as_os_str())],
+        &["test"],
+    );
+    assert_eq!(test.code, 2, "{}\n{}", test.stdout, test.stderr);
+    assert!(test.stderr.contains("basic"), "{}", test.stderr);
+}
