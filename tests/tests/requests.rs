@@ -302,3 +302,91 @@ fn profiles_are_edited_in_place_keeping_comments_and_validated_before_writing() 
             && text.contains("# the real one")
     );
 }
+
+/// `--header` on `get` and `post` reaches the server (observed by a recording server), next to
+/// the connection's credentials; a `Content-Type` given with `--header` replaces the default
+/// FHIR JSON one instead of being sent twice.
+#[test]
+fn headers_given_with_dash_dash_header_reach_the_server() {
+    use fhirconn_testkit::hostile::{Answer, HostileServer};
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    let server = rt.block_on(HostileServer::start()).unwrap();
+    server.otherwise(Answer::fhir(
+        200,
+        &json!({"resourceType": "Patient", "id": "1"}),
+    ));
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    std::fs::write(
+        d.join("fhirconn.yaml"),
+        format!(
+            "connections:\n  s:\n    base-url: {}\n    auth: {{scheme: bearer, token: {TOKEN}}}\n",
+            server.url("/fhir")
+        ),
+    )
+    .unwrap();
+
+    let (code, _, err) = run(
+        d,
+        &[
+            "get",
+            "s",
+            "Patient/1",
+            "--header",
+            "X-Fhirconn-Test: get-header-value",
+            "--header",
+            "Prefer:  handling=strict  ",
+        ],
+        None,
+    );
+    assert_eq!(code, 0, "{err}");
+    let got = server.received_at("/fhir/Patient/1");
+    assert_eq!(got.len(), 1, "{got:?}");
+    assert_eq!(got[0].method, "GET");
+    assert_eq!(got[0].header("x-fhirconn-test"), Some("get-header-value"));
+    assert_eq!(got[0].header("prefer"), Some("handling=strict"));
+    assert_eq!(
+        got[0].header("authorization"),
+        Some(&*format!("Bearer {TOKEN}"))
+    );
+
+    let (code, _, err) = run(
+        d,
+        &[
+            "post",
+            "s",
+            "Patient",
+            "--data",
+            "-",
+            "--header",
+            "If-None-Exist: identifier=urn:x|42",
+            "--header",
+            "Content-Type: application/json",
+        ],
+        Some(r#"{"resourceType":"Patient"}"#),
+    );
+    assert_eq!(code, 0, "{err}");
+    let got = server.received_at("/fhir/Patient");
+    assert_eq!(got.len(), 1, "{got:?}");
+    assert_eq!(got[0].method, "POST");
+    assert_eq!(got[0].header("if-none-exist"), Some("identifier=urn:x|42"));
+    let types: Vec<&str> = got[0]
+        .headers
+        .iter()
+        .filter(|(n, _)| n == "content-type")
+        .map(|(_, v)| v.as_str())
+        .collect();
+    assert_eq!(types, ["application/json"]);
+    assert_eq!(got[0].body_text(), r#"{"resourceType":"Patient"}"#);
+    assert_eq!(
+        got[0].header("authorization"),
+        Some(&*format!("Bearer {TOKEN}"))
+    );
+
+    // Without --header, none of them is sent (the server really records what it gets).
+    let (code, _, err) = run(d, &["get", "s", "Patient/2"], None);
+    assert_eq!(code, 0, "{err}");
+    let got = server.received_at("/fhir/Patient/2");
+    assert_eq!(got.len(), 1);
+    assert_eq!(got[0].header("x-fhirconn-test"), None);
+}
