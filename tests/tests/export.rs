@@ -631,3 +631,67 @@ fn all_pages_writes_each_page_as_it_arrives() {
     assert_eq!(v["link"], serde_json::json!([]));
     assert!(stderr.contains("3 page(s)"), "{stderr}");
 }
+
+#[test]
+fn the_token_goes_only_to_the_own_origin_and_only_when_the_manifest_asks() {
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    let (fhir, other) = rt.block_on(async {
+        (
+            HostileServer::start().await.unwrap(),
+            HostileServer::start().await.unwrap(),
+        )
+    });
+    let ndjson = "{\"resourceType\":\"Patient\",\"id\":\"1\"}\n";
+    other.on("GET", "/files/p", Answer::text(200, ndjson));
+    fhir.on("GET", "/files/p", Answer::text(200, ndjson));
+    fhir.on(
+        "GET",
+        "/fhir/$export",
+        Answer::raw(202, "").header("content-location", "{self}/fhir/status/1"),
+    );
+    let dir = tempfile::tempdir().unwrap();
+    open_config(
+        dir.path(),
+        &fhir.url("/fhir"),
+        "    auth: {scheme: bearer, token: CANARY-export-token}\n",
+    );
+    let foreign = other.url("/files/p");
+    // requiresAccessToken: true with a file on another origin: refused, not fetched.
+    let mut m = export_manifest(
+        "{self}/fhir/$export",
+        &[("Patient", "{self}/files/p"), ("Patient", &foreign)],
+    );
+    fhir.on("GET", "/fhir/status/1", Answer::json(200, &m));
+    let (code, _, stderr) = run(dir.path(), &["export", "open", "--out", "a"], MINUTE);
+    assert_eq!(code, Some(1), "{stderr}");
+    assert!(
+        stderr.contains("Patient.001.ndjson") && stderr.contains("origin"),
+        "{stderr}"
+    );
+    assert!(
+        other.received().is_empty(),
+        "nothing sent to the other origin"
+    );
+    let own = fhir.received_at("/files/p");
+    assert_eq!(own.len(), 1);
+    assert_eq!(
+        own[0].header("authorization"),
+        Some("Bearer CANARY-export-token")
+    );
+    // requiresAccessToken: false: no token, to anyone.
+    m["requiresAccessToken"] = serde_json::json!(false);
+    fhir.on("GET", "/fhir/status/1", Answer::json(200, &m));
+    let (code, _, stderr) = run(dir.path(), &["export", "open", "--out", "b"], MINUTE);
+    assert_eq!(code, Some(0), "{stderr}");
+    let sent: Vec<_> = fhir.received_at("/files/p")[1..]
+        .iter()
+        .chain(other.received().iter())
+        .map(|r| r.header("authorization").map(String::from))
+        .collect();
+    assert_eq!(
+        sent,
+        [None, None],
+        "no token when the manifest does not ask"
+    );
+    assert!(!stderr.contains("CANARY"), "{stderr}");
+}
