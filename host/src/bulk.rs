@@ -79,10 +79,7 @@ impl ExportRequest {
     /// The kick-off path relative to the base URL, with its query.
     pub fn kickoff_path(&self) -> String {
         let mut path = match &self.level {
-            Level::Group(g) => format!(
-                "Group/{}/$export",
-                url::form_urlencoded::byte_serialize(g.as_bytes()).collect::<String>()
-            ),
+            Level::Group(g) => format!("Group/{}/$export", path_segment(g)),
             Level::Patient => "Patient/$export".to_string(),
             Level::System => "$export".to_string(),
         };
@@ -99,6 +96,19 @@ impl ExportRequest {
         }
         path
     }
+}
+
+/// `s` percent-encoded as one path segment (RFC 3986 unreserved characters kept).
+fn path_segment(s: &str) -> String {
+    s.bytes()
+        .map(|b| {
+            if b.is_ascii_alphanumeric() || b"-._~".contains(&b) {
+                (b as char).to_string()
+            } else {
+                format!("%{b:02X}")
+            }
+        })
+        .collect()
 }
 
 /// How to run an export.
@@ -1199,13 +1209,13 @@ mod tests {
     #[test]
     fn kickoff_paths() {
         let r = ExportRequest {
-            level: Level::Group("a/b".into()),
+            level: Level::Group("a/b c".into()),
             types: Some("Patient,Observation".into()),
             since: None,
         };
         assert_eq!(
             r.kickoff_path(),
-            "Group/a%2Fb/$export?_type=Patient%2CObservation"
+            "Group/a%2Fb%20c/$export?_type=Patient%2CObservation"
         );
         assert_eq!(ExportRequest::default().kickoff_path(), "$export");
     }

@@ -695,3 +695,34 @@ fn the_token_goes_only_to_the_own_origin_and_only_when_the_manifest_asks() {
     );
     assert!(!stderr.contains("CANARY"), "{stderr}");
 }
+
+#[test]
+fn kick_off_parameters_reach_the_server() {
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    let hostile = rt.block_on(HostileServer::start()).unwrap();
+    hostile.otherwise(Answer::text(400, "refused"));
+    let dir = tempfile::tempdir().unwrap();
+    open_config(dir.path(), &hostile.url("/fhir"), "");
+    let cases: [(&[&str], &str); 3] = [
+        (
+            &["--group", "g 1", "--type", "Patient,Observation"],
+            "/fhir/Group/g%201/$export?_type=Patient%2CObservation",
+        ),
+        (
+            &["--patient", "--since", "2026-01-01T00:00:00+01:00"],
+            "/fhir/Patient/$export?_since=2026-01-01T00%3A00%3A00%2B01%3A00",
+        ),
+        (&[], "/fhir/$export"),
+    ];
+    for (i, (args, target)) in cases.iter().enumerate() {
+        let out = format!("o{i}");
+        let mut all = vec!["export", "open", "--out", &out];
+        all.extend_from_slice(args);
+        let (code, _, stderr) = run(dir.path(), &all, MINUTE);
+        assert_eq!(code, Some(1), "{stderr}");
+        assert!(stderr.contains("kick-off answered HTTP 400"), "{stderr}");
+        let got = hostile.received().pop().unwrap();
+        assert_eq!(got.target, *target);
+        assert_eq!(got.header("prefer"), Some("respond-async"));
+    }
+}
