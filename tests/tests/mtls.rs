@@ -450,3 +450,94 @@ async fn a_client_certificate_never_follows_a_redirect_to_another_origin() {
         "the redirect target was reached without a certificate"
     );
 }
+
+/// `fhirconn test` shows the 30-day warning for a client certificate that expires soon (and
+/// still passes), in the human and the JSON report; a certificate valid for a year gets none.
+#[test]
+fn fhirconn_test_warns_about_a_client_certificate_that_expires_within_30_days() {
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    let e = rt.block_on(env());
+    let dir = e.dir.path();
+    write_pair(
+        dir,
+        "soon",
+        &e.pki.client(&ClientSpec {
+            validity: Validity::ExpiresInDays(10),
+            ..ClientSpec::new("soon client")
+        }),
+    );
+    write_pair(
+        dir,
+        "in29",
+        &e.pki.client(&ClientSpec {
+            validity: Validity::ExpiresInDays(29),
+            ..ClientSpec::new("twenty-nine client")
+        }),
+    );
+    std::fs::write(
+        dir.join("fhirconn.yaml"),
+        serde_json::to_string_pretty(&json!({"connections": {
+            "soon": e.conn(e.mtls.base_url(), pem_auth("soon")),
+            "in29": e.conn(e.mtls.base_url(), pem_auth("in29")),
+            "fresh": e.conn(e.mtls.base_url(), pem_auth("ec")),
+        }}))
+        .unwrap(),
+    )
+    .unwrap();
+    let run = |args: &[&str]| {
+        let out = std::process::Command::new(fhirconn_bin())
+            .current_dir(dir)
+            .env_remove("FHIRCONN_CONFIG")
+            .env_remove("FHIRCONN_PLUGIN_PATH")
+            .arg("--plugin-dir")
+            .arg(plugin_dir())
+            .args(args)
+            .output()
+            .unwrap();
+        (
+            out.status.code(),
+            String::from_utf8_lossy(&out.stdout).into_owned(),
+            String::from_utf8_lossy(&out.stderr).into_owned(),
+        )
+    };
+    let (code, stdout, stderr) = run(&["test"]);
+    assert_eq!(
+        code,
+        Some(0),
+        "a warning is not a failure: {stdout}{stderr}"
+    );
+    // The warning is printed under its own connection.
+    let block = |id: &str| -> String {
+        let start = stdout
+            .find(&format!("PASS  {id}"))
+            .unwrap_or_else(|| panic!("{id}: {stdout}"));
+        let rest = &stdout[start + 6..];
+        let end = rest
+            .find("PASS  ")
+            .or_else(|| rest.find("FAIL  "))
+            .unwrap_or(rest.len());
+        rest[..end].to_string()
+    };
+    for (id, subject, days) in [
+        ("soon", "soon client", 9),
+        ("in29", "twenty-nine client", 28),
+    ] {
+        let b = block(id);
+        assert!(
+            b.contains("warning: ")
+                && b.contains(&format!("the client certificate 'CN={subject}"))
+                && b.contains(&format!("expires in {days} day(s)")),
+            "{id}: {b}"
+        );
+    }
+    assert!(!block("fresh").contains("warning"), "{stdout}");
+
+    let (code, stdout, _) = run(&["test", "soon", "--output", "json"]);
+    assert_eq!(code, Some(0));
+    let v: Value = serde_json::from_str(&stdout).unwrap();
+    let warnings = v[0]["warnings"].to_string();
+    assert!(
+        warnings.contains("expires in 9 day(s)") && warnings.contains("soon client"),
+        "{v}"
+    );
+}
