@@ -1175,6 +1175,50 @@ impl<W: std::io::Write> BundleWriter<W> {
     }
 }
 
+#[cfg(test)]
+mod bundle_writer_tests {
+    use super::BundleWriter;
+
+    #[test]
+    fn pages_make_one_valid_bundle_pretty_or_compact() {
+        let page = |ids: &[&str]| {
+            serde_json::json!({
+                "resourceType": "Bundle", "type": "searchset", "total": 3,
+                "link": [{"relation": "next", "url": "x"}],
+                "entry": ids.iter().map(|i| serde_json::json!({"resource": {"id": i}})).collect::<Vec<_>>()
+            })
+        };
+        for pretty in [true, false] {
+            for pages in [
+                vec![page(&["a", "b"]), page(&[]), page(&["c"])],
+                vec![page(&[])],
+            ] {
+                let mut buf = Vec::new();
+                let mut w = BundleWriter::start(&mut buf, &pages[0], pretty).unwrap();
+                for p in &pages {
+                    w.entries(p["entry"].as_array().unwrap()).unwrap();
+                }
+                w.finish().unwrap();
+                let v: serde_json::Value = serde_json::from_slice(&buf).unwrap();
+                let all: Vec<_> = pages
+                    .iter()
+                    .flat_map(|p| p["entry"].as_array().unwrap().clone())
+                    .collect();
+                assert_eq!(v["entry"], serde_json::Value::Array(all));
+                assert_eq!(v["total"], 3);
+                assert_eq!(v["link"], serde_json::json!([]));
+            }
+        }
+        let mut buf = Vec::new();
+        let w = BundleWriter::start(&mut buf, &serde_json::json!({}), true).unwrap();
+        w.finish().unwrap();
+        assert_eq!(
+            serde_json::from_slice::<serde_json::Value>(&buf).unwrap(),
+            serde_json::json!({"entry": []})
+        );
+    }
+}
+
 /// `fhirconn proxy` options.
 #[derive(clap::Args, Debug)]
 struct ProxyArgs {
