@@ -158,6 +158,7 @@ fn replace_encoded(text: &str, secret: &[char]) -> String {
     let mut out = String::with_capacity(text.len());
     let mut copied = 0;
     let mut i = 0;
+    let mut scratch = (Vec::new(), Vec::new());
     while i < bytes.len() {
         let b = bytes[i];
         let candidate = b == first_byte
@@ -166,7 +167,7 @@ fn replace_encoded(text: &str, secret: &[char]) -> String {
             || b == b'&'
             || (b == b'+' && first == ' ');
         if candidate && text.is_char_boundary(i) {
-            if let Some(end) = match_encoded(bytes, i, secret) {
+            if let Some(end) = match_encoded(bytes, i, secret, &mut scratch) {
                 out.push_str(&text[copied..i]);
                 out.push_str(REDACTED);
                 copied = end;
@@ -181,20 +182,27 @@ fn replace_encoded(text: &str, secret: &[char]) -> String {
 }
 
 /// Where a match of `secret` starting at `start` ends (the longest one), if any.
-fn match_encoded(text: &[u8], start: usize, secret: &[char]) -> Option<usize> {
-    let mut positions = vec![start];
-    let mut next = Vec::new();
+fn match_encoded(
+    text: &[u8],
+    start: usize,
+    secret: &[char],
+    (positions, next): &mut (Vec<usize>, Vec<usize>),
+) -> Option<usize> {
+    positions.clear();
+    positions.push(start);
     for &c in secret {
         next.clear();
-        for &p in &positions {
-            encoded_char_ends(text, p, c, &mut next);
+        for &p in positions.iter() {
+            encoded_char_ends(text, p, c, next);
         }
         if next.is_empty() {
             return None;
         }
-        next.sort_unstable();
-        next.dedup();
-        std::mem::swap(&mut positions, &mut next);
+        if next.len() > 1 {
+            next.sort_unstable();
+            next.dedup();
+        }
+        std::mem::swap(positions, next);
     }
     positions.last().copied()
 }
