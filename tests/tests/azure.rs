@@ -530,3 +530,181 @@ async fn a_stored_refresh_token_is_never_sent_to_another_authority() {
         .unwrap();
     assert!(r[0].ok, "{}", failure(&r[0]));
 }
+
+/// A declined (`access_denied`) or expired (`expired_token`) device code ends the sign-in at
+/// once with an error that says so: no more polls, no token, nothing stored, still needs login.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn device_code_declined_or_expired_ends_the_sign_in_with_a_clear_error() {
+    for (script, expected) in [
+        (
+            vec![DevicePoll::Pending, DevicePoll::Deny],
+            "the sign-in was declined",
+        ),
+        (
+            vec![DevicePoll::Pending, DevicePoll::Expire],
+            "the sign-in code expired before it was used",
+        ),
+    ] {
+        let e = env().await;
+        e.entra.script_device_polls(script.clone());
+        let host = e.host(e.auth(json!({"tenant": TENANT_ID}))).await;
+        let conn = host.connection("c").unwrap();
+        // The last scripted answer repeats: a client that kept polling would never finish.
+        let err = tokio::time::timeout(Duration::from_secs(20), conn.login())
+            .await
+            .unwrap_or_else(|_| panic!("{script:?}: the client kept polling"))
+            .map(|_| ())
+            .expect_err("no sign-in");
+        let text = err.to_string();
+        assert!(text.contains(expected), "{script:?}: {text}");
+        assert_eq!(
+            e.grants().len(),
+            2,
+            "{script:?}: polling stopped at the answer: {:?}",
+            e.grants()
+        );
+        assert!(e.entra.issued_tokens().is_empty(), "{script:?}");
+        assert!(
+            e.store.get("c/azure-ad/refresh-token").unwrap().is_none(),
+            "{script:?}: nothing stored"
+        );
+        let r = host.test(&[], None).await.unwrap().remove(0);
+        assert!(failure(&r).contains("[needs-login]"), "{}", failure(&r));
+    }
+}
+
+/// `login`, `test`, `get` and `logout` at `-vv` never print an issued access or refresh token
+/// (whole, or the payload or signature of a JWT) nor the client secret (a canary); sign-ins go
+/// to `$FHIRCONN_CREDENTIALS` (0600) and nowhere else.
+#[test]
+fn cli_login_at_trace_level_shows_no_token_and_no_client_secret() {
+    const SECRET: &str = "CANARY~entra+client/secret&=42";
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    let (entra, fhir) = rt.block_on(async {
+        let entra = MockEntra::start(EntraConfig {
+            confidential_clients: vec![("daemon-app".into(), SECRET.into())],
+            ..EntraConfig::default()
+        })
+        .await
+        .unwrap();
+        let fhir = FhirServer::start(FhirServerConfig::default())
+            .await
+            .unwrap();
+        let audience = origin(&fhir);
+        fhir.set_auth(ServerAuth::Jwt(entra.verifier(&audience)));
+        fhir.set_challenge(Some(entra.challenge(&audience)));
+        (entra, fhir)
+    });
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    let authority = entra.authority_host();
+    std::fs::write(
+        d.join("fhirconn.yaml"),
+        serde_json::to_string(&json!({"connections": {
+            "az": {"base-url": fhir.base_url(),
+                   "auth": {"scheme": "azure-ad", "client-id": "public-app",
+                            "tenant": TENANT_ID, "authority-host": authority}},
+            "daemon": {"base-url": fhir.base_url(),
+                       "auth": {"scheme": "azure-ad", "client-id": "daemon-app",
+                                "flow": "client-credentials", "client-secret": SECRET,
+                                "tenant": TENANT_ID, "authority-host": authority}}}}))
+        .unwrap(),
+    )
+    .unwrap();
+    let store = d.join("private/sign-ins.json");
+    let run = |args: &[&str]| {
+        let out = std::process::Command::new(fhirconn_bin())
+            .current_dir(d)
+            .env_remove("FHIRCONN_CONFIG")
+            .env_remove("FHIRCONN_PLUGIN_PATH")
+            .env_remove("BROWSER")
+            .env_remove("RUST_LOG")
+            .env("FHIRCONN_CREDENTIALS", &store)
+            .env("XDG_STATE_HOME", d.join("state"))
+            .env("HOME", d.join("home"))
+            .arg("--plugin-dir")
+            .arg(plugin_dir())
+            .arg("-vv")
+            .args(args)
+            .output()
+            .unwrap();
+        (
+            out.status.code().unwrap_or(-1),
+            format!(
+                "{}\n{}",
+                String::from_utf8_lossy(&out.stdout),
+                String::from_utf8_lossy(&out.stderr)
+            ),
+        )
+    };
+    let mut outputs = Vec::new();
+    for args in [
+        &["login", "az"][..],
+        &["test"][..],
+        &["get", "az", "Patient/1"][..],
+        &["login", "daemon"][..],
+        &["get", "daemon", "Patient/1"][..],
+    ] {
+        let (code, text) = run(args);
+        assert_eq!(code, 0, "{args:?}: {text}");
+        outputs.push((args, text));
+    }
+    let before_logout = std::fs::read_to_string(&store).unwrap();
+    let (code, text) = run(&["logout", "az"]);
+    assert_eq!(code, 0, "{text}");
+    outputs.push((&["logout", "az"][..], text));
+
+    let issued = entra.issued_tokens();
+    let refresh: Vec<&String> = issued.iter().filter(|t| t.starts_with("rt-")).collect();
+    assert!(
+        issued.len() >= 4 && refresh.len() >= 2,
+        "device code, refresh and client credentials issued: {issued:?}"
+    );
+    let mut secrets: Vec<String> = vec![SECRET.into()];
+    for t in &issued {
+        secrets.push(t.clone());
+        // A JWT leaks through its claims or its signature just as well.
+        secrets.extend(
+            t.split('.')
+                .skip(1)
+                .filter(|part| part.len() >= 16)
+                .map(String::from),
+        );
+    }
+    for (args, text) in &outputs {
+        assert!(
+            text.contains("TRACE") || text.contains("DEBUG"),
+            "{args:?} logged at -vv: {text}"
+        );
+        assert!(
+            !text.contains("CANARY"),
+            "{args:?}: a canary leaked:\n{text}"
+        );
+        for s in &secrets {
+            assert!(!text.contains(s.as_str()), "{args:?}: {s} leaked:\n{text}");
+        }
+    }
+    // The sign-in was kept in $FHIRCONN_CREDENTIALS (0600), and only there.
+    assert!(
+        refresh.iter().any(|t| before_logout.contains(t.as_str())),
+        "a refresh token in the store"
+    );
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::PermissionsExt as _;
+        assert_eq!(
+            std::fs::metadata(&store).unwrap().permissions().mode() & 0o777,
+            0o600
+        );
+    }
+    assert!(!d.join("state/fhirconn/credentials.json").exists());
+    assert!(!d
+        .join("home/.local/state/fhirconn/credentials.json")
+        .exists());
+    assert!(!d.join(".fhirconn-credentials.json").exists());
+    let after = std::fs::read_to_string(&store).unwrap();
+    assert!(
+        !refresh.iter().any(|t| after.contains(t.as_str())),
+        "logout forgot the sign-in"
+    );
+}

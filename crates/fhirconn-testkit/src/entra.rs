@@ -92,6 +92,7 @@ struct State_ {
     polls_too_fast: AtomicU64,
     last_error: Mutex<Option<String>>,
     requests: Mutex<Vec<HashMap<String, String>>>,
+    issued: Mutex<Vec<String>>,
 }
 
 /// A running mock Entra; stops when dropped.
@@ -149,6 +150,7 @@ impl MockEntra {
             polls_too_fast: AtomicU64::new(0),
             last_error: Mutex::default(),
             requests: Mutex::default(),
+            issued: Mutex::default(),
         });
         let app = Router::new()
             .route(
@@ -229,6 +231,12 @@ impl MockEntra {
     /// The form parameters of every token request, in order.
     pub fn token_request_params(&self) -> Vec<HashMap<String, String>> {
         self.state.requests.lock().unwrap().clone()
+    }
+
+    /// Every access and refresh token issued so far, in order (for leak checks: none of them
+    /// may appear in output or logs).
+    pub fn issued_tokens(&self) -> Vec<String> {
+        self.state.issued.lock().unwrap().clone()
     }
 
     /// The last error the token endpoint answered.
@@ -471,6 +479,7 @@ fn issue(s: &State_, client_id: &str, audience: &str, scope: &str, app: bool) ->
             )
         }
     };
+    s.issued.lock().unwrap().push(access_token.clone());
     let mut body = json!({
         "token_type": "Bearer",
         "scope": scope,
@@ -480,6 +489,7 @@ fn issue(s: &State_, client_id: &str, audience: &str, scope: &str, app: bool) ->
     });
     if !app && scope.split(' ').any(|x| x == "offline_access") {
         let rt = format!("rt-{}", random());
+        s.issued.lock().unwrap().push(rt.clone());
         s.refresh
             .lock()
             .unwrap()
