@@ -54,6 +54,30 @@ fn json_escape_ascii(s: &str) -> String {
     out
 }
 
+/// Base64 of `bytes` wherever they sit in a longer base64 text: for each of the three
+/// alignments, the characters that depend on `bytes` alone.
+fn base64_anywhere(bytes: &[u8]) -> Vec<String> {
+    let mut out = Vec::new();
+    for pad in 0..3usize {
+        let mut padded = vec![0u8; pad];
+        padded.extend_from_slice(bytes);
+        // The first characters mix padding bits (0, 2 or 3 of them); the last group may
+        // mix in whatever follows the secret.
+        let skip = [0, 2, 3][pad];
+        let whole = padded.len() / 3 * 4;
+        for engine in [
+            &base64::engine::general_purpose::STANDARD_NO_PAD,
+            &base64::engine::general_purpose::URL_SAFE_NO_PAD,
+        ] {
+            let text = engine.encode(&padded);
+            if let Some(core) = text.get(skip..whole.min(text.len())) {
+                out.push(core.to_string());
+            }
+        }
+    }
+    out
+}
+
 fn base64_forms(bytes: &[u8]) -> [String; 2] {
     // Padding only appends to the unpadded form, so searching the unpadded one finds both.
     [
@@ -86,9 +110,6 @@ pub fn forms(secrets: &[String], users: &[String]) -> Vec<(String, String)> {
         add(form_encode(s), what("form-encoded"));
         add(json_escape(s), what("JSON-escaped"));
         add(json_escape_ascii(s), what("JSON-escaped"));
-        for b in base64_forms(s.as_bytes()) {
-            add(b, what("in base64"));
-        }
         for u in users {
             for pair in [
                 format!("{u}:{s}"),
@@ -98,6 +119,12 @@ pub fn forms(secrets: &[String], users: &[String]) -> Vec<(String, String)> {
                     add(b, what("in base64 of user:secret"));
                 }
             }
+        }
+        for b in base64_forms(s.as_bytes())
+            .into_iter()
+            .chain(base64_anywhere(s.as_bytes()))
+        {
+            add(b, what("in base64"));
         }
     }
     out
@@ -118,7 +145,9 @@ mod tests {
     #[test]
     fn each_form_of_a_secret_is_found_and_short_ones_are_ignored() {
         let secret = "CANARY-p:ä ss/€";
-        let user = "client 1";
+        // "client 01:" is 10 bytes: not a multiple of 3, so base64 of `user:secret` does not
+        // contain base64 of the secret (that alignment is caught as "in base64").
+        let user = "client 01";
         let secrets = vec![secret.to_string(), "short".to_string()];
         let users = vec![user.to_string()];
         let b64 = |s: &str| base64::engine::general_purpose::STANDARD.encode(s);
@@ -136,7 +165,7 @@ mod tests {
             (b64(secret), "in base64"),
             (b64(&format!("{user}:{secret}")), "user:secret"),
             (
-                b64("client+1:CANARY-p%3A%C3%A4+ss%2F%E2%82%AC"),
+                b64("client+01:CANARY-p%3A%C3%A4+ss%2F%E2%82%AC"),
                 "user:secret",
             ),
         ];
@@ -147,5 +176,11 @@ mod tests {
             assert!(!found.contains("CANARY"), "{found}");
         }
         assert_eq!(find("short and CANARY-p", &secrets, &users), None);
+        // Base64 of the secret inside base64 of anything else, at each alignment.
+        for prefix in ["", "x", "xy", "someone-else:"] {
+            let text = b64(&format!("{prefix}{secret} and more"));
+            let found = find(&text, &secrets, &[]).unwrap_or_else(|| panic!("{prefix}"));
+            assert!(found.contains("in base64"), "{prefix}: {found}");
+        }
     }
 }
