@@ -187,62 +187,6 @@ impl Connection {
             .map_err(|e| transport_err(self.transport.classify_error(&e, url)))
     }
 
-    /// Streams a GET of `url` (e.g. a bulk data output file) into `on_chunk`, without the body
-    /// cap. Credentials go only to the connection's own origin: `with_credentials` for another
-    /// origin is an error. Redirects are not followed.
-    pub async fn download(
-        &self,
-        url: &str,
-        with_credentials: bool,
-        mut on_chunk: impl FnMut(&[u8]) -> Result<(), String>,
-    ) -> Result<StatusCode, Error> {
-        let target =
-            url::Url::parse(url).map_err(|e| Error::InvalidRequest(format!("{url}: {e}")))?;
-        let same_origin = target.origin() == self.base_url().origin();
-        if with_credentials && !same_origin {
-            return Err(Error::InvalidRequest(format!(
-                "{url} asks for the access token but is not on the connection's origin; \
-                 refusing to send credentials there"
-            )));
-        }
-        let creds = if with_credentials {
-            Some(self.auth.credentials(false).await?)
-        } else {
-            None
-        };
-        let identity = creds.as_ref().and_then(|c| c.identity.as_ref());
-        let transport_err = |error| Error::Transport {
-            id: self.id().to_string(),
-            error,
-        };
-        let client = self
-            .transport
-            .client(if same_origin { identity } else { None })
-            .map_err(|e| transport_err(crate::transport::TransportError::Other(e)))?;
-        let mut rb = client.get(target.clone());
-        if let Some(c) = &creds {
-            for (k, v) in &c.headers {
-                rb = rb.header(k, v);
-            }
-        }
-        let mut resp = rb
-            .send()
-            .await
-            .map_err(|e| transport_err(self.transport.classify_error(&e, &target)))?;
-        let status = resp.status();
-        if !status.is_success() {
-            return Ok(status);
-        }
-        while let Some(chunk) = resp
-            .chunk()
-            .await
-            .map_err(|e| transport_err(self.transport.classify_error(&e, &target)))?
-        {
-            on_chunk(&chunk).map_err(Error::InvalidRequest)?;
-        }
-        Ok(status)
-    }
-
     /// `GET path` with `Accept: application/fhir+json`.
     pub async fn get(&self, path: &str) -> Result<Response, Error> {
         self.send(Request::get(path)).await
