@@ -160,6 +160,13 @@ fn each_plugin_broken_on_purpose_fails_the_case_aimed_at_it() {
         "setup",
         "panicked while describing",
     );
+    // Panics across the interface while describing itself (raw ABI): that aborts the process
+    // that loads it, so the suite loads every library in a child first; the others still ran.
+    let abort = broken_dir()
+        .join(fhirconn_host::plugins::library_file_name("abort"))
+        .display()
+        .to_string();
+    assert_fail(&rows, &abort, "setup", "aborts the process");
     // Figures: how many of the broken fixtures each case catches.
     let broken = [
         "broken-no-expiry",
@@ -167,6 +174,7 @@ fn each_plugin_broken_on_purpose_fails_the_case_aimed_at_it() {
         "broken-hangs",
         "broken-twice",
         "broken-describe",
+        &abort,
     ];
     let mut cases: Vec<&str> = Vec::new();
     for r in &rows {
@@ -206,6 +214,8 @@ fn a_library_that_does_not_load_is_a_failed_row_naming_it() {
     .unwrap();
     std::fs::copy(fixture("fhirconn_twins"), d.join(lib("twins"))).unwrap();
     std::fs::copy(plugin_dir().join(lib("basic")), d.join(lib("basic"))).unwrap();
+    // Loads, but the suite has no fixture for its scheme (no garbage.conformance.json).
+    std::fs::copy(fixture("fhirconn_garbage"), d.join(lib("garbage"))).unwrap();
     std::fs::write(d.join(lib("not_a_plugin")), "not a library").unwrap();
     let whole = std::fs::read(plugin_dir().join(lib("bearer"))).unwrap();
     std::fs::write(d.join(lib("cut")), &whole[..whole.len() / 3]).unwrap();
@@ -229,6 +239,12 @@ fn a_library_that_does_not_load_is_a_failed_row_naming_it() {
         assert_fail(&rows, &path, "setup", needle);
         assert_fail(&rows, &path, "setup", &lib(file));
     }
+    assert_fail(
+        &rows,
+        "garbage",
+        "setup",
+        "no conformance fixture for scheme 'garbage'",
+    );
     for case in [
         "passes",
         "wrong-credentials-diagnosed",

@@ -243,10 +243,12 @@ fn build_plugins(release: bool) -> Result<PathBuf> {
     let built = target.join(if release { "release" } else { "debug" });
     copy_libs(&built, &plugins, &out_dir)?;
     if !release {
-        // Broken on purpose: only in their own directory, with their descriptors.
-        let (broken, fixtures): (Vec<PluginCrate>, Vec<PluginCrate>) = fixtures
-            .into_iter()
-            .partition(|p| p.package == "fhirconn-fixture-broken");
+        // Broken on purpose: only in their own directory, with their descriptors (the abort
+        // fixture would take down any test process that scans the fixture directory).
+        let (broken, fixtures): (Vec<PluginCrate>, Vec<PluginCrate>) =
+            fixtures.into_iter().partition(|p| {
+                p.package == "fhirconn-fixture-broken" || p.package == "fhirconn-fixture-abort"
+            });
         let broken_dir = target.join("plugin-broken");
         let _ = std::fs::remove_dir_all(&broken_dir);
         copy_libs(&built, &broken, &broken_dir)?;

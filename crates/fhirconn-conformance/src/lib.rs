@@ -373,7 +373,7 @@ async fn probe(prober: &Path, path: &Path, timeout: Duration) -> Result<(), Stri
         .arg(path)
         .stdin(std::process::Stdio::null())
         .stdout(std::process::Stdio::piped())
-        .stderr(std::process::Stdio::null())
+        .stderr(std::process::Stdio::piped())
         .kill_on_drop(true)
         .spawn()
         .map_err(|e| format!("cannot start {}: {e}", prober.display()))?;
@@ -393,9 +393,17 @@ async fn probe(prober: &Path, path: &Path, timeout: Duration) -> Result<(), Stri
     if let Some(e) = v["error"].as_str() {
         return Err(e.to_string());
     }
+    // The child's stderr is not quoted (a plugin's panic message may hold a secret); only
+    // abi_stable's own words are recognised.
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    let why = if stderr.contains("panic across the ffi boundary") {
+        "the plugin panicked across the plugin interface, which aborts the process"
+    } else {
+        "it crashed the process loading it"
+    };
     Err(match out.status.code() {
-        Some(c) => format!("the process loading it exited with {c}"),
-        None => format!("loading it crashed the process ({})", out.status),
+        Some(c) => format!("{why} (exit status {c})"),
+        None => format!("{why} ({})", out.status),
     })
 }
 
