@@ -112,10 +112,21 @@ fn assert_fail(rows: &[Value], scheme: &str, case: &str, needle: &str) {
 /// times out and the run still finishes.
 #[test]
 fn each_plugin_broken_on_purpose_fails_the_case_aimed_at_it() {
-    let (out, rows) = conformance(
+    // The hanging scheme with a short case timeout; the others with a generous one (a loaded
+    // machine must not turn a slow pass into a timeout).
+    let (out, mut rows) = conformance(
         &[&broken_dir()],
-        &["--case-timeout", "5"],
-        Duration::from_secs(240),
+        &[
+            "--case-timeout",
+            "30",
+            "--scheme",
+            "broken-no-expiry",
+            "--scheme",
+            "broken-logs-secret",
+            "--scheme",
+            "broken-twice",
+        ],
+        Duration::from_secs(400),
     );
     assert_eq!(
         out.status.code(),
@@ -123,6 +134,18 @@ fn each_plugin_broken_on_purpose_fails_the_case_aimed_at_it() {
         "{}",
         String::from_utf8_lossy(&out.stderr)
     );
+    let (out, hangs) = conformance(
+        &[&broken_dir()],
+        &["--case-timeout", "3", "--scheme", "broken-hangs"],
+        Duration::from_secs(120),
+    );
+    assert_eq!(
+        out.status.code(),
+        Some(1),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    rows.extend(hangs.into_iter().filter(|r| r["scheme"] == "broken-hangs"));
     // Never reports expiry: the host cannot renew ahead of time.
     assert_fail(
         &rows,
