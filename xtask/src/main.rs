@@ -1055,3 +1055,29 @@ fn whole_process(root: &Path) -> Result {
     let _ = child.wait();
     result
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use clap::CommandFactory as _;
+
+    #[test]
+    fn help_exits_zero_and_unknown_commands_exit_two() {
+        Cli::command().debug_assert();
+        for args in [
+            &["xtask", "--help"][..],
+            &["xtask", "conformance", "--help"],
+        ] {
+            let e = Cli::try_parse_from(args).unwrap_err();
+            assert_eq!(e.exit_code(), 0, "{args:?}");
+        }
+        let e = Cli::try_parse_from(["xtask", "no-such-command"]).unwrap_err();
+        assert_eq!(e.exit_code(), 2);
+        let c =
+            Cli::try_parse_from(["xtask", "conformance", "--debug", "--scheme", "basic"]).unwrap();
+        assert!(matches!(
+            c.command,
+            Task::Conformance(ConformanceArgs { debug: true, .. })
+        ));
+    }
+}
