@@ -155,9 +155,10 @@ async fn start_proxy(dir: &Path, args: &[&str]) -> Proxy {
     .unwrap()
 }
 
-/// Runs `fhirconn proxy ARGS` expecting it to refuse to start.
+/// Runs `fhirconn proxy ARGS` expecting it to refuse to start (a proxy that starts instead is
+/// stopped after 20 s and reported as exit code -1).
 fn refused(dir: &Path, args: &[&str]) -> (i32, String) {
-    let out = Command::new(fhirconn_bin())
+    let mut child = Command::new(fhirconn_bin())
         .current_dir(dir)
         .env_remove("FHIRCONN_CONFIG")
         .env("XDG_STATE_HOME", dir.join("state"))
@@ -166,12 +167,29 @@ fn refused(dir: &Path, args: &[&str]) -> (i32, String) {
         .arg("proxy")
         .args(args)
         .stdin(Stdio::null())
-        .output()
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
         .unwrap();
-    (
-        out.status.code().unwrap_or(-1),
-        String::from_utf8_lossy(&out.stderr).into_owned(),
-    )
+    let mut pipe = child.stderr.take().unwrap();
+    let reader = std::thread::spawn(move || {
+        let mut err = String::new();
+        let _ = pipe.read_to_string(&mut err);
+        err
+    });
+    let deadline = Instant::now() + Duration::from_secs(20);
+    let code = loop {
+        if let Some(status) = child.try_wait().unwrap() {
+            break status.code().unwrap_or(-1);
+        }
+        if Instant::now() > deadline {
+            let _ = child.kill();
+            let _ = child.wait();
+            break -1;
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    };
+    (code, reader.join().unwrap())
 }
 
 /// One HTTP/1.1 exchange over a raw socket (for request targets and headers reqwest will not
