@@ -620,3 +620,34 @@ fn fhirconn_plugin_path_adds_plugin_directories() {
     assert_eq!(test.code, 2, "{}\n{}", test.stdout, test.stderr);
     assert!(test.stderr.contains("basic"), "{}", test.stderr);
 }
+
+/// A relative `$FHIRCONN_PLUGIN_PATH` entry is ignored, with a warning naming it: it would
+/// load whatever the working directory holds.
+#[test]
+fn fhirconn_plugin_path_ignores_relative_entries() {
+    let dir = tempfile::tempdir().unwrap();
+    let extra = dir.path().join("extra-plugins");
+    std::fs::create_dir(&extra).unwrap();
+    let panic_lib = fhirconn_tests::fixture("fhirconn_panic");
+    std::fs::copy(&panic_lib, extra.join(panic_lib.file_name().unwrap())).unwrap();
+    let out = run_with_env(
+        dir.path(),
+        &[(
+            "FHIRCONN_PLUGIN_PATH",
+            std::ffi::OsStr::new("extra-plugins"),
+        )],
+        &["schemes", "--output", "json"],
+    );
+    assert_eq!(out.code, 0, "{}", out.stderr);
+    let v: serde_json::Value = serde_json::from_str(&out.stdout).unwrap();
+    assert!(
+        !v.as_array().unwrap().iter().any(|s| s["name"] == "panic"),
+        "{}",
+        out.stdout
+    );
+    assert!(
+        out.stderr.contains("FHIRCONN_PLUGIN_PATH") && out.stderr.contains("extra-plugins"),
+        "{}",
+        out.stderr
+    );
+}
