@@ -1273,6 +1273,7 @@ async fn proxy(cli: &Cli, a: &ProxyArgs) -> ExitCode {
         }
     };
     let addr = prepared.addr();
+    let prepared_loose = prepared.loose_token_file();
     let scheme = if prepared.is_tls() { "https" } else { "http" };
     let host = match build_host(cli, &[]).await {
         Ok(h) => std::sync::Arc::new(h),
@@ -1299,10 +1300,13 @@ async fn proxy(cli: &Cli, a: &ProxyArgs) -> ExitCode {
             return ExitCode::from(1);
         }
     };
-    eprintln!(
-        "proxy on {scheme}://{bound}/<connection>/<path> for: {}",
-        host.connection_ids().join(", ")
-    );
+    if let (Some(mode), Some(f)) = (prepared_loose, &a.token_file) {
+        eprintln!(
+            "warning: --token-file {} can be read or changed by other users (mode {mode:03o}); \
+             chmod 600 it",
+            f.display()
+        );
+    }
     if let Some(g) = &generated {
         eprintln!(
             "callers must send 'Authorization: Bearer <token>'; the token (new for this run) is \
@@ -1315,7 +1319,22 @@ async fn proxy(cli: &Cli, a: &ProxyArgs) -> ExitCode {
              network namespace) can use these connections with your credentials"
         );
     }
+    eprintln!(
+        "proxy on {scheme}://{bound}/<connection>/<path> for: {}",
+        host.connection_ids().join(", ")
+    );
+    // Ctrl-C or SIGTERM: stop, and remove a generated token file.
     let shutdown = async {
+        #[cfg(unix)]
+        if let Ok(mut term) =
+            tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
+        {
+            tokio::select! {
+                _ = tokio::signal::ctrl_c() => {}
+                _ = term.recv() => {}
+            }
+            return;
+        }
         let _ = tokio::signal::ctrl_c().await;
     };
     let result = fhirconn_host::proxy::serve(host, listener, config, shutdown).await;

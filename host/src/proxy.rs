@@ -156,6 +156,7 @@ pub struct Options {
 /// Checked options: what to bind, which token, which TLS configuration.
 pub struct Prepared {
     addr: SocketAddr,
+    loose_token_file: Option<u32>,
     listen: String,
     token: TokenChoice,
     tls: Option<(Arc<rustls::ServerConfig>, Vec<String>)>,
@@ -220,6 +221,7 @@ impl Options {
         if !addr.ip().is_loopback() && !self.allow_remote {
             return Err(ProxyError::NotLoopback(self.listen.clone()));
         }
+        let loose_token_file = self.token_file.as_deref().and_then(loose_mode);
         let token = match &self.token_file {
             Some(path) => TokenChoice::File(read_token(path)?),
             None if self.no_token => TokenChoice::Off,
@@ -231,6 +233,7 @@ impl Options {
         };
         Ok(Prepared {
             addr,
+            loose_token_file,
             listen: self.listen.clone(),
             token,
             tls,
@@ -247,6 +250,11 @@ impl Prepared {
     /// Whether the proxy will serve HTTPS.
     pub fn is_tls(&self) -> bool {
         self.tls.is_some()
+    }
+
+    /// The mode of a `--token-file` that other users may read or write (`None` when private).
+    pub fn loose_token_file(&self) -> Option<u32> {
+        self.loose_token_file
     }
 
     /// Whether callers need no token (`--no-token`).
@@ -313,6 +321,21 @@ pub fn state_dir() -> Option<PathBuf> {
             .map(|h| h.join(".local/state"))
     })?;
     Some(base.join("fhirconn"))
+}
+
+/// The permission bits of `path` when group or others have any access.
+fn loose_mode(path: &Path) -> Option<u32> {
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::PermissionsExt as _;
+        let mode = std::fs::metadata(path).ok()?.permissions().mode() & 0o777;
+        (mode & 0o077 != 0).then_some(mode)
+    }
+    #[cfg(not(unix))]
+    {
+        let _ = path;
+        None
+    }
 }
 
 fn read_token(path: &Path) -> Result<SecretString, ProxyError> {

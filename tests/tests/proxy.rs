@@ -43,7 +43,18 @@ fn config_dir(base_url: &str) -> tempfile::TempDir {
     )
     .unwrap();
     std::fs::write(dir.path().join("proxy.token"), format!("{PROXY_TOKEN}\n")).unwrap();
+    set_mode(&dir.path().join("proxy.token"), 0o600);
     dir
+}
+
+fn set_mode(path: &Path, mode: u32) {
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::PermissionsExt as _;
+        std::fs::set_permissions(path, std::fs::Permissions::from_mode(mode)).unwrap();
+    }
+    #[cfg(not(unix))]
+    let _ = (path, mode);
 }
 
 /// A running `fhirconn proxy` (killed on drop).
@@ -117,10 +128,11 @@ impl Proxy {
         self.stderr.lock().unwrap().clone()
     }
 
-    /// Sends SIGINT (as Ctrl-C does) and waits for the exit.
-    fn interrupt(mut self) -> std::process::ExitStatus {
+    /// Sends `signal` (`INT` as Ctrl-C does, `TERM` as service managers do) and waits for
+    /// the exit.
+    fn stop_with(mut self, signal: &str) -> std::process::ExitStatus {
         let status = Command::new("kill")
-            .arg("-INT")
+            .arg(format!("-{signal}"))
             .arg(self.child.id().to_string())
             .status()
             .unwrap();
@@ -444,8 +456,8 @@ async fn without_a_token_file_a_token_is_generated_into_a_private_file() {
         upstream.authorizations(),
         vec![Some(format!("Bearer {TOKEN}"))]
     );
-    // Ctrl-C: the token of this run goes away with it.
-    let status = tokio::task::spawn_blocking(move || proxy.interrupt())
+    // Stopped (SIGTERM), the token of this run goes away with it.
+    let status = tokio::task::spawn_blocking(move || proxy.stop_with("TERM"))
         .await
         .unwrap();
     assert!(status.success(), "{status:?}");
@@ -480,6 +492,10 @@ async fn no_token_must_be_asked_for_warns_and_still_lists_no_ids() {
         .await
         .unwrap();
     assert_eq!(r.status().as_u16(), 421);
+    let status = tokio::task::spawn_blocking(move || proxy.stop_with("INT"))
+        .await
+        .unwrap();
+    assert!(status.success(), "{status:?}");
     let (code, err) = refused(dir.path(), &["--no-token", "--token-file", "proxy.token"]);
     assert_eq!(code, 2, "{err}");
 }
@@ -515,7 +531,30 @@ async fn the_token_file_keeps_working_and_is_not_forwarded() {
         upstream.authorizations(),
         vec![Some(format!("Bearer {TOKEN}"))]
     );
-    assert!(!proxy.stderr().contains(PROXY_TOKEN));
+    let err = proxy.stderr();
+    assert!(!err.contains(PROXY_TOKEN), "{err}");
+    assert!(!err.contains("warning"), "{err}");
+    drop(proxy);
+    // A token file other users can read still works, with a warning.
+    let loose = dir.path().join("loose.token");
+    std::fs::write(&loose, "CANARY-loose-token").unwrap();
+    set_mode(&loose, 0o644);
+    let proxy = start_proxy(dir.path(), &["--token-file", "loose.token"]).await;
+    let err = proxy.stderr();
+    #[cfg(unix)]
+    assert!(
+        err.contains("loose.token can be read or changed by other users (mode 644)"),
+        "{err}"
+    );
+    assert!(!err.contains("CANARY-loose-token"), "{err}");
+    let r = client
+        .get(proxy.url("/s/Patient/1"))
+        .bearer_auth("CANARY-loose-token")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status().as_u16(), 200);
+    drop(proxy);
     std::fs::write(dir.path().join("empty.token"), "\n").unwrap();
     let (code, err) = refused(dir.path(), &["--token-file", "empty.token"]);
     assert_eq!(code, 2);
