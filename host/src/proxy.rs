@@ -756,6 +756,12 @@ async fn forward(State(st): State<ProxyState>, req: axum::extract::Request) -> R
             harden(out.headers_mut());
             out
         }
+        // e.g. an absolute URL on another origin: the caller's mistake, nothing was sent.
+        Err(e @ crate::Error::InvalidRequest(_)) => outcome(
+            StatusCode::BAD_REQUEST,
+            "invalid",
+            &format!("connection '{id}': {}", st.host.redact(&e.to_string())),
+        ),
         Err(e) => outcome(
             StatusCode::BAD_GATEWAY,
             "transient",

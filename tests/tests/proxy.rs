@@ -7,6 +7,7 @@
 
 use fhirconn_host::Host;
 use fhirconn_testkit::hostile::{Answer, HostileServer};
+use fhirconn_testkit::idp::{ClientAuth, IdentityProvider, IdpConfig, RegisteredClient};
 use fhirconn_testkit::{FhirServer, FhirServerConfig, ServerAuth};
 use fhirconn_tests::{fhirconn_bin, plugin_dir};
 use serde_json::json;
@@ -871,4 +872,124 @@ async fn the_first_bytes_reach_the_client_while_the_upstream_is_still_sending() 
     drop(resp);
     let _ = stop.send(());
     let _ = tokio::time::timeout(Duration::from_secs(10), server).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn hop_by_hop_headers_stay_on_their_hop_and_bodies_are_capped() {
+    let upstream = HostileServer::start().await.unwrap();
+    upstream.otherwise(
+        Answer::json(200, &json!({"resourceType": "Patient"}))
+            .header("connection", "x-upstream-hop")
+            .header("x-upstream-hop", "1")
+            .header("proxy-authenticate", "Basic realm=upstream")
+            .header("x-upstream", "kept"),
+    );
+    let host = host_for("s", json!({"base-url": upstream.origin()})).await;
+    let (addr, stop, server) = library_proxy(host).await;
+    let client = reqwest::Client::new();
+    let r = client
+        .post(format!("http://{addr}/s/Patient?x=1"))
+        .header("Connection", "x-client-hop, TE")
+        .header("X-Client-Hop", "1")
+        .header("TE", "trailers")
+        .header("Proxy-Authorization", "Basic CANARY-proxy-authz")
+        .header("Upgrade", "websocket")
+        .header("X-Client", "kept")
+        .body("{}")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status().as_u16(), 200);
+    let h = r.headers();
+    assert!(h.get("x-upstream-hop").is_none(), "{h:?}");
+    assert!(h.get("proxy-authenticate").is_none(), "{h:?}");
+    assert_eq!(h["x-upstream"], "kept");
+    let seen = upstream.received();
+    assert_eq!(seen.len(), 1);
+    let req = &seen[0];
+    assert_eq!(req.target, "/Patient?x=1");
+    assert_eq!(req.body_text(), "{}");
+    assert_eq!(req.header("x-client"), Some("kept"));
+    for dropped in ["x-client-hop", "te", "proxy-authorization", "upgrade"] {
+        assert!(
+            req.header(dropped).is_none(),
+            "{dropped}: {:?}",
+            req.headers
+        );
+    }
+
+    // A body over 64 MiB is refused before anything is sent.
+    let big = vec![b' '; fhirconn_host::proxy::MAX_REQUEST_BODY + 1];
+    let r = client
+        .post(format!("http://{addr}/s/Patient"))
+        .body(big)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status().as_u16(), 413);
+    // An absolute URL on another origin is refused, not fetched with the credentials.
+    let other = HostileServer::start().await.unwrap();
+    let r = client
+        .get(format!("http://{addr}/s/{}", other.url("/Patient/1")))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status().as_u16(), 400);
+    assert!(other.received().is_empty());
+    assert_eq!(upstream.received().len(), 1);
+    let _ = stop.send(());
+    server.await.unwrap().unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_revoked_token_is_renewed_once_and_the_request_body_resent() {
+    const AUDIENCE: &str = "https://fhir.testkit/r4";
+    const SECRET: &str = "CANARY-proxy-client-secret";
+    let idp = IdentityProvider::start(IdpConfig {
+        audience: AUDIENCE.into(),
+        clients: vec![RegisteredClient {
+            client_id: "proxy-client".into(),
+            auth: ClientAuth::SecretBasic(SECRET.into()),
+            scopes: vec!["system/*.rs".into()],
+        }],
+        ..IdpConfig::default()
+    })
+    .await
+    .unwrap();
+    let fhir = FhirServer::start(FhirServerConfig {
+        auth: ServerAuth::Jwt(idp.verifier(AUDIENCE)),
+        ..FhirServerConfig::default()
+    })
+    .await
+    .unwrap();
+    let host = host_for(
+        "c",
+        json!({"base-url": fhir.base_url(), "auth": {"scheme": "oidc-client-credentials",
+            "issuer": idp.issuer(), "client-id": "proxy-client", "client-secret": SECRET,
+            "scope": "system/*.rs"}}),
+    )
+    .await;
+    let (addr, stop, server) = library_proxy(host).await;
+    let client = reqwest::Client::new();
+    let r = client
+        .get(format!("http://{addr}/c/Patient/1"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status().as_u16(), 200);
+    fhir.revoke_presented_tokens();
+    let r = client
+        .post(format!("http://{addr}/c/Patient"))
+        .header("Content-Type", "application/fhir+json")
+        .body(r#"{"resourceType":"Patient","name":[{"family":"Resent"}]}"#)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status().as_u16(), 201);
+    let body = r.text().await.unwrap();
+    assert!(body.contains("Resent"), "{body}");
+    assert_eq!(fhir.unauthorized(), 1);
+    assert_eq!(idp.tokens_issued(), 2);
+    let _ = stop.send(());
+    server.await.unwrap().unwrap();
 }
