@@ -100,6 +100,15 @@ impl HttpRequest {
         ));
         self
     }
+    /// Sets a JSON body (`Content-Type: application/json`). Fails only for values JSON cannot
+    /// represent (a map with non-string keys); the message names no value.
+    pub fn json(mut self, body: &impl serde::Serialize) -> Result<Self> {
+        self.body = serde_json::to_vec(body)
+            .map_err(|_| Error::internal("cannot encode the request body as JSON"))?;
+        self.headers
+            .push(("Content-Type".into(), "application/json".into(), false));
+        Ok(self)
+    }
 }
 
 /// Encodes pairs as `application/x-www-form-urlencoded` (RFC 6749 appendix B).

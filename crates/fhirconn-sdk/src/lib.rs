@@ -9,9 +9,13 @@
 //! - [`Scheme`], [`Connection`], [`Credentials`], [`AuthRequest`], [`ConnectionInfo`]
 //! - [`Host`]: the host's services (HTTP, files, env, clock, logs, person, credential store)
 //! - [`Error`] / [`ErrorKind`]: typed errors
+//! - [`settings`]: declare a scheme's settings once, as a serde struct whose JSON Schema is
+//!   derived (schemars); [`SecretSetting`] is a secret written as `x`, `x-file` or `x-env`
 //! - [`SecretSource`] and [`Secret`]: the `x` / `x-file` / `x-env` convention, redacted values
-//! - [`HostHttpClient`] (feature `oauth2`): oauth2/openidconnect's `SyncHttpClient` over [`Host`]
-//! - [`testing::MockHost`]: a simulated host for unit tests
+//! - [`HttpRequest`]: `form`, `json` bodies; [`HostHttpClient`] (feature `oauth2`):
+//!   oauth2/openidconnect's `SyncHttpClient` over [`Host`]
+//! - [`testing`]: [`testing::MockHost`] (a simulated host for unit tests,
+//!   `configure_and_authorize`), `connection_info()`, `auth_request()`, `header_value()`
 //!
 //! # Security
 //! Schemes never open sockets, read files or environment variables themselves: the host
@@ -20,40 +24,55 @@
 //! endpoint failures should show the OAuth `error` and `error_description` only.
 //!
 //! ```
+//! use fhirconn_sdk::serde_json::Value;
+//! use fhirconn_sdk::settings::{self, SecretSetting};
 //! use fhirconn_sdk::{
-//!     AuthRequest, Connection, ConnectionInfo, Credentials, Host, Result, Scheme, SecretSource,
+//!     schemars, serde, AuthRequest, Connection, ConnectionInfo, Credentials, Host, Result, Scheme,
 //!     SecretString,
 //! };
-//! use fhirconn_sdk::serde_json::{json, Value};
+//!
+//! /// A static API key header
+//! #[derive(serde::Deserialize, schemars::JsonSchema)]
+//! #[serde(crate = "fhirconn_sdk::serde", rename_all = "kebab-case", deny_unknown_fields)]
+//! #[schemars(crate = "fhirconn_sdk::schemars")]
+//! struct ApiKeySettings {
+//!     /// header name
+//!     #[schemars(length(min = 1))]
+//!     header: Option<String>,
+//!     /// API key: `key`, `key-file` or `key-env`
+//!     key: SecretSetting,
+//! }
 //!
 //! /// `X-Api-Key: <key>` on every request.
 //! struct ApiKey;
-//! struct ApiKeyConnection(SecretString);
+//! struct ApiKeyConnection(String, SecretString);
 //!
 //! impl Scheme for ApiKey {
 //!     fn name(&self) -> &str { "api-key" }
 //!     fn summary(&self) -> &str { "a static API key header" }
-//!     fn config_schema(&self) -> Value {
-//!         let mut props = SecretSource::schema_properties("key", "API key");
-//!         json!({"type": "object", "properties": props, "additionalProperties": false})
-//!     }
+//!     fn config_schema(&self) -> Value { settings::schema::<ApiKeySettings>() }
 //!     fn configure(&self, _c: &ConnectionInfo, settings: Value, host: &Host<'_>)
 //!         -> Result<Box<dyn Connection>>
 //!     {
-//!         let settings = settings.as_object().cloned().unwrap_or_default();
-//!         let key = SecretSource::resolve(&settings, "key", true, host)?.expect("required");
-//!         Ok(Box::new(ApiKeyConnection(key)))
+//!         let s: ApiKeySettings = settings::parse(settings, host)?;
+//!         let header = s.header.unwrap_or_else(|| "X-Api-Key".into());
+//!         Ok(Box::new(ApiKeyConnection(header, s.key.into_secret())))
 //!     }
 //! }
 //!
 //! impl Connection for ApiKeyConnection {
 //!     fn authorize(&self, _r: &AuthRequest, _h: &Host<'_>) -> Result<Credentials> {
-//!         Ok(Credentials::new().secret_header("X-Api-Key", self.0.clone()))
+//!         Ok(Credentials::new().secret_header(&self.0, self.1.clone()))
 //!     }
 //! }
 //!
 //! fhirconn_sdk::export_schemes!(ApiKey);
-//! # fn main() {}
+//!
+//! // Unit tests run a scheme against a simulated host:
+//! let mock = fhirconn_sdk::testing::MockHost::new().with_env("KEY", "k-1");
+//! let creds = mock.configure_and_authorize(&ApiKey, fhirconn_sdk::serde_json::json!({"key-env": "KEY"}));
+//! let value = fhirconn_sdk::testing::header_value(&creds.unwrap(), "X-Api-Key");
+//! assert_eq!(value.as_deref(), Some("k-1"));
 //! ```
 
 mod error;
@@ -64,6 +83,7 @@ mod http;
 pub mod oauth;
 mod scheme;
 mod secret;
+pub mod settings;
 pub mod testing;
 
 pub use error::{Error, ErrorKind, Result};
@@ -78,6 +98,7 @@ pub use scheme::{
     parse_settings, AuthRequest, Connection, ConnectionInfo, CredentialHeader, Credentials, Scheme,
 };
 pub use secret::{ExposeSecret, Secret, SecretBox, SecretSource, SecretString};
+pub use settings::SecretSetting;
 
 /// The version of this SDK, recorded in every scheme's description.
 pub const SDK_VERSION: &str = env!("CARGO_PKG_VERSION");
@@ -85,4 +106,6 @@ pub const SDK_VERSION: &str = env!("CARGO_PKG_VERSION");
 /// The ABI version plugins built with this SDK speak.
 pub const ABI_VERSION: &str = fhirconn_abi::ABI_VERSION;
 
+pub use schemars;
+pub use serde;
 pub use serde_json;

@@ -160,7 +160,7 @@ pub fn parse_settings<T: serde::de::DeserializeOwned>(settings: Value) -> Result
 
 /// serde messages may quote the offending value (`invalid value: string "..."`), which could be
 /// a secret; keep only the part that names the problem.
-fn redact_serde_message(e: &serde_json::Error) -> String {
+pub(crate) fn redact_serde_message(e: &serde_json::Error) -> String {
     let msg = e.to_string();
     match msg.find(": string \"").or_else(|| msg.find(" string \"")) {
         Some(idx) => format!("{} (value withheld)", &msg[..idx]),

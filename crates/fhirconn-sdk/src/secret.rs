@@ -114,22 +114,26 @@ impl SecretSource {
         }
     }
 
-    /// JSON Schema properties for `name`, `name-file` and `name-env`.
+    /// JSON Schema properties for `name`, `name-file` and `name-env`, each with
+    /// `"x-secret-source"`: `inline`, `file` or `env`. The inline one is `"writeOnly": true`:
+    /// the host masks, and refuses on the command line, exactly the values the schema marks so
+    /// (never guessing from key names). A path or a variable name is not itself a secret, so
+    /// `-file`/`-env` are not `writeOnly` (`profile set --set x-file=...` must stay allowed).
     pub fn schema_properties(name: &str, what: &str) -> Map<String, Value> {
         let mut props = Map::new();
         props.insert(
             name.to_string(),
-            json!({"type": "string", "minLength": 1, "writeOnly": true,
+            json!({"type": "string", "minLength": 1, "writeOnly": true, "x-secret-source": "inline",
                    "description": format!("{what}, inline (prefer {name}-file or {name}-env)")}),
         );
         props.insert(
             format!("{name}-file"),
-            json!({"type": "string", "minLength": 1,
+            json!({"type": "string", "minLength": 1, "x-secret-source": "file",
                    "description": format!("file holding the {what}, relative to this config file")}),
         );
         props.insert(
             format!("{name}-env"),
-            json!({"type": "string", "minLength": 1,
+            json!({"type": "string", "minLength": 1, "x-secret-source": "env",
                    "description": format!("environment variable holding the {what}")}),
         );
         props

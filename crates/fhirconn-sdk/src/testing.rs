@@ -1,16 +1,76 @@
 //! An in-memory host for scheme unit tests: files, environment, HTTP, clock and store are all
 //! simulated, so a plugin's rlib can be tested without loading it or opening a socket.
+//!
+//! ```
+//! use fhirconn_sdk::testing::{header_value, MockHost};
+//! # use fhirconn_sdk::{Scheme, Connection, ConnectionInfo, Host, Result, Credentials, AuthRequest};
+//! # use fhirconn_sdk::serde_json::{json, Value};
+//! # struct Fixed;
+//! # impl Connection for Fixed {
+//! #     fn authorize(&self, _: &AuthRequest, _: &Host<'_>) -> Result<Credentials> {
+//! #         Ok(Credentials::new().header("X-Key", "k"))
+//! #     }
+//! # }
+//! # struct MyScheme;
+//! # impl Scheme for MyScheme {
+//! #     fn name(&self) -> &str { "my" }
+//! #     fn summary(&self) -> &str { "my" }
+//! #     fn config_schema(&self) -> Value { json!({}) }
+//! #     fn configure(&self, _: &ConnectionInfo, _: Value, _: &Host<'_>) -> Result<Box<dyn Connection>> {
+//! #         Ok(Box::new(Fixed))
+//! #     }
+//! # }
+//! let creds = MockHost::new()
+//!     .with_env("KEY", "k")
+//!     .configure_and_authorize(&MyScheme, json!({"key-env": "KEY"}))
+//!     .unwrap();
+//! assert_eq!(header_value(&creds, "X-Key").as_deref(), Some("k"));
+//! ```
 
+use crate::error::Result;
 use crate::host::{Host, HttpRequest, HttpResponse};
+use crate::scheme::{
+    AuthRequest, Connection, ConnectionInfo, CredentialHeader, Credentials, Scheme,
+};
 use fhirconn_abi::{
     host_ref,
     std_types::{ROption, RResult, RStr, RString, RVec},
     AbiError, ErrorKind, Header, HostRef, HostServices, HttpRequest as AbiRequest,
     HttpResponse as AbiResponse,
 };
+use secrecy::ExposeSecret;
+use serde_json::Value;
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicI64, Ordering};
 use std::sync::Mutex;
+
+/// The connection unit tests configure: id `c`, base URL `http://127.0.0.1/fhir`.
+pub fn connection_info() -> ConnectionInfo {
+    ConnectionInfo {
+        id: "c".into(),
+        base_url: "http://127.0.0.1/fhir".into(),
+    }
+}
+
+/// A non-interactive request for credentials for [`connection_info`].
+pub fn auth_request() -> AuthRequest {
+    AuthRequest {
+        connection: connection_info(),
+        interactive: false,
+        force_login: false,
+    }
+}
+
+/// The value of the first header called `name` (any case) in `credentials`, secret or not.
+pub fn header_value(credentials: &Credentials, name: &str) -> Option<String> {
+    credentials.headers.iter().find_map(|h| match h {
+        CredentialHeader::Plain(n, v) if n.eq_ignore_ascii_case(name) => Some(v.clone()),
+        CredentialHeader::Secret(n, v) if n.eq_ignore_ascii_case(name) => {
+            Some(v.expose_secret().to_string())
+        }
+        _ => None,
+    })
+}
 
 type Handler = Box<dyn Fn(&HttpRequest) -> Result<HttpResponse, String> + Send + Sync>;
 
@@ -88,6 +148,22 @@ impl MockHost {
     pub fn with_host<R>(&self, f: impl FnOnce(&Host<'_>) -> R) -> R {
         let host = Host::from_raw(host_ref(self));
         f(&host)
+    }
+    /// Configures `scheme` for [`connection_info`] with `settings`.
+    pub fn configure(&self, scheme: &dyn Scheme, settings: Value) -> Result<Box<dyn Connection>> {
+        self.with_host(|host| scheme.configure(&connection_info(), settings, host))
+    }
+    /// Asks `connection` for credentials with [`auth_request`].
+    pub fn authorize(&self, connection: &dyn Connection) -> Result<Credentials> {
+        self.with_host(|host| connection.authorize(&auth_request(), host))
+    }
+    /// Configures `scheme` with `settings` and asks the connection for credentials once.
+    pub fn configure_and_authorize(
+        &self,
+        scheme: &dyn Scheme,
+        settings: Value,
+    ) -> Result<Credentials> {
+        self.authorize(self.configure(scheme, settings)?.as_ref())
     }
     /// Runs `f` with the raw ABI object (for testing the FFI layer itself).
     pub fn with_raw<R>(&self, f: impl FnOnce(HostRef<'_>) -> R) -> R {
