@@ -1,9 +1,19 @@
 //! Plugin discovery, loading and the registry of schemes by name (built-in and loaded alike).
 //!
-//! A scheme `NAME` is looked for first in its conventional file,
-//! `<dir>/libfhirconn_<NAME with - as _>.so` (`.dylib` on macOS, `fhirconn_….dll` on Windows),
-//! in every plugin directory in order; when no such file provides it, every other
-//! `fhirconn_*` library in those directories is loaded (a library may export several schemes).
+//! A scheme name is a name, not a path: `^[a-z0-9][a-z0-9-]*$` ([`is_valid_scheme_name`]),
+//! checked for names from configuration and for names plugins register. A scheme `NAME` is
+//! looked for in its conventional file, `<dir>/libfhirconn_<NAME with - as _>.so` (`.dylib` on
+//! macOS, `fhirconn_….dll` on Windows), in every plugin directory in order, then in the files
+//! of its family: `a-b-c` may also come from `libfhirconn_a_b` or `libfhirconn_a` (a library
+//! may export several schemes sharing its name as a prefix). An unknown name loads nothing
+//! else; only [`Registry::load_all`] (`fhirconn schemes`) loads every library.
+//!
+//! Plugin libraries run as the person using fhirconn, from the moment they are loaded. So a
+//! library is refused when it, or its directory, belongs to another user (root excepted) or can
+//! be written by others; group-writable is accepted, with a warning, only for the user's own
+//! primary group (user-private groups with umask 002). Relative entries in
+//! `FHIRCONN_PLUGIN_PATH` are ignored (they would depend on the working directory), and a
+//! scheme found in more than one directory is reported: the first directory wins.
 //! Libraries are loaded at most once and never unloaded.
 
 use crate::error::PluginError;
@@ -94,13 +104,27 @@ impl SchemeHandle {
     }
 }
 
-/// The platform's file name for a scheme's library.
+/// Whether `name` is a valid scheme name: `^[a-z0-9][a-z0-9-]*$`, at most 64 characters.
+pub fn is_valid_scheme_name(name: &str) -> bool {
+    let b = name.as_bytes();
+    !b.is_empty()
+        && b.len() <= 64
+        && b[0] != b'-'
+        && b.iter()
+            .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || *c == b'-')
+}
+
+/// The platform's file name for a scheme's library. Only `[a-z0-9_]` reach the file name (`-`
+/// becomes `_`, anything else `_` too), so no name can make it a path.
 pub fn library_file_name(scheme: &str) -> String {
-    let stem = format!(
-        "{}{}",
-        fhirconn_abi::LIBRARY_PREFIX,
-        scheme.replace('-', "_")
-    );
+    let safe: String = scheme
+        .chars()
+        .map(|c| match c {
+            'a'..='z' | '0'..='9' | '_' => c,
+            _ => '_',
+        })
+        .collect();
+    let stem = format!("{}{safe}", fhirconn_abi::LIBRARY_PREFIX);
     format!(
         "{}{stem}{}",
         std::env::consts::DLL_PREFIX,
@@ -125,6 +149,8 @@ struct RegistryState {
     schemes: BTreeMap<String, Arc<SchemeHandle>>,
     /// Every library tried, with its outcome (so each is loaded once).
     libraries: BTreeMap<PathBuf, Result<Vec<String>, PluginError>>,
+    /// Schemes whose shadowing was reported already.
+    shadow_reported: std::collections::BTreeSet<String>,
 }
 
 /// Schemes by name. Built-in schemes are present from the start; plugins load on demand.
@@ -160,47 +186,90 @@ impl Registry {
         &self.dirs
     }
 
-    /// Looks a scheme up, loading the library that provides it if needed.
+    /// Looks a scheme up, loading the library that provides it if needed: its conventional
+    /// file, then the files of its family (`a-b` → `fhirconn_a`), never any other library.
     pub fn get(&self, name: &str) -> Result<Arc<SchemeHandle>, PluginError> {
         if let Some(h) = self.lock().schemes.get(name) {
             return Ok(h.clone());
         }
-        // 1. The conventional file name, in each directory.
-        let file = library_file_name(name);
-        for dir in &self.dirs {
-            let path = dir.join(&file);
-            if path.exists() {
-                self.load(&path)?;
-                if let Some(h) = self.lock().schemes.get(name) {
-                    return Ok(h.clone());
-                }
+        if !is_valid_scheme_name(name) {
+            return Err(self.unknown(
+                name,
+                "nowhere: not a valid scheme name (lowercase letters, digits and '-')".into(),
+            ));
+        }
+        // The scheme's own name first, then shorter prefixes at '-' boundaries.
+        let mut stems = vec![name];
+        let mut rest = name;
+        while let Some((head, _)) = rest.rsplit_once('-') {
+            stems.push(head);
+            rest = head;
+        }
+        for stem in stems {
+            let file = library_file_name(stem);
+            let found: Vec<PathBuf> = self
+                .dirs
+                .iter()
+                .map(|d| d.join(&file))
+                .filter(|p| p.exists())
+                .collect();
+            let Some(first) = found.first() else { continue };
+            self.load(first)?;
+            let registered = self.lock().schemes.get(name).cloned();
+            if let Some(h) = registered {
+                self.report_shadowed(name, first, &found[1..]);
+                return Ok(h);
             }
         }
-        // 2. Any other fhirconn library (one may export several schemes). Failures of
-        //    unrelated libraries do not matter here.
-        for path in self.candidates() {
-            let _ = self.load(&path);
-            if let Some(h) = self.lock().schemes.get(name) {
-                return Ok(h.clone());
-            }
-        }
-        let available = {
-            let st = self.lock();
-            st.schemes.keys().cloned().collect::<Vec<_>>().join(", ")
+        let searched = if self.dirs.is_empty() {
+            "no plugin directories".to_string()
+        } else {
+            self.dirs
+                .iter()
+                .map(|d| d.display().to_string())
+                .collect::<Vec<_>>()
+                .join(", ")
         };
-        Err(PluginError::UnknownScheme {
-            name: name.to_string(),
-            searched: if self.dirs.is_empty() {
-                "no plugin directories".to_string()
-            } else {
-                self.dirs
-                    .iter()
-                    .map(|d| d.display().to_string())
-                    .collect::<Vec<_>>()
-                    .join(", ")
-            },
-            available,
-        })
+        Err(self.unknown(name, searched))
+    }
+
+    /// An unknown-scheme error listing the registered schemes and those the plugin directories
+    /// offer by file name (nothing is loaded to find them).
+    fn unknown(&self, name: &str, searched: String) -> PluginError {
+        let mut known: Vec<String> = self.lock().schemes.keys().cloned().collect();
+        for path in self.candidates() {
+            let stem = path
+                .file_name()
+                .and_then(|n| n.to_str())
+                .and_then(|n| n.strip_prefix(std::env::consts::DLL_PREFIX))
+                .and_then(|n| n.strip_prefix(fhirconn_abi::LIBRARY_PREFIX))
+                .and_then(|n| n.strip_suffix(std::env::consts::DLL_SUFFIX))
+                .map(|n| n.replace('_', "-"));
+            if let Some(s) = stem.filter(|s| is_valid_scheme_name(s)) {
+                known.push(s);
+            }
+        }
+        known.sort();
+        known.dedup();
+        PluginError::UnknownScheme {
+            name: crate::services::plugin_text(name),
+            searched,
+            available: known.join(", "),
+        }
+    }
+
+    /// Warns (once per scheme) that later directories also have a library for `name`.
+    fn report_shadowed(&self, name: &str, used: &Path, others: &[PathBuf]) {
+        if others.is_empty() || !self.lock().shadow_reported.insert(name.to_string()) {
+            return;
+        }
+        let others: Vec<String> = others.iter().map(|p| p.display().to_string()).collect();
+        tracing::warn!(
+            "scheme '{name}' comes from {} (the first plugin directory wins); also found, \
+             not used: {}",
+            used.display(),
+            others.join(", ")
+        );
     }
 
     /// Loads every library in the plugin directories; returns the failures.
@@ -258,6 +327,7 @@ impl Registry {
     }
 
     fn load_uncached(&self, path: &Path) -> Result<Vec<String>, PluginError> {
+        check_ownership_and_mode(path)?;
         let sdk = fhirconn_sdk::SDK_VERSION.to_string();
         let expected = fhirconn_abi::ABI_VERSION.to_string();
         let module = load_library(path).map_err(|f| match f {
@@ -301,9 +371,19 @@ impl Registry {
         let mut st = self.lock();
         let mut names = Vec::new();
         for h in &handles {
+            if !is_valid_scheme_name(&h.name) {
+                return Err(PluginError::Init {
+                    path: path.to_path_buf(),
+                    reason: format!(
+                        "it registers the scheme name '{}', which is not a valid name \
+                         (lowercase letters, digits and '-'); the library is refused",
+                        crate::services::plugin_text(&h.name)
+                    ),
+                });
+            }
             if let Some(existing) = st.schemes.get(&h.name) {
                 return Err(PluginError::DuplicateScheme {
-                    name: h.name.clone(),
+                    name: crate::services::plugin_text(&h.name),
                     first: existing.origin.to_string(),
                     second: path.display().to_string(),
                 });
@@ -325,6 +405,63 @@ impl Registry {
     }
 }
 
+/// Refuses a library that another user could have written: the file or its directory owned by
+/// someone other than the user or root, or writable by others (or by a group that is not the
+/// user's primary group, which user-private-group systems make group-writable with umask 002).
+fn check_ownership_and_mode(path: &Path) -> Result<(), PluginError> {
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::MetadataExt as _;
+        let uid = crate::services::current_uid();
+        let gid = rustix::process::getegid().as_raw();
+        let dir = path
+            .parent()
+            .filter(|p| !p.as_os_str().is_empty())
+            .unwrap_or(Path::new("."));
+        for (what, p) in [("the library", path), ("its directory", dir)] {
+            let refuse = |why: String| PluginError::Open {
+                path: path.to_path_buf(),
+                reason: format!("refused: {what} {why}; plugins run as you"),
+            };
+            let m = std::fs::metadata(p).map_err(|e| refuse(format!("cannot be checked: {e}")))?;
+            let mode = m.mode() & 0o7777;
+            if m.uid() != uid && m.uid() != 0 {
+                return Err(refuse(format!(
+                    "{} belongs to another user (uid {})",
+                    p.display(),
+                    m.uid()
+                )));
+            }
+            if mode & 0o002 != 0 {
+                return Err(refuse(format!(
+                    "{} can be written by every user (mode {mode:o}); fix: chmod o-w {}",
+                    p.display(),
+                    p.display()
+                )));
+            }
+            if mode & 0o020 != 0 {
+                if m.gid() != gid {
+                    return Err(refuse(format!(
+                        "{} can be written by group {} (mode {mode:o}); fix: chmod g-w {}",
+                        p.display(),
+                        m.gid(),
+                        p.display()
+                    )));
+                }
+                tracing::warn!(
+                    "{} can be written by your group {} (mode {mode:o}); make sure only you are \
+                     in it, or chmod g-w it",
+                    p.display(),
+                    m.gid()
+                );
+            }
+        }
+    }
+    #[cfg(not(unix))]
+    let _ = path;
+    Ok(())
+}
+
 fn first_line(s: &str) -> String {
     s.trim()
         .lines()
@@ -334,12 +471,23 @@ fn first_line(s: &str) -> String {
         .to_string()
 }
 
-/// The plugin directories: explicit ones, then `FHIRCONN_PLUGIN_PATH`, then `plugins/` next
-/// to the running executable.
+/// The plugin directories: explicit ones, then the absolute entries of `FHIRCONN_PLUGIN_PATH`
+/// (a relative entry is ignored with a warning: it would load whatever the working directory
+/// holds), then `plugins/` next to the running executable.
 pub fn default_dirs(explicit: &[PathBuf]) -> Vec<PathBuf> {
     let mut dirs: Vec<PathBuf> = explicit.to_vec();
     if let Some(p) = std::env::var_os("FHIRCONN_PLUGIN_PATH") {
-        dirs.extend(std::env::split_paths(&p).filter(|p| !p.as_os_str().is_empty()));
+        for entry in std::env::split_paths(&p).filter(|p| !p.as_os_str().is_empty()) {
+            if entry.is_absolute() {
+                dirs.push(entry);
+            } else {
+                tracing::warn!(
+                    "FHIRCONN_PLUGIN_PATH: ignoring the relative entry '{}' (it would depend on \
+                     the working directory); use an absolute path",
+                    entry.display()
+                );
+            }
+        }
     }
     if let Some(dir) = std::env::current_exe()
         .ok()

@@ -328,6 +328,8 @@ const MALFORMED: &[(&str, &str, &str)] = &[
     ("months duration", "connections:\n  a:\n    base-url: http://h\n    connect-timeout: P1M\n", "months"),
     ("zero duration", "connections:\n  a:\n    base-url: http://h\n    connect-timeout: PT0S\n", "longer than zero"),
     ("unknown scheme", "connections:\n  a:\n    base-url: https://h\n    auth: {scheme: kerberos}\n", "unknown scheme 'kerberos'"),
+    ("scheme name that is a path", "connections:\n  a:\n    base-url: https://h\n    auth: {scheme: x/../../elsewhere/evil}\n", "not a valid scheme name"),
+    ("alias bomb in keys", "k0: &k0 [x, x]\nk1:\n  ? [*k0, *k0]\n  : v\n", "mapping keys must be plain strings"),
     ("missing scheme", "connections:\n  a:\n    base-url: https://h\n    auth: {username: u}\n", "missing required field 'scheme'"),
     ("missing username", "connections:\n  a:\n    base-url: https://h\n    auth: {scheme: basic, password: CANARY-pw-1}\n", "missing required field 'username'"),
     ("no password", "connections:\n  a:\n    base-url: https://h\n    auth: {scheme: basic, username: u}\n", "exactly one of 'password', 'password-file', 'password-env' must be set; none is"),

@@ -247,3 +247,180 @@ async fn garbage_from_a_plugin_becomes_clear_per_connection_diagnoses() {
         "{text:?}"
     );
 }
+
+/// Security boundary: a scheme name is a name, not a path. `x/../../elsewhere/evil` used to
+/// load a library outside every plugin directory; now it loads nothing.
+#[test]
+fn scheme_names_are_names_not_paths() {
+    let root = tempfile::tempdir().unwrap();
+    let plugins = root.path().join("plugins");
+    std::fs::create_dir_all(plugins.join("libfhirconn_x")).unwrap();
+    std::fs::create_dir_all(root.path().join("elsewhere")).unwrap();
+    std::fs::copy(
+        fixture("fhirconn_frozen_v1"),
+        root.path()
+            .join(format!("elsewhere/evil{}", std::env::consts::DLL_SUFFIX)),
+    )
+    .unwrap();
+    let reg = Registry::new(vec![plugins]);
+    for name in [
+        "x/../../elsewhere/evil",
+        "../evil",
+        "Basic",
+        "-x",
+        "a b",
+        "",
+    ] {
+        let err = reg.get(name).unwrap_err();
+        assert!(
+            matches!(err, PluginError::UnknownScheme { .. }),
+            "{name}: {err}"
+        );
+        assert!(err.to_string().contains("not a valid scheme name"), "{err}");
+    }
+    assert!(
+        reg.schemes().iter().all(|s| s.name != "frozen-v1"),
+        "a library outside the plugin directories was loaded"
+    );
+    for bad in ["x/../../e", "a.b", "A"] {
+        let file = fhirconn_host::plugins::library_file_name(bad);
+        assert!(!file.contains(['/', '\\', '.']) || file.ends_with(std::env::consts::DLL_SUFFIX));
+        assert!(!file.contains('/'), "{file}");
+    }
+    assert!(fhirconn_host::plugins::is_valid_scheme_name(
+        "oidc-client-credentials"
+    ));
+    assert!(!fhirconn_host::plugins::is_valid_scheme_name("x_y"));
+}
+
+/// An unknown scheme loads no library (a typo used to load every library in every plugin
+/// directory) and the error lists the schemes the directories offer.
+#[test]
+fn an_unknown_scheme_loads_nothing_and_lists_the_known_ones() {
+    let reg = Registry::new(vec![plugin_dir(), fixture_dir()]);
+    let msg = reg.get("kerberos").unwrap_err().to_string();
+    assert!(msg.contains("unknown scheme 'kerberos'"), "{msg}");
+    for known in ["basic", "bearer", "azure-ad", "frozen-v1", "none"] {
+        assert!(msg.contains(known), "{known} not listed: {msg}");
+    }
+    let loaded: Vec<String> = reg.schemes().iter().map(|s| s.name.clone()).collect();
+    assert_eq!(
+        loaded,
+        ["none"],
+        "nothing but the built-in scheme is loaded"
+    );
+    // A family member comes from its family's library, and nothing else is loaded.
+    let reg = Registry::new(vec![fixture_dir()]);
+    assert!(reg.get("frozen-v1").is_ok());
+    assert!(reg.get("frozen-v2").is_err());
+    let loaded: Vec<String> = reg.schemes().iter().map(|s| s.name.clone()).collect();
+    assert_eq!(loaded, ["frozen-v1", "none"]);
+}
+
+/// A library, or a plugin directory, that other users can write is refused: plugins run as the
+/// person using fhirconn from the moment they are loaded.
+#[cfg(unix)]
+#[test]
+fn libraries_other_users_can_write_are_refused() {
+    use std::os::unix::fs::PermissionsExt as _;
+    let chmod = |p: &std::path::Path, m: u32| {
+        std::fs::set_permissions(p, std::fs::Permissions::from_mode(m)).unwrap()
+    };
+    let dir = tempfile::tempdir().unwrap();
+    let lib = dir
+        .path()
+        .join(fhirconn_host::plugins::library_file_name("frozen-v1"));
+    std::fs::copy(fixture("fhirconn_frozen_v1"), &lib).unwrap();
+    chmod(dir.path(), 0o755);
+    chmod(&lib, 0o666);
+    let err = Registry::new(vec![dir.path().to_path_buf()])
+        .get("frozen-v1")
+        .unwrap_err();
+    assert!(
+        err.to_string().contains("can be written by every user"),
+        "{err}"
+    );
+    chmod(&lib, 0o755);
+    chmod(dir.path(), 0o777);
+    let err = Registry::new(vec![dir.path().to_path_buf()])
+        .get("frozen-v1")
+        .unwrap_err();
+    let msg = err.to_string();
+    assert!(
+        msg.contains("its directory") && msg.contains("chmod o-w"),
+        "{msg}"
+    );
+    chmod(dir.path(), 0o755);
+    assert!(Registry::new(vec![dir.path().to_path_buf()])
+        .get("frozen-v1")
+        .is_ok());
+}
+
+fn fhirconn(dir: &std::path::Path, plugin_path: Option<&str>, args: &[&str]) -> (i32, String) {
+    let mut c = std::process::Command::new(fhirconn_tests::fhirconn_bin());
+    c.current_dir(dir)
+        .env_remove("FHIRCONN_CONFIG")
+        .env_remove("FHIRCONN_PLUGIN_PATH")
+        .env_remove("RUST_LOG")
+        .args(args);
+    if let Some(p) = plugin_path {
+        c.env("FHIRCONN_PLUGIN_PATH", p);
+    }
+    let out = c.output().unwrap();
+    (
+        out.status.code().unwrap_or(-1),
+        String::from_utf8_lossy(&out.stdout).into_owned() + &String::from_utf8_lossy(&out.stderr),
+    )
+}
+
+/// A relative `FHIRCONN_PLUGIN_PATH` entry would load whatever the working directory holds
+/// (an untrusted checkout): it is ignored, with a warning naming it.
+#[test]
+fn relative_plugin_path_entries_are_ignored_with_a_warning() {
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::create_dir(dir.path().join("rel-plugins")).unwrap();
+    std::fs::copy(
+        fixture("fhirconn_frozen_v1"),
+        dir.path()
+            .join("rel-plugins")
+            .join(fhirconn_host::plugins::library_file_name("frozen-v1")),
+    )
+    .unwrap();
+    let (_, out) = fhirconn(dir.path(), Some("rel-plugins"), &["schemes"]);
+    assert!(!out.contains("frozen-v1"), "{out}");
+    assert!(
+        out.contains("ignoring the relative entry 'rel-plugins'"),
+        "{out}"
+    );
+    let abs = dir.path().join("rel-plugins");
+    let (_, out) = fhirconn(dir.path(), abs.to_str(), &["schemes"]);
+    assert!(out.contains("frozen-v1"), "{out}");
+}
+
+/// A scheme provided by two plugin directories is reported by every command, not only by
+/// `fhirconn schemes`: an environment variable alone could otherwise replace a scheme.
+#[test]
+fn a_shadowed_scheme_is_reported_by_every_command() {
+    let dir = tempfile::tempdir().unwrap();
+    let shadow = dir.path().join("shadow");
+    std::fs::create_dir(&shadow).unwrap();
+    let file = fhirconn_host::plugins::library_file_name("bearer");
+    std::fs::copy(plugin_dir().join(&file), shadow.join(&file)).unwrap();
+    std::fs::write(
+        dir.path().join("fhirconn.yaml"),
+        "connections:\n  b:\n    base-url: https://h.example/fhir\n    \
+         auth: {scheme: bearer, token-env: HOME}\n",
+    )
+    .unwrap();
+    let plugins = plugin_dir();
+    let (code, out) = fhirconn(
+        dir.path(),
+        shadow.to_str(),
+        &["--plugin-dir", plugins.to_str().unwrap(), "config", "check"],
+    );
+    assert_eq!(code, 0, "{out}");
+    assert!(
+        out.contains("scheme 'bearer' comes from") && out.contains(shadow.to_str().unwrap()),
+        "{out}"
+    );
+}

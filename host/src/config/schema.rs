@@ -17,6 +17,9 @@ pub struct SchemePart {
 /// Pattern for connection ids (they appear in URLs of the local proxy and in file names).
 pub const ID_PATTERN: &str = "^[A-Za-z0-9][A-Za-z0-9._-]*$";
 
+/// Pattern for scheme names: names, never paths (the loader checks the same).
+pub const SCHEME_NAME_PATTERN: &str = "^[a-z0-9][a-z0-9-]*$";
+
 /// Composes the whole schema from the host's part and the schemes'.
 pub fn compose(schemes: &[SchemePart]) -> Value {
     let mut defs = Map::new();
@@ -51,7 +54,7 @@ pub fn compose(schemes: &[SchemePart]) -> Value {
             "type": "object",
             "description": "an authentication scheme and its settings",
             "required": ["scheme"],
-            "properties": {"scheme": {"type": "string", "enum": names}},
+            "properties": {"scheme": {"type": "string", "pattern": SCHEME_NAME_PATTERN, "enum": names}},
             "allOf": branches,
         }),
     );
