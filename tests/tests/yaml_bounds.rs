@@ -19,7 +19,7 @@ fn complex_key_bomb() -> String {
         let p = format!("*k{}", i - 1);
         y.push_str(&format!(
             "k{i}: &k{i}\n  ? [{}]\n  : v\n",
-            vec![p.as_str(); 10].join(", ")
+            [p.as_str(); 10].join(", ")
         ));
     }
     y

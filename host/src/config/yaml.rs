@@ -444,7 +444,7 @@ mod tests {
             let p = format!("*k{}", i - 1);
             y.push_str(&format!(
                 "k{i}: &k{i}\n  ? [{}]\n  : v\n",
-                vec![p.as_str(); 10].join(", ")
+                [p.as_str(); 10].join(", ")
             ));
         }
         y
