@@ -102,3 +102,40 @@ fn plugins_do_no_io_of_their_own() {
     }
     assert!(hits.is_empty(), "plugins must use HostServices: {hits:#?}");
 }
+
+/// Files holding secrets or patient data are written through `fhirconn_host::safe_write`
+/// (random temporary name, `O_EXCL|O_NOFOLLOW`, 0600 from creation, rename). So the host's
+/// code outside that module (and outside `#[cfg(test)]` code) creates no file another way.
+/// A line that must (a lock file, opened without truncation) says so with `safe-write: ok`.
+#[test]
+fn host_files_are_written_through_safe_write() {
+    let root = fhirconn_tests::root();
+    let mut sources = Vec::new();
+    files(&root.join("host/src"), ".rs", &mut sources);
+    let patterns = [
+        "fs::write(",
+        "File::create(",
+        "fs::rename(",
+        ".create(true)",
+        "OpenOptions::new()",
+    ];
+    let mut offenders = Vec::new();
+    for p in sources.iter().filter(|p| !p.ends_with("safe_write.rs")) {
+        let text = std::fs::read_to_string(p).unwrap_or_default();
+        // Production code only: unit tests create fixtures freely.
+        let code = text.split("#[cfg(test)]").next().unwrap_or_default();
+        let mut allowed_next = false;
+        for (n, line) in code.lines().enumerate() {
+            let marked = line.contains("safe-write: ok");
+            if patterns.iter().any(|pat| line.contains(pat)) && !marked && !allowed_next {
+                offenders.push(format!("{}:{}: {}", p.display(), n + 1, line.trim()));
+            }
+            allowed_next = marked && line.trim_start().starts_with("//");
+        }
+    }
+    assert!(
+        offenders.is_empty(),
+        "write these through fhirconn_host::safe_write (or mark a reviewed exception with a \
+         `// safe-write: ok (why)` comment on the line before): {offenders:#?}"
+    );
+}
