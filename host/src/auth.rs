@@ -180,10 +180,13 @@ impl AuthRuntime {
                         id: self.id.clone(),
                         kind: ErrorKind::from_abi(e.kind),
                         // Redact before cutting and escaping, so neither can split a secret.
-                        message: crate::services::plugin_text(&self.services.redactor.redact(
-                            &format!("{}: {}", entry.scheme.name, e.message),
-                        )),
-                    })
+                        message: crate::services::plugin_text(
+                            &self
+                                .services
+                                .redactor
+                                .redact(&format!("{}: {}", entry.scheme.name, e.message)),
+                        ),
+                    });
                 }
             }
         }
@@ -296,15 +299,11 @@ impl AuthRuntime {
                 serde_json::from_str::<serde_json::Value>(creds.extensions_json.as_str())
             {
                 if let Some(list) = ext.get("warnings").and_then(|w| w.as_array()) {
-                    warnings.extend(
-                        list.iter()
-                            .filter_map(|w| w.as_str())
-                            .map(|w| {
-                                crate::services::plugin_text(
-                                    &self.services.redactor.redact(&format!("{scheme}: {w}")),
-                                )
-                            }),
-                    );
+                    warnings.extend(list.iter().filter_map(|w| w.as_str()).map(|w| {
+                        crate::services::plugin_text(
+                            &self.services.redactor.redact(&format!("{scheme}: {w}")),
+                        )
+                    }));
                 }
             }
             if let fhirconn_abi::std_types::ROption::RSome(ms) = creds.expires_at_unix_ms {

@@ -746,13 +746,12 @@ pub fn parse_capability(resp: &Response) -> Result<Capability, Diagnosis> {
         .map(crate::services::sanitize);
     let software = v.get("software").and_then(|s| {
         let name = s.get("name")?.as_str()?;
-        Some(crate::services::sanitize(&match s
-            .get("version")
-            .and_then(|v| v.as_str())
-        {
-            Some(ver) => format!("{name} {ver}"),
-            None => name.to_string(),
-        }))
+        Some(crate::services::sanitize(
+            &match s.get("version").and_then(|v| v.as_str()) {
+                Some(ver) => format!("{name} {ver}"),
+                None => name.to_string(),
+            },
+        ))
     });
     Ok(Capability {
         fhir_version,

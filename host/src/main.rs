@@ -7,6 +7,7 @@
 #![forbid(unsafe_code)]
 
 use clap::{Parser, Subcommand, ValueEnum};
+use fhirconn_host::services as text;
 use fhirconn_host::services::FileStore;
 use fhirconn_host::{plugins::Registry, Error, Host, Request, TestReport};
 use std::io::IsTerminal as _;
@@ -269,8 +270,6 @@ fn main() -> ExitCode {
     code
 }
 
-use fhirconn_host::services as text;
-
 fn fail(e: &Error) -> ExitCode {
     // Errors quote servers and plugins (a redirect's Location, an authority's error text):
     // control characters are shown escaped, never sent to the terminal.
@@ -372,7 +371,9 @@ async fn run(cli: Cli) -> ExitCode {
             match output {
                 Output::Json => println!(
                     "{}",
-                    text::json_text_safe(&serde_json::to_string_pretty(&reports).unwrap_or_default())
+                    text::json_text_safe(
+                        &serde_json::to_string_pretty(&reports).unwrap_or_default()
+                    )
                 ),
                 Output::Human => print_reports(&reports),
             }
@@ -1117,12 +1118,14 @@ impl<W: std::io::Write> BundleWriter<W> {
         }
         let empty = head.is_empty();
         let head = serde_json::Value::Object(head);
-        let text = if pretty {
-            serde_json::to_string_pretty(&head)
-        } else {
-            serde_json::to_string(&head)
-        }
-        .unwrap_or_default();
+        let text = text::json_text_safe(
+            &if pretty {
+                serde_json::to_string_pretty(&head)
+            } else {
+                serde_json::to_string(&head)
+            }
+            .unwrap_or_default(),
+        );
         let open = text.trim_end().strip_suffix('}').unwrap_or("{").trim_end();
         write!(out, "{open}")?;
         if !empty {
@@ -1151,12 +1154,14 @@ impl<W: std::io::Write> BundleWriter<W> {
             }
             self.first = false;
             if self.pretty {
-                let text = serde_json::to_string_pretty(e).unwrap_or_default();
+                let text =
+                    text::json_text_safe(&serde_json::to_string_pretty(e).unwrap_or_default());
                 for line in text.lines() {
                     write!(self.out, "\n    {line}")?;
                 }
             } else {
-                write!(self.out, "{}", serde_json::to_string(e).unwrap_or_default())?;
+                let text = text::json_text_safe(&serde_json::to_string(e).unwrap_or_default());
+                write!(self.out, "{text}")?;
             }
         }
         self.out.flush()

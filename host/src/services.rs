@@ -116,8 +116,7 @@ impl Redactor {
                 serde_json::from_str::<serde_json::Value>(trimmed)
             {
                 for (k, v) in &map {
-                    if let (true, Some(s)) = (SECRET_PARAMETERS.contains(&k.as_str()), v.as_str())
-                    {
+                    if let (true, Some(s)) = (SECRET_PARAMETERS.contains(&k.as_str()), v.as_str()) {
                         self.add(s);
                     }
                 }
@@ -161,11 +160,8 @@ fn replace_encoded(text: &str, secret: &[char]) -> String {
     let mut scratch = (Vec::new(), Vec::new());
     while i < bytes.len() {
         let b = bytes[i];
-        let candidate = b == first_byte
-            || b == b'%'
-            || b == b'\\'
-            || b == b'&'
-            || (b == b'+' && first == ' ');
+        let candidate =
+            b == first_byte || b == b'%' || b == b'\\' || b == b'&' || (b == b'+' && first == ' ');
         if candidate && text.is_char_boundary(i) {
             if let Some(end) = match_encoded(bytes, i, secret, &mut scratch) {
                 out.push_str(&text[copied..i]);
@@ -1091,9 +1087,8 @@ async fn serve_redirect_request(
 
 impl CallServices {
     fn redact_secret(&self, payload: &str) -> Result<RString, AbiError> {
-        let p: serde_json::Value = serde_json::from_str(payload).map_err(|e| {
-            AbiError::new(ErrorKind::INTERNAL, format!("{REDACT_SECRET}: {e}"))
-        })?;
+        let p: serde_json::Value = serde_json::from_str(payload)
+            .map_err(|e| AbiError::new(ErrorKind::INTERNAL, format!("{REDACT_SECRET}: {e}")))?;
         if let Some(s) = p["secret"].as_str() {
             self.shared.redactor.add(s);
         }
@@ -1138,7 +1133,8 @@ impl CallServices {
                 .map_err(|e| bad(e.to_string()))?
                 .port();
             let redirect_uri = format!("http://127.0.0.1:{port}/");
-            url.query_pairs_mut().append_pair("redirect_uri", &redirect_uri);
+            url.query_pairs_mut()
+                .append_pair("redirect_uri", &redirect_uri);
             let full = url.to_string();
             let opened = catch_unwind(AssertUnwindSafe(|| person.tell(&message, Some(&full))))
                 .unwrap_or(false);
@@ -1273,7 +1269,10 @@ mod text_tests {
         let json = serde_json::to_string(CANARY).unwrap();
         let json_slash = json.replace('/', "\\/");
         let json_u = json.replace('~', "\\u007E");
-        let html = CANARY.replace('&', "&amp;").replace('"', "&quot;").replace('~', "&#126;");
+        let html = CANARY
+            .replace('&', "&amp;")
+            .replace('"', "&quot;")
+            .replace('~', "&#126;");
         let html_hex = CANARY.replace('+', "&#x2B;");
         for (what, form_of_secret) in [
             ("raw", CANARY.to_string()),
@@ -1325,7 +1324,10 @@ mod text_tests {
             "{form} CANARY-access CANARY-refresh CANARY+secret%7E SHOWME12 client_credentials"
         ));
         assert!(!out.contains("CANARY"), "{out}");
-        assert!(out.contains("SHOWME12") && out.contains("client_credentials"), "{out}");
+        assert!(
+            out.contains("SHOWME12") && out.contains("client_credentials"),
+            "{out}"
+        );
         // Authorization headers count as credentials even when not marked sensitive.
         let h = Header {
             name: "authorization".into(),

@@ -103,6 +103,16 @@ fn control_characters_from_a_server_are_escaped_in_test_and_get() {
         )
         .on(
             "GET",
+            "/fhir/Patient",
+            Answer::fhir(
+                200,
+                &json!({"resourceType": "Bundle", "type": "searchset", "link": [],
+                        "entry": [{"resource": {"resourceType": "Patient", "id": "1",
+                                                "name": [{"text": CONTROL_TEXT}]}}]}),
+            ),
+        )
+        .on(
+            "GET",
             "/fhir/Patient/1",
             Answer::fhir(
                 200,
@@ -162,6 +172,12 @@ fn control_characters_from_a_server_are_escaped_in_test_and_get() {
     assert_eq!(out.code, 0, "{}", out.all());
     let v: Value = serde_json::from_str(&out.stdout).unwrap();
     assert_eq!(v["name"][0]["text"], CONTROL_TEXT);
+
+    let out = run(dir.path(), &["get", "c", "Patient", "--all-pages"]);
+    assert_no_raw_control("get --all-pages", &out);
+    assert_eq!(out.code, 0, "{}", out.all());
+    let v: Value = serde_json::from_str(&out.stdout).unwrap();
+    assert_eq!(v["entry"][0]["resource"]["name"][0]["text"], CONTROL_TEXT);
 }
 
 /// A fake browser: a script that appends each argument it receives, one per line, then `---`.

@@ -652,7 +652,10 @@ mod tests {
         };
         let dbg = format!("{req:?}");
         assert!(!dbg.contains("CANARY"), "{dbg}");
-        assert!(dbg.contains("application/json") && dbg.contains("[25 bytes]"), "{dbg}");
+        assert!(
+            dbg.contains("application/json") && dbg.contains("[25 bytes]"),
+            "{dbg}"
+        );
         let resp = HttpResponse {
             status: 200,
             headers: vec![header("Set-Cookie", "s=CANARY-cookie", false)].into(),
