@@ -73,6 +73,14 @@ impl Connection {
             .collect()
     }
 
+    /// Removes the secrets this connection knows (credentials, client secrets and
+    /// assertions, issued tokens, in all their encodings) from text quoted from a server,
+    /// e.g. an OperationOutcome that echoes `Authorization`. Escape it for a terminal with
+    /// [`crate::services::sanitize`] afterwards.
+    pub fn redact(&self, text: &str) -> String {
+        self.auth.services.redactor.redact(text)
+    }
+
     /// How many times credentials were fetched from the schemes.
     pub fn credential_fetches(&self) -> u64 {
         self.auth.fetch_count()
