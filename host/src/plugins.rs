@@ -371,16 +371,7 @@ impl Registry {
         let mut st = self.lock();
         let mut names = Vec::new();
         for h in &handles {
-            if !is_valid_scheme_name(&h.name) {
-                return Err(PluginError::Init {
-                    path: path.to_path_buf(),
-                    reason: format!(
-                        "it registers the scheme name '{}', which is not a valid name \
-                         (lowercase letters, digits and '-'); the library is refused",
-                        crate::services::plugin_text(&h.name)
-                    ),
-                });
-            }
+            check_registered_name(path, &h.name)?;
             if let Some(existing) = st.schemes.get(&h.name) {
                 return Err(PluginError::DuplicateScheme {
                     name: crate::services::plugin_text(&h.name),
@@ -462,6 +453,22 @@ fn check_ownership_and_mode(path: &Path) -> Result<(), PluginError> {
     Ok(())
 }
 
+/// A library that registers a scheme under an invalid name (a path, capitals, spaces) is refused
+/// whole: configuration could never name it, and its name would reach file names and messages.
+fn check_registered_name(path: &Path, name: &str) -> Result<(), PluginError> {
+    if is_valid_scheme_name(name) {
+        return Ok(());
+    }
+    Err(PluginError::Init {
+        path: path.to_path_buf(),
+        reason: format!(
+            "it registers the scheme name '{}', which is not a valid name (lowercase letters, \
+             digits and '-'); the library is refused",
+            crate::services::plugin_text(name)
+        ),
+    })
+}
+
 fn first_line(s: &str) -> String {
     s.trim()
         .lines()
@@ -520,4 +527,41 @@ pub fn configure_raw(
             fhirconn_abi::host_ref(services),
         )
         .into_result()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn plugins_registering_invalid_names_are_refused() {
+        let lib = Path::new("/p/libfhirconn_x.so");
+        for bad in ["../x", "X", "a b", "-a", "", "a\u{1b}[2J", &"a".repeat(65)] {
+            let e = check_registered_name(lib, bad).unwrap_err().to_string();
+            assert!(
+                e.contains("not a valid name") && !e.contains('\u{1b}'),
+                "{e}"
+            );
+        }
+        for good in ["basic", "oidc-client-credentials", "frozen-v1", "0x"] {
+            assert!(check_registered_name(lib, good).is_ok(), "{good}");
+        }
+    }
+
+    #[test]
+    fn library_file_names_never_hold_a_path() {
+        for name in ["x/../../evil", "..", "a\\b", "C:evil", "a.b"] {
+            let f = library_file_name(name);
+            let stem = f.strip_suffix(std::env::consts::DLL_SUFFIX).unwrap_or(&f);
+            assert!(!stem.contains(['/', '\\', '.', ':']), "{name} -> {f}");
+        }
+        assert_eq!(
+            library_file_name("azure-ad"),
+            format!(
+                "{}fhirconn_azure_ad{}",
+                std::env::consts::DLL_PREFIX,
+                std::env::consts::DLL_SUFFIX
+            )
+        );
+    }
 }
