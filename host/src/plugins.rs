@@ -195,7 +195,8 @@ impl Registry {
         if !is_valid_scheme_name(name) {
             return Err(self.unknown(
                 name,
-                "nowhere: not a valid scheme name (lowercase letters, digits and '-')".into(),
+                "no directory: it is not a valid scheme name (lowercase letters, digits and '-')"
+                    .into(),
             ));
         }
         // The scheme's own name first, then shorter prefixes at '-' boundaries.
