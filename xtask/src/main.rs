@@ -416,9 +416,7 @@ fn demo() -> Result {
            azure-demo:\n    base-url: {}\n    probe: Patient/1\n    auth:\n      scheme: azure-ad\n      \
              authority-host: {}\n      client-id: {}\n      flow: client-credentials\n      \
              client-secret-file: azure-secret.txt\n      \
-             # the testkit's resource is its base URL (Azure's is the origin, the default)\n      \
-             audience: {}\n      \
-             # no tenant: discovered from the server's 401 challenge\n",
+             # no tenant: discovered from the server's 401 challenge; audience: the origin\n",
         s(&info["none"]["base-url"]),
         s(&info["basic"]["base-url"]),
         s(&info["basic"]["username"]),
@@ -433,7 +431,6 @@ fn demo() -> Result {
         s(&info["azure"]["base-url"]),
         s(&info["azure"]["authority-host"]),
         s(&info["azure"]["client-id"]),
-        s(&info["azure"]["base-url"]),
     );
     let cfg = dir.join("fhirconn.yaml");
     std::fs::write(&cfg, config)?;

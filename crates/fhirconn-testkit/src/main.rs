@@ -89,8 +89,10 @@ async fn main() -> std::io::Result<()> {
     .await?;
     let entra = fhirconn_testkit::entra::MockEntra::start(Default::default()).await?;
     let azure = FhirServer::start(FhirServerConfig::default()).await?;
-    azure.set_auth(ServerAuth::Jwt(entra.verifier(&azure.base_url())));
-    azure.set_challenge(Some(entra.challenge(&azure.base_url())));
+    // Azure FHIR services name their origin as the token audience (fhirconn's default).
+    let azure_audience = format!("http://{}", azure.addr());
+    azure.set_auth(ServerAuth::Jwt(entra.verifier(&azure_audience)));
+    azure.set_challenge(Some(entra.challenge(&azure_audience)));
     // Pre-signed client assertions, one per use (jti), for `cargo xtask bench` to compare
     // against curl, which cannot sign a JWT itself.
     let assertions: Vec<String> = (0..50)
