@@ -113,32 +113,14 @@ impl HttpRequest {
 
 /// Encodes pairs as `application/x-www-form-urlencoded` (RFC 6749 appendix B).
 pub fn form_urlencode(pairs: &[(&str, &str)]) -> String {
-    pairs
-        .iter()
-        .map(|(k, v)| {
-            format!(
-                "{}={}",
-                form_urlencode_component(k),
-                form_urlencode_component(v)
-            )
-        })
-        .collect::<Vec<_>>()
-        .join("&")
+    url::form_urlencoded::Serializer::new(String::new())
+        .extend_pairs(pairs)
+        .finish()
 }
 
 /// Encodes one value as `application/x-www-form-urlencoded` (space as `+`, UTF-8 percent-encoded).
 pub fn form_urlencode_component(s: &str) -> String {
-    let mut out = String::with_capacity(s.len());
-    for b in s.bytes() {
-        match b {
-            b'A'..=b'Z' | b'a'..=b'z' | b'0'..=b'9' | b'-' | b'.' | b'_' | b'*' => {
-                out.push(b as char)
-            }
-            b' ' => out.push('+'),
-            _ => out.push_str(&format!("%{b:02X}")),
-        }
-    }
-    out
+    url::form_urlencoded::byte_serialize(s.as_bytes()).collect()
 }
 
 /// An HTTP response from the host. Redirects are not followed. Its `Debug` shows credential
@@ -383,7 +365,10 @@ mod tests {
             .form(&[("client_secret", "CANARY-secret"), ("grant_type", "x")]);
         let dbg = format!("{req:?}");
         assert!(!dbg.contains("CANARY"), "{dbg}");
-        assert!(dbg.contains("application/json") && dbg.contains("bytes]"), "{dbg}");
+        assert!(
+            dbg.contains("application/json") && dbg.contains("bytes]"),
+            "{dbg}"
+        );
         let resp = HttpResponse {
             status: 200,
             headers: vec![

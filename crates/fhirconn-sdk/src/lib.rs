@@ -12,8 +12,11 @@
 //! - [`settings`]: declare a scheme's settings once, as a serde struct whose JSON Schema is
 //!   derived (schemars); [`SecretSetting`] is a secret written as `x`, `x-file` or `x-env`
 //! - [`SecretSource`] and [`Secret`]: the `x` / `x-file` / `x-env` convention, redacted values
-//! - [`HttpRequest`]: `form`, `json` bodies; [`HostHttpClient`] (feature `oauth2`):
-//!   oauth2/openidconnect's `SyncHttpClient` over [`Host`]
+//! - [`HttpRequest`]: `form`, `json` bodies
+//! - [`oauth`]: OAuth once for every token scheme: discovery (OIDC, SMART), token requests with
+//!   every client authentication method, token-response validation, device code, refresh,
+//!   PKCE; [`Memo`] caches a discovered endpoint per connection; [`www_authenticate`] reads
+//!   challenges
 //! - [`testing`]: [`testing::MockHost`] (a simulated host for unit tests,
 //!   `configure_and_authorize`), `connection_info()`, `auth_request()`, `header_value()`
 //!
@@ -78,13 +81,13 @@
 mod error;
 mod export;
 mod host;
-#[cfg(feature = "oauth2")]
-mod http;
+mod memo;
 pub mod oauth;
 mod scheme;
 mod secret;
 pub mod settings;
 pub mod testing;
+pub mod www_authenticate;
 
 pub use error::{Error, ErrorKind, Result};
 #[doc(hidden)]
@@ -92,11 +95,10 @@ pub use export::__private;
 pub use host::{
     form_urlencode, form_urlencode_component, ClientIdentity, Host, HttpRequest, HttpResponse,
 };
-#[cfg(feature = "oauth2")]
-pub use http::{HostHttpClient, HostHttpError};
 pub use scheme::{
     parse_settings, AuthRequest, Connection, ConnectionInfo, CredentialHeader, Credentials, Scheme,
 };
+pub use memo::Memo;
 pub use secret::{ExposeSecret, Secret, SecretBox, SecretSource, SecretString};
 pub use settings::SecretSetting;
 

@@ -21,22 +21,20 @@
 
 #![forbid(unsafe_code)]
 
-pub mod challenge;
-
+use fhirconn_sdk::oauth::discovery::{get_json, OidcConfiguration};
+use fhirconn_sdk::oauth::{
+    device_code, endpoint_url, ClientAuth, Pkce, TokenRequest, TokenResponse,
+};
 use fhirconn_sdk::serde_json::{self, json, Value};
 use fhirconn_sdk::{
-    AuthRequest, Connection, ConnectionInfo, Credentials, Error, ExposeSecret, Host, HttpRequest,
-    HttpResponse, Result, Scheme, SecretSource, SecretString,
+    oauth, www_authenticate, AuthRequest, Connection, ConnectionInfo, Credentials, Error,
+    ExposeSecret, Host, HttpRequest, Memo, Result, Scheme, SecretSource, SecretString,
 };
 use serde::de::IgnoredAny;
 use serde::Deserialize;
-use std::sync::Mutex;
-use std::time::{Duration, Instant};
 
 /// Entra's public cloud.
 pub const DEFAULT_AUTHORITY_HOST: &str = "https://login.microsoftonline.com";
-/// The device-code grant type (RFC 8628 §3.4).
-pub const DEVICE_CODE_GRANT: &str = "urn:ietf:params:oauth:grant-type:device_code";
 /// Where the refresh token is kept in the host's credential store (per connection).
 const REFRESH_KEY: &str = "azure-ad/refresh-token";
 
@@ -77,29 +75,21 @@ struct Authority {
     audience: String,
     token_endpoint: String,
     device_endpoint: Option<String>,
-    authorize_endpoint: String,
+    authorize_endpoint: Option<String>,
 }
 
-/// A configured `azure-ad` connection.
+/// A configured `azure-ad` connection. (`Debug` shows the secret as `[REDACTED]`.)
+#[derive(Debug)]
 pub struct AzureConnection {
     client_id: String,
     tenant: Option<String>,
     authority_host: url::Url,
-    audience: Option<String>,
+    /// The audience, and where it came from (for messages).
+    audience: (String, &'static str),
     base_url: String,
     flow: Flow,
     secret: Option<SecretString>,
-    resolved: Mutex<Option<Authority>>,
-}
-
-impl std::fmt::Debug for AzureConnection {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("AzureConnection")
-            .field("client_id", &self.client_id)
-            .field("tenant", &self.tenant)
-            .field("flow", &self.flow)
-            .finish_non_exhaustive()
-    }
+    resolved: Memo<Authority>,
 }
 
 /// The audience as Azure FHIR services expect it: the URL without a trailing slash.
@@ -195,17 +185,12 @@ impl Scheme for AzureAd {
         if s.client_id.is_empty() {
             return Err(Error::config("client-id: must not be empty"));
         }
-        let authority_host = s
-            .authority_host
-            .as_deref()
-            .unwrap_or(DEFAULT_AUTHORITY_HOST);
-        let authority_host = url::Url::parse(authority_host)
-            .map_err(|e| Error::config(format!("authority-host: {e}")))?;
-        if !matches!(authority_host.scheme(), "https" | "http")
-            || authority_host.host_str().is_none()
-        {
-            return Err(Error::config("authority-host: must be an http(s) URL"));
-        }
+        let authority_host = s.authority_host.as_deref();
+        let authority_host = endpoint_url(
+            "authority-host",
+            authority_host.unwrap_or(DEFAULT_AUTHORITY_HOST),
+            host,
+        )?;
         if let Some(t) = &s.tenant {
             if t.contains('/') || t.contains('?') || t.contains('#') {
                 return Err(Error::config("tenant: a tenant id or domain, without '/'"));
@@ -215,27 +200,19 @@ impl Scheme for AzureAd {
             client_id: s.client_id,
             tenant: s.tenant,
             authority_host,
-            audience: s.audience.map(|a| normalize_audience(&a)),
+            audience: match s.audience {
+                Some(a) => (normalize_audience(&a), "the audience setting"),
+                None => (
+                    default_audience(&connection.base_url),
+                    "the origin of base-url",
+                ),
+            },
             base_url: connection.base_url.clone(),
             flow: s.flow,
             secret,
-            resolved: Mutex::new(None),
+            resolved: Memo::new(),
         }))
     }
-}
-
-fn json_of(resp: &HttpResponse) -> Option<Value> {
-    serde_json::from_slice(&resp.body).ok()
-}
-
-fn oauth_error(resp: &HttpResponse) -> Option<(String, String)> {
-    fhirconn_sdk::oauth::error_response(resp).map(|e| (e.error, e.description.unwrap_or_default()))
-}
-
-fn form(url: &str, pairs: &[(&str, &str)]) -> HttpRequest {
-    HttpRequest::new("POST", url)
-        .header("Accept", "application/json")
-        .form(pairs)
 }
 
 impl AzureConnection {
@@ -243,14 +220,11 @@ impl AzureConnection {
         self.authority_host.origin().ascii_serialization()
     }
 
-    /// Tenant and audience: configured, or read from the FHIR server's 401 challenge.
-    fn tenant_and_audience(&self, host: &Host<'_>) -> Result<(String, String)> {
-        let fallback_audience = || default_audience(&self.base_url);
+    /// The tenant: configured, or read from the FHIR server's 401 challenge, whose
+    /// `resource_id` (if any) must be this connection's audience.
+    fn tenant(&self, host: &Host<'_>) -> Result<String> {
         if let Some(t) = &self.tenant {
-            return Ok((
-                t.clone(),
-                self.audience.clone().unwrap_or_else(fallback_audience),
-            ));
+            return Ok(t.clone());
         }
         let probe = format!("{}/Patient?_count=1", self.base_url.trim_end_matches('/'));
         let resp = host
@@ -263,7 +237,7 @@ impl AzureConnection {
                 resp.status
             )));
         };
-        let ch = challenge::parse(header);
+        let ch = www_authenticate::parse(header);
         let uri = ch
             .get("authorization_uri")
             .or_else(|| ch.get("authorization"))
@@ -287,102 +261,64 @@ impl AzureConnection {
             .and_then(|mut s| s.find(|seg| !seg.is_empty()))
             .map(String::from)
             .ok_or_else(|| Error::protocol(format!("authorization_uri '{uri}' names no tenant")))?;
-        let audience = self.audience.clone().unwrap_or_else(fallback_audience);
-        if let Some(resource) = ch.get("resource_id") {
-            if !same_audience(resource, &audience) {
-                return Err(Error::config(format!(
-                    "the FHIR server's challenge names the audience '{resource}', but this \
-                     connection's audience is '{audience}' ({}); refusing to request a token for \
-                     another resource. Set 'audience' if the server's value is right",
-                    if self.audience.is_some() {
-                        "the audience setting"
-                    } else {
-                        "the origin of base-url"
-                    }
-                )));
-            }
+        let (audience, from) = &self.audience;
+        if let Some(resource) = ch
+            .get("resource_id")
+            .filter(|r| !same_audience(r, audience))
+        {
+            return Err(Error::config(format!(
+                "the FHIR server's challenge names the audience '{resource}', but this \
+                 connection's audience is '{audience}' ({from}); refusing to request a token for \
+                 another resource. Set 'audience' if the server's value is right"
+            )));
         }
         host.debug(&format!(
-            "discovered tenant {tenant} and audience {audience}"
+            "discovered tenant {tenant} for audience {audience}"
         ));
-        Ok((tenant, audience))
+        Ok(tenant)
     }
 
     fn authority(&self, host: &Host<'_>) -> Result<Authority> {
-        let mut cached = self.resolved.lock().unwrap_or_else(|p| p.into_inner());
-        if let Some(a) = cached.as_ref() {
-            return Ok(a.clone());
-        }
-        let (tenant, audience) = self.tenant_and_audience(host)?;
+        self.resolved.get_or_try_init(|| self.resolve(host))
+    }
+
+    /// Tenant and audience, then Entra's v2.0 discovery document. Entra's issuer for
+    /// `common`/`organizations` is a `{tenantid}` template, so the issuer and every endpoint are
+    /// checked against the authority host rather than for equality (design notes: Azure).
+    fn resolve(&self, host: &Host<'_>) -> Result<Authority> {
+        let tenant = self.tenant(host)?;
+        let audience = self.audience.0.clone();
         let base = self.origin();
         let doc_url = format!("{base}/{tenant}/v2.0/.well-known/openid-configuration");
-        let resp = host
-            .http(HttpRequest::new("GET", &doc_url).header("Accept", "application/json"))
-            .map_err(|e| e.context("Entra discovery"))?;
-        if !resp.is_success() {
+        let meta: OidcConfiguration = get_json(host, &doc_url, "Entra discovery")?;
+        let on_authority =
+            |u: &str| url::Url::parse(u).is_ok_and(|u| u.origin().ascii_serialization() == base);
+        if !on_authority(&meta.issuer) {
             return Err(Error::protocol(format!(
-                "Entra discovery {doc_url}: HTTP {}{}",
-                resp.status,
-                oauth_error(&resp)
-                    .map(|(e, d)| format!(": {e}: {d}"))
-                    .unwrap_or_default()
+                "Entra discovery {doc_url}: issuer {} is not on authority-host {base}",
+                meta.issuer
             )));
         }
-        // openidconnect's typed document checks the required OIDC fields; Entra's issuer for
-        // `common`/`organizations` is a `{tenantid}` template, so the issuer is checked against
-        // the authority host rather than for equality (design notes: Azure discovery).
-        let meta: openidconnect::core::CoreProviderMetadata = serde_json::from_slice(&resp.body)
-            .map_err(|e| {
-                Error::protocol(format!(
-                    "Entra discovery {doc_url}: not an OpenID configuration ({e})"
-                ))
-            })?;
-        let issuer = url::Url::parse(meta.issuer().as_str())
-            .map_err(|e| Error::protocol(format!("Entra discovery: issuer: {e}")))?;
-        let same_origin = |u: &str| {
-            url::Url::parse(u)
-                .map(|u| u.origin().ascii_serialization() == base)
-                .unwrap_or(false)
-        };
-        if issuer.origin().ascii_serialization() != base {
-            return Err(Error::protocol(format!(
-                "Entra discovery {doc_url}: issuer {issuer} is not on authority-host {base}"
-            )));
-        }
-        let raw = json_of(&resp).unwrap_or_default();
-        let token_endpoint = meta
-            .token_endpoint()
-            .map(|t| t.as_str().to_string())
-            .ok_or_else(|| {
-                Error::protocol(format!("Entra discovery {doc_url}: no token_endpoint"))
-            })?;
-        let authorize_endpoint = meta.authorization_endpoint().as_str().to_string();
-        let device_endpoint = raw["device_authorization_endpoint"]
-            .as_str()
-            .map(String::from);
-        for e in [
+        let token_endpoint = meta.token_endpoint.ok_or_else(|| {
+            Error::protocol(format!("Entra discovery {doc_url}: no token_endpoint"))
+        })?;
+        let endpoints = [
             Some(&token_endpoint),
-            Some(&authorize_endpoint),
-            device_endpoint.as_ref(),
-        ]
-        .into_iter()
-        .flatten()
-        {
-            if !same_origin(e) {
-                return Err(Error::protocol(format!(
-                    "Entra discovery {doc_url}: endpoint {e} is not on authority-host {base}"
-                )));
-            }
+            meta.authorization_endpoint.as_ref(),
+            meta.device_authorization_endpoint.as_ref(),
+        ];
+        if let Some(e) = endpoints.into_iter().flatten().find(|e| !on_authority(e)) {
+            return Err(Error::protocol(format!(
+                "Entra discovery {doc_url}: endpoint {e} is not on authority-host {base}"
+            )));
         }
-        let a = Authority {
+        Ok(Authority {
             tenant,
             audience,
             token_endpoint,
-            device_endpoint,
-            authorize_endpoint,
-        };
-        *cached = Some(a.clone());
-        Ok(a)
+            device_endpoint: meta.device_authorization_endpoint,
+            authorize_endpoint: meta.authorization_endpoint,
+        })
     }
 
     fn delegated_scope(a: &Authority) -> String {
@@ -399,21 +335,24 @@ impl AzureConnection {
         })
     }
 
-    /// Reads a token response; stores a new refresh token with its binding.
+    /// A token request from this client (a public client unless it has a secret).
+    fn request(&self, a: &Authority) -> TokenRequest {
+        TokenRequest::new(&a.token_endpoint).client_id(&self.client_id)
+    }
+
+    /// Takes the credentials of a token response; stores a new refresh token with its binding.
     fn accept_tokens(
         &self,
         a: &Authority,
-        resp: &HttpResponse,
-        endpoint: &str,
+        resp: TokenResponse,
         host: &Host<'_>,
     ) -> Result<Credentials> {
-        let (creds, v) = fhirconn_sdk::oauth::token_response(resp, endpoint, host)?;
-        if let Some(rt) = v["refresh_token"].as_str() {
+        if let Some(rt) = resp.refresh_token() {
             let mut stored = self.binding(a);
-            stored["refresh_token"] = Value::String(rt.to_string());
+            stored["refresh_token"] = Value::String(rt.expose_secret().to_string());
             host.store_put(REFRESH_KEY, &SecretString::from(stored.to_string()))?;
         }
-        Ok(creds)
+        Ok(resp.credentials)
     }
 
     /// The stored refresh token, if there is one bound to this authority, tenant, client id
@@ -438,39 +377,16 @@ impl AzureConnection {
         Ok(token.and_then(|t| t.as_str().map(|t| SecretString::from(t.to_string()))))
     }
 
-    fn refused(resp: &HttpResponse, endpoint: &str) -> Error {
-        fhirconn_sdk::oauth::refused(resp, endpoint)
-    }
-
-    /// Silent sign-in with a stored refresh token; `Ok(None)` when there is none or it failed.
+    /// Silent sign-in with a stored refresh token; `Ok(None)` when there is none or it was
+    /// refused (then it is deleted).
     fn refresh(&self, a: &Authority, host: &Host<'_>) -> Result<Option<Credentials>> {
         let Some(rt) = self.stored_refresh_token(a, host)? else {
             return Ok(None);
         };
-        let scope = Self::delegated_scope(a);
-        let resp = host.http(form(
-            &a.token_endpoint,
-            &[
-                ("grant_type", "refresh_token"),
-                ("client_id", &self.client_id),
-                ("refresh_token", rt.expose_secret()),
-                ("scope", &scope),
-            ],
-        ))?;
-        if resp.is_success() {
-            return self
-                .accept_tokens(a, &resp, &a.token_endpoint, host)
-                .map(Some);
-        }
-        match oauth_error(&resp) {
-            Some((code, desc)) if code == "invalid_grant" || code == "interaction_required" => {
-                host.debug(&format!(
-                    "the stored refresh token was refused ({code}: {desc})"
-                ));
-                host.store_delete(REFRESH_KEY)?;
-                Ok(None)
-            }
-            _ => Err(Self::refused(&resp, &a.token_endpoint)),
+        let request = self.request(a).scope(&Self::delegated_scope(a));
+        match oauth::refresh(request, &rt, host)? {
+            Some(resp) => self.accept_tokens(a, resp, host).map(Some),
+            None => host.store_delete(REFRESH_KEY).map(|()| None),
         }
     }
 
@@ -481,149 +397,77 @@ impl AzureConnection {
             )
         })?;
         let scope = Self::delegated_scope(a);
-        let resp = host.http(form(
-            endpoint,
-            &[("client_id", &self.client_id), ("scope", &scope)],
-        ))?;
-        if !resp.is_success() {
-            return Err(Self::refused(&resp, endpoint));
-        }
-        let v = json_of(&resp)
-            .ok_or_else(|| Error::protocol("the device code response is not JSON"))?;
-        let device_code = v["device_code"]
-            .as_str()
-            .ok_or_else(|| Error::protocol("no device_code"))?;
-        let user_code = v["user_code"].as_str().unwrap_or("");
-        let uri = v["verification_uri"]
-            .as_str()
-            .or_else(|| v["verification_url"].as_str())
-            .unwrap_or("");
-        // Server-chosen waits are bounded: a hostile authority can neither make the client poll
-        // in a tight loop nor park it for ever (RFC 8628 §3.2 default interval 5 s).
-        let mut interval = fhirconn_sdk::oauth::bounded_seconds(v["interval"].as_u64(), 5, 1, 60);
-        let expires_in =
-            fhirconn_sdk::oauth::bounded_seconds(v["expires_in"].as_u64(), 900, 1, 1800);
-        let message = v["message"]
-            .as_str()
-            .map(String::from)
-            .unwrap_or_else(|| format!("To sign in, open {uri} and enter the code {user_code}"));
-        host.tell_person(&message, Some(uri));
-        let deadline = Instant::now() + expires_in;
-        loop {
-            host.sleep(interval);
-            if Instant::now() > deadline {
-                return Err(Error::interaction_required(
-                    "the sign-in code expired; run login again",
-                ));
-            }
-            let resp = host.http(form(
-                &a.token_endpoint,
-                &[
-                    ("grant_type", DEVICE_CODE_GRANT),
-                    ("client_id", &self.client_id),
-                    ("device_code", device_code),
-                ],
-            ))?;
-            if resp.is_success() {
-                return self.accept_tokens(a, &resp, &a.token_endpoint, host);
-            }
-            match oauth_error(&resp).map(|(c, _)| c).as_deref() {
-                Some("authorization_pending") => continue,
-                // RFC 8628 §3.5: add 5 seconds for this and every later request.
-                Some("slow_down") => {
-                    interval = (interval + Duration::from_secs(5)).min(Duration::from_secs(60))
-                }
-                Some("expired_token") => {
-                    return Err(Error::interaction_required(
-                        "the sign-in code expired before it was used; run login again",
-                    ))
-                }
-                Some("access_denied") => return Err(Error::rejected("the sign-in was declined")),
-                _ => return Err(Self::refused(&resp, &a.token_endpoint)),
-            }
-        }
+        let started = device_code::start(endpoint, &self.client_id, &scope, host)?;
+        host.tell_person(&started.instructions(), Some(&started.verification_uri));
+        let resp = device_code::poll(&self.request(a), &started, host)?;
+        self.accept_tokens(a, resp, host)
     }
 
     fn auth_code(&self, a: &Authority, host: &Host<'_>) -> Result<Credentials> {
-        let (challenge, verifier) = oauth2::PkceCodeChallenge::new_random_sha256();
-        let state = oauth2::CsrfToken::new_random();
+        let pkce = Pkce::new()?;
+        let state = oauth::random_hex(16)?;
         let scope = Self::delegated_scope(a);
-        let mut url = url::Url::parse(&a.authorize_endpoint)
+        let endpoint = a
+            .authorize_endpoint
+            .as_deref()
+            .ok_or_else(|| Error::protocol("the authority advertises no authorization_endpoint"))?;
+        let mut url = url::Url::parse(endpoint)
             .map_err(|e| Error::protocol(format!("authorization_endpoint: {e}")))?;
         url.query_pairs_mut()
             .append_pair("client_id", &self.client_id)
             .append_pair("response_type", "code")
             .append_pair("scope", &scope)
-            .append_pair("state", state.secret())
-            .append_pair("code_challenge", challenge.as_str())
+            .append_pair("state", &state)
+            .append_pair("code_challenge", &pkce.challenge)
             .append_pair("code_challenge_method", "S256");
         let answer = host.invoke(
             "browser-redirect",
             &json!({"url": url.as_str(), "message": "Sign in to Microsoft Entra in your browser:",
                     "timeout_seconds": 300}),
         )?;
-        let redirect_uri = answer["redirect_uri"]
-            .as_str()
-            .unwrap_or_default()
-            .to_string();
+        let redirect_uri = answer["redirect_uri"].as_str().unwrap_or_default();
         let query = answer["query"].as_str().unwrap_or_default();
         let params: std::collections::HashMap<String, String> =
             url::form_urlencoded::parse(query.as_bytes())
                 .into_owned()
                 .collect();
-        if params.get("state") != Some(state.secret()) {
+        if params.get("state") != Some(&state) {
             return Err(Error::protocol(
                 "the sign-in redirect carried a wrong state (possible CSRF); try again",
             ));
         }
         if let Some(e) = params.get("error") {
+            let description = params.get("error_description").map_or("", String::as_str);
             return Err(Error::rejected(format!(
-                "sign-in failed: {e}: {}",
-                params
-                    .get("error_description")
-                    .map(String::as_str)
-                    .unwrap_or("")
+                "sign-in failed: {e}: {description}"
             )));
         }
         let code = params
             .get("code")
             .ok_or_else(|| Error::protocol("the sign-in redirect carried no code"))?;
-        let resp = host.http(form(
-            &a.token_endpoint,
-            &[
-                ("grant_type", "authorization_code"),
-                ("client_id", &self.client_id),
-                ("code", code),
-                ("redirect_uri", &redirect_uri),
-                ("code_verifier", verifier.secret()),
-                ("scope", &scope),
-            ],
-        ))?;
-        if !resp.is_success() {
-            return Err(Self::refused(&resp, &a.token_endpoint));
-        }
-        self.accept_tokens(a, &resp, &a.token_endpoint, host)
+        let resp = self
+            .request(a)
+            .grant("authorization_code")
+            .param("code", code)
+            .param("redirect_uri", redirect_uri)
+            .secret_param("code_verifier", &pkce.verifier)
+            .scope(&scope)
+            .send(host)?;
+        self.accept_tokens(a, resp, host)
     }
 
     fn client_credentials(&self, a: &Authority, host: &Host<'_>) -> Result<Credentials> {
         let secret = self
             .secret
-            .as_ref()
+            .clone()
             .ok_or_else(|| Error::internal("no client secret"))?;
-        let scope = format!("{}/.default", a.audience);
-        let resp = host.http(form(
-            &a.token_endpoint,
-            &[
-                ("grant_type", "client_credentials"),
-                ("client_id", &self.client_id),
-                ("client_secret", secret.expose_secret()),
-                ("scope", &scope),
-            ],
-        ))?;
-        if !resp.is_success() {
-            return Err(Self::refused(&resp, &a.token_endpoint));
-        }
-        self.accept_tokens(a, &resp, &a.token_endpoint, host)
+        let resp = self
+            .request(a)
+            .grant("client_credentials")
+            .client_auth(ClientAuth::SecretPost(secret))
+            .scope(&format!("{}/.default", a.audience))
+            .send(host)?;
+        self.accept_tokens(a, resp, host)
     }
 }
 

@@ -19,25 +19,18 @@
 
 #![forbid(unsafe_code)]
 
-use fhirconn_sdk::serde_json::{self, json, Value};
+use fhirconn_sdk::oauth::{discovery, endpoint_url, ClientAuth, TokenRequest};
+use fhirconn_sdk::serde_json::{json, Value};
 use fhirconn_sdk::{
-    AuthRequest, Connection, ConnectionInfo, Credentials, Error, ExposeSecret, Host,
-    HostHttpClient, HostHttpError, HttpRequest, Result, Scheme, SecretSource, SecretString,
+    AuthRequest, Connection, ConnectionInfo, Credentials, Error, Host, Memo, Result, Scheme,
+    SecretSource, SecretString,
 };
-use oauth2::basic::{BasicClient, BasicTokenType};
-use oauth2::{
-    AuthType, ClientId, ClientSecret, RequestTokenError, Scope, SyncHttpClient, TokenResponse,
-    TokenUrl,
-};
-use openidconnect::core::CoreProviderMetadata;
 use serde::de::IgnoredAny;
 use serde::Deserialize;
-use std::cell::Cell;
 use std::collections::BTreeMap;
-use std::sync::Mutex;
 
 /// The default OpenID Connect discovery path.
-pub const DEFAULT_DISCOVERY_PATH: &str = "/.well-known/openid-configuration";
+pub const DEFAULT_DISCOVERY_PATH: &str = discovery::OIDC_PATH;
 
 /// Token parameters that `extra-params` may not set: the scheme sets them itself.
 const RESERVED_PARAMS: &[&str] = &[
@@ -93,58 +86,17 @@ struct Settings {
     extra_params: BTreeMap<String, String>,
 }
 
-enum Endpoint {
-    Discover {
-        issuer: String,
-        discovery_url: String,
-    },
-    Fixed(String),
-}
-
 /// A configured `oidc-client-credentials` connection.
+#[derive(Debug)]
 pub struct ClientCredentialsConnection {
-    endpoint: Endpoint,
-    discovered: Mutex<Option<String>>,
+    /// `(issuer, discovery URL)`, or `None` with a configured `token-url`.
+    discover: Option<(String, String)>,
+    token_endpoint: Memo<String>,
     client_id: String,
     secret: SecretString,
     auth_method: AuthMethod,
-    scopes: Vec<String>,
+    scope: String,
     params: Vec<(String, String)>,
-}
-
-impl std::fmt::Debug for ClientCredentialsConnection {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("ClientCredentialsConnection")
-            .field("client_id", &self.client_id)
-            .field("auth_method", &self.auth_method)
-            .field("scopes", &self.scopes)
-            .finish_non_exhaustive()
-    }
-}
-
-fn check_url(field: &str, value: &str, host: &Host<'_>) -> Result<()> {
-    let url = TokenUrl::new(value.to_string())
-        .map_err(|e| Error::config(format!("{field}: not a valid URL ({e})")))?;
-    let u = url.url();
-    match u.scheme() {
-        "https" => Ok(()),
-        "http" => {
-            let loopback = matches!(
-                u.host_str(),
-                Some("localhost") | Some("127.0.0.1") | Some("[::1]")
-            );
-            if !loopback {
-                host.warn(&format!(
-                    "{field} uses plain http: the client secret and tokens travel unencrypted \
-                     (RFC 6749 §2.3.1 requires TLS)"
-                ));
-            }
-            Ok(())
-        }
-        other => Err(Error::config(format!(
-            "{field}: scheme '{other}' is not http or https"
-        ))),
-    }
 }
 
 impl Scheme for ClientCredentials {
@@ -211,20 +163,15 @@ impl Scheme for ClientCredentials {
         if s.client_id.is_empty() {
             return Err(Error::config("client-id: must not be empty"));
         }
-        let endpoint = match (&s.issuer, &s.token_url) {
+        let (discover, token_endpoint) = match (&s.issuer, &s.token_url) {
             (Some(issuer), None) => {
-                check_url("issuer", issuer, host)?;
-                let path = s
-                    .discovery_path
-                    .as_deref()
-                    .unwrap_or(DEFAULT_DISCOVERY_PATH);
+                endpoint_url("issuer", issuer, host)?;
+                let path = s.discovery_path.as_deref().unwrap_or(discovery::OIDC_PATH);
                 if !path.starts_with('/') {
                     return Err(Error::config("discovery-path: must start with '/'"));
                 }
-                Endpoint::Discover {
-                    issuer: issuer.clone(),
-                    discovery_url: format!("{}{path}", issuer.trim_end_matches('/')),
-                }
+                let url = format!("{}{path}", issuer.trim_end_matches('/'));
+                (Some((issuer.clone(), url)), Memo::new())
             }
             (None, Some(url)) => {
                 if s.discovery_path.is_some() {
@@ -232,8 +179,8 @@ impl Scheme for ClientCredentials {
                         "discovery-path: only applies with 'issuer', not with 'token-url'",
                     ));
                 }
-                check_url("token-url", url, host)?;
-                Endpoint::Fixed(url.clone())
+                endpoint_url("token-url", url, host)?;
+                (None, Memo::with(url.clone()))
             }
             (Some(_), Some(_)) => {
                 return Err(Error::config(
@@ -246,17 +193,17 @@ impl Scheme for ClientCredentials {
                 ))
             }
         };
-        let mut params = Vec::new();
-        if let Some(a) = s.audience {
-            params.push(("audience".to_string(), a));
-        }
-        match s.resource {
-            Some(OneOrMany::One(r)) => params.push(("resource".into(), r)),
-            Some(OneOrMany::Many(rs)) => {
-                params.extend(rs.into_iter().map(|r| ("resource".to_string(), r)))
-            }
-            None => {}
-        }
+        let mut params: Vec<(String, String)> = s
+            .audience
+            .map(|a| ("audience".into(), a))
+            .into_iter()
+            .collect();
+        let resources = match s.resource {
+            Some(OneOrMany::One(r)) => vec![r],
+            Some(OneOrMany::Many(rs)) => rs,
+            None => vec![],
+        };
+        params.extend(resources.into_iter().map(|r| ("resource".to_string(), r)));
         for (k, v) in s.extra_params {
             if RESERVED_PARAMS.contains(&k.as_str()) {
                 return Err(Error::config(format!(
@@ -265,217 +212,67 @@ impl Scheme for ClientCredentials {
             }
             params.push((k, v));
         }
-        let scopes = s
-            .scope
-            .as_deref()
-            .unwrap_or("")
-            .split(' ')
-            .filter(|s| !s.is_empty())
-            .map(String::from)
-            .collect();
+        let scope = s.scope.unwrap_or_default();
         Ok(Box::new(ClientCredentialsConnection {
-            endpoint,
-            discovered: Mutex::new(None),
+            discover,
+            token_endpoint,
             client_id: s.client_id,
             secret,
             auth_method: s.auth_method,
-            scopes,
+            scope: scope
+                .split(' ')
+                .filter(|s| !s.is_empty())
+                .collect::<Vec<_>>()
+                .join(" "),
             params,
         }))
     }
 }
 
-/// Reads the token endpoint from an OpenID Connect discovery document.
+/// Reads the token endpoint from an OpenID Connect discovery document whose `issuer` must be
+/// identical to the configured one.
 pub fn discover_token_endpoint(
     issuer: &str,
     discovery_url: &str,
     host: &Host<'_>,
 ) -> Result<String> {
-    let resp = host
-        .http(HttpRequest::new("GET", discovery_url).header("Accept", "application/json"))
-        .map_err(|e| e.context(format!("OIDC discovery {discovery_url}")))?;
-    if !resp.is_success() {
-        return Err(Error::protocol(format!(
-            "OIDC discovery {discovery_url}: HTTP {}; check 'issuer', or set 'token-url' for a \
-             server without discovery",
-            resp.status
-        )));
-    }
-    let meta: CoreProviderMetadata = serde_json::from_slice(&resp.body).map_err(|e| {
+    let hint = |e: Error| {
+        Error::new(
+            e.kind(),
+            format!("{e}; check 'issuer', or set 'token-url' for a server without discovery"),
+        )
+    };
+    let doc = discovery::oidc(host, issuer, discovery_url).map_err(hint)?;
+    let url = doc.token_endpoint.ok_or_else(|| {
         Error::protocol(format!(
-            "OIDC discovery {discovery_url}: not an OpenID provider configuration ({e})"
+            "OIDC discovery {discovery_url}: the document has no token_endpoint"
         ))
     })?;
-    if meta.issuer().as_str() != issuer {
-        return Err(Error::protocol(format!(
-            "OIDC discovery {discovery_url}: the document names issuer '{}', not the configured \
-             '{issuer}' (OpenID Connect Discovery §4.3 requires them to be identical)",
-            meta.issuer().as_str()
-        )));
-    }
-    meta.token_endpoint()
-        .map(|t| t.as_str().to_string())
-        .ok_or_else(|| {
-            Error::protocol(format!(
-                "OIDC discovery {discovery_url}: the document has no token_endpoint"
-            ))
-        })
-}
-
-/// A `SyncHttpClient` that remembers the status of the last response, for messages.
-struct Recording<'h, 'a> {
-    inner: HostHttpClient<'h, 'a>,
-    status: Cell<Option<u16>>,
-}
-
-impl SyncHttpClient for Recording<'_, '_> {
-    type Error = HostHttpError;
-
-    fn call(
-        &self,
-        request: oauth2::HttpRequest,
-    ) -> std::result::Result<oauth2::HttpResponse, Self::Error> {
-        let resp = self.inner.call(request)?;
-        self.status.set(Some(resp.status().as_u16()));
-        Ok(resp)
-    }
-}
-
-/// serde messages may quote a value; keep the part that names the problem.
-fn without_values(msg: &str) -> &str {
-    msg.find(": string \"")
-        .or_else(|| msg.find(" string \""))
-        .map_or(msg, |i| &msg[..i])
-}
-
-/// Checks a token response's `token_type` (case-insensitive, RFC 6749 §5.1) and token.
-pub fn check_bearer(token_type: &BasicTokenType, token: &str, endpoint: &str) -> Result<()> {
-    let ok = match token_type {
-        BasicTokenType::Bearer => true,
-        BasicTokenType::Extension(t) => t.eq_ignore_ascii_case("bearer"),
-        BasicTokenType::Mac => false,
-    };
-    if !ok {
-        return Err(Error::protocol(format!(
-            "token endpoint {endpoint}: token_type '{}' is not supported (only Bearer)",
-            token_type.as_ref()
-        )));
-    }
-    if token.is_empty() || token.chars().any(|c| c.is_whitespace() || c.is_control()) {
-        return Err(Error::protocol(format!(
-            "token endpoint {endpoint}: the access_token is empty or has whitespace"
-        )));
-    }
-    Ok(())
-}
-
-impl ClientCredentialsConnection {
-    fn token_endpoint(&self, host: &Host<'_>) -> Result<String> {
-        match &self.endpoint {
-            Endpoint::Fixed(url) => Ok(url.clone()),
-            Endpoint::Discover {
-                issuer,
-                discovery_url,
-            } => {
-                let mut cached = self.discovered.lock().unwrap_or_else(|p| p.into_inner());
-                if let Some(url) = cached.as_ref() {
-                    return Ok(url.clone());
-                }
-                let url = discover_token_endpoint(issuer, discovery_url, host)?;
-                host.debug(&format!("discovered token endpoint {url}"));
-                *cached = Some(url.clone());
-                Ok(url)
-            }
-        }
-    }
+    host.debug(&format!("discovered token endpoint {url}"));
+    Ok(url)
 }
 
 impl Connection for ClientCredentialsConnection {
     fn authorize(&self, _request: &AuthRequest, host: &Host<'_>) -> Result<Credentials> {
-        let endpoint = self.token_endpoint(host)?;
-        let token_url = TokenUrl::new(endpoint.clone()).map_err(|e| {
-            Error::protocol(format!(
-                "token endpoint '{endpoint}' is not a valid URL ({e})"
-            ))
-        })?;
-        let client = BasicClient::new(ClientId::new(self.client_id.clone()))
-            .set_client_secret(ClientSecret::new(self.secret.expose_secret().to_string()))
-            .set_token_uri(token_url)
-            .set_auth_type(match self.auth_method {
-                AuthMethod::ClientSecretBasic => AuthType::BasicAuth,
-                AuthMethod::ClientSecretPost => AuthType::RequestBody,
-            });
-        let mut req = client.exchange_client_credentials();
-        for s in &self.scopes {
-            req = req.add_scope(Scope::new(s.clone()));
-        }
+        let endpoint = self
+            .token_endpoint
+            .get_or_try_init(|| match &self.discover {
+                Some((issuer, url)) => discover_token_endpoint(issuer, url, host),
+                None => Err(Error::internal("no token endpoint")),
+            })?;
+        let auth = match self.auth_method {
+            AuthMethod::ClientSecretBasic => ClientAuth::SecretBasic(self.secret.clone()),
+            AuthMethod::ClientSecretPost => ClientAuth::SecretPost(self.secret.clone()),
+        };
+        let mut request = TokenRequest::new(endpoint)
+            .grant("client_credentials")
+            .client_id(&self.client_id)
+            .client_auth(auth)
+            .scope(&self.scope);
         for (k, v) in &self.params {
-            req = req.add_extra_param(k.clone(), v.clone());
+            request = request.param(k, v);
         }
-        let http = Recording {
-            inner: HostHttpClient::new(host),
-            status: Cell::new(None),
-        };
-        let status = || {
-            http.status
-                .get()
-                .map(|s| format!("HTTP {s}"))
-                .unwrap_or_else(|| "no response".into())
-        };
-        let resp = req.request(&http).map_err(|e| match e {
-            RequestTokenError::ServerResponse(err) => {
-                let code = err.error().to_string();
-                let desc = err
-                    .error_description()
-                    .map(|d| format!(": {d}"))
-                    .unwrap_or_default();
-                Error::new(
-                    fhirconn_sdk::oauth::error_kind(&code),
-                    format!(
-                        "token endpoint {endpoint} answered {}: {code}{desc}",
-                        status()
-                    ),
-                )
-            }
-            RequestTokenError::Request(HostHttpError::Host(e)) => {
-                e.context(format!("token endpoint {endpoint}"))
-            }
-            RequestTokenError::Request(other) => {
-                Error::protocol(format!("token endpoint {endpoint}: {other}"))
-            }
-            RequestTokenError::Parse(err, _body) => Error::protocol(format!(
-                "token endpoint {endpoint} answered {} with a body that is not a token response \
-                 ({}: {})",
-                status(),
-                err.path(),
-                without_values(&err.inner().to_string())
-            )),
-            RequestTokenError::Other(msg) => Error::protocol(format!(
-                "token endpoint {endpoint} answered {}: {msg}",
-                status()
-            )),
-        })?;
-        let token = resp.access_token().secret();
-        check_bearer(resp.token_type(), token, &endpoint)?;
-        let mut creds = Credentials::new().bearer(&SecretString::from(token.clone()));
-        if let Some(lifetime) = resp.expires_in() {
-            let lifetime =
-                fhirconn_sdk::oauth::token_lifetime(lifetime.as_secs_f64()).map_err(|why| {
-                    Error::protocol(format!(
-                        "token endpoint {endpoint} answered {} {why}",
-                        status()
-                    ))
-                })?;
-            creds = creds.expires_in(host, lifetime);
-        }
-        let granted = resp
-            .scopes()
-            .map(|s| s.iter().map(|s| s.as_str()).collect::<Vec<_>>().join(" "));
-        let requested: Vec<&str> = self.scopes.iter().map(String::as_str).collect();
-        if let Some(w) = fhirconn_sdk::oauth::scope_downgrade(&requested, granted.as_deref()) {
-            creds = creds.warning(w);
-        }
-        Ok(creds)
+        Ok(request.send(host)?.credentials)
     }
 }
 
@@ -485,7 +282,7 @@ fhirconn_sdk::export_schemes!(ClientCredentials);
 mod tests {
     use super::*;
     use fhirconn_sdk::testing::MockHost;
-    use fhirconn_sdk::{CredentialHeader, ErrorKind, HttpResponse};
+    use fhirconn_sdk::{CredentialHeader, ErrorKind, ExposeSecret, HttpRequest, HttpResponse};
     use std::sync::{Arc, Mutex as StdMutex};
 
     fn info() -> ConnectionInfo {

@@ -1,5 +1,7 @@
 //! Private keys for client assertions: PEM (PKCS#8, PKCS#1 RSA, SEC1 EC) or a private JWK or
 //! JWKS, turned into a `jsonwebtoken` signing key for RS384 or ES384 and checked by signing once.
+//! The ASN.1 and the JWK → key conversions are RustCrypto's (`rsa`, `p384` with `pkcs8`/`sec1`);
+//! jsonwebtoken signs.
 
 use base64::Engine as _;
 use fhirconn_sdk::serde_json::Value;
@@ -14,6 +16,16 @@ pub struct SigningKey {
     pub(crate) key: EncodingKey,
 }
 
+impl SigningKey {
+    fn new(alg: Algorithm, key: EncodingKey) -> Self {
+        Self {
+            alg,
+            kid: None,
+            key,
+        }
+    }
+}
+
 impl std::fmt::Debug for SigningKey {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("SigningKey")
@@ -23,53 +35,50 @@ impl std::fmt::Debug for SigningKey {
     }
 }
 
-/// DER: one tag-length-value.
-fn tlv(tag: u8, content: &[u8]) -> Vec<u8> {
-    let mut out = vec![tag];
-    let len = content.len();
-    if len < 0x80 {
-        out.push(len as u8);
-    } else {
-        let bytes: Vec<u8> = len
-            .to_be_bytes()
-            .iter()
-            .copied()
-            .skip_while(|b| *b == 0)
-            .collect();
-        out.push(0x80 | bytes.len() as u8);
-        out.extend(bytes);
+/// id-ecPublicKey (RFC 5480): a PKCS#8 EC key on a curve other than P-384 is named as such.
+const EC_PUBLIC_KEY: &str = "1.2.840.10045.2.1";
+
+const NOT_P384: &str =
+    "the EC key is not a valid P-384 key (SMART Backend Services needs ES384 or RS384)";
+
+fn es384(key: &p384::SecretKey) -> Result<SigningKey, String> {
+    use p384::pkcs8::EncodePrivateKey as _;
+    let der = key
+        .to_pkcs8_der()
+        .map_err(|e| format!("cannot encode the EC key ({e})"))?;
+    Ok(SigningKey::new(
+        Algorithm::ES384,
+        EncodingKey::from_ec_der(der.as_bytes()),
+    ))
+}
+
+fn rs384(key: &rsa::RsaPrivateKey) -> Result<SigningKey, String> {
+    use rsa::pkcs1::EncodeRsaPrivateKey as _;
+    let der = key
+        .to_pkcs1_der()
+        .map_err(|e| format!("cannot encode the RSA key ({e})"))?;
+    Ok(SigningKey::new(
+        Algorithm::RS384,
+        EncodingKey::from_rsa_der(der.as_bytes()),
+    ))
+}
+
+/// A PKCS#8 `PrivateKeyInfo`: RSA, or EC on P-384.
+fn from_pkcs8(der: &[u8]) -> Result<SigningKey, String> {
+    use rsa::pkcs8::DecodePrivateKey as _;
+    if let Ok(key) = rsa::RsaPrivateKey::from_pkcs8_der(der) {
+        return rs384(&key);
     }
-    out.extend_from_slice(content);
-    out
-}
-
-/// DER INTEGER from unsigned big-endian bytes.
-fn der_uint(bytes: &[u8]) -> Vec<u8> {
-    let trimmed: Vec<u8> = bytes.iter().copied().skip_while(|b| *b == 0).collect();
-    let mut content = Vec::with_capacity(trimmed.len() + 1);
-    if trimmed.first().is_none_or(|b| b & 0x80 != 0) {
-        content.push(0);
+    if let Ok(key) = <p384::SecretKey as p384::pkcs8::DecodePrivateKey>::from_pkcs8_der(der) {
+        return es384(&key);
     }
-    content.extend(trimmed);
-    tlv(0x02, &content)
-}
-
-fn seq(parts: &[Vec<u8>]) -> Vec<u8> {
-    tlv(0x30, &parts.concat())
-}
-
-/// id-ecPublicKey (1.2.840.10045.2.1).
-const OID_EC_PUBLIC_KEY: &[u8] = &[0x06, 0x07, 0x2A, 0x86, 0x48, 0xCE, 0x3D, 0x02, 0x01];
-/// secp384r1 (1.3.132.0.34).
-const OID_P384: &[u8] = &[0x06, 0x05, 0x2B, 0x81, 0x04, 0x00, 0x22];
-
-/// Wraps a SEC1 `ECPrivateKey` for P-384 into PKCS#8 (RFC 5915 §2, RFC 5208).
-fn p384_pkcs8_from_sec1(sec1: &[u8]) -> Vec<u8> {
-    seq(&[
-        der_uint(&[0]),
-        seq(&[OID_EC_PUBLIC_KEY.to_vec(), OID_P384.to_vec()]),
-        tlv(0x04, sec1),
-    ])
+    match rsa::pkcs8::PrivateKeyInfo::try_from(der) {
+        Ok(info) if info.algorithm.oid.to_string() == EC_PUBLIC_KEY => Err(NOT_P384.into()),
+        _ => Err(
+            "the PKCS#8 key is neither RSA nor EC (Ed25519 and others are not allowed by SMART)"
+                .into(),
+        ),
+    }
 }
 
 fn b64url(jwk: &Value, field: &str) -> Result<Vec<u8>, String> {
@@ -81,53 +90,48 @@ fn b64url(jwk: &Value, field: &str) -> Result<Vec<u8>, String> {
         .map_err(|_| format!("the JWK's '{field}' is not base64url"))
 }
 
+/// The JOSE name of RS384 or ES384.
+pub fn alg_name(alg: Algorithm) -> &'static str {
+    match alg {
+        Algorithm::ES384 => "ES384",
+        _ => "RS384",
+    }
+}
+
+/// A private JWK (RFC 7518 §6.2.2 EC P-384, §6.3.2 RSA): the private part must match the
+/// public part (checked by the crates), and a declared `alg` must fit the key.
 fn from_jwk(jwk: &Value) -> Result<SigningKey, String> {
-    let kid = jwk["kid"].as_str().map(String::from);
     if jwk.get("d").is_none() {
         return Err("the JWK is a public key (no 'd'); the private key is needed".into());
     }
-    let declared = jwk["alg"].as_str();
-    let (alg, key) = match jwk["kty"].as_str() {
+    let key = match jwk["kty"].as_str() {
         Some("EC") => {
             match jwk["crv"].as_str() {
                 Some("P-384") => {}
-                Some(other) => {
-                    return Err(format!(
-                        "the JWK's curve is {other}; SMART Backend Services needs P-384 (ES384) or RSA (RS384)"
-                    ))
-                }
+                Some(other) => return Err(format!(
+                    "the JWK's curve is {other}; SMART Backend Services needs P-384 (ES384) or RSA (RS384)"
+                )),
                 None => return Err("the EC JWK has no 'crv'".into()),
             }
             let (d, x, y) = (b64url(jwk, "d")?, b64url(jwk, "x")?, b64url(jwk, "y")?);
-            if d.len() > 48 || x.len() != 48 || y.len() != 48 {
-                return Err("the JWK's d, x or y has the wrong length for P-384".into());
+            let secret = p384::SecretKey::from_slice(&d).map_err(|_| NOT_P384.to_string())?;
+            let public = p384::PublicKey::from_sec1_bytes(&[&[4u8][..], &x, &y].concat())
+                .map_err(|_| "the JWK's x and y are not a P-384 point".to_string())?;
+            if secret.public_key() != public {
+                return Err("the JWK's 'd' does not belong to its 'x' and 'y'".into());
             }
-            let mut d48 = vec![0u8; 48 - d.len()];
-            d48.extend(d);
-            let point = [&[0x00, 0x04][..], &x, &y].concat();
-            let sec1 = seq(&[
-                der_uint(&[1]),
-                tlv(0x04, &d48),
-                tlv(0xA1, &tlv(0x03, &point)),
-            ]);
-            (
-                Algorithm::ES384,
-                EncodingKey::from_ec_der(&p384_pkcs8_from_sec1(&sec1)),
-            )
+            es384(&secret)?
         }
         Some("RSA") => {
-            let mut parts = vec![der_uint(&[0])];
-            for f in ["n", "e", "d", "p", "q", "dp", "dq", "qi"] {
-                let v = b64url(jwk, f).map_err(|e| {
-                    if matches!(f, "p" | "q" | "dp" | "dq" | "qi") {
-                        format!("{e}: RSA JWKs without the CRT parameters (p, q, dp, dq, qi) are not supported")
-                    } else {
-                        e
-                    }
-                })?;
-                parts.push(der_uint(&v));
-            }
-            (Algorithm::RS384, EncodingKey::from_rsa_der(&seq(&parts)))
+            let int = |f: &str| b64url(jwk, f).map(|v| rsa::BigUint::from_bytes_be(&v));
+            // p and q are optional: without them the crate recovers them from n, e and d.
+            let primes = match (jwk.get("p"), jwk.get("q")) {
+                (Some(_), Some(_)) => vec![int("p")?, int("q")?],
+                _ => vec![],
+            };
+            let key = rsa::RsaPrivateKey::from_components(int("n")?, int("e")?, int("d")?, primes)
+                .map_err(|e| format!("the RSA JWK is not a consistent private key ({e})"))?;
+            rs384(&key)?
         }
         Some(other) => {
             return Err(format!(
@@ -136,18 +140,16 @@ fn from_jwk(jwk: &Value) -> Result<SigningKey, String> {
         }
         None => return Err("the JWK has no 'kty'".into()),
     };
-    if let Some(d) = declared {
-        let want = match alg {
-            Algorithm::ES384 => "ES384",
-            _ => "RS384",
-        };
-        if d != want {
-            return Err(format!(
-                "the JWK's alg is {d}; this key can only be used with {want}"
-            ));
-        }
+    if let Some(d) = jwk["alg"].as_str().filter(|d| *d != alg_name(key.alg)) {
+        return Err(format!(
+            "the JWK's alg is {d}; this key can only be used with {}",
+            alg_name(key.alg)
+        ));
     }
-    Ok(SigningKey { alg, kid, key })
+    Ok(SigningKey {
+        kid: jwk["kid"].as_str().map(String::from),
+        ..key
+    })
 }
 
 fn from_json(text: &str, kid: Option<&str>) -> Result<SigningKey, String> {
@@ -175,35 +177,16 @@ fn from_json(text: &str, kid: Option<&str>) -> Result<SigningKey, String> {
 fn from_pem(bytes: &[u8]) -> Result<SigningKey, String> {
     let block = pem::parse(bytes).map_err(|e| format!("not a PEM file or JWK ({e})"))?;
     match block.tag() {
-        "PRIVATE KEY" => {
-            if let Ok(key) = EncodingKey::from_rsa_pem(bytes) {
-                Ok(SigningKey {
-                    alg: Algorithm::RS384,
-                    kid: None,
-                    key,
-                })
-            } else if let Ok(key) = EncodingKey::from_ec_pem(bytes) {
-                Ok(SigningKey {
-                    alg: Algorithm::ES384,
-                    kid: None,
-                    key,
-                })
-            } else {
-                Err("the PKCS#8 key is neither RSA nor EC (Ed25519 and others are not allowed by SMART)".into())
-            }
+        "PRIVATE KEY" => from_pkcs8(block.contents()),
+        "RSA PRIVATE KEY" => {
+            use rsa::pkcs1::DecodeRsaPrivateKey as _;
+            rsa::RsaPrivateKey::from_pkcs1_der(block.contents())
+                .map_err(|e| format!("invalid PKCS#1 RSA key ({e})"))
+                .and_then(|k| rs384(&k))
         }
-        "RSA PRIVATE KEY" => EncodingKey::from_rsa_pem(bytes)
-            .map(|key| SigningKey {
-                alg: Algorithm::RS384,
-                kid: None,
-                key,
-            })
-            .map_err(|e| format!("invalid PKCS#1 RSA key ({e})")),
-        "EC PRIVATE KEY" => Ok(SigningKey {
-            alg: Algorithm::ES384,
-            kid: None,
-            key: EncodingKey::from_ec_der(&p384_pkcs8_from_sec1(block.contents())),
-        }),
+        "EC PRIVATE KEY" => p384::SecretKey::from_sec1_der(block.contents())
+            .map_err(|_| NOT_P384.to_string())
+            .and_then(|k| es384(&k)),
         "ENCRYPTED PRIVATE KEY" => Err(
             "the key is encrypted; decrypt it first (openssl pkcs8 -in key.pem -out plain.pem)"
                 .into(),
@@ -227,28 +210,11 @@ pub fn load(bytes: &[u8], kid: Option<&str>) -> Result<SigningKey, String> {
     };
     jsonwebtoken::crypto::sign(b"fhirconn key check", &key.key, key.alg).map_err(
         |_| match key.alg {
-            Algorithm::ES384 => {
-                "the EC key is not a valid P-384 key (SMART Backend Services needs ES384 or RS384)"
-                    .to_string()
-            }
+            Algorithm::ES384 => NOT_P384.to_string(),
             _ => {
                 "the RSA key is not usable for RS384 (at least 2048 bits are required)".to_string()
             }
         },
     )?;
     Ok(key)
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn der_integers_are_minimal_and_unsigned() {
-        assert_eq!(der_uint(&[0]), vec![0x02, 0x01, 0x00]);
-        assert_eq!(der_uint(&[0x00, 0x7f]), vec![0x02, 0x01, 0x7f]);
-        assert_eq!(der_uint(&[0x80]), vec![0x02, 0x02, 0x00, 0x80]);
-        let long = tlv(0x04, &[0u8; 300]);
-        assert_eq!(&long[..4], &[0x04, 0x82, 0x01, 0x2c]);
-    }
 }

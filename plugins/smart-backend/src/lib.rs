@@ -13,19 +13,21 @@
 
 pub mod keys;
 
-use fhirconn_sdk::serde_json::{self, json, Value};
+use fhirconn_sdk::oauth::discovery::{self, excludes};
+use fhirconn_sdk::oauth::{endpoint_url, ClientAuth, TokenRequest};
+use fhirconn_sdk::serde_json::{json, Value};
 use fhirconn_sdk::{
-    AuthRequest, Connection, ConnectionInfo, Credentials, Error, ExposeSecret, Host, HttpRequest,
-    Result, Scheme, SecretSource, SecretString,
+    AuthRequest, Connection, ConnectionInfo, Credentials, Error, ExposeSecret, Host, Memo, Result,
+    Scheme, SecretSource, SecretString,
 };
-use jsonwebtoken::{Algorithm, Header};
+use jsonwebtoken::Header;
 use serde::de::IgnoredAny;
 use serde::Deserialize;
-use std::sync::Mutex;
 use std::time::{Duration, UNIX_EPOCH};
 
+pub use fhirconn_sdk::oauth::discovery::resolve_url;
 /// The client-assertion type of RFC 7523 §2.2.
-pub const JWT_BEARER: &str = "urn:ietf:params:oauth:client-assertion-type:jwt-bearer";
+pub use fhirconn_sdk::oauth::JWT_BEARER;
 /// The longest assertion lifetime SMART allows (five minutes).
 pub const MAX_ASSERTION_LIFETIME: u64 = 300;
 
@@ -52,6 +54,7 @@ struct Settings {
 }
 
 /// A configured `smart-backend` connection.
+#[derive(Debug)]
 pub struct SmartConnection {
     client_id: String,
     key: keys::SigningKey,
@@ -59,35 +62,10 @@ pub struct SmartConnection {
     jku: Option<String>,
     scope: String,
     base_url: String,
-    token_url: Option<String>,
-    discovered: Mutex<Option<String>>,
+    /// Pinned by `token-url` (no discovery, no other-host warning).
+    pinned: bool,
+    token_endpoint: Memo<String>,
     lifetime: u64,
-}
-
-impl std::fmt::Debug for SmartConnection {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("SmartConnection")
-            .field("client_id", &self.client_id)
-            .field("key", &self.key)
-            .field("scope", &self.scope)
-            .finish_non_exhaustive()
-    }
-}
-
-fn alg_name(alg: Algorithm) -> &'static str {
-    match alg {
-        Algorithm::ES384 => "ES384",
-        _ => "RS384",
-    }
-}
-
-/// Resolves `reference` (absolute or relative) against a FHIR base URL.
-pub fn resolve_url(base: &str, reference: &str) -> Result<String> {
-    let base = url::Url::parse(&format!("{}/", base.trim_end_matches('/')))
-        .map_err(|e| Error::config(format!("base URL '{base}': {e}")))?;
-    base.join(reference)
-        .map(String::from)
-        .map_err(|e| Error::protocol(format!("'{reference}' is not a valid URL ({e})")))
 }
 
 impl Scheme for SmartBackend {
@@ -153,10 +131,10 @@ impl Scheme for SmartBackend {
         let key = keys::load(key_text.expose_secret().as_bytes(), s.kid.as_deref())
             .map_err(|e| Error::config(format!("{key_field}: {e}")))?;
         if let Some(alg) = &s.alg {
-            if alg != alg_name(key.alg) {
+            if alg != keys::alg_name(key.alg) {
                 return Err(Error::config(format!(
                     "alg: {alg} does not match the key, which is for {}",
-                    alg_name(key.alg)
+                    keys::alg_name(key.alg)
                 )));
             }
         }
@@ -187,7 +165,7 @@ impl Scheme for SmartBackend {
             )));
         }
         if let Some(t) = &s.token_url {
-            url::Url::parse(t).map_err(|e| Error::config(format!("token-url: {e}")))?;
+            endpoint_url("token-url", t, host)?;
         }
         Ok(Box::new(SmartConnection {
             client_id: s.client_id,
@@ -196,54 +174,46 @@ impl Scheme for SmartBackend {
             jku: s.jku,
             scope: scopes.join(" "),
             base_url: connection.base_url.clone(),
-            token_url: s.token_url,
-            discovered: Mutex::new(None),
+            pinned: s.token_url.is_some(),
+            token_endpoint: s.token_url.map_or_else(Memo::new, Memo::with),
             lifetime,
         }))
     }
 }
 
-fn list_contains(doc: &Value, field: &str, wanted: &str) -> Option<bool> {
-    doc.get(field)?
-        .as_array()
-        .map(|a| a.iter().any(|v| v.as_str() == Some(wanted)))
-}
-
 /// Reads the token endpoint from `{base}/.well-known/smart-configuration` and checks that the
 /// server advertises what this client needs (when it advertises anything).
 pub fn discover(base_url: &str, alg: &str, host: &Host<'_>) -> Result<String> {
-    let url = format!(
-        "{}/.well-known/smart-configuration",
-        base_url.trim_end_matches('/')
-    );
-    let resp = host
-        .http(HttpRequest::new("GET", &url).header("Accept", "application/json"))
-        .map_err(|e| e.context(format!("SMART discovery {url}")))?;
-    if !resp.is_success() {
-        return Err(Error::protocol(format!(
-            "SMART discovery {url}: HTTP {}; set 'token-url' if the server publishes no \
-             smart-configuration",
-            resp.status
-        )));
-    }
-    let doc: Value = serde_json::from_slice(&resp.body)
-        .map_err(|e| Error::protocol(format!("SMART discovery {url}: not JSON ({e})")))?;
-    let endpoint = doc["token_endpoint"]
-        .as_str()
-        .ok_or_else(|| Error::protocol(format!("SMART discovery {url}: no token_endpoint")))?;
+    let doc = discovery::smart(host, base_url).map_err(|e| {
+        let hint = "set 'token-url' if the server publishes no smart-configuration";
+        Error::new(e.kind(), format!("{e}; {hint}"))
+    })?;
     let checks = [
-        ("grant_types_supported", "client_credentials"),
-        ("token_endpoint_auth_methods_supported", "private_key_jwt"),
-        ("token_endpoint_auth_signing_alg_values_supported", alg),
+        (
+            "grant_types_supported",
+            &doc.grant_types_supported,
+            "client_credentials",
+        ),
+        (
+            "token_endpoint_auth_methods_supported",
+            &doc.token_endpoint_auth_methods_supported,
+            "private_key_jwt",
+        ),
+        (
+            "token_endpoint_auth_signing_alg_values_supported",
+            &doc.token_endpoint_auth_signing_alg_values_supported,
+            alg,
+        ),
     ];
-    for (field, wanted) in checks {
-        if list_contains(&doc, field, wanted) == Some(false) {
+    for (field, list, wanted) in checks {
+        if excludes(list, wanted) {
             return Err(Error::protocol(format!(
-                "SMART discovery {url}: {field} does not include {wanted}"
+                "SMART discovery {base_url}{}: {field} does not include {wanted}",
+                discovery::SMART_PATH
             )));
         }
     }
-    resolve_url(base_url, endpoint)
+    Ok(doc.token_endpoint)
 }
 
 /// Whether two URLs name the same host (scheme and port aside).
@@ -256,28 +226,7 @@ fn same_host(a: &str, b: &str) -> bool {
     host(a).is_some() && host(a) == host(b)
 }
 
-fn random_jti() -> Result<String> {
-    let mut bytes = [0u8; 16];
-    getrandom::fill(&mut bytes)
-        .map_err(|e| Error::internal(format!("no randomness for the assertion's jti: {e}")))?;
-    Ok(bytes.iter().map(|b| format!("{b:02x}")).collect())
-}
-
 impl SmartConnection {
-    fn token_endpoint(&self, host: &Host<'_>) -> Result<String> {
-        if let Some(t) = &self.token_url {
-            return Ok(t.clone());
-        }
-        let mut cached = self.discovered.lock().unwrap_or_else(|p| p.into_inner());
-        if let Some(t) = cached.as_ref() {
-            return Ok(t.clone());
-        }
-        let t = discover(&self.base_url, alg_name(self.key.alg), host)?;
-        host.debug(&format!("discovered token endpoint {t}"));
-        *cached = Some(t.clone());
-        Ok(t)
-    }
-
     /// A fresh client assertion for `audience` (the token endpoint URL).
     pub fn assertion(&self, audience: &str, host: &Host<'_>) -> Result<String> {
         let now = host
@@ -295,7 +244,7 @@ impl SmartConnection {
             "aud": audience,
             "exp": now + self.lifetime,
             "iat": now,
-            "jti": random_jti()?,
+            "jti": fhirconn_sdk::oauth::random_hex(16)?,
         });
         jsonwebtoken::encode(&header, &claims, &self.key.key)
             .map_err(|e| Error::internal(format!("signing the client assertion failed: {e}")))
@@ -304,40 +253,19 @@ impl SmartConnection {
 
 impl Connection for SmartConnection {
     fn authorize(&self, _request: &AuthRequest, host: &Host<'_>) -> Result<Credentials> {
-        let endpoint = self.token_endpoint(host)?;
-        let assertion = self.assertion(&endpoint, host)?;
-        let body = fhirconn_sdk::form_urlencode(&[
-            ("grant_type", "client_credentials"),
-            ("scope", &self.scope),
-            ("client_assertion_type", JWT_BEARER),
-            ("client_assertion", &assertion),
-        ]);
-        let req = HttpRequest {
-            method: "POST".into(),
-            url: endpoint.clone(),
-            headers: vec![
-                (
-                    "Content-Type".into(),
-                    "application/x-www-form-urlencoded".into(),
-                    false,
-                ),
-                ("Accept".into(), "application/json".into(), false),
-            ],
-            body: body.into_bytes(),
-            identity: None,
-        };
-        let resp = host
-            .http(req)
-            .map_err(|e| e.context(format!("token endpoint {endpoint}")))?;
-        if !resp.is_success() {
-            return Err(fhirconn_sdk::oauth::refused(&resp, &endpoint));
-        }
-        let (mut creds, v) = fhirconn_sdk::oauth::token_response(&resp, &endpoint, host)?;
-        let requested: Vec<&str> = self.scope.split(' ').collect();
-        if let Some(w) = fhirconn_sdk::oauth::scope_downgrade(&requested, v["scope"].as_str()) {
-            creds = creds.warning(w);
-        }
-        if self.token_url.is_none() && !same_host(&endpoint, &self.base_url) {
+        let endpoint = self.token_endpoint.get_or_try_init(|| {
+            let t = discover(&self.base_url, keys::alg_name(self.key.alg), host)?;
+            host.debug(&format!("discovered token endpoint {t}"));
+            Ok(t)
+        })?;
+        let assertion = SecretString::from(self.assertion(&endpoint, host)?);
+        let mut creds = TokenRequest::new(&endpoint)
+            .grant("client_credentials")
+            .scope(&self.scope)
+            .client_auth(ClientAuth::PrivateKeyJwt(assertion))
+            .send(host)?
+            .credentials;
+        if !self.pinned && !same_host(&endpoint, &self.base_url) {
             creds = creds.warning(format!(
                 "the token endpoint {endpoint} (from the server's smart-configuration) is on \
                  another host than base-url; set 'token-url' to pin it if that is expected"

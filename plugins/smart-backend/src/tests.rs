@@ -3,9 +3,10 @@
 
 use super::*;
 use base64::Engine as _;
+use fhirconn_sdk::serde_json;
 use fhirconn_sdk::testing::MockHost;
-use fhirconn_sdk::{CredentialHeader, ErrorKind, HttpResponse};
-use jsonwebtoken::{DecodingKey, EncodingKey, Validation};
+use fhirconn_sdk::{CredentialHeader, ErrorKind, HttpRequest, HttpResponse};
+use jsonwebtoken::{Algorithm, DecodingKey, EncodingKey, Validation};
 use std::sync::{Arc, Mutex as StdMutex};
 
 fn info() -> ConnectionInfo {
@@ -227,8 +228,8 @@ fn every_assertion_has_a_fresh_jti_and_lifetime_is_configurable() {
         jku: None,
         scope: "system/*.read".into(),
         base_url: "https://fhir.example/r4".into(),
-        token_url: None,
-        discovered: Mutex::new(None),
+        pinned: false,
+        token_endpoint: Memo::new(),
         lifetime: 60,
     };
     let jtis: std::collections::HashSet<String> = (0..20)
@@ -513,4 +514,34 @@ fn the_configured_assertion_lifetime_reaches_the_token_request() {
             "assertion-lifetime {lifetime:?}"
         );
     }
+}
+
+/// JWK private parts are checked against their public parts by the RustCrypto crates: an EC
+/// `d` from another key, or an RSA `d` that does not fit `n`/`e`, is refused; an RSA JWK without
+/// the CRT parameters has its primes recovered.
+#[test]
+fn jwk_private_parts_must_belong_to_their_public_parts() {
+    let (ec, ec_pub) = generate(Algorithm::ES384);
+    let (_, other_pub) = generate(Algorithm::ES384);
+    let mut mixed = private_jwk(Algorithm::ES384, &ec, &ec_pub, "k");
+    mixed["x"] = other_pub["x"].clone();
+    mixed["y"] = other_pub["y"].clone();
+    let e = keys::load(mixed.to_string().as_bytes(), None).unwrap_err();
+    assert!(e.contains("does not belong to its 'x' and 'y'"), "{e}");
+
+    let (rsa, rsa_pub) = generate(Algorithm::RS384);
+    let mut no_crt = private_jwk(Algorithm::RS384, &rsa, &rsa_pub, "r");
+    for f in ["p", "q", "dp", "dq", "qi"] {
+        no_crt.as_object_mut().unwrap().remove(f);
+    }
+    let key = keys::load(no_crt.to_string().as_bytes(), None).unwrap();
+    let jwk: jsonwebtoken::jwk::Jwk = serde_json::from_value(rsa_pub.clone()).unwrap();
+    let sig = jsonwebtoken::crypto::sign(b"m", &key.key, Algorithm::RS384).unwrap();
+    let public = DecodingKey::from_jwk(&jwk).unwrap();
+    assert!(jsonwebtoken::crypto::verify(&sig, b"m", &public, Algorithm::RS384).unwrap());
+
+    let mut wrong_d = private_jwk(Algorithm::RS384, &rsa, &rsa_pub, "r");
+    wrong_d["d"] = json!(b64(&[7u8; 200]));
+    let e = keys::load(wrong_d.to_string().as_bytes(), None).unwrap_err();
+    assert!(e.contains("not a consistent private key"), "{e}");
 }

@@ -1,6 +1,8 @@
 //! A forgiving parser of `WWW-Authenticate: Bearer k="v", ...` challenges (RFC 7235 §2.1
-//! auth-params), for the `authorization_uri` and `resource_id` that Azure FHIR services name.
-//! Real servers vary: spaces around `=`, missing commas, single quotes, unquoted values.
+//! auth-params), e.g. the `authorization_uri` and `resource_id` that Azure FHIR services name.
+//! Real servers vary: spaces around `=`, missing commas, single quotes, unquoted values (which
+//! is why this is not the strict `http-auth` crate). The values are server input: a scheme
+//! must check them before it acts on them.
 
 use std::collections::HashMap;
 

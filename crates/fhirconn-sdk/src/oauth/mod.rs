@@ -1,5 +1,20 @@
-//! OAuth 2.0 token endpoint answers (RFC 6749 §5), shared by the token schemes: reading an
-//! error response, classifying its `error` code, and validating a token response.
+//! OAuth 2.0 for the token schemes, written once: discovery documents ([`discovery`]), token
+//! requests with every client authentication method ([`TokenRequest`], [`ClientAuth`]),
+//! token-response validation (RFC 6749 §5: [`token_response`], [`token_lifetime`],
+//! [`scope_downgrade`]), device-code polling ([`device_code`], RFC 8628) and refresh
+//! ([`refresh`]), PKCE ([`Pkce`]).
+//!
+//! Errors name the endpoint and quote the server's OAuth `error` and `error_description`, never
+//! the request (it holds secrets).
+
+pub mod device_code;
+pub mod discovery;
+mod pkce;
+mod token;
+
+pub use pkce::{random_hex, Pkce};
+
+pub use token::{refresh, ClientAuth, TokenRequest, TokenResponse, JWT_BEARER};
 
 use crate::host::{Host, HttpResponse};
 use crate::scheme::Credentials;
@@ -7,6 +22,31 @@ use crate::secret::SecretString;
 use crate::{Error, ErrorKind, Result};
 use serde_json::Value;
 use std::time::Duration;
+
+/// Checks a configured endpoint URL (`token-url`, `issuer`, `authority-host`): it must parse
+/// and be http or https. Plain http to anything but loopback is warned about (the host also
+/// refuses to send to it unless the connection sets `allow-insecure-http`).
+pub fn endpoint_url(field: &str, value: &str, host: &Host<'_>) -> Result<url::Url> {
+    let u = url::Url::parse(value)
+        .map_err(|e| Error::config(format!("{field}: not a valid URL ({e})")))?;
+    match u.scheme() {
+        "https" => {}
+        "http" if matches!(u.host_str(), Some("localhost" | "127.0.0.1" | "[::1]")) => {}
+        "http" => host.warn(&format!(
+            "{field} uses plain http: client credentials and tokens travel unencrypted \
+             (RFC 6749 §2.3.1 requires TLS)"
+        )),
+        other => {
+            return Err(Error::config(format!(
+                "{field}: scheme '{other}' is not http or https"
+            )))
+        }
+    }
+    if u.host_str().is_none() {
+        return Err(Error::config(format!("{field}: the URL names no host")));
+    }
+    Ok(u)
+}
 
 /// An OAuth error response (RFC 6749 §5.2).
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -74,12 +114,12 @@ pub fn token_response(
             resp.status
         ))
     };
-    let v: Value =
-        serde_json::from_slice(&resp.body).map_err(|_| bad("with a body that is not JSON"))?;
+    let v: Value = serde_json::from_slice(&resp.body)
+        .map_err(|_| bad("with a body that is not JSON (not a token response)"))?;
     let token = v["access_token"]
         .as_str()
         .filter(|t| !t.is_empty())
-        .ok_or_else(|| bad("without an access_token"))?;
+        .ok_or_else(|| bad("with a body that is not a token response (without an access_token)"))?;
     if token.chars().any(|c| c.is_whitespace() || c.is_control()) {
         return Err(bad("with an access_token containing whitespace"));
     }
@@ -214,6 +254,30 @@ mod tests {
                 assert!(e.message().contains(expected), "{body}: {e}");
             }
         });
+    }
+
+    #[test]
+    fn endpoint_urls_must_be_http_and_plain_http_is_warned_about() {
+        let mock = MockHost::new();
+        mock.with_host(|h| {
+            assert!(endpoint_url("token-url", "https://idp/t", h).is_ok());
+            assert!(endpoint_url("token-url", "http://127.0.0.1:9/t", h).is_ok());
+            assert!(endpoint_url("token-url", "http://idp.example/t", h).is_ok());
+            for (v, expected) in [
+                ("ftp://t", "token-url: scheme 'ftp' is not http or https"),
+                ("not a url", "token-url: not a valid URL ("),
+            ] {
+                let e = endpoint_url("token-url", v, h).unwrap_err();
+                assert_eq!(e.kind(), ErrorKind::Config);
+                assert!(e.message().starts_with(expected), "{e}");
+            }
+        });
+        let logs = mock.logs.lock().unwrap();
+        assert_eq!(logs.len(), 1, "{logs:?}");
+        assert!(
+            logs[0].1.starts_with("token-url uses plain http"),
+            "{logs:?}"
+        );
     }
 
     #[test]
