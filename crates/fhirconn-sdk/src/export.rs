@@ -93,13 +93,11 @@ pub(crate) fn credentials_to_abi(c: Credentials) -> AbiCredentials {
                 Err(_) => 0,
             })
             .into(),
-        extensions_json: if c.warnings.is_empty() {
-            RString::new()
-        } else {
-            serde_json::json!({ "warnings": c.warnings })
-                .to_string()
-                .into()
-        },
+        extensions_json: crate::wire::CredentialsExtensions {
+            warnings: c.warnings,
+        }
+        .to_json()
+        .into(),
         #[cfg(feature = "__fixture-changed-layout")]
         fixture_changed_layout: 0,
     }
@@ -134,7 +132,7 @@ impl AuthScheme for SchemeAdapter {
             summary: summary.into(),
             config_schema_json: schema.into(),
             sdk_version: crate::SDK_VERSION.into(),
-            extensions_json: "{}".into(),
+            extensions_json: crate::wire::NoExtensions {}.to_json().into(),
         }
     }
 

@@ -338,7 +338,36 @@ impl<'a> Host<'a> {
     /// in all its encodings (for a secret the host cannot see as one: a value sent in an
     /// unusual place). Hosts without the operation ignore it.
     pub fn redact_secret(&self, secret: &str) {
-        let _ = self.invoke("redact-secret", &serde_json::json!({ "secret": secret }));
+        let op = crate::wire::HostOperation::RedactSecret(crate::wire::RedactSecret {
+            secret: secret.to_string(),
+        });
+        let _ = self.raw.invoke(
+            RStr::from(op.name()),
+            RStr::from(op.payload_json().as_str()),
+        );
+    }
+
+    /// Sends the person to an authorization URL and waits for the browser's redirect to a
+    /// loopback listener of the host (RFC 8252 §7.3): the host's `browser-redirect` operation.
+    /// Fails with `interaction_required` when the call may not talk to a person.
+    pub fn browser_redirect(
+        &self,
+        request: &crate::wire::BrowserRedirect,
+    ) -> Result<crate::wire::RedirectAnswer> {
+        let op = crate::wire::HostOperation::BrowserRedirect(request.clone());
+        let out = self
+            .raw
+            .invoke(
+                RStr::from(op.name()),
+                RStr::from(op.payload_json().as_str()),
+            )
+            .into_result()?;
+        serde_json::from_str(out.as_str()).map_err(|e| {
+            Error::protocol(format!(
+                "host answered '{}' with unexpected JSON: {e}",
+                op.name()
+            ))
+        })
     }
 
     /// Calls a host operation added after ABI 1.0.
