@@ -87,6 +87,7 @@ mod scheme;
 mod secret;
 pub mod settings;
 pub mod testing;
+pub mod wire;
 pub mod www_authenticate;
 
 pub use error::{Error, ErrorKind, Result};
