@@ -334,3 +334,50 @@ async fn secret_files_must_be_regular_files() {
         assert!(text.contains("not a regular file"), "{file}: {text}");
     }
 }
+
+/// The CLI itself (not just the helper) runs without core dumps and non-dumpable: checked on a
+/// running `fhirconn proxy` through `/proc/<pid>/limits`.
+#[test]
+#[cfg(target_os = "linux")]
+fn the_running_cli_writes_no_core_dumps() {
+    let dir = tempfile::tempdir().unwrap();
+    let cfg = dir.path().join("fhirconn.yaml");
+    std::fs::write(
+        &cfg,
+        "connections:\n  c:\n    base-url: http://127.0.0.1:9/fhir\n    auth: {scheme: none}\n",
+    )
+    .unwrap();
+    let mut child = std::process::Command::new(fhirconn_bin())
+        .arg("--config")
+        .arg(&cfg)
+        .arg("--plugin-dir")
+        .arg(plugin_dir())
+        .args(["proxy", "--listen", "127.0.0.1:0", "--no-token"])
+        .env("XDG_STATE_HOME", dir.path())
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    // The process sets its limits before parsing arguments; give it a moment to start.
+    let mut limits = String::new();
+    for _ in 0..50 {
+        std::thread::sleep(std::time::Duration::from_millis(50));
+        limits =
+            std::fs::read_to_string(format!("/proc/{}/limits", child.id())).unwrap_or_default();
+        if limits.contains("Max core file size") {
+            break;
+        }
+    }
+    let _ = child.kill();
+    let _ = child.wait();
+    let core = limits
+        .lines()
+        .find(|l| l.starts_with("Max core file size"))
+        .unwrap_or_else(|| panic!("no limits read: {limits}"));
+    let fields: Vec<&str> = core.split_whitespace().collect();
+    assert_eq!(
+        &fields[4..6],
+        &["0", "0"],
+        "soft and hard core limits: {core}"
+    );
+}
