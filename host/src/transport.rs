@@ -1,14 +1,20 @@
-//! HTTP for one connection: reqwest + rustls clients per client identity, timeouts, roots,
-//! proxy, capped bodies, and redirects followed by hand so credentials never change origin.
+//! HTTP for one connection: reqwest + rustls clients from the host's [`ClientPool`] (per
+//! roots, proxy, timeouts and client identity), capped bodies, and redirects followed by hand
+//! so credentials never change origin.
+
+mod classify;
+mod pool;
+
+pub use classify::describe_tls;
+pub use pool::{ClientKey, ClientPool, IdentityKey};
 
 use crate::config::ConnectionSettings;
 use fhirconn_sdk::ClientIdentity;
 use reqwest::header::{HeaderMap, HeaderName, HeaderValue, LOCATION};
 use reqwest::{Method, StatusCode};
 use secrecy::ExposeSecret;
-use std::collections::HashMap;
-use std::hash::{Hash, Hasher};
-use std::sync::Mutex;
+use std::path::PathBuf;
+use std::sync::Arc;
 use std::time::Duration;
 
 /// How many redirects a FHIR request follows.
@@ -59,6 +65,9 @@ pub enum TransportError {
     /// A redirect could not be followed.
     #[error("redirect refused: {0}")]
     Redirect(String),
+    /// The HTTP client could not be built.
+    #[error(transparent)]
+    Client(#[from] ClientError),
     /// Anything else.
     #[error("{0}")]
     Other(String),
@@ -107,16 +116,76 @@ pub struct Outgoing {
 /// custom `--header`s, is dropped there).
 const CROSS_ORIGIN_HEADERS: &[&str] = &["accept", "user-agent", "accept-language"];
 
-/// The HTTP side of one connection.
-/// Clients shared by every connection of the process, by [`Transport::client_key`].
-static SHARED_CLIENTS: std::sync::LazyLock<Mutex<HashMap<u64, reqwest::Client>>> =
-    std::sync::LazyLock::new(|| Mutex::new(HashMap::new()));
+/// Where one hop of a request goes, and whether credentials still go with it.
+struct Hop {
+    method: Method,
+    url: url::Url,
+    body: Option<Vec<u8>>,
+    with_credentials: bool,
+}
 
+/// Why an HTTP client could not be built for a connection.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[non_exhaustive]
+pub enum ClientError {
+    /// The proxy URL was refused by reqwest.
+    #[error("proxy.url: {0}")]
+    Proxy(String),
+    /// The scheme's certificate or key is not usable by rustls.
+    #[error("the client certificate or its key could not be used")]
+    Identity,
+    /// reqwest refused the configuration.
+    #[error("cannot build the HTTP client: {0}")]
+    Build(String),
+}
+
+/// Why a connection's transport cannot be set up (reported as a configuration error at the
+/// setting named by [`SetupError::field`]).
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum SetupError {
+    /// The roots file cannot be read.
+    #[error("cannot read {}: {source}", path.display())]
+    RootsUnreadable {
+        /// The file.
+        path: PathBuf,
+        /// The OS error.
+        #[source]
+        source: std::io::Error,
+    },
+    /// The roots file is not PEM.
+    #[error("{} holds no valid PEM certificates", path.display())]
+    RootsInvalid {
+        /// The file.
+        path: PathBuf,
+    },
+    /// The roots file holds no certificate.
+    #[error("{} holds no certificates", path.display())]
+    RootsEmpty {
+        /// The file.
+        path: PathBuf,
+    },
+    /// Neither the system's roots nor a file: nothing would be trusted.
+    #[error("use-system-roots is false but no trusted-root-certificates-file is set")]
+    NoRoots,
+}
+
+impl SetupError {
+    /// The connection setting the error is about.
+    pub fn field(&self) -> &'static str {
+        match self {
+            SetupError::NoRoots => "use-system-roots",
+            _ => "trusted-root-certificates-file",
+        }
+    }
+}
+
+/// The HTTP side of one connection.
 pub struct Transport {
     settings: ConnectionSettings,
     roots: Vec<reqwest::Certificate>,
-    roots_pem: Vec<u8>,
-    clients: Mutex<HashMap<u64, reqwest::Client>>,
+    key: ClientKey,
+    pool: Arc<ClientPool>,
 }
 
 impl std::fmt::Debug for Transport {
@@ -127,38 +196,20 @@ impl std::fmt::Debug for Transport {
     }
 }
 
-fn identity_key(identity: Option<&ClientIdentity>) -> u64 {
-    let mut h = std::collections::hash_map::DefaultHasher::new();
-    if let Some(i) = identity {
-        i.certificate_chain_pem.hash(&mut h);
-        i.private_key_pem.expose_secret().hash(&mut h);
-    }
-    h.finish()
-}
-
 impl Transport {
-    /// Reads the connection's trusted roots; fails with a message naming the file.
-    pub fn new(settings: ConnectionSettings) -> Result<Self, String> {
+    /// Reads the connection's trusted roots; its clients come from `pool`.
+    pub fn new(settings: ConnectionSettings, pool: Arc<ClientPool>) -> Result<Self, SetupError> {
         let mut roots_pem = Vec::new();
         let roots = match &settings.trusted_roots_file {
             Some(path) => {
-                let pem = std::fs::read(path).map_err(|e| {
-                    format!(
-                        "trusted-root-certificates-file: cannot read {}: {e}",
-                        path.display()
-                    )
+                let pem = std::fs::read(path).map_err(|source| SetupError::RootsUnreadable {
+                    path: path.clone(),
+                    source,
                 })?;
-                let certs = reqwest::Certificate::from_pem_bundle(&pem).map_err(|_| {
-                    format!(
-                        "trusted-root-certificates-file: {} holds no valid PEM certificates",
-                        path.display()
-                    )
-                })?;
+                let certs = reqwest::Certificate::from_pem_bundle(&pem)
+                    .map_err(|_| SetupError::RootsInvalid { path: path.clone() })?;
                 if certs.is_empty() {
-                    return Err(format!(
-                        "trusted-root-certificates-file: {} holds no certificates",
-                        path.display()
-                    ));
+                    return Err(SetupError::RootsEmpty { path: path.clone() });
                 }
                 roots_pem = pem;
                 certs
@@ -166,15 +217,14 @@ impl Transport {
             None => Vec::new(),
         };
         if !settings.use_system_roots && roots.is_empty() {
-            return Err(
-                "use-system-roots is false but no trusted-root-certificates-file is set".into(),
-            );
+            return Err(SetupError::NoRoots);
         }
+        let key = ClientKey::new(&settings, roots_pem.into());
         Ok(Self {
             settings,
             roots,
-            roots_pem,
-            clients: Mutex::new(HashMap::new()),
+            key,
+            pool,
         })
     }
 
@@ -183,25 +233,18 @@ impl Transport {
         &self.settings
     }
 
-    /// The client for an identity: built once per distinct (TLS roots, proxy, timeouts,
-    /// identity) in the process and cloned, so a file of many connections to similar servers
-    /// shares clients and their connection pools (building one costs milliseconds).
-    pub fn client(&self, identity: Option<&ClientIdentity>) -> Result<reqwest::Client, String> {
-        let key = self.client_key(identity);
-        let mut clients = self
-            .clients
-            .lock()
-            .unwrap_or_else(std::sync::PoisonError::into_inner);
-        if let Some(c) = clients.get(&key) {
-            return Ok(c.clone());
-        }
-        let mut shared = SHARED_CLIENTS
-            .lock()
-            .unwrap_or_else(std::sync::PoisonError::into_inner);
-        if let Some(c) = shared.get(&key) {
-            clients.insert(key, c.clone());
-            return Ok(c.clone());
-        }
+    /// The client for an identity: built once per distinct [`ClientKey`] in the host's pool
+    /// and cloned, so a file of many connections to similar servers shares clients and their
+    /// connection pools (building one costs milliseconds).
+    pub fn client(
+        &self,
+        identity: Option<&ClientIdentity>,
+    ) -> Result<reqwest::Client, ClientError> {
+        let key = self.key.with_identity(identity);
+        self.pool.get_or_build(key, || self.build(identity))
+    }
+
+    fn build(&self, identity: Option<&ClientIdentity>) -> Result<reqwest::Client, ClientError> {
         let s = &self.settings;
         let mut b = reqwest::Client::builder()
             .redirect(reqwest::redirect::Policy::none())
@@ -219,7 +262,8 @@ impl Transport {
             };
         }
         if let Some(p) = &s.proxy {
-            let mut proxy = reqwest::Proxy::all(&p.url).map_err(|e| format!("proxy.url: {e}"))?;
+            let mut proxy =
+                reqwest::Proxy::all(&p.url).map_err(|e| ClientError::Proxy(e.to_string()))?;
             if !p.no_proxy.is_empty() {
                 proxy = proxy.no_proxy(reqwest::NoProxy::from_string(&p.no_proxy.join(",")));
             }
@@ -229,40 +273,11 @@ impl Transport {
             let mut pem = id.certificate_chain_pem.clone().into_bytes();
             pem.push(b'\n');
             pem.extend_from_slice(id.private_key_pem.expose_secret().as_bytes());
-            let identity = reqwest::Identity::from_pem(&pem)
-                .map_err(|_| "the client certificate or its key could not be used".to_string())?;
+            let identity = reqwest::Identity::from_pem(&pem).map_err(|_| ClientError::Identity)?;
             b = b.identity(identity);
         }
-        let client = b.build().map_err(|e| {
-            let mut msg = e.to_string();
-            let mut src = std::error::Error::source(&e);
-            while let Some(s) = src {
-                msg = format!("{msg}: {s}");
-                src = s.source();
-            }
-            format!("cannot build the HTTP client: {msg}")
-        })?;
-        clients.insert(key, client.clone());
-        shared.insert(key, client.clone());
-        Ok(client)
-    }
-
-    /// What makes two clients interchangeable.
-    fn client_key(&self, identity: Option<&ClientIdentity>) -> u64 {
-        let s = &self.settings;
-        let mut h = std::collections::hash_map::DefaultHasher::new();
-        identity_key(identity).hash(&mut h);
-        s.connect_timeout.hash(&mut h);
-        s.read_timeout.hash(&mut h);
-        s.use_system_roots.hash(&mut h);
-        for r in &self.roots_pem {
-            r.hash(&mut h);
-        }
-        if let Some(p) = &s.proxy {
-            p.url.hash(&mut h);
-            p.no_proxy.hash(&mut h);
-        }
-        h.finish()
+        b.build()
+            .map_err(|e| ClientError::Build(classify::error_chain(&e).join(": ")))
     }
 
     /// Sends a request, following redirects if asked (dropping credential headers when the
@@ -272,110 +287,165 @@ impl Transport {
         req: Outgoing,
         identity: Option<&ClientIdentity>,
     ) -> Result<Response, TransportError> {
-        let mut client = self.client(identity).map_err(TransportError::Other)?;
         let origin = req.url.origin();
-        let mut url = req.url.clone();
-        let mut method = req.method.clone();
-        let mut body = req.body.clone();
-        let mut with_credentials = true;
-        for hop in 0..=MAX_REDIRECTS {
-            let build = || {
-                let mut rb = client.request(method.clone(), url.clone());
-                for (k, v) in &req.headers {
-                    // Past an origin change only harmless headers follow: a custom header
-                    // (`--header X-Api-Key: ...`) may be a credential too.
-                    if with_credentials || CROSS_ORIGIN_HEADERS.contains(&k.as_str()) {
-                        rb = rb.header(k, v);
-                    }
-                }
-                if with_credentials {
-                    for (k, v) in &req.credential_headers {
-                        rb = rb.header(k, v);
-                    }
-                }
-                if let Some(b) = &body {
-                    rb = rb.body(b.clone());
-                }
-                rb
-            };
-            let started = std::time::Instant::now();
-            let resp = match build().send().await {
-                Ok(r) => r,
-                // The connection closed between its handshake and our request, so the request
-                // was never sent (hyper: "connection was not ready"): safe to send it again.
-                Err(e) if error_chain(&e).iter().any(|m| m.contains("not ready")) => {
-                    tracing::debug!(connection = %self.settings.id, url = %url,
-                        "connection closed before the request was sent; retrying once");
-                    build().send().await.map_err(|e| self.classify(&e, &url))?
-                }
-                Err(e) => return Err(self.classify(&e, &url)),
-            };
+        let mut hop = Hop {
+            method: req.method.clone(),
+            url: req.url.clone(),
+            body: req.body.clone(),
+            with_credentials: true,
+        };
+        for n in 0..=MAX_REDIRECTS {
+            let resp = self.send_hop(&req, &hop, identity).await?;
             let status = resp.status();
-            tracing::debug!(
-                connection = %self.settings.id, %method, url = %url, status = status.as_u16(),
-                elapsed_ms = started.elapsed().as_millis() as u64, "http"
-            );
-            if self.settings.debug_logging {
-                tracing::info!(connection = %self.settings.id, %method, url = %url,
-                    status = status.as_u16(), "http");
-            }
             let redirect = status.is_redirection() && status != StatusCode::NOT_MODIFIED;
             if !(redirect && req.follow_redirects) {
-                return self.read(resp, url).await;
+                return self.read(resp, hop.url).await;
             }
-            if hop == MAX_REDIRECTS {
+            if n == MAX_REDIRECTS {
                 return Err(TransportError::Redirect(format!(
                     "more than {MAX_REDIRECTS} redirects"
                 )));
             }
             let Some(loc) = resp.headers().get(LOCATION).and_then(|v| v.to_str().ok()) else {
-                return self.read(resp, url).await;
+                return self.read(resp, hop.url).await;
             };
-            let next = url
+            let next = hop
+                .url
                 .join(loc)
                 .map_err(|_| TransportError::Redirect("invalid Location header".into()))?;
-            if url.scheme() == "https" && next.scheme() != "https" {
-                return Err(TransportError::Redirect(format!(
-                    "{url} redirects to insecure {next}"
-                )));
-            }
-            let keeps_method = status == StatusCode::TEMPORARY_REDIRECT
-                || status == StatusCode::PERMANENT_REDIRECT;
-            if next.origin() != origin {
-                // A 307/308 would replay the method and body (PUT/POST with patient data,
-                // DELETE) at a server the person never named: refuse it.
-                if keeps_method
-                    && (body.is_some() || !matches!(method, Method::GET | Method::HEAD))
-                {
-                    return Err(TransportError::Redirect(format!(
-                        "{url} answered {} to another origin ({}); not re-sending the {method} \
-                         request there",
-                        status.as_u16(),
-                        next.origin().ascii_serialization()
-                    )));
-                }
-                if with_credentials {
-                    // No credential header, custom header or client certificate follows: the
-                    // rest of the hops use a client without the identity.
-                    with_credentials = false;
-                    if identity.is_some() {
-                        client = self.client(None).map_err(TransportError::Other)?;
-                    }
-                    tracing::debug!(connection = %self.settings.id, from = %url, to = %next,
-                        "redirect to another origin: credentials, custom headers and client \
-                         certificate dropped");
-                }
-            }
-            if status == StatusCode::SEE_OTHER
-                || ((status == StatusCode::MOVED_PERMANENTLY || status == StatusCode::FOUND)
-                    && method == Method::POST)
-            {
-                method = Method::GET;
-                body = None;
-            }
-            url = next;
+            self.follow(&mut hop, status, next, &origin)?;
         }
         Err(TransportError::Redirect("redirect loop".into()))
+    }
+
+    /// Sends one request as given, without following a redirect, and returns the response
+    /// unread (to stream its body).
+    pub async fn open(
+        &self,
+        req: &Outgoing,
+        identity: Option<&ClientIdentity>,
+    ) -> Result<reqwest::Response, TransportError> {
+        let hop = Hop {
+            method: req.method.clone(),
+            url: req.url.clone(),
+            body: req.body.clone(),
+            with_credentials: true,
+        };
+        self.send_hop(req, &hop, identity).await
+    }
+
+    /// Moves `hop` to the redirect target `next`, or refuses the redirect.
+    fn follow(
+        &self,
+        hop: &mut Hop,
+        status: StatusCode,
+        next: url::Url,
+        origin: &url::Origin,
+    ) -> Result<(), TransportError> {
+        let url = &hop.url;
+        if url.scheme() == "https" && next.scheme() != "https" {
+            return Err(TransportError::Redirect(format!(
+                "{url} redirects to insecure {next}"
+            )));
+        }
+        // Only 303, and 301/302 after a POST, turn the request into a body-less GET; every
+        // other redirect keeps the method (and the body) — 307/308 by definition, 301/302 of
+        // PUT/PATCH/DELETE in practice.
+        let becomes_get = status == StatusCode::SEE_OTHER
+            || ((status == StatusCode::MOVED_PERMANENTLY || status == StatusCode::FOUND)
+                && hop.method == Method::POST);
+        let keeps_method = !becomes_get;
+        if next.origin() != *origin {
+            // Replaying the method and body (PUT/POST with patient data, DELETE) at a server
+            // the person never named is refused, whatever the redirect status.
+            if keeps_method
+                && (hop.body.is_some() || !matches!(hop.method, Method::GET | Method::HEAD))
+            {
+                return Err(TransportError::Redirect(format!(
+                    "{url} answered {} to another origin ({}); not re-sending the {} \
+                     request there",
+                    status.as_u16(),
+                    next.origin().ascii_serialization(),
+                    hop.method
+                )));
+            }
+            if hop.with_credentials {
+                // No credential header, custom header or client certificate follows: the
+                // rest of the hops use a client without the identity.
+                hop.with_credentials = false;
+                tracing::debug!(connection = %self.settings.id, from = %url, to = %next,
+                    "redirect to another origin: credentials, custom headers and client \
+                     certificate dropped");
+            }
+        }
+        if status == StatusCode::SEE_OTHER
+            || ((status == StatusCode::MOVED_PERMANENTLY || status == StatusCode::FOUND)
+                && hop.method == Method::POST)
+        {
+            hop.method = Method::GET;
+            hop.body = None;
+        }
+        hop.url = next;
+        Ok(())
+    }
+
+    /// Sends one hop: past an origin change without credentials, custom headers or identity.
+    async fn send_hop(
+        &self,
+        req: &Outgoing,
+        hop: &Hop,
+        identity: Option<&ClientIdentity>,
+    ) -> Result<reqwest::Response, TransportError> {
+        let client = self.client(identity.filter(|_| hop.with_credentials))?;
+        let url = &hop.url;
+        let build = || {
+            let mut rb = client.request(hop.method.clone(), url.clone());
+            for (k, v) in &req.headers {
+                // Past an origin change only harmless headers follow: a custom header
+                // (`--header X-Api-Key: ...`) may be a credential too.
+                if hop.with_credentials || CROSS_ORIGIN_HEADERS.contains(&k.as_str()) {
+                    rb = rb.header(k, v);
+                }
+            }
+            if hop.with_credentials {
+                for (k, v) in &req.credential_headers {
+                    rb = rb.header(k, v);
+                }
+            }
+            if let Some(b) = &hop.body {
+                rb = rb.body(b.clone());
+            }
+            rb
+        };
+        let started = std::time::Instant::now();
+        let resp = match build().send().await {
+            Ok(r) => r,
+            // The connection closed between its handshake and our request, so the request
+            // was never sent (hyper: "connection was not ready"): safe to send it again.
+            Err(e)
+                if classify::error_chain(&e)
+                    .iter()
+                    .any(|m| m.contains("not ready")) =>
+            {
+                tracing::debug!(connection = %self.settings.id, url = %url,
+                    "connection closed before the request was sent; retrying once");
+                build()
+                    .send()
+                    .await
+                    .map_err(|e| self.classify_error(&e, url))?
+            }
+            Err(e) => return Err(self.classify_error(&e, url)),
+        };
+        let status = resp.status().as_u16();
+        let method = &hop.method;
+        tracing::debug!(
+            connection = %self.settings.id, %method, url = %url, status,
+            elapsed_ms = started.elapsed().as_millis() as u64, "http"
+        );
+        if self.settings.debug_logging {
+            tracing::info!(connection = %self.settings.id, %method, url = %url, status, "http");
+        }
+        Ok(resp)
     }
 
     async fn read(
@@ -404,7 +474,7 @@ impl Transport {
                     body.extend_from_slice(&chunk);
                 }
                 Ok(None) => break,
-                Err(e) => return Err(self.classify(&e, &url)),
+                Err(e) => return Err(self.classify_error(&e, &url)),
             }
         }
         Ok(Response {
@@ -418,130 +488,6 @@ impl Transport {
 
     /// Classifies a reqwest error for a person (DNS, connect, TLS with a hint, timeout...).
     pub fn classify_error(&self, e: &reqwest::Error, url: &url::Url) -> TransportError {
-        self.classify(e, url)
-    }
-
-    fn classify(&self, e: &reqwest::Error, url: &url::Url) -> TransportError {
-        let host = url.host_str().unwrap_or_default().to_string();
-        let hostport = match url.port_or_known_default() {
-            Some(p) => format!("{host}:{p}"),
-            None => host.clone(),
-        };
-        let chain = error_chain(e);
-        if e.is_timeout() || chain.iter().any(|m| m.contains("timed out")) {
-            let (what, after) = if e.is_connect() {
-                ("connect-timeout", self.settings.connect_timeout)
-            } else {
-                ("read-timeout", self.settings.read_timeout)
-            };
-            return TransportError::Timeout {
-                what: what.to_string(),
-                after,
-            };
-        }
-        if let Some(tls) = find_rustls(e) {
-            return TransportError::Tls {
-                host,
-                detail: describe_tls(tls),
-            };
-        }
-        let joined = chain.join(": ");
-        if let Some(cert_error) = tls_error_from_text(&joined) {
-            return TransportError::Tls {
-                host,
-                detail: describe_tls(&cert_error),
-            };
-        }
-        if joined.contains("dns error") || joined.contains("failed to lookup address") {
-            let detail = chain.last().cloned().unwrap_or_default();
-            return TransportError::Dns { host, detail };
-        }
-        if e.is_connect() {
-            let detail = chain
-                .iter()
-                .rev()
-                .find(|m| !m.is_empty())
-                .cloned()
-                .unwrap_or_else(|| "connection failed".into());
-            return TransportError::Connect {
-                host: hostport,
-                detail,
-            };
-        }
-        TransportError::Other(joined)
-    }
-}
-
-fn error_chain(e: &(dyn std::error::Error + 'static)) -> Vec<String> {
-    let mut out = vec![e.to_string()];
-    let mut src = e.source();
-    while let Some(s) = src {
-        out.push(s.to_string());
-        src = s.source();
-    }
-    out
-}
-
-fn find_rustls<'a>(e: &'a (dyn std::error::Error + 'static)) -> Option<&'a rustls::Error> {
-    if let Some(r) = e.downcast_ref::<rustls::Error>() {
-        return Some(r);
-    }
-    // `io::Error::source` skips the error it wraps, so look inside explicitly.
-    if let Some(inner) = e
-        .downcast_ref::<std::io::Error>()
-        .and_then(|io| io.get_ref())
-    {
-        let inner: &(dyn std::error::Error + 'static) = inner;
-        if let Some(r) = find_rustls(inner) {
-            return Some(r);
-        }
-    }
-    e.source().and_then(find_rustls)
-}
-
-/// Recognises a certificate error that reached us only as text (some verifiers flatten it).
-fn tls_error_from_text(text: &str) -> Option<rustls::Error> {
-    use rustls::{CertificateError as C, Error as E};
-    let rest = text.split("invalid peer certificate: ").nth(1)?;
-    let code = rest.split([':', ' ', ',', ')']).next().unwrap_or_default();
-    Some(E::InvalidCertificate(match code {
-        "UnknownIssuer" => C::UnknownIssuer,
-        "NotValidForName" => C::NotValidForName,
-        "Expired" => C::Expired,
-        "NotValidYet" => C::NotValidYet,
-        "BadSignature" => C::BadSignature,
-        "Revoked" => C::Revoked,
-        _ => return None,
-    }))
-}
-
-/// Words a rustls error for a person, naming the setting that fixes it.
-pub fn describe_tls(e: &rustls::Error) -> String {
-    use rustls::{CertificateError, Error as E};
-    match e {
-        E::InvalidCertificate(CertificateError::UnknownIssuer) => {
-            "the server's certificate is not trusted (unknown issuer); \
-             add its CA to trusted-root-certificates-file"
-                .into()
-        }
-        E::InvalidCertificate(CertificateError::NotValidForName)
-        | E::InvalidCertificate(CertificateError::NotValidForNameContext { .. }) => {
-            "the server's certificate is not valid for this host name (hostname mismatch); \
-             use the name the certificate was issued for in base-url"
-                .into()
-        }
-        E::InvalidCertificate(CertificateError::Expired)
-        | E::InvalidCertificate(CertificateError::ExpiredContext { .. }) => {
-            "the server's certificate has expired".into()
-        }
-        E::InvalidCertificate(CertificateError::NotValidYet)
-        | E::InvalidCertificate(CertificateError::NotValidYetContext { .. }) => {
-            "the server's certificate is not valid yet (check the clock)".into()
-        }
-        E::AlertReceived(alert) => format!(
-            "the server refused the handshake ({alert:?}); if it requires a client certificate, \
-             check that one is configured and issued by a CA the server trusts"
-        ),
-        other => other.to_string(),
+        classify::classify(e, url, &self.settings)
     }
 }
