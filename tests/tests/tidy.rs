@@ -275,9 +275,31 @@ fn production_sources() -> Vec<(PathBuf, String)> {
 
 /// Files still over a limit while the redesign (issue 14) splits them: each entry must be
 /// removed when its file is split. Listed so that no new file grows past the limit unseen.
-const KNOWN_LONG_FILES: &[&str] = &[];
+const KNOWN_LONG_FILES: &[&str] = &[
+    // The ABI 1.0 interface: frozen, split only with ABI 2 (its layout must not change).
+    "crates/fhirconn-abi/src/lib.rs",
+    // Being split by the redesign's "transport" helper (bulk client, proxy).
+    "host/src/bulk.rs",
+    "host/src/proxy.rs",
+    // Shared by every helper of the redesign; to split when they are done.
+    "host/src/lib.rs",
+    // Build orchestration: one file per xtask command is the next step.
+    "xtask/src/main.rs",
+];
 /// Functions still over the limit, as `file::name` (same rule as above).
-const KNOWN_LONG_FUNCTIONS: &[&str] = &[];
+const KNOWN_LONG_FUNCTIONS: &[&str] = &[
+    // The conformance suite: its case table and fixtures.
+    "crates/fhirconn-conformance/src/lib.rs::run_case",
+    "crates/fhirconn-conformance/src/lib.rs::run",
+    "crates/fhirconn-conformance/src/fixtures.rs::new",
+    "crates/fhirconn-conformance/src/fixtures.rs::scheme_specific",
+    // Configuration ("transport" helper: host settings declared once).
+    "host/src/config/validate.rs::describe",
+    "host/src/config/mod.rs::connection",
+    "host/src/config/yaml.rs::bounded_prepass",
+    // The bulk client ("transport" helper).
+    "host/src/bulk.rs::run",
+];
 
 #[test]
 fn no_production_file_is_over_600_lines() {
