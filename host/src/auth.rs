@@ -1,18 +1,15 @@
 //! Credentials for one connection: calls its scheme(s) on blocking threads, combines stacked
 //! schemes, and caches the result until shortly before it expires (single flight).
 
+use crate::bridge::{CallError, CallServices, ConnectionInfo, PluginConnection, SharedServices};
 use crate::error::Error;
 use crate::plugins::SchemeHandle;
-use crate::services::{CallServices, SharedServices};
-use fhirconn_abi::{
-    host_ref, AuthRequest, ConnectionAuthBox, ConnectionContext, AUTH_FLAG_FORCE_LOGIN,
-    AUTH_FLAG_INTERACTIVE,
-};
-use fhirconn_sdk::{ClientIdentity, ErrorKind, SecretString};
+use fhirconn_sdk::wire::ConnectionOperation;
+use fhirconn_sdk::{ClientIdentity, ErrorKind, ExposeSecret as _};
 use reqwest::header::{HeaderName, HeaderValue};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, RwLock};
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::{Duration, SystemTime};
 
 /// Renew this long before expiry at most...
 pub const MAX_RENEWAL_MARGIN: Duration = Duration::from_secs(30);
@@ -65,13 +62,13 @@ pub fn renew_at(now: SystemTime, expires_at: SystemTime, margin: Option<Duration
 /// One configured scheme of a connection.
 pub(crate) struct Entry {
     pub scheme: Arc<SchemeHandle>,
-    pub conn: Arc<ConnectionAuthBox>,
+    pub conn: PluginConnection,
 }
 
 /// The credential runtime of one connection.
 pub(crate) struct AuthRuntime {
     pub id: String,
-    pub context: ConnectionContext,
+    pub context: ConnectionInfo,
     pub entries: Vec<Entry>,
     pub services: SharedServices,
     pub renewal_margin: Option<Duration>,
@@ -83,7 +80,7 @@ pub(crate) struct AuthRuntime {
 impl AuthRuntime {
     pub fn new(
         id: String,
-        context: ConnectionContext,
+        context: ConnectionInfo,
         entries: Vec<Entry>,
         services: SharedServices,
         renewal_margin: Option<Duration>,
@@ -148,6 +145,7 @@ impl AuthRuntime {
     /// Runs a connection-level operation (e.g. `logout`) on every scheme; returns whether any
     /// scheme knew it. Drops the cached credentials.
     pub async fn invoke_all(&self, op: &str) -> Result<bool, Error> {
+        let op = ConnectionOperation::parse(op);
         let _flight = self.fetch_lock.lock().await;
         *self
             .cache
@@ -155,42 +153,30 @@ impl AuthRuntime {
             .unwrap_or_else(std::sync::PoisonError::into_inner) = None;
         let mut handled = false;
         for entry in &self.entries {
-            let call = CallServices {
-                shared: self.services.clone(),
-                identity: None,
-                interactive: false,
-            };
-            let conn = entry.conn.clone();
-            let op_owned = op.to_string();
-            let result = tokio::task::spawn_blocking(move || {
-                conn.invoke(op_owned.as_str().into(), "{}".into(), host_ref(&call))
-                    .into_result()
-            })
-            .await
-            .map_err(|e| Error::Credentials {
-                id: self.id.clone(),
-                kind: ErrorKind::Internal,
-                message: format!("scheme '{}' did not return: {e}", entry.scheme.name),
-            })?;
-            match result {
-                Ok(_) => handled = true,
-                Err(e) if e.kind == fhirconn_abi::ErrorKind::UNSUPPORTED => {}
-                Err(e) => {
-                    return Err(Error::Credentials {
-                        id: self.id.clone(),
-                        kind: ErrorKind::from_abi(e.kind),
-                        // Redact before cutting and escaping, so neither can split a secret.
-                        message: crate::services::plugin_text(
-                            &self
-                                .services
-                                .redactor
-                                .redact(&format!("{}: {}", entry.scheme.name, e.message)),
-                        ),
-                    });
-                }
-            }
+            let answer = entry
+                .conn
+                .invoke(&op, self.call_services(None, false))
+                .await
+                .map_err(|e| self.call_error(e))?;
+            handled |= answer.is_some();
         }
         Ok(handled)
+    }
+
+    fn call_services(&self, identity: Option<ClientIdentity>, interactive: bool) -> CallServices {
+        CallServices {
+            shared: self.services.clone(),
+            identity,
+            interactive,
+        }
+    }
+
+    fn call_error(&self, e: CallError) -> Error {
+        Error::Credentials {
+            id: self.id.clone(),
+            kind: e.kind(),
+            message: e.to_string(),
+        }
     }
 
     /// Drops `stale` from the cache (after a 401), unless a newer value replaced it already.
@@ -212,62 +198,32 @@ impl AuthRuntime {
         let mut identity: Option<ClientIdentity> = None;
         let mut expires_at: Option<SystemTime> = None;
         let mut warnings: Vec<String> = Vec::new();
-        let flags = (if interactive {
-            AUTH_FLAG_INTERACTIVE
-        } else {
-            0
-        }) | (if force_login {
-            AUTH_FLAG_FORCE_LOGIN
-        } else {
-            0
-        });
         for entry in &self.entries {
-            let request = AuthRequest {
-                connection: self.context.clone(),
-                flags,
-                extensions_json: "{}".into(),
-            };
-            let call = CallServices {
-                shared: self.services.clone(),
-                identity: identity.clone(),
-                interactive,
-            };
-            let conn = entry.conn.clone();
-            let scheme = entry.scheme.name.clone();
-            let creds = tokio::task::spawn_blocking(move || {
-                conn.authorize(&request, host_ref(&call)).into_result()
-            })
-            .await
-            .map_err(|e| Error::Credentials {
-                id: self.id.clone(),
-                kind: ErrorKind::Internal,
-                message: format!("scheme '{scheme}' did not return: {e}"),
-            })?
-            .map_err(|e| Error::Credentials {
-                id: self.id.clone(),
-                kind: ErrorKind::from_abi(e.kind),
-                // Redact before cutting and escaping, so neither can split a secret.
-                message: crate::services::plugin_text(
-                    &self
-                        .services
-                        .redactor
-                        .redact(&format!("{scheme}: {}", e.message)),
-                ),
-            })?;
-            for h in creds.headers.iter() {
-                self.services.redactor.add_header_value(h.value.as_str());
+            let scheme = &entry.scheme.name;
+            let creds = entry
+                .conn
+                .authorize(
+                    &self.context,
+                    interactive,
+                    force_login,
+                    self.call_services(identity.clone(), interactive),
+                )
+                .await
+                .map_err(|e| self.call_error(e))?;
+            for h in &creds.headers {
                 let name =
                     HeaderName::from_bytes(h.name.as_bytes()).map_err(|_| Error::Credentials {
                         id: self.id.clone(),
                         kind: ErrorKind::Protocol,
                         message: format!("{scheme}: invalid header name '{}'", h.name),
                     })?;
-                let mut value =
-                    HeaderValue::from_str(h.value.as_str()).map_err(|_| Error::Credentials {
+                let mut value = HeaderValue::from_str(h.value.expose_secret()).map_err(|_| {
+                    Error::Credentials {
                         id: self.id.clone(),
                         kind: ErrorKind::Protocol,
                         message: format!("{scheme}: invalid value for header '{name}'"),
-                    })?;
+                    }
+                })?;
                 value.set_sensitive(true);
                 if headers.iter().any(|(n, _)| *n == name) {
                     return Err(Error::Credentials {
@@ -280,7 +236,7 @@ impl AuthRuntime {
                 }
                 headers.push((name, value));
             }
-            if let fhirconn_abi::std_types::ROption::RSome(id) = &creds.identity {
+            if let Some(id) = creds.identity {
                 if identity.is_some() {
                     return Err(Error::Credentials {
                         id: self.id.clone(),
@@ -289,25 +245,10 @@ impl AuthRuntime {
                             .into(),
                     });
                 }
-                self.services.redactor.add(id.private_key_pem.as_str());
-                identity = Some(ClientIdentity {
-                    certificate_chain_pem: id.certificate_chain_pem.to_string(),
-                    private_key_pem: SecretString::from(id.private_key_pem.to_string()),
-                });
+                identity = Some(id);
             }
-            if let Ok(ext) =
-                serde_json::from_str::<serde_json::Value>(creds.extensions_json.as_str())
-            {
-                if let Some(list) = ext.get("warnings").and_then(|w| w.as_array()) {
-                    warnings.extend(list.iter().filter_map(|w| w.as_str()).map(|w| {
-                        crate::services::plugin_text(
-                            &self.services.redactor.redact(&format!("{scheme}: {w}")),
-                        )
-                    }));
-                }
-            }
-            if let fhirconn_abi::std_types::ROption::RSome(ms) = creds.expires_at_unix_ms {
-                let at = UNIX_EPOCH + Duration::from_millis(u64::try_from(ms).unwrap_or(0));
+            warnings.extend(creds.warnings);
+            if let Some(at) = creds.expires_at {
                 expires_at = Some(expires_at.map_or(at, |e: SystemTime| e.min(at)));
             }
         }
@@ -325,6 +266,7 @@ impl AuthRuntime {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use std::time::UNIX_EPOCH;
 
     #[test]
     fn renewal_margin_is_30s_or_a_tenth_of_the_lifetime() {

@@ -46,6 +46,7 @@ impl Connection for NoneConnection {
 
 inventory::submit! {
     BuiltinScheme {
-        build: || fhirconn_sdk::__private::boxed_scheme(Box::new(NoneScheme), env!("CARGO_PKG_VERSION")),
+        build: || Box::new(NoneScheme),
+        version: env!("CARGO_PKG_VERSION"),
     }
 }

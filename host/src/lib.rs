@@ -32,6 +32,7 @@
 #![forbid(unsafe_code)]
 
 mod auth;
+mod bridge;
 mod builtin;
 pub mod bulk;
 pub mod config;
@@ -39,12 +40,17 @@ mod connection;
 pub mod dsf;
 mod error;
 pub mod keygen;
+mod loopback;
+mod person;
 pub mod plugins;
 pub mod process;
 pub mod profile;
 pub mod proxy;
+mod redact;
 pub mod safe_write;
 pub mod services;
+mod store;
+mod text;
 pub mod transport;
 
 pub use auth::Resolved;
@@ -57,11 +63,9 @@ pub use error::{ConfigError, Error, PluginError, Result};
 
 use config::schema::SchemePart;
 use config::{ConnectionSettings, Document};
-use fhirconn_abi::{host_ref, ConnectionContext};
+use bridge::{CallError, CallServices, ConnectionInfo, SharedServices};
 use plugins::{Registry, SchemeHandle};
-use services::{
-    CallServices, CredentialStore, MemoryStore, Person, Redactor, SharedServices, StderrPerson,
-};
+use services::{CredentialStore, MemoryStore, Person, Redactor, StderrPerson};
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -371,10 +375,9 @@ impl Host {
                 store: store.clone(),
                 person: person.clone(),
             };
-            let context = ConnectionContext {
-                connection_id: id.as_str().into(),
-                base_url: base_url.as_str().into(),
-                extensions_json: "{}".into(),
+            let context = ConnectionInfo {
+                id: id.clone(),
+                base_url: base_url.clone(),
             };
             match configure_entries(&doc, &registry, &s, &context, &shared).await {
                 Ok(entries) => {
@@ -522,7 +525,7 @@ async fn configure_entries(
     doc: &Document,
     registry: &Registry,
     s: &ConnectionSettings,
-    context: &ConnectionContext,
+    context: &ConnectionInfo,
     shared: &SharedServices,
 ) -> std::result::Result<Vec<auth::Entry>, Configured> {
     let mut entries = Vec::new();
@@ -547,34 +550,23 @@ async fn configure_entries(
             identity: None,
             interactive: false,
         };
-        let ctx = context.clone();
-        let h = handle.clone();
-        let result = tokio::task::spawn_blocking(move || {
-            h.imp
-                .configure(&ctx, json.as_str().into(), host_ref(&call))
-                .into_result()
-        })
-        .await
-        .map_err(|e| {
-            Configured::Unavailable(format!("scheme '{}' did not return: {e}", handle.name))
-        })?;
+        let result = handle.imp.configure(&handle.name, context, json, call).await;
         match result {
             Ok(conn) => entries.push(auth::Entry {
                 scheme: handle,
-                conn: Arc::new(conn),
+                conn,
             }),
-            Err(e) if e.kind == fhirconn_abi::ErrorKind::CONFIG => {
-                errors.push(locate_scheme_error(
-                    doc,
-                    entry,
-                    &services::plugin_text(&shared.redactor.redact(e.message.as_str())),
-                ));
+            Err(CallError::Failed {
+                kind: fhirconn_sdk::ErrorKind::Config,
+                message,
+                ..
+            }) => errors.push(locate_scheme_error(doc, entry, &message)),
+            Err(e @ CallError::NoReturn { .. }) => {
+                return Err(Configured::Unavailable(e.to_string()))
             }
-            Err(e) => {
+            Err(CallError::Failed { scheme, message, .. }) => {
                 return Err(Configured::Unavailable(format!(
-                    "scheme '{}': {}",
-                    handle.name,
-                    services::plugin_text(&shared.redactor.redact(e.message.as_str()))
+                    "scheme '{scheme}': {message}"
                 )))
             }
         }

@@ -16,20 +16,22 @@
 //! scheme found in more than one directory is reported: the first directory wins.
 //! Libraries are loaded at most once and never unloaded.
 
+use crate::bridge::{self, PluginScheme, LIBRARY_PREFIX};
 use crate::error::PluginError;
-use fhirconn_abi::{
-    loading::{load_library, LoadFailure},
-    AuthSchemeBox, SchemeDescription,
-};
+use crate::text::plugin_text;
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
+
+pub use crate::bridge::{configure_raw, ABI_VERSION};
 
 /// A scheme compiled into the host binary, registered with `inventory`.
 #[derive(Debug)]
 pub struct BuiltinScheme {
     /// Builds the scheme object.
-    pub build: fn() -> AuthSchemeBox,
+    pub build: fn() -> Box<dyn fhirconn_sdk::Scheme>,
+    /// The version it reports (the host crate's).
+    pub version: &'static str,
 }
 
 inventory::collect!(BuiltinScheme);
@@ -66,8 +68,8 @@ pub struct SchemeHandle {
     pub sdk_version: String,
     /// Where it came from.
     pub origin: Origin,
-    /// The ABI object.
-    pub(crate) imp: AuthSchemeBox,
+    /// The scheme object behind the plugin bridge.
+    pub(crate) imp: PluginScheme,
 }
 
 impl std::fmt::Debug for SchemeHandle {
@@ -81,23 +83,14 @@ impl std::fmt::Debug for SchemeHandle {
 }
 
 impl SchemeHandle {
-    fn new(imp: AuthSchemeBox, origin: Origin) -> Self {
-        let name = imp.name().into_string();
-        let SchemeDescription {
-            version,
-            summary,
-            config_schema_json,
-            sdk_version,
-            ..
-        } = imp.describe();
-        let schema = serde_json::from_str(config_schema_json.as_str())
-            .unwrap_or_else(|_| serde_json::json!({"type": "object"}));
+    fn new(imp: PluginScheme, origin: Origin) -> Self {
+        let d = imp.describe();
         Self {
-            name,
-            version: crate::services::plugin_text(&version),
-            summary: crate::services::plugin_text(&summary),
-            schema,
-            sdk_version: crate::services::plugin_text(&sdk_version),
+            name: d.name,
+            version: d.version,
+            summary: d.summary,
+            schema: d.schema,
+            sdk_version: d.sdk_version,
             origin,
             imp,
         }
@@ -124,7 +117,7 @@ pub fn library_file_name(scheme: &str) -> String {
             _ => '_',
         })
         .collect();
-    let stem = format!("{}{safe}", fhirconn_abi::LIBRARY_PREFIX);
+    let stem = format!("{LIBRARY_PREFIX}{safe}");
     format!(
         "{}{stem}{}",
         std::env::consts::DLL_PREFIX,
@@ -136,11 +129,7 @@ fn is_plugin_file(path: &Path) -> bool {
     let Some(name) = path.file_name().and_then(|n| n.to_str()) else {
         return false;
     };
-    let prefix = format!(
-        "{}{}",
-        std::env::consts::DLL_PREFIX,
-        fhirconn_abi::LIBRARY_PREFIX
-    );
+    let prefix = format!("{}{LIBRARY_PREFIX}", std::env::consts::DLL_PREFIX);
     name.starts_with(&prefix) && name.ends_with(std::env::consts::DLL_SUFFIX)
 }
 
@@ -172,7 +161,10 @@ impl Registry {
     pub fn new(dirs: Vec<PathBuf>) -> Self {
         let mut state = RegistryState::default();
         for b in inventory::iter::<BuiltinScheme> {
-            let h = SchemeHandle::new((b.build)(), Origin::Builtin);
+            let h = SchemeHandle::new(
+                PluginScheme::builtin((b.build)(), b.version),
+                Origin::Builtin,
+            );
             state.schemes.insert(h.name.clone(), Arc::new(h));
         }
         Self {
@@ -243,7 +235,7 @@ impl Registry {
                 .file_name()
                 .and_then(|n| n.to_str())
                 .and_then(|n| n.strip_prefix(std::env::consts::DLL_PREFIX))
-                .and_then(|n| n.strip_prefix(fhirconn_abi::LIBRARY_PREFIX))
+                .and_then(|n| n.strip_prefix(LIBRARY_PREFIX))
                 .and_then(|n| n.strip_suffix(std::env::consts::DLL_SUFFIX))
                 .map(|n| n.replace('_', "-"));
             if let Some(s) = stem.filter(|s| is_valid_scheme_name(s)) {
@@ -253,7 +245,7 @@ impl Registry {
         known.sort();
         known.dedup();
         PluginError::UnknownScheme {
-            name: crate::services::plugin_text(name),
+            name: plugin_text(name),
             searched,
             available: known.join(", "),
         }
@@ -329,41 +321,7 @@ impl Registry {
 
     fn load_uncached(&self, path: &Path) -> Result<Vec<String>, PluginError> {
         check_ownership_and_mode(path)?;
-        let sdk = fhirconn_sdk::SDK_VERSION.to_string();
-        let expected = fhirconn_abi::ABI_VERSION.to_string();
-        let module = load_library(path).map_err(|f| match f {
-            LoadFailure::Open(reason) => PluginError::Open {
-                path: path.to_path_buf(),
-                reason: first_line(&reason),
-            },
-            LoadFailure::NotAPlugin => PluginError::NotAPlugin {
-                path: path.to_path_buf(),
-            },
-            LoadFailure::Version { expected, found } => PluginError::Version {
-                path: path.to_path_buf(),
-                expected,
-                found,
-                sdk: sdk.clone(),
-            },
-            LoadFailure::Layout { report } => {
-                tracing::debug!(library = %path.display(), "abi_stable layout report:\n{report}");
-                PluginError::Layout {
-                    path: path.to_path_buf(),
-                    expected: expected.clone(),
-                    sdk: sdk.clone(),
-                }
-            }
-            LoadFailure::AbiStable(reason) | LoadFailure::Init(reason) => PluginError::Init {
-                path: path.to_path_buf(),
-                reason: first_line(&reason),
-            },
-        })?;
-        let list = (module.schemes())()
-            .into_result()
-            .map_err(|e| PluginError::Init {
-                path: path.to_path_buf(),
-                reason: crate::services::plugin_text(&e.message),
-            })?;
+        let list = bridge::load_library(path)?;
         let handles: Vec<SchemeHandle> = list
             .into_iter()
             .map(|imp| SchemeHandle::new(imp, Origin::Library(path.to_path_buf())))
@@ -375,7 +333,7 @@ impl Registry {
             check_registered_name(path, &h.name)?;
             if let Some(existing) = st.schemes.get(&h.name) {
                 return Err(PluginError::DuplicateScheme {
-                    name: crate::services::plugin_text(&h.name),
+                    name: plugin_text(&h.name),
                     first: existing.origin.to_string(),
                     second: path.display().to_string(),
                 });
@@ -404,7 +362,7 @@ fn check_ownership_and_mode(path: &Path) -> Result<(), PluginError> {
     #[cfg(unix)]
     {
         use std::os::unix::fs::MetadataExt as _;
-        let uid = crate::services::current_uid();
+        let uid = crate::store::current_uid();
         let gid = rustix::process::getegid().as_raw();
         let dir = path
             .parent()
@@ -465,18 +423,9 @@ fn check_registered_name(path: &Path, name: &str) -> Result<(), PluginError> {
         reason: format!(
             "it registers the scheme name '{}', which is not a valid name (lowercase letters, \
              digits and '-'); the library is refused",
-            crate::services::plugin_text(name)
+            plugin_text(name)
         ),
     })
-}
-
-fn first_line(s: &str) -> String {
-    s.trim()
-        .lines()
-        .next()
-        .unwrap_or_default()
-        .trim()
-        .to_string()
 }
 
 /// The plugin directories: explicit ones, then the absolute entries of `FHIRCONN_PLUGIN_PATH`
@@ -510,24 +459,6 @@ pub fn default_dirs(explicit: &[PathBuf]) -> Vec<PathBuf> {
         keep
     });
     dirs
-}
-
-/// Configures a scheme directly against any host-services implementation: the raw ABI path
-/// for benchmarks and the fuzz harness (the host itself goes through `Host::builder`).
-pub fn configure_raw(
-    scheme: &SchemeHandle,
-    context: &fhirconn_abi::ConnectionContext,
-    settings_json: &str,
-    services: &impl fhirconn_abi::HostServices,
-) -> Result<fhirconn_abi::ConnectionAuthBox, fhirconn_abi::AbiError> {
-    scheme
-        .imp
-        .configure(
-            context,
-            settings_json.into(),
-            fhirconn_abi::host_ref(services),
-        )
-        .into_result()
 }
 
 #[cfg(test)]

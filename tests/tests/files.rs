@@ -121,10 +121,10 @@ fn credential_store_refuses_a_symlinked_or_shared_store() {
     chmod(&real, 0o600);
     let link = dir.path().join("credentials.json");
     symlink(&real, &link).unwrap();
-    let e = FileStore::new(link).get("conn").unwrap_err();
+    let e = FileStore::new(link).get("conn").unwrap_err().to_string();
     assert!(e.contains("symbolic link"), "{e}");
     chmod(&real, 0o666);
-    let e = FileStore::new(real.clone()).get("conn").unwrap_err();
+    let e = FileStore::new(real.clone()).get("conn").unwrap_err().to_string();
     assert!(e.contains("written by group or others"), "{e}");
     chmod(&real, 0o600);
     assert_eq!(

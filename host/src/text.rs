@@ -1,0 +1,85 @@
+//! Text from outside (servers, authorities, plugins) made safe for a terminal or a log:
+//! control characters and bidi overrides shown escaped, one-line forms cut at a length.
+
+/// Whether a terminal or a log viewer would act on `c` rather than show it: C0 controls,
+/// DEL, C1 controls (e.g. U+009B, a one-byte CSI) and the Unicode bidirectional overrides
+/// and isolates that reorder what is shown.
+fn is_unsafe_char(c: char) -> bool {
+    c.is_control()
+        || matches!(c, '\u{061c}' | '\u{200e}' | '\u{200f}' | '\u{202a}'..='\u{202e}'
+            | '\u{2066}'..='\u{2069}' | '\u{2028}' | '\u{2029}')
+}
+
+fn push_escaped(out: &mut String, c: char) {
+    use std::fmt::Write as _;
+    if (c as u32) < 0x80 {
+        let _ = write!(out, "\\x{:02x}", c as u32);
+    } else {
+        let _ = write!(out, "\\u{{{:x}}}", c as u32);
+    }
+}
+
+/// Text from outside (a server, an authority, a plugin) made safe for a terminal or a log,
+/// keeping its lines: `\n` and `\t` stay, every other control character (ESC, BEL, CR, DEL,
+/// C1 such as U+009B) and the bidi overrides are shown escaped (`\x1b`, `\u{9b}`) instead of
+/// acting on the terminal.
+pub fn sanitize(s: &str) -> String {
+    let mut out = String::with_capacity(s.len());
+    for c in s.chars() {
+        match c {
+            '\n' | '\t' => out.push(c),
+            c if is_unsafe_char(c) => push_escaped(&mut out, c),
+            c => out.push(c),
+        }
+    }
+    out
+}
+
+/// Like [`sanitize`], for text shown on one line (a diagnosis, a PASS line): line breaks and
+/// tabs become spaces, and anything past `max` characters is cut with a note.
+pub fn sanitize_line(s: &str, max: usize) -> String {
+    let mut out = String::with_capacity(s.len().min(max + 16));
+    let mut total = 0usize;
+    for c in s.chars() {
+        total += 1;
+        if total > max {
+            continue;
+        }
+        match c {
+            '\n' | '\r' | '\t' => out.push(' '),
+            c if is_unsafe_char(c) => push_escaped(&mut out, c),
+            c => out.push(c),
+        }
+    }
+    if total > max {
+        out.push_str(&format!("… ({} more characters)", total - max));
+    }
+    out
+}
+
+/// JSON text (as serde_json writes it) with the characters it leaves raw but a terminal acts
+/// on (DEL, C1 controls, bidi overrides) written as `\uXXXX` escapes: the same JSON value,
+/// safe to print. Raw control characters outside strings cannot occur in valid JSON.
+pub fn json_text_safe(json: &str) -> String {
+    use std::fmt::Write as _;
+    let mut out = String::with_capacity(json.len());
+    for c in json.chars() {
+        if is_unsafe_char(c) && !matches!(c, '\n' | '\t' | '\r') {
+            let mut units = [0u16; 2];
+            for u in c.encode_utf16(&mut units) {
+                let _ = write!(out, "\\u{:04x}", u);
+            }
+        } else {
+            out.push(c);
+        }
+    }
+    out
+}
+
+/// Text that came from a plugin, made fit for a terminal and a log: control characters
+/// (terminal escapes, NULs, bells) are shown escaped, line breaks become spaces, and anything
+/// past 1,000 characters is cut with a note. Plugins are trusted code, but not trusted to be
+/// tidy (and they pass on what servers say).
+pub fn plugin_text(s: &str) -> String {
+    sanitize_line(s, 1000)
+}
