@@ -984,7 +984,7 @@ async fn download(
     let client = conn
         .transport
         .client(creds.as_ref().and_then(|c| c.identity.as_ref()))
-        .map_err(|e| transport_err(TransportError::Other(e)))?;
+        .map_err(|e| transport_err(e.into()))?;
     let mut rb = client
         .get(url.clone())
         .header(reqwest::header::ACCEPT, "application/fhir+ndjson")

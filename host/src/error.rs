@@ -168,6 +168,7 @@ pub enum Error {
         /// The connection.
         id: String,
         /// What happened, classified.
+        #[source]
         error: crate::transport::TransportError,
     },
     /// The HTTP client could not be built (bad roots, bad identity).

@@ -57,7 +57,7 @@ pub use auth::Resolved;
 use config::validate;
 pub use connection::{
     operation_outcome_text, parse_capability, Capability, CertificateFacts, Connection, Diagnosis,
-    ProbeReport, Request, Stage, TestReport, FHIR_JSON,
+    DiagnosisKind, ProbeReport, Request, Stage, TestReport, FHIR_JSON,
 };
 pub use error::{ConfigError, Error, PluginError, Result};
 
@@ -69,7 +69,7 @@ use services::{CredentialStore, MemoryStore, Person, Redactor, StderrPerson};
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
-use transport::Transport;
+use transport::{ClientPool, Transport};
 
 enum Source {
     File(PathBuf),
@@ -230,6 +230,7 @@ pub struct Host {
     registry: Arc<Registry>,
     slots: BTreeMap<String, Slot>,
     redactor: Arc<Redactor>,
+    clients: Arc<ClientPool>,
 }
 
 impl std::fmt::Debug for Host {
@@ -329,6 +330,7 @@ impl Host {
         let redactor = Arc::new(Redactor::default());
         register_inline_secrets(&doc.value, &redactor);
         let rt = tokio::runtime::Handle::current();
+        let clients = Arc::new(ClientPool::default());
         let mut slots = BTreeMap::new();
         let mut errors = Vec::new();
         for (id, s) in settings {
@@ -350,19 +352,11 @@ impl Host {
                 continue;
             }
             let pointer = format!("/connections/{}", config::yaml::escape_segment(&id));
-            let transport = match Transport::new(s.clone()) {
+            let transport = match Transport::new(s.clone(), clients.clone()) {
                 Ok(t) => Arc::new(t),
-                Err(m) => {
-                    let field = if m.starts_with("use-system-roots") {
-                        "use-system-roots"
-                    } else {
-                        "trusted-root-certificates-file"
-                    };
-                    let m = m
-                        .strip_prefix(&format!("{field}: "))
-                        .unwrap_or(&m)
-                        .to_string();
-                    errors.push(doc.error_at(&format!("{pointer}/{field}"), false, m));
+                Err(e) => {
+                    let at = format!("{pointer}/{}", e.field());
+                    errors.push(doc.error_at(&at, false, e.to_string()));
                     continue;
                 }
             };
@@ -410,12 +404,19 @@ impl Host {
             registry,
             slots,
             redactor,
+            clients,
         })
     }
 
     /// The registry of schemes.
     pub fn registry(&self) -> &Registry {
         &self.registry
+    }
+
+    /// The HTTP clients this host's connections share (one per distinct roots, proxy,
+    /// timeouts and client identity).
+    pub fn clients(&self) -> &ClientPool {
+        &self.clients
     }
 
     /// The configured connection ids, sorted.

@@ -2,7 +2,7 @@
 //! enormous, lying with a 200, and redirecting elsewhere. Every test ends within the configured
 //! timeouts, says what happened, and never sends credentials to another origin.
 
-use fhirconn_host::{Host, TestReport};
+use fhirconn_host::{DiagnosisKind, Host, TestReport};
 use fhirconn_testkit::{Fault, FhirServer, FhirServerConfig, ServerAuth};
 use serde_json::json;
 use std::time::{Duration, Instant};
@@ -39,9 +39,9 @@ async fn test_once(base: &str, extra: serde_json::Value) -> (TestReport, Duratio
     (r, started.elapsed())
 }
 
-fn failure(r: &TestReport) -> (String, String) {
+fn failure(r: &TestReport) -> (DiagnosisKind, String) {
     let d = r.failure.as_ref().expect("the test failed");
-    (d.kind.clone(), d.to_string())
+    (d.kind, d.to_string())
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
@@ -54,7 +54,7 @@ async fn hanging_and_trickling_servers_time_out_within_the_configured_limits() {
         s.set_fault(fault.clone());
         let (r, took) = test_once(&s.base_url(), json!({})).await;
         let (kind, text) = failure(&r);
-        assert_eq!(kind, "timeout", "{fault:?}: {text}");
+        assert_eq!(kind, DiagnosisKind::Timeout, "{fault:?}: {text}");
         // connect-timeout + read-timeout bound the whole exchange.
         assert!(
             took < Duration::from_millis(2800),
@@ -92,13 +92,13 @@ async fn a_100_mb_body_is_refused_at_the_cap_and_a_200_with_an_error_is_not_fhir
     s.set_fault(Fault::HugeBody(100 * 1024 * 1024));
     let (r, took) = test_once(&s.base_url(), json!({"read-timeout": "PT10S"})).await;
     let (kind, text) = failure(&r);
-    assert_eq!(kind, "too-large", "{text}");
+    assert_eq!(kind, DiagnosisKind::TooLarge, "{text}");
     assert!(took < Duration::from_secs(10), "{took:?}");
 
     s.set_fault(Fault::ErrorIn200);
     let (r, _) = test_once(&s.base_url(), json!({})).await;
     let (kind, text) = failure(&r);
-    assert_eq!(kind, "not-fhir", "{text}");
+    assert_eq!(kind, DiagnosisKind::NotFhir, "{text}");
     assert!(text.contains("an error, sent with status 200"), "{text}");
 }
 
@@ -203,6 +203,6 @@ async fn an_expired_server_certificate_is_diagnosed() {
         .unwrap();
     let r = host.test(&[], None).await.unwrap().remove(0);
     let (kind, text) = failure(&r);
-    assert_eq!(kind, "tls", "{text}");
+    assert_eq!(kind, DiagnosisKind::Tls, "{text}");
     assert!(text.contains("has expired"), "{text}");
 }

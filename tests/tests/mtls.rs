@@ -191,7 +191,6 @@ async fn every_key_format_and_a_chain_authenticate_with_one_handshake_per_test()
     )
     .unwrap();
     let stats = e.mtls.tls_stats().unwrap();
-    let mut seen = std::collections::HashSet::new();
     for (name, auth, subject) in [
         ("pem-ec", pem_auth("ec"), "ec client"),
         ("pem-rsa", pem_auth("rsa"), "rsa client"),
@@ -204,12 +203,11 @@ async fn every_key_format_and_a_chain_authenticate_with_one_handshake_per_test()
             .test_one(e.conn(e.mtls.base_url(), auth), Some("Patient?_count=1"))
             .await;
         assert!(r.ok, "{name}: {}", failure(&r));
-        // One handshake for metadata and probe together; none when the process already has
-        // a pooled connection for this client certificate (encrypted and pkcs12 share one).
-        let expected = if seen.insert(subject) { 1 } else { 0 };
+        // One handshake for metadata and probe together (each test builds its own host,
+        // whose client pool starts empty).
         assert_eq!(
             stats.handshakes() - before,
-            expected,
+            1,
             "{name}: metadata and probe share one TLS connection"
         );
         let client = r
@@ -234,6 +232,33 @@ async fn every_key_format_and_a_chain_authenticate_with_one_handshake_per_test()
         "a certificate in every handshake"
     );
     let _ = &e.pki;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn connections_of_one_host_share_clients_and_hosts_share_none() {
+    let e = env().await;
+    let stats = e.mtls.tls_stats().unwrap();
+    let ec = e.conn(e.mtls.base_url(), pem_auth("ec"));
+    let rsa = e.conn(e.mtls.base_url(), pem_auth("rsa"));
+    let host = e
+        .host(json!({"a": ec.clone(), "b": ec.clone(), "c": rsa}))
+        .await
+        .unwrap();
+    // b presents a's certificate: it reuses a's client and its pooled TLS connection.
+    for (id, handshakes) in [("a", 1), ("b", 0), ("c", 1)] {
+        let before = stats.handshakes();
+        let r = host.test(&[id.into()], None).await.unwrap().remove(0);
+        assert!(r.ok, "{id}: {}", failure(&r));
+        assert_eq!(stats.handshakes() - before, handshakes, "{id}");
+    }
+    assert_eq!(host.clients().len(), 2, "one client per client certificate");
+    // Another host owns its own clients: nothing is shared through a process-wide cache.
+    let other = e.host(json!({"a": ec})).await.unwrap();
+    assert!(other.clients().is_empty());
+    let before = stats.handshakes();
+    let r = other.test(&["a".into()], None).await.unwrap().remove(0);
+    assert!(r.ok, "{}", failure(&r));
+    assert_eq!(stats.handshakes() - before, 1, "a new host makes its own connection");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]

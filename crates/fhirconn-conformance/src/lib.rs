@@ -11,7 +11,7 @@ pub mod fixtures;
 pub mod leaks;
 pub mod report;
 
-use fhirconn_host::{Host, TestReport};
+use fhirconn_host::{DiagnosisKind, Host, TestReport};
 use serde_json::Value;
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
@@ -150,8 +150,11 @@ async fn run_case(case: &str, f: &Fixture, setup: &Setup) -> Outcome {
             let r = f.test_once(setup, &f.wrong(), Value::Null).await?;
             let d = r.failure.as_ref().ok_or("wrong credentials passed")?;
             let clear = matches!(
-                d.kind.as_str(),
-                "unauthorized" | "credentials-rejected" | "forbidden" | "tls"
+                d.kind,
+                DiagnosisKind::Unauthorized
+                    | DiagnosisKind::CredentialsRejected
+                    | DiagnosisKind::Forbidden
+                    | DiagnosisKind::Tls
             );
             if clear {
                 Ok(Some(()))
@@ -240,8 +243,8 @@ async fn run_case(case: &str, f: &Fixture, setup: &Setup) -> Outcome {
             f.set_slow(None);
             let r = r?;
             let took = started.elapsed();
-            let kind = r.failure.as_ref().map(|d| d.kind.clone()).unwrap_or_default();
-            if kind == "timeout" && took < Duration::from_millis(4000) {
+            let kind = r.failure.as_ref().map(|d| d.kind);
+            if kind == Some(DiagnosisKind::Timeout) && took < Duration::from_millis(4000) {
                 Ok(Some(()))
             } else {
                 Err(format!("after {took:?}: {}", why(&r)))

@@ -158,7 +158,7 @@ pub struct AuthEntry {
 }
 
 /// A proxy for one connection.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
 pub struct ProxySettings {
     /// `http://` or `https://` proxy URL.
     pub url: String,

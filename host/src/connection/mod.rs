@@ -1,0 +1,259 @@
+//! An authenticated connection: requests with credentials applied, the one 401 rule (drop,
+//! refetch, retry once if different), and the connection test with its diagnosis.
+
+mod diagnosis;
+mod report;
+mod test;
+
+pub use diagnosis::{
+    operation_outcome_text, parse_capability, Capability, Diagnosis, DiagnosisKind, Stage,
+};
+pub use report::{CertificateFacts, ProbeReport, TestReport};
+
+use crate::auth::{AuthRuntime, Resolved};
+use crate::error::Error;
+use crate::transport::{Outgoing, Response, Transport, TransportError};
+use reqwest::header::{HeaderName, HeaderValue, ACCEPT};
+use reqwest::{Method, StatusCode};
+use std::future::Future;
+use std::sync::Arc;
+
+/// The media type of FHIR JSON.
+pub const FHIR_JSON: &str = "application/fhir+json";
+
+/// A configured connection, ready to send authenticated requests.
+pub struct Connection {
+    pub(crate) transport: Arc<Transport>,
+    pub(crate) auth: Arc<AuthRuntime>,
+}
+
+impl std::fmt::Debug for Connection {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Connection")
+            .field("id", &self.auth.id)
+            .finish_non_exhaustive()
+    }
+}
+
+/// A request relative to the connection's base URL.
+#[derive(Debug, Clone)]
+pub struct Request {
+    /// Method.
+    pub method: Method,
+    /// Path relative to the base (`Patient/1`, `metadata`, `Patient?_count=1`) or an absolute
+    /// URL on the same origin.
+    pub path: String,
+    /// Extra headers.
+    pub headers: Vec<(HeaderName, HeaderValue)>,
+    /// Body.
+    pub body: Option<Vec<u8>>,
+}
+
+impl Request {
+    /// `GET path` with `Accept: application/fhir+json`.
+    pub fn get(path: &str) -> Self {
+        Self {
+            method: Method::GET,
+            path: path.to_string(),
+            headers: vec![(ACCEPT, HeaderValue::from_static(FHIR_JSON))],
+            body: None,
+        }
+    }
+}
+
+impl Connection {
+    /// The connection id.
+    pub fn id(&self) -> &str {
+        &self.auth.id
+    }
+
+    /// The base URL.
+    pub fn base_url(&self) -> &url::Url {
+        &self.transport.settings().base_url
+    }
+
+    /// The scheme names, in order (`none` when no auth is configured).
+    pub fn schemes(&self) -> Vec<String> {
+        self.auth
+            .entries
+            .iter()
+            .map(|e| e.scheme.name.clone())
+            .collect()
+    }
+
+    /// Removes the secrets this connection knows (credentials, client secrets and
+    /// assertions, issued tokens, in all their encodings) from text quoted from a server,
+    /// e.g. an OperationOutcome that echoes `Authorization`. Escape it for a terminal with
+    /// [`crate::services::sanitize`] afterwards.
+    pub fn redact(&self, text: &str) -> String {
+        self.auth.services.redactor.redact(text)
+    }
+
+    /// How many times credentials were fetched from the schemes.
+    pub fn credential_fetches(&self) -> u64 {
+        self.auth.fetch_count()
+    }
+
+    /// The connection's default probe path.
+    pub fn probe(&self) -> Option<&str> {
+        self.transport.settings().probe.as_deref()
+    }
+
+    /// Resolves a path against the base URL; absolute URLs must share the base's origin.
+    pub fn url_for(&self, path: &str) -> Result<url::Url, Error> {
+        let base = self.base_url();
+        if path.starts_with("http://") || path.starts_with("https://") {
+            let u =
+                url::Url::parse(path).map_err(|e| Error::InvalidRequest(format!("{path}: {e}")))?;
+            if u.origin() != base.origin() {
+                return Err(Error::InvalidRequest(format!(
+                    "{u} is not on the connection's origin {}",
+                    base.origin().ascii_serialization()
+                )));
+            }
+            return Ok(u);
+        }
+        let joined = format!(
+            "{}/{}",
+            base.as_str().trim_end_matches('/'),
+            path.trim_start_matches('/')
+        );
+        url::Url::parse(&joined).map_err(|e| Error::InvalidRequest(format!("{path}: {e}")))
+    }
+
+    /// Current credentials (cached; single flight). `interactive` lets a scheme talk to a person.
+    pub async fn credentials(
+        &self,
+        interactive: bool,
+    ) -> Result<Arc<crate::auth::Resolved>, Error> {
+        self.auth.credentials(interactive).await
+    }
+
+    /// Runs the schemes' interactive sign-in (e.g. a device code), ignoring stored refresh
+    /// tokens, and caches the result. Schemes that need no person simply authorize.
+    pub async fn login(&self) -> Result<Arc<crate::auth::Resolved>, Error> {
+        self.auth.login().await
+    }
+
+    /// Forgets stored sign-ins (refresh tokens) of the connection's schemes; `false` when no
+    /// scheme keeps any.
+    pub async fn logout(&self) -> Result<bool, Error> {
+        self.auth.invoke_all("logout").await
+    }
+
+    /// Sends a request with the connection's credentials. A 401 drops the cached credentials
+    /// and fetches fresh ones; if they differ (a token scheme issued a new token), the request
+    /// is retried once. A second 401 is returned as is, with its `WWW-Authenticate`.
+    pub async fn send(&self, request: Request) -> Result<Response, Error> {
+        let url = self.url_for(&request.path)?;
+        let creds = self.auth.credentials(false).await?;
+        Ok(self.send_renewing(creds, &request, &url).await?)
+    }
+
+    /// Like [`Connection::send`], but returns the response unread, to stream its body (the
+    /// proxy). Redirects are returned, not followed; a 401 is retried once with fresh
+    /// credentials as in `send`.
+    pub async fn send_streaming(&self, request: Request) -> Result<reqwest::Response, Error> {
+        let url = self.url_for(&request.path)?;
+        let creds = self.auth.credentials(false).await?;
+        let (request, url) = (&request, &url);
+        let send = move |c: Arc<Resolved>| async move {
+            let out = outgoing(request, url, &c, false);
+            self.transport
+                .open(&out, c.identity.as_ref())
+                .await
+                .map_err(|error| self.transport_error(error))
+        };
+        let unauthorized = |r: &reqwest::Response| r.status() == StatusCode::UNAUTHORIZED;
+        Ok(self.renewing(creds, send, unauthorized).await?)
+    }
+
+    /// `GET path` with `Accept: application/fhir+json`.
+    pub async fn get(&self, path: &str) -> Result<Response, Error> {
+        self.send(Request::get(path)).await
+    }
+
+    /// [`Connection::send`] with credentials already fetched.
+    async fn send_renewing(
+        &self,
+        creds: Arc<Resolved>,
+        request: &Request,
+        url: &url::Url,
+    ) -> Result<Response, Failure> {
+        let send = move |c: Arc<Resolved>| async move {
+            let out = outgoing(request, url, &c, true);
+            self.transport
+                .send(out, c.identity.as_ref())
+                .await
+                .map_err(|error| self.transport_error(error))
+        };
+        let unauthorized = |r: &Response| r.status == StatusCode::UNAUTHORIZED;
+        self.renewing(creds, send, unauthorized).await
+    }
+
+    /// The one 401 rule: sends with `creds`; on a 401 (when credentials were sent) drops
+    /// them, fetches fresh ones and, if they differ (a token scheme issued a new token),
+    /// sends once more. A second 401 is the answer.
+    async fn renewing<T, F, Fut>(
+        &self,
+        creds: Arc<Resolved>,
+        send: F,
+        unauthorized: impl Fn(&T) -> bool,
+    ) -> Result<T, Failure>
+    where
+        F: Fn(Arc<Resolved>) -> Fut,
+        Fut: Future<Output = Result<T, Error>>,
+    {
+        let resp = send(creds.clone()).await.map_err(Failure::Request)?;
+        if !unauthorized(&resp) || creds.headers.is_empty() {
+            return Ok(resp);
+        }
+        tracing::debug!(connection = %self.id(), "401: dropping cached credentials");
+        self.auth.invalidate(&creds);
+        let fresh = self
+            .auth
+            .credentials(false)
+            .await
+            .map_err(Failure::Credentials)?;
+        if fresh.headers == creds.headers {
+            return Ok(resp);
+        }
+        tracing::debug!(connection = %self.id(), "retrying once with fresh credentials");
+        send(fresh).await.map_err(Failure::Request)
+    }
+
+    fn transport_error(&self, error: TransportError) -> Error {
+        Error::Transport {
+            id: self.id().to_string(),
+            error,
+        }
+    }
+}
+
+/// Why a request with credentials failed: fetching them, or sending.
+pub(crate) enum Failure {
+    /// Fetching (fresh) credentials failed.
+    Credentials(Error),
+    /// The request failed.
+    Request(Error),
+}
+
+impl From<Failure> for Error {
+    fn from(f: Failure) -> Self {
+        match f {
+            Failure::Credentials(e) | Failure::Request(e) => e,
+        }
+    }
+}
+
+/// The transport's request for `request` at `url` with credentials `creds`.
+fn outgoing(request: &Request, url: &url::Url, creds: &Resolved, follow: bool) -> Outgoing {
+    Outgoing {
+        method: request.method.clone(),
+        url: url.clone(),
+        headers: request.headers.clone(),
+        credential_headers: creds.headers.clone(),
+        body: request.body.clone(),
+        follow_redirects: follow,
+    }
+}

@@ -1,0 +1,134 @@
+//! Why a request failed, for a person: reqwest errors classified as DNS, connect, TLS (with
+//! the setting that fixes it), timeout.
+
+use super::TransportError;
+use crate::config::ConnectionSettings;
+
+/// Classifies a reqwest error for a person (DNS, connect, TLS with a hint, timeout...).
+pub(crate) fn classify(
+    e: &reqwest::Error,
+    url: &url::Url,
+    settings: &ConnectionSettings,
+) -> TransportError {
+    let host = url.host_str().unwrap_or_default().to_string();
+    let hostport = match url.port_or_known_default() {
+        Some(p) => format!("{host}:{p}"),
+        None => host.clone(),
+    };
+    let chain = error_chain(e);
+    if e.is_timeout() || chain.iter().any(|m| m.contains("timed out")) {
+        let (what, after) = if e.is_connect() {
+            ("connect-timeout", settings.connect_timeout)
+        } else {
+            ("read-timeout", settings.read_timeout)
+        };
+        return TransportError::Timeout {
+            what: what.to_string(),
+            after,
+        };
+    }
+    if let Some(tls) = find_rustls(e) {
+        return TransportError::Tls {
+            host,
+            detail: describe_tls(tls),
+        };
+    }
+    let joined = chain.join(": ");
+    if let Some(cert_error) = tls_error_from_text(&joined) {
+        return TransportError::Tls {
+            host,
+            detail: describe_tls(&cert_error),
+        };
+    }
+    if joined.contains("dns error") || joined.contains("failed to lookup address") {
+        let detail = chain.last().cloned().unwrap_or_default();
+        return TransportError::Dns { host, detail };
+    }
+    if e.is_connect() {
+        let detail = chain
+            .iter()
+            .rev()
+            .find(|m| !m.is_empty())
+            .cloned()
+            .unwrap_or_else(|| "connection failed".into());
+        return TransportError::Connect {
+            host: hostport,
+            detail,
+        };
+    }
+    TransportError::Other(joined)
+}
+
+pub(crate) fn error_chain(e: &(dyn std::error::Error + 'static)) -> Vec<String> {
+    let mut out = vec![e.to_string()];
+    let mut src = e.source();
+    while let Some(s) = src {
+        out.push(s.to_string());
+        src = s.source();
+    }
+    out
+}
+
+fn find_rustls<'a>(e: &'a (dyn std::error::Error + 'static)) -> Option<&'a rustls::Error> {
+    if let Some(r) = e.downcast_ref::<rustls::Error>() {
+        return Some(r);
+    }
+    // `io::Error::source` skips the error it wraps, so look inside explicitly.
+    if let Some(inner) = e
+        .downcast_ref::<std::io::Error>()
+        .and_then(|io| io.get_ref())
+    {
+        let inner: &(dyn std::error::Error + 'static) = inner;
+        if let Some(r) = find_rustls(inner) {
+            return Some(r);
+        }
+    }
+    e.source().and_then(find_rustls)
+}
+
+/// Recognises a certificate error that reached us only as text (some verifiers flatten it).
+fn tls_error_from_text(text: &str) -> Option<rustls::Error> {
+    use rustls::{CertificateError as C, Error as E};
+    let rest = text.split("invalid peer certificate: ").nth(1)?;
+    let code = rest.split([':', ' ', ',', ')']).next().unwrap_or_default();
+    Some(E::InvalidCertificate(match code {
+        "UnknownIssuer" => C::UnknownIssuer,
+        "NotValidForName" => C::NotValidForName,
+        "Expired" => C::Expired,
+        "NotValidYet" => C::NotValidYet,
+        "BadSignature" => C::BadSignature,
+        "Revoked" => C::Revoked,
+        _ => return None,
+    }))
+}
+
+/// Words a rustls error for a person, naming the setting that fixes it.
+pub fn describe_tls(e: &rustls::Error) -> String {
+    use rustls::{CertificateError, Error as E};
+    match e {
+        E::InvalidCertificate(CertificateError::UnknownIssuer) => {
+            "the server's certificate is not trusted (unknown issuer); \
+             add its CA to trusted-root-certificates-file"
+                .into()
+        }
+        E::InvalidCertificate(CertificateError::NotValidForName)
+        | E::InvalidCertificate(CertificateError::NotValidForNameContext { .. }) => {
+            "the server's certificate is not valid for this host name (hostname mismatch); \
+             use the name the certificate was issued for in base-url"
+                .into()
+        }
+        E::InvalidCertificate(CertificateError::Expired)
+        | E::InvalidCertificate(CertificateError::ExpiredContext { .. }) => {
+            "the server's certificate has expired".into()
+        }
+        E::InvalidCertificate(CertificateError::NotValidYet)
+        | E::InvalidCertificate(CertificateError::NotValidYetContext { .. }) => {
+            "the server's certificate is not valid yet (check the clock)".into()
+        }
+        E::AlertReceived(alert) => format!(
+            "the server refused the handshake ({alert:?}); if it requires a client certificate, \
+             check that one is configured and issued by a CA the server trusts"
+        ),
+        other => other.to_string(),
+    }
+}

@@ -1,0 +1,196 @@
+//! The HTTP clients a [`crate::Host`] owns: one reqwest client per distinct [`ClientKey`],
+//! shared by the host's connections (building one reads the system roots, ~4 ms).
+
+use crate::config::{ConnectionSettings, ProxySettings};
+use fhirconn_sdk::ClientIdentity;
+use secrecy::ExposeSecret;
+use sha2::{Digest, Sha256};
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+/// Everything a client is built from, compared by value: two connections with equal keys
+/// share one client and its connection pool.
+#[derive(Clone, PartialEq, Eq, Hash)]
+pub struct ClientKey {
+    /// The extra trusted roots (PEM, as read from the file).
+    pub(crate) roots_pem: Arc<[u8]>,
+    /// Whether the system's roots are trusted as well.
+    pub(crate) use_system_roots: bool,
+    /// The proxy, if any.
+    pub(crate) proxy: Option<ProxySettings>,
+    /// Connect timeout.
+    pub(crate) connect_timeout: Duration,
+    /// Read timeout.
+    pub(crate) read_timeout: Duration,
+    /// The client certificate, if any.
+    pub(crate) identity: Option<IdentityKey>,
+}
+
+impl ClientKey {
+    /// The key of a connection's clients without an identity.
+    pub(crate) fn new(settings: &ConnectionSettings, roots_pem: Arc<[u8]>) -> Self {
+        Self {
+            roots_pem,
+            use_system_roots: settings.use_system_roots,
+            proxy: settings.proxy.clone(),
+            connect_timeout: settings.connect_timeout,
+            read_timeout: settings.read_timeout,
+            identity: None,
+        }
+    }
+
+    /// The same key for a client presenting `identity`.
+    pub(crate) fn with_identity(&self, identity: Option<&ClientIdentity>) -> Self {
+        Self {
+            identity: identity.map(IdentityKey::new),
+            ..self.clone()
+        }
+    }
+}
+
+impl std::fmt::Debug for ClientKey {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ClientKey")
+            .field("roots_pem_bytes", &self.roots_pem.len())
+            .field("use_system_roots", &self.use_system_roots)
+            .field("proxy", &self.proxy)
+            .field("connect_timeout", &self.connect_timeout)
+            .field("read_timeout", &self.read_timeout)
+            .field("identity", &self.identity)
+            .finish()
+    }
+}
+
+/// A client identity compared by value: the certificate chain and a SHA-256 of the private
+/// key (the key itself never enters a key, a hash table or a `Debug` line).
+#[derive(Clone, PartialEq, Eq, Hash)]
+pub struct IdentityKey {
+    certificate_chain_pem: String,
+    private_key_sha256: [u8; 32],
+}
+
+impl IdentityKey {
+    fn new(identity: &ClientIdentity) -> Self {
+        Self {
+            certificate_chain_pem: identity.certificate_chain_pem.clone(),
+            private_key_sha256: Sha256::digest(identity.private_key_pem.expose_secret().as_bytes())
+                .into(),
+        }
+    }
+}
+
+impl std::fmt::Debug for IdentityKey {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("IdentityKey").finish_non_exhaustive()
+    }
+}
+
+/// The clients of one host, by [`ClientKey`]; never global, dropped with the host.
+#[derive(Default)]
+pub struct ClientPool {
+    clients: Mutex<HashMap<ClientKey, reqwest::Client>>,
+}
+
+impl std::fmt::Debug for ClientPool {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ClientPool")
+            .field("clients", &self.len())
+            .finish()
+    }
+}
+
+impl ClientPool {
+    /// The client for `key`, built by `build` the first time it is asked for.
+    pub(crate) fn get_or_build<E>(
+        &self,
+        key: ClientKey,
+        build: impl FnOnce() -> Result<reqwest::Client, E>,
+    ) -> Result<reqwest::Client, E> {
+        let mut clients = self
+            .clients
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        if let Some(c) = clients.get(&key) {
+            return Ok(c.clone());
+        }
+        let client = build()?;
+        clients.insert(key, client.clone());
+        Ok(client)
+    }
+
+    /// How many distinct clients the pool holds.
+    pub fn len(&self) -> usize {
+        self.clients
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .len()
+    }
+
+    /// Whether the pool holds no client yet.
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use secrecy::SecretString;
+
+    fn identity(key: &str) -> ClientIdentity {
+        ClientIdentity {
+            certificate_chain_pem: "-----BEGIN CERTIFICATE-----\nAAAA\n-----END CERTIFICATE-----"
+                .into(),
+            private_key_pem: SecretString::from(key.to_string()),
+        }
+    }
+
+    fn key(id: Option<&ClientIdentity>) -> ClientKey {
+        ClientKey {
+            roots_pem: Arc::from(&b"roots"[..]),
+            use_system_roots: true,
+            proxy: None,
+            connect_timeout: Duration::from_secs(2),
+            read_timeout: Duration::from_secs(600),
+            identity: None,
+        }
+        .with_identity(id)
+    }
+
+    #[test]
+    fn identities_compare_by_value_and_never_show_the_key() {
+        let a = identity("-----BEGIN PRIVATE KEY-----\nSECRET-A\n");
+        let b = identity("-----BEGIN PRIVATE KEY-----\nSECRET-B\n");
+        assert_eq!(key(Some(&a)), key(Some(&a.clone())));
+        assert_ne!(
+            key(Some(&a)),
+            key(Some(&b)),
+            "another key is another client"
+        );
+        assert_ne!(key(Some(&a)), key(None));
+        let shown = format!("{:?}", key(Some(&a)));
+        assert!(!shown.contains("SECRET"), "{shown}");
+        assert!(!shown.contains("BEGIN"), "{shown}");
+    }
+
+    #[test]
+    fn equal_keys_build_one_client_and_pools_share_nothing() {
+        let pool = ClientPool::default();
+        let mut built = 0;
+        for _ in 0..3 {
+            pool.get_or_build(key(None), || {
+                built += 1;
+                reqwest::Client::builder().build()
+            })
+            .unwrap();
+        }
+        assert_eq!((built, pool.len()), (1, 1));
+        let other = ClientPool::default();
+        assert!(other.is_empty(), "no process-wide cache");
+        other
+            .get_or_build(key(None), || reqwest::Client::builder().build())
+            .unwrap();
+        assert_eq!(other.len(), 1);
+    }
+}
