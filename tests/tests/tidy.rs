@@ -403,3 +403,86 @@ fn no_production_function_is_over_120_lines() {
         "split these functions (≤ 120 lines): {offenders:#?}"
     );
 }
+
+/// The names that mark code touching the plugin ABI directly.
+const ABI_MARKERS: &[&str] = &[
+    "fhirconn_abi",
+    "abi_stable::",
+    "RString",
+    "RVec",
+    "RResult",
+    "ROption",
+    "RStr",
+    "HostRef",
+    "AuthSchemeBox",
+    "ConnectionAuthBox",
+];
+
+/// Lines of `code` (comments and string literals left out) that name an ABI type.
+fn abi_mentions(code: &str) -> Vec<(usize, String)> {
+    let mut out = Vec::new();
+    for (n, line) in code.lines().enumerate() {
+        let line = line.split("//").next().unwrap_or_default();
+        // Drop string literals (a message may mention abi_stable's layout report).
+        let mut code_only = String::new();
+        let mut in_string = false;
+        let mut escaped = false;
+        for c in line.chars() {
+            match (in_string, escaped, c) {
+                (true, true, _) => escaped = false,
+                (true, false, '\\') => escaped = true,
+                (_, false, '"') => in_string = !in_string,
+                (false, _, c) => code_only.push(c),
+                _ => {}
+            }
+        }
+        let is_word = |c: char| c.is_ascii_alphanumeric() || c == '_';
+        let hit = ABI_MARKERS.iter().any(|m| {
+            code_only.match_indices(m).any(|(i, _)| {
+                let before = code_only[..i].chars().next_back();
+                let after = code_only[i + m.len()..].chars().next();
+                !before.is_some_and(is_word) && (m.ends_with("::") || !after.is_some_and(is_word))
+            })
+        });
+        if hit {
+            out.push((n + 1, line.trim().to_string()));
+        }
+    }
+    out
+}
+
+/// One bridge: in the host, only `host/src/bridge/` names ABI types and calls into plugins;
+/// everything else sees plain Rust (issue 14).
+#[test]
+fn only_the_bridge_names_abi_types_in_the_host() {
+    let root = fhirconn_tests::root();
+    let mut sources = Vec::new();
+    files(&root.join("host/src"), ".rs", &mut sources);
+    files(&root.join("host/examples"), ".rs", &mut sources);
+    assert!(sources.len() >= 10, "{sources:?}");
+    let bridge = root.join("host/src/bridge");
+    assert!(
+        sources.iter().any(|p| p.starts_with(&bridge)),
+        "the bridge module moved: update this test"
+    );
+    let mut offenders = Vec::new();
+    for p in sources.iter().filter(|p| !p.starts_with(&bridge)) {
+        let text = std::fs::read_to_string(p).unwrap_or_default();
+        for (line, code) in abi_mentions(&text) {
+            offenders.push(format!(
+                "{}:{line}: {code}",
+                p.strip_prefix(&root).unwrap_or(p).display()
+            ));
+        }
+    }
+    assert!(
+        offenders.is_empty(),
+        "only host/src/bridge/ may name ABI types (fhirconn_abi, abi_stable, RString, RVec, \
+         RResult, ROption, ...); use the bridge's plain types: {offenders:#?}"
+    );
+    // The check itself sees what it must.
+    assert_eq!(abi_mentions("use fhirconn_abi::{host_ref};").len(), 1);
+    assert_eq!(abi_mentions("let x: RVec<u8> = v;").len(), 1);
+    assert!(abi_mentions("let m = \"abi_stable's report\"; // RString").is_empty());
+    assert!(abi_mentions("let s = MyRStringish;").is_empty());
+}
