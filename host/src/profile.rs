@@ -5,6 +5,8 @@
 //! composed schema and writes it atomically.
 
 use crate::config::emit;
+
+pub mod file;
 use serde_json::{Map, Value};
 
 /// Settings that belong to the connection rather than to its scheme.

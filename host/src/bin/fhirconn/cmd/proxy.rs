@@ -1,0 +1,113 @@
+//! `fhirconn proxy`: serves the connections on a local port ([`fhirconn_host::proxy`]); this
+//! module turns the options into a configuration, says how callers authenticate, and stops on
+//! Ctrl-C or SIGTERM.
+
+use crate::{CliError, CmdResult, Global};
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+/// `fhirconn proxy` options.
+#[derive(clap::Args, Debug)]
+pub struct Args {
+    /// Address to listen on.
+    #[arg(long, default_value = "127.0.0.1:8089")]
+    listen: String,
+    /// A file with the bearer token clients must send (`Authorization: Bearer <token>`).
+    /// Without it, a token is generated for each run into a private file in the state
+    /// directory ($XDG_STATE_HOME/fhirconn/proxy-PORT.token), whose path is printed.
+    #[arg(long, value_name = "FILE")]
+    token_file: Option<PathBuf>,
+    /// Require no token (loopback only): every local user and process can then use your
+    /// connections.
+    #[arg(long, conflicts_with = "token_file")]
+    no_token: bool,
+    /// Listen on a non-loopback address (requires --tls-cert and --tls-key, and a token).
+    #[arg(long)]
+    allow_remote: bool,
+    /// PEM certificate chain to serve HTTPS with (leaf first).
+    #[arg(long, value_name = "FILE", requires = "tls_key")]
+    tls_cert: Option<PathBuf>,
+    /// PEM private key of --tls-cert.
+    #[arg(long, value_name = "FILE", requires = "tls_cert")]
+    tls_key: Option<PathBuf>,
+}
+
+/// Ctrl-C or SIGTERM.
+async fn shutdown() {
+    #[cfg(unix)]
+    if let Ok(mut term) = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
+    {
+        tokio::select! {
+            _ = tokio::signal::ctrl_c() => {}
+            _ = term.recv() => {}
+        }
+        return;
+    }
+    let _ = tokio::signal::ctrl_c().await;
+}
+
+/// Runs the proxy until Ctrl-C or SIGTERM (a generated token file is then removed).
+pub async fn run(g: &Global, a: Args) -> CmdResult {
+    let options = fhirconn_host::proxy::Options {
+        listen: a.listen.clone(),
+        token_file: a.token_file.clone(),
+        no_token: a.no_token,
+        allow_remote: a.allow_remote,
+        tls_cert: a.tls_cert.clone(),
+        tls_key: a.tls_key.clone(),
+    };
+    let prepared = options
+        .prepare()
+        .map_err(|e| CliError::Usage(e.to_string()))?;
+    let token_dir = match fhirconn_host::proxy::state_dir() {
+        Some(d) => d,
+        None if prepared.is_open() || a.token_file.is_some() => PathBuf::new(),
+        None => {
+            return Err(CliError::Usage(
+                "no state directory for the proxy token (set $XDG_STATE_HOME or $HOME), \
+                 or pass --token-file"
+                    .into(),
+            ))
+        }
+    };
+    let addr = prepared.addr();
+    let prepared_loose = prepared.loose_token_file();
+    let scheme = if prepared.is_tls() { "https" } else { "http" };
+    let host = std::sync::Arc::new(g.host(&[]).await?);
+    let cannot_listen =
+        |e: std::io::Error| CliError::Failed(format!("cannot listen on {addr}: {e}"));
+    let listener = tokio::net::TcpListener::bind(addr)
+        .await
+        .map_err(cannot_listen)?;
+    let bound = listener.local_addr().map_err(cannot_listen)?;
+    let (config, generated) = prepared
+        .into_config(bound, &token_dir)
+        .map_err(|e| CliError::Failed(e.to_string()))?;
+    if let (Some(mode), Some(f)) = (prepared_loose, &a.token_file) {
+        eprintln!(
+            "warning: --token-file {} can be read or changed by other users (mode {mode:03o}); \
+             chmod 600 it",
+            f.display()
+        );
+    }
+    if let Some(g) = &generated {
+        eprintln!(
+            "callers must send 'Authorization: Bearer <token>'; the token (new for this run) is \
+             in {}",
+            g.path().display()
+        );
+    } else if a.no_token {
+        eprintln!(
+            "warning: --no-token: every local user and process (and any container sharing this \
+             network namespace) can use these connections with your credentials"
+        );
+    }
+    eprintln!(
+        "proxy on {scheme}://{bound}/<connection>/<path> for: {}",
+        host.connection_ids().join(", ")
+    );
+    let result = fhirconn_host::proxy::serve(host, listener, config, shutdown()).await;
+    drop(generated);
+    result.map_err(|e| CliError::Failed(e.to_string()))?;
+    Ok(ExitCode::SUCCESS)
+}
