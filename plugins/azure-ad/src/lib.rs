@@ -26,12 +26,11 @@ use fhirconn_sdk::oauth::{
     device_code, endpoint_url, ClientAuth, Pkce, TokenRequest, TokenResponse,
 };
 use fhirconn_sdk::serde_json::{self, json, Value};
+use fhirconn_sdk::settings::{self, SecretSetting};
 use fhirconn_sdk::{
-    oauth, www_authenticate, AuthRequest, Connection, ConnectionInfo, Credentials, Error,
-    ExposeSecret, Host, HttpRequest, Memo, Result, Scheme, SecretSource, SecretString,
+    oauth, schemars, serde, www_authenticate, AuthRequest, Connection, ConnectionInfo, Credentials,
+    Error, ExposeSecret, Host, HttpRequest, Memo, Result, Scheme, SecretString,
 };
-use serde::de::IgnoredAny;
-use serde::Deserialize;
 
 /// Entra's public cloud.
 pub const DEFAULT_AUTHORITY_HOST: &str = "https://login.microsoftonline.com";
@@ -42,8 +41,10 @@ const REFRESH_KEY: &str = "azure-ad/refresh-token";
 #[derive(Debug, Default)]
 pub struct AzureAd;
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Default)]
-#[serde(rename_all = "kebab-case")]
+/// How people (or a daemon) sign in.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, serde::Deserialize, schemars::JsonSchema)]
+#[serde(crate = "fhirconn_sdk::serde", rename_all = "kebab-case")]
+#[schemars(crate = "fhirconn_sdk::schemars")]
 enum Flow {
     #[default]
     DeviceCode,
@@ -51,21 +52,28 @@ enum Flow {
     ClientCredentials,
 }
 
-#[derive(Debug, Deserialize)]
+/// Microsoft Entra ID (Azure AD)
+#[derive(serde::Deserialize, schemars::JsonSchema)]
+#[serde(crate = "fhirconn_sdk::serde")]
 #[serde(rename_all = "kebab-case", deny_unknown_fields)]
+#[schemars(crate = "fhirconn_sdk::schemars")]
 struct Settings {
+    /// application (client) id
+    #[schemars(length(min = 1))]
     client_id: String,
+    /// tenant id or domain; default: from the FHIR server's 401 challenge
+    #[schemars(length(min = 1))]
     tenant: Option<String>,
+    /// Entra's host (default https://login.microsoftonline.com)
+    #[schemars(url)]
     authority_host: Option<String>,
+    /// the FHIR service's audience; default: the origin of base-url (a challenge's resource_id must match it)
+    #[schemars(length(min = 1))]
     audience: Option<String>,
     #[serde(default)]
     flow: Flow,
-    #[allow(dead_code)]
-    client_secret: Option<IgnoredAny>,
-    #[allow(dead_code)]
-    client_secret_file: Option<IgnoredAny>,
-    #[allow(dead_code)]
-    client_secret_env: Option<IgnoredAny>,
+    /// client secret (flow: client-credentials)
+    client_secret: Option<SecretSetting>,
 }
 
 /// Endpoints of the resolved authority.
@@ -133,29 +141,7 @@ impl Scheme for AzureAd {
     }
 
     fn config_schema(&self) -> Value {
-        let mut props = SecretSource::schema_properties(
-            "client-secret",
-            "client secret (flow: client-credentials)",
-        );
-        let extra = json!({
-            "client-id": {"type": "string", "minLength": 1, "description": "application (client) id"},
-            "tenant": {"type": "string", "minLength": 1,
-                "description": "tenant id or domain; default: from the FHIR server's 401 challenge"},
-            "authority-host": {"type": "string", "format": "uri", "default": DEFAULT_AUTHORITY_HOST},
-            "audience": {"type": "string", "minLength": 1,
-                "description": "the FHIR service's audience; default: the origin of base-url (a challenge's resource_id must match it)"},
-            "flow": {"enum": ["device-code", "auth-code", "client-credentials"], "default": "device-code"},
-        });
-        if let Value::Object(extra) = extra {
-            props.extend(extra);
-        }
-        json!({
-            "type": "object",
-            "description": "Microsoft Entra ID (Azure AD)",
-            "properties": props,
-            "required": ["client-id"],
-            "additionalProperties": false,
-        })
+        settings::schema::<Settings>()
     }
 
     fn configure(
@@ -164,37 +150,24 @@ impl Scheme for AzureAd {
         settings: Value,
         host: &Host<'_>,
     ) -> Result<Box<dyn Connection>> {
-        let Value::Object(map) = &settings else {
-            return Err(Error::config("settings must be an object"));
-        };
-        let s: Settings = fhirconn_sdk::parse_settings(settings.clone())?;
-        let secret = SecretSource::resolve(map, "client-secret", false, host)?;
-        match (s.flow, &secret) {
-            (Flow::ClientCredentials, None) => {
-                return Err(Error::config(
-                    "flow client-credentials needs client-secret, client-secret-file or client-secret-env",
-                ))
-            }
-            (Flow::DeviceCode | Flow::AuthCode, Some(_)) => {
-                return Err(Error::config(
-                    "client-secret only applies to flow: client-credentials (people sign in with a public client)",
-                ))
-            }
-            _ => {}
+        let s: Settings = settings::parse(settings, host)?;
+        let secret = s.client_secret.map(SecretSetting::into_secret);
+        if (s.flow == Flow::ClientCredentials) != secret.is_some() {
+            return Err(Error::config(match secret {
+                None => "flow client-credentials needs client-secret, client-secret-file or client-secret-env",
+                Some(_) => "client-secret only applies to flow: client-credentials (people sign in with a public client)",
+            }));
         }
-        if s.client_id.is_empty() {
-            return Err(Error::config("client-id: must not be empty"));
-        }
-        let authority_host = s.authority_host.as_deref();
-        let authority_host = endpoint_url(
-            "authority-host",
-            authority_host.unwrap_or(DEFAULT_AUTHORITY_HOST),
-            host,
-        )?;
-        if let Some(t) = &s.tenant {
-            if t.contains('/') || t.contains('?') || t.contains('#') {
-                return Err(Error::config("tenant: a tenant id or domain, without '/'"));
-            }
+        let authority = s
+            .authority_host
+            .as_deref()
+            .unwrap_or(DEFAULT_AUTHORITY_HOST);
+        let authority_host = endpoint_url("authority-host", authority, host)?;
+        if s.tenant
+            .as_deref()
+            .is_some_and(|t| t.contains(['/', '?', '#']))
+        {
+            return Err(Error::config("tenant: a tenant id or domain, without '/'"));
         }
         Ok(Box::new(AzureConnection {
             client_id: s.client_id,

@@ -20,13 +20,12 @@
 #![forbid(unsafe_code)]
 
 use fhirconn_sdk::oauth::{discovery, endpoint_url, ClientAuth, TokenRequest};
-use fhirconn_sdk::serde_json::{json, Value};
+use fhirconn_sdk::serde_json::Value;
+use fhirconn_sdk::settings::{self, SecretSetting};
 use fhirconn_sdk::{
-    AuthRequest, Connection, ConnectionInfo, Credentials, Error, Host, Memo, Result, Scheme,
-    SecretSource, SecretString,
+    schemars, serde, AuthRequest, Connection, ConnectionInfo, Credentials, Error, Host, Memo,
+    Result, Scheme, SecretString,
 };
-use serde::de::IgnoredAny;
-use serde::Deserialize;
 use std::collections::BTreeMap;
 
 /// The default OpenID Connect discovery path.
@@ -48,40 +47,64 @@ const RESERVED_PARAMS: &[&str] = &[
 #[derive(Debug, Default)]
 pub struct ClientCredentials;
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Default)]
-#[serde(rename_all = "snake_case")]
+/// How the client secret is sent: RFC 6749 §2.3.1 Basic (default) or in the body.
+#[derive(Debug, Clone, Copy, Default, serde::Deserialize, schemars::JsonSchema)]
+#[serde(crate = "fhirconn_sdk::serde", rename_all = "snake_case")]
+#[schemars(crate = "fhirconn_sdk::schemars")]
 enum AuthMethod {
     #[default]
     ClientSecretBasic,
     ClientSecretPost,
 }
 
-#[derive(Debug, Deserialize)]
-#[serde(untagged)]
+#[derive(serde::Deserialize)]
+#[serde(crate = "fhirconn_sdk::serde", untagged)]
 enum OneOrMany {
     One(String),
     Many(Vec<String>),
 }
 
-#[derive(Debug, Deserialize)]
+/// `resource`: one string or a non-empty list (`oneOf`, which the host words for people).
+fn one_or_many(_: &mut schemars::SchemaGenerator) -> schemars::Schema {
+    schemars::json_schema!({"description": "RFC 8707 resource indicator(s)", "oneOf": [
+        {"type": "string"}, {"type": "array", "items": {"type": "string"}, "minItems": 1}]})
+}
+
+/// OAuth 2.0 client credentials grant
+#[derive(serde::Deserialize, schemars::JsonSchema)]
+#[serde(crate = "fhirconn_sdk::serde")]
 #[serde(rename_all = "kebab-case", deny_unknown_fields)]
+#[schemars(crate = "fhirconn_sdk::schemars")]
+#[schemars(extend("allOf" = [{"oneOf": [
+    {"required": ["issuer"], "not": {"required": ["token-url"]}},
+    {"required": ["token-url"], "not": {"anyOf": [
+        {"required": ["issuer"]}, {"required": ["discovery-path"]}]}}
+]}]))]
 struct Settings {
+    /// OpenID provider issuer URL; the token endpoint is discovered
+    #[schemars(url)]
     issuer: Option<String>,
+    /// discovery document path below the issuer (default /.well-known/openid-configuration)
+    #[schemars(regex(pattern = "^/"))]
     discovery_path: Option<String>,
+    /// token endpoint, for servers without discovery
+    #[schemars(url)]
     token_url: Option<String>,
+    /// client id
+    #[schemars(length(min = 1))]
     client_id: String,
-    // Read through SecretSource; declared so unknown-field checking accepts them.
-    #[allow(dead_code)]
-    client_secret: Option<IgnoredAny>,
-    #[allow(dead_code)]
-    client_secret_file: Option<IgnoredAny>,
-    #[allow(dead_code)]
-    client_secret_env: Option<IgnoredAny>,
+    /// client secret
+    client_secret: SecretSetting,
     #[serde(default)]
     auth_method: AuthMethod,
+    /// space-separated scopes
     scope: Option<String>,
+    /// audience parameter (Auth0 and others)
     audience: Option<String>,
+    #[serde(default)]
+    #[schemars(schema_with = "one_or_many")]
     resource: Option<OneOrMany>,
+    /// additional token request parameters
     #[serde(default)]
     extra_params: BTreeMap<String, String>,
 }
@@ -109,43 +132,7 @@ impl Scheme for ClientCredentials {
     }
 
     fn config_schema(&self) -> Value {
-        let mut props = SecretSource::schema_properties("client-secret", "client secret");
-        let extra = json!({
-            "issuer": {"type": "string", "format": "uri",
-                "description": "OpenID provider issuer URL; the token endpoint is discovered"},
-            "discovery-path": {"type": "string", "pattern": "^/",
-                "description": "discovery document path below the issuer (default /.well-known/openid-configuration)"},
-            "token-url": {"type": "string", "format": "uri",
-                "description": "token endpoint, for servers without discovery"},
-            "client-id": {"type": "string", "minLength": 1},
-            "auth-method": {"enum": ["client_secret_basic", "client_secret_post"],
-                "default": "client_secret_basic"},
-            "scope": {"type": "string", "description": "space-separated scopes"},
-            "audience": {"type": "string"},
-            "resource": {"oneOf": [{"type": "string"},
-                {"type": "array", "items": {"type": "string"}, "minItems": 1}],
-                "description": "RFC 8707 resource indicator(s)"},
-            "extra-params": {"type": "object", "additionalProperties": {"type": "string"},
-                "description": "additional token request parameters"},
-        });
-        if let Value::Object(extra) = extra {
-            props.extend(extra);
-        }
-        json!({
-            "type": "object",
-            "description": "OAuth 2.0 client credentials grant",
-            "properties": props,
-            "required": ["client-id"],
-            "additionalProperties": false,
-            "allOf": [
-                SecretSource::schema_exactly_one("client-secret"),
-                {"oneOf": [
-                    {"required": ["issuer"], "not": {"required": ["token-url"]}},
-                    {"required": ["token-url"], "not": {"anyOf": [
-                        {"required": ["issuer"]}, {"required": ["discovery-path"]}]}}
-                ]}
-            ],
-        })
+        settings::schema::<Settings>()
     }
 
     fn configure(
@@ -154,12 +141,7 @@ impl Scheme for ClientCredentials {
         settings: Value,
         host: &Host<'_>,
     ) -> Result<Box<dyn Connection>> {
-        let Value::Object(map) = &settings else {
-            return Err(Error::config("settings must be an object"));
-        };
-        let secret = SecretSource::resolve(map, "client-secret", true, host)?
-            .ok_or_else(|| Error::internal("client-secret resolved to nothing"))?;
-        let s: Settings = fhirconn_sdk::parse_settings(settings)?;
+        let s: Settings = settings::parse(settings, host)?;
         if s.client_id.is_empty() {
             return Err(Error::config("client-id: must not be empty"));
         }
@@ -217,7 +199,7 @@ impl Scheme for ClientCredentials {
             discover,
             token_endpoint,
             client_id: s.client_id,
-            secret,
+            secret: s.client_secret.into_secret(),
             auth_method: s.auth_method,
             scope: scope
                 .split(' ')
@@ -281,6 +263,7 @@ fhirconn_sdk::export_schemes!(ClientCredentials);
 #[cfg(test)]
 mod tests {
     use super::*;
+    use fhirconn_sdk::serde_json::json;
     use fhirconn_sdk::testing::MockHost;
     use fhirconn_sdk::{CredentialHeader, ErrorKind, ExposeSecret, HttpRequest, HttpResponse};
     use std::sync::{Arc, Mutex as StdMutex};
@@ -558,7 +541,7 @@ mod tests {
             ),
             (
                 json!({"token-url": "https://t", "client-id": "a", "client-secret": "b", "scopes": "x"}),
-                "unknown field `scopes`",
+                "unknown setting 'scopes'",
             ),
         ];
         for (s, expected) in cases {

@@ -6,6 +6,9 @@
 use base64::Engine as _;
 use fhirconn_sdk::serde_json::Value;
 use jsonwebtoken::{Algorithm, EncodingKey};
+use p384::pkcs8::{DecodePrivateKey as _, EncodePrivateKey as _};
+use rsa::pkcs1::{DecodeRsaPrivateKey as _, EncodeRsaPrivateKey as _};
+use rsa::RsaPrivateKey;
 
 /// A signing key ready for client assertions. `Debug` shows no key material.
 pub struct SigningKey {
@@ -42,21 +45,15 @@ const NOT_P384: &str =
     "the EC key is not a valid P-384 key (SMART Backend Services needs ES384 or RS384)";
 
 fn es384(key: &p384::SecretKey) -> Result<SigningKey, String> {
-    use p384::pkcs8::EncodePrivateKey as _;
-    let der = key
-        .to_pkcs8_der()
-        .map_err(|e| format!("cannot encode the EC key ({e})"))?;
+    let der = key.to_pkcs8_der().map_err(|e| e.to_string())?;
     Ok(SigningKey::new(
         Algorithm::ES384,
         EncodingKey::from_ec_der(der.as_bytes()),
     ))
 }
 
-fn rs384(key: &rsa::RsaPrivateKey) -> Result<SigningKey, String> {
-    use rsa::pkcs1::EncodeRsaPrivateKey as _;
-    let der = key
-        .to_pkcs1_der()
-        .map_err(|e| format!("cannot encode the RSA key ({e})"))?;
+fn rs384(key: &RsaPrivateKey) -> Result<SigningKey, String> {
+    let der = key.to_pkcs1_der().map_err(|e| e.to_string())?;
     Ok(SigningKey::new(
         Algorithm::RS384,
         EncodingKey::from_rsa_der(der.as_bytes()),
@@ -65,11 +62,10 @@ fn rs384(key: &rsa::RsaPrivateKey) -> Result<SigningKey, String> {
 
 /// A PKCS#8 `PrivateKeyInfo`: RSA, or EC on P-384.
 fn from_pkcs8(der: &[u8]) -> Result<SigningKey, String> {
-    use rsa::pkcs8::DecodePrivateKey as _;
-    if let Ok(key) = rsa::RsaPrivateKey::from_pkcs8_der(der) {
+    if let Ok(key) = <RsaPrivateKey as rsa::pkcs8::DecodePrivateKey>::from_pkcs8_der(der) {
         return rs384(&key);
     }
-    if let Ok(key) = <p384::SecretKey as p384::pkcs8::DecodePrivateKey>::from_pkcs8_der(der) {
+    if let Ok(key) = p384::SecretKey::from_pkcs8_der(der) {
         return es384(&key);
     }
     match rsa::pkcs8::PrivateKeyInfo::try_from(der) {
@@ -129,7 +125,7 @@ fn from_jwk(jwk: &Value) -> Result<SigningKey, String> {
                 (Some(_), Some(_)) => vec![int("p")?, int("q")?],
                 _ => vec![],
             };
-            let key = rsa::RsaPrivateKey::from_components(int("n")?, int("e")?, int("d")?, primes)
+            let key = RsaPrivateKey::from_components(int("n")?, int("e")?, int("d")?, primes)
                 .map_err(|e| format!("the RSA JWK is not a consistent private key ({e})"))?;
             rs384(&key)?
         }
@@ -178,12 +174,9 @@ fn from_pem(bytes: &[u8]) -> Result<SigningKey, String> {
     let block = pem::parse(bytes).map_err(|e| format!("not a PEM file or JWK ({e})"))?;
     match block.tag() {
         "PRIVATE KEY" => from_pkcs8(block.contents()),
-        "RSA PRIVATE KEY" => {
-            use rsa::pkcs1::DecodeRsaPrivateKey as _;
-            rsa::RsaPrivateKey::from_pkcs1_der(block.contents())
-                .map_err(|e| format!("invalid PKCS#1 RSA key ({e})"))
-                .and_then(|k| rs384(&k))
-        }
+        "RSA PRIVATE KEY" => RsaPrivateKey::from_pkcs1_der(block.contents())
+            .map_err(|e| format!("invalid PKCS#1 RSA key ({e})"))
+            .and_then(|k| rs384(&k)),
         "EC PRIVATE KEY" => p384::SecretKey::from_sec1_der(block.contents())
             .map_err(|_| NOT_P384.to_string())
             .and_then(|k| es384(&k)),

@@ -13,16 +13,15 @@
 
 pub mod keys;
 
-use fhirconn_sdk::oauth::discovery::{self, excludes};
+use fhirconn_sdk::oauth::discovery;
 use fhirconn_sdk::oauth::{endpoint_url, ClientAuth, TokenRequest};
 use fhirconn_sdk::serde_json::{json, Value};
+use fhirconn_sdk::settings::{self, SecretSetting};
 use fhirconn_sdk::{
-    AuthRequest, Connection, ConnectionInfo, Credentials, Error, ExposeSecret, Host, Memo, Result,
-    Scheme, SecretSource, SecretString,
+    schemars, serde, AuthRequest, Connection, ConnectionInfo, Credentials, Error, ExposeSecret,
+    Host, Memo, Result, Scheme, SecretString,
 };
 use jsonwebtoken::Header;
-use serde::de::IgnoredAny;
-use serde::Deserialize;
 use std::time::{Duration, UNIX_EPOCH};
 
 pub use fhirconn_sdk::oauth::discovery::resolve_url;
@@ -35,21 +34,34 @@ pub const MAX_ASSERTION_LIFETIME: u64 = 300;
 #[derive(Debug, Default)]
 pub struct SmartBackend;
 
-#[derive(Debug, Deserialize)]
+/// SMART Backend Services (private_key_jwt)
+#[derive(serde::Deserialize, schemars::JsonSchema)]
+#[serde(crate = "fhirconn_sdk::serde")]
 #[serde(rename_all = "kebab-case", deny_unknown_fields)]
+#[schemars(crate = "fhirconn_sdk::schemars")]
 struct Settings {
+    /// client id
+    #[schemars(length(min = 1))]
     client_id: String,
-    #[allow(dead_code)]
-    private_key: Option<IgnoredAny>,
-    #[allow(dead_code)]
-    private_key_file: Option<IgnoredAny>,
-    #[allow(dead_code)]
-    private_key_env: Option<IgnoredAny>,
+    /// private key: PEM (PKCS#8, PKCS#1, SEC1) or a private JWK/JWKS
+    private_key: SecretSetting,
+    /// key id of the registered public key (JWT header 'kid')
+    #[schemars(length(min = 1))]
     kid: Option<String>,
+    /// checked against the key type
+    #[schemars(extend("enum" = ["RS384", "ES384"]))]
     alg: Option<String>,
+    /// URL of the client's JWKS (JWT header 'jku'), if registered that way
+    #[schemars(url)]
     jku: Option<String>,
+    /// e.g. 'system/*.rs' (SMART v2) or 'system/*.read' (v1)
+    #[schemars(length(min = 1))]
     scope: String,
+    /// token endpoint; default: from {base}/.well-known/smart-configuration
+    #[schemars(url)]
     token_url: Option<String>,
+    /// seconds until the client assertion expires (at most 300)
+    #[schemars(range(min = 1, max = MAX_ASSERTION_LIFETIME))]
     assertion_lifetime: Option<u64>,
 }
 
@@ -78,35 +90,7 @@ impl Scheme for SmartBackend {
     }
 
     fn config_schema(&self) -> Value {
-        let mut props = SecretSource::schema_properties(
-            "private-key",
-            "private key: PEM (PKCS#8, PKCS#1, SEC1) or a private JWK/JWKS",
-        );
-        let extra = json!({
-            "client-id": {"type": "string", "minLength": 1},
-            "kid": {"type": "string", "minLength": 1,
-                "description": "key id of the registered public key (JWT header 'kid')"},
-            "alg": {"enum": ["RS384", "ES384"], "description": "checked against the key type"},
-            "jku": {"type": "string", "format": "uri",
-                "description": "URL of the client's JWKS (JWT header 'jku'), if registered that way"},
-            "scope": {"type": "string", "minLength": 1,
-                "description": "e.g. 'system/*.rs' (SMART v2) or 'system/*.read' (v1)"},
-            "token-url": {"type": "string", "format": "uri",
-                "description": "token endpoint; default: from {base}/.well-known/smart-configuration"},
-            "assertion-lifetime": {"type": "integer", "minimum": 1, "maximum": MAX_ASSERTION_LIFETIME,
-                "description": "seconds until the client assertion expires (at most 300)"},
-        });
-        if let Value::Object(extra) = extra {
-            props.extend(extra);
-        }
-        json!({
-            "type": "object",
-            "description": "SMART Backend Services (private_key_jwt)",
-            "properties": props,
-            "required": ["client-id", "scope"],
-            "additionalProperties": false,
-            "allOf": [SecretSource::schema_exactly_one("private-key")],
-        })
+        settings::schema::<Settings>()
     }
 
     fn configure(
@@ -115,28 +99,14 @@ impl Scheme for SmartBackend {
         settings: Value,
         host: &Host<'_>,
     ) -> Result<Box<dyn Connection>> {
-        let Value::Object(map) = &settings else {
-            return Err(Error::config("settings must be an object"));
-        };
-        let key_text: SecretString = SecretSource::resolve(map, "private-key", true, host)?
-            .ok_or_else(|| Error::internal("private-key resolved to nothing"))?;
-        let key_field = ["private-key-file", "private-key-env", "private-key"]
-            .into_iter()
-            .find(|f| map.contains_key(*f))
-            .unwrap_or("private-key");
-        let s: Settings = fhirconn_sdk::parse_settings(settings)?;
-        if s.client_id.is_empty() {
-            return Err(Error::config("client-id: must not be empty"));
-        }
-        let key = keys::load(key_text.expose_secret().as_bytes(), s.kid.as_deref())
-            .map_err(|e| Error::config(format!("{key_field}: {e}")))?;
-        if let Some(alg) = &s.alg {
-            if alg != keys::alg_name(key.alg) {
-                return Err(Error::config(format!(
-                    "alg: {alg} does not match the key, which is for {}",
-                    keys::alg_name(key.alg)
-                )));
-            }
+        let s: Settings = settings::parse(settings, host)?;
+        let key = keys::load(s.private_key.expose_secret().as_bytes(), s.kid.as_deref())
+            .map_err(|e| Error::config(format!("{}: {e}", s.private_key.key())))?;
+        let alg = keys::alg_name(key.alg);
+        if let Some(other) = s.alg.as_deref().filter(|a| *a != alg) {
+            return Err(Error::config(format!(
+                "alg: {other} does not match the key, which is for {alg}"
+            )));
         }
         let kid = match (&s.kid, &key.kid) {
             (Some(k), Some(jk)) if k != jk => {
@@ -188,31 +158,7 @@ pub fn discover(base_url: &str, alg: &str, host: &Host<'_>) -> Result<String> {
         let hint = "set 'token-url' if the server publishes no smart-configuration";
         Error::new(e.kind(), format!("{e}; {hint}"))
     })?;
-    let checks = [
-        (
-            "grant_types_supported",
-            &doc.grant_types_supported,
-            "client_credentials",
-        ),
-        (
-            "token_endpoint_auth_methods_supported",
-            &doc.token_endpoint_auth_methods_supported,
-            "private_key_jwt",
-        ),
-        (
-            "token_endpoint_auth_signing_alg_values_supported",
-            &doc.token_endpoint_auth_signing_alg_values_supported,
-            alg,
-        ),
-    ];
-    for (field, list, wanted) in checks {
-        if excludes(list, wanted) {
-            return Err(Error::protocol(format!(
-                "SMART discovery {base_url}{}: {field} does not include {wanted}",
-                discovery::SMART_PATH
-            )));
-        }
-    }
+    doc.require("client_credentials", "private_key_jwt", Some(alg))?;
     Ok(doc.token_endpoint)
 }
 

@@ -387,7 +387,7 @@ fn settings_are_checked() {
         ),
         (
             json!({"client-id": "c", "private-key-file": "k", "kid": "a"}),
-            "missing field `scope`",
+            "'scope' is required",
         ),
         (
             json!({"client-id": "c", "private-key-file": "k", "kid": "a", "scope": "  "}),

@@ -68,6 +68,9 @@ pub fn oidc(host: &Host<'_>, issuer: &str, discovery_url: &str) -> Result<OidcCo
 /// The parts of a SMART configuration the token schemes use.
 #[derive(Debug, Clone, Deserialize)]
 pub struct SmartConfiguration {
+    /// Where the document was read from (for messages).
+    #[serde(skip)]
+    pub url: String,
     /// `token_endpoint`, resolved against the FHIR base URL by [`smart`].
     pub token_endpoint: String,
     /// `grant_types_supported`.
@@ -76,6 +79,40 @@ pub struct SmartConfiguration {
     pub token_endpoint_auth_methods_supported: Option<Vec<String>>,
     /// `token_endpoint_auth_signing_alg_values_supported`.
     pub token_endpoint_auth_signing_alg_values_supported: Option<Vec<String>>,
+}
+
+impl SmartConfiguration {
+    /// Checks that the server does not rule out what this client does: the grant type, the
+    /// client authentication method and (if any) the signing algorithm. A list the server does
+    /// not publish rules nothing out.
+    pub fn require(&self, grant: &str, auth_method: &str, alg: Option<&str>) -> Result<()> {
+        let checks = [
+            (
+                "grant_types_supported",
+                &self.grant_types_supported,
+                Some(grant),
+            ),
+            (
+                "token_endpoint_auth_methods_supported",
+                &self.token_endpoint_auth_methods_supported,
+                Some(auth_method),
+            ),
+            (
+                "token_endpoint_auth_signing_alg_values_supported",
+                &self.token_endpoint_auth_signing_alg_values_supported,
+                alg,
+            ),
+        ];
+        for (field, list, wanted) in checks {
+            if let Some(wanted) = wanted.filter(|w| excludes(list, w)) {
+                return Err(Error::protocol(format!(
+                    "SMART discovery {}: {field} does not include {wanted}",
+                    self.url
+                )));
+            }
+        }
+        Ok(())
+    }
 }
 
 /// Whether an advertised list rules `wanted` out: it is present and does not contain it (an
@@ -91,6 +128,7 @@ pub fn smart(host: &Host<'_>, base_url: &str) -> Result<SmartConfiguration> {
     let url = format!("{}{SMART_PATH}", base_url.trim_end_matches('/'));
     let mut doc: SmartConfiguration = get_json(host, &url, "SMART discovery")?;
     doc.token_endpoint = resolve_url(base_url, &doc.token_endpoint)?;
+    doc.url = url;
     Ok(doc)
 }
 
@@ -170,6 +208,16 @@ mod tests {
             &doc.token_endpoint_auth_methods_supported,
             "private_key_jwt"
         ));
+        doc.require("client_credentials", "private_key_jwt", Some("ES384"))
+            .unwrap();
+        let e = doc
+            .require("authorization_code", "private_key_jwt", None)
+            .unwrap_err();
+        assert_eq!(
+            e.message(),
+            "SMART discovery https://fhir/r4/.well-known/smart-configuration: \
+             grant_types_supported does not include authorization_code"
+        );
     }
 
     #[test]

@@ -38,7 +38,7 @@ pub fn endpoint_url(field: &str, value: &str, host: &Host<'_>) -> Result<url::Ur
         )),
         other => {
             return Err(Error::config(format!(
-                "{field}: scheme '{other}' is not http or https"
+                "{field}: must be an http(s) URL, not scheme '{other}'"
             )))
         }
     }
@@ -264,7 +264,10 @@ mod tests {
             assert!(endpoint_url("token-url", "http://127.0.0.1:9/t", h).is_ok());
             assert!(endpoint_url("token-url", "http://idp.example/t", h).is_ok());
             for (v, expected) in [
-                ("ftp://t", "token-url: scheme 'ftp' is not http or https"),
+                (
+                    "ftp://t",
+                    "token-url: must be an http(s) URL, not scheme 'ftp'",
+                ),
                 ("not a url", "token-url: not a valid URL ("),
             ] {
                 let e = endpoint_url("token-url", v, h).unwrap_err();
