@@ -203,8 +203,10 @@ fn targets() -> Vec<Target> {
                 br#"Basic realm="a", Bearer error="invalid_token", error_description="expired""#.to_vec(),
             ],
             |input| {
-                // azure-ad without a tenant reads the challenge of an unauthenticated request.
+                // The SDK's parser in-process, then azure-ad, which without a tenant reads the
+                // challenge of an unauthenticated request.
                 let header = String::from_utf8_lossy(input).replace(['\r', '\n'], " ");
+                let _ = fhirconn_sdk::www_authenticate::parse(&header);
                 through_plugin(
                     "azure-ad",
                     serde_json::json!({"client-id": "c", "flow": "client-credentials", "client-secret": "s"}),
@@ -267,6 +269,31 @@ fn targets() -> Vec<Target> {
                         }
                     },
                 );
+            },
+        ),
+        (
+            "device-code",
+            vec![
+                br#"{"device_code":"d","user_code":"U","verification_uri":"https://i/v","interval":5,"expires_in":30,"error":"authorization_pending"}"#.to_vec(),
+                br#"{"device_code":"d","interval":1,"expires_in":9,"error":"slow_down"}"#.to_vec(),
+            ],
+            |input| {
+                // The SDK's device-code grant in-process: the fuzzed body answers the device
+                // authorization request (200) and every poll (400); MockHost's clock makes the
+                // waits instant, and the code's lifetime is bounded, so the loop ends.
+                use fhirconn_sdk::oauth::{device_code, TokenRequest};
+                let body = input.to_vec();
+                let mock = MockHost::new().with_http(move |req| {
+                    let status = if req.url.ends_with("/d") { 200 } else { 400 };
+                    Ok(HttpResponse { status, ..json_response(&body) })
+                });
+                mock.with_host(|h| {
+                    let body = input.to_vec();
+                    if let Ok(a) = device_code::start("https://i/d", "c", "s", h) {
+                        let _ = device_code::poll(&TokenRequest::new("https://i/t"), &a, h);
+                    }
+                    let _ = fhirconn_sdk::oauth::token_response(&json_response(&body), "t", h);
+                });
             },
         ),
         (
