@@ -1,0 +1,107 @@
+//! One download: credentials for the connection's own origin only, an idle timeout between
+//! chunks, NDJSON checked before bytes reach a private temporary file, renamed when complete.
+
+use super::*;
+
+/// Downloads one entry into a private temporary file in `out`, checking NDJSON as it
+/// streams, and renames it to its final name when every line passed.
+pub(super) async fn download(
+    conn: &Connection,
+    entry: &Entry,
+    with_token: bool,
+    out: &Path,
+    on: &Observer,
+) -> Result<(String, u64), EntryError> {
+    let name = entry.file_name();
+    let url = &entry.url;
+    let shown = shown_url(url);
+    let conn_err = |source: Error| EntryError::Connection {
+        name: name.clone(),
+        source,
+    };
+    let transport_err = |error: TransportError| {
+        conn_err(Error::Transport {
+            id: conn.id().to_string(),
+            error,
+        })
+    };
+    let same_origin = url.origin() == conn.base_url().origin();
+    if with_token && !same_origin {
+        return Err(EntryError::ForeignOrigin { name, url: shown });
+    }
+    // Credentials (and a client certificate) only for the connection's own origin; the
+    // headers only when the manifest asks for the token.
+    let creds = if same_origin {
+        Some(conn.credentials(false).await.map_err(conn_err)?)
+    } else {
+        None
+    };
+    let client = conn
+        .transport
+        .client(creds.as_ref().and_then(|c| c.identity.as_ref()))
+        .map_err(|e| transport_err(e.into()))?;
+    let mut rb = client
+        .get(url.clone())
+        .header(reqwest::header::ACCEPT, "application/fhir+ndjson")
+        .timeout(DOWNLOAD_LIMIT);
+    if with_token {
+        for (k, v) in creds.iter().flat_map(|c| c.headers.iter()) {
+            rb = rb.header(k, v);
+        }
+    }
+    let settings = conn.transport.settings();
+    let idle = settings.read_timeout;
+    let idle_err = || EntryError::Idle {
+        name: name.clone(),
+        idle,
+        url: shown.clone(),
+    };
+    on(Event::Started { name: &name });
+    let mut resp = tokio::time::timeout(settings.connect_timeout + idle, rb.send())
+        .await
+        .map_err(|_| idle_err())?
+        .map_err(|e| transport_err(conn.transport.classify_error(&e, url)))?;
+    if !resp.status().is_success() {
+        return Err(EntryError::Http {
+            name,
+            status: resp.status().as_u16(),
+            url: shown,
+        });
+    }
+    let io_err = |path: &Path, source| EntryError::Io {
+        name: name.clone(),
+        path: path.to_path_buf(),
+        source,
+    };
+    let mut tmp = safe_write::TempFile::new_in(out).map_err(|e| io_err(out, e))?;
+    let mut check = NdjsonCheck::default();
+    let ndjson_err = |reason| EntryError::Ndjson {
+        name: name.clone(),
+        reason,
+    };
+    loop {
+        let chunk = tokio::time::timeout(idle, resp.chunk())
+            .await
+            .map_err(|_| idle_err())?
+            .map_err(|e| transport_err(conn.transport.classify_error(&e, url)))?;
+        let Some(chunk) = chunk else { break };
+        let checked = check.feed(&chunk).map_err(ndjson_err)?;
+        if !checked.is_empty() {
+            let path = tmp.path().to_path_buf();
+            tmp.file()
+                .write_all(&checked)
+                .map_err(|e| io_err(&path, e))?;
+            on(Event::Bytes {
+                name: &name,
+                bytes: checked.len() as u64,
+            });
+        }
+    }
+    let last = check.finish().map_err(ndjson_err)?;
+    let path = tmp.path().to_path_buf();
+    tmp.file().write_all(&last).map_err(|e| io_err(&path, e))?;
+    tmp.set_mode(0o600).map_err(|e| io_err(&path, e))?;
+    let target = out.join(&name);
+    tmp.persist(&target).map_err(|e| io_err(&target, e))?;
+    Ok((name, check.resources()))
+}

@@ -1,0 +1,343 @@
+//! What the proxy checks before it spends credentials (`Host`, browser cross-site requests,
+//! its bearer token) and how it forwards: headers filtered both ways, answers hardened.
+
+use super::*;
+
+/// What every request handler sees.
+#[derive(Clone)]
+pub(super) struct ProxyState {
+    /// The connections.
+    pub(super) host: Arc<Host>,
+    /// SHA-256 of the token.
+    pub(super) token: Option<[u8; 32]>,
+    /// Lowercase `host:port` authorities (and `host` alone on the scheme's default port).
+    pub(super) authorities: Arc<Vec<String>>,
+    /// `http` or `https`.
+    pub(super) scheme: &'static str,
+}
+
+fn harden(headers: &mut HeaderMap) {
+    headers.insert(
+        HeaderName::from_static("x-content-type-options"),
+        HeaderValue::from_static("nosniff"),
+    );
+    headers.append(
+        header::CONTENT_SECURITY_POLICY,
+        HeaderValue::from_static(CSP),
+    );
+}
+
+fn outcome(status: StatusCode, code: &str, text: &str) -> Response {
+    let body = serde_json::json!({"resourceType": "OperationOutcome",
+        "issue": [{"severity": "error", "code": code, "diagnostics": text}]});
+    let mut r = (status, body.to_string()).into_response();
+    r.headers_mut().insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static("application/fhir+json"),
+    );
+    harden(r.headers_mut());
+    r
+}
+
+fn forwardable(name: &HeaderName, connection_listed: &[String]) -> bool {
+    let n = name.as_str();
+    !HOP_BY_HOP.contains(&n) && !connection_listed.iter().any(|c| c == n)
+}
+
+fn returnable(name: &HeaderName, connection_listed: &[String]) -> bool {
+    let n = name.as_str();
+    forwardable(name, connection_listed)
+        && !RESPONSE_DROPPED.contains(&n)
+        && !n.starts_with("access-control-")
+}
+
+/// Names listed in a `Connection` header are hop-by-hop too.
+fn connection_listed(headers: &HeaderMap) -> Vec<String> {
+    headers
+        .get_all(header::CONNECTION)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(','))
+        .map(|s| s.trim().to_ascii_lowercase())
+        .collect()
+}
+
+/// The authorities a request may name: loopback names on the bound port, then `names`.
+pub(super) fn authorities(bound: SocketAddr, names: &[String], tls: bool) -> Vec<String> {
+    let port = bound.port();
+    let mut out = vec![
+        format!("127.0.0.1:{port}"),
+        format!("[::1]:{port}"),
+        format!("localhost:{port}"),
+        bound.to_string(),
+    ];
+    if bound.ip().is_unspecified() {
+        out.pop();
+    }
+    for n in names {
+        match n.parse::<SocketAddr>() {
+            Ok(a) if a.ip().is_unspecified() => {}
+            Ok(_) => out.push(n.clone()),
+            Err(_) if has_port(n) => out.push(n.clone()),
+            Err(_) => out.push(format!("{n}:{port}")),
+        }
+    }
+    let default_port = if tls { 443 } else { 80 };
+    let suffix = format!(":{default_port}");
+    let bare: Vec<String> = out
+        .iter()
+        .filter_map(|a| a.strip_suffix(&suffix).map(str::to_string))
+        .collect();
+    out.extend(bare);
+    out.iter_mut().for_each(|a| a.make_ascii_lowercase());
+    out.sort();
+    out.dedup();
+    out
+}
+
+/// `name:port` (not a bare IPv6 address).
+fn has_port(n: &str) -> bool {
+    n.rsplit_once(':').is_some_and(|(h, p)| {
+        !h.is_empty() && !h.contains(':') && !h.contains('[') && p.parse::<u16>().is_ok()
+    })
+}
+
+/// Refuses requests that do not name the proxy (DNS rebinding) and browser requests from
+/// other sites (CSRF), before anything else is looked at.
+#[allow(clippy::result_large_err)]
+fn check_browser(st: &ProxyState, parts: &axum::http::request::Parts) -> Result<(), Response> {
+    let own = |authority: &str| {
+        st.authorities
+            .iter()
+            .any(|a| a.eq_ignore_ascii_case(authority))
+    };
+    let misdirected = |what: &str| {
+        outcome(
+            StatusCode::MISDIRECTED_REQUEST,
+            "forbidden",
+            &format!(
+                "{what}: the proxy answers only requests addressed to itself \
+                 (e.g. Host: {}); this protects against DNS rebinding",
+                st.authorities.first().map(String::as_str).unwrap_or("")
+            ),
+        )
+    };
+    let hosts: Vec<_> = parts.headers.get_all(header::HOST).iter().collect();
+    let host_ok = match hosts.as_slice() {
+        [one] => one.to_str().is_ok_and(own),
+        _ => false,
+    };
+    if !host_ok {
+        return Err(misdirected("the Host header does not name this proxy"));
+    }
+    if let Some(a) = parts.uri.authority() {
+        if !own(a.as_str()) {
+            return Err(misdirected("the request target does not name this proxy"));
+        }
+    }
+    let cross_site = |what: &str| {
+        outcome(
+            StatusCode::FORBIDDEN,
+            "forbidden",
+            &format!(
+                "{what}: the proxy refuses requests from web pages of other origins, \
+                 which would otherwise use your credentials"
+            ),
+        )
+    };
+    let own_origin = |value: &str| {
+        value
+            .strip_prefix(st.scheme)
+            .and_then(|r| r.strip_prefix("://"))
+            .is_some_and(own)
+    };
+    for v in parts.headers.get_all(header::ORIGIN) {
+        if !v.to_str().is_ok_and(own_origin) {
+            return Err(cross_site("the Origin is not the proxy's own"));
+        }
+    }
+    for v in parts.headers.get_all(header::REFERER) {
+        let ok = v
+            .to_str()
+            .ok()
+            .and_then(|r| url::Url::parse(r).ok())
+            .is_some_and(|u| own_origin(&u.origin().ascii_serialization()));
+        if !ok {
+            return Err(cross_site("the Referer is not the proxy's own origin"));
+        }
+    }
+    for v in parts.headers.get_all("sec-fetch-site") {
+        let site = v.to_str().unwrap_or("").trim().to_ascii_lowercase();
+        if site != "same-origin" && site != "none" {
+            return Err(cross_site("Sec-Fetch-Site is not same-origin"));
+        }
+    }
+    Ok(())
+}
+
+/// Whether the request carries the proxy's token (or no token is required).
+fn authorised(st: &ProxyState, headers: &HeaderMap) -> bool {
+    st.token
+        .as_ref()
+        .is_none_or(|expected| token_matches(expected, headers))
+}
+
+/// Compares the presented bearer token with the expected one's SHA-256 digest in constant
+/// time (digests have one length, so the token's length does not show either).
+fn token_matches(expected: &[u8; 32], headers: &HeaderMap) -> bool {
+    let presented = headers
+        .get(header::AUTHORIZATION)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| {
+            let (scheme, token) = v.split_once(' ')?;
+            scheme.eq_ignore_ascii_case("bearer").then(|| token.trim())
+        })
+        .unwrap_or("");
+    let digest: [u8; 32] = Sha256::digest(presented.as_bytes()).into();
+    bool::from(digest.ct_eq(expected))
+}
+
+pub(super) async fn forward(State(st): State<ProxyState>, req: axum::extract::Request) -> Response {
+    let (parts, body) = req.into_parts();
+    if let Err(refused) = check_browser(&st, &parts) {
+        return refused;
+    }
+    if !authorised(&st, &parts.headers) {
+        let mut r = outcome(
+            StatusCode::UNAUTHORIZED,
+            "login",
+            "the proxy requires its bearer token (Authorization: Bearer <token>)",
+        );
+        r.headers_mut().insert(
+            header::WWW_AUTHENTICATE,
+            HeaderValue::from_static("Bearer realm=\"fhirconn proxy\""),
+        );
+        return r;
+    }
+    // Without a token nobody is known to be the person: ids are not listed.
+    let may_list = st.token.is_some();
+    let path = parts.uri.path().trim_start_matches('/');
+    let (id, rest) = path.split_once('/').unwrap_or((path, ""));
+    if id.is_empty() {
+        let text = if may_list {
+            format!(
+                "use /<connection id>/<path>; connections: {}",
+                st.host.connection_ids().join(", ")
+            )
+        } else {
+            "use /<connection id>/<path>".to_string()
+        };
+        return outcome(StatusCode::NOT_FOUND, "not-found", &text);
+    }
+    let conn = match st.host.connection(id) {
+        Ok(c) => c,
+        Err(crate::Error::UnknownConnection { .. }) if !may_list => {
+            return outcome(StatusCode::NOT_FOUND, "not-found", "no such connection");
+        }
+        Err(e) => return outcome(StatusCode::NOT_FOUND, "not-found", &e.to_string()),
+    };
+    let body = match to_bytes(body, MAX_REQUEST_BODY).await {
+        Ok(b) => b,
+        Err(_) => {
+            return outcome(
+                StatusCode::PAYLOAD_TOO_LARGE,
+                "too-costly",
+                "the request body is larger than 64 MiB",
+            )
+        }
+    };
+    let listed = connection_listed(&parts.headers);
+    let headers = parts
+        .headers
+        .iter()
+        .filter(|(k, _)| forwardable(k, &listed))
+        .map(|(k, v)| (k.clone(), v.clone()))
+        .collect();
+    let target = match parts.uri.query() {
+        Some(q) => format!("{rest}?{q}"),
+        None => rest.to_string(),
+    };
+    let request = Request {
+        method: parts.method.clone(),
+        path: target,
+        headers,
+        body: (!body.is_empty()).then(|| body.to_vec()),
+    };
+    match conn.send_streaming(request).await {
+        Ok(resp) => {
+            let status = resp.status();
+            let headers = resp.headers().clone();
+            let listed = connection_listed(&headers);
+            let chunks = futures_util::stream::unfold(Some(resp), |state| async move {
+                let mut resp = state?;
+                match resp.chunk().await {
+                    Ok(Some(c)) => Some((Ok::<_, reqwest::Error>(c), Some(resp))),
+                    Ok(None) => None,
+                    Err(e) => Some((Err(e), None)),
+                }
+            });
+            let mut out = Response::new(Body::from_stream(chunks));
+            *out.status_mut() = status;
+            for (k, v) in headers.iter() {
+                if returnable(k, &listed) {
+                    out.headers_mut().append(k.clone(), v.clone());
+                }
+            }
+            harden(out.headers_mut());
+            out
+        }
+        // e.g. an absolute URL on another origin: the caller's mistake, nothing was sent.
+        Err(e @ crate::Error::InvalidRequest(_)) => outcome(
+            StatusCode::BAD_REQUEST,
+            "invalid",
+            &format!("connection '{id}': {}", st.host.redact(&e.to_string())),
+        ),
+        Err(e) => outcome(
+            StatusCode::BAD_GATEWAY,
+            "transient",
+            &format!("connection '{id}': {}", st.host.redact(&e.to_string())),
+        ),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn authorities_cover_loopback_names_the_listen_text_and_default_ports() {
+        let bound: SocketAddr = "127.0.0.1:8089".parse().unwrap();
+        let a = authorities(
+            bound,
+            &["127.0.0.1:8089".into(), "proxy.example".into()],
+            true,
+        );
+        for want in [
+            "127.0.0.1:8089",
+            "[::1]:8089",
+            "localhost:8089",
+            "proxy.example:8089",
+        ] {
+            assert!(a.iter().any(|x| x == want), "{want} in {a:?}");
+        }
+        assert!(!a.iter().any(|x| x == "localhost"));
+        let a = authorities("127.0.0.1:443".parse().unwrap(), &[], true);
+        assert!(a.iter().any(|x| x == "localhost"), "{a:?}");
+    }
+
+    #[test]
+    fn the_token_check_compares_digests_of_bearer_tokens() {
+        let expected: [u8; 32] = Sha256::digest(b"abc").into();
+        let with = |v: &'static str| {
+            let mut h = HeaderMap::new();
+            h.insert(header::AUTHORIZATION, HeaderValue::from_static(v));
+            token_matches(&expected, &h)
+        };
+        assert!(with("Bearer abc"));
+        assert!(with("bearer abc"));
+        assert!(!with("Bearer abd"));
+        assert!(!with("Bearer abcd"));
+        assert!(!with("Basic abc"));
+        assert!(!token_matches(&expected, &HeaderMap::new()));
+    }
+}
