@@ -41,6 +41,7 @@ pub mod dsf;
 mod error;
 pub mod import;
 pub mod keygen;
+pub mod middleware;
 mod loopback;
 mod person;
 pub mod paging;

@@ -146,9 +146,12 @@ fn host_files_are_written_through_safe_write() {
     );
 }
 
+/// A package: its name, manifest directory and `(dependency, kind)` pairs.
+type Package = (String, PathBuf, Vec<(String, String)>);
+
 /// The workspace's packages from `cargo metadata` (manifests only, no network):
 /// `(name, manifest directory, [(dependency, kind)])`, kind `normal`, `dev` or `build`.
-fn workspace_packages() -> Vec<(String, PathBuf, Vec<(String, String)>)> {
+fn workspace_packages() -> Vec<Package> {
     let root = fhirconn_tests::root();
     let cargo = std::env::var_os("CARGO").unwrap_or_else(|| "cargo".into());
     let out = std::process::Command::new(cargo)

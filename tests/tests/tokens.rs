@@ -455,3 +455,28 @@ fn cli_keygen_writes_a_key_that_a_server_accepts() {
         out.stderr
     );
 }
+
+/// The reqwest middleware keeps the connection's 401 rule on a caller's own client: a revoked
+/// token is replaced after one 401 and the request resent once; a second 401 is the answer.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn the_reqwest_middleware_keeps_the_401_rule() {
+    use fhirconn_host::middleware::Authentication;
+    let e = env(Duration::from_secs(300)).await;
+    let host = e.host(&[("c", e.smart_rs())]).await;
+    let conn = host.connection("c").unwrap();
+    let client = reqwest_middleware::ClientBuilder::new(reqwest::Client::new())
+        .with(Authentication::new(Arc::clone(&conn)))
+        .build();
+    let url = conn.url_for("Patient/1").unwrap();
+    let get = || async { client.get(url.clone()).send().await.unwrap().status() };
+    assert_eq!(get().await, 200);
+    e.fhir.revoke_presented_tokens();
+    assert_eq!(get().await, 200);
+    assert_eq!(e.fhir.unauthorized(), 1, "one 401, then a retry");
+    assert_eq!(e.idp.tokens_issued(), 2);
+    e.fhir.set_auth(ServerAuth::Jwt(
+        e.idp.verifier("https://some-other-audience"),
+    ));
+    assert_eq!(get().await, 401);
+    assert_eq!(e.idp.tokens_issued(), 3, "exactly one retry");
+}

@@ -466,7 +466,7 @@ fn test() -> Result {
     build_plugins(false)?;
     cmd!(
         sh,
-        "cargo build {locked...} -p fhirconn-host -p fhirconn-conformance --bins"
+        "cargo build {locked...} -p fhirconn-host -p fhirconn-conformance --bins --examples"
     )
     .run()?;
     cmd!(sh, "cargo test {locked...} --workspace --no-fail-fast").run()?;

@@ -205,21 +205,38 @@ impl Connection {
         Fut: Future<Output = Result<T, Error>>,
     {
         let resp = send(creds.clone()).await.map_err(Failure::Request)?;
-        if !unauthorized(&resp) || creds.headers.is_empty() {
+        if !unauthorized(&resp) {
             return Ok(resp);
+        }
+        match self
+            .renew_after_401(&creds)
+            .await
+            .map_err(Failure::Credentials)?
+        {
+            Some(fresh) => send(fresh).await.map_err(Failure::Request),
+            None => Ok(resp),
+        }
+    }
+
+    /// The 401 rule for callers that send requests themselves (the reqwest middleware): after
+    /// a 401 to a request sent with `stale`, drops them (when credentials were sent) and
+    /// fetches fresh ones; `Some(fresh)` when they differ (send once more with them), `None`
+    /// when a retry cannot help (answer the 401).
+    pub async fn renew_after_401(
+        &self,
+        stale: &Arc<Resolved>,
+    ) -> Result<Option<Arc<Resolved>>, Error> {
+        if stale.headers.is_empty() {
+            return Ok(None);
         }
         tracing::debug!(connection = %self.id(), "401: dropping cached credentials");
-        self.auth.invalidate(&creds);
-        let fresh = self
-            .auth
-            .credentials(false)
-            .await
-            .map_err(Failure::Credentials)?;
-        if fresh.headers == creds.headers {
-            return Ok(resp);
+        self.auth.invalidate(stale);
+        let fresh = self.auth.credentials(false).await?;
+        if fresh.headers == stale.headers {
+            return Ok(None);
         }
         tracing::debug!(connection = %self.id(), "retrying once with fresh credentials");
-        send(fresh).await.map_err(Failure::Request)
+        Ok(Some(fresh))
     }
 
     fn transport_error(&self, error: TransportError) -> Error {
