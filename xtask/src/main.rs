@@ -583,23 +583,33 @@ panic = "unwind"
 
 const TEMPLATE_LIB: &str = r#"//! fhirconn scheme `{name}`: sends `X-Api-Key` from `api-key`, `api-key-file` or
 //! `api-key-env`. Replace `authorize` with your scheme's logic; reach the network, files and
-//! environment only through `host`.
+//! environment only through `host`. Settings are declared once, in `{Type}Settings`: its
+//! JSON Schema is derived, and a `SecretSetting` field `x` is written as `x`, `x-file` or
+//! `x-env` (see `fhirconn_sdk::settings`).
 
-use fhirconn_sdk::serde_json::{json, Value};
+use fhirconn_sdk::serde_json::Value;
+use fhirconn_sdk::settings::{self, SecretSetting};
 use fhirconn_sdk::{
-    AuthRequest, Connection, ConnectionInfo, Credentials, Error, Host, Result, Scheme,
-    SecretSource, SecretString,
+    schemars, serde, AuthRequest, Connection, ConnectionInfo, Credentials, Host, Result, Scheme,
 };
 
 /// The `{name}` scheme.
 #[derive(Debug, Default)]
 pub struct {Type};
 
-/// A configured connection.
-#[derive(Debug)]
-pub struct {Type}Connection {
-    key: SecretString,
+/// an API key in the X-Api-Key header
+#[derive(Debug, serde::Deserialize, schemars::JsonSchema)]
+#[serde(crate = "fhirconn_sdk::serde")]
+#[serde(rename_all = "kebab-case", deny_unknown_fields)]
+#[schemars(crate = "fhirconn_sdk::schemars")]
+pub struct {Type}Settings {
+    /// API key
+    api_key: SecretSetting,
 }
+
+/// A configured connection: its settings (`Debug` shows no secret).
+#[derive(Debug)]
+pub struct {Type}Connection({Type}Settings);
 
 impl Scheme for {Type} {
     fn name(&self) -> &str {
@@ -611,27 +621,17 @@ impl Scheme for {Type} {
     }
 
     fn config_schema(&self) -> Value {
-        json!({
-            "type": "object",
-            "properties": SecretSource::schema_properties("api-key", "API key"),
-            "additionalProperties": false,
-            "allOf": [SecretSource::schema_exactly_one("api-key")],
-        })
+        settings::schema::<{Type}Settings>()
     }
 
     fn configure(&self, _c: &ConnectionInfo, settings: Value, host: &Host<'_>) -> Result<Box<dyn Connection>> {
-        let Value::Object(map) = settings else {
-            return Err(Error::config("settings must be an object"));
-        };
-        let key = SecretSource::resolve(&map, "api-key", true, host)?
-            .ok_or_else(|| Error::internal("api-key resolved to nothing"))?;
-        Ok(Box::new({Type}Connection { key }))
+        Ok(Box::new({Type}Connection(settings::parse(settings, host)?)))
     }
 }
 
 impl Connection for {Type}Connection {
     fn authorize(&self, _request: &AuthRequest, _host: &Host<'_>) -> Result<Credentials> {
-        Ok(Credentials::new().secret_header("X-Api-Key", self.key.clone()))
+        Ok(Credentials::new().secret_header("X-Api-Key", self.0.api_key.secret().clone()))
     }
 }
 
@@ -640,27 +640,17 @@ fhirconn_sdk::export_schemes!({Type});
 #[cfg(test)]
 mod tests {
     use super::*;
-    use fhirconn_sdk::testing::MockHost;
-    use fhirconn_sdk::{CredentialHeader, ExposeSecret};
+    use fhirconn_sdk::serde_json::json;
+    use fhirconn_sdk::testing::{header_value, MockHost};
 
     #[test]
     fn the_key_is_sent_and_a_missing_one_is_a_config_error() {
-        let info = ConnectionInfo { id: "c".into(), base_url: "https://fhir.example".into() };
-        let mock = MockHost::new().with_file("key.txt", b"k-1
-");
-        let creds = mock
-            .with_host(|h| {
-                {Type}
-                    .configure(&info, json!({"api-key-file": "key.txt"}), h)?
-                    .authorize(&AuthRequest { connection: info.clone(), interactive: false, force_login: false }, h)
-            })
-            .unwrap();
-        match &creds.headers[..] {
-            [CredentialHeader::Secret(n, v)] => assert_eq!((n.as_str(), v.expose_secret()), ("X-Api-Key", "k-1")),
-            other => panic!("{other:?}"),
-        }
-        let err = mock.with_host(|h| {Type}.configure(&info, json!({}), h).map(|_| ())).unwrap_err();
-        assert!(err.message().contains("api-key"), "{err}");
+        let mock = MockHost::new().with_file("key.txt", b"k-1\n");
+        let creds = mock.configure_and_authorize(&{Type}, json!({"api-key-file": "key.txt"})).unwrap();
+        assert_eq!(header_value(&creds, "X-Api-Key").as_deref(), Some("k-1"));
+        let err = mock.configure_and_authorize(&{Type}, json!({})).unwrap_err();
+        assert!(err.message().contains("exactly one of 'api-key'"), "{err}");
+        assert_eq!({Type}.config_schema()["properties"]["api-key"]["writeOnly"], true);
     }
 }
 "#;

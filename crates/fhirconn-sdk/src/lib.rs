@@ -36,7 +36,8 @@
 //!
 //! /// A static API key header
 //! #[derive(serde::Deserialize, schemars::JsonSchema)]
-//! #[serde(crate = "fhirconn_sdk::serde", rename_all = "kebab-case", deny_unknown_fields)]
+//! #[serde(crate = "fhirconn_sdk::serde")]
+//! #[serde(rename_all = "kebab-case", deny_unknown_fields)]
 //! #[schemars(crate = "fhirconn_sdk::schemars")]
 //! struct ApiKeySettings {
 //!     /// header name

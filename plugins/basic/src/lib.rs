@@ -6,15 +6,29 @@
 #![forbid(unsafe_code)]
 
 use base64::Engine as _;
-use fhirconn_sdk::serde_json::{json, Value};
+use fhirconn_sdk::serde_json::Value;
+use fhirconn_sdk::settings::{self, SecretSetting};
 use fhirconn_sdk::{
-    AuthRequest, Connection, ConnectionInfo, Credentials, Error, ExposeSecret, Host, Result,
-    Scheme, SecretSource, SecretString,
+    schemars, serde, AuthRequest, Connection, ConnectionInfo, Credentials, Error, ExposeSecret,
+    Host, Result, Scheme, SecretString,
 };
 
 /// The `basic` scheme.
 #[derive(Debug, Default)]
 pub struct Basic;
+
+/// HTTP Basic authentication
+#[derive(serde::Deserialize, schemars::JsonSchema)]
+#[serde(crate = "fhirconn_sdk::serde")]
+#[serde(rename_all = "kebab-case", deny_unknown_fields)]
+#[schemars(crate = "fhirconn_sdk::schemars")]
+struct BasicSettings {
+    /// user-id; may not contain ':' (RFC 7617)
+    #[schemars(length(min = 1), pattern(r"^[^:]*$"))]
+    username: String,
+    /// password
+    password: SecretSetting,
+}
 
 /// A configured `basic` connection: the precomputed `Authorization` value.
 #[derive(Debug)]
@@ -32,20 +46,7 @@ impl Scheme for Basic {
     }
 
     fn config_schema(&self) -> Value {
-        let mut props = SecretSource::schema_properties("password", "password");
-        props.insert(
-            "username".into(),
-            json!({"type": "string", "minLength": 1, "pattern": "^[^:]*$",
-                   "description": "user-id; may not contain ':' (RFC 7617)"}),
-        );
-        json!({
-            "type": "object",
-            "description": "HTTP Basic authentication",
-            "properties": props,
-            "required": ["username"],
-            "additionalProperties": false,
-            "allOf": [SecretSource::schema_exactly_one("password")],
-        })
+        settings::schema::<BasicSettings>()
     }
 
     fn configure(
@@ -54,36 +55,20 @@ impl Scheme for Basic {
         settings: Value,
         host: &Host<'_>,
     ) -> Result<Box<dyn Connection>> {
-        let Value::Object(settings) = settings else {
-            return Err(Error::config("settings must be an object"));
+        let BasicSettings { username, password } = settings::parse(settings, host)?;
+        let problem = if username.is_empty() {
+            Some("'username' must be a non-empty string")
+        } else if username.contains(':') {
+            Some("'username' must not contain ':' (RFC 7617)")
+        } else if username.chars().any(char::is_control) {
+            Some("'username' must not contain control characters")
+        } else if password.expose_secret().chars().any(char::is_control) {
+            Some("the password must not contain control characters")
+        } else {
+            None
         };
-        for key in settings.keys() {
-            if !matches!(
-                key.as_str(),
-                "username" | "password" | "password-file" | "password-env"
-            ) {
-                return Err(Error::config(format!("unknown setting '{key}'")));
-            }
-        }
-        let username = match settings.get("username") {
-            Some(Value::String(u)) if !u.is_empty() => u.clone(),
-            Some(_) => return Err(Error::config("'username' must be a non-empty string")),
-            None => return Err(Error::config("'username' is required")),
-        };
-        if username.contains(':') {
-            return Err(Error::config("'username' must not contain ':' (RFC 7617)"));
-        }
-        if username.chars().any(char::is_control) {
-            return Err(Error::config(
-                "'username' must not contain control characters",
-            ));
-        }
-        let password = SecretSource::resolve(&settings, "password", true, host)?
-            .ok_or_else(|| Error::internal("password resolved to nothing"))?;
-        if password.expose_secret().chars().any(char::is_control) {
-            return Err(Error::config(
-                "the password must not contain control characters",
-            ));
+        if let Some(problem) = problem {
+            return Err(Error::config(problem));
         }
         let encoded = base64::engine::general_purpose::STANDARD
             .encode(format!("{username}:{}", password.expose_secret()));
@@ -104,37 +89,14 @@ fhirconn_sdk::export_schemes!(Basic);
 #[cfg(test)]
 mod tests {
     use super::*;
-    use fhirconn_sdk::testing::MockHost;
-    use fhirconn_sdk::CredentialHeader;
-
-    fn info() -> ConnectionInfo {
-        ConnectionInfo {
-            id: "c".into(),
-            base_url: "http://127.0.0.1/fhir".into(),
-        }
-    }
-
-    fn request() -> AuthRequest {
-        AuthRequest {
-            connection: info(),
-            interactive: false,
-            force_login: false,
-        }
-    }
+    use fhirconn_sdk::serde_json::json;
+    use fhirconn_sdk::testing::{header_value, MockHost};
 
     fn authorization(settings: Value, mock: &MockHost) -> Result<String> {
-        mock.with_host(|host| {
-            let conn = Basic.configure(&info(), settings, host)?;
-            let creds = conn.authorize(&request(), host)?;
-            assert!(creds.expires_at.is_none());
-            match &creds.headers[..] {
-                [CredentialHeader::Secret(name, value)] => {
-                    assert_eq!(name, "Authorization");
-                    Ok(value.expose_secret().to_string())
-                }
-                other => panic!("unexpected headers {other:?}"),
-            }
-        })
+        let creds = mock.configure_and_authorize(&Basic, settings)?;
+        assert!(creds.expires_at.is_none());
+        assert_eq!(creds.headers.len(), 1);
+        Ok(header_value(&creds, "Authorization").expect("an Authorization header"))
     }
 
     #[test]
@@ -173,6 +135,15 @@ mod tests {
                 json!({"username": "a:b", "password": "x"}),
                 "must not contain ':'",
             ),
+            (json!({"username": "", "password": "x"}), "non-empty"),
+            (
+                json!({"username": "a\u{7}", "password": "x"}),
+                "'username' must not contain control characters",
+            ),
+            (
+                json!({"username": "a", "password": "x\ny"}),
+                "the password must not contain control characters",
+            ),
             (json!({"username": "a"}), "exactly one of 'password'"),
             (
                 json!({"username": "a", "password": "x", "password-env": "E"}),
@@ -195,21 +166,22 @@ mod tests {
     }
 
     #[test]
+    fn the_schema_marks_the_password_secret_and_refuses_a_colon() {
+        let schema = Basic.config_schema();
+        assert_eq!(schema["properties"]["password"]["writeOnly"], true);
+        assert_eq!(schema["properties"]["username"]["pattern"], "^[^:]*$");
+        assert_eq!(schema["required"], json!(["username"]));
+        assert_eq!(schema["additionalProperties"], false);
+    }
+
+    #[test]
     fn debug_output_never_shows_the_password() {
-        let mock = MockHost::new();
-        mock.with_host(|host| {
-            let conn = Basic
-                .configure(
-                    &info(),
-                    json!({"username": "u", "password": "CANARY-basic"}),
-                    host,
-                )
-                .unwrap();
-            let creds = conn.authorize(&request(), host).unwrap();
-            let text = format!("{creds:?}");
-            assert!(!text.contains("CANARY"), "{text}");
-            // base64 of the canary must not leak either
-            assert!(!text.contains("Q0FOQVJZ"), "{text}");
-        });
+        let creds = MockHost::new()
+            .configure_and_authorize(&Basic, json!({"username": "u", "password": "CANARY-basic"}))
+            .unwrap();
+        let text = format!("{creds:?}");
+        assert!(!text.contains("CANARY"), "{text}");
+        // base64 of the canary must not leak either
+        assert!(!text.contains("Q0FOQVJZ"), "{text}");
     }
 }

@@ -8,22 +8,31 @@
 
 #![forbid(unsafe_code)]
 
-use fhirconn_sdk::serde_json::{json, Value};
+use fhirconn_sdk::serde_json::Value;
+use fhirconn_sdk::settings::{self, SecretSetting};
 use fhirconn_sdk::{
-    AuthRequest, Connection, ConnectionInfo, Credentials, Error, ExposeSecret, Host, Result,
-    Scheme, SecretSource, SecretString,
+    schemars, serde, AuthRequest, Connection, ConnectionInfo, Credentials, Error, ExposeSecret,
+    Host, Result, Scheme, SecretSource, SecretString,
 };
 
 /// The `bearer` scheme.
 #[derive(Debug, Default)]
 pub struct Bearer;
 
-/// A configured `bearer` connection.
+/// static bearer token
+#[derive(serde::Deserialize, schemars::JsonSchema)]
+#[serde(crate = "fhirconn_sdk::serde")]
+#[serde(rename_all = "kebab-case", deny_unknown_fields)]
+#[schemars(crate = "fhirconn_sdk::schemars")]
+struct BearerSettings {
+    /// bearer token
+    token: SecretSetting,
+}
+
+/// A configured `bearer` connection. A `token-file` token is read again on every `authorize`.
 #[derive(Debug)]
 pub struct BearerConnection {
-    token: SecretString,
-    /// Where a `token-file` token comes from (read again on every `authorize`).
-    file: Option<SecretSource>,
+    token: SecretSetting,
 }
 
 impl Scheme for Bearer {
@@ -36,13 +45,7 @@ impl Scheme for Bearer {
     }
 
     fn config_schema(&self) -> Value {
-        json!({
-            "type": "object",
-            "description": "static bearer token",
-            "properties": SecretSource::schema_properties("token", "bearer token"),
-            "additionalProperties": false,
-            "allOf": [SecretSource::schema_exactly_one("token")],
-        })
+        settings::schema::<BearerSettings>()
     }
 
     fn configure(
@@ -51,20 +54,9 @@ impl Scheme for Bearer {
         settings: Value,
         host: &Host<'_>,
     ) -> Result<Box<dyn Connection>> {
-        let Value::Object(settings) = settings else {
-            return Err(Error::config("settings must be an object"));
-        };
-        if let Some(key) = settings
-            .keys()
-            .find(|k| !matches!(k.as_str(), "token" | "token-file" | "token-env"))
-        {
-            return Err(Error::config(format!("unknown setting '{key}'")));
-        }
-        let source = SecretSource::from_settings(&settings, "token", true)?
-            .ok_or_else(|| Error::internal("token resolved to nothing"))?;
-        let token = checked(source.load("token", host)?)?;
-        let file = matches!(source, SecretSource::File(_)).then_some(source);
-        Ok(Box::new(BearerConnection { token, file }))
+        let BearerSettings { token } = settings::parse(settings, host)?;
+        checked(token.secret().clone())?;
+        Ok(Box::new(BearerConnection { token }))
     }
 }
 
@@ -87,10 +79,11 @@ fn checked(token: SecretString) -> Result<SecretString> {
 
 impl Connection for BearerConnection {
     fn authorize(&self, _request: &AuthRequest, host: &Host<'_>) -> Result<Credentials> {
-        match &self.file {
-            Some(file) => Ok(Credentials::new().bearer(&checked(file.load("token", host)?)?)),
-            None => Ok(Credentials::new().bearer(&self.token)),
-        }
+        let token = match self.token.source() {
+            SecretSource::File(_) => checked(self.token.reload(host)?)?,
+            _ => self.token.secret().clone(),
+        };
+        Ok(Credentials::new().bearer(&token))
     }
 }
 
@@ -99,32 +92,13 @@ fhirconn_sdk::export_schemes!(Bearer);
 #[cfg(test)]
 mod tests {
     use super::*;
-    use fhirconn_sdk::testing::MockHost;
-    use fhirconn_sdk::CredentialHeader;
-
-    fn info() -> ConnectionInfo {
-        ConnectionInfo {
-            id: "c".into(),
-            base_url: "http://127.0.0.1/fhir".into(),
-        }
-    }
+    use fhirconn_sdk::serde_json::json;
+    use fhirconn_sdk::testing::{header_value, MockHost};
 
     fn header(settings: Value, mock: &MockHost) -> Result<String> {
-        mock.with_host(|host| {
-            let conn = Bearer.configure(&info(), settings, host)?;
-            let req = AuthRequest {
-                connection: info(),
-                interactive: false,
-                force_login: false,
-            };
-            let creds = conn.authorize(&req, host)?;
-            match &creds.headers[..] {
-                [CredentialHeader::Secret(n, v)] if n == "Authorization" => {
-                    Ok(v.expose_secret().to_string())
-                }
-                other => panic!("unexpected {other:?}"),
-            }
-        })
+        let creds = mock.configure_and_authorize(&Bearer, settings)?;
+        assert_eq!(creds.headers.len(), 1);
+        Ok(header_value(&creds, "Authorization").expect("an Authorization header"))
     }
 
     #[test]
@@ -144,23 +118,31 @@ mod tests {
     #[test]
     fn a_token_file_is_read_again_on_every_authorize() {
         let dir = MockHost::new().with_file("t.txt", b"first\n");
-        let req = AuthRequest {
-            connection: info(),
-            interactive: false,
-            force_login: false,
-        };
         let conn = dir
-            .with_host(|h| Bearer.configure(&info(), json!({"token-file": "t.txt"}), h))
+            .configure(&Bearer, json!({"token-file": "t.txt"}))
             .unwrap();
         let rotated = dir.with_file("t.txt", b"second\n");
-        let creds = rotated.with_host(|h| conn.authorize(&req, h)).unwrap();
-        match &creds.headers[..] {
-            [CredentialHeader::Secret(_, v)] => assert_eq!(v.expose_secret(), "Bearer second"),
-            other => panic!("unexpected {other:?}"),
-        }
+        let creds = rotated.authorize(conn.as_ref()).unwrap();
+        assert_eq!(
+            header_value(&creds, "Authorization").unwrap(),
+            "Bearer second"
+        );
         let broken = MockHost::new().with_file("t.txt", b"two words\n");
-        let e = broken.with_host(|h| conn.authorize(&req, h)).unwrap_err();
+        let e = broken.authorize(conn.as_ref()).unwrap_err();
         assert!(e.message().contains("whitespace"), "{e}");
+    }
+
+    #[test]
+    fn an_env_token_is_read_once() {
+        let mock = MockHost::new().with_env("T", "first");
+        let conn = mock.configure(&Bearer, json!({"token-env": "T"})).unwrap();
+        let creds = MockHost::new()
+            .with_env("T", "second")
+            .authorize(conn.as_ref());
+        assert_eq!(
+            header_value(&creds.unwrap(), "Authorization").unwrap(),
+            "Bearer first"
+        );
     }
 
     #[test]

@@ -13,14 +13,13 @@
 
 #![forbid(unsafe_code)]
 
-use fhirconn_sdk::serde_json::{json, Map, Value};
+use fhirconn_sdk::serde_json::Value;
+use fhirconn_sdk::settings::{self, SecretSetting};
 use fhirconn_sdk::{
-    AuthRequest, ClientIdentity, Connection, ConnectionInfo, Credentials, Error, ExposeSecret,
-    Host, Result, Scheme, SecretSource, SecretString,
+    schemars, serde, AuthRequest, ClientIdentity, Connection, ConnectionInfo, Credentials, Error,
+    ExposeSecret, Host, Result, Scheme, SecretString,
 };
-use rustls::pki_types::{
-    CertificateDer, PrivateKeyDer, PrivatePkcs1KeyDer, PrivatePkcs8KeyDer, PrivateSec1KeyDer,
-};
+use rustls::pki_types::{CertificateDer, PrivateKeyDer};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 use x509_parser::prelude::{FromDer, X509Certificate};
 
@@ -31,121 +30,110 @@ pub const EXPIRY_WARNING: Duration = Duration::from_secs(30 * 24 * 3600);
 #[derive(Debug, Default)]
 pub struct Mtls;
 
-/// A configured `mtls` connection.
+/// A configured `mtls` connection (`Debug` shows no key: [`ClientIdentity`] redacts it).
+#[derive(Debug)]
 pub struct MtlsConnection {
     identity: ClientIdentity,
     subject: String,
     not_after: SystemTime,
 }
 
-impl std::fmt::Debug for MtlsConnection {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("MtlsConnection")
-            .field("subject", &self.subject)
-            .finish_non_exhaustive()
-    }
+/// TLS client certificate
+#[derive(serde::Deserialize, schemars::JsonSchema)]
+#[serde(crate = "fhirconn_sdk::serde")]
+#[serde(rename_all = "kebab-case", deny_unknown_fields)]
+#[schemars(crate = "fhirconn_sdk::schemars", extend("oneOf" = [
+    {"required": ["certificate-file"],
+     "not": {"anyOf": [{"required": ["p12-file"]}, {"required": ["p12-password"]},
+                       {"required": ["p12-password-file"]}, {"required": ["p12-password-env"]}]}},
+    {"required": ["p12-file"],
+     "not": {"anyOf": [{"required": ["certificate-file"]}, {"required": ["private-key"]},
+                       {"required": ["private-key-file"]}, {"required": ["private-key-env"]}]}}
+]))]
+struct MtlsSettings {
+    /// PEM: the client certificate first, then intermediates
+    #[schemars(length(min = 1))]
+    certificate_file: Option<String>,
+    /// PEM private key
+    private_key: Option<SecretSetting>,
+    /// password of an encrypted PKCS#8 key
+    private_key_password: Option<SecretSetting>,
+    /// PKCS#12 (.p12/.pfx) with key and chain
+    #[schemars(length(min = 1))]
+    p12_file: Option<String>,
+    /// PKCS#12 password
+    p12_password: Option<SecretSetting>,
 }
 
-const FIELDS: &[&str] = &[
-    "certificate-file",
-    "private-key",
-    "private-key-file",
-    "private-key-env",
-    "private-key-password",
-    "private-key-password-file",
-    "private-key-password-env",
-    "p12-file",
-    "p12-password",
-    "p12-password-file",
-    "p12-password-env",
-];
-
-/// A private key as loaded: its DER (written back as PEM for the host's TLS client).
-struct Key {
-    der: PrivateKeyDer<'static>,
-}
-
-impl Key {
-    fn to_pem(&self) -> SecretString {
-        let (label, bytes) = match &self.der {
-            PrivateKeyDer::Pkcs1(k) => ("RSA PRIVATE KEY", k.secret_pkcs1_der()),
-            PrivateKeyDer::Sec1(k) => ("EC PRIVATE KEY", k.secret_sec1_der()),
-            PrivateKeyDer::Pkcs8(k) => ("PRIVATE KEY", k.secret_pkcs8_der()),
-            _ => ("PRIVATE KEY", &[][..]),
-        };
-        SecretString::from(pem::encode(&pem::Pem::new(label, bytes.to_vec())))
-    }
-}
-
-fn field_in_use(map: &Map<String, Value>, name: &str) -> String {
-    [
-        format!("{name}-file"),
-        format!("{name}-env"),
-        name.to_string(),
-    ]
-    .into_iter()
-    .find(|f| map.contains_key(f))
-    .unwrap_or_else(|| name.to_string())
+/// A private key as PEM again, for the host's TLS client.
+fn key_pem(key: &PrivateKeyDer<'static>) -> SecretString {
+    let (label, bytes) = match key {
+        PrivateKeyDer::Pkcs1(k) => ("RSA PRIVATE KEY", k.secret_pkcs1_der()),
+        PrivateKeyDer::Sec1(k) => ("EC PRIVATE KEY", k.secret_sec1_der()),
+        PrivateKeyDer::Pkcs8(k) => ("PRIVATE KEY", k.secret_pkcs8_der()),
+        _ => ("PRIVATE KEY", &[][..]),
+    };
+    SecretString::from(pem::encode(&pem::Pem::new(label, bytes.to_vec())))
 }
 
 /// Parses the private key PEM, decrypting an encrypted PKCS#8 key with `password`.
-fn parse_key(text: &str, password: Option<&SecretString>, field: &str) -> Result<Key> {
+fn parse_key(
+    text: &str,
+    password: Option<&SecretString>,
+    field: &str,
+) -> Result<PrivateKeyDer<'static>> {
     let block = pem::parse(text.as_bytes())
         .map_err(|e| Error::config(format!("{field}: not a PEM private key ({e})")))?;
     let der = block.contents().to_vec();
-    let plain_with_password = |k: Key| {
-        if password.is_some() {
-            Err(Error::config(format!(
-                "private-key-password is set, but the key in {field} is not encrypted"
-            )))
-        } else {
-            Ok(k)
-        }
-    };
-    match block.tag() {
-        "PRIVATE KEY" => plain_with_password(Key {
-            der: PrivateKeyDer::Pkcs8(PrivatePkcs8KeyDer::from(der)),
-        }),
-        "RSA PRIVATE KEY" => plain_with_password(Key {
-            der: PrivateKeyDer::Pkcs1(PrivatePkcs1KeyDer::from(der)),
-        }),
-        "EC PRIVATE KEY" => plain_with_password(Key {
-            der: PrivateKeyDer::Sec1(PrivateSec1KeyDer::from(der)),
-        }),
-        "ENCRYPTED PRIVATE KEY" => {
-            let Some(password) = password else {
-                return Err(Error::config(format!(
-                    "{field}: the key is encrypted; set private-key-password, \
-                     private-key-password-file or private-key-password-env"
-                )));
-            };
-            let info = pkcs8::EncryptedPrivateKeyInfoRef::try_from(der.as_slice())
-                .map_err(|e| Error::config(format!("{field}: invalid encrypted key ({e})")))?;
-            if info.encryption_algorithm.pbes2().is_none() {
-                return Err(Error::config(format!(
-                    "{field}: legacy PKCS#5 v1.5 encryption (PBES1, e.g. 3DES) is not supported; \
-                     re-encrypt with `openssl pkcs8 -topk8 -v2 aes-256-cbc`"
-                )));
-            }
-            let plain = info
-                .decrypt(password.expose_secret().as_bytes())
-                .map_err(|_| {
-                    Error::config(format!(
-                        "{field}: cannot decrypt the key: wrong private-key-password"
-                    ))
-                })?;
-            Ok(Key {
-                der: PrivateKeyDer::Pkcs8(PrivatePkcs8KeyDer::from(plain.as_bytes().to_vec())),
-            })
-        }
-        "CERTIFICATE" => Err(Error::config(format!(
+    let plain = match block.tag() {
+        "PRIVATE KEY" => PrivateKeyDer::Pkcs8(der.into()),
+        "RSA PRIVATE KEY" => PrivateKeyDer::Pkcs1(der.into()),
+        "EC PRIVATE KEY" => PrivateKeyDer::Sec1(der.into()),
+        "ENCRYPTED PRIVATE KEY" => return decrypt(&der, password, field),
+        "CERTIFICATE" => return Err(Error::config(format!(
             "{field}: holds a certificate, not a private key (the certificate goes in certificate-file)"
         ))),
-        other => Err(Error::config(format!(
+        other => return Err(Error::config(format!(
             "{field}: unsupported PEM block '{other}' (expected PRIVATE KEY, RSA PRIVATE KEY, \
              EC PRIVATE KEY or ENCRYPTED PRIVATE KEY)"
         ))),
+    };
+    if password.is_some() {
+        return Err(Error::config(format!(
+            "private-key-password is set, but the key in {field} is not encrypted"
+        )));
     }
+    Ok(plain)
+}
+
+/// Decrypts an encrypted PKCS#8 key (PBES2 only).
+fn decrypt(
+    der: &[u8],
+    password: Option<&SecretString>,
+    field: &str,
+) -> Result<PrivateKeyDer<'static>> {
+    let Some(password) = password else {
+        return Err(Error::config(format!(
+            "{field}: the key is encrypted; set private-key-password, \
+             private-key-password-file or private-key-password-env"
+        )));
+    };
+    let info = pkcs8::EncryptedPrivateKeyInfoRef::try_from(der)
+        .map_err(|e| Error::config(format!("{field}: invalid encrypted key ({e})")))?;
+    if info.encryption_algorithm.pbes2().is_none() {
+        return Err(Error::config(format!(
+            "{field}: legacy PKCS#5 v1.5 encryption (PBES1, e.g. 3DES) is not supported; \
+             re-encrypt with `openssl pkcs8 -topk8 -v2 aes-256-cbc`"
+        )));
+    }
+    let plain = info
+        .decrypt(password.expose_secret().as_bytes())
+        .map_err(|_| {
+            Error::config(format!(
+                "{field}: cannot decrypt the key: wrong private-key-password"
+            ))
+        })?;
+    Ok(PrivateKeyDer::Pkcs8(plain.as_bytes().to_vec().into()))
 }
 
 fn parse_certs(bytes: &[u8], field: &str) -> Result<Vec<CertificateDer<'static>>> {
@@ -164,7 +152,10 @@ fn parse_certs(bytes: &[u8], field: &str) -> Result<Vec<CertificateDer<'static>>
     Ok(certs)
 }
 
-fn load_p12(bytes: &[u8], password: &str) -> Result<(Vec<CertificateDer<'static>>, Key)> {
+fn load_p12(
+    bytes: &[u8],
+    password: &str,
+) -> Result<(Vec<CertificateDer<'static>>, PrivateKeyDer<'static>)> {
     let store = p12_keystore::KeyStore::from_pkcs12(
         bytes,
         password,
@@ -188,30 +179,18 @@ fn load_p12(bytes: &[u8], password: &str) -> Result<(Vec<CertificateDer<'static>
             "p12-file: the private key has no certificate",
         ));
     }
-    let key = Key {
-        der: PrivateKeyDer::Pkcs8(PrivatePkcs8KeyDer::from(chain.key().as_der().to_vec())),
-    };
+    let key = PrivateKeyDer::Pkcs8(chain.key().as_der().to_vec().into());
     Ok((certs, key))
 }
 
 fn to_system_time(t: x509_parser::time::ASN1Time) -> SystemTime {
-    let secs = t.timestamp();
-    if secs >= 0 {
-        UNIX_EPOCH + Duration::from_secs(secs as u64)
-    } else {
-        UNIX_EPOCH
-    }
-}
-
-/// A date for messages.
-fn show(t: x509_parser::time::ASN1Time) -> String {
-    t.to_string()
+    UNIX_EPOCH + Duration::from_secs(u64::try_from(t.timestamp()).unwrap_or(0))
 }
 
 /// The checks a person would otherwise learn about from a failed handshake.
 fn check(
     certs: &[CertificateDer<'static>],
-    key: &Key,
+    key: &PrivateKeyDer<'static>,
     now: SystemTime,
     field: &str,
 ) -> Result<(String, SystemTime)> {
@@ -221,7 +200,7 @@ fn check(
         ))
     })?;
     let subject = leaf.subject().to_string();
-    let signing = rustls::crypto::aws_lc_rs::sign::any_supported_type(&key.der).map_err(|e| {
+    let signing = rustls::crypto::aws_lc_rs::sign::any_supported_type(key).map_err(|e| {
         Error::config(format!(
             "the private key is not a usable RSA or EC key ({e})"
         ))
@@ -239,16 +218,14 @@ fn check(
     if let Ok(Some(eku)) = leaf.extended_key_usage() {
         let eku = eku.value;
         if !(eku.client_auth || eku.any) {
-            let mut listed = Vec::new();
-            if eku.server_auth {
-                listed.push("serverAuth");
-            }
-            if eku.code_signing {
-                listed.push("codeSigning");
-            }
-            if eku.email_protection {
-                listed.push("emailProtection");
-            }
+            let listed: Vec<&str> = [
+                (eku.server_auth, "serverAuth"),
+                (eku.code_signing, "codeSigning"),
+                (eku.email_protection, "emailProtection"),
+            ]
+            .into_iter()
+            .filter_map(|(on, name)| on.then_some(name))
+            .collect();
             return Err(Error::config(format!(
                 "the certificate '{subject}' does not allow TLS client authentication (its \
                  extended key usage lists {}; it needs clientAuth)",
@@ -266,13 +243,13 @@ fn check(
     if now < not_before {
         return Err(Error::config(format!(
             "the certificate '{subject}' is not valid before {}",
-            show(validity.not_before)
+            validity.not_before
         )));
     }
     if now > not_after {
         return Err(Error::config(format!(
             "the certificate '{subject}' expired on {}",
-            show(validity.not_after)
+            validity.not_after
         )));
     }
     Ok((subject, not_after))
@@ -295,42 +272,7 @@ impl Scheme for Mtls {
     }
 
     fn config_schema(&self) -> Value {
-        let mut props = Map::new();
-        props.insert(
-            "certificate-file".into(),
-            json!({"type": "string", "minLength": 1,
-                   "description": "PEM: the client certificate first, then intermediates"}),
-        );
-        props.insert(
-            "p12-file".into(),
-            json!({"type": "string", "minLength": 1, "description": "PKCS#12 (.p12/.pfx) with key and chain"}),
-        );
-        props.extend(SecretSource::schema_properties(
-            "private-key",
-            "PEM private key",
-        ));
-        props.extend(SecretSource::schema_properties(
-            "private-key-password",
-            "password of an encrypted PKCS#8 key",
-        ));
-        props.extend(SecretSource::schema_properties(
-            "p12-password",
-            "PKCS#12 password",
-        ));
-        json!({
-            "type": "object",
-            "description": "TLS client certificate",
-            "properties": props,
-            "additionalProperties": false,
-            "oneOf": [
-                {"required": ["certificate-file"],
-                 "not": {"anyOf": [{"required": ["p12-file"]}, {"required": ["p12-password"]},
-                                   {"required": ["p12-password-file"]}, {"required": ["p12-password-env"]}]}},
-                {"required": ["p12-file"],
-                 "not": {"anyOf": [{"required": ["certificate-file"]}, {"required": ["private-key"]},
-                                   {"required": ["private-key-file"]}, {"required": ["private-key-env"]}]}}
-            ],
-        })
+        settings::schema::<MtlsSettings>()
     }
 
     fn configure(
@@ -339,35 +281,22 @@ impl Scheme for Mtls {
         settings: Value,
         host: &Host<'_>,
     ) -> Result<Box<dyn Connection>> {
-        let Value::Object(map) = settings else {
-            return Err(Error::config("settings must be an object"));
-        };
-        if let Some(k) = map.keys().find(|k| !FIELDS.contains(&k.as_str())) {
-            return Err(Error::config(format!("unknown setting '{k}'")));
-        }
-        let cert_file = map.get("certificate-file").and_then(Value::as_str);
-        let p12_file = map.get("p12-file").and_then(Value::as_str);
-        let (certs, key, field) = match (cert_file, p12_file) {
+        let s: MtlsSettings = settings::parse(settings, host)?;
+        let (certs, key, field) = match (s.certificate_file, s.p12_file) {
             (Some(cert_file), None) => {
-                let key_field = field_in_use(&map, "private-key");
-                let key_text = SecretSource::resolve(&map, "private-key", true, host)?
-                    .ok_or_else(|| Error::internal("private-key resolved to nothing"))?;
-                let password = SecretSource::resolve(&map, "private-key-password", false, host)?;
-                let key = parse_key(key_text.expose_secret(), password.as_ref(), &key_field)?;
+                let key = SecretSetting::require(s.private_key, "private-key")?;
+                let password = s.private_key_password.map(SecretSetting::into_secret);
+                let key = parse_key(key.expose_secret(), password.as_ref(), &key.key())?;
                 let bytes = host
-                    .read_file(cert_file)
+                    .read_file(&cert_file)
                     .map_err(|e| e.context("certificate-file"))?;
-                (
-                    parse_certs(&bytes, "certificate-file")?,
-                    key,
-                    "certificate-file",
-                )
+                let certs = parse_certs(&bytes, "certificate-file")?;
+                (certs, key, "certificate-file")
             }
             (None, Some(p12)) => {
-                let password = SecretSource::resolve(&map, "p12-password", false, host)?;
-                let bytes = host.read_file(p12).map_err(|e| e.context("p12-file"))?;
-                let pw = password.as_ref().map(|p| p.expose_secret().to_string());
-                let (certs, key) = load_p12(&bytes, pw.as_deref().unwrap_or(""))?;
+                let bytes = host.read_file(&p12).map_err(|e| e.context("p12-file"))?;
+                let password = s.p12_password.as_ref().map_or("", |p| p.expose_secret());
+                let (certs, key) = load_p12(&bytes, password)?;
                 (certs, key, "p12-file")
             }
             (Some(_), Some(_)) => {
@@ -386,7 +315,7 @@ impl Scheme for Mtls {
         Ok(Box::new(MtlsConnection {
             identity: ClientIdentity {
                 certificate_chain_pem: pem_chain(&certs),
-                private_key_pem: key.to_pem(),
+                private_key_pem: key_pem(&key),
             },
             subject,
             not_after,

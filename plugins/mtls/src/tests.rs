@@ -2,6 +2,7 @@
 //! PKCS#12, and each configuration error a person could make.
 
 use super::*;
+use fhirconn_sdk::serde_json::json;
 use fhirconn_sdk::testing::MockHost;
 use fhirconn_sdk::ErrorKind;
 use fhirconn_testkit::pki::{CertAndKey, ClientSpec, KeyKind, Pki, Validity};
@@ -12,25 +13,8 @@ fn pki() -> &'static Pki {
     PKI.get_or_init(Pki::new)
 }
 
-fn info() -> ConnectionInfo {
-    ConnectionInfo {
-        id: "c".into(),
-        base_url: "https://fhir.example/r4".into(),
-    }
-}
-
 fn configure(settings: Value, mock: &MockHost) -> Result<Credentials> {
-    mock.with_host(|host| {
-        let conn = Mtls.configure(&info(), settings, host)?;
-        conn.authorize(
-            &AuthRequest {
-                connection: info(),
-                interactive: false,
-                force_login: false,
-            },
-            host,
-        )
-    })
+    mock.configure_and_authorize(&Mtls, settings)
 }
 
 /// MockHost's clock starts at a fixed time; certificates are made relative to the real clock.

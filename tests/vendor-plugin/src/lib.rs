@@ -9,9 +9,10 @@
 #![forbid(unsafe_code)]
 
 use fhirconn_sdk::serde_json::{json, Value};
+use fhirconn_sdk::settings::{self, SecretSetting};
 use fhirconn_sdk::{
-    AuthRequest, Connection, ConnectionInfo, Credentials, Error, ExposeSecret, Host, HttpRequest,
-    Result, Scheme, SecretSource, SecretString,
+    schemars, serde, AuthRequest, Connection, ConnectionInfo, Credentials, Error, ExposeSecret,
+    Host, HttpRequest, Result, Scheme, SecretString,
 };
 use std::time::Duration;
 
@@ -19,13 +20,25 @@ use std::time::Duration;
 #[derive(Debug, Default)]
 pub struct AcmeApiKey;
 
-/// A configured connection.
-#[derive(Debug)]
-pub struct AcmeConnection {
+/// ACME Health API key exchange
+#[derive(Debug, serde::Deserialize, schemars::JsonSchema)]
+#[serde(crate = "fhirconn_sdk::serde")]
+#[serde(rename_all = "kebab-case", deny_unknown_fields)]
+#[schemars(crate = "fhirconn_sdk::schemars")]
+pub struct AcmeSettings {
+    /// ACME's token service
+    #[schemars(url)]
     token_url: String,
+    /// client id at ACME
+    #[schemars(length(min = 1))]
     client_id: String,
-    api_key: SecretString,
+    /// ACME API key
+    api_key: SecretSetting,
 }
+
+/// A configured connection: its settings (`Debug` shows no secret).
+#[derive(Debug)]
+pub struct AcmeConnection(AcmeSettings);
 
 impl Scheme for AcmeApiKey {
     fn name(&self) -> &str {
@@ -37,22 +50,7 @@ impl Scheme for AcmeApiKey {
     }
 
     fn config_schema(&self) -> Value {
-        let mut props = SecretSource::schema_properties("api-key", "ACME API key");
-        props.insert(
-            "token-url".into(),
-            json!({"type": "string", "format": "uri"}),
-        );
-        props.insert(
-            "client-id".into(),
-            json!({"type": "string", "minLength": 1}),
-        );
-        json!({
-            "type": "object",
-            "properties": props,
-            "required": ["token-url", "client-id"],
-            "additionalProperties": false,
-            "allOf": [SecretSource::schema_exactly_one("api-key")],
-        })
+        settings::schema::<AcmeSettings>()
     }
 
     fn configure(
@@ -61,46 +59,33 @@ impl Scheme for AcmeApiKey {
         settings: Value,
         host: &Host<'_>,
     ) -> Result<Box<dyn Connection>> {
-        let Value::Object(map) = &settings else {
-            return Err(Error::config("settings must be an object"));
-        };
-        let field = |k: &str| {
-            map.get(k)
-                .and_then(Value::as_str)
-                .filter(|v| !v.is_empty())
-                .map(String::from)
-                .ok_or_else(|| Error::config(format!("{k}: required")))
-        };
-        let token_url = field("token-url")?;
-        if !(token_url.starts_with("https://") || token_url.starts_with("http://")) {
+        let s: AcmeSettings = settings::parse(settings, host)?;
+        if !(s.token_url.starts_with("https://") || s.token_url.starts_with("http://")) {
             return Err(Error::config("token-url: must be an http(s) URL"));
         }
-        let api_key = SecretSource::resolve(map, "api-key", true, host)?
-            .ok_or_else(|| Error::internal("api-key resolved to nothing"))?;
-        Ok(Box::new(AcmeConnection {
-            token_url,
-            client_id: field("client-id")?,
-            api_key,
-        }))
+        Ok(Box::new(AcmeConnection(s)))
     }
 }
 
 impl Connection for AcmeConnection {
     fn authorize(&self, _request: &AuthRequest, host: &Host<'_>) -> Result<Credentials> {
-        let body = json!({"client_id": self.client_id, "api_key": self.api_key.expose_secret()});
-        let mut req = HttpRequest::new("POST", &self.token_url)
-            .header("Content-Type", "application/json")
-            .header("Accept", "application/json");
-        req.body = body.to_string().into_bytes();
+        let AcmeSettings {
+            token_url,
+            client_id,
+            api_key,
+        } = &self.0;
+        let req = HttpRequest::new("POST", token_url)
+            .header("Accept", "application/json")
+            .json(&json!({"client_id": client_id, "api_key": api_key.expose_secret()}))?;
         let resp = host
             .http(req)
-            .map_err(|e| e.context(format!("ACME token service {}", self.token_url)))?;
+            .map_err(|e| e.context(format!("ACME token service {token_url}")))?;
         let v: Value = fhirconn_sdk::serde_json::from_slice(&resp.body).unwrap_or(Value::Null);
         if !resp.is_success() {
             let code = v["error"].as_str().unwrap_or("no error code");
             let text = format!(
-                "ACME token service {} answered HTTP {}: {code}",
-                self.token_url, resp.status
+                "ACME token service {token_url} answered HTTP {}: {code}",
+                resp.status
             );
             return Err(if resp.status == 401 || resp.status == 403 {
                 Error::rejected(text)
@@ -125,15 +110,8 @@ fhirconn_sdk::export_schemes!(AcmeApiKey);
 #[cfg(test)]
 mod tests {
     use super::*;
-    use fhirconn_sdk::testing::MockHost;
-    use fhirconn_sdk::{CredentialHeader, HttpResponse};
-
-    fn info() -> ConnectionInfo {
-        ConnectionInfo {
-            id: "acme".into(),
-            base_url: "https://fhir.acme.example/r4".into(),
-        }
-    }
+    use fhirconn_sdk::testing::{header_value, MockHost};
+    use fhirconn_sdk::HttpResponse;
 
     #[test]
     fn the_api_key_is_exchanged_for_a_bearer_token() {
@@ -142,38 +120,57 @@ mod tests {
             .with_http(|req| {
                 assert_eq!(req.url, "https://auth.acme.example/token");
                 let body: Value = fhirconn_sdk::serde_json::from_slice(&req.body).unwrap();
-                Ok(if body["api_key"] == "key-123" {
-                    HttpResponse {
-                        status: 200,
-                        headers: vec![],
-                        body: br#"{"access_token":"tok","expires_in":60}"#.to_vec(),
-                    }
+                let (status, body) = if body["api_key"] == "key-123" {
+                    (200, &br#"{"access_token":"tok","expires_in":60}"#[..])
                 } else {
-                    HttpResponse {
-                        status: 401,
-                        headers: vec![],
-                        body: br#"{"error":"invalid_api_key"}"#.to_vec(),
-                    }
+                    (401, &br#"{"error":"invalid_api_key"}"#[..])
+                };
+                Ok(HttpResponse {
+                    status,
+                    headers: vec![],
+                    body: body.to_vec(),
                 })
             });
         let settings = json!({"token-url": "https://auth.acme.example/token", "client-id": "c",
                               "api-key-env": "ACME_KEY"});
-        let creds = mock
-            .with_host(|h| {
-                AcmeApiKey.configure(&info(), settings, h)?.authorize(
-                    &AuthRequest {
-                        connection: info(),
-                        interactive: false,
-                        force_login: false,
-                    },
-                    h,
-                )
-            })
-            .unwrap();
-        match &creds.headers[..] {
-            [CredentialHeader::Secret(_, v)] => assert_eq!(v.expose_secret(), "Bearer tok"),
-            other => panic!("{other:?}"),
-        }
+        let creds = mock.configure_and_authorize(&AcmeApiKey, settings).unwrap();
+        assert_eq!(header_value(&creds, "Authorization").unwrap(), "Bearer tok");
         assert!(creds.expires_at.is_some());
+        let headers = mock.requests.lock().unwrap()[0].headers.clone();
+        assert!(headers
+            .iter()
+            .any(|h| h.0 == "Content-Type" && h.1 == "application/json"));
+        let wrong = json!({"token-url": "https://auth.acme.example/token", "client-id": "c",
+                           "api-key": "CANARY-wrong"});
+        let e = mock
+            .configure_and_authorize(&AcmeApiKey, wrong)
+            .unwrap_err();
+        assert_eq!(e.kind(), fhirconn_sdk::ErrorKind::CredentialsRejected);
+        assert!(e.message().contains("invalid_api_key") && !e.message().contains("CANARY"));
+    }
+
+    #[test]
+    fn settings_are_checked_and_the_key_marked_secret() {
+        let mock = MockHost::new();
+        for (settings, expected) in [
+            (
+                json!({"token-url": "ftp://a", "client-id": "c", "api-key": "k"}),
+                "http(s) URL",
+            ),
+            (
+                json!({"token-url": "https://a", "api-key": "k"}),
+                "'client-id' is required",
+            ),
+            (
+                json!({"token-url": "https://a", "client-id": "c"}),
+                "exactly one of 'api-key'",
+            ),
+        ] {
+            let e = mock.configure(&AcmeApiKey, settings).err().unwrap();
+            assert!(e.message().contains(expected), "{e}");
+        }
+        let schema = AcmeApiKey.config_schema();
+        assert_eq!(schema["properties"]["api-key"]["writeOnly"], true);
+        assert_eq!(schema["properties"]["token-url"]["format"], "uri");
     }
 }
