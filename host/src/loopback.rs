@@ -1,19 +1,35 @@
 //! The login listener behind the host's `browser-redirect` operation (RFC 8252 §7.3): shows
 //! the person an authorization URL with `redirect_uri=http://127.0.0.1:PORT/` added and waits
-//! on that loopback port for the browser's redirect.
+//! on that loopback port (an axum server) for the browser's redirect.
 //!
 //! When the URL carries a `state` parameter, only a redirect with that same `state` ends the
 //! wait: any other request (another local process, a web page scanning ports, a stale tab) is
 //! answered 400 and ignored, and the listener keeps waiting until its own deadline. At most
-//! [`LISTENER_CONNECTIONS`] requests are read at once, each for at most 10 s.
+//! [`LISTENER_CONNECTIONS`] connections are served at once (newcomers beyond are dropped),
+//! each for at most [`CONNECTION_TIME`] and [`CONNECTION_BYTES`] read.
 
 use crate::person::Person;
 use crate::redact::Redactor;
 use crate::text::sanitize;
+use axum::extract::State;
+use axum::http::{header, StatusCode, Uri};
+use axum::response::{Html, IntoResponse, Response};
 use fhirconn_sdk::wire::{BrowserRedirect, RedirectAnswer, BROWSER_REDIRECT};
 use fhirconn_sdk::{Error, ErrorKind};
+use std::future::{Future as _, IntoFuture as _};
 use std::panic::{catch_unwind, AssertUnwindSafe};
+use std::pin::Pin;
 use std::sync::Arc;
+use std::task::{Context, Poll};
+use std::time::Duration;
+use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
+
+/// How many connections the login listener serves at the same time.
+pub(crate) const LISTENER_CONNECTIONS: usize = 16;
+/// How long one connection may stay open.
+pub(crate) const CONNECTION_TIME: Duration = Duration::from_secs(10);
+/// How many bytes the listener reads from one connection (a redirect is one short request).
+pub(crate) const CONNECTION_BYTES: usize = 16 * 1024;
 
 /// Shows the person `request.url` (with the listener's `redirect_uri`) and waits for the
 /// redirect. Blocks the calling (plugin) thread on `rt`. Fails with `interaction_required`
@@ -42,7 +58,7 @@ pub(crate) fn browser_redirect(
                 .unwrap_or("Sign in in your browser:"),
         ),
     );
-    let timeout = std::time::Duration::from_secs(request.timeout_seconds.unwrap_or(300).min(900));
+    let timeout = Duration::from_secs(request.timeout_seconds.unwrap_or(300).min(900));
     rt.block_on(async move {
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
             .await
@@ -54,52 +70,84 @@ pub(crate) fn browser_redirect(
         let redirect_uri = format!("http://127.0.0.1:{port}/");
         url.query_pairs_mut()
             .append_pair("redirect_uri", &redirect_uri);
+        let (found, mut found_rx) = tokio::sync::mpsc::channel::<String>(1);
+        let app = axum::Router::new()
+            .fallback(answer)
+            .with_state(Arc::new(Awaited {
+                state: expected_state,
+                found,
+            }));
+        let server = tokio::spawn(axum::serve(Limited::new(listener), app).into_future());
         let full = url.to_string();
         let opened =
             catch_unwind(AssertUnwindSafe(|| person.tell(&message, Some(&full)))).unwrap_or(false);
         if !opened {
             tracing::info!("open the URL above in a browser on this machine");
         }
-        let deadline = tokio::time::Instant::now() + timeout;
-        let (found_tx, mut found_rx) = tokio::sync::mpsc::channel::<String>(1);
-        let slots = Arc::new(tokio::sync::Semaphore::new(LISTENER_CONNECTIONS));
-        loop {
-            tokio::select! {
-                q = found_rx.recv() => {
-                    let Some(query) = q else { continue };
-                    for (k, v) in url::form_urlencoded::parse(query.as_bytes()) {
-                        if k == "code" {
-                            redactor.add(&v);
-                        }
+        let outcome = tokio::time::timeout(timeout, found_rx.recv()).await;
+        server.abort();
+        match outcome {
+            Ok(Some(query)) => {
+                for (k, v) in url::form_urlencoded::parse(query.as_bytes()) {
+                    if k == "code" {
+                        redactor.add(&v);
                     }
-                    return Ok(RedirectAnswer { redirect_uri, query });
                 }
-                accepted = listener.accept() => {
-                    let (stream, _) = accepted
-                        .map_err(|e| bad(format!("loopback listener: {e}")))?;
-                    // Too many slow connections at once: drop the newcomer.
-                    let Ok(permit) = slots.clone().try_acquire_owned() else {
-                        continue;
-                    };
-                    let tx = found_tx.clone();
-                    let want = expected_state.clone();
-                    tokio::spawn(async move {
-                        serve_redirect_request(stream, want, tx).await;
-                        drop(permit);
-                    });
-                }
-                () = tokio::time::sleep_until(deadline) => {
-                    return Err(Error::interaction_required(
-                        format!("no sign-in within {} s", timeout.as_secs()),
-                    ));
-                }
+                Ok(RedirectAnswer {
+                    redirect_uri,
+                    query,
+                })
             }
+            Ok(None) => Err(bad("the login listener stopped".into())),
+            Err(_) => Err(Error::interaction_required(format!(
+                "no sign-in within {} s",
+                timeout.as_secs()
+            ))),
         }
     })
 }
 
-/// How many redirect requests the login listener reads at the same time.
-pub(crate) const LISTENER_CONNECTIONS: usize = 16;
+/// What the listener waits for.
+struct Awaited {
+    /// The `state` the authorization URL carried.
+    state: Option<String>,
+    found: tokio::sync::mpsc::Sender<String>,
+}
+
+/// Answers one request to the listener, and passes the query on when it is the awaited
+/// redirect.
+async fn answer(State(awaited): State<Arc<Awaited>>, uri: Uri) -> Response {
+    let verdict = judge_redirect(uri.query(), awaited.state.as_deref());
+    let (status, text) = match &verdict {
+        RedirectVerdict::Accept(_) => (
+            StatusCode::OK,
+            "Signed in. You can close this window and return to fhirconn.",
+        ),
+        RedirectVerdict::WrongState => (
+            StatusCode::BAD_REQUEST,
+            "This sign-in answer does not belong to the sign-in fhirconn is waiting for.",
+        ),
+        RedirectVerdict::NotFound => (StatusCode::NOT_FOUND, "Not found."),
+    };
+    match verdict {
+        RedirectVerdict::Accept(q) => {
+            let _ = awaited.found.try_send(q);
+        }
+        RedirectVerdict::WrongState => {
+            tracing::warn!("the login listener ignored a sign-in answer with a wrong state");
+        }
+        RedirectVerdict::NotFound => {}
+    }
+    (
+        status,
+        [
+            (header::CACHE_CONTROL, "no-store"),
+            (header::CONNECTION, "close"),
+        ],
+        Html(format!("<html><body><p>{text}</p></body></html>")),
+    )
+        .into_response()
+}
 
 /// What the login listener makes of one request: the query when it is the awaited redirect.
 #[derive(Debug, PartialEq, Eq)]
@@ -121,14 +169,9 @@ fn same_secret(a: &str, b: &str) -> bool {
             == 0
 }
 
-/// Judges the request head a browser (or anyone else) sent to the login listener.
-pub(crate) fn judge_redirect(head: &str, expected_state: Option<&str>) -> RedirectVerdict {
-    let target = head
-        .lines()
-        .next()
-        .and_then(|l| l.split(' ').nth(1))
-        .unwrap_or_default();
-    let Some((_, query)) = target.split_once('?') else {
+/// Judges the query of a request a browser (or anyone else) sent to the login listener.
+pub(crate) fn judge_redirect(query: Option<&str>, expected_state: Option<&str>) -> RedirectVerdict {
+    let Some(query) = query else {
         return RedirectVerdict::NotFound;
     };
     let mut relevant = false;
@@ -152,54 +195,212 @@ pub(crate) fn judge_redirect(head: &str, expected_state: Option<&str>) -> Redire
     }
 }
 
-/// Reads one request head (up to 16 KiB, 10 s) from a listener connection, answers it, and
-/// sends the query on `found` when it is the awaited redirect.
-async fn serve_redirect_request(
-    mut stream: tokio::net::TcpStream,
-    expected_state: Option<String>,
-    found: tokio::sync::mpsc::Sender<String>,
-) {
-    use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
-    let mut buf = vec![0u8; 16 * 1024];
-    let mut len = 0;
-    let read_until = tokio::time::Instant::now() + std::time::Duration::from_secs(10);
-    while len < buf.len() {
-        match tokio::time::timeout_at(read_until, stream.read(&mut buf[len..])).await {
-            Ok(Ok(0)) | Err(_) | Ok(Err(_)) => break,
-            Ok(Ok(n)) => {
-                len += n;
-                if buf[..len].windows(4).any(|w| w == b"\r\n\r\n") {
-                    break;
-                }
-            }
+/// A loopback listener serving at most [`LISTENER_CONNECTIONS`] connections at once, each
+/// limited in time and bytes: slow or chatty local clients cannot pin it.
+struct Limited {
+    inner: tokio::net::TcpListener,
+    slots: Arc<tokio::sync::Semaphore>,
+}
+
+impl Limited {
+    fn new(inner: tokio::net::TcpListener) -> Self {
+        Self {
+            inner,
+            slots: Arc::new(tokio::sync::Semaphore::new(LISTENER_CONNECTIONS)),
         }
     }
-    let head = String::from_utf8_lossy(&buf[..len]).into_owned();
-    let verdict = judge_redirect(&head, expected_state.as_deref());
-    let (status, text) = match &verdict {
-        RedirectVerdict::Accept(_) => (
-            "200 OK",
-            "Signed in. You can close this window and return to fhirconn.",
-        ),
-        RedirectVerdict::WrongState => (
-            "400 Bad Request",
-            "This sign-in answer does not belong to the sign-in fhirconn is waiting for.",
-        ),
-        RedirectVerdict::NotFound => ("404 Not Found", "Not found."),
-    };
-    let page = format!(
-        "HTTP/1.1 {status}\r\nContent-Type: text/html; charset=utf-8\r\nCache-Control: no-store\r\n\
-         Connection: close\r\n\r\n<html><body><p>{text}</p></body></html>"
-    );
-    let _ = stream.write_all(page.as_bytes()).await;
-    let _ = stream.shutdown().await;
-    match verdict {
-        RedirectVerdict::Accept(q) => {
-            let _ = found.try_send(q);
+}
+
+impl axum::serve::Listener for Limited {
+    type Io = LimitedConnection;
+    type Addr = std::net::SocketAddr;
+
+    async fn accept(&mut self) -> (Self::Io, Self::Addr) {
+        loop {
+            let (stream, addr) = match self.inner.accept().await {
+                Ok(accepted) => accepted,
+                Err(e) => {
+                    tracing::debug!("login listener: {e}");
+                    tokio::time::sleep(Duration::from_millis(50)).await;
+                    continue;
+                }
+            };
+            // Too many connections at once: drop the newcomer.
+            let Ok(slot) = self.slots.clone().try_acquire_owned() else {
+                continue;
+            };
+            let connection = LimitedConnection {
+                stream,
+                _slot: slot,
+                deadline: Box::pin(tokio::time::sleep(CONNECTION_TIME)),
+                left: CONNECTION_BYTES,
+            };
+            return (connection, addr);
         }
-        RedirectVerdict::WrongState => {
-            tracing::warn!("the login listener ignored a sign-in answer with a wrong state");
+    }
+
+    fn local_addr(&self) -> std::io::Result<Self::Addr> {
+        self.inner.local_addr()
+    }
+}
+
+/// One listener connection: holds its slot, ends at its deadline or after its byte budget.
+struct LimitedConnection {
+    stream: tokio::net::TcpStream,
+    _slot: tokio::sync::OwnedSemaphorePermit,
+    deadline: Pin<Box<tokio::time::Sleep>>,
+    left: usize,
+}
+
+impl LimitedConnection {
+    fn expired(&mut self, cx: &mut Context<'_>) -> bool {
+        self.deadline.as_mut().poll(cx).is_ready()
+    }
+}
+
+fn ended(why: &str) -> std::io::Error {
+    std::io::Error::new(std::io::ErrorKind::TimedOut, why.to_string())
+}
+
+impl AsyncRead for LimitedConnection {
+    fn poll_read(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<std::io::Result<()>> {
+        if self.expired(cx) {
+            return Poll::Ready(Err(ended("connection time is up")));
         }
-        RedirectVerdict::NotFound => {}
+        if self.left == 0 {
+            return Poll::Ready(Err(ended("connection read enough")));
+        }
+        let max = self.left.min(buf.remaining());
+        let this = &mut *self;
+        let mut limited = ReadBuf::new(buf.initialize_unfilled_to(max));
+        let poll = Pin::new(&mut this.stream).poll_read(cx, &mut limited);
+        let n = limited.filled().len();
+        if let Poll::Ready(Ok(())) = &poll {
+            buf.advance(n);
+            this.left -= n;
+        }
+        poll
+    }
+}
+
+impl AsyncWrite for LimitedConnection {
+    fn poll_write(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        data: &[u8],
+    ) -> Poll<std::io::Result<usize>> {
+        if self.expired(cx) {
+            return Poll::Ready(Err(ended("connection time is up")));
+        }
+        Pin::new(&mut self.stream).poll_write(cx, data)
+    }
+
+    fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+        Pin::new(&mut self.stream).poll_flush(cx)
+    }
+
+    fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+        Pin::new(&mut self.stream).poll_shutdown(cx)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::io::{Read as _, Write as _};
+    use std::sync::Mutex;
+
+    /// A "browser" that first pins every slot of the listener with idle connections, then
+    /// knocks once more, then brings the real redirect back.
+    #[derive(Default)]
+    struct Pinning {
+        seen: Arc<Mutex<Vec<String>>>,
+    }
+
+    fn get(addr: &str, target: &str) -> (String, std::time::Duration) {
+        let started = std::time::Instant::now();
+        let Ok(mut s) = std::net::TcpStream::connect(addr) else {
+            return ("refused".into(), started.elapsed());
+        };
+        let _ = write!(
+            s,
+            "GET {target} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\r\n"
+        );
+        let mut out = String::new();
+        let _ = s.read_to_string(&mut out);
+        let status = out.lines().next().unwrap_or("closed").to_string();
+        (status, started.elapsed())
+    }
+
+    impl Person for Pinning {
+        fn tell(&self, _message: &str, url: Option<&str>) -> bool {
+            let u = url::Url::parse(url.unwrap_or_default()).unwrap();
+            let redirect = u
+                .query_pairs()
+                .find(|(k, _)| k == "redirect_uri")
+                .map(|(_, v)| v.into_owned())
+                .unwrap();
+            let addr = redirect
+                .trim_start_matches("http://")
+                .trim_end_matches('/')
+                .to_string();
+            let seen = self.seen.clone();
+            std::thread::spawn(move || {
+                let idle: Vec<_> = (0..LISTENER_CONNECTIONS)
+                    .map(|_| std::net::TcpStream::connect(&addr).unwrap())
+                    .collect();
+                std::thread::sleep(Duration::from_millis(300));
+                let (status, _) = get(&addr, "/?code=EARLY&state=s1");
+                seen.lock().unwrap().push(format!("while pinned: {status}"));
+                // The idle connections end at their deadline, freeing the slots.
+                let (status, waited) = get(&addr, "/?code=LATE&state=s1");
+                let retried = if status.contains(" 200 ") {
+                    status
+                } else {
+                    std::thread::sleep(CONNECTION_TIME);
+                    get(&addr, "/?code=LATE&state=s1").0
+                };
+                seen.lock()
+                    .unwrap()
+                    .push(format!("after: {retried} ({}s)", waited.as_secs()));
+                drop(idle);
+            });
+            true
+        }
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn idle_connections_cannot_pin_the_login_listener_for_longer_than_their_deadline() {
+        let person = Arc::new(Pinning::default());
+        let rt = tokio::runtime::Handle::current();
+        let request = BrowserRedirect {
+            url: "https://login.example/authorize?state=s1".into(),
+            message: None,
+            timeout_seconds: Some(60),
+        };
+        let p: Arc<dyn Person> = person.clone();
+        let answer = tokio::task::spawn_blocking(move || {
+            browser_redirect(&rt, &request, p, Arc::new(Redactor::default()))
+        })
+        .await
+        .unwrap()
+        .unwrap_or_else(|e| panic!("{e}"));
+        assert_eq!(answer.query, "code=LATE&state=s1");
+        for _ in 0..100 {
+            if person.seen.lock().unwrap().len() >= 2 {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        let seen = person.seen.lock().unwrap().clone();
+        assert!(
+            !seen[0].contains("200"),
+            "with every slot taken a newcomer is dropped: {seen:?}"
+        );
+        assert!(seen[1].contains(" 200 "), "{seen:?}");
     }
 }

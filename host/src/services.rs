@@ -144,25 +144,25 @@ mod text_tests {
 
     #[test]
     fn the_login_listener_accepts_only_its_own_state() {
-        let head = |q: &str| format!("GET /?{q} HTTP/1.1\r\nHost: 127.0.0.1\r\n\r\n");
+        let query = |q: &'static str| Some(q);
         assert_eq!(
-            judge_redirect(&head("code=abc&state=s1"), Some("s1")),
+            judge_redirect(query("code=abc&state=s1"), Some("s1")),
             RedirectVerdict::Accept("code=abc&state=s1".into())
         );
         assert_eq!(
-            judge_redirect(&head("code=abc&state=other"), Some("s1")),
+            judge_redirect(query("code=abc&state=other"), Some("s1")),
             RedirectVerdict::WrongState
         );
         assert_eq!(
-            judge_redirect(&head("error=access_denied"), Some("s1")),
+            judge_redirect(query("error=access_denied"), Some("s1")),
             RedirectVerdict::WrongState
         );
         assert_eq!(
-            judge_redirect(&head("favicon=1"), Some("s1")),
+            judge_redirect(query("favicon=1"), Some("s1")),
             RedirectVerdict::NotFound
         );
         assert_eq!(
-            judge_redirect(&head("code=abc"), None),
+            judge_redirect(query("code=abc"), None),
             RedirectVerdict::Accept("code=abc".into())
         );
     }
