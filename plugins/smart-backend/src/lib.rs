@@ -13,16 +13,15 @@
 
 pub mod keys;
 
-use fhirconn_sdk::oauth::discovery;
-use fhirconn_sdk::oauth::{endpoint_url, ClientAuth, TokenRequest};
-use fhirconn_sdk::serde_json::{json, Value};
+use fhirconn_sdk::oauth::{self, discovery, endpoint_url, ClientAuth, TokenRequest};
+use fhirconn_sdk::serde_json::Value;
 use fhirconn_sdk::settings::{self, SecretSetting};
 use fhirconn_sdk::{
     schemars, serde, AuthRequest, Connection, ConnectionInfo, Credentials, Error, ExposeSecret,
     Host, Memo, Result, Scheme, SecretString,
 };
 use jsonwebtoken::Header;
-use std::time::{Duration, UNIX_EPOCH};
+use std::time::Duration;
 
 pub use fhirconn_sdk::oauth::discovery::resolve_url;
 /// The client-assertion type of RFC 7523 §2.2.
@@ -162,36 +161,15 @@ pub fn discover(base_url: &str, alg: &str, host: &Host<'_>) -> Result<String> {
     Ok(doc.token_endpoint)
 }
 
-/// Whether two URLs name the same host (scheme and port aside).
-fn same_host(a: &str, b: &str) -> bool {
-    let host = |u: &str| {
-        url::Url::parse(u)
-            .ok()
-            .and_then(|u| u.host_str().map(str::to_ascii_lowercase))
-    };
-    host(a).is_some() && host(a) == host(b)
-}
-
 impl SmartConnection {
     /// A fresh client assertion for `audience` (the token endpoint URL).
     pub fn assertion(&self, audience: &str, host: &Host<'_>) -> Result<String> {
-        let now = host
-            .now()
-            .duration_since(UNIX_EPOCH)
-            .unwrap_or(Duration::ZERO)
-            .as_secs();
         let mut header = Header::new(self.key.alg);
         header.kid = Some(self.kid.clone());
         header.typ = Some("JWT".into());
         header.jku = self.jku.clone();
-        let claims = json!({
-            "iss": self.client_id,
-            "sub": self.client_id,
-            "aud": audience,
-            "exp": now + self.lifetime,
-            "iat": now,
-            "jti": fhirconn_sdk::oauth::random_hex(16)?,
-        });
+        let lifetime = Duration::from_secs(self.lifetime);
+        let claims = oauth::assertion_claims(&self.client_id, audience, lifetime, host)?;
         jsonwebtoken::encode(&header, &claims, &self.key.key)
             .map_err(|e| Error::internal(format!("signing the client assertion failed: {e}")))
     }
@@ -211,7 +189,7 @@ impl Connection for SmartConnection {
             .client_auth(ClientAuth::PrivateKeyJwt(assertion))
             .send(host)?
             .credentials;
-        if !self.pinned && !same_host(&endpoint, &self.base_url) {
+        if !self.pinned && !discovery::same_host(&endpoint, &self.base_url) {
             creds = creds.warning(format!(
                 "the token endpoint {endpoint} (from the server's smart-configuration) is on \
                  another host than base-url; set 'token-url' to pin it if that is expected"

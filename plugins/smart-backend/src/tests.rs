@@ -3,7 +3,7 @@
 
 use super::*;
 use base64::Engine as _;
-use fhirconn_sdk::serde_json;
+use fhirconn_sdk::serde_json::{self, json};
 use fhirconn_sdk::testing::MockHost;
 use fhirconn_sdk::{CredentialHeader, ErrorKind, HttpRequest, HttpResponse};
 use jsonwebtoken::{Algorithm, DecodingKey, EncodingKey, Validation};

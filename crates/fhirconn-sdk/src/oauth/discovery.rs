@@ -132,6 +132,18 @@ pub fn smart(host: &Host<'_>, base_url: &str) -> Result<SmartConfiguration> {
     Ok(doc)
 }
 
+/// Whether two URLs name the same host (scheme and port aside, case-insensitive). A token
+/// endpoint discovered on another host than the FHIR server deserves a warning.
+pub fn same_host(a: &str, b: &str) -> bool {
+    let host = |u: &str| {
+        url::Url::parse(u)
+            .ok()?
+            .host_str()
+            .map(str::to_ascii_lowercase)
+    };
+    host(a).is_some() && host(a) == host(b)
+}
+
 /// Resolves `reference` (absolute or relative) against a base URL (which gets a trailing `/`,
 /// as a FHIR base is a directory).
 pub fn resolve_url(base: &str, reference: &str) -> Result<String> {
@@ -218,6 +230,19 @@ mod tests {
             "SMART discovery https://fhir/r4/.well-known/smart-configuration: \
              grant_types_supported does not include authorization_code"
         );
+    }
+
+    #[test]
+    fn same_host_ignores_scheme_port_and_case_only() {
+        assert!(same_host(
+            "https://Fhir.example:8443/t",
+            "http://fhir.example/r4"
+        ));
+        assert!(!same_host(
+            "https://auth.example/t",
+            "https://fhir.example/r4"
+        ));
+        assert!(!same_host("not a url", "not a url"));
     }
 
     #[test]

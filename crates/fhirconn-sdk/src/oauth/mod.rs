@@ -14,7 +14,7 @@ mod token;
 
 pub use pkce::{random_hex, Pkce};
 
-pub use token::{refresh, ClientAuth, TokenRequest, TokenResponse, JWT_BEARER};
+pub use token::{assertion_claims, refresh, ClientAuth, TokenRequest, TokenResponse, JWT_BEARER};
 
 use crate::host::{Host, HttpResponse};
 use crate::scheme::Credentials;

@@ -7,10 +7,32 @@ use crate::scheme::Credentials;
 use crate::secret::{ExposeSecret, SecretString};
 use crate::Result;
 use base64::Engine as _;
-use serde_json::Value;
+use serde_json::{json, Value};
+use std::time::{Duration, UNIX_EPOCH};
 
 /// The client-assertion type of RFC 7523 §2.2 (`private_key_jwt`, `client_secret_jwt`).
 pub const JWT_BEARER: &str = "urn:ietf:params:oauth:client-assertion-type:jwt-bearer";
+
+/// The claims of a client assertion (RFC 7523 §3, OpenID Connect Core §9): `iss` and `sub` the
+/// client id, `aud` the token endpoint, `iat` now and `exp` `lifetime` later on the host's
+/// clock, and a fresh random `jti`. The scheme signs them (`private_key_jwt`) or MACs them
+/// with the secret (`client_secret_jwt`).
+pub fn assertion_claims(
+    client_id: &str,
+    audience: &str,
+    lifetime: Duration,
+    host: &Host<'_>,
+) -> Result<Value> {
+    let now = host
+        .now()
+        .duration_since(UNIX_EPOCH)
+        .unwrap_or_default()
+        .as_secs();
+    Ok(json!({
+        "iss": client_id, "sub": client_id, "aud": audience,
+        "iat": now, "exp": now + lifetime.as_secs(), "jti": super::random_hex(16)?,
+    }))
+}
 
 /// How the client authenticates at the token endpoint (OpenID Connect Core §9 names).
 #[derive(Clone, Default)]
@@ -390,6 +412,23 @@ mod tests {
             assert!(r.credentials.warnings[0].contains("not granted a"));
             assert!(!format!("{r:?}").contains("\"a\""));
         });
+    }
+
+    #[test]
+    fn assertion_claims_follow_rfc7523_with_a_fresh_jti_each_time() {
+        let mock = MockHost::new();
+        let (a, b) = mock.with_host(|h| {
+            let claims = |aud| assertion_claims("app", aud, Duration::from_secs(60), h).unwrap();
+            (claims("https://idp/token"), claims("https://idp/token"))
+        });
+        let now = (mock.now_ms() / 1000) as u64;
+        assert_eq!(a["iss"], "app");
+        assert_eq!(a["sub"], "app");
+        assert_eq!(a["aud"], "https://idp/token");
+        assert_eq!(a["iat"], now);
+        assert_eq!(a["exp"], now + 60);
+        assert_eq!(a["jti"].as_str().unwrap().len(), 32);
+        assert_ne!(a["jti"], b["jti"]);
     }
 
     #[test]
