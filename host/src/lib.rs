@@ -30,6 +30,7 @@
 //! Redirects are followed by hand and drop every credential header when the origin changes.
 
 #![forbid(unsafe_code)]
+#![warn(missing_docs)]
 
 mod auth;
 mod bridge;

@@ -79,6 +79,8 @@
 //! assert_eq!(value.as_deref(), Some("k-1"));
 //! ```
 
+#![warn(missing_docs)]
+
 mod error;
 mod export;
 mod host;

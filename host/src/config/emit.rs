@@ -35,6 +35,7 @@ fn ordered(m: &Map<String, Value>) -> Vec<(&String, &Value)> {
     v
 }
 
+/// Appends `key: v` to `out` at `indent` spaces (objects and lists as nested blocks).
 pub fn emit(out: &mut String, indent: usize, key: &str, v: &Value) {
     let pad = " ".repeat(indent);
     match v {
