@@ -181,9 +181,26 @@ impl ConnectionOperation {
 /// `Credentials.extensions_json`: `{"warnings": [...]}`, or empty text when there is nothing.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct CredentialsExtensions {
-    /// Warnings for the person (e.g. a client certificate about to expire).
-    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    /// Warnings for the person (e.g. a client certificate about to expire). Entries that are
+    /// not strings are skipped when reading.
+    #[serde(
+        default,
+        skip_serializing_if = "Vec::is_empty",
+        deserialize_with = "strings_only"
+    )]
     pub warnings: Vec<String>,
+}
+
+/// A list's string entries (a peer's odd entry costs that entry, not the whole list).
+fn strings_only<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Vec<String>, D::Error> {
+    let values = Vec::<serde_json::Value>::deserialize(d)?;
+    Ok(values
+        .into_iter()
+        .filter_map(|v| match v {
+            serde_json::Value::String(s) => Some(s),
+            _ => None,
+        })
+        .collect())
 }
 
 impl CredentialsExtensions {
@@ -323,6 +340,12 @@ mod tests {
         }
         assert_eq!(
             CredentialsExtensions::from_json(r#"{"warnings":["a","b"]}"#)
+                .unwrap()
+                .warnings,
+            ["a", "b"]
+        );
+        assert_eq!(
+            CredentialsExtensions::from_json(r#"{"warnings":["a",3,null,"b"]}"#)
                 .unwrap()
                 .warnings,
             ["a", "b"]
