@@ -2,6 +2,7 @@
 //! `DEV_DSF_BPE_FHIR_CLIENT_CONNECTIONS_CONFIG`, or a file holding that variable) into a
 //! fhirconn connections file, and reports every setting that has no equivalent.
 
+use crate::config::settings::kind as host_kind;
 use crate::config::Document;
 use serde_json::{json, Map, Value};
 use std::path::Path;
@@ -167,18 +168,19 @@ pub fn import(path: &Path, bytes: &[u8]) -> Result<Imported, String> {
         let mut auth = Vec::new();
         for (k, v) in c {
             match k.as_str() {
-                "base-url"
-                | "connect-timeout"
-                | "read-timeout"
-                | "trusted-root-certificates-file" => {
-                    conn.insert(k.clone(), v.clone());
-                }
-                "test-connection-on-startup" | "enable-debug-logging" => match boolean(v) {
+                // DSF names its connection settings as fhirconn does: the host's definition
+                // says which exist and which are booleans (DSF writes them as text too).
+                k if host_kind(k).as_deref() == Some("boolean") => match boolean(v) {
                     Some(b) => {
-                        conn.insert(k.clone(), json!(b));
+                        conn.insert(k.to_string(), json!(b));
                     }
                     None => notes.push(format!("{id}: {k}: '{v}' is not a boolean; left out")),
                 },
+                // DSF's `proxy` (with its own credentials) is no fhirconn `proxy`: only plain
+                // values carry over.
+                k if matches!(host_kind(k).as_deref(), Some("string" | "integer")) => {
+                    conn.insert(k.to_string(), v.clone());
+                }
                 "basic-auth" | "bearer-auth" | "cert-auth" | "oidc-auth" => match v {
                     Value::Object(a) => {
                         if let Some(x) = convert_auth(id, k, a, &mut notes, &mut inline_secrets) {

@@ -9,20 +9,6 @@ use crate::config::emit;
 pub mod file;
 use serde_json::{Map, Value};
 
-/// Settings that belong to the connection rather than to its scheme.
-const CONNECTION_SETTINGS: &[&str] = &[
-    "connect-timeout",
-    "read-timeout",
-    "trusted-root-certificates-file",
-    "use-system-roots",
-    "probe",
-    "max-response-bytes",
-    "token-renewal-margin",
-    "enable-debug-logging",
-    "test-connection-on-startup",
-    "allow-insecure-http",
-];
-
 /// Whether a setting holds a secret inline (`password`, `client-secret`, `private-key`...;
 /// not `password-file` or `token-url`).
 pub fn is_inline_secret(key: &str) -> bool {
@@ -65,6 +51,7 @@ pub fn entry_value(p: &ProfileSet) -> Result<Value, String> {
     conn.insert("base-url".into(), Value::String(p.base_url.clone()));
     let mut auth = Map::new();
     auth.insert("scheme".into(), Value::String(p.scheme.clone()));
+    let connection_keys = crate::config::settings::connection_keys();
     for (k, v) in &p.settings {
         if is_inline_secret(k) && !p.allow_inline_secret {
             return Err(format!(
@@ -72,7 +59,8 @@ pub fn entry_value(p: &ProfileSet) -> Result<Value, String> {
                  history; use {k}-file or {k}-env (or --allow-inline-secret)"
             ));
         }
-        if CONNECTION_SETTINGS.contains(&k.as_str()) {
+        // Settings that belong to the connection rather than to its scheme: the host's.
+        if connection_keys.contains(k) {
             conn.insert(k.clone(), typed(v));
         } else {
             auth.insert(k.clone(), typed(v));

@@ -3,6 +3,7 @@
 pub mod duration;
 pub mod emit;
 pub mod schema;
+pub mod settings;
 pub mod validate;
 pub mod yaml;
 
@@ -198,6 +199,8 @@ pub struct ConnectionSettings {
     pub auth: Vec<AuthEntry>,
     /// Credentials may go over plain http to a host that is not loopback (`allow-insecure-http`).
     pub allow_insecure_http: bool,
+    /// The host settings as written (a new setting is read from here).
+    pub host: settings::HostSettings,
 }
 
 /// Whether `url` may carry a credential without `allow-insecure-http`: https, or http to a
@@ -254,25 +257,20 @@ fn connection(
     ptr: &str,
     conn: &Value,
 ) -> Result<ConnectionSettings, Vec<ConfigError>> {
-    let mut errors = Vec::new();
-    let get_str = |k: &str| conn.get(k).and_then(Value::as_str);
-    let field = |k: &str| format!("{ptr}/{k}");
-
-    let base_url = match get_str("base-url") {
-        Some(s) => match parse_base_url(s) {
-            Ok(u) => Some(u),
-            Err(m) => {
-                errors.push(doc.error_at(&field("base-url"), false, m));
-                None
-            }
-        },
-        None => {
-            errors.push(doc.error_at(ptr, true, "missing required field 'base-url'"));
-            None
-        }
+    let Some(host) = settings::read(conn) else {
+        return Err(vec![doc.error_at(
+            ptr,
+            false,
+            "does not match the schema of a connection",
+        )]);
     };
-    let mut duration = |k: &str, default: Duration| match get_str(k) {
-        Some(s) => match duration::parse(s) {
+    let mut errors = Vec::new();
+    let field = |k: &str| format!("{ptr}/{k}");
+    let base_url = parse_base_url(&host.base_url)
+        .map_err(|m| errors.push(doc.error_at(&field("base-url"), false, m)))
+        .ok();
+    let mut duration = |k: &str, text: &settings::DurationText, default: Duration| {
+        match duration::parse(&text.0) {
             Ok(d) if d.is_zero() => {
                 errors.push(doc.error_at(&field(k), false, "must be longer than zero"));
                 default
@@ -282,64 +280,101 @@ fn connection(
                 errors.push(doc.error_at(&field(k), false, m));
                 default
             }
-        },
-        None => default,
+        }
     };
-    let connect_timeout = duration("connect-timeout", DEFAULT_CONNECT_TIMEOUT);
-    let read_timeout = duration("read-timeout", DEFAULT_READ_TIMEOUT);
-    let token_renewal_margin = get_str("token-renewal-margin").and_then(|s| {
-        duration::parse(s)
+    let connect_timeout = duration(
+        "connect-timeout",
+        &host.connect_timeout,
+        DEFAULT_CONNECT_TIMEOUT,
+    );
+    let read_timeout = duration("read-timeout", &host.read_timeout, DEFAULT_READ_TIMEOUT);
+    let token_renewal_margin = host.token_renewal_margin.as_ref().and_then(|t| {
+        duration::parse(&t.0)
             .map_err(|m| errors.push(doc.error_at(&field("token-renewal-margin"), false, m)))
             .ok()
     });
-    let trusted_roots_file =
-        get_str("trusted-root-certificates-file").map(|p| doc.base_dir().join(p));
-    let proxy = conn
-        .get("proxy")
-        .and_then(Value::as_object)
-        .map(|p| ProxySettings {
-            url: p
-                .get("url")
-                .and_then(Value::as_str)
-                .unwrap_or_default()
-                .to_string(),
-            no_proxy: p
-                .get("no-proxy")
-                .and_then(Value::as_array)
-                .map(|a| {
-                    a.iter()
-                        .filter_map(Value::as_str)
-                        .map(String::from)
-                        .collect()
-                })
-                .unwrap_or_default(),
-        });
+    let proxy = host.proxy.as_ref().map(|p| ProxySettings {
+        url: p.url.clone(),
+        no_proxy: p.no_proxy.clone(),
+    });
     if let Some(p) = &proxy {
-        match url::Url::parse(&p.url) {
-            Ok(u) if matches!(u.scheme(), "http" | "https") => {
-                if !u.username().is_empty() || u.password().is_some() {
-                    errors.push(doc.error_at(
-                        &field("proxy/url"),
-                        false,
-                        "put no credentials in the proxy URL",
-                    ));
-                }
-            }
-            _ => errors.push(doc.error_at(
-                &field("proxy/url"),
-                false,
-                "must be an http:// or https:// URL (SOCKS proxies are not supported)",
-            )),
+        if let Err(m) = check_proxy_url(&p.url) {
+            errors.push(doc.error_at(&field("proxy/url"), false, m));
         }
     }
-    let probe = get_str("probe").map(|s| s.trim_start_matches('/').to_string());
-    let max_response_bytes = conn
-        .get("max-response-bytes")
-        .and_then(Value::as_u64)
-        .unwrap_or(DEFAULT_MAX_RESPONSE_BYTES);
+    let auth = auth_entries(doc, ptr, conn.get(settings::AUTH), &mut errors);
+    if let Some(u) = &base_url {
+        if let Err(m) = check_plain_http(u, &auth, host.allow_insecure_http) {
+            errors.push(doc.error_at(&field("base-url"), false, m));
+        }
+    }
+    let Some(base_url) = base_url.filter(|_| errors.is_empty()) else {
+        return Err(errors);
+    };
+    Ok(ConnectionSettings {
+        allow_insecure_http: host.allow_insecure_http,
+        id: id.to_string(),
+        base_url,
+        connect_timeout,
+        read_timeout,
+        token_renewal_margin,
+        trusted_roots_file: host
+            .trusted_root_certificates_file
+            .as_ref()
+            .map(|p| doc.base_dir().join(p)),
+        use_system_roots: host.use_system_roots,
+        proxy,
+        debug_logging: host.enable_debug_logging,
+        test_on_startup: host.test_connection_on_startup,
+        probe: host
+            .probe
+            .as_deref()
+            .map(|s| s.trim_start_matches('/').to_string()),
+        max_response_bytes: host
+            .max_response_bytes
+            .unwrap_or(DEFAULT_MAX_RESPONSE_BYTES),
+        auth,
+        host,
+    })
+}
 
-    let mut auth = Vec::new();
-    let entries: Vec<(String, &Value)> = match conn.get("auth") {
+/// A proxy URL: http(s), without credentials.
+fn check_proxy_url(url: &str) -> Result<(), &'static str> {
+    match url::Url::parse(url) {
+        Ok(u) if matches!(u.scheme(), "http" | "https") => {
+            if !u.username().is_empty() || u.password().is_some() {
+                return Err("put no credentials in the proxy URL");
+            }
+            Ok(())
+        }
+        _ => Err("must be an http:// or https:// URL (SOCKS proxies are not supported)"),
+    }
+}
+
+/// Credentials over plain http to a host that is not loopback need `allow-insecure-http`.
+fn check_plain_http(u: &url::Url, auth: &[AuthEntry], allowed: bool) -> Result<(), String> {
+    let sends_credentials = auth.iter().any(|a| a.scheme != "none");
+    if !sends_credentials || allowed || is_secure_or_loopback(u) {
+        return Ok(());
+    }
+    let schemes: Vec<&str> = auth.iter().map(|a| a.scheme.as_str()).collect();
+    Err(format!(
+        "{} would send credentials ({}) over plain http to a host that is not \
+         loopback; use https, or set 'allow-insecure-http: true' on this connection \
+         to accept that",
+        u.origin().ascii_serialization(),
+        schemes.join(", ")
+    ))
+}
+
+/// The `auth:` entries of a connection, in order (one mapping or a list of them).
+fn auth_entries(
+    doc: &Document,
+    ptr: &str,
+    auth: Option<&Value>,
+    errors: &mut Vec<ConfigError>,
+) -> Vec<AuthEntry> {
+    let entries: Vec<(String, &Value)> = match auth {
         None | Some(Value::Null) => Vec::new(),
         Some(Value::Array(items)) => items
             .iter()
@@ -348,6 +383,7 @@ fn connection(
             .collect(),
         Some(v) => vec![(format!("{ptr}/auth"), v)],
     };
+    let mut out = Vec::new();
     for (p, entry) in entries {
         let Some(obj) = entry.as_object() else {
             errors.push(doc.error_at(&p, false, "must be a mapping with 'scheme'"));
@@ -359,61 +395,13 @@ fn connection(
         };
         let mut settings = obj.clone();
         settings.remove("scheme");
-        auth.push(AuthEntry {
+        out.push(AuthEntry {
             scheme: scheme.to_string(),
             settings,
             pointer: p,
         });
     }
-    let allow_insecure_http = conn
-        .get("allow-insecure-http")
-        .and_then(Value::as_bool)
-        .unwrap_or(false);
-    if let Some(u) = &base_url {
-        let sends_credentials = auth.iter().any(|a| a.scheme != "none");
-        if sends_credentials && !allow_insecure_http && !is_secure_or_loopback(u) {
-            let schemes: Vec<&str> = auth.iter().map(|a| a.scheme.as_str()).collect();
-            errors.push(doc.error_at(
-                &field("base-url"),
-                false,
-                format!(
-                    "{} would send credentials ({}) over plain http to a host that is not \
-                     loopback; use https, or set 'allow-insecure-http: true' on this connection \
-                     to accept that",
-                    u.origin().ascii_serialization(),
-                    schemes.join(", ")
-                ),
-            ));
-        }
-    }
-    if !errors.is_empty() {
-        return Err(errors);
-    }
-    Ok(ConnectionSettings {
-        allow_insecure_http,
-        id: id.to_string(),
-        base_url: base_url.expect("checked above"),
-        connect_timeout,
-        read_timeout,
-        token_renewal_margin,
-        trusted_roots_file,
-        use_system_roots: conn
-            .get("use-system-roots")
-            .and_then(Value::as_bool)
-            .unwrap_or(true),
-        proxy,
-        debug_logging: conn
-            .get("enable-debug-logging")
-            .and_then(Value::as_bool)
-            .unwrap_or(false),
-        test_on_startup: conn
-            .get("test-connection-on-startup")
-            .and_then(Value::as_bool)
-            .unwrap_or(false),
-        probe,
-        max_response_bytes,
-        auth,
-    })
+    out
 }
 
 /// Checks a FHIR base URL: absolute http(s), a host, no query, fragment or credentials.

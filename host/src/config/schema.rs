@@ -1,6 +1,7 @@
-//! The JSON Schema of the connections file: the host's part composed with each scheme's.
+//! The JSON Schema of the connections file: the host's part (derived from
+//! [`settings::HostSettings`]) composed with each scheme's.
 
-use super::duration;
+use super::settings;
 use serde_json::{json, Map, Value};
 
 /// One scheme's contribution: its name and the schema of its settings.
@@ -58,12 +59,8 @@ pub fn compose(schemes: &[SchemePart]) -> Value {
             "allOf": branches,
         }),
     );
-    defs.insert(
-        "duration".into(),
-        json!({"type": "string", "pattern": duration::PATTERN,
-               "description": "ISO-8601 duration, e.g. PT2S, PT30S, PT10M"}),
-    );
-    defs.insert("connection".into(), connection_schema());
+    let connection = connection_schema(&mut defs);
+    defs.insert("connection".into(), connection);
     json!({
         "$schema": "https://json-schema.org/draft/2020-12/schema",
         "title": "fhirconn connections",
@@ -82,41 +79,23 @@ pub fn compose(schemes: &[SchemePart]) -> Value {
     })
 }
 
-fn connection_schema() -> Value {
-    json!({
-        "type": "object",
-        "required": ["base-url"],
-        "additionalProperties": false,
-        "properties": {
-            "base-url": {"type": "string", "minLength": 1,
-                         "description": "FHIR base URL, e.g. https://fhir.example.org/fhir"},
-            "connect-timeout": {"$ref": "#/$defs/duration", "default": "PT2S"},
-            "read-timeout": {"$ref": "#/$defs/duration", "default": "PT10M"},
-            "token-renewal-margin": {"$ref": "#/$defs/duration",
-                "description": "renew tokens this long before they expire (default: 30 s or 10% of the lifetime, whichever is smaller)"},
-            "trusted-root-certificates-file": {"type": "string", "minLength": 1,
-                "description": "PEM bundle of extra trusted roots, relative to this file"},
-            "use-system-roots": {"type": "boolean", "default": true},
-            "proxy": {
-                "type": "object", "required": ["url"], "additionalProperties": false,
-                "properties": {
-                    "url": {"type": "string"},
-                    "no-proxy": {"type": "array", "items": {"type": "string"}}
-                }
-            },
-            "enable-debug-logging": {"type": "boolean", "default": false},
-            "test-connection-on-startup": {"type": "boolean", "default": false},
-            "probe": {"type": "string", "description": "authenticated read after /metadata, e.g. Patient?_count=1"},
-            "max-response-bytes": {"type": "integer", "minimum": 1024},
-            "allow-insecure-http": {"type": "boolean", "default": false,
-                "description": "allow credentials over plain http to a host that is not loopback (warned about in every report)"},
-            "auth": {
+/// The connection entry: the derived schema of [`settings::HostSettings`] plus `auth`.
+fn connection_schema(defs: &mut Map<String, Value>) -> Value {
+    let (mut connection, host_defs) = settings::schema();
+    for (name, def) in host_defs {
+        defs.entry(name).or_insert(def);
+    }
+    if let Some(Value::Object(props)) = connection.get_mut("properties") {
+        props.insert(
+            settings::AUTH.into(),
+            json!({
                 "if": {"type": "array"},
                 "then": {"type": "array", "minItems": 1, "items": {"$ref": "#/$defs/auth"}},
                 "else": {"$ref": "#/$defs/auth"}
-            }
-        }
-    })
+            }),
+        );
+    }
+    Value::Object(connection)
 }
 
 #[cfg(test)]
