@@ -99,10 +99,8 @@ pub use export::__private;
 pub use host::{
     form_urlencode, form_urlencode_component, ClientIdentity, Host, HttpRequest, HttpResponse,
 };
-pub use scheme::{
-    parse_settings, AuthRequest, Connection, ConnectionInfo, CredentialHeader, Credentials, Scheme,
-};
 pub use memo::Memo;
+pub use scheme::{AuthRequest, Connection, ConnectionInfo, CredentialHeader, Credentials, Scheme};
 pub use secret::{ExposeSecret, Secret, SecretBox, SecretSource, SecretString};
 pub use settings::SecretSetting;
 

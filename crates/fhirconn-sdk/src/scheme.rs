@@ -148,22 +148,3 @@ pub trait Connection: Send + Sync + 'static {
         Err(Error::unsupported(op))
     }
 }
-
-/// Deserializes settings into a typed struct, mapping serde's error to a configuration error.
-///
-/// Use `#[serde(rename_all = "kebab-case", deny_unknown_fields)]` on the struct and declare
-/// secret fields (`password`, `password-file`, `password-env`) as `Option<String>` or read them
-/// with [`crate::SecretSource`].
-pub fn parse_settings<T: serde::de::DeserializeOwned>(settings: Value) -> Result<T> {
-    serde_json::from_value(settings).map_err(|e| Error::config(redact_serde_message(&e)))
-}
-
-/// serde messages may quote the offending value (`invalid value: string "..."`), which could be
-/// a secret; keep only the part that names the problem.
-pub(crate) fn redact_serde_message(e: &serde_json::Error) -> String {
-    let msg = e.to_string();
-    match msg.find(": string \"").or_else(|| msg.find(" string \"")) {
-        Some(idx) => format!("{} (value withheld)", &msg[..idx]),
-        None => msg,
-    }
-}

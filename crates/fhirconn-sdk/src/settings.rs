@@ -52,6 +52,8 @@
 //!   that table. So a secret read from a file never enters a plain JSON string, a person cannot
 //!   forge a marker (the key it would sit under is always replaced), and deserializing a
 //!   [`SecretSetting`] anywhere but inside [`parse`] fails.
+//! - Secret fields are found among the struct's own (top-level) fields; a [`SecretSetting`]
+//!   inside a nested struct is not supported (its parse fails with an error saying so).
 //! - **Errors** name the setting (`username: invalid type: ...`, `'username' is required`),
 //!   and quoted string values are withheld.
 
@@ -358,9 +360,19 @@ pub fn parse<T: DeserializeOwned + JsonSchema>(settings: Value, host: &Host<'_>)
     let _guard = SlotGuard(SLOTS.with(|s| std::mem::replace(&mut *s.borrow_mut(), slots)));
     serde_path_to_error::deserialize(Value::Object(map)).map_err(|e| {
         let path = e.path().to_string();
-        let inner = crate::scheme::redact_serde_message(e.inner());
+        let inner = redact_serde_message(e.inner());
         Error::config(describe(&path, &inner))
     })
+}
+
+/// serde messages may quote the offending value (`invalid value: string "..."`), which could be
+/// a secret; keep only the part that names the problem.
+fn redact_serde_message(e: &serde_json::Error) -> String {
+    let msg = e.to_string();
+    match msg.find(": string \"").or_else(|| msg.find(" string \"")) {
+        Some(idx) => format!("{} (value withheld)", &msg[..idx]),
+        None => msg,
+    }
 }
 
 /// Words a serde error for a person, naming the setting.
