@@ -133,18 +133,11 @@ pub fn poll(
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::oauth::tests::json;
     use crate::testing::MockHost;
-    use crate::{ErrorKind, HttpResponse};
+    use crate::ErrorKind;
     use std::sync::atomic::{AtomicUsize, Ordering};
     use std::sync::Arc;
-
-    fn json(status: u16, body: &str) -> HttpResponse {
-        HttpResponse {
-            status,
-            headers: vec![("content-type".into(), "application/json".into())],
-            body: body.as_bytes().to_vec(),
-        }
-    }
 
     /// A device endpoint answering `device`, then a token endpoint answering `polls` in turn
     /// (the last one again and again). Returns the mock and the number of token polls.

@@ -157,16 +157,9 @@ pub fn resolve_url(base: &str, reference: &str) -> Result<String> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::oauth::tests::json;
     use crate::testing::MockHost;
-    use crate::{ErrorKind, HttpResponse};
-
-    fn json(status: u16, body: &str) -> HttpResponse {
-        HttpResponse {
-            status,
-            headers: vec![("content-type".into(), "application/json".into())],
-            body: body.as_bytes().to_vec(),
-        }
-    }
+    use crate::ErrorKind;
 
     fn mock() -> MockHost {
         MockHost::new().with_http(|req| match req.url.as_str() {

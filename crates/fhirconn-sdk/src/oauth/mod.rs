@@ -197,11 +197,12 @@ pub fn scope_downgrade(requested: &[&str], granted: Option<&str>) -> Option<Stri
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use super::*;
     use crate::testing::MockHost;
 
-    fn resp(status: u16, body: &str) -> HttpResponse {
+    /// A JSON answer with this status (shared by the oauth test modules).
+    pub(crate) fn json(status: u16, body: &str) -> HttpResponse {
         HttpResponse {
             status,
             headers: vec![("content-type".into(), "application/json".into())],
@@ -212,7 +213,7 @@ mod tests {
     #[test]
     fn errors_are_quoted_and_classified() {
         let e = refused(
-            &resp(
+            &json(
                 401,
                 r#"{"error":"invalid_client","error_description":"bad"}"#,
             ),
@@ -223,7 +224,7 @@ mod tests {
             e.message(),
             "token endpoint https://t answered HTTP 401: invalid_client: bad"
         );
-        let e = refused(&resp(500, "<html>"), "https://t");
+        let e = refused(&json(500, "<html>"), "https://t");
         assert_eq!(e.kind(), ErrorKind::Protocol);
         assert!(e
             .message()
@@ -235,7 +236,7 @@ mod tests {
     fn token_responses_are_validated() {
         let mock = MockHost::new();
         mock.with_host(|h| {
-            let (c, v) = token_response(&resp(200, r#"{"access_token":"a","token_type":"BEARER","expires_in":60,"refresh_token":"r"}"#), "t", h).unwrap();
+            let (c, v) = token_response(&json(200, r#"{"access_token":"a","token_type":"BEARER","expires_in":60,"refresh_token":"r"}"#), "t", h).unwrap();
             assert!(c.expires_at.is_some());
             assert_eq!(v["refresh_token"], "r");
             for (body, expected) in [
@@ -250,7 +251,7 @@ mod tests {
                 (r#"{"access_token":"a","token_type":"Bearer","expires_in":1e10}"#, "absurd"),
                 (r#"{"access_token":"a","token_type":"Bearer","expires_in":0}"#, "already expired"),
             ] {
-                let e = token_response(&resp(200, body), "t", h).unwrap_err();
+                let e = token_response(&json(200, body), "t", h).unwrap_err();
                 assert!(e.message().contains(expected), "{body}: {e}");
             }
         });

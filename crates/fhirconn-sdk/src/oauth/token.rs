@@ -277,16 +277,9 @@ pub fn refresh(
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::oauth::tests::json;
     use crate::testing::MockHost;
     use crate::ErrorKind;
-
-    fn json(status: u16, body: &str) -> HttpResponse {
-        HttpResponse {
-            status,
-            headers: vec![("content-type".into(), "application/json".into())],
-            body: body.as_bytes().to_vec(),
-        }
-    }
 
     fn form(req: &HttpRequest) -> Vec<(String, String)> {
         url::form_urlencoded::parse(&req.body)
