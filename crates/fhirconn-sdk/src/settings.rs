@@ -210,8 +210,10 @@ fn generate<T: JsonSchema>() -> Map<String, Value> {
 }
 
 /// schemars lets an `Option` field be `null`; a person leaves an optional setting out instead
-/// (as the hand-written schemas said), so `key:` with no value stays an error.
-fn forbid_null(property: &mut Value) {
+/// (as the hand-written schemas said), so `key:` with no value stays an error. Removes `null`
+/// from a property's `type` list or `anyOf` branches. [`schema`] applies it to every property;
+/// the host's own derived settings schema can use it too.
+pub fn forbid_null(property: &mut Value) {
     let Value::Object(p) = property else { return };
     if let Some(Value::Array(types)) = p.get_mut("type") {
         types.retain(|t| t != "null");

@@ -179,3 +179,16 @@ fn debug_shows_which_key_but_never_the_secret() {
     assert!(!text.contains("CANARY"), "{text}");
     assert!(text.contains("\"password\""), "{text}");
 }
+
+#[test]
+fn forbid_null_removes_null_from_types_and_branches() {
+    let mut a = json!({"type": ["integer", "null"], "minimum": 0});
+    forbid_null(&mut a);
+    assert_eq!(a, json!({"type": "integer", "minimum": 0}));
+    let mut b = json!({"anyOf": [{"type": "object", "required": ["x"]}, {"type": "null"}]});
+    forbid_null(&mut b);
+    assert_eq!(b, json!({"type": "object", "required": ["x"]}));
+    let mut c = json!({"type": ["string", "integer", "null"]});
+    forbid_null(&mut c);
+    assert_eq!(c, json!({"type": ["string", "integer"]}));
+}
