@@ -10,10 +10,32 @@ use std::sync::Mutex;
 /// (`application/x-www-form-urlencoded`), JSON-escaped (`\/`, `\"`, `\u00xx`) or as an HTML
 /// character reference (`&amp;`, `&#43;`), in any mix. Base64 forms are registered explicitly
 /// (see [`Redactor::add_header_value`]).
+///
+/// Redaction is bounded, because the text often comes from a hostile server that knows a
+/// secret (it received the bearer token) and can shape text to make matching slow: at most
+/// [`MAX_REDACTED_BYTES`] of a text are shown (the rest is cut, never shown unchecked), at most
+/// [`MAX_SECRETS`] secrets are kept (the oldest are forgotten first: expired tokens), and the
+/// matching work per call has a budget; when it runs out the text is withheld, not shown.
 #[derive(Default)]
 pub struct Redactor {
-    secrets: Mutex<Vec<Vec<char>>>,
+    secrets: Mutex<Secrets>,
 }
+
+/// The remembered secrets, longest first, each with the order it was added in.
+#[derive(Default)]
+struct Secrets {
+    list: Vec<(u64, Vec<char>)>,
+    added: u64,
+}
+
+/// The longest text [`Redactor::redact`] returns (longer texts are cut before matching).
+pub const MAX_REDACTED_BYTES: usize = 1 << 20;
+/// How many secrets a redactor remembers (a long-running proxy sees many tokens).
+pub const MAX_SECRETS: usize = 1024;
+/// Matching steps one [`Redactor::redact`] call may spend before it withholds the text.
+const REDACT_BUDGET: u64 = 20_000_000;
+/// What is shown instead of a text that could not be checked within the budget.
+pub const WITHHELD: &str = "[text withheld: it could not be checked for secrets]";
 
 impl std::fmt::Debug for Redactor {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
@@ -54,11 +76,19 @@ impl Redactor {
             .secrets
             .lock()
             .unwrap_or_else(std::sync::PoisonError::into_inner);
-        if !v.contains(&chars) {
-            v.push(chars);
-            // Longest first, so a secret containing another is removed whole.
-            v.sort_by_key(|x| std::cmp::Reverse(x.len()));
+        if v.list.iter().any(|(_, x)| *x == chars) {
+            return;
         }
+        if v.list.len() >= MAX_SECRETS {
+            if let Some(oldest) = (0..v.list.len()).min_by_key(|&i| v.list[i].0) {
+                v.list.remove(oldest);
+            }
+        }
+        v.added += 1;
+        let seq = v.added;
+        // Longest first, so a secret containing another is removed whole.
+        let at = v.list.partition_point(|(_, x)| x.len() >= chars.len());
+        v.list.insert(at, (seq, chars));
     }
 
     /// Adds a credential header value and its parts: `Bearer <t>`, `Basic <b64>`, the decoded
@@ -127,24 +157,50 @@ impl Redactor {
 
     /// Replaces every known secret in `text`, in any of the forms it travels in.
     pub fn redact(&self, text: &str) -> String {
-        let v = self
+        // A snapshot: matching runs without the lock, so a slow text delays no other thread.
+        let secrets: Vec<Vec<char>> = self
             .secrets
             .lock()
-            .unwrap_or_else(std::sync::PoisonError::into_inner);
-        let mut out = text.to_string();
-        for s in v.iter() {
-            out = replace_encoded(&out, s);
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .list
+            .iter()
+            .map(|(_, s)| s.clone())
+            .collect();
+        let mut out = cut(text);
+        let mut budget = REDACT_BUDGET;
+        for s in &secrets {
+            match replace_encoded(&out, s, &mut budget) {
+                Some(next) => out = next,
+                None => return WITHHELD.to_string(),
+            }
         }
         out
     }
 }
 
+/// `text`, cut to [`MAX_REDACTED_BYTES`] at a character boundary, saying how much was cut.
+fn cut(text: &str) -> String {
+    if text.len() <= MAX_REDACTED_BYTES {
+        return text.to_string();
+    }
+    let mut end = MAX_REDACTED_BYTES;
+    while !text.is_char_boundary(end) {
+        end -= 1;
+    }
+    format!(
+        "{} [... {} more bytes not shown]",
+        &text[..end],
+        text.len() - end
+    )
+}
+
 const REDACTED: &str = "[REDACTED]";
 
-/// `text` with every occurrence of `secret` (in any encoding [`Redactor`] knows) replaced.
-fn replace_encoded(text: &str, secret: &[char]) -> String {
+/// `text` with every occurrence of `secret` (in any encoding [`Redactor`] knows) replaced;
+/// `None` when the matching work ran past `budget`.
+fn replace_encoded(text: &str, secret: &[char], budget: &mut u64) -> Option<String> {
     let Some(&first) = secret.first() else {
-        return text.to_string();
+        return Some(text.to_string());
     };
     let mut first_buf = [0u8; 4];
     let first_byte = first.encode_utf8(&mut first_buf).as_bytes()[0];
@@ -157,8 +213,9 @@ fn replace_encoded(text: &str, secret: &[char]) -> String {
         let b = bytes[i];
         let candidate =
             b == first_byte || b == b'%' || b == b'\\' || b == b'&' || (b == b'+' && first == ' ');
+        *budget = budget.checked_sub(1)?;
         if candidate && text.is_char_boundary(i) {
-            if let Some(end) = match_encoded(bytes, i, secret, &mut scratch) {
+            if let Some(end) = match_encoded(bytes, i, secret, &mut scratch, budget)? {
                 out.push_str(&text[copied..i]);
                 out.push_str(REDACTED);
                 copied = end;
@@ -169,25 +226,28 @@ fn replace_encoded(text: &str, secret: &[char]) -> String {
         i += 1;
     }
     out.push_str(&text[copied..]);
-    out
+    Some(out)
 }
 
-/// Where a match of `secret` starting at `start` ends (the longest one), if any.
+/// Where a match of `secret` starting at `start` ends (the longest one), if any; `None` when
+/// the work ran past `budget`.
 fn match_encoded(
     text: &[u8],
     start: usize,
     secret: &[char],
     (positions, next): &mut (Vec<usize>, Vec<usize>),
-) -> Option<usize> {
+    budget: &mut u64,
+) -> Option<Option<usize>> {
     positions.clear();
     positions.push(start);
     for &c in secret {
         next.clear();
+        *budget = budget.checked_sub(positions.len() as u64)?;
         for &p in positions.iter() {
             encoded_char_ends(text, p, c, next);
         }
         if next.is_empty() {
-            return None;
+            return Some(None);
         }
         if next.len() > 1 {
             next.sort_unstable();
@@ -195,7 +255,7 @@ fn match_encoded(
         }
         std::mem::swap(positions, next);
     }
-    positions.last().copied()
+    Some(positions.last().copied())
 }
 
 fn hex_value(b: u8) -> Option<u32> {
@@ -306,5 +366,41 @@ mod tests {
         let out = r.redact(&format!("x CANARY-pw y {b64} z CANARY-token"));
         assert!(!out.contains("CANARY"), "{out}");
         assert!(!out.contains(&b64), "{out}");
+    }
+
+    /// A hostile server that received the token answers with a large text made of near-copies
+    /// of it: redaction stays bounded in time and never shows unchecked text.
+    #[test]
+    fn hostile_text_cannot_make_redaction_slow_or_leak() {
+        let r = Redactor::default();
+        let token = format!("{}CANARY", "a".repeat(2000));
+        r.add(&token);
+        // Every position starts a match that fails only near its end: quadratic without the
+        // budget (2 * 10^9 steps), bounded with it.
+        let hostile = "a".repeat(MAX_REDACTED_BYTES - 10) + &token;
+        let started = std::time::Instant::now();
+        let out = r.redact(&hostile);
+        assert!(
+            started.elapsed() < std::time::Duration::from_secs(30),
+            "took {:?}",
+            started.elapsed()
+        );
+        assert!(!out.contains(&token), "the token leaked");
+        // A long text is cut, and what is shown was checked.
+        let long = format!("{}{token}", "x".repeat(MAX_REDACTED_BYTES + 10));
+        let out = r.redact(&long);
+        assert!(out.len() < MAX_REDACTED_BYTES + 100 && out.contains("more bytes not shown"));
+    }
+
+    #[test]
+    fn the_oldest_secrets_are_forgotten_first() {
+        let r = Redactor::default();
+        for i in 0..MAX_SECRETS + 5 {
+            r.add(&format!("CANARY-old-{i:05}"));
+        }
+        let newest = format!("CANARY-old-{:05}", MAX_SECRETS + 4);
+        assert_eq!(r.redact(&newest), REDACTED);
+        assert_eq!(r.redact("CANARY-old-00000"), "CANARY-old-00000");
+        assert_eq!(r.secrets.lock().unwrap().list.len(), MAX_SECRETS);
     }
 }
