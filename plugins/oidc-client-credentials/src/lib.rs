@@ -268,13 +268,6 @@ mod tests {
     use fhirconn_sdk::{CredentialHeader, ErrorKind, ExposeSecret, HttpRequest, HttpResponse};
     use std::sync::{Arc, Mutex as StdMutex};
 
-    fn info() -> ConnectionInfo {
-        ConnectionInfo {
-            id: "c".into(),
-            base_url: "https://fhir.example/r4".into(),
-        }
-    }
-
     fn json_response(status: u16, body: Value) -> HttpResponse {
         HttpResponse {
             status,
@@ -314,17 +307,7 @@ mod tests {
     }
 
     fn authorize(settings: Value, mock: &MockHost) -> Result<Credentials> {
-        mock.with_host(|host| {
-            let conn = ClientCredentials.configure(&info(), settings, host)?;
-            conn.authorize(
-                &AuthRequest {
-                    connection: info(),
-                    interactive: false,
-                    force_login: false,
-                },
-                host,
-            )
-        })
+        mock.configure_and_authorize(&ClientCredentials, settings)
     }
 
     fn good_token() -> HttpResponse {
@@ -409,22 +392,11 @@ mod tests {
     #[test]
     fn discovery_is_cached_and_must_name_the_configured_issuer() {
         let (mock, seen) = provider(good_token);
-        mock.with_host(|host| {
-            let conn = ClientCredentials
-                .configure(
-                    &info(),
-                    json!({"issuer": "https://idp.example/realm", "client-id": "a", "client-secret": "b"}),
-                    host,
-                )
-                .unwrap();
-            let req = AuthRequest {
-                connection: info(),
-                interactive: false,
-                force_login: false,
-            };
-            conn.authorize(&req, host).unwrap();
-            conn.authorize(&req, host).unwrap();
-        });
+        let settings =
+            json!({"issuer": "https://idp.example/realm", "client-id": "a", "client-secret": "b"});
+        let conn = mock.configure(&ClientCredentials, settings).unwrap();
+        mock.authorize(conn.as_ref()).unwrap();
+        mock.authorize(conn.as_ref()).unwrap();
         assert_eq!(
             seen.lock().unwrap().len(),
             3,
@@ -546,11 +518,8 @@ mod tests {
         ];
         for (s, expected) in cases {
             let e = mock
-                .with_host(|h| {
-                    ClientCredentials
-                        .configure(&info(), s.clone(), h)
-                        .map(|_| ())
-                })
+                .configure(&ClientCredentials, s.clone())
+                .map(|_| ())
                 .unwrap_err();
             assert_eq!(e.kind(), ErrorKind::Config, "{s}");
             assert!(e.message().contains(expected), "{s}: {e}");
