@@ -180,6 +180,42 @@ pub fn create_private_dir(dir: &Path) -> io::Result<()> {
     std::fs::create_dir_all(dir)
 }
 
+/// Checks that files in `dir` can only be planted or replaced by the person running fhirconn:
+/// the directory must belong to them (or to root) and must not be writable by others
+/// (group-writable is accepted: a project group is the person's own choice). A shared
+/// directory such as `/tmp` itself is refused, since another user could plant files there.
+pub fn check_private_dir(dir: &Path) -> io::Result<()> {
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::MetadataExt as _;
+        let meta = std::fs::metadata(dir)?;
+        let me = rustix::process::geteuid().as_raw();
+        if meta.uid() != me && meta.uid() != 0 {
+            return Err(io::Error::new(
+                io::ErrorKind::PermissionDenied,
+                format!(
+                    "{} belongs to another user (uid {}); use a directory of your own",
+                    dir.display(),
+                    meta.uid()
+                ),
+            ));
+        }
+        if meta.mode() & 0o002 != 0 {
+            return Err(io::Error::new(
+                io::ErrorKind::PermissionDenied,
+                format!(
+                    "{} can be written by every user (another user could plant or replace \
+                     files there); use a private directory",
+                    dir.display()
+                ),
+            ));
+        }
+    }
+    #[cfg(not(unix))]
+    let _ = dir;
+    Ok(())
+}
+
 /// Follows symlinks at `path` (up to 32) to the file they finally name; a missing file at the
 /// end is fine (it will be created there).
 pub fn resolve_symlinks(path: &Path) -> io::Result<PathBuf> {
@@ -325,5 +361,18 @@ mod tests {
         t.file().write_all(b"unchecked").unwrap();
         drop(t);
         assert_eq!(std::fs::read_dir(d.path()).unwrap().count(), 0);
+    }
+
+    #[test]
+    #[cfg(unix)]
+    fn shared_directories_are_not_private() {
+        use std::os::unix::fs::PermissionsExt as _;
+        let d = tempfile::tempdir().unwrap();
+        assert!(check_private_dir(d.path()).is_ok());
+        std::fs::set_permissions(d.path(), std::fs::Permissions::from_mode(0o777)).unwrap();
+        let e = check_private_dir(d.path()).unwrap_err();
+        assert!(e.to_string().contains("every user"), "{e}");
+        std::fs::set_permissions(d.path(), std::fs::Permissions::from_mode(0o770)).unwrap();
+        assert!(check_private_dir(d.path()).is_ok());
     }
 }

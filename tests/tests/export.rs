@@ -726,3 +726,56 @@ fn kick_off_parameters_reach_the_server() {
         assert_eq!(got.header("prefer"), Some("respond-async"));
     }
 }
+
+/// Another user must not be able to plant files (or a resume state) where the patient data goes:
+/// an existing `--out` that every user can write is refused before anything is requested.
+#[test]
+#[cfg(unix)]
+fn an_out_directory_every_user_can_write_is_refused() {
+    use std::os::unix::fs::PermissionsExt as _;
+    let (_rt, fhir) = start_fhir(FhirServerConfig::default());
+    let dir = tempfile::tempdir().unwrap();
+    open_config(dir.path(), &fhir.base_url(), "    auth: {scheme: none}\n");
+    let shared = dir.path().join("shared");
+    std::fs::create_dir(&shared).unwrap();
+    std::fs::set_permissions(&shared, std::fs::Permissions::from_mode(0o1777)).unwrap();
+    let (code, _, stderr) = run(dir.path(), &["export", "open", "--out", "shared"], MINUTE);
+    assert_ne!(code, Some(0), "{stderr}");
+    assert!(stderr.contains("every user"), "{stderr}");
+    assert_eq!(fhir.exports_started(), 0, "nothing was requested");
+    assert_eq!(std::fs::read_dir(&shared).unwrap().count(), 0);
+}
+
+/// A server that echoes the request's `Authorization` in its OperationOutcome does not get the
+/// token printed by `fhirconn export`.
+#[test]
+fn export_errors_redact_what_the_server_echoes() {
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    let token = "CANARY-export-echo-token-5150";
+    let s = rt
+        .block_on(fhirconn_testkit::hostile::HostileServer::start())
+        .unwrap();
+    let outcome = serde_json::json!({"resourceType": "OperationOutcome", "issue": [{
+        "severity": "error", "code": "security",
+        "diagnostics": format!("rejected Authorization: Bearer {token}")}]});
+    s.otherwise(fhirconn_testkit::hostile::Answer::fhir(500, &outcome));
+    let dir = tempfile::tempdir().unwrap();
+    open_config(
+        dir.path(),
+        &s.url("/fhir"),
+        &format!("    auth: {{scheme: bearer, token: {token}}}\n"),
+    );
+    let (code, stdout, stderr) = run(dir.path(), &["export", "open", "--out", "data"], MINUTE);
+    assert_ne!(code, Some(0));
+    assert!(stderr.contains("500"), "{stderr}");
+    assert!(
+        !stderr.contains(token) && !stdout.contains(token),
+        "{stderr}"
+    );
+    assert!(
+        s.received()
+            .iter()
+            .any(|r| r.header("authorization").is_some()),
+        "the server did receive the token"
+    );
+}

@@ -56,9 +56,11 @@ enum Polled {
     Gone(u16, String),
 }
 
-fn outcome_detail(body: &[u8]) -> String {
+/// A server's OperationOutcome text for a message: secrets it echoes redacted (before it is
+/// cut), control characters escaped.
+fn outcome_detail(conn: &Connection, body: &[u8]) -> String {
     crate::connection::operation_outcome_text(body)
-        .map(|t| format!(": {}", printable(&t, 300)))
+        .map(|t| format!(": {}", printable(&conn.redact(&t), 300)))
         .unwrap_or_default()
 }
 
@@ -71,10 +73,13 @@ pub async fn run(
     on: Observer,
 ) -> Result<Outcome, BulkError> {
     let out = &opts.out;
-    safe_write::create_private_dir(out).map_err(|source| BulkError::Io {
-        path: out.clone(),
-        source,
-    })?;
+    // Patient data and the resume state go there: nobody else may plant or swap files.
+    safe_write::create_private_dir(out)
+        .and_then(|()| safe_write::check_private_dir(out))
+        .map_err(|source| BulkError::Io {
+            path: out.clone(),
+            source,
+        })?;
     let mut job = Job {
         state_path: out.join(STATE_FILE),
         state: State::default(),
@@ -318,7 +323,7 @@ async fn kick_off(
         }
         (status, _) => Err(BulkError::KickOff {
             status,
-            detail: outcome_detail(&resp.body),
+            detail: outcome_detail(conn, &resp.body),
         }),
     }
 }
@@ -352,18 +357,20 @@ async fn poll(
             // In progress; 429 (polling too often) and 503 with Retry-After: wait too.
             202 | 429 => {}
             503 if retry_after.is_some() => {}
-            404 | 410 => return Ok(Polled::Gone(status, outcome_detail(&resp.body))),
+            404 | 410 => return Ok(Polled::Gone(status, outcome_detail(conn, &resp.body))),
             _ => {
                 return Err(BulkError::Status {
                     status,
-                    detail: outcome_detail(&resp.body),
+                    detail: outcome_detail(conn, &resp.body),
                 })
             }
         }
         let remaining = deadline.saturating_duration_since(Instant::now());
         let wait = next_wait(retry_after, backoff, opts.max_retry_after, remaining);
         backoff = (backoff * 2).min(Duration::from_secs(30));
-        let progress = resp.header("x-progress").map(|p| printable(p, 100));
+        let progress = resp
+            .header("x-progress")
+            .map(|p| printable(&conn.redact(p), 100));
         on(Event::Waiting {
             progress: progress.as_deref(),
             next: wait,
