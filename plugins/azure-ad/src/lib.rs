@@ -479,3 +479,6 @@ impl Connection for AzureConnection {
 }
 
 fhirconn_sdk::export_schemes!(AzureAd);
+
+#[cfg(test)]
+mod tests;
