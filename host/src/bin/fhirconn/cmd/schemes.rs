@@ -16,7 +16,7 @@ pub fn run(g: &Global, output: Output) -> CmdResult {
                 .map(|h| {
                     serde_json::json!({
                         "name": h.name, "version": h.version, "sdk": h.sdk_version,
-                        "abi": fhirconn_abi::ABI_VERSION, "origin": h.origin.to_string(),
+                        "abi": fhirconn_host::plugins::ABI_VERSION, "origin": h.origin.to_string(),
                         "summary": h.summary,
                     })
                 })
@@ -36,7 +36,10 @@ pub fn run(g: &Global, output: Output) -> CmdResult {
                 );
                 println!("{:w$}  {:8}  {:6}  from {}", "", "", "", h.origin);
             }
-            println!("plugin interface (ABI) {}", fhirconn_abi::ABI_VERSION);
+            println!(
+                "plugin interface (ABI) {}",
+                fhirconn_host::plugins::ABI_VERSION
+            );
         }
     }
     for e in &errors {
