@@ -261,13 +261,20 @@ impl Transport {
                 b.tls_certs_only(self.roots.iter().cloned())
             };
         }
+        // Proxies never see loopback traffic: plain http to loopback is allowed without
+        // `allow-insecure-http` because it never leaves the machine, so it must not be handed
+        // to a proxy (configured or from `HTTP_PROXY`/`HTTPS_PROXY`/`ALL_PROXY`).
+        b = b.no_proxy();
         if let Some(p) = &s.proxy {
-            let mut proxy =
+            let mut list = p.no_proxy.clone();
+            list.push(LOOPBACK_NO_PROXY.to_string());
+            let proxy =
                 reqwest::Proxy::all(&p.url).map_err(|e| ClientError::Proxy(e.to_string()))?;
-            if !p.no_proxy.is_empty() {
-                proxy = proxy.no_proxy(reqwest::NoProxy::from_string(&p.no_proxy.join(",")));
+            b = b.proxy(proxy.no_proxy(reqwest::NoProxy::from_string(&list.join(","))));
+        } else {
+            for proxy in env_proxies().map_err(ClientError::Proxy)? {
+                b = b.proxy(proxy);
             }
-            b = b.proxy(proxy);
         }
         if let Some(id) = identity {
             let mut pem = id.certificate_chain_pem.clone().into_bytes();
@@ -489,5 +496,84 @@ impl Transport {
     /// Classifies a reqwest error for a person (DNS, connect, TLS with a hint, timeout...).
     pub fn classify_error(&self, e: &reqwest::Error, url: &url::Url) -> TransportError {
         classify::classify(e, url, &self.settings)
+    }
+}
+
+/// Destinations that never go through a proxy, whatever the configuration says.
+const LOOPBACK_NO_PROXY: &str = "localhost,127.0.0.0/8,::1";
+
+/// The proxies of the environment (`HTTPS_PROXY`, `HTTP_PROXY`, `ALL_PROXY`, either case, with
+/// `NO_PROXY`), as reqwest would use them, except that loopback is always direct.
+/// `HTTP_PROXY` is ignored in a CGI context (`REQUEST_METHOD` set: "httpoxy").
+fn env_proxies() -> Result<Vec<reqwest::Proxy>, String> {
+    let var = |name: &str| {
+        std::env::var(name)
+            .or_else(|_| std::env::var(name.to_ascii_lowercase()))
+            .ok()
+            .filter(|v| !v.trim().is_empty())
+    };
+    let mut no_proxy = var("NO_PROXY").unwrap_or_default();
+    if !no_proxy.is_empty() {
+        no_proxy.push(',');
+    }
+    no_proxy.push_str(LOOPBACK_NO_PROXY);
+    let cgi = std::env::var_os("REQUEST_METHOD").is_some();
+    let mut out = Vec::new();
+    let mut add = |url: Option<String>, make: fn(&str) -> reqwest::Result<reqwest::Proxy>| {
+        if let Some(u) = url {
+            let p = make(&u).map_err(|e| format!("proxy from the environment: {e}"))?;
+            out.push(p.no_proxy(reqwest::NoProxy::from_string(&no_proxy)));
+        }
+        Ok::<(), String>(())
+    };
+    add(var("HTTPS_PROXY"), |u| reqwest::Proxy::https(u))?;
+    add(
+        if cgi { None } else { var("HTTP_PROXY") },
+        |u| reqwest::Proxy::http(u),
+    )?;
+    add(var("ALL_PROXY"), |u| reqwest::Proxy::all(u))?;
+    Ok(out)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::config::{connections, Document};
+    use serde_json::json;
+
+    fn settings(dir: &std::path::Path, extra: serde_json::Value) -> ConnectionSettings {
+        let mut c = json!({"base-url": "https://h.example"});
+        if let (Some(c), Some(extra)) = (c.as_object_mut(), extra.as_object()) {
+            c.extend(extra.clone());
+        }
+        let doc = Document::from_value(&dir.join("f.yaml"), json!({"connections": {"a": c}}));
+        connections(&doc).unwrap().remove("a").unwrap()
+    }
+
+    #[test]
+    fn setup_errors_are_typed_and_name_their_setting() {
+        let dir = tempfile::tempdir().unwrap();
+        let pool = Arc::new(ClientPool::default());
+        let new = |extra| Transport::new(settings(dir.path(), extra), pool.clone());
+        let e = new(json!({"use-system-roots": false})).unwrap_err();
+        assert!(matches!(e, SetupError::NoRoots));
+        assert_eq!(e.field(), "use-system-roots");
+        assert_eq!(
+            e.to_string(),
+            "use-system-roots is false but no trusted-root-certificates-file is set"
+        );
+        let e = new(json!({"trusted-root-certificates-file": "missing.pem"})).unwrap_err();
+        assert_eq!(e.field(), "trusted-root-certificates-file");
+        assert!(e.to_string().starts_with("cannot read "), "{e}");
+        assert!(
+            std::error::Error::source(&e).is_some(),
+            "the io error is the source"
+        );
+        std::fs::write(dir.path().join("empty.pem"), "no certificates here\n").unwrap();
+        let e = new(json!({"trusted-root-certificates-file": "empty.pem"})).unwrap_err();
+        assert_eq!(e.field(), "trusted-root-certificates-file");
+        assert!(e.to_string().contains("holds no"), "{e}");
+        assert!(new(json!({})).is_ok());
+        assert!(pool.is_empty(), "clients are built when first used");
     }
 }

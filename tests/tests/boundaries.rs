@@ -381,3 +381,64 @@ fn the_running_cli_writes_no_core_dumps() {
         "soft and hard core limits: {core}"
     );
 }
+
+/// Loopback traffic never goes through a proxy: plain http to loopback is allowed only because
+/// it never leaves the machine. Other destinations still use the environment's proxy.
+#[test]
+fn loopback_requests_bypass_environment_proxies_and_others_do_not() {
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    let (fhir, proxy) = rt.block_on(async {
+        let fhir = fhir_lookalike().await;
+        fhir.on(
+            "GET",
+            "/fhir/Patient/1",
+            Answer::fhir(200, &json!({"resourceType": "Patient", "id": "1"})),
+        );
+        let proxy = HostileServer::start().await.unwrap();
+        proxy.otherwise(Answer::text(502, "proxy"));
+        (fhir, proxy)
+    });
+    let dir = tempfile::tempdir().unwrap();
+    let cfg = dir.path().join("fhirconn.yaml");
+    let run = |base: &str| {
+        std::fs::write(
+            &cfg,
+            format!(
+                "connections:\n  c:\n    base-url: {base}\n    connect-timeout: PT2S\n    \
+                 read-timeout: PT2S\n    auth: {{scheme: bearer, token: {TOKEN}}}\n"
+            ),
+        )
+        .unwrap();
+        std::process::Command::new(fhirconn_bin())
+            .arg("--config")
+            .arg(&cfg)
+            .arg("--plugin-dir")
+            .arg(plugin_dir())
+            .args(["get", "c", "Patient/1"])
+            .env("HTTP_PROXY", proxy.origin())
+            .env("HTTPS_PROXY", proxy.origin())
+            .env("ALL_PROXY", proxy.origin())
+            .env_remove("NO_PROXY")
+            .env_remove("no_proxy")
+            .output()
+            .unwrap()
+    };
+    let out = run(&fhir.url("/fhir"));
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(
+        proxy.received().is_empty(),
+        "loopback went through the proxy"
+    );
+    assert_eq!(fhir.received_at("/fhir/Patient/1").len(), 1);
+    // A remote https server is reached through the environment's proxy (CONNECT).
+    let _ = run("https://fhir.example.invalid/r4");
+    assert!(
+        proxy.received().iter().any(|r| r.method == "CONNECT"),
+        "{:?}",
+        proxy.received()
+    );
+}
