@@ -386,6 +386,26 @@ mod tests {
     use super::*;
 
     #[test]
+    fn a_json_body_is_serialized_with_its_content_type_and_failures_name_no_value() {
+        let req = HttpRequest::new("POST", "https://acme.example/token")
+            .json(&serde_json::json!({"client_id": "c", "api_key": "k"}))
+            .unwrap();
+        let body: serde_json::Value = serde_json::from_slice(&req.body).unwrap();
+        assert_eq!(body, serde_json::json!({"client_id": "c", "api_key": "k"}));
+        assert_eq!(
+            req.headers,
+            [("Content-Type".into(), "application/json".into(), false)]
+        );
+        // JSON object keys must be strings.
+        let odd = std::collections::BTreeMap::from([(vec![1u8], "CANARY-value")]);
+        let e = HttpRequest::new("POST", "https://a.example")
+            .json(&odd)
+            .unwrap_err();
+        assert_eq!(e.kind(), crate::ErrorKind::Internal);
+        assert!(!e.message().contains("CANARY"), "{e}");
+    }
+
+    #[test]
     fn debug_of_requests_and_responses_hides_credentials_and_bodies() {
         let req = HttpRequest::new("POST", "https://idp.example/token")
             .sensitive_header("X-Custom", "CANARY-marked")
