@@ -300,6 +300,21 @@ impl FileStore {
             lock: lock_path.clone(),
             source,
         })?;
+        // A lock file planted by another user could be held by them for ever.
+        #[cfg(unix)]
+        {
+            use std::os::unix::fs::MetadataExt as _;
+            let owner = file.metadata().map(|m| m.uid()).unwrap_or(u32::MAX);
+            if owner != current_uid() {
+                return Err(StoreError::Lock {
+                    lock: lock_path,
+                    source: std::io::Error::new(
+                        std::io::ErrorKind::PermissionDenied,
+                        format!("belongs to another user (uid {owner})"),
+                    ),
+                });
+            }
+        }
         let deadline = std::time::Instant::now() + STORE_LOCK_WAIT;
         loop {
             match file.try_lock() {
