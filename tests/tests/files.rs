@@ -445,3 +445,28 @@ fn import_dsf_output_with_inline_secrets_is_private_and_they_are_listed() {
     assert_eq!(out.code, 0, "{}", out.stderr);
     assert_eq!(mode(&d.join("out.yaml")), 0o644);
 }
+
+/// A lock file planted by another user (who could hold it for ever) is refused. Needs root to
+/// give the file away; CI and the project's machines run as root.
+#[test]
+fn credential_store_refuses_a_lock_file_of_another_user() {
+    let dir = tempfile::tempdir().unwrap();
+    let store_path = dir.path().join("credentials.json");
+    let lock = dir.path().join("credentials.json.lock");
+    std::fs::write(&lock, b"").unwrap();
+    let given_away = Command::new("chown")
+        .arg("65534")
+        .arg(&lock)
+        .status()
+        .is_ok_and(|s| s.success());
+    if !given_away {
+        eprintln!("not root: cannot give the lock file to another user; nothing to check");
+        return;
+    }
+    let e = FileStore::new(store_path.clone())
+        .put("conn/x", "v")
+        .unwrap_err()
+        .to_string();
+    assert!(e.contains("another user"), "{e}");
+    assert!(!store_path.exists());
+}
