@@ -136,3 +136,66 @@ impl Middleware for Authentication {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use reqwest::header::{HeaderName, HeaderValue};
+
+    async fn auth() -> Authentication {
+        let dir = std::env::temp_dir();
+        let host = crate::Host::builder()
+            .config_value(
+                &dir,
+                serde_json::json!({"connections": {"c": {"base-url": "https://fhir.test/r4"}}}),
+            )
+            .only_explicit_plugin_dirs()
+            .build()
+            .await
+            .unwrap();
+        Authentication::new(host.connection("c").unwrap())
+    }
+
+    fn creds(name: &'static str, identity: bool) -> Resolved {
+        Resolved {
+            headers: vec![(
+                HeaderName::from_static(name),
+                HeaderValue::from_static("s3cret"),
+            )],
+            identity: identity.then(|| fhirconn_sdk::ClientIdentity {
+                certificate_chain_pem: String::new(),
+                private_key_pem: String::new().into(),
+            }),
+            expires_at: None,
+            renew_at: None,
+            warnings: Vec::new(),
+        }
+    }
+
+    fn request() -> reqwest::Request {
+        let url = url::Url::parse("https://fhir.test/r4/Patient").unwrap();
+        reqwest::Request::new(reqwest::Method::GET, url)
+    }
+
+    #[tokio::test]
+    async fn what_a_foreign_client_would_weaken_is_refused() {
+        let a = auth().await;
+        let ok = a.apply(request(), &creds("authorization", false)).unwrap();
+        assert!(ok.headers()["authorization"].is_sensitive());
+        assert!(matches!(
+            a.apply(request(), &creds("x-api-key", false)),
+            Err(MiddlewareError::RedirectUnsafe(_))
+        ));
+        let no_redirects = a.clone().client_follows_no_redirects();
+        assert!(no_redirects
+            .apply(request(), &creds("x-api-key", false))
+            .is_ok());
+        assert!(matches!(
+            no_redirects.apply(request(), &creds("authorization", true)),
+            Err(MiddlewareError::ClientCertificate(_))
+        ));
+        assert!(a.on_origin(request().url()));
+        assert!(!a.on_origin(&url::Url::parse("https://other.test/r4").unwrap()));
+        assert!(!a.on_origin(&url::Url::parse("http://fhir.test/r4").unwrap()));
+    }
+}
