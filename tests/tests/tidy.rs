@@ -294,7 +294,6 @@ const KNOWN_LONG_FUNCTIONS: &[&str] = &[
     "crates/fhirconn-conformance/src/fixtures.rs::new",
     "crates/fhirconn-conformance/src/fixtures.rs::scheme_specific",
     // Configuration ("transport" helper: host settings declared once).
-    "host/src/config/validate.rs::describe",
     "host/src/config/yaml.rs::bounded_prepass",
 ];
 

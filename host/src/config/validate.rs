@@ -85,72 +85,7 @@ fn describe(
             one(format!("must be {article} {expected}, found {found}"))
         }
         ValidationErrorKind::OneOfNotValid { context } => {
-            // Our "exactly one of x, x-file, x-env" fragments: every branch is one `required`.
-            let names: Option<Vec<String>> = context
-                .iter()
-                .map(|branch| match branch.as_slice() {
-                    [e] => match e.kind() {
-                        ValidationErrorKind::Required { property } => {
-                            property.as_str().map(String::from)
-                        }
-                        _ => None,
-                    },
-                    _ => None,
-                })
-                .collect();
-            // Branches that each accept one JSON type: "must be a string or a list".
-            let types: Option<Vec<String>> = context
-                .iter()
-                .map(|branch| match branch.as_slice() {
-                    [e] => match e.kind() {
-                        ValidationErrorKind::Type {
-                            kind: TypeKind::Single(t),
-                        } => Some(
-                            format!("{t}")
-                                .replace("object", "mapping")
-                                .replace("array", "list"),
-                        ),
-                        _ => None,
-                    },
-                    _ => None,
-                })
-                .collect();
-            match (names, types) {
-                (Some(n), _) if !n.is_empty() => one(format!(
-                    "exactly one of {} must be set; none is",
-                    quoted(&n)
-                )),
-                (_, Some(t)) if !t.is_empty() => one(format!(
-                    "must be a {}, found {}",
-                    t.join(" or a "),
-                    type_name(err.instance())
-                )),
-                _ => {
-                    // Branches like `{required: [x], not: {...}}`: say which ones are present.
-                    let names = one_of_required_names(schema, err.schema_path().as_str());
-                    let present: Vec<String> = names
-                        .iter()
-                        .filter(|n| err.instance().get(n.as_str()).is_some())
-                        .cloned()
-                        .collect();
-                    match present.len() {
-                        0 if !names.is_empty() => one(format!(
-                            "exactly one of {} must be set; none is",
-                            quoted(&names)
-                        )),
-                        n if n > 1 => one(format!(
-                            "exactly one of {} must be set; found {}",
-                            quoted(&names),
-                            present
-                                .iter()
-                                .map(|p| format!("'{p}'"))
-                                .collect::<Vec<_>>()
-                                .join(" and ")
-                        )),
-                        _ => one(err.masked().to_string()),
-                    }
-                }
-            }
+            one(one_of_not_valid(err, context, schema))
         }
         ValidationErrorKind::OneOfMultipleValid { .. } => {
             let names = one_of_required_names(schema, err.schema_path().as_str());
@@ -211,6 +146,81 @@ fn describe(
             one(format!("must have at least {limit} item(s)"))
         }
         _ => one(err.masked().to_string()),
+    }
+}
+
+/// Words a failed `oneOf`: "exactly one of ... must be set" for the secret-setting fragments,
+/// "must be a string or a list" for branches of one type each.
+fn one_of_not_valid(
+    err: &jsonschema::ValidationError<'_>,
+    context: &[Vec<jsonschema::ValidationError<'_>>],
+    schema: &Value,
+) -> String {
+    // Our "exactly one of x, x-file, x-env" fragments: every branch is one `required`.
+    let names: Option<Vec<String>> = context
+        .iter()
+        .map(|branch| match branch.as_slice() {
+            [e] => match e.kind() {
+                ValidationErrorKind::Required { property } => property.as_str().map(String::from),
+                _ => None,
+            },
+            _ => None,
+        })
+        .collect();
+    // Branches that each accept one JSON type: "must be a string or a list".
+    let types: Option<Vec<String>> = context
+        .iter()
+        .map(|branch| match branch.as_slice() {
+            [e] => match e.kind() {
+                ValidationErrorKind::Type {
+                    kind: TypeKind::Single(t),
+                } => Some(
+                    format!("{t}")
+                        .replace("object", "mapping")
+                        .replace("array", "list"),
+                ),
+                _ => None,
+            },
+            _ => None,
+        })
+        .collect();
+    match (names, types) {
+        (Some(n), _) if !n.is_empty() => {
+            format!("exactly one of {} must be set; none is", quoted(&n))
+        }
+        (_, Some(t)) if !t.is_empty() => {
+            format!(
+                "must be a {}, found {}",
+                t.join(" or a "),
+                type_name(err.instance())
+            )
+        }
+        _ => {
+            // Branches like `{required: [x], not: {...}}`: say which ones are present.
+            let names = one_of_required_names(schema, err.schema_path().as_str());
+            let present: Vec<String> = names
+                .iter()
+                .filter(|n| err.instance().get(n.as_str()).is_some())
+                .cloned()
+                .collect();
+            match present.len() {
+                0 if !names.is_empty() => {
+                    format!("exactly one of {} must be set; none is", quoted(&names))
+                }
+                n if n > 1 => {
+                    format!(
+                        "exactly one of {} must be set; found {}",
+                        quoted(&names),
+                        present
+                            .iter()
+                            .map(|p| format!("'{p}'"))
+                            .collect::<Vec<_>>()
+                            .join(" and ")
+                    )
+                }
+                _ => err.masked().to_string(),
+            }
+        }
     }
 }
 

@@ -336,3 +336,53 @@ pub fn parse_capability(resp: &Response) -> Result<Capability, Diagnosis> {
         software,
     })
 }
+
+#[cfg(test)]
+mod tests {
+    use super::DiagnosisKind as K;
+
+    #[test]
+    fn kinds_serialise_to_the_codes_json_readers_know() {
+        let all = [
+            K::Unavailable,
+            K::NeedsLogin,
+            K::CredentialsRejected,
+            K::Network,
+            K::Protocol,
+            K::Config,
+            K::Internal,
+            K::Other,
+            K::InvalidUrl,
+            K::Dns,
+            K::Connect,
+            K::Tls,
+            K::Timeout,
+            K::TooLarge,
+            K::Redirect,
+            K::Unauthorized,
+            K::Forbidden,
+            K::NotFound,
+            K::HttpStatus,
+            K::NotFhir,
+        ];
+        for k in all {
+            let json = serde_json::to_value(k).unwrap();
+            assert_eq!(json, serde_json::json!(k.as_str()), "{k:?}");
+            assert_eq!(serde_json::from_value::<K>(json).unwrap(), k);
+        }
+        // The codes of the text-era reports, unchanged.
+        let codes: Vec<&str> = all.iter().map(|k| k.as_str()).collect();
+        for code in [
+            "needs-login",
+            "credentials-rejected",
+            "error",
+            "invalid-url",
+            "too-large",
+            "http-status",
+            "not-fhir",
+            "not-found",
+        ] {
+            assert!(codes.contains(&code), "{code}");
+        }
+    }
+}
