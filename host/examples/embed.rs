@@ -11,7 +11,10 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
         "connections:\n  ehr:\n    base-url: {base}\n    auth: {{scheme: bearer, token-env: FHIR_TOKEN}}\n"
     );
     // Plugins come from FHIRCONN_PLUGIN_PATH, or `plugins/` next to the executable.
-    let host = Host::builder().config_yaml("embed.yaml", yaml).build().await?;
+    let host = Host::builder()
+        .config_yaml("embed.yaml", yaml)
+        .build()
+        .await?;
     let conn = host.connection("ehr")?;
     let client = reqwest_middleware::ClientBuilder::new(reqwest::Client::new())
         .with(Authentication::new(conn.clone()))
