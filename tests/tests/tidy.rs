@@ -293,7 +293,6 @@ const KNOWN_LONG_FUNCTIONS: &[&str] = &[
     "crates/fhirconn-conformance/src/lib.rs::run",
     "crates/fhirconn-conformance/src/fixtures.rs::new",
     "crates/fhirconn-conformance/src/fixtures.rs::scheme_specific",
-    // Configuration ("transport" helper: host settings declared once).
 ];
 
 #[test]

@@ -93,6 +93,46 @@ struct Open {
     height: usize,
 }
 
+/// Why a key that is not a plain string is refused.
+const KEYS_ARE_STRINGS: &str =
+    "mapping keys must be plain strings (no anchors, aliases, sequences or mappings in keys)";
+
+/// Where a node sits under `parent`: in a mapping's key position, and its pointer's length.
+fn position(parent: Option<&Open>) -> (bool, u64) {
+    match parent {
+        None => (false, 0),
+        Some(o) if o.is_map && o.children % 2 == 0 => (true, o.pointer_len),
+        Some(o) if o.is_map => (false, o.pointer_len + o.key_segment),
+        Some(o) => {
+            let index_digits = (o.children.max(1).ilog10() + 1) as u64;
+            (false, o.pointer_len + 1 + index_digits)
+        }
+    }
+}
+
+/// The document's expanded size so far against the limits.
+fn check_totals(total: &Cost) -> Result<(), String> {
+    if total.nodes > MAX_NODES {
+        return Err(format!(
+            "the document expands to more than {MAX_NODES} nodes (every alias counts at \
+             the size of what it repeats)"
+        ));
+    }
+    if total.scalar_bytes > MAX_SCALAR_BYTES {
+        return Err(format!(
+            "the document expands to more than {MAX_SCALAR_BYTES} bytes of text (every \
+             alias counts at the size of what it repeats)"
+        ));
+    }
+    if total.pointer_bytes > MAX_POINTER_BYTES {
+        return Err(format!(
+            "the document is too large once expanded (more than {MAX_POINTER_BYTES} bytes \
+             of paths: long keys, deep nesting or aliases)"
+        ));
+    }
+    Ok(())
+}
+
 /// A bounded pass over the parser's events, before any tree is built: saphyr's loader clones
 /// every alias (its own budget charges a complex key as one node, so an alias bomb hidden in
 /// keys grows to gigabytes), and deep nesting overflows recursive code. This refuses
@@ -122,23 +162,8 @@ fn bounded_prepass(text: &str) -> Result<(), YamlError> {
             column: span.start.col() + 1,
         });
         let err = |message: String| YamlError { loc, message };
-        // Where this node sits: in a mapping's key position, and its pointer's length.
-        let (in_key, pointer_len) = match stack.last() {
-            None => (false, 0),
-            Some(o) if o.is_map && o.children % 2 == 0 => (true, o.pointer_len),
-            Some(o) if o.is_map => (false, o.pointer_len + o.key_segment),
-            Some(o) => {
-                let index_digits = (o.children.max(1).ilog10() + 1) as u64;
-                (false, o.pointer_len + 1 + index_digits)
-            }
-        };
-        let keys_are_strings = || {
-            err(
-                "mapping keys must be plain strings (no anchors, aliases, sequences or \
-                 mappings in keys)"
-                    .into(),
-            )
-        };
+        let (in_key, pointer_len) = position(stack.last());
+        let keys_are_strings = || err(KEYS_ARE_STRINGS.into());
         // The node this event completes (its anchor, and its cost where it is used).
         let done: Option<(usize, Cost)> = match event {
             Event::Scalar(value, _, anchor, _) => {
@@ -156,15 +181,12 @@ fn bounded_prepass(text: &str) -> Result<(), YamlError> {
                         o.key_segment = segment;
                     }
                 }
-                Some((
-                    anchor,
-                    Cost {
-                        nodes: 1,
-                        scalar_bytes: len,
-                        pointer_bytes: 0,
-                        height: 0,
-                    },
-                ))
+                let cost = Cost {
+                    nodes: 1,
+                    scalar_bytes: len,
+                    ..Cost::default()
+                };
+                Some((anchor, cost))
             }
             Event::Alias(id) => {
                 if in_key {
@@ -225,24 +247,7 @@ fn bounded_prepass(text: &str) -> Result<(), YamlError> {
             }
             _ => None,
         };
-        if total.nodes > MAX_NODES {
-            return Err(err(format!(
-                "the document expands to more than {MAX_NODES} nodes (every alias counts at \
-                 the size of what it repeats)"
-            )));
-        }
-        if total.scalar_bytes > MAX_SCALAR_BYTES {
-            return Err(err(format!(
-                "the document expands to more than {MAX_SCALAR_BYTES} bytes of text (every \
-                 alias counts at the size of what it repeats)"
-            )));
-        }
-        if total.pointer_bytes > MAX_POINTER_BYTES {
-            return Err(err(format!(
-                "the document is too large once expanded (more than {MAX_POINTER_BYTES} bytes \
-                 of paths: long keys, deep nesting or aliases)"
-            )));
-        }
+        check_totals(&total).map_err(err)?;
         if let Some((anchor, cost)) = done {
             if anchor != 0 {
                 anchors.insert(anchor, cost);
