@@ -393,13 +393,13 @@ impl AzureConnection {
             .append_pair("state", &state)
             .append_pair("code_challenge", &pkce.challenge)
             .append_pair("code_challenge_method", "S256");
-        let answer = host.invoke(
-            "browser-redirect",
-            &json!({"url": url.as_str(), "message": "Sign in to Microsoft Entra in your browser:",
-                    "timeout_seconds": 300}),
-        )?;
-        let redirect_uri = answer["redirect_uri"].as_str().unwrap_or_default();
-        let query = answer["query"].as_str().unwrap_or_default();
+        let answer = host.browser_redirect(&fhirconn_sdk::wire::BrowserRedirect {
+            url: url.as_str().to_string(),
+            message: Some("Sign in to Microsoft Entra in your browser:".into()),
+            timeout_seconds: Some(300),
+        })?;
+        let redirect_uri = answer.redirect_uri.as_str();
+        let query = answer.query.as_str();
         let params: std::collections::HashMap<String, String> =
             url::form_urlencoded::parse(query.as_bytes())
                 .into_owned()
@@ -469,9 +469,10 @@ impl Connection for AzureConnection {
 
     fn invoke(&self, op: &str, _payload: Value, host: &Host<'_>) -> Result<Value> {
         match op {
-            "logout" => {
+            fhirconn_sdk::wire::LOGOUT => {
                 host.store_delete(REFRESH_KEY)?;
-                Ok(json!({"logged_out": true}))
+                serde_json::to_value(fhirconn_sdk::wire::LogoutAnswer { logged_out: true })
+                    .map_err(|e| Error::internal(e.to_string()))
             }
             other => Err(Error::unsupported(other)),
         }
