@@ -262,6 +262,29 @@ async fn connections_of_one_host_share_clients_and_hosts_share_none() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_thousand_connections_with_equal_settings_share_one_client() {
+    let e = env().await;
+    let conns: serde_json::Map<String, Value> = (0..1000)
+        .map(|i| {
+            let c = json!({"base-url": e.plain_tls.base_url(),
+                           "trusted-root-certificates-file": "ca.pem"});
+            (format!("c{i:04}"), c)
+        })
+        .collect();
+    let host = e.host(Value::Object(conns)).await.unwrap();
+    let started = std::time::Instant::now();
+    let reports = host.test(&[], None).await.unwrap();
+    let took = started.elapsed();
+    assert_eq!(reports.len(), 1000);
+    for r in &reports {
+        assert!(r.ok, "{}: {}", r.id, failure(r));
+    }
+    // Building a client reads the system roots (milliseconds): once, not a thousand times.
+    assert_eq!(host.clients().len(), 1, "one client for equal settings");
+    eprintln!("1,000 connection tests over TLS: {took:?}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn a_certificate_stacked_with_client_credentials_reaches_the_token_endpoint_too() {
     let e = env().await;
     let auth = json!([
