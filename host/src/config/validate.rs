@@ -88,25 +88,7 @@ fn describe(
             one(one_of_not_valid(err, context, schema))
         }
         ValidationErrorKind::OneOfMultipleValid { .. } => {
-            let names = one_of_required_names(schema, err.schema_path().as_str());
-            let present: Vec<String> = names
-                .iter()
-                .filter(|n| err.instance().get(n.as_str()).is_some())
-                .cloned()
-                .collect();
-            if present.len() > 1 {
-                one(format!(
-                    "exactly one of {} must be set; found {}",
-                    quoted(&names),
-                    present
-                        .iter()
-                        .map(|p| format!("'{p}'"))
-                        .collect::<Vec<_>>()
-                        .join(" and ")
-                ))
-            } else {
-                one(err.masked().to_string())
-            }
+            one(exactly_one(err, schema, false).unwrap_or_else(|| err.masked().to_string()))
         }
         ValidationErrorKind::Pattern { pattern } => {
             if pattern == super::duration::PATTERN {
@@ -197,30 +179,35 @@ fn one_of_not_valid(
         }
         _ => {
             // Branches like `{required: [x], not: {...}}`: say which ones are present.
-            let names = one_of_required_names(schema, err.schema_path().as_str());
-            let present: Vec<String> = names
-                .iter()
-                .filter(|n| err.instance().get(n.as_str()).is_some())
-                .cloned()
-                .collect();
-            match present.len() {
-                0 if !names.is_empty() => {
-                    format!("exactly one of {} must be set; none is", quoted(&names))
-                }
-                n if n > 1 => {
-                    format!(
-                        "exactly one of {} must be set; found {}",
-                        quoted(&names),
-                        present
-                            .iter()
-                            .map(|p| format!("'{p}'"))
-                            .collect::<Vec<_>>()
-                            .join(" and ")
-                    )
-                }
-                _ => err.masked().to_string(),
-            }
+            exactly_one(err, schema, true).unwrap_or_else(|| err.masked().to_string())
         }
+    }
+}
+
+/// "exactly one of 'x', 'x-file', 'x-env' must be set; found 'x' and 'x-file'" (or "; none
+/// is", when `none_too`), from the names the branches of the failed `oneOf` require.
+fn exactly_one(
+    err: &jsonschema::ValidationError<'_>,
+    schema: &Value,
+    none_too: bool,
+) -> Option<String> {
+    let names = one_of_required_names(schema, err.schema_path().as_str());
+    let present: Vec<String> = names
+        .iter()
+        .filter(|n| err.instance().get(n.as_str()).is_some())
+        .map(|p| format!("'{p}'"))
+        .collect();
+    match present.len() {
+        0 if none_too && !names.is_empty() => Some(format!(
+            "exactly one of {} must be set; none is",
+            quoted(&names)
+        )),
+        n if n > 1 => Some(format!(
+            "exactly one of {} must be set; found {}",
+            quoted(&names),
+            present.join(" and ")
+        )),
+        _ => None,
     }
 }
 
