@@ -122,6 +122,8 @@ struct Hop {
     url: url::Url,
     body: Option<Vec<u8>>,
     with_credentials: bool,
+    /// Replaces the client's total timeout (connect + read).
+    timeout: Option<Duration>,
 }
 
 /// Why an HTTP client could not be built for a connection.
@@ -300,6 +302,7 @@ impl Transport {
             url: req.url.clone(),
             body: req.body.clone(),
             with_credentials: true,
+            timeout: None,
         };
         for n in 0..=MAX_REDIRECTS {
             let resp = self.send_hop(&req, &hop, identity).await?;
@@ -332,11 +335,32 @@ impl Transport {
         req: &Outgoing,
         identity: Option<&ClientIdentity>,
     ) -> Result<reqwest::Response, TransportError> {
+        self.open_hop(req, identity, None).await
+    }
+
+    /// Like [`Transport::open`], with the whole exchange bounded by `total` instead of the
+    /// connect + read timeout (bulk downloads, which their caller bounds by an idle timeout).
+    pub async fn open_long(
+        &self,
+        req: &Outgoing,
+        identity: Option<&ClientIdentity>,
+        total: Duration,
+    ) -> Result<reqwest::Response, TransportError> {
+        self.open_hop(req, identity, Some(total)).await
+    }
+
+    async fn open_hop(
+        &self,
+        req: &Outgoing,
+        identity: Option<&ClientIdentity>,
+        timeout: Option<Duration>,
+    ) -> Result<reqwest::Response, TransportError> {
         let hop = Hop {
             method: req.method.clone(),
             url: req.url.clone(),
             body: req.body.clone(),
             with_credentials: true,
+            timeout,
         };
         self.send_hop(req, &hop, identity).await
     }
@@ -421,6 +445,9 @@ impl Transport {
             }
             if let Some(b) = &hop.body {
                 rb = rb.body(b.clone());
+            }
+            if let Some(t) = hop.timeout {
+                rb = rb.timeout(t);
             }
             rb
         };
@@ -527,10 +554,9 @@ fn env_proxies() -> Result<Vec<reqwest::Proxy>, String> {
         Ok::<(), String>(())
     };
     add(var("HTTPS_PROXY"), |u| reqwest::Proxy::https(u))?;
-    add(
-        if cgi { None } else { var("HTTP_PROXY") },
-        |u| reqwest::Proxy::http(u),
-    )?;
+    add(if cgi { None } else { var("HTTP_PROXY") }, |u| {
+        reqwest::Proxy::http(u)
+    })?;
     add(var("ALL_PROXY"), |u| reqwest::Proxy::all(u))?;
     Ok(out)
 }

@@ -2,6 +2,7 @@
 //! chunks, NDJSON checked before bytes reach a private temporary file, renamed when complete.
 
 use super::*;
+use crate::transport::Outgoing;
 
 /// Downloads one entry into a private temporary file in `out`, checking NDJSON as it
 /// streams, and renames it to its final name when every line passed.
@@ -36,19 +37,22 @@ pub(super) async fn download(
     } else {
         None
     };
-    let client = conn
-        .transport
-        .client(creds.as_ref().and_then(|c| c.identity.as_ref()))
-        .map_err(|e| transport_err(e.into()))?;
-    let mut rb = client
-        .get(url.clone())
-        .header(reqwest::header::ACCEPT, "application/fhir+ndjson")
-        .timeout(DOWNLOAD_LIMIT);
-    if with_token {
-        for (k, v) in creds.iter().flat_map(|c| c.headers.iter()) {
-            rb = rb.header(k, v);
-        }
-    }
+    let credential_headers = match (&creds, with_token) {
+        (Some(c), true) => c.headers.clone(),
+        _ => Vec::new(),
+    };
+    let get = Outgoing {
+        method: reqwest::Method::GET,
+        url: url.clone(),
+        headers: vec![(
+            reqwest::header::ACCEPT,
+            reqwest::header::HeaderValue::from_static("application/fhir+ndjson"),
+        )],
+        credential_headers,
+        body: None,
+        follow_redirects: false,
+    };
+    let identity = creds.as_ref().and_then(|c| c.identity.as_ref());
     let settings = conn.transport.settings();
     let idle = settings.read_timeout;
     let idle_err = || EntryError::Idle {
@@ -57,10 +61,11 @@ pub(super) async fn download(
         url: shown.clone(),
     };
     on(Event::Started { name: &name });
-    let mut resp = tokio::time::timeout(settings.connect_timeout + idle, rb.send())
+    let sent = conn.transport.open_long(&get, identity, DOWNLOAD_LIMIT);
+    let mut resp = tokio::time::timeout(settings.connect_timeout + idle, sent)
         .await
         .map_err(|_| idle_err())?
-        .map_err(|e| transport_err(conn.transport.classify_error(&e, url)))?;
+        .map_err(transport_err)?;
     if !resp.status().is_success() {
         return Err(EntryError::Http {
             name,
