@@ -149,7 +149,16 @@ fn through_plugin(
     settings: serde_json::Value,
     answer: impl Fn(&fhirconn_sdk::HttpRequest) -> HttpResponse + Send + Sync + 'static,
 ) {
-    let mock = MockHost::new().with_http(move |req| Ok(answer(req)));
+    through_plugin_on(
+        scheme,
+        settings,
+        MockHost::new().with_http(move |req| Ok(answer(req))),
+    );
+}
+
+/// Configures `scheme` with `settings` on `mock` (files, HTTP answers) and authorizes once; a
+/// plugin panic fails the run.
+fn through_plugin_on(scheme: &str, settings: serde_json::Value, mock: MockHost) {
     let handle = REGISTRY
         .with(|r| r.get(scheme))
         .expect("the scheme's plugin loads");
@@ -312,6 +321,97 @@ fn targets() -> Vec<Target> {
                 };
                 let _ = fhirconn_host::parse_capability(&resp);
                 let _ = fhirconn_host::operation_outcome_text(input);
+            },
+        ),
+        (
+            "private-key",
+            vec![
+                smart_settings(None)["private-key"].as_str().unwrap_or_default().as_bytes().to_vec(),
+                br#"{"kty":"EC","crv":"P-384","x":"AA","y":"AA","d":"AA","kid":"k"}"#.to_vec(),
+                b"-----BEGIN RSA PRIVATE KEY-----
+MIIB
+-----END RSA PRIVATE KEY-----
+".to_vec(),
+                b"-----BEGIN EC PRIVATE KEY-----
+Proc-Type: 4,ENCRYPTED
+
+AAAA
+-----END EC PRIVATE KEY-----
+".to_vec(),
+            ],
+            |input| {
+                // smart-backend reads PEM (PKCS#8, PKCS#1, SEC1) and JWK keys from a file;
+                // mtls reads the same key formats beside a certificate.
+                let mut s = smart_settings(Some("https://i/t"));
+                if let Some(o) = s.as_object_mut() {
+                    o.remove("private-key");
+                    o.insert("private-key-file".into(), "key.pem".into());
+                }
+                through_plugin_on("smart-backend", s, MockHost::new().with_file("key.pem", input));
+                through_plugin_on(
+                    "mtls",
+                    serde_json::json!({"certificate-file": "c.pem", "private-key-file": "k.pem"}),
+                    MockHost::new()
+                        .with_file("c.pem", input)
+                        .with_file("k.pem", input),
+                );
+            },
+        ),
+        (
+            "pkcs12",
+            vec![
+                vec![0x30, 0x82, 0x01, 0x00, 0x02, 0x01, 0x03, 0x30, 0x80],
+                b"not a pkcs12 file".to_vec(),
+            ],
+            |input| {
+                through_plugin_on(
+                    "mtls",
+                    serde_json::json!({"p12-file": "c.p12", "p12-password": "pw"}),
+                    MockHost::new().with_file("c.p12", input),
+                );
+            },
+        ),
+        (
+            "ndjson",
+            vec![
+                b"{\"resourceType\":\"Patient\",\"id\":\"1\"}\n{\"resourceType\":\"Patient\",\"id\":\"2\"}\n".to_vec(),
+                b"{\"resourceType\":\"Observation\"}\r\n{\"resourceType\":".to_vec(),
+            ],
+            |input| {
+                // Fed in two chunks split at a varying point, as downloads arrive.
+                let mut check = fhirconn_host::bulk::NdjsonCheck::default();
+                let at = input.first().map_or(0, |&b| usize::from(b) % (input.len() + 1));
+                let mut passed = 0;
+                for chunk in [&input[..at], &input[at..]] {
+                    match check.feed(chunk) {
+                        Ok(bytes) => passed += bytes.len(),
+                        Err(_) => return,
+                    }
+                }
+                if let Ok(bytes) = check.finish() {
+                    passed += bytes.len();
+                }
+                assert!(passed <= input.len(), "more bytes released than received");
+            },
+        ),
+        (
+            "export-manifest",
+            vec![
+                br#"{"transactionTime":"2026-01-01T00:00:00Z","request":"https://h/fhir/$export","requiresAccessToken":true,"output":[{"type":"Patient","url":"https://h/f/1"},{"type":"../x","url":"file:///etc/passwd"}],"error":[]}"#.to_vec(),
+            ],
+            |input| {
+                if let Ok(v) = serde_json::from_slice::<serde_json::Value>(input) {
+                    if let Ok((_, entries)) = fhirconn_host::bulk::parse_manifest(&v) {
+                        // Whatever the server sends, an accepted entry names a file inside
+                        // --out and an http(s) URL.
+                        for e in entries.into_iter().flatten() {
+                            assert!(fhirconn_host::bulk::is_resource_type(&e.resource_type));
+                            assert!(matches!(e.url.scheme(), "http" | "https"), "{}", e.url);
+                            let name = e.file_name();
+                            assert!(!name.contains('/') && !name.contains("..") && !name.starts_with('.'), "{name}");
+                        }
+                    }
+                }
             },
         ),
         // Not in `all`: proves that a panicking seed fails the run (tests/tests/conformance_teeth.rs).
