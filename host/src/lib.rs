@@ -513,7 +513,10 @@ impl Host {
         let ids: Vec<String> = self
             .slots
             .iter()
-            .filter(|(_, s)| matches!(s, Slot::Ready(c) if c.transport.settings().test_on_startup))
+            .filter(|(_, s)| match s {
+                Slot::Ready(c) => c.transport.settings().host.test_connection_on_startup,
+                Slot::Unavailable { .. } => false,
+            })
             .map(|(id, _)| id.clone())
             .collect();
         if ids.is_empty() {

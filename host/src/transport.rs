@@ -218,7 +218,7 @@ impl Transport {
             }
             None => Vec::new(),
         };
-        if !settings.use_system_roots && roots.is_empty() {
+        if !settings.host.use_system_roots && roots.is_empty() {
             return Err(SetupError::NoRoots);
         }
         let key = ClientKey::new(&settings, roots_pem.into());
@@ -257,7 +257,7 @@ impl Transport {
             .tls_info(true)
             .referer(false);
         if !self.roots.is_empty() {
-            b = if s.use_system_roots {
+            b = if s.host.use_system_roots {
                 b.tls_certs_merge(self.roots.iter().cloned())
             } else {
                 b.tls_certs_only(self.roots.iter().cloned())
@@ -476,7 +476,7 @@ impl Transport {
             connection = %self.settings.id, %method, url = %url, status,
             elapsed_ms = started.elapsed().as_millis() as u64, "http"
         );
-        if self.settings.debug_logging {
+        if self.settings.host.enable_debug_logging {
             tracing::info!(connection = %self.settings.id, %method, url = %url, status, "http");
         }
         Ok(resp)

@@ -180,14 +180,8 @@ pub struct ConnectionSettings {
     pub read_timeout: Duration,
     /// Extra trusted roots (absolute path).
     pub trusted_roots_file: Option<PathBuf>,
-    /// Keep the system's roots as well.
-    pub use_system_roots: bool,
     /// Proxy, if any (otherwise the environment's `HTTPS_PROXY` etc. apply).
     pub proxy: Option<ProxySettings>,
-    /// Log this connection's requests at info level.
-    pub debug_logging: bool,
-    /// Test this connection when a host starts.
-    pub test_on_startup: bool,
     /// Path read by `fhirconn test` after `/metadata`, e.g. `Patient?_count=1`.
     pub probe: Option<String>,
     /// Cap on response bodies.
@@ -199,7 +193,9 @@ pub struct ConnectionSettings {
     pub auth: Vec<AuthEntry>,
     /// Credentials may go over plain http to a host that is not loopback (`allow-insecure-http`).
     pub allow_insecure_http: bool,
-    /// The host settings as written (a new setting is read from here).
+    /// The host settings as written: settings used as written are read from here
+    /// (`use-system-roots`, `enable-debug-logging`, `test-connection-on-startup`, a new one);
+    /// the fields above hold the ones that are parsed or checked.
     pub host: settings::HostSettings,
 }
 
@@ -322,10 +318,7 @@ fn connection(
             .trusted_root_certificates_file
             .as_ref()
             .map(|p| doc.base_dir().join(p)),
-        use_system_roots: host.use_system_roots,
         proxy,
-        debug_logging: host.enable_debug_logging,
-        test_on_startup: host.test_connection_on_startup,
         probe: host
             .probe
             .as_deref()

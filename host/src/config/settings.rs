@@ -246,6 +246,29 @@ mod tests {
         assert!(v["auth"].get("proxy").is_none());
     }
 
+    #[tokio::test]
+    async fn only_connections_marked_test_connection_on_startup_are_tested_at_start() {
+        let server = fhirconn_testkit::FhirServer::start(Default::default())
+            .await
+            .unwrap();
+        let base = server.base_url();
+        let host = crate::Host::builder()
+            .config_value(
+                ".",
+                json!({"connections": {
+                    "a": {"base-url": base, "test-connection-on-startup": true},
+                    "b": {"base-url": base}}}),
+            )
+            .only_explicit_plugin_dirs()
+            .build()
+            .await
+            .unwrap();
+        let reports = host.test_on_startup().await.unwrap();
+        let ids: Vec<&str> = reports.iter().map(|r| r.id.as_str()).collect();
+        assert_eq!(ids, ["a"]);
+        assert!(reports[0].ok, "{:?}", reports[0].failure);
+    }
+
     #[test]
     fn an_entry_reads_without_its_auth() {
         let s = read(

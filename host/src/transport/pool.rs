@@ -32,7 +32,7 @@ impl ClientKey {
     pub(crate) fn new(settings: &ConnectionSettings, roots_pem: Arc<[u8]>) -> Self {
         Self {
             roots_pem,
-            use_system_roots: settings.use_system_roots,
+            use_system_roots: settings.host.use_system_roots,
             proxy: settings.proxy.clone(),
             connect_timeout: settings.connect_timeout,
             read_timeout: settings.read_timeout,
