@@ -123,32 +123,12 @@ pub fn schema() -> (Map<String, Value>, Map<String, Value>) {
         _ => Map::new(),
     };
     if let Some(Value::Object(props)) = root.get_mut("properties") {
-        props.values_mut().for_each(forbid_null);
+        // A person leaves an optional setting out: `key:` with no value stays an error.
+        props
+            .values_mut()
+            .for_each(fhirconn_sdk::settings::forbid_null);
     }
     (root, defs)
-}
-
-/// schemars lets an `Option` field be `null`; a person leaves an optional setting out instead,
-/// so `key:` with no value stays an error.
-fn forbid_null(property: &mut Value) {
-    let Value::Object(p) = property else { return };
-    if let Some(Value::Array(types)) = p.get_mut("type") {
-        types.retain(|t| t != "null");
-        if let [only] = types.as_slice() {
-            let only = only.clone();
-            p.insert("type".into(), only);
-        }
-    }
-    if let Some(Value::Array(any)) = p.get_mut("anyOf") {
-        any.retain(|branch| branch.get("type").and_then(Value::as_str) != Some("null"));
-        if let [only] = any.as_slice() {
-            let only = only.clone();
-            p.remove("anyOf");
-            if let Value::Object(o) = only {
-                p.extend(o);
-            }
-        }
-    }
 }
 
 /// The JSON type of a host setting (`boolean`, `string`, `integer`, `object`; `string` for a
