@@ -6,6 +6,8 @@
 //! purpose (tests/fixtures/plugin-broken) go to `target/plugin-broken/` only, with their
 //! conformance descriptors, for the test that shows the conformance suite catches them.
 
+mod bench_export;
+
 use clap::{Args, Parser, Subcommand};
 use std::io::{BufRead as _, BufReader, Write as _};
 use std::path::{Path, PathBuf};
@@ -45,8 +47,12 @@ enum Task {
     Test,
     /// What CI runs: fmt --check, clippy -D warnings, test, demo, conformance, fuzz (--locked).
     Ci,
-    /// Criterion benchmarks + whole-process fhirconn vs curl.
-    Bench,
+    /// Criterion benchmarks + whole-process fhirconn vs curl + bulk export vs curl.
+    Bench {
+        /// Only the bulk export comparison.
+        #[arg(long)]
+        export_only: bool,
+    },
     /// Release build, then the conformance suite over every in-tree scheme (or over --plugin-dir).
     Conformance(ConformanceArgs),
     /// Mutation-fuzz the parsers of untrusted input.
@@ -121,7 +127,7 @@ fn main() -> std::process::ExitCode {
         Task::Demo => demo(),
         Task::Test => test(),
         Task::Ci => ci(),
-        Task::Bench => bench(),
+        Task::Bench { export_only } => bench(export_only),
         Task::Conformance(a) => conformance(&a),
         Task::NewScheme { name, path } => new_scheme(&name, &path),
         Task::Fuzz {
@@ -329,10 +335,11 @@ fn dist() -> Result {
     Ok(())
 }
 
-/// Starts `fhirconn-testkit serve` and returns the child and the servers' description.
-fn start_testkit(bin: &Path) -> Result<(std::process::Child, serde_json::Value)> {
+/// Starts `fhirconn-testkit` with `args` (`serve ...`) and returns the child and the servers'
+/// description.
+fn start_testkit(bin: &Path, args: &[&str]) -> Result<(std::process::Child, serde_json::Value)> {
     let mut child = Command::new(bin)
-        .arg("serve")
+        .args(args)
         .stdin(Stdio::piped())
         .stdout(Stdio::piped())
         .spawn()
@@ -369,7 +376,7 @@ fn demo() -> Result {
         "cargo build {locked...} -p fhirconn-host --bin fhirconn -p fhirconn-testkit --bin fhirconn-testkit"
     )
     .run()?;
-    let (mut child, info) = start_testkit(&root.join("target/debug/fhirconn-testkit"))?;
+    let (mut child, info) = start_testkit(&root.join("target/debug/fhirconn-testkit"), &["serve"])?;
     let dir = root.join("target/demo");
     std::fs::create_dir_all(&dir)?;
     let s = |v: &serde_json::Value| v.as_str().unwrap_or_default().to_string();
@@ -767,7 +774,7 @@ fn median(mut v: Vec<Duration>) -> Duration {
     v[v.len() / 2]
 }
 
-fn bench() -> Result {
+fn bench(export_only: bool) -> Result {
     let sh = shell()?;
     let root = project_root();
     dist()?;
@@ -776,6 +783,9 @@ fn bench() -> Result {
         "cargo build --release -p fhirconn-testkit --bin fhirconn-testkit"
     )
     .run()?;
+    if export_only {
+        return bench_export::bench(&root);
+    }
     // Criterion: authorize across the ABI vs a direct call.
     let plugin_dir = root.join("target/dist/plugins");
     cmd!(sh, "cargo bench -p fhirconn-tests --bench authorize")
@@ -787,7 +797,8 @@ fn bench() -> Result {
     cmd!(sh, "cargo bench -p fhirconn-tests --bench soak")
         .env("FHIRCONN_TEST_PLUGIN_DIR", &plugin_dir)
         .run()?;
-    whole_process(&root)
+    whole_process(&root)?;
+    bench_export::bench(&root)
 }
 
 /// Runs a command with its output discarded; its wall time if it succeeded.
@@ -848,7 +859,7 @@ fn curl_token(args: &[String]) -> Result<String> {
 /// Whole process, per scheme: `fhirconn test ID` vs curl doing the same by hand (token
 /// request, then `GET {base}/metadata`), same servers, same run, median of 15 each.
 fn whole_process(root: &Path) -> Result {
-    let (mut child, info) = start_testkit(&root.join("target/release/fhirconn-testkit"))?;
+    let (mut child, info) = start_testkit(&root.join("target/release/fhirconn-testkit"), &["serve"])?;
     let result = (|| -> Result {
         let dir = root.join("target/bench");
         std::fs::create_dir_all(&dir)?;

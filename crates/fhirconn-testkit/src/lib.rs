@@ -9,6 +9,7 @@
 //!
 //! [`idp::IdentityProvider`] is an OAuth 2.0 / OpenID Connect provider issuing those tokens.
 
+mod bulk_gen;
 pub mod entra;
 pub mod hostile;
 pub mod idp;
@@ -161,6 +162,8 @@ struct Counters {
     export_file_gets: Mutex<Vec<String>>,
     /// Bulk export: files sent slowly, `(lines, one every)`.
     export_trickle: Mutex<Option<(u32, std::time::Duration)>>,
+    /// Bulk export: generated files of about these sizes (bytes) instead of the usual ones.
+    export_generated: Mutex<Option<Vec<u64>>>,
 }
 
 /// A bulk export job: (polls left before completion, requested types, cancelled).
@@ -315,6 +318,23 @@ impl FhirServer {
     /// (`None`: at once, as usual).
     pub fn set_export_file_trickle(&self, trickle: Option<(u32, std::time::Duration)>) {
         *self.counters.export_trickle.lock().unwrap() = trickle;
+    }
+
+    /// Bulk export manifests list one generated `Observation` file per size (bytes, rounded
+    /// down to whole 1 MiB blocks of complete lines) from now on, streamed from memory: for
+    /// benchmarks of large exports. `None` goes back to the usual small files.
+    pub fn set_export_generated(&self, sizes: Option<Vec<u64>>) {
+        *self.counters.export_generated.lock().unwrap() = sizes;
+    }
+
+    /// The exact sizes of the generated export files (see [`Self::set_export_generated`]).
+    pub fn export_generated_sizes(&self) -> Vec<u64> {
+        let sizes = self.counters.export_generated.lock().unwrap().clone();
+        sizes
+            .unwrap_or_default()
+            .into_iter()
+            .map(bulk_gen::actual_size)
+            .collect()
     }
 
     /// Changes the `WWW-Authenticate` header of 401 answers (`None`: the default challenge).
@@ -774,10 +794,20 @@ async fn export_status(
         return r;
     }
     let base = origin_of(&headers, &state);
-    let output: Vec<Value> =
-        j.1.iter()
-            .map(|t| json!({"type": t, "url": format!("{base}/$export-file/{job}/{t}.ndjson")}))
-            .collect();
+    let generated = state.counters.export_generated.lock().unwrap().clone();
+    let output: Vec<Value> = match generated {
+        Some(sizes) => (0..sizes.len())
+            .map(|i| {
+                json!({"type": "Observation",
+                "url": format!("{base}/$export-file/{job}/{}", bulk_gen::file_name(i))})
+            })
+            .collect(),
+        None => {
+            j.1.iter()
+                .map(|t| json!({"type": t, "url": format!("{base}/$export-file/{job}/{t}.ndjson")}))
+                .collect()
+        }
+    };
     axum::Json(json!({
         "transactionTime": "2026-11-24T00:00:00Z",
         "request": format!("{base}/$export"),
@@ -812,6 +842,10 @@ async fn export_file(
         .lock()
         .unwrap()
         .push(format!("{job}/{name}"));
+    let generated = state.counters.export_generated.lock().unwrap().clone();
+    if let Some(size) = bulk_gen::index_of(&name).and_then(|i| generated?.get(i).copied()) {
+        return bulk_gen::answer(size);
+    }
     let ty = name.trim_end_matches(".ndjson").to_string();
     let trickle = *state.counters.export_trickle.lock().unwrap();
     if let Some((lines, every)) = trickle {

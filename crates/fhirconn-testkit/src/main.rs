@@ -1,6 +1,9 @@
 //! `fhirconn-testkit serve`: starts the reference servers on loopback for the demo and for
 //! manual testing, prints their base URLs as one JSON line, and runs until stdin closes or
 //! the process is interrupted.
+//!
+//! `serve --export-mb 200,50,...` adds a `bulk` server (bearer token, no polling) whose export
+//! manifest lists generated NDJSON files of about those sizes in MB (for `cargo xtask bench`).
 
 use fhirconn_testkit::idp::{ClientAuth, IdentityProvider, IdpConfig, RegisteredClient};
 use fhirconn_testkit::pki::{ClientSpec, Pki};
@@ -33,10 +36,31 @@ fn demo_key() -> std::io::Result<(String, JwkSet)> {
 #[tokio::main]
 async fn main() -> std::io::Result<()> {
     let args: Vec<String> = std::env::args().skip(1).collect();
-    if args.first().map(String::as_str) != Some("serve") {
-        eprintln!("usage: fhirconn-testkit serve");
-        std::process::exit(2);
-    }
+    let export_mb: Option<Vec<u64>> = match args.iter().map(String::as_str).collect::<Vec<_>>()[..]
+    {
+        ["serve"] => None,
+        ["serve", "--export-mb", list] => list.split(',').map(|n| n.parse().ok()).collect(),
+        _ => {
+            eprintln!("usage: fhirconn-testkit serve [--export-mb MB,MB,...]");
+            std::process::exit(2);
+        }
+    };
+    let bulk = match export_mb {
+        Some(sizes) => {
+            let bulk = FhirServer::start(FhirServerConfig {
+                auth: ServerAuth::Bearer {
+                    tokens: vec![DEMO_TOKEN.into()],
+                },
+                export_polls: 0,
+                export_retry_after: None,
+                ..FhirServerConfig::default()
+            })
+            .await?;
+            bulk.set_export_generated(Some(sizes.iter().map(|mb| mb * 1_000_000).collect()));
+            Some(bulk)
+        }
+        None => None,
+    };
     let none = FhirServer::start(FhirServerConfig::default()).await?;
     let basic = FhirServer::start(FhirServerConfig {
         auth: ServerAuth::Basic {
@@ -125,6 +149,11 @@ async fn main() -> std::io::Result<()> {
         "mtls": {"base-url": mtls.base_url(), "ca-pem": pki.root_pem(),
                  "certificate-pem": client.chain_pem, "private-key-pem": client.key_pem},
     });
+    let mut info = info;
+    if let Some(bulk) = &bulk {
+        info["bulk"] = serde_json::json!({"base-url": bulk.base_url(), "token": DEMO_TOKEN,
+            "file-sizes": bulk.export_generated_sizes()});
+    }
     println!("{info}");
     // Run until stdin reaches EOF (the parent closed it or exited) or Ctrl-C.
     let mut stdin = tokio::io::stdin();
