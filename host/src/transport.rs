@@ -4,8 +4,6 @@
 
 mod classify;
 mod pool;
-#[cfg(test)]
-mod tests;
 
 pub use classify::describe_tls;
 pub use pool::{ClientKey, ClientPool, IdentityKey};
@@ -562,3 +560,6 @@ fn env_proxies() -> Result<Vec<reqwest::Proxy>, String> {
     add(var("ALL_PROXY"), |u| reqwest::Proxy::all(u))?;
     Ok(out)
 }
+
+#[cfg(test)]
+mod tests;

@@ -27,8 +27,6 @@ mod download;
 mod job;
 mod manifest;
 mod ndjson;
-#[cfg(test)]
-mod tests;
 
 pub use job::run;
 pub use manifest::{is_resource_type, next_wait, parse_manifest, parse_retry_after};
@@ -421,3 +419,6 @@ impl Entry {
         format!("{}.{:03}.ndjson", self.resource_type, self.index)
     }
 }
+
+#[cfg(test)]
+mod tests;

@@ -32,6 +32,7 @@ fn setup_errors_are_typed_and_name_their_setting() {
         std::error::Error::source(&e).is_some(),
         "the io error is the source"
     );
+    // safe-write: ok (a test fixture in a temporary directory)
     std::fs::write(dir.path().join("empty.pem"), "no certificates here\n").unwrap();
     let e = new(json!({"trusted-root-certificates-file": "empty.pem"})).unwrap_err();
     assert_eq!(e.field(), "trusted-root-certificates-file");
