@@ -42,10 +42,10 @@ pub mod dsf;
 mod error;
 pub mod import;
 pub mod keygen;
-pub mod middleware;
 mod loopback;
-mod person;
+pub mod middleware;
 pub mod paging;
+mod person;
 pub mod plugins;
 pub mod process;
 pub mod profile;
@@ -53,9 +53,9 @@ pub mod proxy;
 mod redact;
 pub mod safe_write;
 pub mod services;
+pub mod state;
 mod store;
 mod text;
-pub mod state;
 mod token;
 pub mod transport;
 
@@ -67,9 +67,9 @@ pub use connection::{
 };
 pub use error::{ConfigError, Error, PluginError, Result};
 
+use bridge::{CallError, CallServices, ConnectionInfo, SharedServices};
 use config::schema::SchemePart;
 use config::{ConnectionSettings, Document};
-use bridge::{CallError, CallServices, ConnectionInfo, SharedServices};
 use plugins::{Registry, SchemeHandle};
 use services::{CredentialStore, MemoryStore, Person, Redactor, StderrPerson};
 use std::collections::BTreeMap;
@@ -560,7 +560,10 @@ async fn configure_entries(
             identity: None,
             interactive: false,
         };
-        let result = handle.imp.configure(&handle.name, context, json, call).await;
+        let result = handle
+            .imp
+            .configure(&handle.name, context, json, call)
+            .await;
         match result {
             Ok(conn) => entries.push(auth::Entry {
                 scheme: handle,
@@ -574,7 +577,9 @@ async fn configure_entries(
             Err(e @ CallError::NoReturn { .. }) => {
                 return Err(Configured::Unavailable(e.to_string()))
             }
-            Err(CallError::Failed { scheme, message, .. }) => {
+            Err(CallError::Failed {
+                scheme, message, ..
+            }) => {
                 return Err(Configured::Unavailable(format!(
                     "scheme '{scheme}': {message}"
                 )))

@@ -124,7 +124,10 @@ fn credential_store_refuses_a_symlinked_or_shared_store() {
     let e = FileStore::new(link).get("conn").unwrap_err().to_string();
     assert!(e.contains("symbolic link"), "{e}");
     chmod(&real, 0o666);
-    let e = FileStore::new(real.clone()).get("conn").unwrap_err().to_string();
+    let e = FileStore::new(real.clone())
+        .get("conn")
+        .unwrap_err()
+        .to_string();
     assert!(e.contains("written by group or others"), "{e}");
     chmod(&real, 0o600);
     assert_eq!(

@@ -258,7 +258,11 @@ async fn connections_of_one_host_share_clients_and_hosts_share_none() {
     let before = stats.handshakes();
     let r = other.test(&["a".into()], None).await.unwrap().remove(0);
     assert!(r.ok, "{}", failure(&r));
-    assert_eq!(stats.handshakes() - before, 1, "a new host makes its own connection");
+    assert_eq!(
+        stats.handshakes() - before,
+        1,
+        "a new host makes its own connection"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]

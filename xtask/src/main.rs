@@ -859,7 +859,8 @@ fn curl_token(args: &[String]) -> Result<String> {
 /// Whole process, per scheme: `fhirconn test ID` vs curl doing the same by hand (token
 /// request, then `GET {base}/metadata`), same servers, same run, median of 15 each.
 fn whole_process(root: &Path) -> Result {
-    let (mut child, info) = start_testkit(&root.join("target/release/fhirconn-testkit"), &["serve"])?;
+    let (mut child, info) =
+        start_testkit(&root.join("target/release/fhirconn-testkit"), &["serve"])?;
     let result = (|| -> Result {
         let dir = root.join("target/bench");
         std::fs::create_dir_all(&dir)?;
