@@ -283,8 +283,6 @@ const KNOWN_LONG_FILES: &[&str] = &[
     "crates/fhirconn-abi/src/lib.rs",
     // Shared by every helper of the redesign; to split when they are done.
     "host/src/lib.rs",
-    // Build orchestration: one file per xtask command is the next step.
-    "xtask/src/main.rs",
 ];
 /// Functions still over the limit, as `file::name` (same rule as above).
 const KNOWN_LONG_FUNCTIONS: &[&str] = &[
@@ -293,6 +291,9 @@ const KNOWN_LONG_FUNCTIONS: &[&str] = &[
     "crates/fhirconn-conformance/src/lib.rs::run",
     "crates/fhirconn-conformance/src/fixtures.rs::new",
     "crates/fhirconn-conformance/src/fixtures.rs::scheme_specific",
+    // The whole-process benchmark, moved unchanged out of xtask/src/main.rs (where the
+    // `#[cfg(test)]` in the new-scheme template hid it from this count); to split by its owner.
+    "xtask/src/bench.rs::whole_process",
 ];
 
 #[test]

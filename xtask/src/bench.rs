@@ -1,0 +1,289 @@
+//! `cargo xtask bench`: criterion benchmarks, whole-process fhirconn vs curl, bulk export.
+
+use crate::build::dist;
+use crate::{bench_export, median, project_root, shell, start_testkit, write_private, Result};
+use std::path::Path;
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
+use xshell::cmd;
+
+pub(crate) fn bench(export_only: bool) -> Result {
+    let sh = shell()?;
+    let root = project_root();
+    dist()?;
+    cmd!(
+        sh,
+        "cargo build --release -p fhirconn-testkit --bin fhirconn-testkit"
+    )
+    .run()?;
+    if export_only {
+        return bench_export::bench(&root);
+    }
+    // Criterion: authorize across the ABI vs a direct call.
+    let plugin_dir = root.join("target/dist/plugins");
+    cmd!(sh, "cargo bench -p fhirconn-tests --bench authorize")
+        .env("FHIRCONN_TEST_PLUGIN_DIR", &plugin_dir)
+        .run()?;
+    cmd!(sh, "cargo bench -p fhirconn-tests --bench request")
+        .env("FHIRCONN_TEST_PLUGIN_DIR", &plugin_dir)
+        .run()?;
+    cmd!(sh, "cargo bench -p fhirconn-tests --bench soak")
+        .env("FHIRCONN_TEST_PLUGIN_DIR", &plugin_dir)
+        .run()?;
+    whole_process(&root)?;
+    bench_export::bench(&root)
+}
+
+/// Runs a command with its output discarded; its wall time if it succeeded.
+fn timed(cmd: &mut Command) -> Result<Duration> {
+    let t = Instant::now();
+    let out = cmd.stdin(Stdio::null()).output()?;
+    let took = t.elapsed();
+    if !out.status.success() {
+        return Err(format!(
+            "{cmd:?} failed: {}{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        )
+        .into());
+    }
+    Ok(took)
+}
+
+fn curl() -> Command {
+    let mut c = Command::new("curl");
+    c.args([
+        "-sf",
+        "-o",
+        "/dev/null",
+        "-H",
+        "Accept: application/fhir+json",
+    ]);
+    c
+}
+
+/// `application/x-www-form-urlencoded` of one value (RFC 6749 §2.3.1 for Basic credentials).
+fn form_encode(s: &str) -> String {
+    s.bytes()
+        .map(|b| match b {
+            b'A'..=b'Z' | b'a'..=b'z' | b'0'..=b'9' | b'-' | b'.' | b'_' | b'*' => {
+                (b as char).to_string()
+            }
+            b' ' => "+".into(),
+            _ => format!("%{b:02X}"),
+        })
+        .collect()
+}
+
+/// A token from the endpoint by curl; the whole exchange is timed by the caller.
+fn curl_token(args: &[String]) -> Result<String> {
+    let out = Command::new("curl").args(["-sf"]).args(args).output()?;
+    if !out.status.success() {
+        return Err(format!(
+            "curl token request failed: {}",
+            String::from_utf8_lossy(&out.stderr)
+        )
+        .into());
+    }
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout)?;
+    Ok(v["access_token"].as_str().unwrap_or_default().to_string())
+}
+
+/// Whole process, per scheme: `fhirconn test ID` vs curl doing the same by hand (token
+/// request, then `GET {base}/metadata`), same servers, same run, median of 15 each.
+fn whole_process(root: &Path) -> Result {
+    let (mut child, info) =
+        start_testkit(&root.join("target/release/fhirconn-testkit"), &["serve"])?;
+    let result = (|| -> Result {
+        let dir = root.join("target/bench");
+        std::fs::create_dir_all(&dir)?;
+        let s = |v: &serde_json::Value| v.as_str().unwrap_or_default().to_string();
+        let (basic, bearer, oauth) = (&info["basic"], &info["bearer"], &info["oauth"]);
+        std::fs::write(dir.join("pw.txt"), s(&basic["password"]))?;
+        std::fs::write(dir.join("token.txt"), s(&bearer["token"]))?;
+        std::fs::write(dir.join("secret.txt"), s(&oauth["client-secret"]))?;
+        write_private(&dir.join("key.pem"), &s(&oauth["private-key-pem"]))?;
+        let mtls = &info["mtls"];
+        std::fs::write(dir.join("ca.pem"), s(&mtls["ca-pem"]))?;
+        std::fs::write(dir.join("client.crt"), s(&mtls["certificate-pem"]))?;
+        write_private(&dir.join("client.key"), &s(&mtls["private-key-pem"]))?;
+        // One file per connection: each run loads exactly one scheme, as a user testing one
+        // server would.
+        let connections = [
+            ("basic", format!("base-url: {}\n    auth: {{scheme: basic, username: {}, password-file: pw.txt}}",
+                s(&basic["base-url"]), s(&basic["username"]))),
+            ("bearer", format!("base-url: {}\n    auth: {{scheme: bearer, token-file: token.txt}}",
+                s(&bearer["base-url"]))),
+            ("oidc", format!("base-url: {}\n    auth: {{scheme: oidc-client-credentials, token-url: '{}', client-id: {}, client-secret-file: secret.txt}}",
+                s(&oauth["base-url"]), s(&oauth["token-endpoint"]), s(&oauth["client-id"]))),
+            ("smart", format!("base-url: {}\n    auth: {{scheme: smart-backend, token-url: '{}', client-id: {}, private-key-file: key.pem, kid: {}, scope: system/*.rs}}",
+                s(&oauth["base-url"]), s(&oauth["token-endpoint"]), s(&oauth["smart-client-id"]), s(&oauth["kid"]))),
+            ("mtls", format!("base-url: {}\n    trusted-root-certificates-file: ca.pem\n    auth: {{scheme: mtls, certificate-file: client.crt, private-key-file: client.key}}",
+                s(&mtls["base-url"]))),
+        ];
+        for (id, body) in &connections {
+            std::fs::write(
+                dir.join(format!("{id}.yaml")),
+                format!("connections:\n  {id}:\n    {body}\n"),
+            )?;
+        }
+        let ours = |id: &str| {
+            timed(
+                Command::new(root.join("target/dist/fhirconn"))
+                    .arg("-c")
+                    .arg(dir.join(format!("{id}.yaml")))
+                    .args(["test", id]),
+            )
+        };
+        let metadata = |base: &serde_json::Value| format!("{}/metadata", s(base));
+        let token_url = s(&oauth["token-endpoint"]);
+        let mut assertions = oauth["presigned-assertions"]
+            .as_array()
+            .cloned()
+            .unwrap_or_default()
+            .into_iter();
+        let runs = 15;
+        println!("\nwhole process, median of {runs} runs each (loopback):");
+        for scheme in ["basic", "bearer", "oidc", "smart", "mtls"] {
+            let (mut a, mut b) = (Vec::new(), Vec::new());
+            for _ in 0..runs {
+                a.push(ours(scheme)?);
+                let t = Instant::now();
+                match scheme {
+                    "basic" => {
+                        timed(
+                            curl()
+                                .arg("-u")
+                                .arg(format!(
+                                    "{}:{}",
+                                    s(&basic["username"]),
+                                    s(&basic["password"])
+                                ))
+                                .arg(metadata(&basic["base-url"])),
+                        )?;
+                    }
+                    "bearer" => {
+                        timed(
+                            curl()
+                                .arg("-H")
+                                .arg(format!("Authorization: Bearer {}", s(&bearer["token"])))
+                                .arg(metadata(&bearer["base-url"])),
+                        )?;
+                    }
+                    "oidc" => {
+                        let token = curl_token(&[
+                            "-u".into(),
+                            format!(
+                                "{}:{}",
+                                form_encode(&s(&oauth["client-id"])),
+                                form_encode(&s(&oauth["client-secret"]))
+                            ),
+                            "-d".into(),
+                            "grant_type=client_credentials".into(),
+                            token_url.clone(),
+                        ])?;
+                        timed(
+                            curl()
+                                .arg("-H")
+                                .arg(format!("Authorization: Bearer {token}"))
+                                .arg(metadata(&oauth["base-url"])),
+                        )?;
+                    }
+                    "mtls" => {
+                        timed(
+                            curl()
+                                .arg("--cert")
+                                .arg(dir.join("client.crt"))
+                                .arg("--key")
+                                .arg(dir.join("client.key"))
+                                .arg("--cacert")
+                                .arg(dir.join("ca.pem"))
+                                .arg(metadata(&mtls["base-url"])),
+                        )?;
+                    }
+                    _ => {
+                        let assertion = assertions
+                            .next()
+                            .map(|v| s(&v))
+                            .ok_or("out of presigned assertions")?;
+                        let token = curl_token(&[
+                            "-d".into(), "grant_type=client_credentials".into(),
+                            "-d".into(), "scope=system%2F*.rs".into(),
+                            "-d".into(), "client_assertion_type=urn%3Aietf%3Aparams%3Aoauth%3Aclient-assertion-type%3Ajwt-bearer".into(),
+                            "-d".into(), format!("client_assertion={assertion}"),
+                            token_url.clone(),
+                        ])?;
+                        timed(
+                            curl()
+                                .arg("-H")
+                                .arg(format!("Authorization: Bearer {token}"))
+                                .arg(metadata(&oauth["base-url"])),
+                        )?;
+                    }
+                }
+                b.push(t.elapsed());
+            }
+            let (o, c) = (median(a), median(b));
+            let how = match scheme {
+                "oidc" => "curl token + curl GET",
+                "smart" => "curl token (pre-signed assertion) + curl GET",
+                "mtls" => "curl --cert --key --cacert GET",
+                _ => "curl GET",
+            };
+            println!(
+                "  {scheme:7} fhirconn test {:6.1} ms   {how}: {:6.1} ms   ratio {:.2}x",
+                o.as_secs_f64() * 1e3,
+                c.as_secs_f64() * 1e3,
+                o.as_secs_f64() / c.as_secs_f64()
+            );
+        }
+        // Loading every plugin: `fhirconn schemes` (loads all) minus `fhirconn --version`.
+        let bin = root.join("target/dist/fhirconn");
+        let plugins = root.join("target/dist/plugins");
+        let count = std::fs::read_dir(&plugins)?.count();
+        let (mut load, mut base) = (Vec::new(), Vec::new());
+        for _ in 0..runs {
+            load.push(timed(
+                Command::new(&bin)
+                    .arg("--plugin-dir")
+                    .arg(&plugins)
+                    .args(["schemes", "--output", "json"]),
+            )?);
+            base.push(timed(Command::new(&bin).arg("--version"))?);
+        }
+        let (l, b) = (median(load), median(base));
+        println!(
+            "loading all {count} plugins: {:.1} ms (fhirconn schemes {:.1} ms minus fhirconn --version {:.1} ms, medians of {runs})",
+            (l.as_secs_f64() - b.as_secs_f64()) * 1e3,
+            l.as_secs_f64() * 1e3,
+            b.as_secs_f64() * 1e3
+        );
+        // A file of 1,000 connections, all tested.
+        let mut big = String::from("connections:\n");
+        for i in 0..1000 {
+            big.push_str(&format!(
+                "  c{i:04}:\n    base-url: {}\n    auth: {{scheme: basic, username: {}, password-file: pw.txt}}\n",
+                s(&basic["base-url"]),
+                s(&basic["username"])
+            ));
+        }
+        std::fs::write(dir.join("thousand.yaml"), big)?;
+        let mut times = Vec::new();
+        for _ in 0..5 {
+            times.push(timed(
+                Command::new(&bin)
+                    .arg("-c")
+                    .arg(dir.join("thousand.yaml"))
+                    .arg("test"),
+            )?);
+        }
+        println!(
+            "fhirconn test of 1,000 basic connections (one loopback server): {:.2} s (median of 5)",
+            median(times).as_secs_f64()
+        );
+        Ok(())
+    })();
+    let _ = child.kill();
+    let _ = child.wait();
+    result
+}

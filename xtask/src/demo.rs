@@ -1,0 +1,107 @@
+//! `cargo xtask demo`: the testkit servers, one connection per scheme, `fhirconn test`.
+
+use crate::build::build_plugins;
+use crate::{locked, project_root, shell, start_testkit, write_private, Result};
+use std::io::Write as _;
+use std::process::Command;
+use xshell::cmd;
+
+pub(crate) fn demo() -> Result {
+    let sh = shell()?;
+    let root = project_root();
+    let plugins = build_plugins(false)?;
+    let locked = locked();
+    cmd!(
+        sh,
+        "cargo build {locked...} -p fhirconn-host --bin fhirconn -p fhirconn-testkit --bin fhirconn-testkit"
+    )
+    .run()?;
+    let (mut child, info) = start_testkit(&root.join("target/debug/fhirconn-testkit"), &["serve"])?;
+    let dir = root.join("target/demo");
+    std::fs::create_dir_all(&dir)?;
+    let s = |v: &serde_json::Value| v.as_str().unwrap_or_default().to_string();
+    std::fs::write(
+        dir.join("basic-password.txt"),
+        s(&info["basic"]["password"]),
+    )?;
+    std::fs::write(dir.join("bearer-token.txt"), s(&info["bearer"]["token"]))?;
+    std::fs::write(
+        dir.join("client-secret.txt"),
+        s(&info["oauth"]["client-secret"]),
+    )?;
+    write_private(
+        &dir.join("smart-key.pem"),
+        &s(&info["oauth"]["private-key-pem"]),
+    )?;
+    std::fs::write(dir.join("demo-ca.pem"), s(&info["mtls"]["ca-pem"]))?;
+    std::fs::write(
+        dir.join("azure-secret.txt"),
+        s(&info["azure"]["client-secret"]),
+    )?;
+    std::fs::write(dir.join("client.crt"), s(&info["mtls"]["certificate-pem"]))?;
+    write_private(
+        &dir.join("client.key"),
+        &s(&info["mtls"]["private-key-pem"]),
+    )?;
+    let config = format!(
+        "# Written by `cargo xtask demo`: one connection per scheme against the testkit servers.\n\
+         connections:\n  \
+           public:\n    base-url: {}\n  \
+           basic-demo:\n    base-url: {}\n    connect-timeout: PT2S\n    read-timeout: PT30S\n    \
+             auth:\n      scheme: basic\n      username: {}\n      password-file: basic-password.txt\n  \
+           bearer-demo:\n    base-url: {}\n    probe: Patient?_count=1\n    \
+             auth:\n      scheme: bearer\n      token-file: bearer-token.txt\n  \
+           oidc-demo:\n    base-url: {}\n    probe: Patient?_count=1\n    \
+             auth:\n      scheme: oidc-client-credentials\n      issuer: {}\n      \
+             client-id: {}\n      client-secret-file: client-secret.txt\n      scope: system/*.rs\n  \
+           smart-demo:\n    base-url: {}\n    probe: Patient?_count=1\n    \
+             auth:\n      scheme: smart-backend\n      client-id: {}\n      \
+             private-key-file: smart-key.pem\n      kid: {}\n      scope: system/*.rs\n  \
+           mtls-demo:\n    base-url: {}\n    trusted-root-certificates-file: demo-ca.pem\n    \
+             probe: Patient/1\n    auth:\n      scheme: mtls\n      \
+             certificate-file: client.crt\n      private-key-file: client.key\n  \
+           azure-demo:\n    base-url: {}\n    probe: Patient/1\n    auth:\n      scheme: azure-ad\n      \
+             authority-host: {}\n      client-id: {}\n      flow: client-credentials\n      \
+             client-secret-file: azure-secret.txt\n      \
+             # no tenant: discovered from the server's 401 challenge; audience: the origin\n",
+        s(&info["none"]["base-url"]),
+        s(&info["basic"]["base-url"]),
+        s(&info["basic"]["username"]),
+        s(&info["bearer"]["base-url"]),
+        s(&info["oauth"]["base-url"]),
+        s(&info["oauth"]["issuer"]),
+        s(&info["oauth"]["client-id"]),
+        s(&info["oauth"]["base-url"]),
+        s(&info["oauth"]["smart-client-id"]),
+        s(&info["oauth"]["kid"]),
+        s(&info["mtls"]["base-url"]),
+        s(&info["azure"]["base-url"]),
+        s(&info["azure"]["authority-host"]),
+        s(&info["azure"]["client-id"]),
+    );
+    let cfg = dir.join("fhirconn.yaml");
+    std::fs::write(&cfg, config)?;
+    println!(
+        "\n--- {} ---\n{}",
+        cfg.display(),
+        std::fs::read_to_string(&cfg)?
+    );
+    println!("--- fhirconn test ---");
+    let status = Command::new(root.join("target/debug/fhirconn"))
+        .args(["--config"])
+        .arg(&cfg)
+        .arg("--plugin-dir")
+        .arg(&plugins)
+        .arg("test")
+        .status()?;
+    if let Some(mut stdin) = child.stdin.take() {
+        let _ = stdin.flush();
+    }
+    let _ = child.kill();
+    let _ = child.wait();
+    if !status.success() {
+        return Err("the demo's connection tests failed".into());
+    }
+    println!("\ntry it yourself:\n  target/debug/fhirconn -c {} --plugin-dir {} get bearer-demo Patient/1", cfg.display(), plugins.display());
+    Ok(())
+}
