@@ -84,6 +84,8 @@
 mod error;
 mod export;
 mod host;
+#[cfg(feature = "keys")]
+pub mod keys;
 mod memo;
 pub mod oauth;
 mod scheme;

@@ -11,8 +11,7 @@
 
 #![forbid(unsafe_code)]
 
-pub mod keys;
-
+use fhirconn_sdk::keys;
 use fhirconn_sdk::oauth::{self, discovery, endpoint_url, ClientAuth, TokenRequest};
 use fhirconn_sdk::serde_json::Value;
 use fhirconn_sdk::settings::{self, SecretSetting};
@@ -20,7 +19,6 @@ use fhirconn_sdk::{
     schemars, serde, AuthRequest, Connection, ConnectionInfo, Credentials, Error, ExposeSecret,
     Host, Memo, Result, Scheme, SecretString,
 };
-use jsonwebtoken::Header;
 use std::time::Duration;
 
 pub use fhirconn_sdk::oauth::discovery::resolve_url;
@@ -101,7 +99,7 @@ impl Scheme for SmartBackend {
         let s: Settings = settings::parse(settings, host)?;
         let key = keys::load(s.private_key.expose_secret().as_bytes(), s.kid.as_deref())
             .map_err(|e| Error::config(format!("{}: {e}", s.private_key.key())))?;
-        let alg = keys::alg_name(key.alg);
+        let alg = key.alg_name();
         if let Some(other) = s.alg.as_deref().filter(|a| *a != alg) {
             return Err(Error::config(format!(
                 "alg: {other} does not match the key, which is for {alg}"
@@ -164,21 +162,17 @@ pub fn discover(base_url: &str, alg: &str, host: &Host<'_>) -> Result<String> {
 impl SmartConnection {
     /// A fresh client assertion for `audience` (the token endpoint URL).
     pub fn assertion(&self, audience: &str, host: &Host<'_>) -> Result<String> {
-        let mut header = Header::new(self.key.alg);
-        header.kid = Some(self.kid.clone());
-        header.typ = Some("JWT".into());
-        header.jku = self.jku.clone();
         let lifetime = Duration::from_secs(self.lifetime);
         let claims = oauth::assertion_claims(&self.client_id, audience, lifetime, host)?;
-        jsonwebtoken::encode(&header, &claims, &self.key.key)
-            .map_err(|e| Error::internal(format!("signing the client assertion failed: {e}")))
+        self.key
+            .client_assertion(&self.kid, self.jku.as_deref(), &claims)
     }
 }
 
 impl Connection for SmartConnection {
     fn authorize(&self, _request: &AuthRequest, host: &Host<'_>) -> Result<Credentials> {
         let endpoint = self.token_endpoint.get_or_try_init(|| {
-            let t = discover(&self.base_url, keys::alg_name(self.key.alg), host)?;
+            let t = discover(&self.base_url, self.key.alg_name(), host)?;
             host.debug(&format!("discovered token endpoint {t}"));
             Ok(t)
         })?;

@@ -340,8 +340,11 @@ AAAA
 ".to_vec(),
             ],
             |input| {
-                // smart-backend reads PEM (PKCS#8, PKCS#1, SEC1) and JWK keys from a file;
-                // mtls reads the same key formats beside a certificate.
+                // The SDK's key reader in-process (PEM: PKCS#8, PKCS#1, SEC1; JWK and JWKS, with
+                // and without a kid), then smart-backend, which reads it from a file, and mtls,
+                // which reads the same key formats beside a certificate.
+                let _ = fhirconn_sdk::keys::load(input, None);
+                let _ = fhirconn_sdk::keys::load(input, Some("k"));
                 let mut s = smart_settings(Some("https://i/t"));
                 if let Some(o) = s.as_object_mut() {
                     o.remove("private-key");

@@ -1,14 +1,28 @@
-//! Private keys for client assertions: PEM (PKCS#8, PKCS#1 RSA, SEC1 EC) or a private JWK or
-//! JWKS, turned into a `jsonwebtoken` signing key for RS384 or ES384 and checked by signing once.
-//! The ASN.1 and the JWK → key conversions are RustCrypto's (`rsa`, `p384` with `pkcs8`/`sec1`);
-//! jsonwebtoken signs.
+//! Private keys for client assertions (`private_key_jwt`, feature `keys`): PEM (PKCS#8, PKCS#1
+//! RSA, SEC1 EC) or a private JWK or JWKS, turned into a `jsonwebtoken` signing key for RS384 or
+//! ES384 and checked by signing once. The ASN.1 and the JWK → key conversions are RustCrypto's
+//! (`rsa`, `p384` with `pkcs8`/`sec1`); jsonwebtoken signs.
 
 use base64::Engine as _;
-use fhirconn_sdk::serde_json::Value;
-use jsonwebtoken::{Algorithm, EncodingKey};
+use jsonwebtoken::{EncodingKey, Header};
 use p384::pkcs8::{DecodePrivateKey as _, EncodePrivateKey as _};
 use rsa::pkcs1::{DecodeRsaPrivateKey as _, EncodeRsaPrivateKey as _};
 use rsa::RsaPrivateKey;
+use serde_json::Value;
+
+/// The signing algorithm (RS384 or ES384 here).
+pub use jsonwebtoken::Algorithm;
+
+/// Why a key cannot be used; the text names the problem, never key material.
+#[derive(Debug, thiserror::Error)]
+#[error("{0}")]
+pub struct KeyError(String);
+
+impl From<String> for KeyError {
+    fn from(s: String) -> Self {
+        Self(s)
+    }
+}
 
 /// A signing key ready for client assertions. `Debug` shows no key material.
 pub struct SigningKey {
@@ -16,7 +30,7 @@ pub struct SigningKey {
     pub alg: Algorithm,
     /// The key id from the JWK, if the key came from one.
     pub kid: Option<String>,
-    pub(crate) key: EncodingKey,
+    key: EncodingKey,
 }
 
 impl SigningKey {
@@ -26,6 +40,36 @@ impl SigningKey {
             kid: None,
             key,
         }
+    }
+}
+
+impl SigningKey {
+    /// The JOSE name of the key's algorithm: `RS384` or `ES384`.
+    pub fn alg_name(&self) -> &'static str {
+        alg_name(self.alg)
+    }
+
+    /// Signs `message` with the key (raw JWS signature, base64url).
+    pub fn sign(&self, message: &[u8]) -> crate::Result<String> {
+        jsonwebtoken::crypto::sign(message, &self.key, self.alg)
+            .map_err(|e| crate::Error::internal(format!("signing failed: {e}")))
+    }
+
+    /// A signed client assertion (RFC 7523 §2.2) over `claims` (see
+    /// [`crate::oauth::assertion_claims`]): header `alg`, `typ: JWT`, `kid` and, if given, `jku`.
+    pub fn client_assertion(
+        &self,
+        kid: &str,
+        jku: Option<&str>,
+        claims: &Value,
+    ) -> crate::Result<String> {
+        let mut header = Header::new(self.alg);
+        header.kid = Some(kid.into());
+        header.typ = Some("JWT".into());
+        header.jku = jku.map(String::from);
+        jsonwebtoken::encode(&header, claims, &self.key).map_err(|e| {
+            crate::Error::internal(format!("signing the client assertion failed: {e}"))
+        })
     }
 }
 
@@ -149,8 +193,7 @@ fn from_jwk(jwk: &Value) -> Result<SigningKey, String> {
 }
 
 fn from_json(text: &str, kid: Option<&str>) -> Result<SigningKey, String> {
-    let v: Value =
-        fhirconn_sdk::serde_json::from_str(text).map_err(|e| format!("not valid JSON ({e})"))?;
+    let v: Value = serde_json::from_str(text).map_err(|e| format!("not valid JSON ({e})"))?;
     let Some(keys) = v.get("keys") else {
         return from_jwk(&v);
     };
@@ -194,8 +237,9 @@ fn from_pem(bytes: &[u8]) -> Result<SigningKey, String> {
 
 /// Loads a private key from PEM or JWK/JWKS bytes; `kid` picks a key from a JWKS. The key is
 /// proven by signing once, so a wrong curve or a too-small RSA key fails here, not later.
-pub fn load(bytes: &[u8], kid: Option<&str>) -> Result<SigningKey, String> {
-    let text = std::str::from_utf8(bytes).map_err(|_| "the key file is not text (PEM or JSON)")?;
+pub fn load(bytes: &[u8], kid: Option<&str>) -> Result<SigningKey, KeyError> {
+    let text = std::str::from_utf8(bytes)
+        .map_err(|_| KeyError("the key file is not text (PEM or JSON)".into()))?;
     let key = if text.trim_start().starts_with('{') {
         from_json(text, kid)?
     } else {
@@ -211,3 +255,6 @@ pub fn load(bytes: &[u8], kid: Option<&str>) -> Result<SigningKey, String> {
     )?;
     Ok(key)
 }
+
+#[cfg(test)]
+mod tests;
