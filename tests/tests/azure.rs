@@ -7,9 +7,8 @@ use fhirconn_host::services::{CredentialStore, MemoryStore, Person};
 use fhirconn_host::{Host, TestReport};
 use fhirconn_testkit::entra::{DevicePoll, EntraConfig, MockEntra, TENANT_ID};
 use fhirconn_testkit::{FhirServer, FhirServerConfig, ServerAuth};
-use fhirconn_tests::{fhirconn_bin, plugin_dir};
+use fhirconn_tests::{fhirconn_command, follow_sign_in, http_get, plugin_dir, run_command};
 use serde_json::{json, Value};
-use std::io::{Read as _, Write as _};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -18,24 +17,6 @@ use std::time::Duration;
 #[derive(Default)]
 struct TestPerson {
     messages: Mutex<Vec<String>>,
-}
-
-fn http_get(url: &url::Url) -> Option<String> {
-    let addr = format!("{}:{}", url.host_str()?, url.port_or_known_default()?);
-    let mut s = std::net::TcpStream::connect(addr).ok()?;
-    let path = match url.query() {
-        Some(q) => format!("{}?{q}", url.path()),
-        None => url.path().to_string(),
-    };
-    write!(
-        s,
-        "GET {path} HTTP/1.1\r\nHost: {}\r\nConnection: close\r\n\r\n",
-        url.host_str()?
-    )
-    .ok()?;
-    let mut out = String::new();
-    s.read_to_string(&mut out).ok()?;
-    Some(out)
 }
 
 impl Person for TestPerson {
@@ -50,20 +31,7 @@ impl Person for TestPerson {
         if !u.path().ends_with("/authorize") {
             return false;
         }
-        std::thread::spawn(move || {
-            let resp = http_get(&u).unwrap_or_default();
-            let location = resp
-                .lines()
-                .find_map(|l| {
-                    l.strip_prefix("location: ")
-                        .or_else(|| l.strip_prefix("Location: "))
-                })
-                .map(str::trim)
-                .and_then(|l| url::Url::parse(l).ok());
-            if let Some(back) = location {
-                let _ = http_get(&back);
-            }
-        });
+        std::thread::spawn(move || follow_sign_in(&u));
         true
     }
 }
@@ -141,11 +109,12 @@ impl Env {
     }
 }
 
+/// The failure with its kind (`text [kind]`), or `passed`.
 fn failure(r: &TestReport) -> String {
-    r.failure
-        .as_ref()
-        .map(|d| format!("{} [{}]", d, d.kind))
-        .unwrap_or_else(|| "passed".into())
+    match &r.failure {
+        Some(d) => format!("{} [{}]", fhirconn_tests::failure(r), d.kind),
+        None => "passed".into(),
+    }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
@@ -396,22 +365,14 @@ fn cli_login_test_and_logout_with_a_file_store() {
     )
     .unwrap();
     let run = |args: &[&str]| {
-        let out = std::process::Command::new(fhirconn_bin())
-            .current_dir(dir)
-            .env_remove("FHIRCONN_CONFIG")
-            .env_remove("FHIRCONN_CREDENTIALS")
-            .env("XDG_STATE_HOME", dir.join("state"))
-            .env_remove("BROWSER")
-            .arg("--plugin-dir")
-            .arg(plugin_dir())
-            .args(args)
-            .output()
-            .unwrap();
-        (
-            out.status.code().unwrap_or(-1),
-            String::from_utf8_lossy(&out.stdout).into_owned(),
-            String::from_utf8_lossy(&out.stderr).into_owned(),
-        )
+        let out = run_command(
+            fhirconn_command(dir, true)
+                .env_remove("FHIRCONN_CREDENTIALS")
+                .env("XDG_STATE_HOME", dir.join("state"))
+                .env_remove("BROWSER")
+                .args(args),
+        );
+        (out.code, out.stdout, out.stderr)
     };
     let (code, stdout, _) = run(&["test"]);
     assert_eq!(code, 1);
@@ -613,29 +574,16 @@ fn cli_login_at_trace_level_shows_no_token_and_no_client_secret() {
     .unwrap();
     let store = d.join("private/sign-ins.json");
     let run = |args: &[&str]| {
-        let out = std::process::Command::new(fhirconn_bin())
-            .current_dir(d)
-            .env_remove("FHIRCONN_CONFIG")
-            .env_remove("FHIRCONN_PLUGIN_PATH")
-            .env_remove("BROWSER")
-            .env_remove("RUST_LOG")
-            .env("FHIRCONN_CREDENTIALS", &store)
-            .env("XDG_STATE_HOME", d.join("state"))
-            .env("HOME", d.join("home"))
-            .arg("--plugin-dir")
-            .arg(plugin_dir())
-            .arg("-vv")
-            .args(args)
-            .output()
-            .unwrap();
-        (
-            out.status.code().unwrap_or(-1),
-            format!(
-                "{}\n{}",
-                String::from_utf8_lossy(&out.stdout),
-                String::from_utf8_lossy(&out.stderr)
-            ),
-        )
+        let out = run_command(
+            fhirconn_command(d, true)
+                .env_remove("BROWSER")
+                .env("FHIRCONN_CREDENTIALS", &store)
+                .env("XDG_STATE_HOME", d.join("state"))
+                .env("HOME", d.join("home"))
+                .arg("-vv")
+                .args(args),
+        );
+        (out.code, out.all())
     };
     let mut outputs = Vec::new();
     for args in [

@@ -6,7 +6,7 @@ use fhirconn_host::keygen::{self, KeyAlg};
 use fhirconn_host::Request;
 use fhirconn_host::{Host, TestReport};
 use fhirconn_testkit::hostile::{documents, Answer, HostileServer};
-use fhirconn_tests::{fhirconn_bin, plugin_dir};
+use fhirconn_tests::{failure, fhirconn_bin, fhirconn_command, plugin_dir, run_command};
 use serde_json::{json, Value};
 
 const TOKEN: &str = "CANARY-boundary-token-4711";
@@ -28,13 +28,6 @@ async fn test_one(dir: &std::path::Path, conn: Value) -> TestReport {
         .await
         .unwrap()
         .remove(0)
-}
-
-fn failure(r: &TestReport) -> String {
-    r.failure
-        .as_ref()
-        .map(ToString::to_string)
-        .unwrap_or_else(|| "passed".into())
 }
 
 /// A hostile server that is also a plausible FHIR server: `/fhir/metadata` answers.
@@ -68,19 +61,13 @@ fn credentials_over_plain_http_to_a_remote_host_are_refused_unless_allowed() {
     let cfg = dir.path().join("fhirconn.yaml");
     let check = |yaml: &str| {
         std::fs::write(&cfg, yaml).unwrap();
-        let out = std::process::Command::new(fhirconn_bin())
-            .arg("--config")
-            .arg(&cfg)
-            .arg("--plugin-dir")
-            .arg(plugin_dir())
-            .args(["config", "check"])
-            .output()
-            .unwrap();
-        (
-            out.status.code(),
-            String::from_utf8_lossy(&out.stdout).into_owned()
-                + &String::from_utf8_lossy(&out.stderr),
-        )
+        let out = run_command(
+            fhirconn_command(dir.path(), true)
+                .arg("--config")
+                .arg(&cfg)
+                .args(["config", "check"]),
+        );
+        (out.code, out.stdout + &out.stderr)
     };
     for auth in [
         "{scheme: basic, username: u, password: CANARY-http-pw}",
@@ -89,7 +76,7 @@ fn credentials_over_plain_http_to_a_remote_host_are_refused_unless_allowed() {
         let (code, text) = check(&format!(
             "connections:\n  remote:\n    base-url: http://fhir.example.org/r4\n    auth: {auth}\n"
         ));
-        assert_eq!(code, Some(2), "{text}");
+        assert_eq!(code, 2, "{text}");
         assert!(
             text.contains("allow-insecure-http") && text.contains("remote") && text.contains(":3"),
             "names the setting, the connection and the line: {text}"
@@ -101,7 +88,7 @@ fn credentials_over_plain_http_to_a_remote_host_are_refused_unless_allowed() {
         "connections:\n  c:\n    base-url: https://fhir.example.org/r4\n    \
          proxy: {url: 'socks5://127.0.0.1:1080'}\n    auth: {scheme: none}\n",
     );
-    assert_eq!(code, Some(2), "{text}");
+    assert_eq!(code, 2, "{text}");
     assert!(text.contains("SOCKS") && text.contains("proxy"), "{text}");
     // Loopback, https, `none` and an explicit opt-in are fine.
     for (base, extra, auth) in [
@@ -122,7 +109,7 @@ fn credentials_over_plain_http_to_a_remote_host_are_refused_unless_allowed() {
         let (code, text) = check(&format!(
             "connections:\n  c:\n    base-url: {base}\n{extra}    auth: {auth}\n"
         ));
-        assert_eq!(code, Some(0), "{base} {auth}: {text}");
+        assert_eq!(code, 0, "{base} {auth}: {text}");
     }
 }
 

@@ -2,7 +2,7 @@
 //! faults, malformed configurations and secret hygiene.
 
 use fhirconn_testkit::{Fault, FhirServer, FhirServerConfig, ServerAuth};
-use fhirconn_tests::{fhirconn_bin, fixture_dir, plugin_dir};
+use fhirconn_tests::{fhirconn_bin, fhirconn_command, fixture_dir, plugin_dir, run_command, Out};
 use std::path::Path;
 use std::process::Command;
 
@@ -49,29 +49,12 @@ fn servers() -> Servers {
     }
 }
 
-struct Out {
-    code: i32,
-    stdout: String,
-    stderr: String,
-}
-
 fn run(dir: &Path, args: &[&str]) -> Out {
-    let out = Command::new(fhirconn_bin())
-        .current_dir(dir)
-        .env_remove("FHIRCONN_CONFIG")
-        .env_remove("FHIRCONN_PLUGIN_PATH")
-        .env_remove("RUST_LOG")
-        .env("FHIRCONN_TEST_PW", PASSWORD)
-        .arg("--plugin-dir")
-        .arg(plugin_dir())
-        .args(args)
-        .output()
-        .unwrap();
-    Out {
-        code: out.status.code().unwrap_or(-1),
-        stdout: String::from_utf8_lossy(&out.stdout).into_owned(),
-        stderr: String::from_utf8_lossy(&out.stderr).into_owned(),
-    }
+    run_command(
+        fhirconn_command(dir, true)
+            .env("FHIRCONN_TEST_PW", PASSWORD)
+            .args(args),
+    )
 }
 
 fn write_config(dir: &Path, yaml: &str) {
@@ -480,21 +463,12 @@ fn non_utf8_bytes_and_huge_files_are_refused() {
 /// Runs the binary in `dir` with exactly the given fhirconn environment (no `--plugin-dir`
 /// unless `args` has one).
 fn run_with_env(dir: &Path, env: &[(&str, &std::ffi::OsStr)], args: &[&str]) -> Out {
-    let mut cmd = Command::new(fhirconn_bin());
-    cmd.current_dir(dir)
-        .env_remove("FHIRCONN_CONFIG")
-        .env_remove("FHIRCONN_PLUGIN_PATH")
-        .env_remove("FHIRCONN_CREDENTIALS")
-        .env_remove("RUST_LOG");
+    let mut cmd = fhirconn_command(dir, false);
+    cmd.env_remove("FHIRCONN_CREDENTIALS");
     for (k, v) in env {
         cmd.env(k, v);
     }
-    let out = cmd.args(args).output().unwrap();
-    Out {
-        code: out.status.code().unwrap_or(-1),
-        stdout: String::from_utf8_lossy(&out.stdout).into_owned(),
-        stderr: String::from_utf8_lossy(&out.stderr).into_owned(),
-    }
+    run_command(cmd.args(args))
 }
 
 /// `$FHIRCONN_CONFIG` names the connections file when `-c` is not given; files it refers to

@@ -2,39 +2,18 @@
 //! man page generated from its definitions, `--output json` on commands that print data,
 //! `NO_COLOR`, and configuration errors shown with their line (value masked) and a caret.
 
-use fhirconn_tests::{fhirconn_bin, plugin_dir};
+use fhirconn_tests::{fhirconn_command, run_command, Out};
 use std::path::Path;
-use std::process::Command;
-
-struct Out {
-    code: i32,
-    stdout: String,
-    stderr: String,
-}
 
 fn run(dir: &Path, env: &[(&str, &str)], args: &[&str]) -> Out {
-    let mut cmd = Command::new(fhirconn_bin());
-    cmd.current_dir(dir)
-        .env_remove("FHIRCONN_CONFIG")
-        .env_remove("FHIRCONN_PLUGIN_PATH")
-        .env_remove("RUST_LOG")
-        .env_remove("NO_COLOR")
+    let mut cmd = fhirconn_command(dir, true);
+    cmd.env_remove("NO_COLOR")
         .env_remove("CLICOLOR_FORCE")
         .env("FHIRCONN_CREDENTIALS", dir.join("credentials.json"));
     for (k, v) in env {
         cmd.env(k, v);
     }
-    let out = cmd
-        .arg("--plugin-dir")
-        .arg(plugin_dir())
-        .args(args)
-        .output()
-        .unwrap();
-    Out {
-        code: out.status.code().unwrap_or(-1),
-        stdout: String::from_utf8_lossy(&out.stdout).into_owned(),
-        stderr: String::from_utf8_lossy(&out.stderr).into_owned(),
-    }
+    run_command(cmd.args(args))
 }
 
 const GOOD: &str = "connections:\n  pub:\n    base-url: http://127.0.0.1:9/fhir\n  tok:\n    base-url: http://127.0.0.1:9/fhir\n    auth:\n      scheme: bearer\n      token: CANARY-token-42\n";

@@ -10,7 +10,7 @@ use fhirconn_testkit::hostile::documents::{export_manifest, HOSTILE_EXPORT_TYPES
 use fhirconn_testkit::hostile::{Answer, HostileServer};
 use fhirconn_testkit::idp::{ClientAuth, IdentityProvider, IdpConfig, RegisteredClient};
 use fhirconn_testkit::{Fault, FhirServer, FhirServerConfig, ServerAuth};
-use fhirconn_tests::{fhirconn_bin, plugin_dir};
+use fhirconn_tests::{chmod, fhirconn_bin, mode, plugin_dir};
 use std::path::Path;
 use std::process::{Child, Command, Output, Stdio};
 use std::time::{Duration, Instant};
@@ -72,12 +72,6 @@ fn wait_for(what: &str, limit: Duration, mut cond: impl FnMut() -> bool) {
         assert!(start.elapsed() < limit, "timed out waiting for {what}");
         std::thread::sleep(Duration::from_millis(20));
     }
-}
-
-#[cfg(unix)]
-fn mode(p: &Path) -> u32 {
-    use std::os::unix::fs::PermissionsExt as _;
-    std::fs::metadata(p).unwrap().permissions().mode() & 0o777
 }
 
 /// Every file and directory under `root`, relative, sorted.
@@ -732,13 +726,12 @@ fn kick_off_parameters_reach_the_server() {
 #[test]
 #[cfg(unix)]
 fn an_out_directory_every_user_can_write_is_refused() {
-    use std::os::unix::fs::PermissionsExt as _;
     let (_rt, fhir) = start_fhir(FhirServerConfig::default());
     let dir = tempfile::tempdir().unwrap();
     open_config(dir.path(), &fhir.base_url(), "    auth: {scheme: none}\n");
     let shared = dir.path().join("shared");
     std::fs::create_dir(&shared).unwrap();
-    std::fs::set_permissions(&shared, std::fs::Permissions::from_mode(0o1777)).unwrap();
+    chmod(&shared, 0o1777);
     let (code, _, stderr) = run(dir.path(), &["export", "open", "--out", "shared"], MINUTE);
     assert_ne!(code, Some(0), "{stderr}");
     assert!(stderr.contains("every user"), "{stderr}");

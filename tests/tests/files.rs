@@ -5,20 +5,12 @@
 #![cfg(unix)]
 
 use fhirconn_host::services::{CredentialStore, FileStore};
-use fhirconn_tests::{fhirconn_bin, plugin_dir};
-use std::os::unix::fs::{symlink, PermissionsExt as _};
+use fhirconn_tests::{chmod, fhirconn_command, mode, run_command, Out};
+use std::os::unix::fs::symlink;
 use std::path::Path;
 use std::process::Command;
 
 const REFRESH: &str = "CANARY-refresh-token-0123456789";
-
-fn mode(p: &Path) -> u32 {
-    std::fs::metadata(p).unwrap().permissions().mode() & 0o777
-}
-
-fn chmod(p: &Path, m: u32) {
-    std::fs::set_permissions(p, std::fs::Permissions::from_mode(m)).unwrap();
-}
 
 fn is_symlink(p: &Path) -> bool {
     std::fs::symlink_metadata(p)
@@ -27,34 +19,17 @@ fn is_symlink(p: &Path) -> bool {
         .is_symlink()
 }
 
-struct Out {
-    code: i32,
-    stdout: String,
-    stderr: String,
-}
-
 /// Runs `fhirconn` in `dir` with a private state directory and home, and `env` set.
 fn run(dir: &Path, env: &[(&str, &Path)], args: &[&str]) -> Out {
-    let mut c = Command::new(fhirconn_bin());
-    c.current_dir(dir)
-        .env_remove("FHIRCONN_CONFIG")
-        .env_remove("FHIRCONN_PLUGIN_PATH")
-        .env_remove("FHIRCONN_CREDENTIALS")
+    let mut c = fhirconn_command(dir, true);
+    c.env_remove("FHIRCONN_CREDENTIALS")
         .env_remove("XDG_STATE_HOME")
-        .env_remove("RUST_LOG")
         .env("HOME", dir.join("home"))
-        .arg("--plugin-dir")
-        .arg(plugin_dir())
         .args(args);
     for (k, v) in env {
         c.env(k, v);
     }
-    let out = c.output().unwrap();
-    Out {
-        code: out.status.code().unwrap_or(-1),
-        stdout: String::from_utf8_lossy(&out.stdout).into_owned(),
-        stderr: String::from_utf8_lossy(&out.stderr).into_owned(),
-    }
+    run_command(&mut c)
 }
 
 /// A pre-created, world-writable file at the old fixed temporary name (`<store>.tmp`) does not

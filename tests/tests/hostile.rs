@@ -3,22 +3,12 @@
 //! timeouts, says what happened, and never sends credentials to another origin.
 
 use fhirconn_host::{DiagnosisKind, Host, TestReport};
-use fhirconn_testkit::{Fault, FhirServer, FhirServerConfig, ServerAuth};
+use fhirconn_testkit::{Fault, FhirServer, FhirServerConfig};
+use fhirconn_tests::bearer_server;
 use serde_json::json;
 use std::time::{Duration, Instant};
 
 const TOKEN: &str = "CANARY-hostile-token-31337";
-
-async fn bearer_server() -> FhirServer {
-    FhirServer::start(FhirServerConfig {
-        auth: ServerAuth::Bearer {
-            tokens: vec![TOKEN.into()],
-        },
-        ..FhirServerConfig::default()
-    })
-    .await
-    .unwrap()
-}
 
 async fn test_once(base: &str, extra: serde_json::Value) -> (TestReport, Duration) {
     let dir = tempfile::tempdir().unwrap();
@@ -46,7 +36,7 @@ fn failure(r: &TestReport) -> (DiagnosisKind, String) {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn hanging_and_trickling_servers_time_out_within_the_configured_limits() {
-    let s = bearer_server().await;
+    let s = bearer_server(TOKEN).await;
     for fault in [
         Fault::Slow(Duration::from_secs(30)),
         Fault::Trickle(Duration::from_millis(200)),
@@ -65,7 +55,7 @@ async fn hanging_and_trickling_servers_time_out_within_the_configured_limits() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn unavailable_servers_are_reported_with_their_retry_after() {
-    let s = bearer_server().await;
+    let s = bearer_server(TOKEN).await;
     s.set_fault(Fault::Unavailable(Some(120)));
     let (r, _) = test_once(&s.base_url(), json!({})).await;
     let (_, text) = failure(&r);
@@ -88,7 +78,7 @@ async fn unavailable_servers_are_reported_with_their_retry_after() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn a_100_mb_body_is_refused_at_the_cap_and_a_200_with_an_error_is_not_fhir() {
-    let s = bearer_server().await;
+    let s = bearer_server(TOKEN).await;
     s.set_fault(Fault::HugeBody(100 * 1024 * 1024));
     let (r, took) = test_once(&s.base_url(), json!({"read-timeout": "PT10S"})).await;
     let (kind, text) = failure(&r);
@@ -107,7 +97,7 @@ async fn a_redirect_to_another_origin_never_carries_the_credentials() {
     let elsewhere = FhirServer::start(FhirServerConfig::default())
         .await
         .unwrap();
-    let s = bearer_server().await;
+    let s = bearer_server(TOKEN).await;
     s.set_fault(Fault::RedirectTo(format!(
         "{}/metadata",
         elsewhere.base_url()

@@ -7,7 +7,7 @@ use fhirconn_testkit::idp::{ClientAuth, IdentityProvider, IdpConfig, RegisteredC
 use fhirconn_testkit::pki::{CertAndKey, ClientSpec, KeyKind, Pki, Validity};
 use fhirconn_testkit::tls::{server_config, server_config_with, ClientCerts};
 use fhirconn_testkit::{FhirServer, FhirServerConfig, ServerAuth};
-use fhirconn_tests::{fhirconn_bin, plugin_dir};
+use fhirconn_tests::{failure, fhirconn_command, plugin_dir, run_command};
 use serde_json::{json, Value};
 use std::path::Path;
 
@@ -170,13 +170,6 @@ impl Env {
             .unwrap_or_else(|e| panic!("{e}"));
         host.test(&[], probe).await.unwrap().remove(0)
     }
-}
-
-fn failure(r: &TestReport) -> String {
-    r.failure
-        .as_ref()
-        .map(ToString::to_string)
-        .unwrap_or_else(|| "passed".into())
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
@@ -429,17 +422,7 @@ fn cli_shows_tls_facts_and_exits_2_on_a_bad_key() {
         )
         .unwrap()
     };
-    let run = |args: &[&str]| {
-        std::process::Command::new(fhirconn_bin())
-            .current_dir(dir)
-            .env_remove("FHIRCONN_CONFIG")
-            .env_remove("FHIRCONN_PLUGIN_PATH")
-            .arg("--plugin-dir")
-            .arg(plugin_dir())
-            .args(args)
-            .output()
-            .unwrap()
-    };
+    let run = |args: &[&str]| fhirconn_command(dir, true).args(args).output().unwrap();
     write(json!({"m": e.conn(e.mtls.base_url(), pem_auth("ec"))}));
     let out = run(&["-vv", "test"]);
     let stdout = String::from_utf8_lossy(&out.stdout);
@@ -537,27 +520,11 @@ fn fhirconn_test_warns_about_a_client_certificate_that_expires_within_30_days() 
     )
     .unwrap();
     let run = |args: &[&str]| {
-        let out = std::process::Command::new(fhirconn_bin())
-            .current_dir(dir)
-            .env_remove("FHIRCONN_CONFIG")
-            .env_remove("FHIRCONN_PLUGIN_PATH")
-            .arg("--plugin-dir")
-            .arg(plugin_dir())
-            .args(args)
-            .output()
-            .unwrap();
-        (
-            out.status.code(),
-            String::from_utf8_lossy(&out.stdout).into_owned(),
-            String::from_utf8_lossy(&out.stderr).into_owned(),
-        )
+        let out = run_command(fhirconn_command(dir, true).args(args));
+        (out.code, out.stdout, out.stderr)
     };
     let (code, stdout, stderr) = run(&["test"]);
-    assert_eq!(
-        code,
-        Some(0),
-        "a warning is not a failure: {stdout}{stderr}"
-    );
+    assert_eq!(code, 0, "a warning is not a failure: {stdout}{stderr}");
     // The warning is printed under its own connection.
     let block = |id: &str| -> String {
         let start = stdout
@@ -585,7 +552,7 @@ fn fhirconn_test_warns_about_a_client_certificate_that_expires_within_30_days() 
     assert!(!block("fresh").contains("warning"), "{stdout}");
 
     let (code, stdout, _) = run(&["test", "soon", "--output", "json"]);
-    assert_eq!(code, Some(0));
+    assert_eq!(code, 0);
     let v: Value = serde_json::from_str(&stdout).unwrap();
     let warnings = v[0]["warnings"].to_string();
     assert!(

@@ -9,7 +9,7 @@ use fhirconn_host::Host;
 use fhirconn_testkit::hostile::{Answer, HostileServer};
 use fhirconn_testkit::idp::{ClientAuth, IdentityProvider, IdpConfig, RegisteredClient};
 use fhirconn_testkit::{FhirServer, FhirServerConfig, ServerAuth};
-use fhirconn_tests::{fhirconn_bin, plugin_dir};
+use fhirconn_tests::{bearer_server, fhirconn_bin, plugin_dir};
 use serde_json::json;
 use std::io::{BufRead as _, Read as _, Write as _};
 use std::net::SocketAddr;
@@ -20,17 +20,6 @@ use std::time::{Duration, Instant};
 
 const TOKEN: &str = "CANARY-proxy-upstream-token-31";
 const PROXY_TOKEN: &str = "CANARY-proxy-own-token-64";
-
-async fn bearer_server() -> FhirServer {
-    FhirServer::start(FhirServerConfig {
-        auth: ServerAuth::Bearer {
-            tokens: vec![TOKEN.into()],
-        },
-        ..FhirServerConfig::default()
-    })
-    .await
-    .unwrap()
-}
 
 /// A directory with `fhirconn.yaml` holding connection `s` (bearer `TOKEN`) to `base_url`,
 /// and `proxy.token` holding `PROXY_TOKEN`.
@@ -219,7 +208,7 @@ fn raw_request(addr: SocketAddr, request: &str) -> (String, String) {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn requests_that_do_not_name_the_proxy_are_refused_and_never_forwarded() {
-    let upstream = bearer_server().await;
+    let upstream = bearer_server(TOKEN).await;
     let dir = config_dir(&upstream.base_url());
     let proxy = start_proxy(dir.path(), &["--token-file", "proxy.token"]).await;
     let port = proxy.port();
@@ -288,7 +277,7 @@ async fn requests_that_do_not_name_the_proxy_are_refused_and_never_forwarded() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn cross_site_browser_requests_are_refused_and_never_forwarded() {
-    let upstream = bearer_server().await;
+    let upstream = bearer_server(TOKEN).await;
     let dir = config_dir(&upstream.base_url());
     let proxy = start_proxy(dir.path(), &["--token-file", "proxy.token"]).await;
     let own = format!("http://127.0.0.1:{}", proxy.port());
@@ -400,7 +389,7 @@ async fn cookies_never_cross_the_proxy_and_answers_cannot_run_script_in_its_orig
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn without_a_token_file_a_token_is_generated_into_a_private_file() {
-    let upstream = bearer_server().await;
+    let upstream = bearer_server(TOKEN).await;
     let dir = config_dir(&upstream.base_url());
     let proxy = start_proxy(dir.path(), &[]).await;
     let path = dir
@@ -467,7 +456,7 @@ async fn without_a_token_file_a_token_is_generated_into_a_private_file() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn no_token_must_be_asked_for_warns_and_still_lists_no_ids() {
-    let upstream = bearer_server().await;
+    let upstream = bearer_server(TOKEN).await;
     let dir = config_dir(&upstream.base_url());
     let proxy = start_proxy(dir.path(), &["--no-token"]).await;
     let err = proxy.stderr();
@@ -503,7 +492,7 @@ async fn no_token_must_be_asked_for_warns_and_still_lists_no_ids() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_token_file_keeps_working_and_is_not_forwarded() {
-    let upstream = bearer_server().await;
+    let upstream = bearer_server(TOKEN).await;
     let dir = config_dir(&upstream.base_url());
     let proxy = start_proxy(dir.path(), &["--token-file", "proxy.token"]).await;
     let client = reqwest::Client::new();
@@ -564,7 +553,7 @@ async fn the_token_file_keeps_working_and_is_not_forwarded() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn beyond_loopback_the_proxy_needs_tls_and_a_token() {
-    let upstream = bearer_server().await;
+    let upstream = bearer_server(TOKEN).await;
     let dir = config_dir(&upstream.base_url());
     let d = dir.path();
     let (code, err) = refused(d, &["--listen", "0.0.0.0:0"]);
@@ -677,7 +666,7 @@ async fn beyond_loopback_the_proxy_needs_tls_and_a_token() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn the_proxy_authenticates_64_concurrent_clients_and_isolates_failures() {
-    let bearer = bearer_server().await;
+    let bearer = bearer_server(TOKEN).await;
     let basic = FhirServer::start(FhirServerConfig {
         auth: ServerAuth::Basic {
             username: "u".into(),

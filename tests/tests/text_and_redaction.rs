@@ -11,11 +11,9 @@ use fhirconn_testkit::entra::{EntraConfig, MockEntra, TENANT_ID};
 use fhirconn_testkit::hostile::documents::{self, has_raw_control, CONTROL_TEXT};
 use fhirconn_testkit::hostile::{Answer, HostileServer};
 use fhirconn_testkit::{FhirServer, FhirServerConfig, ServerAuth};
-use fhirconn_tests::{fhirconn_bin, plugin_dir};
+use fhirconn_tests::{fhirconn_command, follow_sign_in, http_get, plugin_dir, run_command, Out};
 use serde_json::{json, Value};
-use std::io::{Read as _, Write as _};
 use std::path::Path;
-use std::process::Command;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -23,38 +21,15 @@ use std::time::{Duration, Instant};
 const CANARY_PW: &str = "CANARY~pw+/&= x";
 const CANARY_SECRET: &str = "CANARY~sec+/&= ret";
 
-struct Out {
-    code: i32,
-    stdout: String,
-    stderr: String,
-}
-
-impl Out {
-    fn all(&self) -> String {
-        format!("{}\n{}", self.stdout, self.stderr)
-    }
-}
-
 fn run_with(dir: &Path, args: &[&str], env: &[(&str, &str)]) -> Out {
-    let mut cmd = Command::new(fhirconn_bin());
-    cmd.current_dir(dir)
-        .env_remove("FHIRCONN_CONFIG")
-        .env_remove("FHIRCONN_PLUGIN_PATH")
-        .env_remove("RUST_LOG")
-        .env_remove("BROWSER")
+    let mut cmd = fhirconn_command(dir, true);
+    cmd.env_remove("BROWSER")
         .env("FHIRCONN_CREDENTIALS", dir.join("credentials.json"))
-        .arg("--plugin-dir")
-        .arg(plugin_dir())
         .args(args);
     for (k, v) in env {
         cmd.env(k, v);
     }
-    let out = cmd.output().unwrap();
-    Out {
-        code: out.status.code().unwrap_or(-1),
-        stdout: String::from_utf8_lossy(&out.stdout).into_owned(),
-        stderr: String::from_utf8_lossy(&out.stderr).into_owned(),
-    }
+    run_command(&mut cmd)
 }
 
 fn run(dir: &Path, args: &[&str]) -> Out {
@@ -295,28 +270,6 @@ fn browser_gets_only_https_urls_from_a_hostile_device_code_answer() {
     }
 }
 
-fn http_get(url: &url::Url) -> String {
-    let addr = format!(
-        "{}:{}",
-        url.host_str().unwrap(),
-        url.port_or_known_default().unwrap()
-    );
-    let mut s = std::net::TcpStream::connect(addr).unwrap();
-    let path = match url.query() {
-        Some(q) => format!("{}?{q}", url.path()),
-        None => url.path().to_string(),
-    };
-    write!(
-        s,
-        "GET {path} HTTP/1.1\r\nHost: {}\r\nConnection: close\r\n\r\n",
-        url.host_str().unwrap()
-    )
-    .unwrap();
-    let mut out = String::new();
-    let _ = s.read_to_string(&mut out);
-    out
-}
-
 /// A person whose "browser" first has another local process knock on the login listener with
 /// a foreign code (wrong state, then no state), then signs in for real.
 #[derive(Default)]
@@ -342,24 +295,13 @@ impl Person for KnockingPerson {
             // First the foreign answers: the listener must refuse them and keep waiting.
             for q in ["code=FOREIGN-CODE&state=guessed", "error=access_denied"] {
                 let knock = url::Url::parse(&format!("{redirect}?{q}")).unwrap();
-                let resp = http_get(&knock);
+                let resp = http_get(&knock).expect("the login listener answers");
                 knocks
                     .lock()
                     .unwrap()
                     .push(resp.lines().next().unwrap_or_default().to_string());
             }
-            let resp = http_get(&u);
-            let location = resp
-                .lines()
-                .find_map(|l| {
-                    l.strip_prefix("location: ")
-                        .or_else(|| l.strip_prefix("Location: "))
-                })
-                .map(str::trim)
-                .and_then(|l| url::Url::parse(l).ok());
-            if let Some(back) = location {
-                let _ = http_get(&back);
-            }
+            follow_sign_in(&u);
         });
         true
     }

@@ -3,10 +3,10 @@
 //! the host library (cache, renewal, single flight, 401 retry) and the CLI.
 
 use fhirconn_host::keygen::{self, KeyAlg};
-use fhirconn_host::{Host, TestReport};
+use fhirconn_host::Host;
 use fhirconn_testkit::idp::{ClientAuth, IdentityProvider, IdpConfig, IdpFault, RegisteredClient};
 use fhirconn_testkit::{FhirServer, FhirServerConfig, ServerAuth};
-use fhirconn_tests::{fhirconn_bin, plugin_dir};
+use fhirconn_tests::{failure, fhirconn_command, plugin_dir, run_command, Out};
 use jsonwebtoken::jwk::JwkSet;
 use serde_json::{json, Value};
 use std::path::Path;
@@ -140,13 +140,6 @@ impl Env {
         )
         .unwrap();
     }
-}
-
-fn failure(r: &TestReport) -> String {
-    r.failure
-        .as_ref()
-        .map(ToString::to_string)
-        .unwrap_or_else(|| "passed".into())
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
@@ -342,29 +335,12 @@ async fn a_revoked_token_is_replaced_after_one_401_and_a_second_401_is_reported(
 
 // ---- the CLI ----
 
-struct Out {
-    code: i32,
-    stdout: String,
-    stderr: String,
-}
-
 fn run(dir: &Path, args: &[&str]) -> Out {
-    let out = std::process::Command::new(fhirconn_bin())
-        .current_dir(dir)
-        .env_remove("FHIRCONN_CONFIG")
-        .env_remove("FHIRCONN_PLUGIN_PATH")
-        .env_remove("RUST_LOG")
-        .env("FHIRCONN_TEST_POST_SECRET", POST_SECRET)
-        .arg("--plugin-dir")
-        .arg(plugin_dir())
-        .args(args)
-        .output()
-        .unwrap();
-    Out {
-        code: out.status.code().unwrap_or(-1),
-        stdout: String::from_utf8_lossy(&out.stdout).into_owned(),
-        stderr: String::from_utf8_lossy(&out.stderr).into_owned(),
-    }
+    run_command(
+        fhirconn_command(dir, true)
+            .env("FHIRCONN_TEST_POST_SECRET", POST_SECRET)
+            .args(args),
+    )
 }
 
 #[test]
