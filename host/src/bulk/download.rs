@@ -106,6 +106,14 @@ pub(super) async fn download(
     let path = tmp.path().to_path_buf();
     tmp.file().write_all(&last).map_err(|e| io_err(&path, e))?;
     tmp.set_mode(0o600).map_err(|e| io_err(&path, e))?;
+    // The long `fsync` of the data runs off the runtime's threads, so the other downloads go
+    // on meanwhile (persist's own `fsync` is then quick). On a cancel, this task drops `tmp`
+    // (the file is removed) and the sync of the clone finishes on an unlinked file.
+    let synced = tmp.file().try_clone().map_err(|e| io_err(&path, e))?;
+    tokio::task::spawn_blocking(move || synced.sync_all())
+        .await
+        .map_err(|e| io_err(&path, std::io::Error::other(e)))?
+        .map_err(|e| io_err(&path, e))?;
     let target = out.join(&name);
     tmp.persist(&target).map_err(|e| io_err(&target, e))?;
     Ok((name, check.resources()))

@@ -166,3 +166,56 @@ fn kickoff_paths() {
     );
     assert_eq!(ExportRequest::default().kickoff_path(), "$export");
 }
+
+#[test]
+fn ndjson_lines_pass_exactly_when_a_json_value_with_a_string_resource_type_parses() {
+    // The check parses without building a `serde_json::Value`; it must agree with one.
+    let oracle = |line: &[u8]| {
+        serde_json::from_slice::<serde_json::Value>(line)
+            .is_ok_and(|v| v.get("resourceType").is_some_and(|t| t.is_string()))
+    };
+    let deep = |n: usize| {
+        format!(
+            "{{\"resourceType\":\"X\",\"a\":{}1{}}}",
+            "[".repeat(n),
+            "]".repeat(n)
+        )
+    };
+    let lines: Vec<Vec<u8>> = [
+        r#"{"resourceType":"Patient","id":"1","a":[1,2.5,-3e2,true,null,{"b":"c"}]}"#,
+        r#"{"resourceType":1}"#,
+        r#"{"resourceType":null}"#,
+        r#"{"resourceType":{"x":"y"}}"#,
+        r#"{"resourceType":["Patient"]}"#,
+        r#"{"resourceType":"A","resourceType":2}"#,
+        r#"{"resourceType":2,"resourceType":"A"}"#,
+        r#"{"a":{"resourceType":"Patient"}}"#,
+        r#"{"resource\u0054ype":"Patient"}"#,
+        r#"{"resourceType":"P\u00e9\n"}"#,
+        r#"{"resourceType":"P","x":"\ud800"}"#,
+        r#"{"resourceType":"P","x":"\q"}"#,
+        r#"{"resourceType":"P","n":1e400}"#,
+        r#"{"resourceType":"P","n":-}"#,
+        r#"{"resourceType":"P","n":01}"#,
+        r#"{"resourceType":"P"} x"#,
+        r#"{"resourceType":"P",}"#,
+        r#"[{"resourceType":"P"}]"#,
+        r#""resourceType""#,
+        "42",
+        "{\"resourceType\":\"P\",\"x\":\"a\tb\"}",
+        &deep(100),
+        &deep(200),
+    ]
+    .iter()
+    .map(|s| s.as_bytes().to_vec())
+    .chain([
+        b"{\"resourceType\":\"P\",\"x\":\"\xff\"}".to_vec(),
+        b"{\"resourceType\":\"P\",\"x\":\"\xc3\"}".to_vec(),
+    ])
+    .collect();
+    for line in &lines {
+        let mut c = NdjsonCheck::default();
+        let ours = c.feed(&[line.as_slice(), b"\n"].concat()).is_ok();
+        assert_eq!(ours, oracle(line), "{}", String::from_utf8_lossy(line));
+    }
+}
