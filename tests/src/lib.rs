@@ -4,6 +4,7 @@
 //! that follows a sign-in URL, file modes.
 
 use fhirconn_host::TestReport;
+use fhirconn_testkit::idp::IdentityProvider;
 use fhirconn_testkit::{FhirServer, FhirServerConfig, ServerAuth};
 use std::io::{Read as _, Write as _};
 use std::path::{Path, PathBuf};
@@ -141,6 +142,16 @@ pub async fn bearer_server(token: &str) -> FhirServer {
         auth: ServerAuth::Bearer {
             tokens: vec![token.into()],
         },
+        ..FhirServerConfig::default()
+    })
+    .await
+    .expect("the FHIR server starts")
+}
+
+/// A FHIR server that accepts the access tokens `idp` issues for `audience`.
+pub async fn jwt_server(idp: &IdentityProvider, audience: &str) -> FhirServer {
+    FhirServer::start(FhirServerConfig {
+        auth: ServerAuth::Jwt(idp.verifier(audience)),
         ..FhirServerConfig::default()
     })
     .await

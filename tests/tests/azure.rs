@@ -49,14 +49,21 @@ fn origin(fhir: &FhirServer) -> String {
     format!("http://{}", fhir.addr())
 }
 
-async fn env() -> Env {
-    let entra = MockEntra::start(EntraConfig::default()).await.unwrap();
+/// A FHIR server that accepts `entra`'s tokens for its own origin and names `entra` in its
+/// challenge.
+async fn fhir_behind(entra: &MockEntra) -> FhirServer {
     let fhir = FhirServer::start(FhirServerConfig::default())
         .await
         .unwrap();
     let audience = origin(&fhir);
     fhir.set_auth(ServerAuth::Jwt(entra.verifier(&audience)));
     fhir.set_challenge(Some(entra.challenge(&audience)));
+    fhir
+}
+
+async fn env() -> Env {
+    let entra = MockEntra::start(EntraConfig::default()).await.unwrap();
+    let fhir = fhir_behind(&entra).await;
     Env {
         entra,
         fhir,
@@ -89,6 +96,16 @@ impl Env {
             .build()
             .await
             .unwrap_or_else(|e| panic!("{e}"))
+    }
+
+    /// A connection test of `c` with `auth`, in a new host.
+    async fn test(&self, auth: Value) -> TestReport {
+        self.host(auth)
+            .await
+            .test(&[], None)
+            .await
+            .unwrap()
+            .remove(0)
     }
 
     fn grants(&self) -> Vec<String> {
@@ -457,13 +474,7 @@ async fn a_stored_refresh_token_is_never_sent_to_another_authority() {
     // Same connection id, same store, another authority (a second connections file).
     let elsewhere = json!({"scheme": "azure-ad", "client-id": "public-app",
                            "authority-host": other.authority_host(), "tenant": TENANT_ID});
-    let r = e
-        .host(elsewhere)
-        .await
-        .test(&[], None)
-        .await
-        .unwrap()
-        .remove(0);
+    let r = e.test(elsewhere).await;
     assert!(failure(&r).contains("[needs-login]"), "{}", failure(&r));
     assert_eq!(other.token_requests(), 0, "the other authority got nothing");
     // Another client id or audience at the same authority: sign in again, too.
@@ -472,24 +483,13 @@ async fn a_stored_refresh_token_is_never_sent_to_another_authority() {
         json!({"tenant": TENANT_ID, "client-id": "another-app"}),
         json!({"tenant": TENANT_ID, "audience": "https://other.azurehealthcareapis.com"}),
     ] {
-        let r = e
-            .host(e.auth(extra))
-            .await
-            .test(&[], None)
-            .await
-            .unwrap()
-            .remove(0);
+        let r = e.test(e.auth(extra)).await;
         assert!(failure(&r).contains("[needs-login]"), "{}", failure(&r));
     }
     assert_eq!(e.entra.token_requests(), before);
     // The original binding still signs in silently.
-    let r = e
-        .host(e.auth(json!({"tenant": TENANT_ID})))
-        .await
-        .test(&[], None)
-        .await
-        .unwrap();
-    assert!(r[0].ok, "{}", failure(&r[0]));
+    let r = e.test(e.auth(json!({"tenant": TENANT_ID}))).await;
+    assert!(r.ok, "{}", failure(&r));
 }
 
 /// A declined (`access_denied`) or expired (`expired_token`) device code ends the sign-in at
@@ -548,12 +548,7 @@ fn cli_login_at_trace_level_shows_no_token_and_no_client_secret() {
         })
         .await
         .unwrap();
-        let fhir = FhirServer::start(FhirServerConfig::default())
-            .await
-            .unwrap();
-        let audience = origin(&fhir);
-        fhir.set_auth(ServerAuth::Jwt(entra.verifier(&audience)));
-        fhir.set_challenge(Some(entra.challenge(&audience)));
+        let fhir = fhir_behind(&entra).await;
         (entra, fhir)
     });
     let dir = tempfile::tempdir().unwrap();
