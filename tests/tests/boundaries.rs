@@ -50,6 +50,13 @@ fn smart_key(dir: &std::path::Path) {
     keygen::write(&dir.join("key"), &key, false).unwrap();
 }
 
+/// Tests a smart-backend connection with `auth` to `base_url`, its key in a fresh directory.
+async fn test_smart(base_url: String, auth: Value) -> TestReport {
+    let dir = tempfile::tempdir().unwrap();
+    smart_key(dir.path());
+    test_one(dir.path(), json!({"base-url": base_url, "auth": auth})).await
+}
+
 fn smart_auth() -> Value {
     json!({"scheme": "smart-backend", "client-id": "app", "private-key-file": "key/private-key.pem",
            "kid": "k1", "scope": "system/*.rs system/Patient.r"})
@@ -142,13 +149,7 @@ async fn a_discovered_plain_http_token_endpoint_on_a_remote_host_gets_no_asserti
             &documents::smart_configuration("http://token.attacker.invalid/token"),
         ),
     );
-    let dir = tempfile::tempdir().unwrap();
-    smart_key(dir.path());
-    let r = test_one(
-        dir.path(),
-        json!({"base-url": s.url("/fhir"), "auth": smart_auth()}),
-    )
-    .await;
+    let r = test_smart(s.url("/fhir"), smart_auth()).await;
     let text = failure(&r);
     assert!(
         text.contains("allow-insecure-http") && text.contains("token.attacker.invalid"),
@@ -179,13 +180,7 @@ async fn a_token_endpoint_on_another_host_and_a_scope_downgrade_are_reported() {
                     "scope": "system/Patient.r"}),
         ),
     );
-    let dir = tempfile::tempdir().unwrap();
-    smart_key(dir.path());
-    let r = test_one(
-        dir.path(),
-        json!({"base-url": s.url("/fhir"), "auth": smart_auth()}),
-    )
-    .await;
+    let r = test_smart(s.url("/fhir"), smart_auth()).await;
     assert!(r.ok, "{}", failure(&r));
     let warnings = r.warnings.join("\n");
     assert!(
@@ -211,15 +206,9 @@ async fn absurd_token_lifetimes_are_diagnosed() {
                 &json!({"access_token": TOKEN, "token_type": "Bearer", "expires_in": expires_in}),
             ),
         );
-        let dir = tempfile::tempdir().unwrap();
-        smart_key(dir.path());
         let mut auth = smart_auth();
         auth["token-url"] = json!(s.url("/token"));
-        let r = test_one(
-            dir.path(),
-            json!({"base-url": s.url("/fhir"), "auth": auth}),
-        )
-        .await;
+        let r = test_smart(s.url("/fhir"), auth).await;
         let text = failure(&r);
         assert!(text.contains(expected), "{expires_in}: {text}");
         assert!(!text.contains(TOKEN), "{text}");

@@ -254,9 +254,17 @@ fn assert_cancelled(child: Child, fhir: &FhirServer, data: &Path) {
     );
 }
 
-#[test]
-fn ctrl_c_while_waiting_deletes_the_job_on_the_server() {
-    let (_rt, fhir) = start_fhir(FhirServerConfig {
+/// `fhirconn export` of a job that stays in progress (1000 polls, `Retry-After: 1`), returned
+/// once its kick-off is recorded: the runtime, the server, the directory, the process, and
+/// the data directory.
+fn start_waiting_export() -> (
+    tokio::runtime::Runtime,
+    FhirServer,
+    tempfile::TempDir,
+    Child,
+    std::path::PathBuf,
+) {
+    let (rt, fhir) = start_fhir(FhirServerConfig {
         export_polls: 1000,
         export_retry_after: Some(1),
         ..FhirServerConfig::default()
@@ -268,6 +276,12 @@ fn ctrl_c_while_waiting_deletes_the_job_on_the_server() {
     wait_for("the kick-off", Duration::from_secs(20), || {
         data.join(".fhirconn-export.json").exists()
     });
+    (rt, fhir, dir, child, data)
+}
+
+#[test]
+fn ctrl_c_while_waiting_deletes_the_job_on_the_server() {
+    let (_rt, fhir, _dir, child, data) = start_waiting_export();
     // Several polls have been made: the old listener, recreated per wait, would still work
     // here; the point is the state it leaves.
     std::thread::sleep(Duration::from_millis(2300));
@@ -276,18 +290,7 @@ fn ctrl_c_while_waiting_deletes_the_job_on_the_server() {
 
 #[test]
 fn ctrl_c_during_a_status_request_cancels_within_5_s() {
-    let (_rt, fhir) = start_fhir(FhirServerConfig {
-        export_polls: 1000,
-        export_retry_after: Some(1),
-        ..FhirServerConfig::default()
-    });
-    let dir = tempfile::tempdir().unwrap();
-    open_config(dir.path(), &fhir.base_url(), "");
-    let child = spawn_export(dir.path());
-    let data = dir.path().join("data");
-    wait_for("the kick-off", Duration::from_secs(20), || {
-        data.join(".fhirconn-export.json").exists()
-    });
+    let (_rt, fhir, _dir, child, data) = start_waiting_export();
     // The next status request hangs (the cancel's DELETE is answered at once).
     fhir.set_fault(Fault::Slow(Duration::from_secs(120)));
     std::thread::sleep(Duration::from_millis(1500));

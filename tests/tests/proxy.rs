@@ -945,12 +945,7 @@ async fn a_revoked_token_is_renewed_once_and_the_request_body_resent() {
     })
     .await
     .unwrap();
-    let fhir = FhirServer::start(FhirServerConfig {
-        auth: ServerAuth::Jwt(idp.verifier(AUDIENCE)),
-        ..FhirServerConfig::default()
-    })
-    .await
-    .unwrap();
+    let fhir = fhirconn_tests::jwt_server(&idp, AUDIENCE).await;
     let host = host_for(
         "c",
         json!({"base-url": fhir.base_url(), "auth": {"scheme": "oidc-client-credentials",
