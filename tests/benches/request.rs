@@ -5,7 +5,6 @@
 use criterion::{criterion_group, criterion_main, Criterion};
 use fhirconn_host::Host;
 use fhirconn_testkit::idp::{ClientAuth, IdentityProvider, IdpConfig, RegisteredClient};
-use fhirconn_testkit::{FhirServer, FhirServerConfig, ServerAuth};
 use std::hint::black_box;
 
 const AUDIENCE: &str = "https://bench.example/fhir";
@@ -29,12 +28,7 @@ fn request(c: &mut Criterion) {
         })
         .await
         .unwrap();
-        let fhir = FhirServer::start(FhirServerConfig {
-            auth: ServerAuth::Jwt(idp.verifier(AUDIENCE)),
-            ..FhirServerConfig::default()
-        })
-        .await
-        .unwrap();
+        let fhir = fhirconn_tests::jwt_server(&idp, AUDIENCE).await;
         let config = serde_json::json!({"connections": {"b": {
             "base-url": fhir.base_url(),
             "auth": {"scheme": "oidc-client-credentials", "token-url": idp.token_endpoint(),

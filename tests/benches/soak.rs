@@ -10,7 +10,7 @@
 
 use fhirconn_host::Host;
 use fhirconn_testkit::idp::{ClientAuth, IdentityProvider, IdpConfig, RegisteredClient};
-use fhirconn_testkit::{FhirServer, FhirServerConfig, ServerAuth};
+use fhirconn_testkit::FhirServer;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -70,12 +70,7 @@ fn main() {
         })
         .await
         .unwrap();
-        let fhir = FhirServer::start(FhirServerConfig {
-            auth: ServerAuth::Jwt(idp.verifier(AUDIENCE)),
-            ..FhirServerConfig::default()
-        })
-        .await
-        .unwrap();
+        let fhir = fhirconn_tests::jwt_server(&idp, AUDIENCE).await;
 
         // 1. Single flight on a cold cache.
         let (mut one, mut many) = (Vec::new(), Vec::new());

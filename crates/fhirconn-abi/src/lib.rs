@@ -224,7 +224,8 @@ pub struct HttpResponse {
 }
 
 /// Header names whose values are credentials whether or not they are marked `sensitive`.
-fn is_credential_header(name: &str) -> bool {
+/// A free function (no type or layout of ABI 1.0 changes); the SDK's `Debug` uses it too.
+pub fn is_credential_header(name: &str) -> bool {
     [
         "authorization",
         "proxy-authorization",
@@ -237,6 +238,16 @@ fn is_credential_header(name: &str) -> bool {
     .any(|n| name.eq_ignore_ascii_case(n))
 }
 
+/// A header value as `Debug` may show it: `[REDACTED]` when it is marked `sensitive` or its
+/// name is a credential header, else the value.
+pub fn redacted_header_value<'a>(name: &str, value: &'a str, sensitive: bool) -> &'a str {
+    if sensitive || is_credential_header(name) {
+        "[REDACTED]"
+    } else {
+        value
+    }
+}
+
 /// Headers for `Debug`: `(name, value)` with credential values replaced.
 struct DebugHeaders<'a>(&'a [Header]);
 
@@ -244,12 +255,10 @@ impl std::fmt::Debug for DebugHeaders<'_> {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_list()
             .entries(self.0.iter().map(|h| {
-                let value: &str = if h.sensitive || is_credential_header(&h.name) {
-                    "[REDACTED]"
-                } else {
-                    &h.value
-                };
-                (h.name.as_str(), value)
+                (
+                    h.name.as_str(),
+                    redacted_header_value(&h.name, &h.value, h.sensitive),
+                )
             }))
             .finish()
     }

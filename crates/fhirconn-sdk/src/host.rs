@@ -135,20 +135,6 @@ pub struct HttpResponse {
     pub body: Vec<u8>,
 }
 
-/// Header names whose values are credentials whether or not they are marked sensitive.
-fn is_credential_header(name: &str) -> bool {
-    [
-        "authorization",
-        "proxy-authorization",
-        "cookie",
-        "set-cookie",
-        "x-api-key",
-        "api-key",
-    ]
-    .iter()
-    .any(|n| name.eq_ignore_ascii_case(n))
-}
-
 /// `(name, value)` pairs for `Debug`, credential values replaced.
 struct DebugHeaders<'a>(Vec<(&'a str, &'a str)>);
 
@@ -167,12 +153,12 @@ impl std::fmt::Debug for DebugBody {
     }
 }
 
+/// `(name, value)` with the value redacted as the ABI's own `Debug` does.
 fn shown<'a>(name: &'a str, value: &'a str, sensitive: bool) -> (&'a str, &'a str) {
-    if sensitive || is_credential_header(name) {
-        (name, "[REDACTED]")
-    } else {
-        (name, value)
-    }
+    (
+        name,
+        fhirconn_abi::redacted_header_value(name, value, sensitive),
+    )
 }
 
 impl std::fmt::Debug for HttpRequest {
