@@ -11,20 +11,6 @@ use std::process::Command;
 /// (and aborted with 134 when an allocation failed); the new one stays far below.
 const ADDRESS_SPACE_KB: u64 = 256 * 1024;
 
-/// The 453-byte alias bomb of the security review (M5): every level is a complex key holding
-/// ten aliases of the level below, so saphyr's own budget charges it as one node.
-fn complex_key_bomb() -> String {
-    let mut y = String::from("k0: &k0 [x, x, x, x, x, x, x, x, x, x]\n");
-    for i in 1..=6 {
-        let p = format!("*k{}", i - 1);
-        y.push_str(&format!(
-            "k{i}: &k{i}\n  ? [{}]\n  : v\n",
-            [p.as_str(); 10].join(", ")
-        ));
-    }
-    y
-}
-
 struct Run {
     code: Option<i32>,
     stderr: String,
@@ -93,7 +79,7 @@ fn assert_refused(run: &Run, file: &str, what: &[&str]) {
 #[test]
 fn an_alias_bomb_in_complex_keys_is_refused_in_bounded_memory() {
     let dir = tempfile::tempdir().unwrap();
-    let bomb = complex_key_bomb();
+    let bomb = fhirconn_testkit::hostile::documents::complex_key_alias_bomb();
     assert_eq!(bomb.len(), 453);
     std::fs::write(dir.path().join("bomb.yaml"), &bomb).unwrap();
     let run = run_bounded(dir.path(), &["--config", "bomb.yaml", "config", "check"]);

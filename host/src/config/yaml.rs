@@ -442,23 +442,11 @@ mod tests {
         assert!(e.message.contains("alias"), "{e:?}");
     }
 
-    /// The complex-key alias bomb of the security review (453 bytes, 10^6-fold expansion).
-    pub(crate) fn complex_key_bomb() -> String {
-        let mut y = String::from("k0: &k0 [x, x, x, x, x, x, x, x, x, x]\n");
-        for i in 1..=6 {
-            let p = format!("*k{}", i - 1);
-            y.push_str(&format!(
-                "k{i}: &k{i}\n  ? [{}]\n  : v\n",
-                [p.as_str(); 10].join(", ")
-            ));
-        }
-        y
-    }
-
     #[test]
     fn input_is_bounded_before_a_tree_is_built() {
         // Aliases inside complex keys: refused at the first key, whatever the budget says.
-        let e = parse(complex_key_bomb().as_bytes()).unwrap_err();
+        let e = parse(fhirconn_testkit::hostile::documents::complex_key_alias_bomb().as_bytes())
+            .unwrap_err();
         assert!(e.message.contains("plain strings"), "{e:?}");
         assert_eq!(e.loc, Some(Loc { line: 3, column: 5 }));
         // 20,000 levels of `- - - x`: refused at level 65, no stack overflow.

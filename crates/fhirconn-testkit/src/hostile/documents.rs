@@ -108,6 +108,21 @@ pub fn device_code_response(uri: &str) -> Value {
     })
 }
 
+/// The 453-byte YAML alias bomb of the security review: every level is a complex mapping key
+/// holding ten aliases of the level below (10^6-fold expansion), so saphyr's own alias budget,
+/// which charges a key as one node, lets it through.
+pub fn complex_key_alias_bomb() -> String {
+    let mut y = String::from("k0: &k0 [x, x, x, x, x, x, x, x, x, x]\n");
+    for i in 1..=6 {
+        let p = format!("*k{}", i - 1);
+        y.push_str(&format!(
+            "k{i}: &k{i}\n  ? [{}]\n  : v\n",
+            [p.as_str(); 10].join(", ")
+        ));
+    }
+    y
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
