@@ -284,11 +284,6 @@ const KNOWN_LONG_FILES: &[&str] = &[
 ];
 /// Functions still over the limit, as `file::name` (same rule as above).
 const KNOWN_LONG_FUNCTIONS: &[&str] = &[
-    // The conformance suite: its case table and fixtures.
-    "crates/fhirconn-conformance/src/lib.rs::run_case",
-    "crates/fhirconn-conformance/src/lib.rs::run",
-    "crates/fhirconn-conformance/src/fixtures.rs::new",
-    "crates/fhirconn-conformance/src/fixtures.rs::scheme_specific",
     // The whole-process benchmark, moved unchanged out of xtask/src/main.rs (where the
     // `#[cfg(test)]` in the new-scheme template hid it from this count); to split by its owner.
     "xtask/src/bench.rs::whole_process",

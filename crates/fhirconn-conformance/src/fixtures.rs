@@ -1,14 +1,14 @@
 //! Per-scheme fixtures: the reference servers a scheme talks to, its good and wrong settings,
 //! the secrets that must never be printed, and its scheme-specific case.
 
+mod starters;
+
 use crate::Setup;
-use fhirconn_host::keygen::{self, KeyAlg};
-use fhirconn_testkit::entra::{EntraConfig, MockEntra};
-use fhirconn_testkit::idp::{ClientAuth, IdentityProvider, IdpConfig, RegisteredClient};
-use fhirconn_testkit::pki::{ClientSpec, Pki, Validity};
-use fhirconn_testkit::tls::{server_config, ClientCerts};
-use fhirconn_testkit::{Fault, FhirServer, FhirServerConfig, ServerAuth};
+use fhirconn_testkit::entra::MockEntra;
+use fhirconn_testkit::idp::IdentityProvider;
+use fhirconn_testkit::{Fault, FhirServer, ServerAuth};
 use serde_json::{json, Value};
+use starters::Parts;
 use std::path::Path;
 use std::time::Duration;
 
@@ -65,225 +65,28 @@ impl Fixture {
     pub async fn new(scheme: &str, _setup: &Setup) -> Result<Self, String> {
         let dir = tempfile::tempdir().map_err(err)?;
         let d = dir.path().to_path_buf();
-        let plain = |auth| FhirServerConfig {
-            auth,
-            ..FhirServerConfig::default()
+        let mut parts = Parts {
+            idp: None,
+            entra: None,
+            extra: json!({}),
+            secrets: Vec::new(),
         };
-        let mut idp = None;
-        let mut entra = None;
-        let mut extra = json!({});
-        let mut secrets = Vec::new();
         let (fhir, good, wrong) = match scheme {
-            "none" => (
-                FhirServer::start(plain(ServerAuth::None))
-                    .await
-                    .map_err(err)?,
-                json!({"scheme": "none"}),
-                None,
-            ),
-            "basic" => {
-                write(&d, "pw.txt", PASSWORD)?;
-                secrets.push(PASSWORD.to_string());
-                (
-                    FhirServer::start(plain(ServerAuth::Basic {
-                        username: "conformance".into(),
-                        password: PASSWORD.into(),
-                    }))
-                    .await
-                    .map_err(err)?,
-                    json!({"scheme": "basic", "username": "conformance", "password-file": "pw.txt"}),
-                    Some(
-                        json!({"scheme": "basic", "username": "conformance", "password": "CANARY-wrong-pw"}),
-                    ),
-                )
-            }
-            "bearer" => {
-                write(&d, "token.txt", TOKEN)?;
-                secrets.push(TOKEN.to_string());
-                secrets.push(ROTATED_TOKEN.to_string());
-                (
-                    FhirServer::start(plain(ServerAuth::Bearer {
-                        tokens: vec![TOKEN.into()],
-                    }))
-                    .await
-                    .map_err(err)?,
-                    json!({"scheme": "bearer", "token-file": "token.txt"}),
-                    Some(json!({"scheme": "bearer", "token": "CANARY-wrong-token-77"})),
-                )
-            }
-            "oidc-client-credentials" => {
-                write(&d, "secret.txt", SECRET)?;
-                secrets.push(SECRET.to_string());
-                let p = IdentityProvider::start(IdpConfig {
-                    audience: AUDIENCE.into(),
-                    clients: vec![RegisteredClient {
-                        client_id: "conformance".into(),
-                        auth: ClientAuth::SecretBasic(SECRET.into()),
-                        scopes: vec!["system/*.rs".into()],
-                    }],
-                    ..IdpConfig::default()
-                })
-                .await
-                .map_err(err)?;
-                let fhir = FhirServer::start(plain(ServerAuth::Jwt(p.verifier(AUDIENCE))))
-                    .await
-                    .map_err(err)?;
-                let good = json!({"scheme": "oidc-client-credentials", "issuer": p.issuer(),
-                    "client-id": "conformance", "client-secret-file": "secret.txt", "scope": "system/*.rs"});
-                let mut wrong = good.clone();
-                if let Some(o) = wrong.as_object_mut() {
-                    o.remove("client-secret-file");
-                }
-                wrong["client-secret"] = json!("CANARY-wrong-secret");
-                idp = Some(p);
-                (fhir, good, Some(wrong))
-            }
-            "smart-backend" => {
-                let key = keygen::generate(KeyAlg::Es384, Some("conformance-key")).map_err(err)?;
-                keygen::write(&d.join("key"), &key, false).map_err(err)?;
-                let other =
-                    keygen::generate(KeyAlg::Rs384, Some("conformance-key")).map_err(err)?;
-                keygen::write(&d.join("other"), &other, false).map_err(err)?;
-                secrets.push(private_body(&d.join("key/private-key.pem"))?);
-                let p = IdentityProvider::start(IdpConfig {
-                    audience: AUDIENCE.into(),
-                    clients: vec![RegisteredClient {
-                        client_id: "conformance".into(),
-                        auth: ClientAuth::PrivateKeyJwt(key.jwks.clone()),
-                        scopes: vec!["system/*.rs".into()],
-                    }],
-                    ..IdpConfig::default()
-                })
-                .await
-                .map_err(err)?;
-                let fhir = FhirServer::start(FhirServerConfig {
-                    auth: ServerAuth::Jwt(p.verifier(AUDIENCE)),
-                    smart_configuration: Some(p.smart_configuration()),
-                    ..FhirServerConfig::default()
-                })
-                .await
-                .map_err(err)?;
-                let good = json!({"scheme": "smart-backend", "client-id": "conformance",
-                    "private-key-file": "key/private-key.pem", "kid": "conformance-key", "scope": "system/*.rs"});
-                let mut wrong = good.clone();
-                wrong["private-key-file"] = json!("other/private-key.pem");
-                idp = Some(p);
-                (fhir, good, Some(wrong))
-            }
-            "mtls" => {
-                let pki = Pki::new();
-                let client = pki.client(&ClientSpec::new("conformance client"));
-                let rogue = pki.rogue_client("rogue client");
-                let expired = pki.client(&ClientSpec {
-                    validity: Validity::Expired,
-                    ..ClientSpec::new("expired client")
-                });
-                write(&d, "ca.pem", &pki.root_pem())?;
-                for (name, c) in [
-                    ("client", &client),
-                    ("rogue", &rogue),
-                    ("expired", &expired),
-                ] {
-                    write(&d, &format!("{name}.crt"), &c.chain_pem)?;
-                    write(&d, &format!("{name}.key"), &c.key_pem)?;
-                }
-                secrets.push(private_body(&d.join("client.key"))?);
-                extra = json!({"trusted-root-certificates-file": "ca.pem"});
-                let fhir = FhirServer::start_tls(
-                    FhirServerConfig::default(),
-                    server_config(&pki, ClientCerts::Required),
-                )
-                .await
-                .map_err(err)?;
-                let pair = |n: &str| json!({"scheme": "mtls", "certificate-file": format!("{n}.crt"), "private-key-file": format!("{n}.key")});
-                (fhir, pair("client"), Some(pair("rogue")))
-            }
-            "azure-ad" => {
-                write(&d, "secret.txt", AZURE_SECRET)?;
-                secrets.push(AZURE_SECRET.to_string());
-                let e = MockEntra::start(EntraConfig {
-                    confidential_clients: vec![("daemon-app".into(), AZURE_SECRET.into())],
-                    ..EntraConfig::default()
-                })
-                .await
-                .map_err(err)?;
-                let fhir = FhirServer::start(FhirServerConfig::default())
-                    .await
-                    .map_err(err)?;
-                // The audience is the server's origin (what Azure FHIR services use and the
-                // plugin's default); the plugin never takes it from the challenge.
-                let audience = origin(&fhir.base_url());
-                fhir.set_auth(ServerAuth::Jwt(e.verifier(&audience)));
-                fhir.set_challenge(Some(e.challenge(&audience)));
-                let good = json!({"scheme": "azure-ad", "authority-host": e.authority_host(),
-                    "client-id": "daemon-app", "flow": "client-credentials", "client-secret-file": "secret.txt"});
-                let mut wrong = good.clone();
-                if let Some(o) = wrong.as_object_mut() {
-                    o.remove("client-secret-file");
-                }
-                wrong["client-secret"] = json!("CANARY-wrong-daemon-secret");
-                entra = Some(e);
-                (fhir, good, Some(wrong))
-            }
-            other => {
-                let (doc, path) = descriptor(other, _setup)?;
-                write(&d, "secret.txt", SECRET)?;
-                secrets.push(SECRET.to_string());
-                match doc["server"].as_str() {
-                    Some("apikey-token-exchange") | Some("oauth-client-credentials") => {}
-                    s => {
-                        return Err(format!(
-                            "{}: unknown server '{}' (apikey-token-exchange or oauth-client-credentials)",
-                            path.display(),
-                            s.unwrap_or("")
-                        ))
-                    }
-                }
-                let p = IdentityProvider::start(IdpConfig {
-                    audience: AUDIENCE.into(),
-                    clients: vec![RegisteredClient {
-                        client_id: "conformance-vendor".into(),
-                        auth: ClientAuth::SecretPost(SECRET.into()),
-                        scopes: vec!["system/*.rs".into()],
-                    }],
-                    ..IdpConfig::default()
-                })
-                .await
-                .map_err(err)?;
-                let fhir = FhirServer::start(plain(ServerAuth::Jwt(p.verifier(AUDIENCE))))
-                    .await
-                    .map_err(err)?;
-                let vars = [
-                    ("${APIKEY_TOKEN_URL}", p.apikey_token_endpoint()),
-                    ("${TOKEN_URL}", p.token_endpoint()),
-                    ("${ISSUER}", p.issuer()),
-                    ("${CLIENT_ID}", "conformance-vendor".to_string()),
-                    ("${SECRET_FILE}", "secret.txt".to_string()),
-                    ("${SECRET}", SECRET.to_string()),
-                ];
-                let fill = |v: &Value| -> Result<Value, String> {
-                    let mut text = v.to_string();
-                    for (k, val) in &vars {
-                        text = text.replace(k, val);
-                    }
-                    serde_json::from_str(&text).map_err(err)
-                };
-                let good = fill(&doc["good"])?;
-                if good["scheme"] != other {
-                    return Err(format!(
-                        "{}: 'good' must use scheme '{other}'",
-                        path.display()
-                    ));
-                }
-                let wrong = if doc["wrong"].is_null() {
-                    None
-                } else {
-                    Some(fill(&doc["wrong"])?)
-                };
-                idp = Some(p);
-                (fhir, good, wrong)
-            }
+            "none" => starters::none(&d, &mut parts).await?,
+            "basic" => starters::basic(&d, &mut parts).await?,
+            "bearer" => starters::bearer(&d, &mut parts).await?,
+            "oidc-client-credentials" => starters::oidc_client_credentials(&d, &mut parts).await?,
+            "smart-backend" => starters::smart_backend(&d, &mut parts).await?,
+            "mtls" => starters::mtls(&d, &mut parts).await?,
+            "azure-ad" => starters::azure_ad(&d, &mut parts).await?,
+            other => starters::vendor(other, _setup, &d, &mut parts).await?,
         };
+        let Parts {
+            idp,
+            entra,
+            extra,
+            mut secrets,
+        } = parts;
         // Inline secrets of either settings (the host's rule: the last word of the key names
         // a secret), e.g. a vendor's `api-key`.
         for settings in std::iter::once(&good).chain(wrong.as_ref()) {
@@ -412,6 +215,48 @@ impl Fixture {
         out
     }
 
+    /// The scheme-specific case of `bearer`: a `token-file` rotated by another process.
+    async fn bearer_rotation(&self, setup: &Setup) -> Result<Option<()>, String> {
+        // Rotation by another process: the server now accepts only a new token and the
+        // `token-file` is replaced (atomically, as a rotating agent would). The next
+        // request is answered 401 once, then retried with the new token.
+        let host = self.host(setup, &self.good, Value::Null).await?;
+        let conn = host.connection("c").map_err(err)?;
+        let status = |r: Result<fhirconn_host::transport::Response, fhirconn_host::Error>| {
+            r.map(|r| r.status.as_u16()).map_err(err)
+        };
+        let a = status(conn.get("Patient/1").await)?;
+        self.fhir.set_auth(ServerAuth::Bearer {
+            tokens: vec![ROTATED_TOKEN.into()],
+        });
+        write(self.dir(), "token.txt.new", &format!("{ROTATED_TOKEN}\n"))?;
+        std::fs::rename(
+            self.dir().join("token.txt.new"),
+            self.dir().join("token.txt"),
+        )
+        .map_err(err)?;
+        let unauthorized = self.unauthorized();
+        let b = status(conn.get("Patient/1").await)?;
+        let rejected = self.unauthorized() - unauthorized;
+        let last = self
+            .fhir
+            .authorizations()
+            .pop()
+            .flatten()
+            .unwrap_or_default();
+        self.reset();
+        let sent_new = last == format!("Bearer {ROTATED_TOKEN}");
+        if (a, b, rejected) == (200, 200, 1) && sent_new {
+            Ok(Some(()))
+        } else {
+            Err(format!(
+                "after the token-file was rotated: statuses {a}, {b}; {rejected} 401(s); \
+                 the last request {} the new token",
+                if sent_new { "carried" } else { "did not carry" }
+            ))
+        }
+    }
+
     /// The case this scheme's specification adds.
     pub async fn scheme_specific(&self, setup: &Setup) -> Result<Option<()>, String> {
         let expect_failure =
@@ -478,47 +323,7 @@ impl Fixture {
                 self.reset();
                 expect_failure(r?, "refusing to send credentials there")
             }
-            "bearer" => {
-                // Rotation by another process: the server now accepts only a new token and the
-                // `token-file` is replaced (atomically, as a rotating agent would). The next
-                // request is answered 401 once, then retried with the new token.
-                let host = self.host(setup, &self.good, Value::Null).await?;
-                let conn = host.connection("c").map_err(err)?;
-                let status = |r: Result<
-                    fhirconn_host::transport::Response,
-                    fhirconn_host::Error,
-                >| { r.map(|r| r.status.as_u16()).map_err(err) };
-                let a = status(conn.get("Patient/1").await)?;
-                self.fhir.set_auth(ServerAuth::Bearer {
-                    tokens: vec![ROTATED_TOKEN.into()],
-                });
-                write(self.dir(), "token.txt.new", &format!("{ROTATED_TOKEN}\n"))?;
-                std::fs::rename(
-                    self.dir().join("token.txt.new"),
-                    self.dir().join("token.txt"),
-                )
-                .map_err(err)?;
-                let unauthorized = self.unauthorized();
-                let b = status(conn.get("Patient/1").await)?;
-                let rejected = self.unauthorized() - unauthorized;
-                let last = self
-                    .fhir
-                    .authorizations()
-                    .pop()
-                    .flatten()
-                    .unwrap_or_default();
-                self.reset();
-                let sent_new = last == format!("Bearer {ROTATED_TOKEN}");
-                if (a, b, rejected) == (200, 200, 1) && sent_new {
-                    Ok(Some(()))
-                } else {
-                    Err(format!(
-                        "after the token-file was rotated: statuses {a}, {b}; {rejected} 401(s); \
-                         the last request {} the new token",
-                        if sent_new { "carried" } else { "did not carry" }
-                    ))
-                }
-            }
+            "bearer" => self.bearer_rotation(setup).await,
             "basic" => {
                 // A UTF-8 password with colons (the canary) passed in `passes`; a username
                 // with a colon cannot be sent (RFC 7617 §2) and is refused.

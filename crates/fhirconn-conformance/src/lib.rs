@@ -7,11 +7,13 @@
 //! "wrong" settings. Generic cases run for every scheme; some apply only to schemes that fetch
 //! tokens; scheme-specific cases check what the scheme's specification demands.
 
+mod cases;
 pub mod fixtures;
 pub mod leaks;
 pub mod report;
 
-use fhirconn_host::{DiagnosisKind, Host, TestReport};
+use cases::run_case;
+use fhirconn_host::{Host, TestReport};
 use serde_json::Value;
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
@@ -136,190 +138,6 @@ async fn fhirconn(
         .map_err(|e| format!("cannot run {}: {e}", setup.fhirconn.display()))
 }
 
-async fn run_case(case: &str, f: &Fixture, setup: &Setup) -> Outcome {
-    let result: Result<Option<()>, String> = match case {
-        "passes" => async {
-            let r = f.test_once(setup, &f.good(), Value::Null).await?;
-            r.ok.then_some(Some(())).ok_or_else(|| why(&r))
-        }
-        .await,
-        "wrong-credentials-diagnosed" => async {
-            if f.wrong().is_null() {
-                return Ok(None);
-            }
-            let r = f.test_once(setup, &f.wrong(), Value::Null).await?;
-            let d = r.failure.as_ref().ok_or("wrong credentials passed")?;
-            let clear = matches!(
-                d.kind,
-                DiagnosisKind::Unauthorized
-                    | DiagnosisKind::CredentialsRejected
-                    | DiagnosisKind::Forbidden
-                    | DiagnosisKind::Tls
-            );
-            if clear {
-                Ok(Some(()))
-            } else {
-                Err(format!("unclear diagnosis: {}", why(&r)))
-            }
-        }
-        .await,
-        "renews-across-expiry" => async {
-            if !f.issues_tokens() {
-                return Ok(None);
-            }
-            f.set_token_lifetime(Duration::from_secs(2));
-            let host = f.host(setup, &f.good(), Value::Null).await?;
-            let conn = host.connection("c").map_err(|e| e.to_string())?;
-            let before = f.tokens_issued();
-            let get = || async { conn.get("Patient/1").await.map(|r| r.status.as_u16()) };
-            let first = get().await.map_err(|e| e.to_string())?;
-            // The credentials the first request used (cached: no new fetch).
-            let expires = conn
-                .credentials(false)
-                .await
-                .map_err(|e| e.to_string())?
-                .expires_at;
-            let unauthorized = f.unauthorized();
-            // Past the 2 s lifetime by more than the servers' one-second `exp` granularity, so
-            // a token that was not renewed is refused for sure.
-            tokio::time::sleep(Duration::from_millis(3100)).await;
-            let second = get().await.map_err(|e| e.to_string())?;
-            let rejected = f.unauthorized() - unauthorized;
-            let fetched = f.tokens_issued() - before;
-            let mut problems = Vec::new();
-            if expires.is_none() {
-                problems.push(
-                    "the credentials carry no expiry, so the host cannot renew them ahead of time"
-                        .to_string(),
-                );
-            }
-            if rejected > 0 {
-                problems.push(format!(
-                    "{rejected} request(s) answered 401 around the renewal (renewed by retry, \
-                     not ahead of expiry)"
-                ));
-            }
-            if (first, second) != (200, 200) || fetched != 2 {
-                problems.push(format!(
-                    "statuses {first}, {second}; {fetched} tokens fetched (expected 2)"
-                ));
-            }
-            if problems.is_empty() {
-                Ok(Some(()))
-            } else {
-                Err(problems.join("; "))
-            }
-        }
-        .await,
-        "401-retries-once" => async {
-            if !f.issues_tokens() {
-                return Ok(None);
-            }
-            let host = f.host(setup, &f.good(), Value::Null).await?;
-            let conn = host.connection("c").map_err(|e| e.to_string())?;
-            let status = |r: Result<fhirconn_host::transport::Response, fhirconn_host::Error>| {
-                r.map(|r| r.status.as_u16()).map_err(|e| e.to_string())
-            };
-            let a = status(conn.get("Patient/1").await)?;
-            f.revoke_tokens();
-            let unauthorized = f.unauthorized();
-            let before = f.tokens_issued();
-            let b = status(conn.get("Patient/1").await)?;
-            let retries = f.unauthorized() - unauthorized;
-            let fetched = f.tokens_issued() - before;
-            if (a, b, retries, fetched) == (200, 200, 1, 1) {
-                Ok(Some(()))
-            } else {
-                Err(format!("statuses {a}, {b}; {retries} 401(s); {fetched} new token(s)"))
-            }
-        }
-        .await,
-        "slow-server-times-out" => async {
-            f.set_slow(Some(Duration::from_secs(5)));
-            let started = Instant::now();
-            let r = f
-                .test_once(setup, &f.good(), serde_json::json!({"read-timeout": "PT1S"}))
-                .await;
-            f.set_slow(None);
-            let r = r?;
-            let took = started.elapsed();
-            let kind = r.failure.as_ref().map(|d| d.kind);
-            if kind == Some(DiagnosisKind::Timeout) && took < Duration::from_millis(4000) {
-                Ok(Some(()))
-            } else {
-                Err(format!("after {took:?}: {}", why(&r)))
-            }
-        }
-        .await,
-        "no-secret-in-verbose-output" => async {
-            if f.secrets().is_empty() && !f.issues_tokens() {
-                // Nothing secret to leak (`none`): not a pass.
-                return Ok(None);
-            }
-            let cfg = f.dir().join("conformance.yaml");
-            let mut conn = serde_json::json!({"base-url": f.base_url(), "auth": f.good(), "probe": "Patient/1"});
-            if let (Value::Object(c), Value::Object(e)) = (&mut conn, f.connection_extra()) {
-                c.extend(e);
-            }
-            std::fs::write(
-                &cfg,
-                serde_json::to_string(&serde_json::json!({"connections": {"c": conn}}))
-                    .map_err(|e| e.to_string())?,
-            )
-            .map_err(|e| e.to_string())?;
-            // `test` and `get` at the most verbose logging.
-            let mut text = String::new();
-            for args in [&["test"][..], &["get", "c", "Patient/1"][..]] {
-                let out = fhirconn(setup, &cfg, args).await?;
-                let both = format!(
-                    "{}{}",
-                    String::from_utf8_lossy(&out.stdout),
-                    String::from_utf8_lossy(&out.stderr)
-                );
-                if !out.status.success() {
-                    return Err(format!(
-                        "fhirconn {} failed: {}",
-                        args.join(" "),
-                        both.lines().last().unwrap_or("")
-                    ));
-                }
-                text.push_str(&both);
-            }
-            // The error path too: the wrong credentials' diagnosis must not quote them.
-            if !f.wrong().is_null() {
-                let mut conn = serde_json::json!({"base-url": f.base_url(), "auth": f.wrong()});
-                if let (Value::Object(c), Value::Object(e)) = (&mut conn, f.connection_extra()) {
-                    c.extend(e);
-                }
-                let wrong_cfg = f.dir().join("conformance-wrong.yaml");
-                std::fs::write(
-                    &wrong_cfg,
-                    serde_json::to_string(&serde_json::json!({"connections": {"c": conn}}))
-                        .map_err(|e| e.to_string())?,
-                )
-                .map_err(|e| e.to_string())?;
-                let out = fhirconn(setup, &wrong_cfg, &["test"]).await?;
-                text.push_str(&String::from_utf8_lossy(&out.stdout));
-                text.push_str(&String::from_utf8_lossy(&out.stderr));
-            }
-            let mut secrets = f.secrets();
-            secrets.extend(f.issued_tokens());
-            match leaks::find(&text, &secrets, &f.users()) {
-                Some(leak) => Err(leak),
-                None => Ok(Some(())),
-            }
-        }
-        .await,
-        "scheme-specific" => f.scheme_specific(setup).await,
-        other => Err(format!("unknown case {other}")),
-    };
-    match result {
-        Ok(Some(())) => Outcome::Pass,
-        Ok(None) => Outcome::NotApplicable,
-        Err(e) => Outcome::Fail(e),
-    }
-}
-
 /// The platform's prefix and suffix of a fhirconn plugin library file
 /// (`libfhirconn_` and `.so` on Linux).
 fn library_affixes() -> (String, String) {
@@ -438,6 +256,75 @@ fn link_into(dir: &Path, from: &Path, numbered_stem: &str, suffix: &str) -> Resu
     r.map_err(|e| format!("{}: {e}", to.display()))
 }
 
+/// Links the libraries that load alone, and the vendors' conformance descriptors of the plugin
+/// directories, into one private directory.
+fn quarantine(setup: &Setup, healthy: &[PathBuf]) -> Result<tempfile::TempDir, String> {
+    let quarantine = tempfile::tempdir().map_err(|e| e.to_string())?;
+    let (prefix, suffix) = library_affixes();
+    for lib in healthy {
+        link_into(
+            quarantine.path(),
+            lib,
+            &format!("{prefix}conformance"),
+            &suffix,
+        )?;
+    }
+    for dir in &setup.plugin_dirs {
+        let Ok(rd) = std::fs::read_dir(dir) else {
+            continue;
+        };
+        let mut descriptors: Vec<PathBuf> = rd
+            .filter_map(|e| e.ok().map(|e| e.path()))
+            .filter(|p| p.to_string_lossy().ends_with(".conformance.json"))
+            .collect();
+        descriptors.sort();
+        for d in descriptors {
+            if let Some(name) = d.file_name() {
+                if !quarantine.path().join(name).exists() {
+                    link_into(quarantine.path(), &d, "", "")?;
+                }
+            }
+        }
+    }
+    Ok(quarantine)
+}
+
+/// Runs every case for `scheme` (or one failed [`SETUP`] row if its fixture does not start).
+async fn run_scheme(scheme: &str, inner: &Setup, out: &mut Vec<CaseResult>) {
+    let limit = inner.case_timeout;
+    let fixture = match tokio::time::timeout(limit, Fixture::new(scheme, inner)).await {
+        Ok(Ok(f)) => f,
+        Ok(Err(e)) => {
+            out.push(setup_failure(scheme, e));
+            return;
+        }
+        Err(_) => {
+            out.push(setup_failure(
+                scheme,
+                "starting its fixture timed out".into(),
+            ));
+            return;
+        }
+    };
+    for case in CASES {
+        let started = Instant::now();
+        let outcome = match tokio::time::timeout(limit, run_case(case, &fixture, inner)).await {
+            Ok(o) => o,
+            Err(_) => Outcome::Fail(format!(
+                "timed out after {} s (--case-timeout)",
+                limit.as_secs_f64()
+            )),
+        };
+        fixture.reset();
+        out.push(CaseResult {
+            scheme: scheme.to_string(),
+            case: case.to_string(),
+            outcome,
+            ms: started.elapsed().as_millis() as u64,
+        });
+    }
+}
+
 /// Runs every case for each scheme the plugin directories provide (and the built-in `none`),
 /// or only for `schemes`. `Err` is a usage error (exit 2): a plugin directory that does not
 /// exist or holds no plugin, or a requested scheme that no library provides. A library that
@@ -468,33 +355,7 @@ pub async fn run(setup: &Setup, schemes: &[String]) -> Result<Vec<CaseResult>, S
     }
     // 2. The libraries that load alone, together, from one private directory (with the
     //    vendors' conformance descriptors), in this process: duplicates and the like.
-    let quarantine = tempfile::tempdir().map_err(|e| e.to_string())?;
-    let (prefix, suffix) = library_affixes();
-    for lib in &healthy {
-        link_into(
-            quarantine.path(),
-            lib,
-            &format!("{prefix}conformance"),
-            &suffix,
-        )?;
-    }
-    for dir in &setup.plugin_dirs {
-        let Ok(rd) = std::fs::read_dir(dir) else {
-            continue;
-        };
-        let mut descriptors: Vec<PathBuf> = rd
-            .filter_map(|e| e.ok().map(|e| e.path()))
-            .filter(|p| p.to_string_lossy().ends_with(".conformance.json"))
-            .collect();
-        descriptors.sort();
-        for d in descriptors {
-            if let Some(name) = d.file_name() {
-                if !quarantine.path().join(name).exists() {
-                    link_into(quarantine.path(), &d, "", "")?;
-                }
-            }
-        }
-    }
+    let quarantine = quarantine(setup, &healthy)?;
     let registry = fhirconn_host::plugins::Registry::new(vec![quarantine.path().to_path_buf()]);
     for lib in &healthy {
         if let Err(e) = registry.load(lib) {
@@ -538,40 +399,8 @@ pub async fn run(setup: &Setup, schemes: &[String]) -> Result<Vec<CaseResult>, S
         }
         schemes.to_vec()
     };
-    let limit = setup.case_timeout;
     for scheme in names {
-        let fixture = match tokio::time::timeout(limit, Fixture::new(&scheme, &inner)).await {
-            Ok(Ok(f)) => f,
-            Ok(Err(e)) => {
-                out.push(setup_failure(&scheme, e));
-                continue;
-            }
-            Err(_) => {
-                out.push(setup_failure(
-                    &scheme,
-                    "starting its fixture timed out".into(),
-                ));
-                continue;
-            }
-        };
-        for case in CASES {
-            let started = Instant::now();
-            let outcome = match tokio::time::timeout(limit, run_case(case, &fixture, &inner)).await
-            {
-                Ok(o) => o,
-                Err(_) => Outcome::Fail(format!(
-                    "timed out after {} s (--case-timeout)",
-                    limit.as_secs_f64()
-                )),
-            };
-            fixture.reset();
-            out.push(CaseResult {
-                scheme: scheme.clone(),
-                case: case.to_string(),
-                outcome,
-                ms: started.elapsed().as_millis() as u64,
-            });
-        }
+        run_scheme(&scheme, &inner, &mut out).await;
     }
     Ok(out)
 }
