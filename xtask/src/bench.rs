@@ -2,6 +2,7 @@
 
 use crate::build::dist;
 use crate::{bench_export, median, project_root, shell, start_testkit, write_private, Result};
+use serde_json::Value;
 use std::path::Path;
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
@@ -94,196 +95,243 @@ fn curl_token(args: &[String]) -> Result<String> {
 fn whole_process(root: &Path) -> Result {
     let (mut child, info) =
         start_testkit(&root.join("target/release/fhirconn-testkit"), &["serve"])?;
-    let result = (|| -> Result {
-        let dir = root.join("target/bench");
-        std::fs::create_dir_all(&dir)?;
-        let s = |v: &serde_json::Value| v.as_str().unwrap_or_default().to_string();
-        let (basic, bearer, oauth) = (&info["basic"], &info["bearer"], &info["oauth"]);
-        std::fs::write(dir.join("pw.txt"), s(&basic["password"]))?;
-        std::fs::write(dir.join("token.txt"), s(&bearer["token"]))?;
-        std::fs::write(dir.join("secret.txt"), s(&oauth["client-secret"]))?;
-        write_private(&dir.join("key.pem"), &s(&oauth["private-key-pem"]))?;
-        let mtls = &info["mtls"];
-        std::fs::write(dir.join("ca.pem"), s(&mtls["ca-pem"]))?;
-        std::fs::write(dir.join("client.crt"), s(&mtls["certificate-pem"]))?;
-        write_private(&dir.join("client.key"), &s(&mtls["private-key-pem"]))?;
-        // One file per connection: each run loads exactly one scheme, as a user testing one
-        // server would.
-        let connections = [
-            ("basic", format!("base-url: {}\n    auth: {{scheme: basic, username: {}, password-file: pw.txt}}",
-                s(&basic["base-url"]), s(&basic["username"]))),
-            ("bearer", format!("base-url: {}\n    auth: {{scheme: bearer, token-file: token.txt}}",
-                s(&bearer["base-url"]))),
-            ("oidc", format!("base-url: {}\n    auth: {{scheme: oidc-client-credentials, token-url: '{}', client-id: {}, client-secret-file: secret.txt}}",
-                s(&oauth["base-url"]), s(&oauth["token-endpoint"]), s(&oauth["client-id"]))),
-            ("smart", format!("base-url: {}\n    auth: {{scheme: smart-backend, token-url: '{}', client-id: {}, private-key-file: key.pem, kid: {}, scope: system/*.rs}}",
-                s(&oauth["base-url"]), s(&oauth["token-endpoint"]), s(&oauth["smart-client-id"]), s(&oauth["kid"]))),
-            ("mtls", format!("base-url: {}\n    trusted-root-certificates-file: ca.pem\n    auth: {{scheme: mtls, certificate-file: client.crt, private-key-file: client.key}}",
-                s(&mtls["base-url"]))),
-        ];
-        for (id, body) in &connections {
-            std::fs::write(
-                dir.join(format!("{id}.yaml")),
-                format!("connections:\n  {id}:\n    {body}\n"),
-            )?;
-        }
-        let ours = |id: &str| {
-            timed(
-                Command::new(root.join("target/dist/fhirconn"))
-                    .arg("-c")
-                    .arg(dir.join(format!("{id}.yaml")))
-                    .args(["test", id]),
-            )
-        };
-        let metadata = |base: &serde_json::Value| format!("{}/metadata", s(base));
-        let token_url = s(&oauth["token-endpoint"]);
-        let mut assertions = oauth["presigned-assertions"]
-            .as_array()
-            .cloned()
-            .unwrap_or_default()
-            .into_iter();
-        let runs = 15;
-        println!("\nwhole process, median of {runs} runs each (loopback):");
-        for scheme in ["basic", "bearer", "oidc", "smart", "mtls"] {
-            let (mut a, mut b) = (Vec::new(), Vec::new());
-            for _ in 0..runs {
-                a.push(ours(scheme)?);
-                let t = Instant::now();
-                match scheme {
-                    "basic" => {
-                        timed(
-                            curl()
-                                .arg("-u")
-                                .arg(format!(
-                                    "{}:{}",
-                                    s(&basic["username"]),
-                                    s(&basic["password"])
-                                ))
-                                .arg(metadata(&basic["base-url"])),
-                        )?;
-                    }
-                    "bearer" => {
-                        timed(
-                            curl()
-                                .arg("-H")
-                                .arg(format!("Authorization: Bearer {}", s(&bearer["token"])))
-                                .arg(metadata(&bearer["base-url"])),
-                        )?;
-                    }
-                    "oidc" => {
-                        let token = curl_token(&[
-                            "-u".into(),
-                            format!(
-                                "{}:{}",
-                                form_encode(&s(&oauth["client-id"])),
-                                form_encode(&s(&oauth["client-secret"]))
-                            ),
-                            "-d".into(),
-                            "grant_type=client_credentials".into(),
-                            token_url.clone(),
-                        ])?;
-                        timed(
-                            curl()
-                                .arg("-H")
-                                .arg(format!("Authorization: Bearer {token}"))
-                                .arg(metadata(&oauth["base-url"])),
-                        )?;
-                    }
-                    "mtls" => {
-                        timed(
-                            curl()
-                                .arg("--cert")
-                                .arg(dir.join("client.crt"))
-                                .arg("--key")
-                                .arg(dir.join("client.key"))
-                                .arg("--cacert")
-                                .arg(dir.join("ca.pem"))
-                                .arg(metadata(&mtls["base-url"])),
-                        )?;
-                    }
-                    _ => {
-                        let assertion = assertions
-                            .next()
-                            .map(|v| s(&v))
-                            .ok_or("out of presigned assertions")?;
-                        let token = curl_token(&[
-                            "-d".into(), "grant_type=client_credentials".into(),
-                            "-d".into(), "scope=system%2F*.rs".into(),
-                            "-d".into(), "client_assertion_type=urn%3Aietf%3Aparams%3Aoauth%3Aclient-assertion-type%3Ajwt-bearer".into(),
-                            "-d".into(), format!("client_assertion={assertion}"),
-                            token_url.clone(),
-                        ])?;
-                        timed(
-                            curl()
-                                .arg("-H")
-                                .arg(format!("Authorization: Bearer {token}"))
-                                .arg(metadata(&oauth["base-url"])),
-                        )?;
-                    }
-                }
-                b.push(t.elapsed());
-            }
-            let (o, c) = (median(a), median(b));
-            let how = match scheme {
-                "oidc" => "curl token + curl GET",
-                "smart" => "curl token (pre-signed assertion) + curl GET",
-                "mtls" => "curl --cert --key --cacert GET",
-                _ => "curl GET",
-            };
-            println!(
-                "  {scheme:7} fhirconn test {:6.1} ms   {how}: {:6.1} ms   ratio {:.2}x",
-                o.as_secs_f64() * 1e3,
-                c.as_secs_f64() * 1e3,
-                o.as_secs_f64() / c.as_secs_f64()
-            );
-        }
-        // Loading every plugin: `fhirconn schemes` (loads all) minus `fhirconn --version`.
-        let bin = root.join("target/dist/fhirconn");
-        let plugins = root.join("target/dist/plugins");
-        let count = std::fs::read_dir(&plugins)?.count();
-        let (mut load, mut base) = (Vec::new(), Vec::new());
-        for _ in 0..runs {
-            load.push(timed(
-                Command::new(&bin)
-                    .arg("--plugin-dir")
-                    .arg(&plugins)
-                    .args(["schemes", "--output", "json"]),
-            )?);
-            base.push(timed(Command::new(&bin).arg("--version"))?);
-        }
-        let (l, b) = (median(load), median(base));
-        println!(
-            "loading all {count} plugins: {:.1} ms (fhirconn schemes {:.1} ms minus fhirconn --version {:.1} ms, medians of {runs})",
-            (l.as_secs_f64() - b.as_secs_f64()) * 1e3,
-            l.as_secs_f64() * 1e3,
-            b.as_secs_f64() * 1e3
-        );
-        // A file of 1,000 connections, all tested.
-        let mut big = String::from("connections:\n");
-        for i in 0..1000 {
-            big.push_str(&format!(
-                "  c{i:04}:\n    base-url: {}\n    auth: {{scheme: basic, username: {}, password-file: pw.txt}}\n",
-                s(&basic["base-url"]),
-                s(&basic["username"])
-            ));
-        }
-        std::fs::write(dir.join("thousand.yaml"), big)?;
-        let mut times = Vec::new();
-        for _ in 0..5 {
-            times.push(timed(
-                Command::new(&bin)
-                    .arg("-c")
-                    .arg(dir.join("thousand.yaml"))
-                    .arg("test"),
-            )?);
-        }
-        println!(
-            "fhirconn test of 1,000 basic connections (one loopback server): {:.2} s (median of 5)",
-            median(times).as_secs_f64()
-        );
-        Ok(())
-    })();
+    let result = whole_process_runs(root, &info);
     let _ = child.kill();
     let _ = child.wait();
     result
+}
+
+/// A string field of the testkit's description (empty if absent).
+fn s(v: &Value) -> String {
+    v.as_str().unwrap_or_default().to_string()
+}
+
+/// The measurements of [`whole_process`], against the running testkit described by `info`.
+fn whole_process_runs(root: &Path, info: &Value) -> Result {
+    let dir = root.join("target/bench");
+    write_bench_files(&dir, info)?;
+    let runs = 15;
+    versus_curl(root, &dir, info, runs)?;
+    plugin_loading(root, runs)?;
+    thousand_connections(root, &dir, info)
+}
+
+/// The credentials' files and one configuration file per connection in `dir`.
+fn write_bench_files(dir: &Path, info: &Value) -> Result {
+    std::fs::create_dir_all(dir)?;
+    let (basic, bearer, oauth) = (&info["basic"], &info["bearer"], &info["oauth"]);
+    std::fs::write(dir.join("pw.txt"), s(&basic["password"]))?;
+    std::fs::write(dir.join("token.txt"), s(&bearer["token"]))?;
+    std::fs::write(dir.join("secret.txt"), s(&oauth["client-secret"]))?;
+    write_private(&dir.join("key.pem"), &s(&oauth["private-key-pem"]))?;
+    let mtls = &info["mtls"];
+    std::fs::write(dir.join("ca.pem"), s(&mtls["ca-pem"]))?;
+    std::fs::write(dir.join("client.crt"), s(&mtls["certificate-pem"]))?;
+    write_private(&dir.join("client.key"), &s(&mtls["private-key-pem"]))?;
+    // One file per connection: each run loads exactly one scheme, as a user testing one
+    // server would.
+    let connections = [
+        ("basic", format!("base-url: {}\n    auth: {{scheme: basic, username: {}, password-file: pw.txt}}",
+            s(&basic["base-url"]), s(&basic["username"]))),
+        ("bearer", format!("base-url: {}\n    auth: {{scheme: bearer, token-file: token.txt}}",
+            s(&bearer["base-url"]))),
+        ("oidc", format!("base-url: {}\n    auth: {{scheme: oidc-client-credentials, token-url: '{}', client-id: {}, client-secret-file: secret.txt}}",
+            s(&oauth["base-url"]), s(&oauth["token-endpoint"]), s(&oauth["client-id"]))),
+        ("smart", format!("base-url: {}\n    auth: {{scheme: smart-backend, token-url: '{}', client-id: {}, private-key-file: key.pem, kid: {}, scope: system/*.rs}}",
+            s(&oauth["base-url"]), s(&oauth["token-endpoint"]), s(&oauth["smart-client-id"]), s(&oauth["kid"]))),
+        ("mtls", format!("base-url: {}\n    trusted-root-certificates-file: ca.pem\n    auth: {{scheme: mtls, certificate-file: client.crt, private-key-file: client.key}}",
+            s(&mtls["base-url"]))),
+    ];
+    for (id, body) in &connections {
+        std::fs::write(
+            dir.join(format!("{id}.yaml")),
+            format!("connections:\n  {id}:\n    {body}\n"),
+        )?;
+    }
+    Ok(())
+}
+
+/// `fhirconn test ID` vs curl by hand, per scheme, median of `runs` each.
+fn versus_curl(root: &Path, dir: &Path, info: &Value, runs: usize) -> Result {
+    let ours = |id: &str| {
+        timed(
+            Command::new(root.join("target/dist/fhirconn"))
+                .arg("-c")
+                .arg(dir.join(format!("{id}.yaml")))
+                .args(["test", id]),
+        )
+    };
+    let mut assertions = info["oauth"]["presigned-assertions"]
+        .as_array()
+        .cloned()
+        .unwrap_or_default()
+        .into_iter();
+    println!("\nwhole process, median of {runs} runs each (loopback):");
+    for scheme in ["basic", "bearer", "oidc", "smart", "mtls"] {
+        let (mut a, mut b) = (Vec::new(), Vec::new());
+        for _ in 0..runs {
+            a.push(ours(scheme)?);
+            let t = Instant::now();
+            curl_once(scheme, dir, info, &mut assertions)?;
+            b.push(t.elapsed());
+        }
+        let (o, c) = (median(a), median(b));
+        let how = match scheme {
+            "oidc" => "curl token + curl GET",
+            "smart" => "curl token (pre-signed assertion) + curl GET",
+            "mtls" => "curl --cert --key --cacert GET",
+            _ => "curl GET",
+        };
+        println!(
+            "  {scheme:7} fhirconn test {:6.1} ms   {how}: {:6.1} ms   ratio {:.2}x",
+            o.as_secs_f64() * 1e3,
+            c.as_secs_f64() * 1e3,
+            o.as_secs_f64() / c.as_secs_f64()
+        );
+    }
+    Ok(())
+}
+
+/// What `fhirconn test` does for `scheme`, done by hand with curl (the caller times it).
+fn curl_once(
+    scheme: &str,
+    dir: &Path,
+    info: &Value,
+    assertions: &mut impl Iterator<Item = Value>,
+) -> Result {
+    let (basic, bearer, oauth, mtls) = (
+        &info["basic"],
+        &info["bearer"],
+        &info["oauth"],
+        &info["mtls"],
+    );
+    let metadata = |base: &Value| format!("{}/metadata", s(base));
+    let token_url = s(&oauth["token-endpoint"]);
+    match scheme {
+        "basic" => {
+            timed(
+                curl()
+                    .arg("-u")
+                    .arg(format!(
+                        "{}:{}",
+                        s(&basic["username"]),
+                        s(&basic["password"])
+                    ))
+                    .arg(metadata(&basic["base-url"])),
+            )?;
+        }
+        "bearer" => {
+            timed(
+                curl()
+                    .arg("-H")
+                    .arg(format!("Authorization: Bearer {}", s(&bearer["token"])))
+                    .arg(metadata(&bearer["base-url"])),
+            )?;
+        }
+        "oidc" => {
+            let token = curl_token(&[
+                "-u".into(),
+                format!(
+                    "{}:{}",
+                    form_encode(&s(&oauth["client-id"])),
+                    form_encode(&s(&oauth["client-secret"]))
+                ),
+                "-d".into(),
+                "grant_type=client_credentials".into(),
+                token_url.clone(),
+            ])?;
+            timed(
+                curl()
+                    .arg("-H")
+                    .arg(format!("Authorization: Bearer {token}"))
+                    .arg(metadata(&oauth["base-url"])),
+            )?;
+        }
+        "mtls" => {
+            timed(
+                curl()
+                    .arg("--cert")
+                    .arg(dir.join("client.crt"))
+                    .arg("--key")
+                    .arg(dir.join("client.key"))
+                    .arg("--cacert")
+                    .arg(dir.join("ca.pem"))
+                    .arg(metadata(&mtls["base-url"])),
+            )?;
+        }
+        _ => {
+            let assertion = assertions
+                .next()
+                .map(|v| s(&v))
+                .ok_or("out of presigned assertions")?;
+            let token = curl_token(&[
+                "-d".into(), "grant_type=client_credentials".into(),
+                "-d".into(), "scope=system%2F*.rs".into(),
+                "-d".into(), "client_assertion_type=urn%3Aietf%3Aparams%3Aoauth%3Aclient-assertion-type%3Ajwt-bearer".into(),
+                "-d".into(), format!("client_assertion={assertion}"),
+                token_url.clone(),
+            ])?;
+            timed(
+                curl()
+                    .arg("-H")
+                    .arg(format!("Authorization: Bearer {token}"))
+                    .arg(metadata(&oauth["base-url"])),
+            )?;
+        }
+    }
+    Ok(())
+}
+
+/// Loading every plugin: `fhirconn schemes` (loads all) minus `fhirconn --version`.
+fn plugin_loading(root: &Path, runs: usize) -> Result {
+    let bin = root.join("target/dist/fhirconn");
+    let plugins = root.join("target/dist/plugins");
+    let count = std::fs::read_dir(&plugins)?.count();
+    let (mut load, mut base) = (Vec::new(), Vec::new());
+    for _ in 0..runs {
+        load.push(timed(
+            Command::new(&bin)
+                .arg("--plugin-dir")
+                .arg(&plugins)
+                .args(["schemes", "--output", "json"]),
+        )?);
+        base.push(timed(Command::new(&bin).arg("--version"))?);
+    }
+    let (l, b) = (median(load), median(base));
+    println!(
+        "loading all {count} plugins: {:.1} ms (fhirconn schemes {:.1} ms minus fhirconn --version {:.1} ms, medians of {runs})",
+        (l.as_secs_f64() - b.as_secs_f64()) * 1e3,
+        l.as_secs_f64() * 1e3,
+        b.as_secs_f64() * 1e3
+    );
+    Ok(())
+}
+
+/// A file of 1,000 connections, all tested.
+fn thousand_connections(root: &Path, dir: &Path, info: &Value) -> Result {
+    let bin = root.join("target/dist/fhirconn");
+    let basic = &info["basic"];
+    let mut big = String::from("connections:\n");
+    for i in 0..1000 {
+        big.push_str(&format!(
+            "  c{i:04}:\n    base-url: {}\n    auth: {{scheme: basic, username: {}, password-file: pw.txt}}\n",
+            s(&basic["base-url"]),
+            s(&basic["username"])
+        ));
+    }
+    std::fs::write(dir.join("thousand.yaml"), big)?;
+    let mut times = Vec::new();
+    for _ in 0..5 {
+        times.push(timed(
+            Command::new(&bin)
+                .arg("-c")
+                .arg(dir.join("thousand.yaml"))
+                .arg("test"),
+        )?);
+    }
+    println!(
+        "fhirconn test of 1,000 basic connections (one loopback server): {:.2} s (median of 5)",
+        median(times).as_secs_f64()
+    );
+    Ok(())
 }
