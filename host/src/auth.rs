@@ -29,6 +29,8 @@ pub struct Resolved {
     pub renew_at: Option<SystemTime>,
     /// Warnings the schemes reported (shown by `fhirconn test`).
     pub warnings: Vec<String>,
+    /// The SMART launch context a scheme reported (the first one), sanitised.
+    pub launch_context: Option<fhirconn_sdk::wire::LaunchContext>,
 }
 
 impl std::fmt::Debug for Resolved {
@@ -145,7 +147,8 @@ impl AuthRuntime {
     /// Runs a connection-level operation (e.g. `logout`) on every scheme; returns whether any
     /// scheme knew it. Drops the cached credentials.
     pub async fn invoke_all(&self, op: &str) -> Result<bool, Error> {
-        let op = ConnectionOperation::parse(op);
+        let op = ConnectionOperation::parse(op, "")
+            .unwrap_or_else(|_| ConnectionOperation::Unknown(op.to_string()));
         let _flight = self.fetch_lock.lock().await;
         *self
             .cache
@@ -198,6 +201,7 @@ impl AuthRuntime {
         let mut identity: Option<ClientIdentity> = None;
         let mut expires_at: Option<SystemTime> = None;
         let mut warnings: Vec<String> = Vec::new();
+        let mut launch_context = None;
         for entry in &self.entries {
             let scheme = &entry.scheme.name;
             let creds = entry
@@ -248,6 +252,7 @@ impl AuthRuntime {
                 identity = Some(id);
             }
             warnings.extend(creds.warnings);
+            launch_context = launch_context.or(creds.context);
             if let Some(at) = creds.expires_at {
                 expires_at = Some(expires_at.map_or(at, |e: SystemTime| e.min(at)));
             }
@@ -259,6 +264,7 @@ impl AuthRuntime {
             expires_at,
             renew_at: expires_at.map(|e| renew_at(now, e, self.renewal_margin)),
             warnings,
+            launch_context,
         })
     }
 }

@@ -95,6 +95,7 @@ pub(crate) fn credentials_to_abi(c: Credentials) -> AbiCredentials {
             .into(),
         extensions_json: crate::wire::CredentialsExtensions {
             warnings: c.warnings,
+            context: c.context,
         }
         .to_json()
         .into(),
@@ -118,21 +119,24 @@ impl AuthScheme for SchemeAdapter {
     }
 
     fn describe(&self) -> SchemeDescription {
-        let (summary, schema) = match catch_unwind(AssertUnwindSafe(|| {
+        let (summary, schema, signs_requests) = match catch_unwind(AssertUnwindSafe(|| {
             (
                 self.inner.summary().to_string(),
                 self.inner.config_schema().to_string(),
+                self.inner.signs_requests(),
             )
         })) {
             Ok(v) => v,
-            Err(_) => ("<panicked>".to_string(), "{}".to_string()),
+            Err(_) => ("<panicked>".to_string(), "{}".to_string(), false),
         };
         SchemeDescription {
             version: self.version.into(),
             summary: summary.into(),
             config_schema_json: schema.into(),
             sdk_version: crate::SDK_VERSION.into(),
-            extensions_json: crate::wire::NoExtensions {}.to_json().into(),
+            extensions_json: crate::wire::SchemeExtensions { signs_requests }
+                .to_json()
+                .into(),
         }
     }
 
@@ -199,6 +203,15 @@ impl ConnectionAuth for ConnectionAdapter {
     ) -> RResult<RString, AbiError> {
         guard("invoke", || {
             let host = Host::from_raw(host);
+            if op.as_str() == crate::wire::SIGN_REQUEST {
+                // The per-request path: typed in, typed out, no `Value` in between.
+                let request: crate::wire::SignRequest = serde_json::from_str(payload_json.as_str())
+                    .map_err(|e| Error::protocol(format!("sign-request payload: {e}")))?;
+                let answer = self.inner.sign_request(&request, &host)?;
+                return serde_json::to_string(&answer)
+                    .map(RString::from)
+                    .map_err(|e| Error::internal(format!("sign-request answer: {e}")));
+            }
             let payload = parse_payload(payload_json)?;
             let out = self.inner.invoke(op.as_str(), payload, &host)?;
             Ok(out.to_string().into())

@@ -111,6 +111,10 @@ impl HttpRequest {
     }
 }
 
+/// The key in an HTTP request's `extensions_json` that marks a request to a cloud
+/// instance-metadata endpoint ([`Host::instance_metadata_http`]).
+pub const INSTANCE_METADATA: &str = "instance-metadata";
+
 /// Encodes pairs as `application/x-www-form-urlencoded` (RFC 6749 appendix B).
 pub fn form_urlencode(pairs: &[(&str, &str)]) -> String {
     url::form_urlencoded::Serializer::new(String::new())
@@ -215,6 +219,20 @@ impl<'a> Host<'a> {
 
     /// Sends an HTTP request through the host's transport.
     pub fn http(&self, request: HttpRequest) -> Result<HttpResponse> {
+        self.send(request, RString::new())
+    }
+
+    /// Sends a `GET` to a cloud instance-metadata endpoint (Azure IMDS, App Service's identity
+    /// endpoint) whose URL the scheme took from its own configuration or environment, never
+    /// from a server. Such endpoints are plain http by design: the host then also accepts
+    /// plain http to an IPv4 link-local address (169.254.0.0/16) for this request (extension
+    /// key [`INSTANCE_METADATA`]); every other rule of [`Host::http`] applies. A host older
+    /// than this key refuses such a URL as it refuses any plain http.
+    pub fn instance_metadata_http(&self, request: HttpRequest) -> Result<HttpResponse> {
+        self.send(request, format!("{{\"{INSTANCE_METADATA}\":true}}").into())
+    }
+
+    fn send(&self, request: HttpRequest, extensions_json: RString) -> Result<HttpResponse> {
         let abi = AbiRequest {
             method: request.method.into(),
             url: request.url.into(),
@@ -229,7 +247,7 @@ impl<'a> Host<'a> {
                 .collect(),
             body: request.body.into(),
             identity: request.identity.as_ref().map(ClientIdentity::to_abi).into(),
-            extensions_json: RString::new(),
+            extensions_json,
         };
         let resp: AbiResponse = self.raw.http(abi).into_result()?;
         Ok(HttpResponse {
@@ -340,7 +358,21 @@ impl<'a> Host<'a> {
         &self,
         request: &crate::wire::BrowserRedirect,
     ) -> Result<crate::wire::RedirectAnswer> {
-        let op = crate::wire::HostOperation::BrowserRedirect(request.clone());
+        self.typed_op(crate::wire::HostOperation::BrowserRedirect(request.clone()))
+    }
+
+    /// Runs a process through the host (the `exec` operation): argv without a shell, stdin
+    /// closed, a cleared environment plus what the request names, under a timeout. The
+    /// answer's stdout holds credentials: never log it. Fails when the process cannot start
+    /// or times out; a non-zero exit is an answer, for the caller to judge.
+    pub fn exec(&self, request: &crate::wire::Exec) -> Result<crate::wire::ExecAnswer> {
+        self.typed_op(crate::wire::HostOperation::Exec(request.clone()))
+    }
+
+    fn typed_op<T: serde::de::DeserializeOwned>(
+        &self,
+        op: crate::wire::HostOperation,
+    ) -> Result<T> {
         let out = self
             .raw
             .invoke(

@@ -2,6 +2,7 @@
 
 use crate::error::{Error, Result};
 use crate::host::{ClientIdentity, Host};
+use crate::wire::{SignAnswer, SignRequest};
 use secrecy::SecretString;
 use serde_json::Value;
 use std::time::{Duration, SystemTime};
@@ -49,6 +50,9 @@ pub struct Credentials {
     /// Things a person should know (e.g. a certificate that expires soon); `fhirconn test`
     /// shows them. They travel in the ABI's `extensions_json` as `{"warnings": [...]}`.
     pub warnings: Vec<String>,
+    /// The SMART launch context of the token response, shown by `fhirconn test` and
+    /// `fhirconn token --json`; travels as `{"context": {...}}`.
+    pub context: Option<crate::wire::LaunchContext>,
 }
 
 impl Credentials {
@@ -95,6 +99,12 @@ impl Credentials {
         self.warnings.push(message.into());
         self
     }
+    /// Attaches a SMART launch context (see [`crate::wire::LaunchContext`]).
+    #[must_use]
+    pub fn launch_context(mut self, context: crate::wire::LaunchContext) -> Self {
+        self.context = Some(context);
+        self
+    }
     /// Sets the expiry relative to the host's clock (e.g. from `expires_in`).
     #[must_use]
     pub fn expires_in(self, host: &Host<'_>, lifetime: Duration) -> Self {
@@ -136,6 +146,13 @@ pub trait Scheme: Send + Sync + 'static {
     fn invoke(&self, op: &str, _payload: Value, _host: &Host<'_>) -> Result<Value> {
         Err(Error::unsupported(op))
     }
+
+    /// Whether connections of this scheme sign every request: the host then calls
+    /// [`Connection::sign_request`] for each request it sends (retries and redirect hops
+    /// included). Declared in the description as `{"signs_requests": true}`.
+    fn signs_requests(&self) -> bool {
+        false
+    }
 }
 
 /// A configured connection: produces credentials on demand.
@@ -146,5 +163,13 @@ pub trait Connection: Send + Sync + 'static {
     /// Escape hatch for connection-level operations added later (e.g. `logout`).
     fn invoke(&self, op: &str, _payload: Value, _host: &Host<'_>) -> Result<Value> {
         Err(Error::unsupported(op))
+    }
+
+    /// Signs one request (only called when the scheme's [`Scheme::signs_requests`] is true):
+    /// returns the headers to add. Runs once per request: keep it to computation, and ask
+    /// [`Host`] for anything else (credentials are best fetched in [`Connection::authorize`]
+    /// or cached by the connection).
+    fn sign_request(&self, _request: &SignRequest, _host: &Host<'_>) -> Result<SignAnswer> {
+        Err(Error::unsupported(crate::wire::SIGN_REQUEST))
     }
 }

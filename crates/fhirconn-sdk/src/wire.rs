@@ -5,9 +5,14 @@
 //! - host operations a plugin asks for with `HostServices::invoke(op, payload)`:
 //!   [`HostOperation`] ([`BROWSER_REDIRECT`] → [`BrowserRedirect`] / [`RedirectAnswer`],
 //!   [`REDACT_SECRET`] → [`RedactSecret`] / `{}`);
+//! - host operation [`EXEC`] → [`Exec`] / [`ExecAnswer`] (run a credential process);
 //! - connection operations the host asks a scheme for with `ConnectionAuth::invoke(op,
-//!   payload)`: [`ConnectionOperation`] ([`LOGOUT`] → `{}` / [`LogoutAnswer`]);
-//! - `Credentials.extensions_json`: [`CredentialsExtensions`] (`{"warnings": [...]}`);
+//!   payload)`: [`ConnectionOperation`] ([`LOGOUT`] → `{}` / [`LogoutAnswer`],
+//!   [`SIGN_REQUEST`] → [`SignRequest`] / [`SignAnswer`]);
+//! - the scheme description's `extensions_json`: [`SchemeExtensions`]
+//!   (`{"signs_requests": true}`);
+//! - `Credentials.extensions_json`: [`CredentialsExtensions`] (`{"warnings": [...]}`, and a
+//!   SMART launch [`LaunchContext`] as `{"context": {...}}`);
 //! - the `extensions_json` of the scheme description, the connection context and the
 //!   authorization request: [`NoExtensions`] (`{}`), kept as an object so fields can be added.
 //!
@@ -15,6 +20,15 @@
 //! `unsupported`, never misread.
 
 use serde::{Deserialize, Serialize};
+
+mod exec;
+mod launch;
+mod sign;
+pub use exec::{Exec, ExecAnswer, EXEC};
+pub use launch::LaunchContext;
+pub use sign::{
+    SchemeExtensions, SignAnswer, SignRequest, WireHeader, EMPTY_BODY_SHA256, SIGN_REQUEST,
+};
 
 /// Host operation: send the person to an authorization URL and catch the browser's redirect
 /// on a loopback listener (RFC 8252 §7.3).
@@ -55,8 +69,8 @@ fn to_text(value: &impl Serialize) -> String {
     serde_json::to_string(value).unwrap_or_else(|_| EMPTY_OBJECT.to_string())
 }
 
-/// Payload of [`BROWSER_REDIRECT`]: `{"url", "message", "timeout_seconds"}`. The host adds
-/// `redirect_uri=http://127.0.0.1:PORT/` to `url`; when `url` carries a `state`, only a
+/// Payload of [`BROWSER_REDIRECT`]: `{"url", "message", "timeout_seconds", "redirect_uri"}`.
+/// The host adds `redirect_uri` (the given one, or `http://127.0.0.1:PORT/`) to `url`; when `url` carries a `state`, only a
 /// redirect bringing the same `state` back ends the wait.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct BrowserRedirect {
@@ -68,6 +82,12 @@ pub struct BrowserRedirect {
     /// How long to wait for the redirect (the host's default is 300, its maximum 900).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub timeout_seconds: Option<u64>,
+    /// The exact `redirect_uri` the client is registered with (e.g.
+    /// `http://127.0.0.1:8765/callback`): the host then listens on exactly that loopback
+    /// address, port and path while it waits, and adds this text unchanged. Only `http` on a
+    /// loopback address with an explicit port is accepted. Absent: a free port and `/`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub redirect_uri: Option<String>,
 }
 
 /// Answer of [`BROWSER_REDIRECT`]: `{"redirect_uri", "query"}`, the query string the browser
@@ -104,6 +124,8 @@ pub enum HostOperation {
     BrowserRedirect(BrowserRedirect),
     /// [`REDACT_SECRET`].
     RedactSecret(RedactSecret),
+    /// [`EXEC`].
+    Exec(Exec),
     /// An operation this side does not know (answered `unsupported`).
     Unknown(String),
 }
@@ -115,6 +137,7 @@ impl HostOperation {
         Ok(match op {
             BROWSER_REDIRECT => Self::BrowserRedirect(parse(op, payload_json)?),
             REDACT_SECRET => Self::RedactSecret(parse(op, payload_json)?),
+            EXEC => Self::Exec(parse(op, payload_json)?),
             other => Self::Unknown(other.to_string()),
         })
     }
@@ -124,6 +147,7 @@ impl HostOperation {
         match self {
             Self::BrowserRedirect(_) => BROWSER_REDIRECT,
             Self::RedactSecret(_) => REDACT_SECRET,
+            Self::Exec(_) => EXEC,
             Self::Unknown(op) => op,
         }
     }
@@ -133,6 +157,7 @@ impl HostOperation {
         match self {
             Self::BrowserRedirect(p) => to_text(p),
             Self::RedactSecret(p) => to_text(p),
+            Self::Exec(p) => to_text(p),
             Self::Unknown(_) => EMPTY_OBJECT.to_string(),
         }
     }
@@ -151,30 +176,38 @@ pub struct LogoutAnswer {
 pub enum ConnectionOperation {
     /// [`LOGOUT`], payload `{}`.
     Logout,
+    /// [`SIGN_REQUEST`].
+    SignRequest(SignRequest),
     /// An operation this side does not know (answered `unsupported`).
     Unknown(String),
 }
 
 impl ConnectionOperation {
-    /// Reads an operation from its name (the payload of every known one is `{}`).
-    pub fn parse(op: &str) -> Self {
-        match op {
+    /// Reads an operation from its name and payload text. An unknown name is
+    /// [`ConnectionOperation::Unknown`]; a known one with a malformed payload is an error.
+    pub fn parse(op: &str, payload_json: &str) -> Result<Self, WireError> {
+        Ok(match op {
             LOGOUT => Self::Logout,
+            SIGN_REQUEST => Self::SignRequest(parse(op, payload_json)?),
             other => Self::Unknown(other.to_string()),
-        }
+        })
     }
 
     /// The operation's name.
     pub fn name(&self) -> &str {
         match self {
             Self::Logout => LOGOUT,
+            Self::SignRequest(_) => SIGN_REQUEST,
             Self::Unknown(op) => op,
         }
     }
 
     /// The payload as JSON text.
     pub fn payload_json(&self) -> String {
-        EMPTY_OBJECT.to_string()
+        match self {
+            Self::SignRequest(p) => to_text(p),
+            Self::Logout | Self::Unknown(_) => EMPTY_OBJECT.to_string(),
+        }
     }
 }
 
@@ -189,6 +222,10 @@ pub struct CredentialsExtensions {
         deserialize_with = "strings_only"
     )]
     pub warnings: Vec<String>,
+    /// The SMART launch context of the token response (`patient`, `encounter`, `fhirUser`,
+    /// granted `scope`, ...): `{"context": {...}}`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub context: Option<LaunchContext>,
 }
 
 /// A list's string entries (a peer's odd entry costs that entry, not the whole list).
@@ -206,7 +243,7 @@ fn strings_only<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Vec<String>, D
 impl CredentialsExtensions {
     /// The text for the ABI field: empty when there is nothing to say (as ABI 1.0 plugins send).
     pub fn to_json(&self) -> String {
-        if self.warnings.is_empty() {
+        if self.warnings.is_empty() && self.context.is_none() {
             String::new()
         } else {
             to_text(self)
@@ -263,6 +300,20 @@ mod tests {
         // message and timeout are optional
         let op = HostOperation::parse("browser-redirect", r#"{"url":"https://x/"}"#).unwrap();
         same_json(&op.payload_json(), json!({"url": "https://x/"}));
+        // an exact redirect_uri travels as given
+        let exact = r#"{"url":"https://x/","redirect_uri":"http://127.0.0.1:8765/callback"}"#;
+        let op = HostOperation::parse("browser-redirect", exact).unwrap();
+        let HostOperation::BrowserRedirect(p) = &op else {
+            panic!("{op:?}")
+        };
+        assert_eq!(
+            p.redirect_uri.as_deref(),
+            Some("http://127.0.0.1:8765/callback")
+        );
+        same_json(
+            &op.payload_json(),
+            json!({"url": "https://x/", "redirect_uri": "http://127.0.0.1:8765/callback"}),
+        );
         // url is not
         let e = HostOperation::parse("browser-redirect", r#"{"message":"m"}"#).unwrap_err();
         assert!(
@@ -303,13 +354,14 @@ mod tests {
             HostOperation::Unknown("teleport".into())
         );
         assert_eq!(
-            ConnectionOperation::parse("rotate"),
+            ConnectionOperation::parse("rotate", "not json").unwrap(),
             ConnectionOperation::Unknown("rotate".into())
         );
         assert_eq!(
-            ConnectionOperation::parse("logout"),
+            ConnectionOperation::parse("logout", "").unwrap(),
             ConnectionOperation::Logout
         );
+        assert!(ConnectionOperation::parse("sign-request", "{}").is_err());
         assert_eq!(ConnectionOperation::Logout.name(), "logout");
         same_json(&ConnectionOperation::Logout.payload_json(), json!({}));
     }
@@ -326,6 +378,7 @@ mod tests {
     fn credential_warnings_travel_as_a_warnings_list() {
         let ext = CredentialsExtensions {
             warnings: vec!["certificate expires in 3 days".into()],
+            ..CredentialsExtensions::default()
         };
         same_json(
             &ext.to_json(),

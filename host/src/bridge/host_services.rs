@@ -77,9 +77,14 @@ impl CallServices {
             ));
         }
         // Token endpoints, discovery documents and authorities must be https (loopback
-        // excepted): a plugin's request carries a credential or decides where one goes.
+        // excepted): a plugin's request carries a credential or decides where one goes. A
+        // declared instance-metadata GET may also go to a link-local address (plain http by
+        // design, never routed off the machine's link).
         let settings = self.shared.transport.settings();
-        if !settings.allow_insecure_http && !crate::config::is_secure_or_loopback(&url) {
+        if !settings.allow_insecure_http
+            && !crate::config::is_secure_or_loopback(&url)
+            && !is_instance_metadata_request(&request, &url)
+        {
             return Err(AbiError::new(
                 ErrorKind::CONFIG,
                 format!(
@@ -307,6 +312,12 @@ impl HostServices for CallServices {
                 self.shared.redactor.add(&secret);
                 RResult::ROk(EMPTY_OBJECT.into())
             }),
+            // Typed on the wire since the exec payload was added; run by the host in a
+            // later step (until then, unsupported like any unknown operation).
+            HostOperation::Exec(_) => RResult::RErr(AbiError::new(
+                ErrorKind::UNSUPPORTED,
+                "host operation 'exec' is not supported",
+            )),
             HostOperation::Unknown(other) => RResult::RErr(AbiError::new(
                 ErrorKind::UNSUPPORTED,
                 format!("host operation '{other}' is not supported"),
@@ -369,4 +380,56 @@ fn read_regular_file(p: &Path) -> std::io::Result<Vec<u8>> {
         ));
     }
     Ok(bytes)
+}
+
+/// Whether a plugin's request is a declared cloud instance-metadata request
+/// (`fhirconn_sdk::INSTANCE_METADATA`, e.g. Azure IMDS at 169.254.169.254): a `GET` without a
+/// body, over plain http to an IPv4 link-local address (169.254.0.0/16). Nothing else is:
+/// not an undeclared request, not another address, not a request with a body.
+fn is_instance_metadata_request(request: &HttpRequest, url: &url::Url) -> bool {
+    let declared = serde_json::from_str::<serde_json::Value>(request.extensions_json.as_str())
+        .is_ok_and(|v| v[fhirconn_sdk::INSTANCE_METADATA] == serde_json::Value::Bool(true));
+    declared
+        && url.scheme() == "http"
+        && request.method.as_str() == "GET"
+        && request.body.is_empty()
+        && matches!(url.host(), Some(url::Host::Ipv4(ip)) if ip.is_link_local())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn request(method: &str, url: &str, extensions: &str, body: &[u8]) -> bool {
+        let req = HttpRequest {
+            method: method.into(),
+            url: url.into(),
+            headers: RVec::new(),
+            body: body.to_vec().into(),
+            identity: ROption::RNone,
+            extensions_json: extensions.into(),
+        };
+        is_instance_metadata_request(&req, &url::Url::parse(url).unwrap())
+    }
+
+    #[test]
+    fn only_a_declared_bodiless_get_to_a_link_local_address_is_an_instance_metadata_request() {
+        let imds = "http://169.254.169.254/metadata/identity/oauth2/token?resource=x";
+        let declared = r#"{"instance-metadata":true}"#;
+        assert!(request("GET", imds, declared, b""));
+        assert!(request("GET", "http://169.254.130.3:8081/msi/token", declared, b""));
+        for (method, url, ext, body) in [
+            ("GET", imds, "", &b""[..]),
+            ("GET", imds, r#"{"instance-metadata":"yes"}"#, b""),
+            ("GET", imds, r#"{"other":true}"#, b""),
+            ("POST", imds, declared, b""),
+            ("GET", imds, declared, b"client_secret=s"),
+            ("GET", "http://10.0.0.1/metadata/identity/oauth2/token", declared, b""),
+            ("GET", "http://metadata.example/token", declared, b""),
+            ("GET", "http://[fe80::1]/token", declared, b""),
+            ("GET", "ftp://169.254.169.254/token", declared, b""),
+        ] {
+            assert!(!request(method, url, ext, body), "{method} {url} {ext}");
+        }
+    }
 }
