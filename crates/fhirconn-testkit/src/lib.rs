@@ -11,6 +11,7 @@
 
 mod bulk_gen;
 pub mod entra;
+pub mod google;
 pub mod hostile;
 pub mod idp;
 pub mod pki;
