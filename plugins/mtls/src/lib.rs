@@ -36,6 +36,8 @@ pub struct MtlsConnection {
     identity: ClientIdentity,
     subject: String,
     not_after: SystemTime,
+    /// The warning for a password given beside a key that is not encrypted, if any.
+    ignored_password: Option<String>,
 }
 
 /// TLS client certificate
@@ -76,20 +78,50 @@ fn key_pem(key: &PrivateKeyDer<'static>) -> SecretString {
     SecretString::from(pem::encode(&pem::Pem::new(label, bytes.to_vec())))
 }
 
+/// What [`parse_key`] found: the key, and whether a password was given for a key that is
+/// not encrypted (DSF ignores it; so do we, with a warning).
+struct ParsedKey {
+    key: PrivateKeyDer<'static>,
+    password_ignored: bool,
+}
+
+/// The warning for a password beside a key that is not encrypted.
+fn password_ignored_warning(field: &str) -> String {
+    format!("private-key-password is set, but the key in {field} is not encrypted; the password is ignored")
+}
+
 /// Parses the private key PEM, decrypting an encrypted PKCS#8 key with `password`.
-fn parse_key(
-    text: &str,
-    password: Option<&SecretString>,
-    field: &str,
-) -> Result<PrivateKeyDer<'static>> {
+fn parse_key(text: &str, password: Option<&SecretString>, field: &str) -> Result<ParsedKey> {
     let block = pem::parse(text.as_bytes())
         .map_err(|e| Error::config(format!("{field}: not a PEM private key ({e})")))?;
+    // The classic OpenSSL encryption (`openssl genrsa -aes256`, `-traditional`): a PEM
+    // header, not PKCS#8. Refused with the command that converts it.
+    if block
+        .headers()
+        .get("Proc-Type")
+        .is_some_and(|v| v.replace(' ', "").eq_ignore_ascii_case("4,ENCRYPTED"))
+    {
+        let cipher = block.headers().get("DEK-Info").unwrap_or("unknown cipher");
+        let cipher = cipher.split(',').next().unwrap_or_default();
+        return Err(Error::config(format!(
+            "{field}: the key is encrypted in the classic OpenSSL format (Proc-Type: \
+             4,ENCRYPTED, DEK-Info: {cipher}), which is not supported; convert it to encrypted \
+             PKCS#8 with `openssl pkcs8 -topk8 -v2 aes-256-cbc -in old.key -out new.key` \
+             (it asks for the old and the new password) and set private-key-password to the \
+             new one"
+        )));
+    }
     let der = block.contents().to_vec();
     let plain = match block.tag() {
         "PRIVATE KEY" => PrivateKeyDer::Pkcs8(der.into()),
         "RSA PRIVATE KEY" => PrivateKeyDer::Pkcs1(der.into()),
         "EC PRIVATE KEY" => PrivateKeyDer::Sec1(der.into()),
-        "ENCRYPTED PRIVATE KEY" => return decrypt(&der, password, field),
+        "ENCRYPTED PRIVATE KEY" => {
+            return decrypt(&der, password, field).map(|key| ParsedKey {
+                key,
+                password_ignored: false,
+            })
+        }
         "CERTIFICATE" => return Err(Error::config(format!(
             "{field}: holds a certificate, not a private key (the certificate goes in certificate-file)"
         ))),
@@ -98,12 +130,10 @@ fn parse_key(
              EC PRIVATE KEY or ENCRYPTED PRIVATE KEY)"
         ))),
     };
-    if password.is_some() {
-        return Err(Error::config(format!(
-            "private-key-password is set, but the key in {field} is not encrypted"
-        )));
-    }
-    Ok(plain)
+    Ok(ParsedKey {
+        key: plain,
+        password_ignored: password.is_some(),
+    })
 }
 
 /// Decrypts an encrypted PKCS#8 key (PBES2 only).
@@ -282,11 +312,18 @@ impl Scheme for Mtls {
         host: &Host<'_>,
     ) -> Result<Box<dyn Connection>> {
         let s: MtlsSettings = settings::parse(settings, host)?;
+        let mut ignored_password = None;
         let (certs, key, field) = match (s.certificate_file, s.p12_file) {
             (Some(cert_file), None) => {
                 let key = SecretSetting::require(s.private_key, "private-key")?;
                 let password = s.private_key_password.map(SecretSetting::into_secret);
-                let key = parse_key(key.expose_secret(), password.as_ref(), &key.key())?;
+                let parsed = parse_key(key.expose_secret(), password.as_ref(), &key.key())?;
+                if parsed.password_ignored {
+                    let warning = password_ignored_warning(&key.key());
+                    host.warn(&warning);
+                    ignored_password = Some(warning);
+                }
+                let key = parsed.key;
                 let bytes = host
                     .read_file(&cert_file)
                     .map_err(|e| e.context("certificate-file"))?;
@@ -319,6 +356,7 @@ impl Scheme for Mtls {
             },
             subject,
             not_after,
+            ignored_password,
         }))
     }
 }
@@ -326,6 +364,9 @@ impl Scheme for Mtls {
 impl Connection for MtlsConnection {
     fn authorize(&self, _request: &AuthRequest, host: &Host<'_>) -> Result<Credentials> {
         let mut creds = Credentials::new().identity(self.identity.clone());
+        if let Some(w) = &self.ignored_password {
+            creds = creds.warning(w.clone());
+        }
         let left = self
             .not_after
             .duration_since(host.now())

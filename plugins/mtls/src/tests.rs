@@ -200,10 +200,6 @@ fn mismatched_expired_and_misused_certificates_are_config_errors() {
             "no key material in messages"
         );
     }
-    let mut s = settings();
-    s["private-key-password"] = json!("x");
-    let e = configure(s, &with_files(&a, &a.key_pem)).unwrap_err();
-    assert!(e.message().contains("not encrypted"), "{e}");
     for (s, expected) in [
         (
             json!({"certificate-file": "c", "p12-file": "p"}),
@@ -238,4 +234,56 @@ fn a_certificate_expiring_within_30_days_warns() {
         "{:?}",
         creds.warnings
     );
+}
+
+/// DSF's example sets `password` beside a key that is not encrypted; DSF ignores it, so does
+/// mtls: the key is used, and a warning says the password is ignored.
+#[test]
+fn a_password_beside_an_unencrypted_key_is_a_warning() {
+    let a = pki().client(&ClientSpec::new("plain key"));
+    let mut s = settings();
+    s["private-key-password"] = json!("password");
+    let m = with_files(&a, &a.key_pem);
+    let creds = configure(s, &m).expect("the password is ignored, not an error");
+    identity_of(&creds);
+    let expected = "private-key-password is set, but the key in private-key-file is not \
+                    encrypted; the password is ignored";
+    assert_eq!(creds.warnings, [expected]);
+    // Logged at warning level (2 in the ABI's `log_level`).
+    let logs = m.logs.lock().unwrap();
+    assert!(
+        logs.iter()
+            .any(|(level, text)| *level == 2 && text == expected),
+        "{logs:?}"
+    );
+}
+
+/// A key encrypted the classic OpenSSL way (`Proc-Type: 4,ENCRYPTED`) is named as such, with
+/// the command that converts it, not called "not encrypted".
+#[test]
+fn a_classic_openssl_encrypted_key_says_how_to_convert_it() {
+    let a = pki().client(&ClientSpec {
+        key: KeyKind::Rsa,
+        ..ClientSpec::new("classic")
+    });
+    // What `openssl rsa -aes256 -traditional` writes: the headers, then ciphertext.
+    let classic = format!(
+        "-----BEGIN RSA PRIVATE KEY-----\nProc-Type: 4,ENCRYPTED\n\
+         DEK-Info: AES-256-CBC,9A1C3E5F7B2D4A6C8E0F1A3B5C7D9E1F\n\n{}\n\
+         -----END RSA PRIVATE KEY-----\n",
+        "QUJDREVGR0hJSktMTU5PUFFSU1RVVldYWVo0NTY3ODkwMTIzNDU2Nzg5MDEyMzQ1"
+    );
+    for password in [Some("password"), None] {
+        let mut s = settings();
+        if let Some(p) = password {
+            s["private-key-password"] = json!(p);
+        }
+        let e = configure(s, &with_files(&a, &classic)).unwrap_err();
+        assert_eq!(e.kind(), ErrorKind::Config);
+        let m = e.message();
+        assert!(m.contains("classic OpenSSL format"), "{m}");
+        assert!(m.contains("AES-256-CBC"), "{m}");
+        assert!(m.contains("openssl pkcs8 -topk8"), "{m}");
+        assert!(!m.contains("not encrypted"), "{m}");
+    }
 }
