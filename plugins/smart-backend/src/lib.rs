@@ -16,8 +16,8 @@ use fhirconn_sdk::oauth::{self, discovery, endpoint_url, ClientAuth, TokenReques
 use fhirconn_sdk::serde_json::Value;
 use fhirconn_sdk::settings::{self, SecretSetting};
 use fhirconn_sdk::{
-    schemars, serde, AuthRequest, Connection, ConnectionInfo, Credentials, Error, ExposeSecret,
-    Host, Memo, Result, Scheme, SecretString,
+    schemars, serde, AuthRequest, Connection, ConnectionInfo, Credentials, Error, Host, Memo,
+    Result, Scheme, SecretString,
 };
 use std::time::Duration;
 
@@ -97,27 +97,12 @@ impl Scheme for SmartBackend {
         host: &Host<'_>,
     ) -> Result<Box<dyn Connection>> {
         let s: Settings = settings::parse(settings, host)?;
-        let key = keys::load(s.private_key.expose_secret().as_bytes(), s.kid.as_deref())
-            .map_err(|e| Error::config(format!("{}: {e}", s.private_key.key())))?;
-        let alg = key.alg_name();
-        if let Some(other) = s.alg.as_deref().filter(|a| *a != alg) {
-            return Err(Error::config(format!(
-                "alg: {other} does not match the key, which is for {alg}"
-            )));
-        }
-        let kid = match (&s.kid, &key.kid) {
-            (Some(k), Some(jk)) if k != jk => {
-                return Err(Error::config(format!(
-                    "kid: '{k}' differs from the JWK's kid '{jk}'"
-                )))
-            }
-            (Some(k), _) | (None, Some(k)) => k.clone(),
-            (None, None) => {
-                return Err(Error::config(
-                    "kid: required (the key id under which the public key is registered)",
-                ))
-            }
-        };
+        let allowed = [keys::Algorithm::RS384, keys::Algorithm::ES384];
+        let (key, kid) =
+            keys::from_settings(&s.private_key, s.kid.as_deref(), s.alg.as_deref(), &allowed)?;
+        let kid = kid.ok_or_else(|| {
+            Error::config("kid: required (the key id under which the public key is registered)")
+        })?;
         let scopes: Vec<&str> = s.scope.split(' ').filter(|s| !s.is_empty()).collect();
         if scopes.is_empty() {
             return Err(Error::config("scope: must name at least one scope"));

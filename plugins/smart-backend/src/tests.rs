@@ -5,7 +5,7 @@
 use super::*;
 use fhirconn_sdk::serde_json::json;
 use fhirconn_sdk::testing::MockHost;
-use fhirconn_sdk::{CredentialHeader, ErrorKind, HttpRequest, HttpResponse};
+use fhirconn_sdk::{CredentialHeader, ErrorKind, ExposeSecret, HttpRequest, HttpResponse};
 use jsonwebtoken::{Algorithm, DecodingKey, Validation};
 use std::sync::{Arc, Mutex as StdMutex};
 
@@ -195,7 +195,7 @@ fn wrong_or_unreadable_keys_are_config_errors_naming_the_field() {
     let cases: Vec<(Vec<u8>, &str)> = vec![
         (
             pem("PRIVATE KEY", &p256.serialize_der()).into_bytes(),
-            "not a valid P-384 key",
+            "the key is an EC P-256 key (ES256); allowed here: RS384, ES384",
         ),
         (
             pem("PRIVATE KEY", &ed.serialize_der()).into_bytes(),
@@ -219,7 +219,7 @@ fn wrong_or_unreadable_keys_are_config_errors_naming_the_field() {
             json!({"kty": "EC", "crv": "P-256", "d": "AA", "x": "AA", "y": "AA"})
                 .to_string()
                 .into_bytes(),
-            "needs P-384",
+            "not a valid P-256 or P-384 key",
         ),
         (
             json!({"keys": []}).to_string().into_bytes(),
@@ -269,7 +269,7 @@ fn settings_are_checked() {
         ),
         (
             json!({"client-id": "c", "private-key-file": "k", "kid": "a", "scope": "system/*.rs", "alg": "RS384"}),
-            "alg: RS384 does not match",
+            "alg: RS384 does not fit the key, which is an EC P-384 key (ES384)",
         ),
         (
             json!({"client-id": "c", "private-key-file": "k", "kid": "a", "scope": "system/*.rs", "assertion-lifetime": 301}),

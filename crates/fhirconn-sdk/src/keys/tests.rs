@@ -1,6 +1,7 @@
-//! Unit tests of `keys`: every key format loads and signs verifiably; a JWK's private part must
-//! belong to its public part; RSA keys under 2048 bits and an `alg` that does not fit the key are
-//! refused.
+//! Unit tests of `keys`: every key format (PEM, JWK, JWKS, Google service-account file; RSA,
+//! P-256, P-384) loads and signs verifiably with RS256, RS384, ES256 and ES384; a JWK's private
+//! part must belong to its public part; RSA keys under 2048 bits and an `alg` that does not fit
+//! the key are refused.
 
 use super::*;
 use jsonwebtoken::{DecodingKey, EncodingKey};
@@ -10,12 +11,13 @@ use serde_json::json;
 fn generate(alg: Algorithm) -> (Vec<u8>, Value) {
     let pair = match alg {
         Algorithm::ES384 => rcgen::KeyPair::generate_for(&rcgen::PKCS_ECDSA_P384_SHA384).unwrap(),
+        Algorithm::ES256 => rcgen::KeyPair::generate_for(&rcgen::PKCS_ECDSA_P256_SHA256).unwrap(),
         _ => rcgen::KeyPair::generate_rsa_for(&rcgen::PKCS_RSA_SHA256, rcgen::RsaKeySize::_2048)
             .unwrap(),
     };
     let der = pair.serialize_der();
     let enc = match alg {
-        Algorithm::ES384 => EncodingKey::from_ec_der(&der),
+        Algorithm::ES384 | Algorithm::ES256 => EncodingKey::from_ec_der(&der),
         _ => EncodingKey::from_rsa_der(&pkcs8_inner(&der)),
     };
     let jwk = jsonwebtoken::jwk::Jwk::from_encoding_key(&enc, alg).unwrap();
@@ -61,7 +63,7 @@ fn private_jwk(alg: Algorithm, der: &[u8], public: &Value, kid: &str) -> Value {
     let mut jwk = public.clone();
     jwk["kid"] = json!(kid);
     match alg {
-        Algorithm::ES384 => {
+        Algorithm::ES384 | Algorithm::ES256 => {
             let (_, body, _) = read_tlv(&inner);
             let (_, _, rest) = read_tlv(body); // version
             let (_, d, _) = read_tlv(rest);
@@ -233,4 +235,197 @@ fn client_assertions_carry_the_header_and_verify_with_the_public_key() {
             .claims;
     assert_eq!(got, claims);
     assert!(!format!("{key:?}").contains("key:"), "{key:?}");
+}
+
+/// Verifies `jwt` with the public JWK under `alg`, returning the claims.
+fn verify(jwt: &str, public: &Value, alg: Algorithm) -> Value {
+    let jwk: jsonwebtoken::jwk::Jwk = serde_json::from_value(public.clone()).unwrap();
+    let mut v = jsonwebtoken::Validation::new(alg);
+    v.validate_exp = false;
+    v.validate_aud = false;
+    v.required_spec_claims.clear();
+    jsonwebtoken::decode::<Value>(jwt, &DecodingKey::from_jwk(&jwk).unwrap(), &v)
+        .unwrap_or_else(|e| panic!("{e}"))
+        .claims
+}
+
+/// Each supported algorithm signs an assertion that verifies with the public key under that
+/// algorithm (and only that one): RS256 and RS384 from one RSA key, ES256 from P-256 (PEM,
+/// SEC1 and JWK), ES384 from P-384.
+#[test]
+fn every_supported_algorithm_signs_verifiably() {
+    let (rsa, rsa_pub) = generate(Algorithm::RS384);
+    let (p256, p256_pub) = generate(Algorithm::ES256);
+    let (p384, p384_pub) = generate(Algorithm::ES384);
+    let claims = json!({"iss": "c", "sub": "c", "aud": "https://a/t", "exp": 1, "jti": "j"});
+    let cases = [
+        (pem("PRIVATE KEY", &rsa), &rsa_pub, Algorithm::RS256),
+        (
+            pem("RSA PRIVATE KEY", &pkcs8_inner(&rsa)),
+            &rsa_pub,
+            Algorithm::RS384,
+        ),
+        (pem("PRIVATE KEY", &p256), &p256_pub, Algorithm::ES256),
+        (
+            pem("EC PRIVATE KEY", &pkcs8_inner(&p256)),
+            &p256_pub,
+            Algorithm::ES256,
+        ),
+        (
+            private_jwk(Algorithm::ES256, &p256, &p256_pub, "p").to_string(),
+            &p256_pub,
+            Algorithm::ES256,
+        ),
+        (pem("PRIVATE KEY", &p384), &p384_pub, Algorithm::ES384),
+    ];
+    for (text, public, alg) in cases {
+        let key = load_with_alg(text.as_bytes(), None, Some(alg)).unwrap();
+        assert_eq!(key.alg, alg);
+        let jwt = key.client_assertion("k", None, &claims).unwrap();
+        assert_eq!(jsonwebtoken::decode_header(&jwt).unwrap().alg, alg);
+        assert_eq!(verify(&jwt, public, alg), claims);
+    }
+    // Defaults without an alg: RSA → RS384, P-256 → ES256, P-384 → ES384.
+    for (der, alg) in [
+        (&rsa, Algorithm::RS384),
+        (&p256, Algorithm::ES256),
+        (&p384, Algorithm::ES384),
+    ] {
+        let key = load(pem("PRIVATE KEY", der).as_bytes(), None).unwrap();
+        assert_eq!(key.alg, alg);
+        assert_eq!(key.alg_name(), alg_name(alg));
+    }
+}
+
+/// An `alg` that does not fit the key (or the alg its JWK declares) is refused, naming both.
+#[test]
+fn an_alg_that_does_not_fit_the_key_is_refused() {
+    let (rsa, rsa_pub) = generate(Algorithm::RS384);
+    let (p256, _) = generate(Algorithm::ES256);
+    let (p384, _) = generate(Algorithm::ES384);
+    let rsa_pem = pem("PRIVATE KEY", &rsa);
+    for (bytes, alg, expected) in [
+        (
+            rsa_pem.clone(),
+            Algorithm::ES256,
+            "alg: ES256 does not fit the key, which is an RSA key (RS256 or RS384)",
+        ),
+        (
+            rsa_pem.clone(),
+            Algorithm::RS512,
+            "alg: RS512 does not fit the key, which is an RSA key (RS256 or RS384)",
+        ),
+        (
+            pem("PRIVATE KEY", &p256),
+            Algorithm::ES384,
+            "alg: ES384 does not fit the key, which is an EC P-256 key (ES256)",
+        ),
+        (
+            pem("PRIVATE KEY", &p384),
+            Algorithm::ES256,
+            "alg: ES256 does not fit the key, which is an EC P-384 key (ES384)",
+        ),
+        (
+            pem("PRIVATE KEY", &p384),
+            Algorithm::RS384,
+            "alg: RS384 does not fit the key, which is an EC P-384 key (ES384)",
+        ),
+    ] {
+        let e = load_with_alg(bytes.as_bytes(), None, Some(alg)).unwrap_err();
+        assert_eq!(e.to_string(), expected);
+    }
+    let mut jwk = private_jwk(Algorithm::RS384, &rsa, &rsa_pub, "r");
+    jwk["alg"] = json!("RS256");
+    let key = load(jwk.to_string().as_bytes(), None).unwrap();
+    assert_eq!(key.alg, Algorithm::RS256, "a JWK's alg is the key's alg");
+    let e = key.with_alg(Algorithm::RS384).unwrap_err().to_string();
+    assert_eq!(e, "RS384 differs from the alg its JWK declares (RS256)");
+    jwk["alg"] = json!("PS256");
+    let e = load(jwk.to_string().as_bytes(), None)
+        .unwrap_err()
+        .to_string();
+    assert_eq!(
+        e,
+        "the JWK's alg is PS256; this key can only be used with RS384 or RS256"
+    );
+    assert_eq!(parse_alg("ES256").unwrap(), Algorithm::ES256);
+    assert!(parse_alg("HS256").is_err() && parse_alg("none").is_err());
+}
+
+/// A Google service-account key file: its `private_key` is PKCS#8 PEM with `\n` escapes in
+/// JSON. The PEM alone loads (RS256 chosen), and so does the whole file (RS256, kid =
+/// `private_key_id`).
+#[test]
+fn a_google_service_account_key_loads() {
+    let (rsa, rsa_pub) = generate(Algorithm::RS256);
+    let file = json!({
+        "type": "service_account",
+        "project_id": "p",
+        "private_key_id": "abc123",
+        "private_key": pem("PRIVATE KEY", &rsa).replace("\r\n", "\n"),
+        "client_email": "svc@p.iam.gserviceaccount.com",
+        "token_uri": "https://oauth2.googleapis.com/token",
+    })
+    .to_string();
+    assert!(file.contains("-----BEGIN PRIVATE KEY-----\\n"), "{file}");
+    let parsed: Value = serde_json::from_str(&file).unwrap();
+    let pem_text = parsed["private_key"].as_str().unwrap();
+    let key = load_with_alg(pem_text.as_bytes(), None, Some(Algorithm::RS256)).unwrap();
+    let claims = json!({"iss": "svc@p.iam.gserviceaccount.com", "exp": 1});
+    assert_eq!(
+        verify(
+            &key.client_assertion("abc123", None, &claims).unwrap(),
+            &rsa_pub,
+            Algorithm::RS256
+        ),
+        claims
+    );
+    let key = load(file.as_bytes(), None).unwrap();
+    assert_eq!(
+        (key.alg, key.kid.as_deref()),
+        (Algorithm::RS256, Some("abc123"))
+    );
+    let e = key.with_alg(Algorithm::RS384).unwrap_err().to_string();
+    assert!(e.contains("differs"), "{e}");
+}
+
+/// `hs256` MACs the claims with the secret (client_secret_jwt).
+#[test]
+fn hs256_assertions_verify_with_the_secret_only() {
+    let claims = json!({"iss": "c", "exp": 1});
+    let jwt = hs256(b"0123456789abcdef0123456789abcdef", &claims).unwrap();
+    let header = jsonwebtoken::decode_header(&jwt).unwrap();
+    assert_eq!(
+        (header.alg, header.typ.as_deref()),
+        (Algorithm::HS256, Some("JWT"))
+    );
+    let mut v = jsonwebtoken::Validation::new(Algorithm::HS256);
+    v.validate_exp = false;
+    v.required_spec_claims.clear();
+    let ok = DecodingKey::from_secret(b"0123456789abcdef0123456789abcdef");
+    assert_eq!(
+        jsonwebtoken::decode::<Value>(&jwt, &ok, &v).unwrap().claims,
+        claims
+    );
+    let wrong = DecodingKey::from_secret(b"0123456789abcdef0123456789abcdeX");
+    assert!(jsonwebtoken::decode::<Value>(&jwt, &wrong, &v).is_err());
+}
+
+/// P-256 JWKs are checked like P-384 ones, and an EC key on another curve (P-521) is refused.
+#[test]
+fn p256_jwk_parts_are_checked_and_other_curves_refused() {
+    let (ec, ec_pub) = generate(Algorithm::ES256);
+    let (_, other_pub) = generate(Algorithm::ES256);
+    let mut mixed = private_jwk(Algorithm::ES256, &ec, &ec_pub, "k");
+    mixed["x"] = other_pub["x"].clone();
+    mixed["y"] = other_pub["y"].clone();
+    let e = load(mixed.to_string().as_bytes(), None)
+        .unwrap_err()
+        .to_string();
+    assert!(e.contains("does not belong to its 'x' and 'y'"), "{e}");
+    let p521 = rcgen::KeyPair::generate_for(&rcgen::PKCS_ECDSA_P521_SHA512).unwrap();
+    let e = load(pem("PRIVATE KEY", &p521.serialize_der()).as_bytes(), None)
+        .unwrap_err()
+        .to_string();
+    assert_eq!(e, NOT_EC);
 }
