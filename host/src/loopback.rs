@@ -2,6 +2,11 @@
 //! the person an authorization URL with `redirect_uri=http://127.0.0.1:PORT/` added and waits
 //! on that loopback port (an axum server) for the browser's redirect.
 //!
+//! With an exact `redirect_uri` (a client registered with `http://127.0.0.1:8765/callback`,
+//! RFC 8252 §7.3) the listener binds exactly that loopback address and port, only while the
+//! sign-in runs, and answers only on that path; anything but `http` on a loopback address
+//! with a port is refused before anything is shown ([`exact_redirect`]).
+//!
 //! When the URL carries a `state` parameter, only a redirect with that same `state` ends the
 //! wait: any other request (another local process, a web page scanning ports, a stale tab) is
 //! answered 400 and ignored, and the listener keeps waiting until its own deadline. At most
@@ -59,15 +64,25 @@ pub(crate) fn browser_redirect(
         ),
     );
     let timeout = Duration::from_secs(request.timeout_seconds.unwrap_or(300).min(900));
+    let exact = match request.redirect_uri.as_deref() {
+        Some(uri) => Some((exact_redirect(uri).map_err(Error::config)?, uri.to_string())),
+        None => None,
+    };
     rt.block_on(async move {
-        let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
-            .await
-            .map_err(|e| bad(format!("cannot listen on 127.0.0.1: {e}")))?;
+        let bind = exact.as_ref().map_or("127.0.0.1:0".to_string(), |e| e.0 .0.to_string());
+        let listener = tokio::net::TcpListener::bind(&bind).await.map_err(|e| {
+            bad(format!(
+                "cannot listen on {bind} for the sign-in redirect: {e} (is another sign-in running?)"
+            ))
+        })?;
         let port = listener
             .local_addr()
             .map_err(|e| bad(e.to_string()))?
             .port();
-        let redirect_uri = format!("http://127.0.0.1:{port}/");
+        let (path, redirect_uri) = match exact {
+            Some(((_, path), uri)) => (Some(path), uri),
+            None => (None, format!("http://127.0.0.1:{port}/")),
+        };
         url.query_pairs_mut()
             .append_pair("redirect_uri", &redirect_uri);
         let (found, mut found_rx) = tokio::sync::mpsc::channel::<String>(1);
@@ -75,6 +90,7 @@ pub(crate) fn browser_redirect(
             .fallback(answer)
             .with_state(Arc::new(Awaited {
                 state: expected_state,
+                path,
                 found,
             }));
         let server = tokio::spawn(axum::serve(Limited::new(listener), app).into_future());
@@ -111,13 +127,18 @@ pub(crate) fn browser_redirect(
 struct Awaited {
     /// The `state` the authorization URL carried.
     state: Option<String>,
+    /// The exact path of a registered `redirect_uri` (other paths are not the redirect).
+    path: Option<String>,
     found: tokio::sync::mpsc::Sender<String>,
 }
 
 /// Answers one request to the listener, and passes the query on when it is the awaited
 /// redirect.
 async fn answer(State(awaited): State<Arc<Awaited>>, uri: Uri) -> Response {
-    let verdict = judge_redirect(uri.query(), awaited.state.as_deref());
+    let verdict = match &awaited.path {
+        Some(p) if p != uri.path() => RedirectVerdict::NotFound,
+        _ => judge_redirect(uri.query(), awaited.state.as_deref()),
+    };
     let (status, text) = match &verdict {
         RedirectVerdict::Accept(_) => (
             StatusCode::OK,
@@ -158,6 +179,44 @@ pub(crate) enum RedirectVerdict {
     WrongState,
     /// Anything else (a favicon, a probe).
     NotFound,
+}
+
+/// Checks an exact `redirect_uri` (RFC 8252 §7.3): `http`, a loopback address (`127.0.0.0/8`,
+/// `[::1]`, or `localhost`, bound as 127.0.0.1), an explicit port, no user, query or
+/// fragment. Returns the address to bind and the path to answer on.
+pub(crate) fn exact_redirect(uri: &str) -> Result<(std::net::SocketAddr, String), String> {
+    let refuse = |why: &str| {
+        format!(
+            "redirect-uri '{}': {why}; it must be http on a loopback address with a port, as \
+             registered with the authorization server (RFC 8252 §7.3), e.g. \
+             http://127.0.0.1:8765/callback",
+            sanitize(uri)
+        )
+    };
+    let u = url::Url::parse(uri).map_err(|e| refuse(&e.to_string()))?;
+    if u.scheme() != "http" {
+        return Err(refuse(
+            "not http (the host can only listen on this machine)",
+        ));
+    }
+    if !u.username().is_empty() || u.password().is_some() {
+        return Err(refuse("it carries a user name"));
+    }
+    if u.query().is_some() || u.fragment().is_some() {
+        return Err(refuse("a query or fragment is not supported"));
+    }
+    let ip: std::net::IpAddr = match u.host() {
+        Some(url::Host::Ipv4(ip)) if ip.is_loopback() => ip.into(),
+        Some(url::Host::Ipv6(ip)) if ip.is_loopback() => ip.into(),
+        Some(url::Host::Domain(d)) if d.eq_ignore_ascii_case("localhost") => {
+            std::net::Ipv4Addr::LOCALHOST.into()
+        }
+        _ => return Err(refuse("not a loopback address")),
+    };
+    match u.port() {
+        Some(port) if port != 0 => Ok(((ip, port).into(), u.path().to_string())),
+        _ => Err(refuse("no port")),
+    }
 }
 
 /// Constant-time comparison (the `state` is a CSRF token).
@@ -373,6 +432,38 @@ mod tests {
         }
     }
 
+    #[test]
+    fn an_exact_redirect_uri_must_be_loopback_http_with_a_port() {
+        let ok = exact_redirect("http://127.0.0.1:8765/callback").unwrap();
+        assert_eq!(ok, (([127, 0, 0, 1], 8765).into(), "/callback".to_string()));
+        let ok = exact_redirect("http://[::1]:8765/").unwrap();
+        assert_eq!(ok.0.to_string(), "[::1]:8765");
+        assert_eq!(
+            exact_redirect("http://localhost:9/cb")
+                .unwrap()
+                .0
+                .to_string(),
+            "127.0.0.1:9"
+        );
+        for (bad, why) in [
+            ("https://127.0.0.1:8765/callback", "not http"),
+            ("http://app.example:8765/callback", "not a loopback address"),
+            ("http://10.0.0.1:8765/callback", "not a loopback address"),
+            ("http://127.0.0.1/callback", "no port"),
+            ("http://127.0.0.1:0/callback", "no port"),
+            ("http://127.0.0.1:8765/cb?x=1", "query or fragment"),
+            ("http://127.0.0.1:8765/cb#f", "query or fragment"),
+            ("http://u@127.0.0.1:8765/cb", "user name"),
+            ("myapp:/callback", "not http"),
+        ] {
+            let e = exact_redirect(bad).unwrap_err();
+            assert!(
+                e.contains(why) && e.starts_with("redirect-uri '"),
+                "{bad}: {e}"
+            );
+        }
+    }
+
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn idle_connections_cannot_pin_the_login_listener_for_longer_than_their_deadline() {
         let person = Arc::new(Pinning::default());
@@ -381,6 +472,7 @@ mod tests {
             url: "https://login.example/authorize?state=s1".into(),
             message: None,
             timeout_seconds: Some(60),
+            redirect_uri: None,
         };
         let p: Arc<dyn Person> = person.clone();
         let answer = tokio::task::spawn_blocking(move || {

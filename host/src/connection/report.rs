@@ -40,6 +40,10 @@ pub struct TestReport {
     pub server_certificate: Option<CertificateFacts>,
     /// The client certificate offered, if a scheme supplied one.
     pub client_certificate: Option<CertificateFacts>,
+    /// The SMART launch context of the sign-in (`patient`, `encounter`, `fhirUser`, granted
+    /// `scope`, ...), sanitised; absent for other schemes.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub launch_context: Option<fhirconn_sdk::wire::LaunchContext>,
     /// Time to obtain credentials.
     pub credentials_ms: u64,
     /// Time of the metadata request.
@@ -144,6 +148,7 @@ impl TestReport {
             warnings: Vec::new(),
             server_certificate: None,
             client_certificate: None,
+            launch_context: None,
             credentials_ms: 0,
             metadata_ms: 0,
             total_ms: 0,

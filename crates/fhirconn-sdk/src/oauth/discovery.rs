@@ -73,6 +73,10 @@ pub struct SmartConfiguration {
     pub url: String,
     /// `token_endpoint`, resolved against the FHIR base URL by [`smart`].
     pub token_endpoint: String,
+    /// `authorization_endpoint` (required by SMART App Launch), resolved like the token
+    /// endpoint.
+    #[serde(default)]
+    pub authorization_endpoint: Option<String>,
     /// `grant_types_supported`.
     pub grant_types_supported: Option<Vec<String>>,
     /// `token_endpoint_auth_methods_supported`.
@@ -128,6 +132,9 @@ pub fn smart(host: &Host<'_>, base_url: &str) -> Result<SmartConfiguration> {
     let url = format!("{}{SMART_PATH}", base_url.trim_end_matches('/'));
     let mut doc: SmartConfiguration = get_json(host, &url, "SMART discovery")?;
     doc.token_endpoint = resolve_url(base_url, &doc.token_endpoint)?;
+    if let Some(a) = doc.authorization_endpoint.take() {
+        doc.authorization_endpoint = Some(resolve_url(base_url, &a)?);
+    }
     doc.url = url;
     Ok(doc)
 }

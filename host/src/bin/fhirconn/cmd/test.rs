@@ -99,7 +99,34 @@ fn print_details(r: &TestReport, w: usize) {
         let facts: Vec<String> = server.into_iter().chain(client).collect();
         println!("      {:w$}  tls: {}", "", facts.join(", "));
     }
+    print_launch_context(r, w);
     for warn in &r.warnings {
         println!("      {:w$}  warning: {warn}", "");
+    }
+}
+
+/// The SMART launch context under a report's line (its texts were sanitised by the host).
+fn print_launch_context(r: &TestReport, w: usize) {
+    let Some(c) = &r.launch_context else {
+        return;
+    };
+    let facts: Vec<String> = [
+        ("patient", &c.patient),
+        ("encounter", &c.encounter),
+        ("fhirUser", &c.fhir_user),
+        ("smart_style_url", &c.smart_style_url),
+    ]
+    .into_iter()
+    .filter_map(|(k, v)| v.as_ref().map(|v| format!("{k} {v}")))
+    .chain(
+        c.need_patient_banner
+            .map(|b| format!("need_patient_banner {b}")),
+    )
+    .collect();
+    if !facts.is_empty() {
+        println!("      {:w$}  launch: {}", "", facts.join(", "));
+    }
+    if let Some(scope) = &c.scope {
+        println!("      {:w$}  granted scope: {scope}", "");
     }
 }

@@ -9,7 +9,8 @@ pub struct Args {
     /// Connection id.
     id: String,
     /// Print `{"token": ..., "expires-at": ...}` (seconds since the epoch) instead of the
-    /// token alone.
+    /// token alone, with `"launch-context"` (patient, encounter, fhirUser, scope, ...) after a
+    /// SMART App Launch sign-in.
     #[arg(long)]
     json: bool,
 }
@@ -31,7 +32,11 @@ pub async fn run(g: &Global, a: Args) -> CmdResult {
             .expires_at
             .and_then(|t| t.duration_since(std::time::UNIX_EPOCH).ok())
             .map(|d| d.as_secs());
-        crate::render::print_json(&serde_json::json!({"token": token, "expires-at": expires}));
+        let mut out = serde_json::json!({"token": token, "expires-at": expires});
+        if let Some(c) = &creds.launch_context {
+            out["launch-context"] = serde_json::json!(c);
+        }
+        crate::render::print_json(&out);
     } else {
         println!("{token}");
     }

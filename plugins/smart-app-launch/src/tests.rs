@@ -1,0 +1,156 @@
+//! Unit tests of the `smart-app-launch` scheme against a mocked FHIR server and authorization
+//! server: discovery and its CapabilityStatement fallback, silent refresh with rotation and
+//! the launch context, `needs login`, and the settings' rules.
+
+use super::*;
+use fhirconn_sdk::testing::{auth_request, header_value, MockHost};
+use fhirconn_sdk::{ErrorKind, HttpResponse};
+use std::sync::{Arc, Mutex};
+
+const BASE: &str = "http://127.0.0.1/fhir";
+
+fn answer(status: u16, body: Value) -> HttpResponse {
+    HttpResponse {
+        status,
+        headers: vec![("content-type".into(), "application/json".into())],
+        body: body.to_string().into_bytes(),
+    }
+}
+
+fn settings() -> Value {
+    json!({"client-id": "app", "scope": "launch/patient patient/*.rs offline_access",
+           "redirect-uri": "http://127.0.0.1:8765/callback"})
+}
+
+/// A server with (or without) a smart-configuration; the token endpoint rotates refresh
+/// tokens `rt-N` and records each request's form.
+fn server(smart: bool, forms: Arc<Mutex<Vec<String>>>) -> MockHost {
+    let n = std::sync::atomic::AtomicUsize::new(0);
+    MockHost::new().with_http(move |req| {
+        Ok(match req.url.as_str() {
+            "http://127.0.0.1/fhir/.well-known/smart-configuration" if smart => answer(
+                200,
+                json!({"authorization_endpoint": "auth/authorize", "token_endpoint": "auth/token",
+                       "grant_types_supported": ["authorization_code", "refresh_token"]}),
+            ),
+            "http://127.0.0.1/fhir/metadata" => answer(
+                200,
+                json!({"resourceType": "CapabilityStatement", "rest": [{"security": {"extension": [
+                    {"url": OAUTH_URIS, "extension": [
+                        {"url": "authorize", "valueUri": "http://127.0.0.1/fhir/auth/authorize"},
+                        {"url": "token", "valueUri": "http://127.0.0.1/fhir/auth/token"}]}]}}]}),
+            ),
+            "http://127.0.0.1/fhir/auth/token" => {
+                forms
+                    .lock()
+                    .unwrap()
+                    .push(String::from_utf8_lossy(&req.body).into_owned());
+                let i = n.fetch_add(1, std::sync::atomic::Ordering::SeqCst) + 1;
+                answer(
+                    200,
+                    json!({"access_token": format!("at-{i}"), "token_type": "Bearer",
+                           "expires_in": 300, "refresh_token": format!("rt-{i}"),
+                           "scope": "patient/*.rs"}),
+                )
+            }
+            _ => answer(404, json!({})),
+        })
+    })
+}
+
+fn stored(mock: &MockHost, refresh_token: &str) {
+    let v = json!({"binding": {"token_endpoint": "http://127.0.0.1/fhir/auth/token",
+                   "client_id": "app", "aud": BASE},
+                   "refresh_token": refresh_token, "context": {"patient": "p-1"}});
+    mock.with_host(|h| h.store_put(REFRESH_KEY, &SecretString::from(v.to_string())))
+        .unwrap();
+}
+
+fn stored_refresh_token(mock: &MockHost) -> Option<String> {
+    let raw = mock.with_host(|h| h.store_get(REFRESH_KEY)).unwrap()?;
+    let v: Value = serde_json::from_str(raw.expose_secret()).unwrap();
+    v["refresh_token"].as_str().map(str::to_string)
+}
+
+#[test]
+fn a_stored_sign_in_is_refreshed_rotated_and_keeps_its_launch_context() {
+    for smart in [true, false] {
+        let forms = Arc::new(Mutex::new(Vec::new()));
+        let mock = server(smart, forms.clone());
+        stored(&mock, "rt-0");
+        let conn = mock.configure(&SmartAppLaunch, settings()).unwrap();
+        let creds = mock
+            .authorize(conn.as_ref())
+            .unwrap_or_else(|e| panic!("{e}"));
+        assert_eq!(
+            header_value(&creds, "authorization").unwrap(),
+            "Bearer at-1"
+        );
+        let ctx = creds.context.expect("a launch context");
+        assert_eq!(ctx.patient.as_deref(), Some("p-1"), "kept from the sign-in");
+        assert_eq!(ctx.scope.as_deref(), Some("patient/*.rs"), "granted scope");
+        let form = forms.lock().unwrap()[0].clone();
+        assert!(form.contains("grant_type=refresh_token") && form.contains("refresh_token=rt-0"));
+        assert!(form.contains("client_id=app"), "{form}");
+        assert_eq!(
+            stored_refresh_token(&mock).as_deref(),
+            Some("rt-1"),
+            "rotated"
+        );
+    }
+}
+
+#[test]
+fn without_a_stored_sign_in_a_silent_call_needs_login() {
+    let mock = server(true, Arc::default());
+    let conn = mock.configure(&SmartAppLaunch, settings()).unwrap();
+    let e = mock.authorize(conn.as_ref()).unwrap_err();
+    assert_eq!(e.kind(), ErrorKind::InteractionRequired, "{e}");
+    // A sign-in bound to another client is not used either.
+    let mock = server(true, Arc::default());
+    stored(&mock, "rt-0");
+    let mut other = settings();
+    other["client-id"] = json!("other-app");
+    let conn = mock.configure(&SmartAppLaunch, other).unwrap();
+    let req = auth_request();
+    let e = mock.with_host(|h| conn.authorize(&req, h)).unwrap_err();
+    assert_eq!(e.kind(), ErrorKind::InteractionRequired, "{e}");
+}
+
+#[test]
+fn without_any_oauth_uris_discovery_names_what_is_missing() {
+    let mock = MockHost::new().with_http(|req| {
+        Ok(match req.url.as_str() {
+            u if u.ends_with("/metadata") => {
+                answer(200, json!({"resourceType": "CapabilityStatement"}))
+            }
+            _ => answer(404, json!({})),
+        })
+    });
+    stored(&mock, "rt-0");
+    let conn = mock.configure(&SmartAppLaunch, settings()).unwrap();
+    let e = mock.authorize(conn.as_ref()).unwrap_err();
+    assert_eq!(e.kind(), ErrorKind::Protocol, "{e}");
+    assert!(e.to_string().contains("oauth-uris"), "{e}");
+}
+
+#[test]
+fn settings_rules() {
+    let mock = MockHost::new();
+    let mut both = settings();
+    both["client-secret"] = json!("s");
+    both["private-key"] = json!("k");
+    let Err(e) = mock.configure(&SmartAppLaunch, both) else {
+        panic!("accepted")
+    };
+    assert!(e.to_string().contains("not both"), "{e}");
+    let mut kid = settings();
+    kid["kid"] = json!("k1");
+    let Err(e) = mock.configure(&SmartAppLaunch, kid) else {
+        panic!("accepted")
+    };
+    assert!(e.to_string().contains("kid needs private-key"), "{e}");
+    let mut secret = settings();
+    secret["client-secret"] = json!("s3cret");
+    assert!(mock.configure(&SmartAppLaunch, secret).is_ok());
+}
