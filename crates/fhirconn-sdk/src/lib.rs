@@ -100,6 +100,7 @@ pub use error::{Error, ErrorKind, Result};
 pub use export::__private;
 pub use host::{
     form_urlencode, form_urlencode_component, ClientIdentity, Host, HttpRequest, HttpResponse,
+    INSTANCE_METADATA,
 };
 pub use memo::Memo;
 pub use scheme::{AuthRequest, Connection, ConnectionInfo, CredentialHeader, Credentials, Scheme};

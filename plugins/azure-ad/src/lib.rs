@@ -7,8 +7,9 @@
 //! Settings: `client-id`; `tenant` (optional: discovered from the FHIR server's 401 challenge
 //! `authorization_uri`); `authority-host` (default `https://login.microsoftonline.com`; a
 //! discovered authority on another host is refused); `audience` (default: the origin of the
-//! base URL); `flow`: `device-code` (default), `auth-code` or `client-credentials` (with
-//! `client-secret`, `-file` or `-env`).
+//! base URL); `flow`: `device-code` (default), `auth-code`, `client-credentials` (with
+//! `client-secret`, `-file` or `-env`), `managed-identity` or `workload-identity` (module
+//! [`identity`]).
 //!
 //! **The audience comes from configuration, never from the server.** A FHIR server's challenge
 //! may name a `resource_id`; it is only compared with the configured (or default) audience, and
@@ -50,6 +51,8 @@ enum Flow {
     DeviceCode,
     AuthCode,
     ClientCredentials,
+    ManagedIdentity,
+    WorkloadIdentity,
 }
 
 /// Microsoft Entra ID (Azure AD)
@@ -58,9 +61,18 @@ enum Flow {
 #[serde(rename_all = "kebab-case", deny_unknown_fields)]
 #[schemars(crate = "fhirconn_sdk::schemars")]
 struct Settings {
-    /// application (client) id
+    /// application (client) id; workload-identity: default AZURE_CLIENT_ID; managed-identity: a user-assigned identity's client id
     #[schemars(length(min = 1))]
-    client_id: String,
+    client_id: Option<String>,
+    /// managed-identity: a user-assigned identity's object (principal) id
+    #[schemars(length(min = 1))]
+    object_id: Option<String>,
+    /// managed-identity: a user-assigned identity's Azure resource id
+    #[schemars(length(min = 1))]
+    msi_res_id: Option<String>,
+    /// workload-identity: the federated token file, read for every token (default AZURE_FEDERATED_TOKEN_FILE)
+    #[schemars(length(min = 1))]
+    federated_token_file: Option<String>,
     /// tenant id or domain; default: from the FHIR server's 401 challenge
     #[schemars(length(min = 1))]
     tenant: Option<String>,
@@ -97,6 +109,7 @@ pub struct AzureConnection {
     base_url: String,
     flow: Flow,
     secret: Option<SecretString>,
+    identity: Option<identity::Identity>,
     resolved: Memo<Authority>,
 }
 
@@ -150,7 +163,8 @@ impl Scheme for AzureAd {
         settings: Value,
         host: &Host<'_>,
     ) -> Result<Box<dyn Connection>> {
-        let s: Settings = settings::parse(settings, host)?;
+        let mut s: Settings = settings::parse(settings, host)?;
+        let identity = identity::configure(&mut s, host)?;
         let secret = s.client_secret.map(SecretSetting::into_secret);
         if (s.flow == Flow::ClientCredentials) != secret.is_some() {
             return Err(Error::config(match secret {
@@ -169,8 +183,18 @@ impl Scheme for AzureAd {
         {
             return Err(Error::config("tenant: a tenant id or domain, without '/'"));
         }
+        let client_id = match (s.client_id, s.flow) {
+            (_, Flow::ManagedIdentity) => String::new(),
+            (Some(id), _) => id,
+            (None, Flow::WorkloadIdentity) => {
+                return Err(Error::config(
+                    "flow workload-identity needs client-id (or AZURE_CLIENT_ID)",
+                ))
+            }
+            (None, _) => return Err(Error::config("client-id: required")),
+        };
         Ok(Box::new(AzureConnection {
-            client_id: s.client_id,
+            client_id,
             tenant: s.tenant,
             authority_host,
             audience: match s.audience {
@@ -183,6 +207,7 @@ impl Scheme for AzureAd {
             base_url: connection.base_url.clone(),
             flow: s.flow,
             secret,
+            identity,
             resolved: Memo::new(),
         }))
     }
@@ -397,6 +422,7 @@ impl AzureConnection {
             url: url.as_str().to_string(),
             message: Some("Sign in to Microsoft Entra in your browser:".into()),
             timeout_seconds: Some(300),
+            redirect_uri: None,
         })?;
         let redirect_uri = answer.redirect_uri.as_str();
         let query = answer.query.as_str();
@@ -446,7 +472,14 @@ impl AzureConnection {
 
 impl Connection for AzureConnection {
     fn authorize(&self, request: &AuthRequest, host: &Host<'_>) -> Result<Credentials> {
+        if let Some(identity::Identity::Managed(source, user)) = &self.identity {
+            return identity::managed(source, user.as_ref(), &self.audience.0, host);
+        }
         let a = self.authority(host)?;
+        if let Some(identity::Identity::Federated(file)) = &self.identity {
+            let scope = format!("{}/.default", a.audience);
+            return identity::federated(self.request(&a).scope(&scope), file, host);
+        }
         if self.flow == Flow::ClientCredentials {
             return self.client_credentials(&a, host);
         }
@@ -480,6 +513,8 @@ impl Connection for AzureConnection {
 }
 
 fhirconn_sdk::export_schemes!(AzureAd);
+
+mod identity;
 
 #[cfg(test)]
 mod tests;

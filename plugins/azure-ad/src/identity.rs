@@ -1,0 +1,180 @@
+//! Identities without a person or a client secret: `flow: managed-identity` (Azure IMDS, or
+//! App Service / Container Apps through `IDENTITY_ENDPOINT` + `IDENTITY_HEADER`) and
+//! `flow: workload-identity` (a federated token file as the client assertion). Endpoints,
+//! client and tenant come from the settings or the environment, as the Azure SDKs read them;
+//! the `resource` or `scope` is always this connection's configured audience.
+
+use super::{Flow, Settings};
+use fhirconn_sdk::oauth::{self, ClientAuth, TokenRequest};
+use fhirconn_sdk::serde_json::{self, Value};
+use fhirconn_sdk::{Credentials, Error, ExposeSecret, Host, HttpRequest, Result, SecretString};
+use std::time::UNIX_EPOCH;
+
+/// Azure IMDS, when `AZURE_POD_IDENTITY_AUTHORITY_HOST` names no other host.
+const IMDS: &str = "http://169.254.169.254";
+
+/// Where a managed identity's token comes from: IMDS (`Metadata: true`, API 2018-02-01), or
+/// App Service / Container Apps / Functions with its `X-IDENTITY-HEADER` (API 2019-08-01).
+#[derive(Debug)]
+pub(crate) struct Source(url::Url, Option<SecretString>);
+
+/// What a token without a person needs besides the audience.
+#[derive(Debug)]
+pub(crate) enum Identity {
+    /// A managed identity; a user-assigned one as (parameter index, id): client, object or
+    /// resource id.
+    Managed(Source, Option<(usize, String)>),
+    /// Workload identity federation: the file holding the client assertion.
+    Federated(String),
+}
+
+fn env(host: &Host<'_>, name: &str) -> Option<String> {
+    host.env_var(name).filter(|v| !v.trim().is_empty())
+}
+
+/// An endpoint named by the environment: an absolute http(s) URL.
+fn env_url(name: &str, value: &str) -> Result<url::Url> {
+    url::Url::parse(value)
+        .ok()
+        .filter(|u| matches!(u.scheme(), "http" | "https") && u.host_str().is_some())
+        .ok_or_else(|| Error::config(format!("{name} '{value}' is not an http(s) URL")))
+}
+
+/// Reads the settings (and, as the Azure SDKs do, the environment) of the two flows; fills in
+/// `client-id`, `tenant` and `authority-host` of workload identity from `AZURE_*`.
+pub(crate) fn configure(s: &mut Settings, host: &Host<'_>) -> Result<Option<Identity>> {
+    let ids = [&s.client_id, &s.object_id, &s.msi_res_id];
+    let user_ids = ids.iter().filter(|v| v.is_some()).count() - usize::from(ids[0].is_some());
+    if (s.flow != Flow::ManagedIdentity && user_ids > 0)
+        || (s.flow != Flow::WorkloadIdentity && s.federated_token_file.is_some())
+    {
+        return Err(Error::config(
+            "object-id and msi-res-id only apply to flow: \
+            managed-identity, federated-token-file only to flow: workload-identity",
+        ));
+    }
+    match s.flow {
+        Flow::ManagedIdentity => {
+            let mut user = ids
+                .iter()
+                .enumerate()
+                .filter_map(|(i, v)| Some((i, (*v).clone()?)));
+            let user_assigned = user.next();
+            if user.next().is_some() {
+                return Err(Error::config(
+                    "name a user-assigned identity by one of client-id, \
+                    object-id or msi-res-id",
+                ));
+            }
+            let source = match (env(host, "IDENTITY_ENDPOINT"), env(host, "IDENTITY_HEADER")) {
+                (Some(e), Some(h)) => Source(env_url("IDENTITY_ENDPOINT", &e)?, Some(h.into())),
+                (Some(_), None) => {
+                    return Err(Error::config(
+                        "IDENTITY_ENDPOINT is set without \
+                    IDENTITY_HEADER (Azure Arc's managed identity is not supported)",
+                    ))
+                }
+                (None, _) => {
+                    let base = env(host, "AZURE_POD_IDENTITY_AUTHORITY_HOST");
+                    let base = base.as_deref().unwrap_or(IMDS).trim_end_matches('/');
+                    let token = format!("{base}/metadata/identity/oauth2/token");
+                    Source(env_url("AZURE_POD_IDENTITY_AUTHORITY_HOST", &token)?, None)
+                }
+            };
+            Ok(Some(Identity::Managed(source, user_assigned)))
+        }
+        Flow::WorkloadIdentity => {
+            for (v, name) in [
+                (&mut s.client_id, "AZURE_CLIENT_ID"),
+                (&mut s.tenant, "AZURE_TENANT_ID"),
+                (&mut s.authority_host, "AZURE_AUTHORITY_HOST"),
+                (&mut s.federated_token_file, "AZURE_FEDERATED_TOKEN_FILE"),
+            ] {
+                *v = v.take().or_else(|| env(host, name));
+            }
+            let file = s.federated_token_file.clone().ok_or_else(|| {
+                Error::config(
+                    "flow workload-identity needs federated-token-file (or \
+                    AZURE_FEDERATED_TOKEN_FILE)",
+                )
+            })?;
+            Ok(Some(Identity::Federated(file)))
+        }
+        _ => Ok(None),
+    }
+}
+
+/// A managed identity's token for `audience` (sent as `resource`; the request carries no
+/// secret but App Service's per-process `X-IDENTITY-HEADER`).
+pub(crate) fn managed(
+    source: &Source,
+    user: Option<&(usize, String)>,
+    audience: &str,
+    host: &Host<'_>,
+) -> Result<Credentials> {
+    let (mut url, app_service) = (source.0.clone(), &source.1);
+    let (api, names) = match app_service {
+        None => ("2018-02-01", ["client_id", "object_id", "msi_res_id"]),
+        Some(_) => ("2019-08-01", ["client_id", "principal_id", "mi_res_id"]),
+    };
+    let endpoint = url.as_str().to_string();
+    url.query_pairs_mut()
+        .append_pair("api-version", api)
+        .append_pair("resource", audience);
+    if let Some((i, id)) = user {
+        url.query_pairs_mut().append_pair(names[*i], id);
+    }
+    let request = HttpRequest::new("GET", url.as_str()).header("Accept", "application/json");
+    let request = match app_service {
+        None => request.header("Metadata", "true"),
+        Some(h) => request.sensitive_header("X-IDENTITY-HEADER", h.expose_secret()),
+    };
+    let mut resp = host
+        .instance_metadata_http(request)
+        .map_err(|e| e.context(format!("managed identity endpoint {endpoint}")))?;
+    if !resp.is_success() {
+        return Err(oauth::refused(&resp, &endpoint));
+    }
+    if let Ok(mut body) = serde_json::from_slice::<Value>(&resp.body) {
+        let now = host.now().duration_since(UNIX_EPOCH).unwrap_or_default();
+        body["expires_in"] = expires_in(&body, now.as_secs_f64());
+        resp.body = body.to_string().into_bytes();
+    }
+    Ok(oauth::token_response(&resp, &endpoint, host)?.0)
+}
+
+/// The answer's lifetime as RFC 6749's numeric `expires_in`: IMDS sends `expires_in` as a
+/// string, App Service (API 2019-08-01) only `expires_on`, Unix seconds as a string (Azure ML:
+/// a number). Anything else stays as it was, for the SDK's checks to refuse.
+fn expires_in(body: &Value, now: f64) -> Value {
+    let number = |v: &Value| match v {
+        Value::String(s) => s.trim().parse::<f64>().ok(),
+        v => v.as_f64(),
+    };
+    match (number(&body["expires_in"]), number(&body["expires_on"])) {
+        (Some(secs), _) => secs.into(),
+        (None, Some(on)) => (on - now).into(),
+        (None, None) => body["expires_in"].clone(),
+    }
+}
+
+/// Workload identity: client credentials with the federated token file's current content as
+/// the client assertion (RFC 7523 §2.2), read again for every token (the file is rotated).
+pub(crate) fn federated(request: TokenRequest, file: &str, host: &Host<'_>) -> Result<Credentials> {
+    let assertion = host.read_to_string(file)?;
+    let assertion = assertion.trim();
+    if assertion.is_empty() || assertion.contains(char::is_whitespace) {
+        return Err(Error::config(format!(
+            "federated-token-file {file}: not a token (empty or with spaces)"
+        )));
+    }
+    let assertion = SecretString::from(assertion.to_string());
+    Ok(request
+        .grant("client_credentials")
+        .client_auth(ClientAuth::PrivateKeyJwt(assertion))
+        .send(host)?
+        .credentials)
+}
+
+#[cfg(test)]
+mod tests;
