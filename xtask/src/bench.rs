@@ -65,15 +65,7 @@ fn curl() -> Command {
 
 /// `application/x-www-form-urlencoded` of one value (RFC 6749 §2.3.1 for Basic credentials).
 fn form_encode(s: &str) -> String {
-    s.bytes()
-        .map(|b| match b {
-            b'A'..=b'Z' | b'a'..=b'z' | b'0'..=b'9' | b'-' | b'.' | b'_' | b'*' => {
-                (b as char).to_string()
-            }
-            b' ' => "+".into(),
-            _ => format!("%{b:02X}"),
-        })
-        .collect()
+    url::form_urlencoded::byte_serialize(s.as_bytes()).collect()
 }
 
 /// A token from the endpoint by curl; the whole exchange is timed by the caller.
@@ -206,6 +198,15 @@ fn curl_once(
         &info["mtls"],
     );
     let metadata = |base: &Value| format!("{}/metadata", s(base));
+    let bearer_get = |token: &str, base: &Value| -> Result {
+        timed(
+            curl()
+                .arg("-H")
+                .arg(format!("Authorization: Bearer {token}"))
+                .arg(metadata(base)),
+        )
+        .map(drop)
+    };
     let token_url = s(&oauth["token-endpoint"]);
     match scheme {
         "basic" => {
@@ -221,12 +222,7 @@ fn curl_once(
             )?;
         }
         "bearer" => {
-            timed(
-                curl()
-                    .arg("-H")
-                    .arg(format!("Authorization: Bearer {}", s(&bearer["token"])))
-                    .arg(metadata(&bearer["base-url"])),
-            )?;
+            bearer_get(&s(&bearer["token"]), &bearer["base-url"])?;
         }
         "oidc" => {
             let token = curl_token(&[
@@ -240,12 +236,7 @@ fn curl_once(
                 "grant_type=client_credentials".into(),
                 token_url.clone(),
             ])?;
-            timed(
-                curl()
-                    .arg("-H")
-                    .arg(format!("Authorization: Bearer {token}"))
-                    .arg(metadata(&oauth["base-url"])),
-            )?;
+            bearer_get(&token, &oauth["base-url"])?;
         }
         "mtls" => {
             timed(
@@ -271,12 +262,7 @@ fn curl_once(
                 "-d".into(), format!("client_assertion={assertion}"),
                 token_url.clone(),
             ])?;
-            timed(
-                curl()
-                    .arg("-H")
-                    .arg(format!("Authorization: Bearer {token}"))
-                    .arg(metadata(&oauth["base-url"])),
-            )?;
+            bearer_get(&token, &oauth["base-url"])?;
         }
     }
     Ok(())

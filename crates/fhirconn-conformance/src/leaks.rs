@@ -18,15 +18,7 @@ const RFC3986: &AsciiSet = &NON_ALPHANUMERIC
 
 /// `application/x-www-form-urlencoded` of one value.
 fn form_encode(s: &str) -> String {
-    s.bytes()
-        .map(|b| match b {
-            b'A'..=b'Z' | b'a'..=b'z' | b'0'..=b'9' | b'-' | b'.' | b'_' | b'*' => {
-                (b as char).to_string()
-            }
-            b' ' => "+".into(),
-            _ => format!("%{b:02X}"),
-        })
-        .collect()
+    url::form_urlencoded::byte_serialize(s.as_bytes()).collect()
 }
 
 /// JSON string escaping as serde_json writes it (non-ASCII kept).

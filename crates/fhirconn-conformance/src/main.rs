@@ -7,7 +7,7 @@
 //! plugin, a scheme no library provides).
 
 use clap::{Parser, ValueEnum};
-use fhirconn_conformance::{probe_library, report, run, Outcome, Setup};
+use fhirconn_conformance::{fixtures, probe_library, report, run, Outcome, Setup};
 use std::io::Write as _;
 use std::path::PathBuf;
 use std::time::Duration;
@@ -24,6 +24,10 @@ struct Args {
     /// Only these schemes (repeatable; default: every scheme the directories provide).
     #[arg(long = "scheme")]
     schemes: Vec<String>,
+    /// Every scheme with a built-in fixture (the in-tree schemes) must be provided and pass;
+    /// with `--scheme`, those as well.
+    #[arg(long)]
+    in_tree: bool,
     /// The `fhirconn` binary for the whole-process cases.
     #[arg(long, required_unless_present = "probe_library")]
     fhirconn: Option<PathBuf>,
@@ -77,7 +81,15 @@ fn main() {
         case_timeout: Duration::from_secs(args.case_timeout.max(1)),
         prober: std::env::current_exe().ok(),
     };
-    let results = match runtime.block_on(run(&setup, &args.schemes)) {
+    let mut schemes = args.schemes;
+    if args.in_tree {
+        for s in fixtures::SCHEMES {
+            if !schemes.iter().any(|x| x == s) {
+                schemes.push(s.to_string());
+            }
+        }
+    }
+    let results = match runtime.block_on(run(&setup, &schemes)) {
         Ok(r) => r,
         Err(e) => {
             eprintln!("error: {e}");
