@@ -169,6 +169,7 @@ mod tests {
             expires_at: None,
             renew_at: None,
             warnings: Vec::new(),
+            launch_context: None,
         }
     }
 

@@ -245,6 +245,8 @@ pub(crate) struct PluginCredentials {
     pub expires_at: Option<SystemTime>,
     /// `"<scheme>: <warning>"`, redacted and sanitised.
     pub warnings: Vec<String>,
+    /// The SMART launch context, every text redacted and sanitised (server text).
+    pub context: Option<fhirconn_sdk::wire::LaunchContext>,
 }
 
 /// A configured connection of one scheme.
@@ -309,6 +311,9 @@ impl PluginConnection {
                     .iter()
                     .map(|w| plugin_text(&redactor.redact(&format!("{}: {w}", self.scheme))))
                     .collect();
+                out.context = ext
+                    .context
+                    .map(|c| c.map_text(|t| crate::text::sanitize_line(&redactor.redact(t), 2000)));
             }
             Err(e) => tracing::debug!(scheme = %self.scheme, "ignoring credential extensions: {e}"),
         }
