@@ -1,7 +1,10 @@
 //! Credentials for one connection: calls its scheme(s) on blocking threads, combines stacked
 //! schemes, and caches the result until shortly before it expires (single flight).
 
-use crate::bridge::{CallError, CallServices, ConnectionInfo, PluginConnection, SharedServices};
+use crate::bridge::{
+    CallError, CallServices, ConnectionInfo, InlineServices, PluginConnection, SharedServices,
+};
+use crate::transport::{Signer, Signing};
 use crate::error::Error;
 use crate::plugins::SchemeHandle;
 use fhirconn_sdk::wire::ConnectionOperation;
@@ -77,6 +80,8 @@ pub(crate) struct AuthRuntime {
     cache: RwLock<Option<Arc<Resolved>>>,
     fetch_lock: tokio::sync::Mutex<()>,
     fetches: AtomicU64,
+    /// The entries whose scheme signs every request, with their inline services.
+    signing: Option<Arc<Signing>>,
 }
 
 impl AuthRuntime {
@@ -87,7 +92,18 @@ impl AuthRuntime {
         services: SharedServices,
         renewal_margin: Option<Duration>,
     ) -> Self {
+        let signers = entries
+            .iter()
+            .filter(|e| e.scheme.signs_requests)
+            .map(|e| e.conn.clone())
+            .collect();
+        let inline = InlineServices(CallServices {
+            shared: services.clone(),
+            identity: None,
+            interactive: false,
+        });
         Self {
+            signing: Signing::new(signers, inline).map(Arc::new),
             id,
             context,
             entries,
@@ -97,6 +113,17 @@ impl AuthRuntime {
             fetch_lock: tokio::sync::Mutex::new(()),
             fetches: AtomicU64::new(0),
         }
+    }
+
+    /// Whether a scheme of the connection signs every request.
+    pub fn signs_requests(&self) -> bool {
+        self.signing.is_some()
+    }
+
+    /// The signer of one request with body `body` (its hash computed here, once), when a
+    /// scheme of the connection signs requests.
+    pub fn signer(&self, body: Option<&[u8]>) -> Option<Signer> {
+        self.signing.as_ref().map(|s| Signer::for_body(s, body))
     }
 
     /// How many times the schemes were asked for credentials.

@@ -41,6 +41,7 @@ pub mod config;
 mod connection;
 pub mod dsf;
 mod error;
+pub mod exec;
 pub mod import;
 pub mod keygen;
 mod loopback;

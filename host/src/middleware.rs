@@ -44,6 +44,14 @@ pub enum MiddlewareError {
          Authentication::client_follows_no_redirects()"
     )]
     RedirectUnsafe(String),
+    /// A scheme that signs every request needs the body's bytes, and signs each redirect
+    /// hop afresh, which a caller's client following redirects would not do.
+    #[error(
+        "connection '{0}' signs every request: build your client with \
+         redirect::Policy::none(), call Authentication::client_follows_no_redirects(), and \
+         send bodies as bytes (not streams)"
+    )]
+    SigningUnsafe(String),
 }
 
 /// A middleware that authenticates requests to one [`Connection`]'s origin.
@@ -87,12 +95,63 @@ impl Authentication {
         if !self.no_redirects && creds.headers.iter().any(|(n, _)| n != AUTHORIZATION) {
             return Err(MiddlewareError::RedirectUnsafe(id()));
         }
+        if let Some(body) = self.signed_body(&req)? {
+            // Signed after the credentials, over every header that will be sent.
+            let signer = self.conn.signer(body);
+            if let Some(signer) = signer {
+                let own: Vec<_> = req
+                    .headers()
+                    .iter()
+                    .map(|(n, v)| (n.clone(), v.clone()))
+                    .collect();
+                let signature = signer
+                    .sign(
+                        req.method(),
+                        req.url(),
+                        &own,
+                        &creds.headers,
+                        body.is_some(),
+                    )
+                    .map_err(|error| {
+                        MiddlewareError::Credentials(crate::Error::Transport { id: id(), error })
+                    })?;
+                self.insert_credentials(&mut req, creds);
+                for (name, value) in signature {
+                    req.headers_mut().insert(name, value);
+                }
+                return Ok(req);
+            }
+        }
+        self.insert_credentials(&mut req, creds);
+        Ok(req)
+    }
+
+    fn insert_credentials(&self, req: &mut reqwest::Request, creds: &Resolved) {
         for (name, value) in &creds.headers {
             let mut value = value.clone();
             value.set_sensitive(true);
             req.headers_mut().insert(name.clone(), value);
         }
-        Ok(req)
+    }
+
+    /// For a connection that signs requests: `Some(body bytes)` (`Some(None)` without a
+    /// body); `None` when it does not sign. A streamed body or a client that follows
+    /// redirects is refused.
+    fn signed_body<'r>(
+        &self,
+        req: &'r reqwest::Request,
+    ) -> Result<Option<Option<&'r [u8]>>, MiddlewareError> {
+        if !self.conn.auth.signs_requests() {
+            return Ok(None);
+        }
+        let unsafe_ = || MiddlewareError::SigningUnsafe(self.conn.id().to_string());
+        if !self.no_redirects {
+            return Err(unsafe_());
+        }
+        match req.body() {
+            None => Ok(Some(None)),
+            Some(b) => b.as_bytes().map(|b| Some(Some(b))).ok_or_else(unsafe_),
+        }
     }
 }
 

@@ -66,6 +66,9 @@ pub struct SchemeHandle {
     pub schema: serde_json::Value,
     /// SDK version it was built with.
     pub sdk_version: String,
+    /// Whether its connections sign every request (`sign-request`, declared in its
+    /// description's extensions).
+    pub signs_requests: bool,
     /// Where it came from.
     pub origin: Origin,
     /// The scheme object behind the plugin bridge.
@@ -91,6 +94,7 @@ impl SchemeHandle {
             summary: d.summary,
             schema: d.schema,
             sdk_version: d.sdk_version,
+            signs_requests: d.signs_requests,
             origin,
             imp,
         }

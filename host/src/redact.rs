@@ -19,7 +19,13 @@ use std::sync::Mutex;
 #[derive(Default)]
 pub struct Redactor {
     secrets: Mutex<Secrets>,
+    /// Single-use secrets (per-request signatures), newest last: kept apart so that one per
+    /// request never pushes the long-lived secrets out of [`MAX_SECRETS`].
+    transient: Mutex<std::collections::VecDeque<Vec<char>>>,
 }
+
+/// How many single-use secrets a redactor remembers besides the long-lived ones.
+pub const MAX_TRANSIENT_SECRETS: usize = 64;
 
 /// The remembered secrets, longest first, each with the order it was added in.
 #[derive(Default)]
@@ -155,10 +161,32 @@ impl Redactor {
         }
     }
 
+    /// Adds a single-use secret (a per-request signature, a value that changes with every
+    /// request): remembered among the last [`MAX_TRANSIENT_SECRETS`] such values, so a
+    /// value repeated on every request stays, and the long-lived secrets are never pushed
+    /// out. Cheap enough for every request.
+    pub fn add_transient(&self, secret: &str) {
+        let s = secret.trim();
+        if s.chars().count() < 4 {
+            return;
+        }
+        let chars: Vec<char> = s.chars().collect();
+        let mut ring = self
+            .transient
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        if let Some(at) = ring.iter().position(|x| *x == chars) {
+            ring.remove(at);
+        } else if ring.len() >= MAX_TRANSIENT_SECRETS {
+            ring.pop_front();
+        }
+        ring.push_back(chars);
+    }
+
     /// Replaces every known secret in `text`, in any of the forms it travels in.
     pub fn redact(&self, text: &str) -> String {
         // A snapshot: matching runs without the lock, so a slow text delays no other thread.
-        let secrets: Vec<Vec<char>> = self
+        let mut secrets: Vec<Vec<char>> = self
             .secrets
             .lock()
             .unwrap_or_else(std::sync::PoisonError::into_inner)
@@ -166,6 +194,17 @@ impl Redactor {
             .iter()
             .map(|(_, s)| s.clone())
             .collect();
+        {
+            let ring = self
+                .transient
+                .lock()
+                .unwrap_or_else(std::sync::PoisonError::into_inner);
+            if !ring.is_empty() {
+                secrets.extend(ring.iter().cloned());
+                // Longest first, so a secret containing another is removed whole.
+                secrets.sort_by_key(|s| std::cmp::Reverse(s.len()));
+            }
+        }
         let mut out = cut(text);
         let mut budget = REDACT_BUDGET;
         for s in &secrets {
@@ -402,5 +441,22 @@ mod tests {
         assert_eq!(r.redact(&newest), REDACTED);
         assert_eq!(r.redact("CANARY-old-00000"), "CANARY-old-00000");
         assert_eq!(r.secrets.lock().unwrap().list.len(), MAX_SECRETS);
+    }
+
+    #[test]
+    fn per_request_signatures_never_push_long_lived_secrets_out() {
+        let r = Redactor::default();
+        r.add("CANARY-session-token");
+        for i in 0..MAX_SECRETS * 2 {
+            r.add_transient(&format!("SIG-{i:06}"));
+            // a value sent with every request stays however many others pass
+            r.add_transient("CANARY-every-request");
+        }
+        assert_eq!(r.redact("CANARY-session-token"), REDACTED);
+        assert_eq!(r.redact("CANARY-every-request"), REDACTED);
+        let last = format!("SIG-{:06}", MAX_SECRETS * 2 - 1);
+        assert_eq!(r.redact(&last), REDACTED);
+        assert_eq!(r.redact("SIG-000000"), "SIG-000000");
+        assert_eq!(r.transient.lock().unwrap().len(), MAX_TRANSIENT_SECRETS);
     }
 }

@@ -4,9 +4,13 @@
 
 mod classify;
 mod pool;
+mod sign;
 
 pub use classify::describe_tls;
 pub use pool::{ClientKey, ClientPool, IdentityKey};
+pub use sign::{body_sha256, Signer};
+pub(crate) use sign::Signing;
+pub(crate) use pool::warm_up;
 
 use crate::config::ConnectionSettings;
 use fhirconn_sdk::ClientIdentity;
@@ -68,6 +72,15 @@ pub enum TransportError {
     /// The HTTP client could not be built.
     #[error(transparent)]
     Client(#[from] ClientError),
+    /// A scheme could not sign the request (per-request signing); `message` names it and
+    /// is redacted and sanitised.
+    #[error("signing the request failed: {message}")]
+    Signing {
+        /// The kind the scheme gave.
+        kind: fhirconn_sdk::ErrorKind,
+        /// Why.
+        message: String,
+    },
     /// Anything else.
     #[error("{0}")]
     Other(String),
@@ -110,6 +123,8 @@ pub struct Outgoing {
     pub body: Option<Vec<u8>>,
     /// Follow redirects (FHIR requests) or return them (plugins' token requests).
     pub follow_redirects: bool,
+    /// Signs every hop sent with credentials (connections whose scheme signs requests).
+    pub signer: Option<Signer>,
 }
 
 /// Request headers that still follow a redirect to another origin (everything else, including
@@ -429,19 +444,39 @@ impl Transport {
     ) -> Result<reqwest::Response, TransportError> {
         let client = self.client(identity.filter(|_| hop.with_credentials))?;
         let url = &hop.url;
+        // Each hop is signed afresh (a signature is bound to one URL and time); a hop past
+        // an origin change carries no credentials, so no signature either.
+        let signature = match (&req.signer, hop.with_credentials) {
+            (Some(signer), true) => signer.sign(
+                &hop.method,
+                url,
+                &req.headers,
+                &req.credential_headers,
+                hop.body.is_some(),
+            )?,
+            _ => Vec::new(),
+        };
+        let signed = |k: &HeaderName| signature.iter().any(|(n, _)| n == k);
         let build = || {
             let mut rb = client.request(hop.method.clone(), url.clone());
             for (k, v) in &req.headers {
                 // Past an origin change only harmless headers follow: a custom header
                 // (`--header X-Api-Key: ...`) may be a credential too.
-                if hop.with_credentials || CROSS_ORIGIN_HEADERS.contains(&k.as_str()) {
+                if (hop.with_credentials || CROSS_ORIGIN_HEADERS.contains(&k.as_str()))
+                    && !signed(k)
+                {
                     rb = rb.header(k, v);
                 }
             }
             if hop.with_credentials {
                 for (k, v) in &req.credential_headers {
-                    rb = rb.header(k, v);
+                    if !signed(k) {
+                        rb = rb.header(k, v);
+                    }
                 }
+            }
+            for (k, v) in &signature {
+                rb = rb.header(k, v);
             }
             if let Some(b) = &hop.body {
                 rb = rb.body(b.clone());

@@ -13,7 +13,8 @@ use fhirconn_abi::{
     AbiError, ErrorKind, Header, HostServices, HttpRequest, HttpResponse,
 };
 use fhirconn_sdk::wire::{
-    BrowserRedirect, HostOperation, RedactSecret, BROWSER_REDIRECT, EMPTY_OBJECT, REDACT_SECRET,
+    BrowserRedirect, HostOperation, RedactSecret, BROWSER_REDIRECT, EMPTY_OBJECT, EXEC,
+    REDACT_SECRET,
 };
 use fhirconn_sdk::{ClientIdentity, SecretString};
 use std::panic::{catch_unwind, AssertUnwindSafe};
@@ -150,6 +151,8 @@ impl CallServices {
                 Some(request.body.to_vec())
             },
             follow_redirects: false,
+            // A plugin's own requests (token endpoints) are never signed.
+            signer: None,
         };
         let transport = self.shared.transport.clone();
         let resp = self
@@ -312,12 +315,7 @@ impl HostServices for CallServices {
                 self.shared.redactor.add(&secret);
                 RResult::ROk(EMPTY_OBJECT.into())
             }),
-            // Typed on the wire since the exec payload was added; run by the host in a
-            // later step (until then, unsupported like any unknown operation).
-            HostOperation::Exec(_) => RResult::RErr(AbiError::new(
-                ErrorKind::UNSUPPORTED,
-                "host operation 'exec' is not supported",
-            )),
+            HostOperation::Exec(request) => guard(EXEC, || self.exec(&request).into()),
             HostOperation::Unknown(other) => RResult::RErr(AbiError::new(
                 ErrorKind::UNSUPPORTED,
                 format!("host operation '{other}' is not supported"),
@@ -327,6 +325,25 @@ impl HostServices for CallServices {
 }
 
 impl CallServices {
+    /// The `exec` host operation (see [`crate::exec`]): in every call on a blocking thread
+    /// (configure, authorize, connection operations), never while signing a request.
+    fn exec(&self, request: &fhirconn_sdk::wire::Exec) -> Result<RString, AbiError> {
+        use crate::exec::ExecError;
+        let answer = crate::exec::run(&self.shared.base_dir, request, &self.shared.redactor)
+            .map_err(|e| {
+                let kind = match e {
+                    ExecError::NoCommand
+                    | ExecError::Environment { .. }
+                    | ExecError::Spawn { .. } => ErrorKind::CONFIG,
+                    _ => ErrorKind::PROTOCOL,
+                };
+                AbiError::new(kind, e.to_string())
+            })?;
+        serde_json::to_string(&answer)
+            .map(RString::from)
+            .map_err(|e| AbiError::new(ErrorKind::INTERNAL, e.to_string()))
+    }
+
     /// The `browser-redirect` host operation: only in a call that may talk to a person.
     fn browser_redirect(&self, request: &BrowserRedirect) -> Result<RString, AbiError> {
         if !self.interactive {

@@ -11,9 +11,11 @@
 //! can print them.
 
 mod host_services;
+mod sign;
 
 pub use host_services::MAX_PLUGIN_FILE_BYTES;
 pub(crate) use host_services::{CallServices, SharedServices};
+pub(crate) use sign::InlineServices;
 
 use crate::error::PluginError;
 use crate::redact::Redactor;
@@ -25,7 +27,9 @@ use fhirconn_abi::{
     AbiError, AuthRequest, AuthSchemeBox, ConnectionAuthBox, ConnectionContext, SchemeDescription,
     AUTH_FLAG_FORCE_LOGIN, AUTH_FLAG_INTERACTIVE,
 };
-use fhirconn_sdk::wire::{ConnectionOperation, CredentialsExtensions, NoExtensions};
+use fhirconn_sdk::wire::{
+    ConnectionOperation, CredentialsExtensions, NoExtensions, SchemeExtensions,
+};
 use fhirconn_sdk::{ClientIdentity, ErrorKind, SecretString};
 use std::path::Path;
 use std::sync::Arc;
@@ -117,6 +121,8 @@ pub(crate) struct Description {
     pub summary: String,
     pub schema: serde_json::Value,
     pub sdk_version: String,
+    /// The scheme declared `{"signs_requests": true}` (per-request signing).
+    pub signs_requests: bool,
 }
 
 /// A scheme object (built in, or from a library).
@@ -142,16 +148,22 @@ impl PluginScheme {
             summary,
             config_schema_json,
             sdk_version,
-            ..
+            extensions_json,
         } = self.imp.describe();
         let schema = serde_json::from_str(config_schema_json.as_str())
             .unwrap_or_else(|_| serde_json::json!({"type": "object"}));
+        // ABI 1.0 plugins send `{}` (or nothing); a malformed field declares nothing.
+        let extensions = SchemeExtensions::from_json(extensions_json.as_str()).unwrap_or_else(|e| {
+            tracing::debug!(scheme = %plugin_text(&name), "ignoring scheme extensions: {e}");
+            SchemeExtensions::default()
+        });
         Description {
             name,
             version: plugin_text(&version),
             summary: plugin_text(&summary),
             schema,
             sdk_version: plugin_text(&sdk_version),
+            signs_requests: extensions.signs_requests,
         }
     }
 
@@ -257,6 +269,11 @@ pub(crate) struct PluginConnection {
 }
 
 impl PluginConnection {
+    /// The scheme's name.
+    pub(crate) fn scheme_name(&self) -> &str {
+        &self.scheme
+    }
+
     /// Asks the scheme for credentials.
     pub(crate) async fn authorize(
         &self,

@@ -41,6 +41,12 @@ pub(super) async fn download(
         (Some(c), true) => c.headers.clone(),
         _ => Vec::new(),
     };
+    // A signing scheme signs the download when credentials go with it; a streamed GET signs
+    // the empty body.
+    let signer = match (&creds, with_token) {
+        (Some(_), true) => conn.signer(None),
+        _ => None,
+    };
     let get = Outgoing {
         method: reqwest::Method::GET,
         url: url.clone(),
@@ -51,6 +57,7 @@ pub(super) async fn download(
         credential_headers,
         body: None,
         follow_redirects: false,
+        signer,
     };
     let identity = creds.as_ref().and_then(|c| c.identity.as_ref());
     let settings = conn.transport.settings();

@@ -156,9 +156,10 @@ impl Connection {
     pub async fn send_streaming(&self, request: Request) -> Result<reqwest::Response, Error> {
         let url = self.url_for(&request.path)?;
         let creds = self.auth.credentials(false).await?;
-        let (request, url) = (&request, &url);
+        let signer = self.auth.signer(request.body.as_deref());
+        let (request, url, signer) = (&request, &url, &signer);
         let send = move |c: Arc<Resolved>| async move {
-            let out = outgoing(request, url, &c, false);
+            let out = outgoing(request, url, &c, false, signer);
             self.transport
                 .open(&out, c.identity.as_ref())
                 .await
@@ -180,8 +181,10 @@ impl Connection {
         request: &Request,
         url: &url::Url,
     ) -> Result<Response, Failure> {
+        // The body is hashed once, for the first request and a 401 retry alike.
+        let signer = &self.auth.signer(request.body.as_deref());
         let send = move |c: Arc<Resolved>| async move {
-            let out = outgoing(request, url, &c, true);
+            let out = outgoing(request, url, &c, true, signer);
             self.transport
                 .send(out, c.identity.as_ref())
                 .await
@@ -204,7 +207,7 @@ impl Connection {
         F: Fn(Arc<Resolved>) -> Fut,
         Fut: Future<Output = Result<T, Error>>,
     {
-        let resp = send(creds.clone()).await.map_err(Failure::Request)?;
+        let resp = send(creds.clone()).await.map_err(Failure::sending)?;
         if !unauthorized(&resp) {
             return Ok(resp);
         }
@@ -213,7 +216,7 @@ impl Connection {
             .await
             .map_err(Failure::Credentials)?
         {
-            Some(fresh) => send(fresh).await.map_err(Failure::Request),
+            Some(fresh) => send(fresh).await.map_err(Failure::sending),
             None => Ok(resp),
         }
     }
@@ -221,18 +224,21 @@ impl Connection {
     /// The 401 rule for callers that send requests themselves (the reqwest middleware): after
     /// a 401 to a request sent with `stale`, drops them (when credentials were sent) and
     /// fetches fresh ones; `Some(fresh)` when they differ (send once more with them), `None`
-    /// when a retry cannot help (answer the 401).
+    /// when a retry cannot help (answer the 401). On a connection that signs every request
+    /// the retry always happens once: it carries a fresh signature (a new time), which is
+    /// what a server that rejected a signature as stale or replayed needs.
     pub async fn renew_after_401(
         &self,
         stale: &Arc<Resolved>,
     ) -> Result<Option<Arc<Resolved>>, Error> {
-        if stale.headers.is_empty() {
+        let signs = self.auth.signs_requests();
+        if stale.headers.is_empty() && !signs {
             return Ok(None);
         }
         tracing::debug!(connection = %self.id(), "401: dropping cached credentials");
         self.auth.invalidate(stale);
         let fresh = self.auth.credentials(false).await?;
-        if fresh.headers == stale.headers {
+        if fresh.headers == stale.headers && !signs {
             return Ok(None);
         }
         tracing::debug!(connection = %self.id(), "retrying once with fresh credentials");
@@ -240,10 +246,24 @@ impl Connection {
     }
 
     fn transport_error(&self, error: TransportError) -> Error {
-        Error::Transport {
-            id: self.id().to_string(),
-            error,
+        match error {
+            // A scheme that could not sign is a credentials failure, diagnosed as one.
+            TransportError::Signing { kind, message } => Error::Credentials {
+                id: self.id().to_string(),
+                kind,
+                message,
+            },
+            error => Error::Transport {
+                id: self.id().to_string(),
+                error,
+            },
         }
+    }
+
+    /// The signer of a request with `body` sent by a caller of its own (the middleware, bulk
+    /// downloads), when the connection's scheme signs requests.
+    pub(crate) fn signer(&self, body: Option<&[u8]>) -> Option<crate::transport::Signer> {
+        self.auth.signer(body)
     }
 }
 
@@ -255,6 +275,16 @@ pub(crate) enum Failure {
     Request(Error),
 }
 
+impl Failure {
+    /// A failure while sending: a scheme that could not sign it failed as credentials do.
+    fn sending(e: Error) -> Self {
+        match e {
+            Error::Credentials { .. } => Failure::Credentials(e),
+            e => Failure::Request(e),
+        }
+    }
+}
+
 impl From<Failure> for Error {
     fn from(f: Failure) -> Self {
         match f {
@@ -264,7 +294,13 @@ impl From<Failure> for Error {
 }
 
 /// The transport's request for `request` at `url` with credentials `creds`.
-fn outgoing(request: &Request, url: &url::Url, creds: &Resolved, follow: bool) -> Outgoing {
+fn outgoing(
+    request: &Request,
+    url: &url::Url,
+    creds: &Resolved,
+    follow: bool,
+    signer: &Option<crate::transport::Signer>,
+) -> Outgoing {
     Outgoing {
         method: request.method.clone(),
         url: url.clone(),
@@ -272,5 +308,6 @@ fn outgoing(request: &Request, url: &url::Url, creds: &Resolved, follow: bool) -
         credential_headers: creds.headers.clone(),
         body: request.body.clone(),
         follow_redirects: follow,
+        signer: signer.clone(),
     }
 }
