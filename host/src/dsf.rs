@@ -75,21 +75,22 @@ fn convert_auth(
         }
         "cert-auth" => {
             out.insert("scheme".into(), json!("mtls"));
-            for k in ["certificate-file", "private-key-file"] {
+            for k in ["certificate-file", "private-key-file", "p12-file"] {
                 if let Some(v) = a.get(k) {
                     out.insert(k.into(), v.clone());
                 }
             }
-            copy_secret(
-                a,
-                "password",
-                &mut out,
-                "private-key-password",
-                (id, inline),
-            );
+            // DSF's one `password` opens a PKCS#12 file or decrypts the PEM key.
+            let password = if a.contains_key("p12-file") {
+                "p12-password"
+            } else {
+                "private-key-password"
+            };
+            copy_secret(a, "password", &mut out, password, (id, inline));
             &[
                 "certificate-file",
                 "private-key-file",
+                "p12-file",
                 "password",
                 "password-file",
             ]
@@ -97,7 +98,13 @@ fn convert_auth(
         "oidc-auth" => {
             out.insert("scheme".into(), json!("oidc-client-credentials"));
             if let Some(v) = a.get("base-url") {
-                out.insert("issuer".into(), v.clone());
+                // DSF strips a trailing `/` from the provider's base URL before it appends
+                // the discovery path; the issuer check then compares without it.
+                let v = match v {
+                    Value::String(u) => json!(u.trim_end_matches('/')),
+                    other => other.clone(),
+                };
+                out.insert("issuer".into(), v);
             }
             for k in ["discovery-path", "client-id"] {
                 if let Some(v) = a.get(k) {
@@ -191,6 +198,12 @@ pub fn import(path: &Path, bytes: &[u8]) -> Result<Imported, String> {
                 },
                 other => notes.push(format!("{id}: {other}: no equivalent setting; left out")),
             }
+        }
+        // DSF trusts exactly the roots in `trusted-root-certificates-file`, not the system's.
+        if conn.contains_key("trusted-root-certificates-file")
+            && !conn.contains_key("use-system-roots")
+        {
+            conn.insert("use-system-roots".into(), json!(false));
         }
         // A certificate first: later schemes' token requests present it.
         auth.sort_by_key(|(k, _)| (k != "cert-auth") as u8);

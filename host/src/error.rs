@@ -182,6 +182,10 @@ pub enum Error {
     /// A request was malformed (bad path or header given by the caller).
     #[error("invalid request: {0}")]
     InvalidRequest(String),
+    /// A connection marked `test-connection-on-startup` failed its test
+    /// ([`crate::Host::startup_checks`]).
+    #[error(transparent)]
+    Startup(#[from] crate::startup::StartupFailure),
 }
 
 fn render_config_errors(errors: &[ConfigError]) -> String {

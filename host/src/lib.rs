@@ -55,6 +55,7 @@ pub mod proxy;
 mod redact;
 pub mod safe_write;
 pub mod services;
+mod startup;
 pub mod state;
 mod store;
 mod text;
@@ -69,6 +70,7 @@ pub use connection::{
     DiagnosisKind, ProbeReport, Request, Stage, TestReport, FHIR_JSON,
 };
 pub use error::{ConfigError, Error, PluginError, Result};
+pub use startup::StartupFailure;
 
 use bridge::{CallError, CallServices, ConnectionInfo, SharedServices};
 use config::schema::SchemePart;
@@ -182,6 +184,7 @@ impl Host {
             settings.retain(|id, _| only.contains(id));
         }
         let redactor = Arc::new(Redactor::default());
+        redactor.add_schema_names(&Host::schema_for(&registry));
         register_inline_secrets(&doc.value, &redactor);
         let rt = tokio::runtime::Handle::current();
         let clients = Arc::new(ClientPool::default());

@@ -16,9 +16,19 @@ use std::sync::Mutex;
 /// [`MAX_REDACTED_BYTES`] of a text are shown (the rest is cut, never shown unchecked), at most
 /// [`MAX_SECRETS`] secrets are kept (the oldest are forgotten first: expired tokens), and the
 /// matching work per call has a budget; when it runs out the text is withheld, not shown.
+///
+/// Names are not secrets: an occurrence of a secret that lies inside a longer name the host
+/// knows — a setting name from the composed schema (`private-key-password`) or an OAuth
+/// parameter (`client_secret`), as a whole word of identifier characters `[A-Za-z0-9_-]` — is
+/// left as is, so `password: password` does not turn `private-key-password is set` into
+/// `private-key-[REDACTED] is set`. The secret itself is still removed everywhere else,
+/// including where it is a whole word (`password=password` keeps only the name), and where it
+/// runs past the name (`private-key-password=password` is not a name).
 #[derive(Default)]
 pub struct Redactor {
     secrets: Mutex<Secrets>,
+    /// Setting and parameter names (never redacted inside: see above).
+    names: Mutex<std::sync::Arc<std::collections::HashSet<String>>>,
     /// Single-use secrets (per-request signatures), newest last: kept apart so that one per
     /// request never pushes the long-lived secrets out of [`MAX_SECRETS`].
     transient: Mutex<std::collections::VecDeque<Vec<char>>>,
@@ -70,7 +80,82 @@ pub const SECRET_PARAMETERS: &[&str] = &[
 /// Header names whose values are credentials even when a plugin forgot to mark them.
 const CREDENTIAL_HEADERS: &[&str] = &["authorization", "proxy-authorization"];
 
+/// Bytes of an identifier word: a match inside a longer known name made of them is a name.
+fn is_name_byte(b: u8) -> bool {
+    b.is_ascii_alphanumeric() || b == b'_' || b == b'-'
+}
+
+/// Whether the match `start..end` in `text` lies inside a longer word that is a known name.
+fn inside_a_name(
+    text: &[u8],
+    start: usize,
+    end: usize,
+    names: &std::collections::HashSet<String>,
+) -> bool {
+    if !text[start..end].iter().all(|&b| is_name_byte(b)) {
+        return false;
+    }
+    let from = text[..start]
+        .iter()
+        .rposition(|&b| !is_name_byte(b))
+        .map_or(0, |p| p + 1);
+    let to = text[end..]
+        .iter()
+        .position(|&b| !is_name_byte(b))
+        .map_or(text.len(), |p| end + p);
+    (from, to) != (start, end)
+        && std::str::from_utf8(&text[from..to]).is_ok_and(|w| {
+            names.contains(w) || SECRET_PARAMETERS.contains(&w) || PROTOCOL_NAMES.contains(&w)
+        })
+}
+
+/// OAuth names that appear in the host's and plugins' messages besides the
+/// [`SECRET_PARAMETERS`].
+const PROTOCOL_NAMES: &[&str] = &[
+    "client_id",
+    "grant_type",
+    "token_type",
+    "expires_in",
+    "token_endpoint",
+    "client_assertion_type",
+    "authorization_endpoint",
+];
+
 impl Redactor {
+    /// Registers names that are never secrets (setting names): a secret found inside a
+    /// longer one is not redacted there (see [`Redactor`]).
+    pub fn add_names<I, S>(&self, names: I)
+    where
+        I: IntoIterator<Item = S>,
+        S: Into<String>,
+    {
+        let mut set = self
+            .names
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        std::sync::Arc::make_mut(&mut set).extend(names.into_iter().map(Into::into));
+    }
+
+    /// Registers every property name in a JSON Schema (the composed schema: the host's
+    /// settings and each scheme's) with [`Redactor::add_names`].
+    pub fn add_schema_names(&self, schema: &serde_json::Value) {
+        fn walk(v: &serde_json::Value, out: &mut Vec<String>) {
+            match v {
+                serde_json::Value::Object(o) => {
+                    if let Some(serde_json::Value::Object(props)) = o.get("properties") {
+                        out.extend(props.keys().cloned());
+                    }
+                    o.values().for_each(|x| walk(x, out));
+                }
+                serde_json::Value::Array(a) => a.iter().for_each(|x| walk(x, out)),
+                _ => {}
+            }
+        }
+        let mut names = Vec::new();
+        walk(schema, &mut names);
+        self.add_names(names);
+    }
+
     /// Adds a secret (values shorter than 4 characters are ignored: too common to redact).
     pub fn add(&self, secret: &str) {
         let s = secret.trim();
@@ -205,10 +290,16 @@ impl Redactor {
                 secrets.sort_by_key(|s| std::cmp::Reverse(s.len()));
             }
         }
+        let names = self
+            .names
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .clone();
+        let names: &std::collections::HashSet<String> = &names;
         let mut out = cut(text);
         let mut budget = REDACT_BUDGET;
         for s in &secrets {
-            match replace_encoded(&out, s, &mut budget) {
+            match replace_encoded(&out, s, names, &mut budget) {
                 Some(next) => out = next,
                 None => return WITHHELD.to_string(),
             }
@@ -237,7 +328,12 @@ const REDACTED: &str = "[REDACTED]";
 
 /// `text` with every occurrence of `secret` (in any encoding [`Redactor`] knows) replaced;
 /// `None` when the matching work ran past `budget`.
-fn replace_encoded(text: &str, secret: &[char], budget: &mut u64) -> Option<String> {
+fn replace_encoded(
+    text: &str,
+    secret: &[char],
+    names: &std::collections::HashSet<String>,
+    budget: &mut u64,
+) -> Option<String> {
     let Some(&first) = secret.first() else {
         return Some(text.to_string());
     };
@@ -254,7 +350,8 @@ fn replace_encoded(text: &str, secret: &[char], budget: &mut u64) -> Option<Stri
             b == first_byte || b == b'%' || b == b'\\' || b == b'&' || (b == b'+' && first == ' ');
         *budget = budget.checked_sub(1)?;
         if candidate && text.is_char_boundary(i) {
-            if let Some(end) = match_encoded(bytes, i, secret, &mut scratch, budget)? {
+            let found = match_encoded(bytes, i, secret, &mut scratch, budget)?;
+            if let Some(end) = found.filter(|&end| !inside_a_name(bytes, i, end, names)) {
                 out.push_str(&text[copied..i]);
                 out.push_str(REDACTED);
                 copied = end;
@@ -458,5 +555,63 @@ mod tests {
         assert_eq!(r.redact(&last), REDACTED);
         assert_eq!(r.redact("SIG-000000"), "SIG-000000");
         assert_eq!(r.transient.lock().unwrap().len(), MAX_TRANSIENT_SECRETS);
+    }
+
+    /// DSF's example `password: 'password'`: the setting names around it survive; the secret
+    /// is still removed wherever it is a value (a word of its own, in a URL, in JSON,
+    /// percent-encoded, running past a name).
+    #[test]
+    fn setting_names_survive_and_the_secret_in_a_value_does_not() {
+        let r = Redactor::default();
+        r.add("password");
+        r.add_names([
+            "private-key-password",
+            "private-key-password-file",
+            "password",
+        ]);
+        for kept in [
+            "private-key-password is set, but the key is not encrypted",
+            "auth.private-key-password-file: cannot read",
+            "client_secret missing",
+        ] {
+            assert_eq!(r.redact(kept), kept);
+        }
+        for (text, shown) in [
+            ("password", "[REDACTED]"),
+            (
+                "private-key-password: password",
+                "private-key-password: [REDACTED]",
+            ),
+            (
+                "https://h/t?private-key-password=password&x=1",
+                "https://h/t?private-key-password=[REDACTED]&x=1",
+            ),
+            (
+                r#"{"password":"password"}"#,
+                r#"{"[REDACTED]":"[REDACTED]"}"#,
+            ),
+            ("user:password@h", "user:[REDACTED]@h"),
+            ("pass%77ord", "[REDACTED]"),
+            // Past the end of a name, or inside a word that is no name: a value.
+            ("private-key-passwordX", "private-key-[REDACTED]X"),
+            ("mypassword123", "my[REDACTED]123"),
+            ("x-private-key-password", "x-private-key-[REDACTED]"),
+        ] {
+            assert_eq!(r.redact(text), shown, "{text}");
+        }
+    }
+
+    /// The names come from the composed schema (every `properties` key, nested too).
+    #[test]
+    fn schema_property_names_are_names() {
+        let r = Redactor::default();
+        r.add("hunter22");
+        r.add_schema_names(&serde_json::json!({"$defs": {"scheme-x": {"oneOf": [
+            {"properties": {"hunter22-file": {}, "scheme": {}}}]}}}));
+        assert_eq!(r.redact("set hunter22-file"), "set hunter22-file");
+        assert_eq!(
+            r.redact("hunter22 hunter22-env"),
+            "[REDACTED] [REDACTED]-env"
+        );
     }
 }

@@ -137,7 +137,7 @@ struct Hop {
     url: url::Url,
     body: Option<Vec<u8>>,
     with_credentials: bool,
-    /// Replaces the client's total timeout (connect + read).
+    /// Replaces the client's total deadline (`request-timeout`, none when unset).
     timeout: Option<Duration>,
 }
 
@@ -263,14 +263,19 @@ impl Transport {
 
     fn build(&self, identity: Option<&ClientIdentity>) -> Result<reqwest::Client, ClientError> {
         let s = &self.settings;
+        // `read-timeout` is an idle timeout, as DSF's: reqwest's `read_timeout` bounds the
+        // wait for the response and restarts after every read of its body, so a download
+        // that keeps flowing is never cut. Only `request-timeout` is a total deadline.
         let mut b = reqwest::Client::builder()
             .redirect(reqwest::redirect::Policy::none())
             .connect_timeout(s.connect_timeout)
             .read_timeout(s.read_timeout)
-            .timeout(s.connect_timeout + s.read_timeout)
             .user_agent(concat!("fhirconn/", env!("CARGO_PKG_VERSION")))
             .tls_info(true)
             .referer(false);
+        if let Some(total) = s.request_timeout {
+            b = b.timeout(total);
+        }
         if !self.roots.is_empty() {
             b = if s.host.use_system_roots {
                 b.tls_certs_merge(self.roots.iter().cloned())
@@ -320,11 +325,12 @@ impl Transport {
             timeout: None,
         };
         for n in 0..=MAX_REDIRECTS {
+            let started = std::time::Instant::now();
             let resp = self.send_hop(&req, &hop, identity).await?;
             let status = resp.status();
             let redirect = status.is_redirection() && status != StatusCode::NOT_MODIFIED;
             if !(redirect && req.follow_redirects) {
-                return self.read(resp, hop.url).await;
+                return self.read(resp, hop.url, started).await;
             }
             if n == MAX_REDIRECTS {
                 return Err(TransportError::Redirect(format!(
@@ -332,7 +338,7 @@ impl Transport {
                 )));
             }
             let Some(loc) = resp.headers().get(LOCATION).and_then(|v| v.to_str().ok()) else {
-                return self.read(resp, hop.url).await;
+                return self.read(resp, hop.url, started).await;
             };
             let next = hop
                 .url
@@ -353,8 +359,8 @@ impl Transport {
         self.open_hop(req, identity, None).await
     }
 
-    /// Like [`Transport::open`], with the whole exchange bounded by `total` instead of the
-    /// connect + read timeout (bulk downloads, which their caller bounds by an idle timeout).
+    /// Like [`Transport::open`], with the whole exchange bounded by `total` instead of
+    /// `request-timeout` (bulk downloads, which their caller bounds by an idle timeout).
     pub async fn open_long(
         &self,
         req: &Outgoing,
@@ -498,12 +504,18 @@ impl Transport {
             {
                 tracing::debug!(connection = %self.settings.id, url = %url,
                     "connection closed before the request was sent; retrying once");
-                build()
-                    .send()
-                    .await
-                    .map_err(|e| self.classify_error(&e, url))?
+                build().send().await.map_err(|e| {
+                    classify::classify_timed(&e, url, &self.settings, Some(started.elapsed()))
+                })?
             }
-            Err(e) => return Err(self.classify_error(&e, url)),
+            Err(e) => {
+                return Err(classify::classify_timed(
+                    &e,
+                    url,
+                    &self.settings,
+                    Some(started.elapsed()),
+                ))
+            }
         };
         let status = resp.status().as_u16();
         let method = &hop.method;
@@ -521,6 +533,7 @@ impl Transport {
         &self,
         mut resp: reqwest::Response,
         url: url::Url,
+        started: std::time::Instant,
     ) -> Result<Response, TransportError> {
         let limit = self.settings.max_response_bytes;
         if resp.content_length().is_some_and(|l| l > limit) {
@@ -543,7 +556,14 @@ impl Transport {
                     body.extend_from_slice(&chunk);
                 }
                 Ok(None) => break,
-                Err(e) => return Err(self.classify_error(&e, &url)),
+                Err(e) => {
+                    return Err(classify::classify_timed(
+                        &e,
+                        &url,
+                        &self.settings,
+                        Some(started.elapsed()),
+                    ))
+                }
             }
         }
         Ok(Response {

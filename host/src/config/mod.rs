@@ -176,8 +176,10 @@ pub struct ConnectionSettings {
     pub base_url: url::Url,
     /// TCP+TLS connect timeout.
     pub connect_timeout: Duration,
-    /// Timeout for the whole response once connected.
+    /// Idle timeout: the longest wait for the response to begin or for its next bytes.
     pub read_timeout: Duration,
+    /// Total deadline for one request and its response (`request-timeout`; none when unset).
+    pub request_timeout: Option<Duration>,
     /// Extra trusted roots (absolute path).
     pub trusted_roots_file: Option<PathBuf>,
     /// Proxy, if any (otherwise the environment's `HTTPS_PROXY` etc. apply).
@@ -284,6 +286,10 @@ fn connection(
         DEFAULT_CONNECT_TIMEOUT,
     );
     let read_timeout = duration("read-timeout", &host.read_timeout, DEFAULT_READ_TIMEOUT);
+    let request_timeout = host
+        .request_timeout
+        .as_ref()
+        .map(|t| duration("request-timeout", t, DEFAULT_READ_TIMEOUT));
     let token_renewal_margin = host.token_renewal_margin.as_ref().and_then(|t| {
         duration::parse(&t.0)
             .map_err(|m| errors.push(doc.error_at(&field("token-renewal-margin"), false, m)))
@@ -313,6 +319,7 @@ fn connection(
         base_url,
         connect_timeout,
         read_timeout,
+        request_timeout,
         token_renewal_margin,
         trusted_roots_file: host
             .trusted_root_certificates_file

@@ -20,9 +20,14 @@ pub struct HostSettings {
     /// TCP+TLS connect timeout
     #[serde(default = "default_connect_timeout")]
     pub connect_timeout: DurationText,
-    /// timeout for the whole response once connected (an idle timeout for bulk downloads)
+    /// idle timeout, as DSF's: the longest wait for the response to begin or for the next
+    /// bytes of its body; a response that keeps flowing is never cut by it
     #[serde(default = "default_read_timeout")]
     pub read_timeout: DurationText,
+    /// a total deadline for one request and its whole response (unset: none; read-timeout
+    /// still cuts a stalled response; bulk export downloads are bounded by read-timeout only)
+    #[serde(default)]
+    pub request_timeout: Option<DurationText>,
     /// renew tokens this long before they expire (default: 30 s or 10% of the lifetime,
     /// whichever is smaller)
     #[serde(default)]
@@ -175,6 +180,11 @@ mod tests {
         assert_eq!(p["connect-timeout"]["$ref"], json!("#/$defs/duration"));
         assert_eq!(p["connect-timeout"]["default"], json!("PT2S"));
         assert_eq!(p["token-renewal-margin"]["$ref"], json!("#/$defs/duration"));
+        assert_eq!(p["request-timeout"]["$ref"], json!("#/$defs/duration"));
+        assert!(
+            p["request-timeout"].get("default").is_none(),
+            "unset by default"
+        );
         assert_eq!(p["use-system-roots"]["default"], json!(true));
         assert_eq!(p["max-response-bytes"]["minimum"], json!(1024));
         assert_eq!(

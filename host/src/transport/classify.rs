@@ -4,11 +4,26 @@
 use super::TransportError;
 use crate::config::ConnectionSettings;
 
+/// Timers fire a little late or early against `Instant`: a timeout this close to
+/// `request-timeout` is that deadline.
+const MARGIN: std::time::Duration = std::time::Duration::from_millis(50);
+
 /// Classifies a reqwest error for a person (DNS, connect, TLS with a hint, timeout...).
 pub(crate) fn classify(
     e: &reqwest::Error,
     url: &url::Url,
     settings: &ConnectionSettings,
+) -> TransportError {
+    classify_timed(e, url, settings, None)
+}
+
+/// [`classify`], knowing how long the exchange had run (`elapsed`): a timeout at or past
+/// `request-timeout` is that deadline, any other one the idle `read-timeout`.
+pub(crate) fn classify_timed(
+    e: &reqwest::Error,
+    url: &url::Url,
+    settings: &ConnectionSettings,
+    elapsed: Option<std::time::Duration>,
 ) -> TransportError {
     let host = url.host_str().unwrap_or_default().to_string();
     let hostport = match url.port_or_known_default() {
@@ -17,8 +32,13 @@ pub(crate) fn classify(
     };
     let chain = error_chain(e);
     if e.is_timeout() || chain.iter().any(|m| m.contains("timed out")) {
+        let total = settings
+            .request_timeout
+            .filter(|t| elapsed.is_some_and(|el| el + MARGIN >= *t));
         let (what, after) = if e.is_connect() {
             ("connect-timeout", settings.connect_timeout)
+        } else if let Some(total) = total {
+            ("request-timeout", total)
         } else {
             ("read-timeout", settings.read_timeout)
         };

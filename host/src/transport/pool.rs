@@ -21,8 +21,10 @@ pub struct ClientKey {
     pub(crate) proxy: Option<ProxySettings>,
     /// Connect timeout.
     pub(crate) connect_timeout: Duration,
-    /// Read timeout.
+    /// Read (idle) timeout.
     pub(crate) read_timeout: Duration,
+    /// Total deadline (`request-timeout`), if any.
+    pub(crate) request_timeout: Option<Duration>,
     /// The client certificate, if any.
     pub(crate) identity: Option<IdentityKey>,
 }
@@ -36,6 +38,7 @@ impl ClientKey {
             proxy: settings.proxy.clone(),
             connect_timeout: settings.connect_timeout,
             read_timeout: settings.read_timeout,
+            request_timeout: settings.request_timeout,
             identity: None,
         }
     }
@@ -57,6 +60,7 @@ impl std::fmt::Debug for ClientKey {
             .field("proxy", &self.proxy)
             .field("connect_timeout", &self.connect_timeout)
             .field("read_timeout", &self.read_timeout)
+            .field("request_timeout", &self.request_timeout)
             .field("identity", &self.identity)
             .finish()
     }
@@ -153,6 +157,7 @@ mod tests {
             proxy: None,
             connect_timeout: Duration::from_secs(2),
             read_timeout: Duration::from_secs(600),
+            request_timeout: None,
             identity: None,
         }
         .with_identity(id)

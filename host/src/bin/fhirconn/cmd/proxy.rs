@@ -74,6 +74,22 @@ pub async fn run(g: &Global, a: Args) -> CmdResult {
     let prepared_loose = prepared.loose_token_file();
     let scheme = if prepared.is_tls() { "https" } else { "http" };
     let host = std::sync::Arc::new(g.host(&[]).await?);
+    // `test-connection-on-startup: true`: tested before anything listens; one failure and the
+    // proxy does not start (a service manager sees the exit code and the reason).
+    // Each result is logged by the library (info: passed; error: the diagnosis).
+    match host.startup_checks().await {
+        Ok(_) => {}
+        Err(e) => {
+            return Err(CliError::WithNote {
+                before: None,
+                error: Box::new(CliError::Host(e)),
+                after: Some(
+                    "the proxy did not start: fix the connection, or remove                      test-connection-on-startup from it to start without the check"
+                        .into(),
+                ),
+            })
+        }
+    }
     let cannot_listen =
         |e: std::io::Error| CliError::Failed(format!("cannot listen on {addr}: {e}"));
     let listener = tokio::net::TcpListener::bind(addr)
