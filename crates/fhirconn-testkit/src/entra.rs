@@ -3,7 +3,9 @@
 //! (S256; the mock signs the user in at once and redirects back), and the token endpoint for the
 //! device-code, authorization-code, refresh-token and client-credentials grants. Access tokens
 //! are JWTs with `aud`, `tid`, `iss` and `scp` (or `roles` for applications). Like Entra, it
-//! refuses the v1 `resource` parameter on v2.0 endpoints.
+//! refuses the v1 `resource` parameter on v2.0 endpoints. Client credentials are a secret or,
+//! for workload identity federation, a client assertion that must be the current content of
+//! the client's federated token file (a JWT for `api://AzureADTokenExchange`, not expired).
 
 use axum::{
     extract::{Path, Query, State},
@@ -47,6 +49,9 @@ pub struct EntraConfig {
     pub public_clients: Vec<String>,
     /// Confidential clients: (client id, secret).
     pub confidential_clients: Vec<(String, String)>,
+    /// Workload-identity clients: (client id, federated token file); the assertion must be
+    /// the file's content when the request arrives.
+    pub federated_clients: Vec<(String, std::path::PathBuf)>,
     /// Lifetime of access tokens.
     pub access_token_lifetime: Duration,
     /// The device-code polling interval it asks for (seconds).
@@ -58,6 +63,7 @@ impl Default for EntraConfig {
         Self {
             public_clients: vec!["public-app".into()],
             confidential_clients: vec![("daemon-app".into(), "daemon-secret".into())],
+            federated_clients: Vec::new(),
             access_token_lifetime: Duration::from_secs(3600),
             interval: 1,
         }
@@ -636,6 +642,21 @@ async fn token(State(s): State<Arc<State_>>, Path(tenant): Path<String>, body: S
             let aud = delegated_audience(&scope).unwrap_or_default();
             issue(&s, &client_id, &aud, &scope, false)
         }
+        "client_credentials" if p.contains_key("client_assertion") => {
+            if let Err(e) = federated(&s, &p) {
+                return oauth_error(&s, StatusCode::UNAUTHORIZED, "invalid_client", &e);
+            }
+            let scope = get("scope");
+            let Some(aud) = scope.strip_suffix("/.default") else {
+                return oauth_error(
+                    &s,
+                    StatusCode::BAD_REQUEST,
+                    "invalid_scope",
+                    "AADSTS1002012",
+                );
+            };
+            issue(&s, &client_id, aud, &scope, true)
+        }
         "client_credentials" => {
             let ok = s
                 .config
@@ -670,6 +691,41 @@ async fn token(State(s): State<Arc<State_>>, Path(tenant): Path<String>, body: S
             &format!("AADSTS70003: grant type '{other}' is not supported"),
         ),
     }
+}
+
+/// Workload identity federation: a jwt-bearer client assertion, no secret, and the assertion
+/// is the current content of the client's federated token file, a JWT for
+/// `api://AzureADTokenExchange` that has not expired.
+fn federated(s: &State_, p: &HashMap<String, String>) -> Result<(), String> {
+    let get = |k: &str| p.get(k).map(String::as_str).unwrap_or_default();
+    if get("client_assertion_type") != "urn:ietf:params:oauth:client-assertion-type:jwt-bearer"
+        || p.contains_key("client_secret")
+    {
+        return Err("AADSTS700024: a jwt-bearer client_assertion and no client_secret".into());
+    }
+    let clients = s.config.lock().unwrap().federated_clients.clone();
+    let Some((_, file)) = clients.iter().find(|(id, _)| id == get("client_id")) else {
+        return Err("AADSTS700016: application not found (no federated credential)".into());
+    };
+    let current = std::fs::read_to_string(file).unwrap_or_default();
+    if get("client_assertion") != current.trim() {
+        return Err(
+            "AADSTS700213: No matching federated identity record found for presented \
+                    assertion (not the token file's current content)"
+                .into(),
+        );
+    }
+    let claims = crate::azure_identity::federated_claims(get("client_assertion"))?;
+    let aud_ok = claims["aud"]
+        .as_array()
+        .is_some_and(|a| a.iter().any(|v| v == "api://AzureADTokenExchange"))
+        || claims["aud"] == "api://AzureADTokenExchange";
+    if !aud_ok || claims["exp"].as_u64().is_none_or(|exp| exp <= now()) {
+        return Err(
+            "AADSTS700024: the assertion is expired or not for api://AzureADTokenExchange".into(),
+        );
+    }
+    Ok(())
 }
 
 /// BASE64URL(SHA-256(verifier)), RFC 7636 §4.2.

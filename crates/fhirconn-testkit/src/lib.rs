@@ -9,12 +9,15 @@
 //!
 //! [`idp::IdentityProvider`] is an OAuth 2.0 / OpenID Connect provider issuing those tokens.
 
+pub mod azure_identity;
 mod bulk_gen;
 pub mod entra;
 pub mod google;
+pub mod hmac;
 pub mod hostile;
 pub mod idp;
 pub mod pki;
+pub mod smart_launch;
 pub mod tls;
 
 use axum::{
