@@ -5,27 +5,30 @@
 //! Settings: `client-id`; the private key as exactly one of `private-key` (inline PEM/JWK),
 //! `private-key-file`, `private-key-env` — PEM (PKCS#8, PKCS#1 RSA, SEC1 EC) or a private JWK or
 //! JWKS; `kid` (required unless the JWK has one); optional `alg` (checked against the key),
-//! `jku`; `scope` (required, e.g. `system/*.rs` or v1 `system/*.read`); optional `token-url`
-//! (otherwise from `{base}/.well-known/smart-configuration`); `assertion-lifetime` in seconds
-//! (default and maximum 300).
+//! `jku` (https: the registered JWKS URL, which Epic requires in the header); `scope`
+//! (required, e.g. `system/*.rs` or v1 `system/*.read`); optional `token-url` (absolute, or
+//! relative to `base-url`; otherwise from `{base}/.well-known/smart-configuration`);
+//! `assertion-lifetime` in seconds (default 240, a margin under the maximum of 300); `issuer`,
+//! `subject`, `audience` override the assertion's `iss`, `sub` (default `client-id`) and `aud`
+//! (default the token URL) for servers that want other values.
 
 #![forbid(unsafe_code)]
 
 use fhirconn_sdk::keys;
-use fhirconn_sdk::oauth::{self, discovery, endpoint_url, ClientAuth, TokenRequest};
+use fhirconn_sdk::oauth::assertion::{self, Assertion, Signer};
+use fhirconn_sdk::oauth::{self, discovery, TokenRequest};
 use fhirconn_sdk::serde_json::Value;
 use fhirconn_sdk::settings::{self, SecretSetting};
 use fhirconn_sdk::{
     schemars, serde, AuthRequest, Connection, ConnectionInfo, Credentials, Error, Host, Memo,
     Result, Scheme, SecretString,
 };
-use std::time::Duration;
 
 pub use fhirconn_sdk::oauth::discovery::resolve_url;
 /// The client-assertion type of RFC 7523 §2.2.
 pub use fhirconn_sdk::oauth::JWT_BEARER;
 /// The longest assertion lifetime SMART allows (five minutes).
-pub const MAX_ASSERTION_LIFETIME: u64 = 300;
+pub const MAX_ASSERTION_LIFETIME: u64 = assertion::MAX_LIFETIME_SECS;
 
 /// The `smart-backend` scheme.
 #[derive(Debug, Default)]
@@ -48,33 +51,39 @@ struct Settings {
     /// checked against the key type
     #[schemars(extend("enum" = ["RS384", "ES384"]))]
     alg: Option<String>,
-    /// URL of the client's JWKS (JWT header 'jku'), if registered that way
-    #[schemars(url)]
+    /// URL of the client's JWKS (JWT header 'jku', https), if registered that way
+    #[schemars(url, regex(pattern = "^https://"))]
     jku: Option<String>,
     /// e.g. 'system/*.rs' (SMART v2) or 'system/*.read' (v1)
     #[schemars(length(min = 1))]
     scope: String,
-    /// token endpoint; default: from {base}/.well-known/smart-configuration
-    #[schemars(url)]
+    /// token endpoint, absolute or relative to base-url; default: from
+    /// {base}/.well-known/smart-configuration
+    #[schemars(length(min = 1))]
     token_url: Option<String>,
-    /// seconds until the client assertion expires (at most 300)
+    /// seconds until the client assertion expires (default 240, at most 300)
     #[schemars(range(min = 1, max = MAX_ASSERTION_LIFETIME))]
     assertion_lifetime: Option<u64>,
+    /// the assertion's 'iss' (default: client-id)
+    #[schemars(length(min = 1))]
+    issuer: Option<String>,
+    /// the assertion's 'sub' (default: client-id)
+    #[schemars(length(min = 1))]
+    subject: Option<String>,
+    /// the assertion's 'aud' (default: the token endpoint URL)
+    #[schemars(length(min = 1))]
+    audience: Option<String>,
 }
 
 /// A configured `smart-backend` connection.
 #[derive(Debug)]
 pub struct SmartConnection {
-    client_id: String,
-    key: keys::SigningKey,
-    kid: String,
-    jku: Option<String>,
+    assertion: Assertion,
     scope: String,
     base_url: String,
     /// Pinned by `token-url` (no discovery, no other-host warning).
     pinned: bool,
     token_endpoint: Memo<String>,
-    lifetime: u64,
 }
 
 impl Scheme for SmartBackend {
@@ -110,25 +119,24 @@ impl Scheme for SmartBackend {
         if !scopes.iter().any(|s| s.starts_with("system/")) {
             host.warn("scope has no system/ scope; Backend Services grants system/ scopes");
         }
-        let lifetime = s.assertion_lifetime.unwrap_or(MAX_ASSERTION_LIFETIME);
-        if lifetime == 0 || lifetime > MAX_ASSERTION_LIFETIME {
-            return Err(Error::config(format!(
-                "assertion-lifetime: {lifetime} s; must be 1 to {MAX_ASSERTION_LIFETIME} seconds"
-            )));
-        }
-        if let Some(t) = &s.token_url {
-            endpoint_url("token-url", t, host)?;
-        }
+        let token_url = match &s.token_url {
+            Some(t) => Some(oauth::token_url(t, &connection.base_url, host)?),
+            None => None,
+        };
+        let signer = Signer::key(key, Some(kid), assertion::jku(s.jku)?);
+        let assertion = Assertion {
+            issuer: s.issuer.unwrap_or_else(|| s.client_id.clone()),
+            subject: s.subject.unwrap_or_else(|| s.client_id.clone()),
+            audience: s.audience,
+            lifetime: assertion::lifetime(s.assertion_lifetime, host)?,
+            signer,
+        };
         Ok(Box::new(SmartConnection {
-            client_id: s.client_id,
-            key,
-            kid,
-            jku: s.jku,
+            assertion,
             scope: scopes.join(" "),
             base_url: connection.base_url.clone(),
-            pinned: s.token_url.is_some(),
-            token_endpoint: s.token_url.map_or_else(Memo::new, Memo::with),
-            lifetime,
+            pinned: token_url.is_some(),
+            token_endpoint: token_url.map_or_else(Memo::new, Memo::with),
         }))
     }
 }
@@ -145,27 +153,23 @@ pub fn discover(base_url: &str, alg: &str, host: &Host<'_>) -> Result<String> {
 }
 
 impl SmartConnection {
-    /// A fresh client assertion for `audience` (the token endpoint URL).
-    pub fn assertion(&self, audience: &str, host: &Host<'_>) -> Result<String> {
-        let lifetime = Duration::from_secs(self.lifetime);
-        let claims = oauth::assertion_claims(&self.client_id, audience, lifetime, host)?;
-        self.key
-            .client_assertion(&self.kid, self.jku.as_deref(), &claims)
+    /// A fresh client assertion for a request to `token_endpoint`.
+    pub fn assertion(&self, token_endpoint: &str, host: &Host<'_>) -> Result<SecretString> {
+        self.assertion.sign(token_endpoint, host)
     }
 }
 
 impl Connection for SmartConnection {
     fn authorize(&self, _request: &AuthRequest, host: &Host<'_>) -> Result<Credentials> {
         let endpoint = self.token_endpoint.get_or_try_init(|| {
-            let t = discover(&self.base_url, self.key.alg_name(), host)?;
+            let t = discover(&self.base_url, self.assertion.signer.alg_name(), host)?;
             host.debug(&format!("discovered token endpoint {t}"));
             Ok(t)
         })?;
-        let assertion = SecretString::from(self.assertion(&endpoint, host)?);
         let mut creds = TokenRequest::new(&endpoint)
             .grant("client_credentials")
             .scope(&self.scope)
-            .client_auth(ClientAuth::PrivateKeyJwt(assertion))
+            .client_auth(self.assertion.client_auth(&endpoint, host)?)
             .send(host)?
             .credentials;
         if !self.pinned && !discovery::same_host(&endpoint, &self.base_url) {

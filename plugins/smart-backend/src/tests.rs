@@ -31,6 +31,10 @@ fn generate(alg: Algorithm) -> (Vec<u8>, DecodingKey) {
     (pair.serialize_der(), public.unwrap())
 }
 
+fn key_of(der: &[u8]) -> keys::SigningKey {
+    keys::load(pem("PRIVATE KEY", der).as_bytes(), None).unwrap()
+}
+
 fn pem(label: &str, der: &[u8]) -> String {
     ::pem::encode(&::pem::Pem::new(label, der.to_vec()))
 }
@@ -58,7 +62,9 @@ fn server(
                 Some(doc) => json_response(200, doc.clone()),
                 None => json_response(404, json!({})),
             },
-            "https://auth.example/token" | "https://fhir.example/r4/auth/token" => token(),
+            "https://auth.example/token"
+            | "https://fhir.example/r4/auth/token"
+            | "https://fhir.example/oauth2/token" => token(),
             _ => json_response(404, json!({})),
         })
     });
@@ -139,7 +145,7 @@ fn both_algorithms_sign_assertions_with_the_smart_header_and_claims() {
             .claims;
         assert_eq!(claims["sub"], "bulk-client");
         let iat = claims["iat"].as_u64().unwrap();
-        assert_eq!(claims["exp"].as_u64().unwrap() - iat, 300);
+        assert_eq!(claims["exp"].as_u64().unwrap() - iat, 240);
         assert_eq!(claims["jti"].as_str().unwrap().len(), 32);
     }
 }
@@ -148,36 +154,22 @@ fn both_algorithms_sign_assertions_with_the_smart_header_and_claims() {
 fn every_assertion_has_a_fresh_jti_and_lifetime_is_configurable() {
     let (der, _) = generate(Algorithm::ES384);
     let mock = MockHost::new().with_file("k.pem", pem("PRIVATE KEY", &der).as_bytes());
-    mock.with_host(|host| {
-        let conn = SmartBackend
-            .configure(
-                &info(),
-                json!({"client-id": "c", "private-key-file": "k.pem", "kid": "k",
-                       "scope": "system/*.read", "assertion-lifetime": 60,
-                       "token-url": "https://auth.example/token"}),
-                host,
-            )
-            .unwrap();
-        let _ = conn; // the trait object hides `assertion`; build one directly below
-    });
-    let key = keys::load(pem("PRIVATE KEY", &der).as_bytes(), None).unwrap();
     let conn = SmartConnection {
-        client_id: "c".into(),
-        key,
-        kid: "k".into(),
-        jku: None,
+        assertion: Assertion {
+            lifetime: std::time::Duration::from_secs(60),
+            ..Assertion::for_client("c", Signer::key(key_of(&der), Some("k".into()), None))
+        },
         scope: "system/*.read".into(),
         base_url: "https://fhir.example/r4".into(),
         pinned: false,
         token_endpoint: Memo::new(),
-        lifetime: 60,
     };
     let jtis: std::collections::HashSet<String> = (0..20)
         .map(|_| {
             let jwt = mock
                 .with_host(|h| conn.assertion("https://auth.example/token", h))
                 .unwrap();
-            let c = jsonwebtoken::dangerous::insecure_decode::<Value>(&jwt)
+            let c = jsonwebtoken::dangerous::insecure_decode::<Value>(jwt.expose_secret())
                 .unwrap()
                 .claims;
             assert_eq!(c["exp"].as_u64().unwrap() - c["iat"].as_u64().unwrap(), 60);
@@ -373,11 +365,12 @@ fn discovery_problems_and_bad_token_responses_are_clear() {
 
 /// `assertion-lifetime` is applied by `configure`: the assertion that reaches the token
 /// endpoint (through the configured connection, not one built by hand) has `exp - iat` equal
-/// to the configured lifetime, and the SMART maximum of 300 s when it is not set.
+/// to the configured lifetime, and 240 s when it is not set: a margin under SMART's maximum of
+/// 300 s, which Epic refuses when its clock runs a second ahead.
 #[test]
 fn the_configured_assertion_lifetime_reaches_the_token_request() {
     let (der, _) = generate(Algorithm::ES384);
-    for (lifetime, expected) in [(Some(60), 60), (Some(1), 1), (Some(299), 299), (None, 300)] {
+    for (lifetime, expected) in [(Some(60), 60), (Some(1), 1), (Some(300), 300), (None, 240)] {
         let (mock, seen) = server(None, ok_token);
         let mock = mock.with_file("k.pem", pem("PRIVATE KEY", &der).as_bytes());
         let mut settings = json!({"client-id": "c", "private-key-file": "k.pem", "kid": "k",
@@ -403,5 +396,60 @@ fn the_configured_assertion_lifetime_reaches_the_token_request() {
             expected,
             "assertion-lifetime {lifetime:?}"
         );
+    }
+}
+
+/// `issuer`, `subject` and `audience` override the assertion's claims (defaults: client-id,
+/// client-id, the token URL); a relative `token-url` resolves against base-url (RFC 3986).
+#[test]
+fn claim_overrides_and_a_relative_token_url_reach_the_token_request() {
+    let (der, public) = generate(Algorithm::RS384);
+    let (mock, seen) = server(None, ok_token);
+    let mock = mock.with_file("k.pem", pem("PRIVATE KEY", &der).as_bytes());
+    let base = json!({"client-id": "c", "private-key-file": "k.pem", "kid": "k",
+                      "scope": "system/*.rs", "token-url": "/oauth2/token"});
+    let mut overridden = base.clone();
+    overridden["issuer"] = json!("iss-1");
+    overridden["subject"] = json!("sub-1");
+    overridden["audience"] = json!("https://fhir.example/");
+    overridden["token-url"] = json!("../oauth2/token");
+    for (settings, iss, sub, aud) in [
+        (base, "c", "c", "https://fhir.example/oauth2/token"),
+        (overridden, "iss-1", "sub-1", "https://fhir.example/"),
+    ] {
+        seen.lock().unwrap().clear();
+        run(settings, &mock).unwrap();
+        let seen = seen.lock().unwrap();
+        assert_eq!(seen.len(), 1, "no discovery with a token-url");
+        assert_eq!(seen[0].url, "https://fhir.example/oauth2/token");
+        let jwt = &form(&seen[0].body)["client_assertion"];
+        let mut v = Validation::new(Algorithm::RS384);
+        v.validate_exp = false;
+        v.set_audience(&[aud]);
+        let c = jsonwebtoken::decode::<Value>(jwt, &public, &v)
+            .unwrap()
+            .claims;
+        assert_eq!(
+            (c["iss"].as_str(), c["sub"].as_str()),
+            (Some(iss), Some(sub))
+        );
+    }
+}
+
+/// `jku` must be https: the server fetches the client's keys from it.
+#[test]
+fn jku_must_be_https() {
+    let (der, _) = generate(Algorithm::ES384);
+    let mock = MockHost::new().with_file("k", pem("PRIVATE KEY", &der).as_bytes());
+    for jku in ["http://client.example/jwks", "ftp://client.example/jwks"] {
+        let e = mock
+            .with_host(|h| {
+                let s = json!({"client-id": "c", "private-key-file": "k", "kid": "k",
+                               "scope": "system/*.rs", "jku": jku});
+                SmartBackend.configure(&info(), s, h).map(|_| ())
+            })
+            .unwrap_err();
+        assert_eq!(e.kind(), ErrorKind::Config);
+        assert!(e.message().starts_with("jku: must be an https URL"), "{e}");
     }
 }

@@ -2,11 +2,15 @@
 //! requests with every client authentication method ([`TokenRequest`], [`ClientAuth`]),
 //! token-response validation (RFC 6749 §5: [`token_response`], [`token_lifetime`],
 //! [`scope_downgrade`]), device-code polling ([`device_code`], RFC 8628) and refresh
-//! ([`refresh`]), PKCE ([`Pkce`]).
+//! ([`refresh`]), PKCE ([`Pkce`]), signed JWTs at the token endpoint (`assertion`, feature
+//! `keys`: `private_key_jwt`, `client_secret_jwt`, the RFC 7523 jwt-bearer grant) and relative
+//! `token-url` values ([`token_url`]).
 //!
 //! Errors name the endpoint and quote the server's OAuth `error` and `error_description`, never
 //! the request (it holds secrets).
 
+#[cfg(feature = "keys")]
+pub mod assertion;
 pub mod device_code;
 pub mod discovery;
 mod pkce;
@@ -46,6 +50,29 @@ pub fn endpoint_url(field: &str, value: &str, host: &Host<'_>) -> Result<url::Ur
         return Err(Error::config(format!("{field}: the URL names no host")));
     }
     Ok(u)
+}
+
+/// A `token-url` setting, absolute or relative: a relative one (`oauth2/token`, `/oauth2/token`)
+/// is resolved against `base_url` by RFC 3986 §5 reference resolution, then checked like every
+/// endpoint ([`endpoint_url`]: http(s), plain http warned about and refused by the host
+/// unless `allow-insecure-http`).
+pub fn token_url(value: &str, base_url: &str, host: &Host<'_>) -> Result<String> {
+    let resolved = match url::Url::parse(value) {
+        Ok(u) => u,
+        Err(url::ParseError::RelativeUrlWithoutBase) => {
+            let base = url::Url::parse(base_url)
+                .map_err(|e| Error::config(format!("base-url: not a valid URL ({e})")))?;
+            let u = base
+                .join(value)
+                .map_err(|e| Error::config(format!("token-url: not a valid URL ({e})")))?;
+            host.debug(&format!(
+                "token-url '{value}' resolved against base-url: {u}"
+            ));
+            u
+        }
+        Err(e) => return Err(Error::config(format!("token-url: not a valid URL ({e})"))),
+    };
+    endpoint_url("token-url", resolved.as_str(), host).map(String::from)
 }
 
 /// An OAuth error response (RFC 6749 §5.2).
