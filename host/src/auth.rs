@@ -7,6 +7,7 @@ use crate::bridge::{
 use crate::transport::{Signer, Signing};
 use crate::error::Error;
 use crate::plugins::SchemeHandle;
+use crate::token_cache::PersistentTokens;
 use fhirconn_sdk::wire::ConnectionOperation;
 use fhirconn_sdk::{ClientIdentity, ErrorKind, ExposeSecret as _};
 use reqwest::header::{HeaderName, HeaderValue};
@@ -80,6 +81,8 @@ pub(crate) struct AuthRuntime {
     cache: RwLock<Option<Arc<Resolved>>>,
     fetch_lock: tokio::sync::Mutex<()>,
     fetches: AtomicU64,
+    /// `token-cache: persistent`: the second level below `cache`.
+    persistent: Option<Arc<PersistentTokens>>,
     /// The entries whose scheme signs every request, with their inline services.
     signing: Option<Arc<Signing>>,
 }
@@ -112,6 +115,50 @@ impl AuthRuntime {
             cache: RwLock::new(None),
             fetch_lock: tokio::sync::Mutex::new(()),
             fetches: AtomicU64::new(0),
+            persistent: None,
+        }
+    }
+
+    /// Keeps credentials in `tokens` too (`token-cache: persistent`).
+    pub fn with_persistent(mut self, tokens: PersistentTokens) -> Self {
+        self.persistent = Some(Arc::new(tokens));
+        self
+    }
+
+    /// Runs `f` on the persistent cache on a blocking thread (the store is a locked file);
+    /// a store that cannot be used is a warning, never a failed request.
+    async fn on_persistent<T: Send + 'static>(
+        &self,
+        what: &'static str,
+        f: impl FnOnce(&PersistentTokens) -> Result<T, crate::store::StoreError> + Send + 'static,
+    ) -> Option<T> {
+        let tokens = self.persistent.clone()?;
+        let id = self.id.clone();
+        match tokio::task::spawn_blocking(move || f(&tokens)).await {
+            Ok(Ok(v)) => Some(v),
+            Ok(Err(e)) => {
+                tracing::warn!(connection = %id, "token cache: cannot {what}: {e}");
+                None
+            }
+            Err(_) => None,
+        }
+    }
+
+    /// Fresh credentials from the persistent cache, else from the schemes (then kept there).
+    async fn load_or_fetch(&self, interactive: bool) -> Result<Resolved, Error> {
+        let margin = self.renewal_margin;
+        if let Some(Some(hit)) = self.on_persistent("read", move |t| t.load(margin)).await {
+            return Ok(hit);
+        }
+        let fresh = self.fetch(interactive, false).await?;
+        self.persist(&fresh).await;
+        Ok(fresh)
+    }
+
+    async fn persist(&self, fresh: &Resolved) {
+        if self.persistent.is_some() {
+            let copy = fresh.clone();
+            self.on_persistent("write", move |t| t.save(&copy)).await;
         }
     }
 
@@ -152,7 +199,7 @@ impl AuthRuntime {
         if let Some(c) = self.cached() {
             return Ok(c);
         }
-        let fresh = Arc::new(self.fetch(interactive, false).await?);
+        let fresh = Arc::new(self.load_or_fetch(interactive).await?);
         *self
             .cache
             .write()
@@ -164,6 +211,7 @@ impl AuthRuntime {
     pub async fn login(&self) -> Result<Arc<Resolved>, Error> {
         let _flight = self.fetch_lock.lock().await;
         let fresh = Arc::new(self.fetch(true, true).await?);
+        self.persist(&fresh).await;
         *self
             .cache
             .write()
@@ -182,6 +230,12 @@ impl AuthRuntime {
             .write()
             .unwrap_or_else(std::sync::PoisonError::into_inner) = None;
         let mut handled = false;
+        if matches!(op, ConnectionOperation::Logout) {
+            handled |= self
+                .on_persistent("remove", |t| t.forget(None))
+                .await
+                .unwrap_or(false);
+        }
         for entry in &self.entries {
             let answer = entry
                 .conn
@@ -217,6 +271,17 @@ impl AuthRuntime {
             .unwrap_or_else(std::sync::PoisonError::into_inner);
         if guard.as_ref().is_some_and(|c| Arc::ptr_eq(c, stale)) {
             *guard = None;
+        }
+        drop(guard);
+        if let Some(tokens) = self.persistent.clone() {
+            // Compare-and-delete: a newer token another process stored stays.
+            let stale = (**stale).clone();
+            let id = self.id.clone();
+            std::mem::drop(tokio::task::spawn_blocking(move || {
+                if let Err(e) = tokens.forget(Some(&stale)) {
+                    tracing::warn!(connection = %id, "token cache: cannot remove: {e}");
+                }
+            }));
         }
     }
 

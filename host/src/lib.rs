@@ -60,6 +60,7 @@ pub mod state;
 mod store;
 mod text;
 mod token;
+mod token_cache;
 pub mod transport;
 
 pub use auth::Resolved;
@@ -71,6 +72,7 @@ pub use connection::{
 };
 pub use error::{ConfigError, Error, PluginError, Result};
 pub use startup::StartupFailure;
+pub use token_cache::{credential_state, CredentialState, TokenCacheMode};
 
 use bridge::{CallError, CallServices, ConnectionInfo, SharedServices};
 use config::schema::SchemePart;
@@ -88,6 +90,17 @@ enum Slot {
         schemes: Vec<String>,
         reason: String,
     },
+}
+
+/// The transports of the connections that are ready.
+fn slots_transports(slots: &BTreeMap<String, Slot>) -> Vec<Arc<Transport>> {
+    slots
+        .values()
+        .filter_map(|s| match s {
+            Slot::Ready(c) => Some(c.transport.clone()),
+            Slot::Unavailable { .. } => None,
+        })
+        .collect()
 }
 
 /// How many connection tests [`Host::test`] runs at once.
@@ -232,13 +245,22 @@ impl Host {
             };
             match configure_entries(&doc, &registry, &s, &context, &shared).await {
                 Ok(entries) => {
-                    let auth = Arc::new(auth::AuthRuntime::new(
+                    let mut runtime = auth::AuthRuntime::new(
                         id.clone(),
                         context,
                         entries,
                         shared,
                         s.token_renewal_margin,
-                    ));
+                    );
+                    if s.host.token_cache == TokenCacheMode::Persistent {
+                        runtime = runtime.with_persistent(token_cache::for_connection(
+                            &doc,
+                            &registry,
+                            &id,
+                            store.clone(),
+                        ));
+                    }
+                    let auth = Arc::new(runtime);
                     slots.insert(id, Slot::Ready(Arc::new(Connection { transport, auth })));
                 }
                 Err(Configured::Config(mut e)) => errors.append(&mut e),
@@ -257,6 +279,7 @@ impl Host {
         if !errors.is_empty() {
             return Err(Error::Config(errors));
         }
+        transport::warm_up(&slots_transports(&slots)).await;
         Ok(Host {
             registry,
             slots,

@@ -115,6 +115,8 @@ pub trait CredentialStore: Send + Sync {
     fn put(&self, key: &str, value: &str) -> Result<(), StoreError>;
     /// Deletes a value (absent is fine).
     fn delete(&self, key: &str) -> Result<(), StoreError>;
+    /// Whether any key starts with `prefix` (a connection's stored sign-in: `<id>/...`).
+    fn has_prefix(&self, prefix: &str) -> Result<bool, StoreError>;
 }
 
 /// A store that keeps values in memory only (tests, and hosts that want no persistence).
@@ -140,6 +142,9 @@ impl CredentialStore for MemoryStore {
     fn delete(&self, key: &str) -> Result<(), StoreError> {
         self.map().remove(key);
         Ok(())
+    }
+    fn has_prefix(&self, prefix: &str) -> Result<bool, StoreError> {
+        Ok(self.map().keys().any(|k| k.starts_with(prefix)))
     }
 }
 
@@ -377,6 +382,13 @@ impl CredentialStore for FileStore {
     }
     fn delete(&self, key: &str) -> Result<(), StoreError> {
         self.update(|m| m.remove(key).is_some())
+    }
+    fn has_prefix(&self, prefix: &str) -> Result<bool, StoreError> {
+        let _g = self
+            .lock
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        Ok(self.read()?.keys().any(|k| k.starts_with(prefix)))
     }
 }
 

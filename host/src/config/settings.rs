@@ -32,6 +32,10 @@ pub struct HostSettings {
     /// whichever is smaller)
     #[serde(default)]
     pub token_renewal_margin: Option<DurationText>,
+    /// where tokens are cached: `memory` (this process) or `persistent` (also the credential
+    /// store, 0600, until they expire; `fhirconn logout` clears it)
+    #[serde(default)]
+    pub token_cache: crate::TokenCacheMode,
     /// PEM bundle of extra trusted roots, relative to this file
     #[serde(default)]
     #[schemars(length(min = 1))]

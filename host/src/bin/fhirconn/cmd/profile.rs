@@ -78,9 +78,38 @@ pub fn run(g: &Global, command: ProfileCommand) -> CmdResult {
         }
         ProfileCommand::Describe { id, output } => {
             let doc = file::read(path)?;
+            let registry = g.registry();
+            // The store is best effort here: describing the file must work without it.
+            let state = fhirconn_host::credential_state(
+                &doc,
+                &registry,
+                fhirconn_host::state::credential_store(),
+                &id,
+            );
             match output {
-                Output::Json => print_json(&file::masked(&doc, &id, &g.registry())?),
-                Output::Human => print!("{}", file::describe(&doc, &id, &g.registry())?),
+                Output::Json => {
+                    let mut v = file::masked(&doc, &id, &registry)?;
+                    if let (Some(obj), Ok(state)) = (v.as_object_mut(), &state) {
+                        obj.insert(
+                            "credentials".into(),
+                            serde_json::json!({
+                                "signed-in": state.signed_in,
+                                "token-cached-until": state.token_cached_until.map(|t| {
+                                    t.duration_since(std::time::UNIX_EPOCH)
+                                        .map_or(0, |d| d.as_secs())
+                                }),
+                            }),
+                        );
+                    }
+                    print_json(&v)
+                }
+                Output::Human => {
+                    print!("{}", file::describe(&doc, &id, &registry)?);
+                    match state {
+                        Ok(state) => println!("# credentials: {state}"),
+                        Err(e) => println!("# credentials: unknown ({e})"),
+                    }
+                }
             }
             return Ok(ExitCode::SUCCESS);
         }

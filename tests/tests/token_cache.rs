@@ -1,0 +1,166 @@
+//! `token-cache: persistent` end to end: the `fhirconn` binary run several times against the
+//! testkit identity provider keeps one token in the credential store (0600) until it expires,
+//! binds it to the connection's settings, and forgets it on `fhirconn logout`.
+
+use fhirconn_testkit::idp::{ClientAuth, IdentityProvider, IdpConfig, RegisteredClient};
+use fhirconn_testkit::{FhirServer, FhirServerConfig, ServerAuth};
+use fhirconn_tests::{fhirconn_command, mode, run_command, Out};
+use serde_json::{json, Value};
+use std::path::Path;
+use std::time::{Duration, Instant};
+
+const AUDIENCE: &str = "https://fhir.testkit/r4";
+const SECRET: &str = "CANARY-token-cache-secret-5150";
+
+struct Env {
+    idp: IdentityProvider,
+    fhir: FhirServer,
+    dir: tempfile::TempDir,
+}
+
+async fn env() -> Env {
+    let idp = IdentityProvider::start(IdpConfig {
+        audience: AUDIENCE.into(),
+        token_lifetime: Duration::from_secs(600),
+        clients: vec![RegisteredClient {
+            client_id: "cache-client".into(),
+            auth: ClientAuth::SecretBasic(SECRET.into()),
+            scopes: vec!["system/*.rs".into(), "system/*.read".into()],
+        }],
+        ..IdpConfig::default()
+    })
+    .await
+    .unwrap();
+    let fhir = FhirServer::start(FhirServerConfig {
+        auth: ServerAuth::Jwt(idp.verifier(AUDIENCE)),
+        ..FhirServerConfig::default()
+    })
+    .await
+    .unwrap();
+    Env {
+        idp,
+        fhir,
+        dir: tempfile::tempdir().unwrap(),
+    }
+}
+
+impl Env {
+    fn write(&self, cache: &str, scope: &str) {
+        let auth = json!({"scheme": "oidc-client-credentials",
+            "token-url": self.idp.token_endpoint(), "client-id": "cache-client",
+            "client-secret-env": "FHIRCONN_TEST_CACHE_SECRET", "scope": scope});
+        let conn = |cache: &str| json!({"base-url": self.fhir.base_url(), "auth": auth, "token-cache": cache});
+        let doc = json!({"connections": {"kept": conn(cache), "memory": conn("memory")}});
+        std::fs::write(
+            self.dir.path().join("fhirconn.yaml"),
+            serde_json::to_string_pretty(&doc).unwrap(),
+        )
+        .unwrap();
+    }
+
+    fn store(&self) -> std::path::PathBuf {
+        self.dir.path().join("state/credentials.json")
+    }
+
+    fn run(&self, args: &[&str]) -> Out {
+        run_command(
+            fhirconn_command(self.dir.path(), true)
+                .env("FHIRCONN_TEST_CACHE_SECRET", SECRET)
+                .env("FHIRCONN_CREDENTIALS", self.store())
+                .args(args),
+        )
+    }
+}
+
+fn ok(out: &Out) {
+    assert_eq!(out.code, 0, "{}\n{}", out.stdout, out.stderr);
+}
+
+fn store_text(path: &Path) -> String {
+    std::fs::read_to_string(path).unwrap_or_default()
+}
+
+#[test]
+fn a_persistent_cache_serves_later_processes_until_the_settings_change_or_logout() {
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    let e = rt.block_on(env());
+    std::fs::create_dir(e.dir.path().join("state")).unwrap();
+    e.write("persistent", "system/*.rs");
+
+    let first = Instant::now();
+    ok(&e.run(&["get", "kept", "Patient/1"]));
+    let first = first.elapsed();
+    assert_eq!(e.idp.token_requests(), 1);
+    let second = Instant::now();
+    ok(&e.run(&["get", "kept", "Patient/1"]));
+    let second = second.elapsed();
+    ok(&e.run(&["token", "kept"]));
+    assert_eq!(
+        e.idp.token_requests(),
+        1,
+        "later processes reuse the stored token"
+    );
+    eprintln!("fhirconn get: first run {first:?}, second run {second:?} (token from the store)");
+
+    // The store is private, holds the token but never the client secret.
+    assert_eq!(mode(&e.store()) & 0o777, 0o600);
+    let text = store_text(&e.store());
+    assert!(text.contains("@host/token-cache/kept"), "{text}");
+    assert!(
+        !text.contains(SECRET),
+        "the client secret reached the store"
+    );
+
+    // `memory` (the default) never touches the store.
+    ok(&e.run(&["get", "memory", "Patient/1"]));
+    assert_eq!(e.idp.token_requests(), 2);
+    assert!(!store_text(&e.store()).contains("token-cache/memory"));
+
+    // `profile describe` tells where the credentials are.
+    let out = e.run(&["profile", "describe", "kept"]);
+    ok(&out);
+    assert!(
+        out.stdout.contains("# credentials: token cached until"),
+        "{}",
+        out.stdout
+    );
+    let out = e.run(&["profile", "describe", "kept", "--output", "json"]);
+    ok(&out);
+    let v: Value = serde_json::from_str(&out.stdout).unwrap();
+    assert!(
+        v["credentials"]["token-cached-until"].as_u64().is_some(),
+        "{v}"
+    );
+
+    // Other settings (another scope): the stored token is not used.
+    e.write("persistent", "system/*.read");
+    ok(&e.run(&["get", "kept", "Patient/1"]));
+    assert_eq!(e.idp.token_requests(), 3);
+    ok(&e.run(&["get", "kept", "Patient/1"]));
+    assert_eq!(e.idp.token_requests(), 3);
+
+    // Logout clears it.
+    let out = e.run(&["logout", "kept"]);
+    ok(&out);
+    assert!(!store_text(&e.store()).contains("token-cache/kept"));
+    let out = e.run(&["profile", "describe", "kept"]);
+    assert!(out.stdout.contains("# credentials: none"), "{}", out.stdout);
+    ok(&e.run(&["get", "kept", "Patient/1"]));
+    assert_eq!(e.idp.token_requests(), 4);
+}
+
+#[test]
+fn a_revoked_stored_token_is_replaced_after_one_401() {
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    let e = rt.block_on(env());
+    std::fs::create_dir(e.dir.path().join("state")).unwrap();
+    e.write("persistent", "system/*.rs");
+    ok(&e.run(&["get", "kept", "Patient/1"]));
+    assert_eq!(e.idp.token_requests(), 1);
+    e.fhir.revoke_presented_tokens();
+    // The next process loads the stored (revoked) token, gets a 401, drops it and refetches.
+    ok(&e.run(&["get", "kept", "Patient/1"]));
+    assert_eq!(e.idp.token_requests(), 2);
+    ok(&e.run(&["get", "kept", "Patient/1"]));
+    assert_eq!(e.idp.token_requests(), 2, "the new token was stored");
+}
