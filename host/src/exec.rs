@@ -33,7 +33,9 @@ pub const MAX_STDERR_BYTES: usize = 64 << 10;
 /// The variables of the host's environment every process gets (when set): what a program
 /// needs to find its tools, home, user, locale and temporary directory. Nothing else passes
 /// unless the request names it in `inherit_env`.
-pub const BASE_ENV: &[&str] = &["PATH", "HOME", "USER", "LOGNAME", "LANG", "LC_ALL", "TMPDIR"];
+pub const BASE_ENV: &[&str] = &[
+    "PATH", "HOME", "USER", "LOGNAME", "LANG", "LC_ALL", "TMPDIR",
+];
 
 /// Why a process could not be run to its end. Messages name the program, never its output.
 #[derive(Debug, thiserror::Error)]
@@ -122,12 +124,18 @@ pub fn run(dir: &Path, request: &Exec, redactor: &Redactor) -> Result<ExecAnswer
     for (stream, pipe, limit) in [
         (
             "stdout",
-            child.stdout.take().map(|p| Box::new(p) as Box<dyn Read + Send>),
+            child
+                .stdout
+                .take()
+                .map(|p| Box::new(p) as Box<dyn Read + Send>),
             MAX_STDOUT_BYTES,
         ),
         (
             "stderr",
-            child.stderr.take().map(|p| Box::new(p) as Box<dyn Read + Send>),
+            child
+                .stderr
+                .take()
+                .map(|p| Box::new(p) as Box<dyn Read + Send>),
             MAX_STDERR_BYTES,
         ),
     ] {

@@ -141,6 +141,12 @@ pub(crate) fn build_plugins(release: bool) -> Result<PathBuf> {
                 "fhirconn_acme_apikey",
                 &vendor_dir,
             ),
+            (
+                "tests/vendor-hmac-plugin",
+                "vendor-hmac-fhirconn-auth",
+                "fhirconn_vendor_hmac",
+                &vendor_dir,
+            ),
         ] {
             let manifest = root.join(manifest).join("Cargo.toml");
             cmd!(

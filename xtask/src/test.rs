@@ -19,12 +19,14 @@ pub(crate) fn test() -> Result {
     // Out of tree: the vendor plugin's own tests, and a freshly generated scheme's (built
     // from the lockfile `new-scheme` derives from the workspace's).
     let target_dir = root.join("target/fixture-build");
-    let vendor = root.join("tests/vendor-plugin/Cargo.toml");
-    cmd!(
-        sh,
-        "cargo test {locked...} --manifest-path {vendor} --target-dir {target_dir}"
-    )
-    .run()?;
+    for vendor in ["tests/vendor-plugin", "tests/vendor-hmac-plugin"] {
+        let vendor = root.join(vendor).join("Cargo.toml");
+        cmd!(
+            sh,
+            "cargo test {locked...} --manifest-path {vendor} --target-dir {target_dir}"
+        )
+        .run()?;
+    }
     let generated = root.join("target/new-scheme");
     let _ = std::fs::remove_dir_all(&generated);
     new_scheme("acme-check", &generated)?;

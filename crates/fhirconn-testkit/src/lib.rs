@@ -14,6 +14,7 @@ mod bulk_gen;
 pub mod entra;
 pub mod google;
 pub mod hmac;
+pub mod hmac;
 pub mod hostile;
 pub mod idp;
 pub mod pki;

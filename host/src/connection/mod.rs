@@ -260,6 +260,31 @@ impl Connection {
         }
     }
 
+    /// The headers the connection's schemes add to one request sent by a caller of its own:
+    /// the cached credential headers, then (when a scheme signs requests) the signature over
+    /// `method`, `url`, the caller's `headers` and the SHA-256 of `body`, at the host's
+    /// clock. Signature headers replace credential headers of the same name. Sensitive
+    /// values are marked sensitive. A signature is bound to this one request: sign again for
+    /// a retry or a redirect.
+    pub async fn authorization_headers(
+        &self,
+        method: &Method,
+        url: &url::Url,
+        headers: &[(HeaderName, HeaderValue)],
+        body: Option<&[u8]>,
+    ) -> Result<Vec<(HeaderName, HeaderValue)>, Error> {
+        let creds = self.auth.credentials(false).await?;
+        let mut out = creds.headers.clone();
+        if let Some(signer) = self.auth.signer(body) {
+            let signature = signer
+                .sign(method, url, headers, &creds.headers, body.is_some())
+                .map_err(|e| self.transport_error(e))?;
+            out.retain(|(n, _)| !signature.iter().any(|(s, _)| s == n));
+            out.extend(signature);
+        }
+        Ok(out)
+    }
+
     /// The signer of a request with `body` sent by a caller of its own (the middleware, bulk
     /// downloads), when the connection's scheme signs requests.
     pub(crate) fn signer(&self, body: Option<&[u8]>) -> Option<crate::transport::Signer> {

@@ -125,13 +125,19 @@ impl Signer {
                 out.retain(|(n, _)| *n != name);
                 out.push((name.clone(), value));
                 // A later stacked signer sees the request as it will be sent.
-                request.headers.retain(|w| !w.name.eq_ignore_ascii_case(&h.name));
+                request
+                    .headers
+                    .retain(|w| !w.name.eq_ignore_ascii_case(&h.name));
                 request.headers.push(h);
             }
         }
         Ok(out)
     }
 }
+
+#[cfg(test)]
+#[path = "sign_tests.rs"]
+mod path_tests;
 
 #[cfg(test)]
 mod tests {
