@@ -73,12 +73,17 @@ pub fn header_value(credentials: &Credentials, name: &str) -> Option<String> {
 }
 
 type Handler = Box<dyn Fn(&HttpRequest) -> Result<HttpResponse, String> + Send + Sync>;
+type ExecHandler =
+    Box<dyn Fn(&crate::wire::Exec) -> Result<crate::wire::ExecAnswer, String> + Send + Sync>;
 
 /// A simulated host. Build it with the `with_*` methods, then call [`MockHost::with_host`].
 pub struct MockHost {
     files: HashMap<String, Vec<u8>>,
     env: HashMap<String, String>,
     handler: Option<Handler>,
+    exec: Option<ExecHandler>,
+    /// Every `exec` operation the scheme asked for, in order.
+    pub execs: Mutex<Vec<crate::wire::Exec>>,
     now_ms: AtomicI64,
     store: Mutex<HashMap<String, String>>,
     /// Every request the scheme sent, in order.
@@ -108,6 +113,8 @@ impl MockHost {
             files: HashMap::new(),
             env: HashMap::new(),
             handler: None,
+            exec: None,
+            execs: Mutex::new(Vec::new()),
             now_ms: AtomicI64::new(1_767_225_600_000),
             store: Mutex::new(HashMap::new()),
             requests: Mutex::new(Vec::new()),
@@ -134,6 +141,19 @@ impl MockHost {
         handler: impl Fn(&HttpRequest) -> Result<HttpResponse, String> + Send + Sync + 'static,
     ) -> Self {
         self.handler = Some(Box::new(handler));
+        self
+    }
+    /// Answers the `exec` host operation; an `Err` becomes an error of the operation (a
+    /// process that could not start or timed out).
+    #[must_use]
+    pub fn with_exec(
+        mut self,
+        handler: impl Fn(&crate::wire::Exec) -> Result<crate::wire::ExecAnswer, String>
+            + Send
+            + Sync
+            + 'static,
+    ) -> Self {
+        self.exec = Some(Box::new(handler));
         self
     }
     /// Moves the clock.
@@ -263,7 +283,20 @@ impl HostServices for MockHost {
         RResult::ROk(())
     }
 
-    fn invoke(&self, op: RStr<'_>, _payload_json: RStr<'_>) -> RResult<RString, AbiError> {
+    fn invoke(&self, op: RStr<'_>, payload_json: RStr<'_>) -> RResult<RString, AbiError> {
+        if let (crate::wire::EXEC, Some(run)) = (op.as_str(), &self.exec) {
+            let answer = serde_json::from_str::<crate::wire::Exec>(payload_json.as_str())
+                .map_err(|e| e.to_string())
+                .and_then(|request| {
+                    self.execs.lock().unwrap().push(request.clone());
+                    run(&request)
+                })
+                .and_then(|a| serde_json::to_string(&a).map_err(|e| e.to_string()));
+            return match answer {
+                Ok(text) => RResult::ROk(text.into()),
+                Err(msg) => RResult::RErr(AbiError::new(ErrorKind::CONFIG, msg)),
+            };
+        }
         RResult::RErr(AbiError::new(
             ErrorKind::UNSUPPORTED,
             format!("operation '{}' is not supported", op.as_str()),
