@@ -1,15 +1,24 @@
 //! fhirconn scheme `oidc-client-credentials`: an access token from the OAuth 2.0 client
-//! credentials grant (RFC 6749 §4.4), with the token endpoint found by OpenID Connect Discovery
-//! or given explicitly.
+//! credentials grant (RFC 6749 §4.4) or the JWT bearer grant (RFC 7523 §2.1), with the token
+//! endpoint found by OpenID Connect Discovery or given explicitly.
 //!
 //! Settings:
 //! - `issuer` (discovery at `issuer` + `discovery-path`, default
 //!   `/.well-known/openid-configuration`; the document's `issuer` must be identical, OIDC
-//!   Discovery §4.3) **or** `token-url`;
-//! - `client-id` and exactly one of `client-secret`, `client-secret-file`, `client-secret-env`;
-//! - `auth-method`: `client_secret_basic` (default; RFC 6749 §2.3.1, id and secret
-//!   form-urlencoded before Basic encoding) or `client_secret_post`. The secret is sent by
-//!   exactly one method;
+//!   Discovery §4.3) **or** `token-url` (absolute, or relative to `base-url` by RFC 3986);
+//! - `client-id`; `auth-method` (OpenID Connect Core §9): `client_secret_basic` (default; RFC
+//!   6749 §2.3.1), `client_secret_post`, `client_secret_jwt` (an HS256 assertion over the
+//!   secret) — each with one of `client-secret`, `client-secret-file`, `client-secret-env` —,
+//!   `private_key_jwt` (an assertion signed with one of `private-key`, `private-key-file`,
+//!   `private-key-env`: PEM or JWK, RS256/RS384/ES256/ES384; optional `kid`, `alg`), or `none`
+//!   (only with `grant: jwt-bearer`);
+//! - `grant`: `client_credentials` (default) or `jwt-bearer` (RFC 7523 §2.1: the assertion is
+//!   the grant, signed with `private-key`, else HS256 with `client-secret`; `auth-method`
+//!   defaults to `none`, the client id in the body);
+//! - the assertion's claims: `iss` = `sub` = `client-id`, `aud` = the token endpoint, a fresh
+//!   `jti`, `exp` `assertion-lifetime` seconds out (default 240, at most 300);
+//!   `assertion-issuer`, `assertion-subject` (e.g. the user of a jwt-bearer grant) and
+//!   `assertion-audience` override the first three;
 //! - optional `scope` (space-separated), `audience`, `resource` (RFC 8707, one or a list) and
 //!   `extra-params` (vendor-specific token parameters).
 //!
@@ -19,12 +28,14 @@
 
 #![forbid(unsafe_code)]
 
-use fhirconn_sdk::oauth::{discovery, endpoint_url, ClientAuth, TokenRequest};
+use fhirconn_sdk::oauth::assertion::{self, Assertion};
+use fhirconn_sdk::oauth::client_auth::{self, AuthMethod, Authenticator, Grant};
+use fhirconn_sdk::oauth::{self, discovery, endpoint_url};
 use fhirconn_sdk::serde_json::Value;
 use fhirconn_sdk::settings::{self, SecretSetting};
 use fhirconn_sdk::{
     schemars, serde, AuthRequest, Connection, ConnectionInfo, Credentials, Error, Host, Memo,
-    Result, Scheme, SecretString,
+    Result, Scheme,
 };
 use std::collections::BTreeMap;
 
@@ -38,6 +49,7 @@ const RESERVED_PARAMS: &[&str] = &[
     "client_secret",
     "client_assertion",
     "client_assertion_type",
+    "assertion",
     "scope",
     "audience",
     "resource",
@@ -46,16 +58,6 @@ const RESERVED_PARAMS: &[&str] = &[
 /// The `oidc-client-credentials` scheme.
 #[derive(Debug, Default)]
 pub struct ClientCredentials;
-
-/// How the client secret is sent: RFC 6749 §2.3.1 Basic (default) or in the body.
-#[derive(Debug, Clone, Copy, Default, serde::Deserialize, schemars::JsonSchema)]
-#[serde(crate = "fhirconn_sdk::serde", rename_all = "snake_case")]
-#[schemars(crate = "fhirconn_sdk::schemars")]
-enum AuthMethod {
-    #[default]
-    ClientSecretBasic,
-    ClientSecretPost,
-}
 
 #[derive(serde::Deserialize)]
 #[serde(crate = "fhirconn_sdk::serde", untagged)]
@@ -70,7 +72,7 @@ fn one_or_many(_: &mut schemars::SchemaGenerator) -> schemars::Schema {
         {"type": "string"}, {"type": "array", "items": {"type": "string"}, "minItems": 1}]})
 }
 
-/// OAuth 2.0 client credentials grant
+/// OAuth 2.0 client credentials or JWT bearer grant
 #[derive(serde::Deserialize, schemars::JsonSchema)]
 #[serde(crate = "fhirconn_sdk::serde")]
 #[serde(rename_all = "kebab-case", deny_unknown_fields)]
@@ -87,16 +89,39 @@ struct Settings {
     /// discovery document path below the issuer (default /.well-known/openid-configuration)
     #[schemars(regex(pattern = "^/"))]
     discovery_path: Option<String>,
-    /// token endpoint, for servers without discovery
-    #[schemars(url)]
+    /// token endpoint (absolute, or relative to base-url), for servers without discovery
+    #[schemars(length(min = 1))]
     token_url: Option<String>,
     /// client id
     #[schemars(length(min = 1))]
     client_id: String,
-    /// client secret
-    client_secret: SecretSetting,
+    /// client secret (client_secret_basic, _post, _jwt; HS256 key of a jwt-bearer grant)
+    client_secret: Option<SecretSetting>,
+    /// client authentication (default client_secret_basic; none with grant jwt-bearer)
+    auth_method: Option<AuthMethod>,
+    /// client_credentials (default) or jwt-bearer (RFC 7523 §2.1)
     #[serde(default)]
-    auth_method: AuthMethod,
+    grant: Grant,
+    /// private key for private_key_jwt or a jwt-bearer grant: PEM or a private JWK/JWKS
+    private_key: Option<SecretSetting>,
+    /// key id of the registered public key (JWT header 'kid')
+    #[schemars(length(min = 1))]
+    kid: Option<String>,
+    /// signing algorithm, checked against the key (default: RS256 for RSA keys)
+    #[schemars(extend("enum" = ["RS256", "RS384", "ES256", "ES384"]))]
+    alg: Option<String>,
+    /// the assertion's 'iss' (default: client-id)
+    #[schemars(length(min = 1))]
+    assertion_issuer: Option<String>,
+    /// the assertion's 'sub' (default: client-id; the user for a jwt-bearer grant)
+    #[schemars(length(min = 1))]
+    assertion_subject: Option<String>,
+    /// the assertion's 'aud' (default: the token endpoint URL)
+    #[schemars(length(min = 1))]
+    assertion_audience: Option<String>,
+    /// seconds until the assertion expires (default 240, at most 300)
+    #[schemars(range(min = 1, max = assertion::MAX_LIFETIME_SECS))]
+    assertion_lifetime: Option<u64>,
     /// space-separated scopes
     scope: Option<String>,
     /// audience parameter (Auth0 and others)
@@ -116,8 +141,9 @@ pub struct ClientCredentialsConnection {
     discover: Option<(String, String)>,
     token_endpoint: Memo<String>,
     client_id: String,
-    secret: SecretString,
-    auth_method: AuthMethod,
+    auth: Authenticator,
+    /// The jwt-bearer grant's assertion (`None`: client credentials).
+    grant: Option<Assertion>,
     scope: String,
     params: Vec<(String, String)>,
 }
@@ -128,23 +154,24 @@ impl Scheme for ClientCredentials {
     }
 
     fn summary(&self) -> &str {
-        "OAuth 2.0 client credentials (client secret) with OpenID Connect discovery"
+        "OAuth 2.0 client credentials (secret, client_secret_jwt, private_key_jwt) or JWT bearer grant, with OpenID Connect discovery"
     }
 
     fn config_schema(&self) -> Value {
-        settings::schema::<Settings>()
+        let mut schema = settings::schema::<Settings>();
+        if let Some(Value::Array(all)) = schema.get_mut("allOf") {
+            all.extend(client_auth::schema_rules());
+        }
+        schema
     }
 
     fn configure(
         &self,
-        _connection: &ConnectionInfo,
+        connection: &ConnectionInfo,
         settings: Value,
         host: &Host<'_>,
     ) -> Result<Box<dyn Connection>> {
         let s: Settings = settings::parse(settings, host)?;
-        if s.client_id.is_empty() {
-            return Err(Error::config("client-id: must not be empty"));
-        }
         let (discover, token_endpoint) = match (&s.issuer, &s.token_url) {
             (Some(issuer), None) => {
                 endpoint_url("issuer", issuer, host)?;
@@ -161,8 +188,8 @@ impl Scheme for ClientCredentials {
                         "discovery-path: only applies with 'issuer', not with 'token-url'",
                     ));
                 }
-                endpoint_url("token-url", url, host)?;
-                (None, Memo::with(url.clone()))
+                let url = oauth::token_url(url, &connection.base_url, host)?;
+                (None, Memo::with(url))
             }
             (Some(_), Some(_)) => {
                 return Err(Error::config(
@@ -175,6 +202,23 @@ impl Scheme for ClientCredentials {
                 ))
             }
         };
+        let inputs = client_auth::Inputs {
+            client_id: &s.client_id,
+            method: s.auth_method,
+            grant: s.grant,
+            client_secret: s.client_secret.as_ref(),
+            private_key: s.private_key.as_ref(),
+            kid: s.kid.as_deref(),
+            alg: s.alg.as_deref(),
+            claims: [
+                &s.assertion_issuer,
+                &s.assertion_subject,
+                &s.assertion_audience,
+            ]
+            .map(Option::as_deref),
+            lifetime: s.assertion_lifetime,
+        };
+        let (auth, grant) = client_auth::configure(&inputs, host)?;
         let mut params: Vec<(String, String)> = s
             .audience
             .map(|a| ("audience".into(), a))
@@ -199,8 +243,8 @@ impl Scheme for ClientCredentials {
             discover,
             token_endpoint,
             client_id: s.client_id,
-            secret: s.client_secret.into_secret(),
-            auth_method: s.auth_method,
+            auth,
+            grant,
             scope: scope
                 .split(' ')
                 .filter(|s| !s.is_empty())
@@ -242,14 +286,9 @@ impl Connection for ClientCredentialsConnection {
                 Some((issuer, url)) => discover_token_endpoint(issuer, url, host),
                 None => Err(Error::internal("no token endpoint")),
             })?;
-        let auth = match self.auth_method {
-            AuthMethod::ClientSecretBasic => ClientAuth::SecretBasic(self.secret.clone()),
-            AuthMethod::ClientSecretPost => ClientAuth::SecretPost(self.secret.clone()),
-        };
-        let mut request = TokenRequest::new(endpoint)
-            .grant("client_credentials")
-            .client_id(&self.client_id)
-            .client_auth(auth)
+        let mut request = self
+            .auth
+            .request(&endpoint, &self.client_id, self.grant.as_ref(), host)?
             .scope(&self.scope);
         for (k, v) in &self.params {
             request = request.param(k, v);
@@ -261,268 +300,4 @@ impl Connection for ClientCredentialsConnection {
 fhirconn_sdk::export_schemes!(ClientCredentials);
 
 #[cfg(test)]
-mod tests {
-    use super::*;
-    use fhirconn_sdk::serde_json::json;
-    use fhirconn_sdk::testing::MockHost;
-    use fhirconn_sdk::{CredentialHeader, ErrorKind, ExposeSecret, HttpRequest, HttpResponse};
-    use std::sync::{Arc, Mutex as StdMutex};
-
-    fn json_response(status: u16, body: Value) -> HttpResponse {
-        HttpResponse {
-            status,
-            headers: vec![("content-type".into(), "application/json".into())],
-            body: body.to_string().into_bytes(),
-        }
-    }
-
-    type Seen = Arc<StdMutex<Vec<HttpRequest>>>;
-
-    /// A mock provider at https://idp.example answering discovery and token requests.
-    fn provider(
-        token_reply: impl Fn() -> HttpResponse + Send + Sync + 'static,
-    ) -> (MockHost, Seen) {
-        let seen: Seen = Arc::default();
-        let log = seen.clone();
-        let mock = MockHost::new().with_http(move |req| {
-            log.lock().unwrap().push(req.clone());
-            Ok(match req.url.as_str() {
-                "https://idp.example/realm/.well-known/openid-configuration" => json_response(
-                    200,
-                    json!({
-                        "issuer": "https://idp.example/realm",
-                        "authorization_endpoint": "https://idp.example/realm/auth",
-                        "token_endpoint": "https://idp.example/realm/token",
-                        "jwks_uri": "https://idp.example/realm/jwks",
-                        "response_types_supported": ["code"],
-                        "subject_types_supported": ["public"],
-                        "id_token_signing_alg_values_supported": ["RS256"]
-                    }),
-                ),
-                "https://idp.example/realm/token" => token_reply(),
-                _ => json_response(404, json!({})),
-            })
-        });
-        (mock, seen)
-    }
-
-    fn authorize(settings: Value, mock: &MockHost) -> Result<Credentials> {
-        mock.configure_and_authorize(&ClientCredentials, settings)
-    }
-
-    fn good_token() -> HttpResponse {
-        json_response(
-            200,
-            json!({"access_token": "tok-123", "token_type": "Bearer", "expires_in": 300}),
-        )
-    }
-
-    fn header_value(req: &HttpRequest, name: &str) -> Option<String> {
-        req.headers
-            .iter()
-            .find(|h| h.0.eq_ignore_ascii_case(name))
-            .map(|h| h.1.clone())
-    }
-
-    #[test]
-    fn basic_auth_form_urlencodes_id_and_secret_and_sends_nothing_in_the_body() {
-        use base64::Engine as _;
-        let (mock, seen) = provider(good_token);
-        let creds = authorize(
-            json!({"issuer": "https://idp.example/realm", "client-id": "my app",
-                   "client-secret": "s:e%c/r€t", "scope": "system/*.read  launch"}),
-            &mock,
-        )
-        .unwrap();
-        match &creds.headers[..] {
-            [CredentialHeader::Secret(n, v)] => {
-                assert_eq!(n, "Authorization");
-                assert_eq!(v.expose_secret(), "Bearer tok-123");
-            }
-            other => panic!("{other:?}"),
-        }
-        assert!(creds.expires_at.is_some());
-        let seen = seen.lock().unwrap();
-        assert_eq!(seen.len(), 2, "discovery then token");
-        let token_req = &seen[1];
-        let basic = header_value(token_req, "authorization").unwrap();
-        let decoded = base64::engine::general_purpose::STANDARD
-            .decode(basic.strip_prefix("Basic ").unwrap())
-            .unwrap();
-        assert_eq!(
-            String::from_utf8(decoded).unwrap(),
-            "my+app:s%3Ae%25c%2Fr%E2%82%ACt"
-        );
-        let body = String::from_utf8(token_req.body.clone()).unwrap();
-        assert!(
-            !body.contains("client_secret") && !body.contains("client_id"),
-            "{body}"
-        );
-        assert!(body.contains("grant_type=client_credentials"));
-        assert!(body.contains("scope=system%2F*.read+launch"), "{body}");
-    }
-
-    #[test]
-    fn post_auth_sends_the_secret_in_the_body_only_with_extra_params() {
-        let (mock, seen) = provider(good_token);
-        authorize(
-            json!({"token-url": "https://idp.example/realm/token", "client-id": "app",
-                   "client-secret": "pw", "auth-method": "client_secret_post",
-                   "audience": "https://fhir.example", "resource": ["r1", "r2"],
-                   "extra-params": {"tenant": "t1"}}),
-            &mock,
-        )
-        .unwrap();
-        let seen = seen.lock().unwrap();
-        assert_eq!(seen.len(), 1, "no discovery with token-url");
-        assert!(header_value(&seen[0], "authorization").is_none());
-        let body = String::from_utf8(seen[0].body.clone()).unwrap();
-        for part in [
-            "client_id=app",
-            "client_secret=pw",
-            "audience=https%3A%2F%2Ffhir.example",
-            "resource=r1",
-            "resource=r2",
-            "tenant=t1",
-        ] {
-            assert!(body.contains(part), "{part} missing from {body}");
-        }
-    }
-
-    #[test]
-    fn discovery_is_cached_and_must_name_the_configured_issuer() {
-        let (mock, seen) = provider(good_token);
-        let settings =
-            json!({"issuer": "https://idp.example/realm", "client-id": "a", "client-secret": "b"});
-        let conn = mock.configure(&ClientCredentials, settings).unwrap();
-        mock.authorize(conn.as_ref()).unwrap();
-        mock.authorize(conn.as_ref()).unwrap();
-        assert_eq!(
-            seen.lock().unwrap().len(),
-            3,
-            "one discovery, two token requests"
-        );
-
-        let (mock, _) = provider(good_token);
-        let e = authorize(
-            json!({"issuer": "https://idp.example/realm/", "client-id": "a", "client-secret": "b"}),
-            &mock,
-        )
-        .unwrap_err();
-        assert!(
-            e.message()
-                .contains("names issuer 'https://idp.example/realm'"),
-            "{e}"
-        );
-    }
-
-    #[test]
-    fn server_errors_are_quoted_and_classified_without_the_secret() {
-        let cases: Vec<(HttpResponse, ErrorKind, &str)> = vec![
-            (
-                json_response(
-                    401,
-                    json!({"error": "invalid_client", "error_description": "bad secret"}),
-                ),
-                ErrorKind::CredentialsRejected,
-                "answered HTTP 401: invalid_client: bad secret",
-            ),
-            (
-                json_response(400, json!({"error": "invalid_scope"})),
-                ErrorKind::CredentialsRejected,
-                "invalid_scope",
-            ),
-            (
-                HttpResponse {
-                    status: 500,
-                    headers: vec![("content-type".into(), "text/html".into())],
-                    body: b"<html>oops</html>".to_vec(),
-                },
-                ErrorKind::Protocol,
-                "answered HTTP 500",
-            ),
-            (
-                json_response(200, json!({"token_type": "Bearer"})),
-                ErrorKind::Protocol,
-                "not a token response",
-            ),
-            (
-                json_response(200, json!({"access_token": "x", "token_type": "mac"})),
-                ErrorKind::Protocol,
-                "token_type 'mac'",
-            ),
-        ];
-        for (reply, kind, expected) in cases {
-            let reply = Arc::new(reply);
-            let (mock, _) = provider(move || (*reply).clone());
-            let e = authorize(
-                json!({"token-url": "https://idp.example/realm/token", "client-id": "a",
-                       "client-secret": "canary-secret-42"}),
-                &mock,
-            )
-            .unwrap_err();
-            assert_eq!(e.kind(), kind, "{e}");
-            assert!(e.message().contains(expected), "{e}");
-            assert!(!e.message().contains("canary-secret-42"));
-        }
-    }
-
-    #[test]
-    fn lowercase_bearer_and_missing_expiry_are_accepted() {
-        let (mock, _) =
-            provider(|| json_response(200, json!({"access_token": "t", "token_type": "bearer"})));
-        let creds = authorize(
-            json!({"token-url": "https://idp.example/realm/token", "client-id": "a", "client-secret": "b"}),
-            &mock,
-        )
-        .unwrap();
-        assert!(creds.expires_at.is_none());
-    }
-
-    #[test]
-    fn bad_settings_are_config_errors() {
-        let mock = MockHost::new();
-        let cases = [
-            (
-                json!({"client-id": "a", "client-secret": "b"}),
-                "set 'issuer'",
-            ),
-            (
-                json!({"issuer": "https://i", "token-url": "https://t", "client-id": "a", "client-secret": "b"}),
-                "not both",
-            ),
-            (
-                json!({"token-url": "ftp://t", "client-id": "a", "client-secret": "b"}),
-                "scheme 'ftp'",
-            ),
-            (
-                json!({"token-url": "not a url", "client-id": "a", "client-secret": "b"}),
-                "token-url: not a valid URL",
-            ),
-            (
-                json!({"token-url": "https://t", "client-id": "a"}),
-                "exactly one of 'client-secret'",
-            ),
-            (
-                json!({"token-url": "https://t", "client-id": "a", "client-secret": "b", "auth-method": "tls"}),
-                "unknown variant",
-            ),
-            (
-                json!({"token-url": "https://t", "client-id": "a", "client-secret": "b", "extra-params": {"grant_type": "x"}}),
-                "extra-params: 'grant_type'",
-            ),
-            (
-                json!({"token-url": "https://t", "client-id": "a", "client-secret": "b", "scopes": "x"}),
-                "unknown setting 'scopes'",
-            ),
-        ];
-        for (s, expected) in cases {
-            let e = mock
-                .configure(&ClientCredentials, s.clone())
-                .map(|_| ())
-                .unwrap_err();
-            assert_eq!(e.kind(), ErrorKind::Config, "{s}");
-            assert!(e.message().contains(expected), "{s}: {e}");
-        }
-    }
-}
+mod tests;

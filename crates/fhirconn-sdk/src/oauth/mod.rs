@@ -11,6 +11,8 @@
 
 #[cfg(feature = "keys")]
 pub mod assertion;
+#[cfg(feature = "keys")]
+pub mod client_auth;
 pub mod device_code;
 pub mod discovery;
 mod pkce;
@@ -57,6 +59,11 @@ pub fn endpoint_url(field: &str, value: &str, host: &Host<'_>) -> Result<url::Ur
 /// endpoint ([`endpoint_url`]: http(s), plain http warned about and refused by the host
 /// unless `allow-insecure-http`).
 pub fn token_url(value: &str, base_url: &str, host: &Host<'_>) -> Result<String> {
+    if value.chars().any(|c| c.is_whitespace() || c.is_control()) {
+        return Err(Error::config(
+            "token-url: not a valid URL (it contains whitespace)",
+        ));
+    }
     let resolved = match url::Url::parse(value) {
         Ok(u) => u,
         Err(url::ParseError::RelativeUrlWithoutBase) => {
