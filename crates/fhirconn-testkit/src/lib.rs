@@ -18,6 +18,7 @@ pub mod hmac;
 pub mod hostile;
 pub mod idp;
 pub mod pki;
+pub mod sigv4;
 pub mod smart_launch;
 pub mod tls;
 
