@@ -310,6 +310,8 @@ const MALFORMED: &[(&str, &str, &str)] = &[
     ("bad duration", "connections:\n  a:\n    base-url: http://h\n    read-timeout: 30s\n", "not an ISO-8601 duration"),
     ("months duration", "connections:\n  a:\n    base-url: http://h\n    connect-timeout: P1M\n", "months"),
     ("zero duration", "connections:\n  a:\n    base-url: http://h\n    connect-timeout: PT0S\n", "longer than zero"),
+    ("bad request-timeout", "connections:\n  a:\n    base-url: http://h\n    request-timeout: 30s\n", "not an ISO-8601 duration"),
+    ("zero request-timeout", "connections:\n  a:\n    base-url: http://h\n    request-timeout: PT0S\n", "longer than zero"),
     ("unknown scheme", "connections:\n  a:\n    base-url: https://h\n    auth: {scheme: kerberos}\n", "unknown scheme 'kerberos'"),
     ("scheme name that is a path", "connections:\n  a:\n    base-url: https://h\n    auth: {scheme: x/../../elsewhere/evil}\n", "not a valid scheme name"),
     ("alias bomb in keys", "k0: &k0 [x, x]\nk1:\n  ? [*k0, *k0]\n  : v\n", "mapping keys must be plain strings"),
