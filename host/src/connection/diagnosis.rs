@@ -79,6 +79,8 @@ pub enum DiagnosisKind {
     HttpStatus,
     /// `/metadata` is not a CapabilityStatement.
     NotFhir,
+    /// The server refused a signed request's time (AWS SigV4 `Signature expired`): the clock.
+    ClockSkew,
 }
 
 impl DiagnosisKind {
@@ -105,6 +107,7 @@ impl DiagnosisKind {
             DiagnosisKind::NotFound => "not-found",
             DiagnosisKind::HttpStatus => "http-status",
             DiagnosisKind::NotFhir => "not-fhir",
+            DiagnosisKind::ClockSkew => "clock-skew",
         }
     }
 }
@@ -220,11 +223,13 @@ pub(crate) fn http_failure(stage: Stage, resp: &Response) -> Option<Diagnosis> {
             d.www_authenticate = challenge;
             d
         }
-        StatusCode::FORBIDDEN => Diagnosis::new(
-            stage,
-            DiagnosisKind::Forbidden,
-            "forbidden (403): authenticated, but not allowed; check the scopes or roles granted",
-        ),
+        StatusCode::FORBIDDEN => aws_refusal(stage, resp).unwrap_or_else(|| {
+            Diagnosis::new(
+                stage,
+                DiagnosisKind::Forbidden,
+                "forbidden (403): authenticated, but not allowed; check the scopes or roles granted",
+            )
+        }),
         StatusCode::NOT_FOUND => Diagnosis::new(
             stage,
             DiagnosisKind::NotFound,
@@ -251,6 +256,66 @@ pub(crate) fn http_failure(stage: Stage, resp: &Response) -> Option<Diagnosis> {
     }
     d.status = Some(code);
     Some(d)
+}
+
+/// AWS error codes that mean the request's signature or keys were refused (SigV4).
+const AWS_REJECTED: [&str; 10] = [
+    "InvalidSignatureException",
+    "SignatureDoesNotMatch",
+    "UnrecognizedClientException",
+    "InvalidClientTokenId",
+    "IncompleteSignatureException",
+    "IncompleteSignature",
+    "MissingAuthenticationTokenException",
+    "MissingAuthenticationToken",
+    "ExpiredTokenException",
+    "ExpiredToken",
+];
+
+/// A 403 of an AWS service refusing the SigV4 signature or keys (the code from
+/// `x-amzn-ErrorType`, a JSON `__type`/`code` or S3's XML `<Code>`): rejected credentials, or
+/// the clock when the message says `Signature expired` / `Signature not yet current`.
+fn aws_refusal(stage: Stage, resp: &Response) -> Option<Diagnosis> {
+    let json: Option<serde_json::Value> = serde_json::from_slice(&resp.body).ok();
+    let field = |k: &str| json.as_ref()?.get(k)?.as_str().map(str::to_string);
+    let text = String::from_utf8_lossy(&resp.body);
+    let xml = |tag: &str| {
+        let start = text.find(&format!("<{tag}>"))? + tag.len() + 2;
+        Some(text[start..].split('<').next()?.to_string())
+    };
+    let code = (resp.header("x-amzn-errortype").map(str::to_string))
+        .or_else(|| field("__type").or_else(|| field("code")))
+        .or_else(|| xml("Code"))?;
+    // `InvalidSignatureException:http://...` or `com.amazon.coral.service#InvalidSignatureException`
+    let code = code
+        .split(':')
+        .next()?
+        .rsplit('#')
+        .next()?
+        .trim()
+        .to_string();
+    if !AWS_REJECTED.contains(&code.as_str()) {
+        return None;
+    }
+    let message = (field("message").or_else(|| field("Message")))
+        .or_else(|| xml("Message"))
+        .unwrap_or_default();
+    let message = crate::services::sanitize(&message.chars().take(300).collect::<String>());
+    let (kind, advice) = if message.starts_with("Signature expired")
+        || message.starts_with("Signature not yet current")
+    {
+        (
+            DiagnosisKind::ClockSkew,
+            "this machine's clock is more than 5 minutes off: set it right (NTP)",
+        )
+    } else {
+        (DiagnosisKind::CredentialsRejected, "check the access key id, secret access key and session token (or the profile), the region and the service")
+    };
+    Some(Diagnosis::new(
+        stage,
+        kind,
+        format!("the server refused the request's signature (403 {code}: {message}): {advice}"),
+    ))
 }
 
 /// The diagnostics of an OperationOutcome body, if it is one, with control characters escaped
@@ -341,6 +406,53 @@ pub fn parse_capability(resp: &Response) -> Result<Capability, Diagnosis> {
 mod tests {
     use super::DiagnosisKind as K;
 
+    fn forbidden(headers: &[(&'static str, &str)], body: &str) -> super::Diagnosis {
+        let mut map = reqwest::header::HeaderMap::new();
+        for (n, v) in headers {
+            map.insert(*n, v.parse().unwrap());
+        }
+        let resp = super::Response {
+            status: reqwest::StatusCode::FORBIDDEN,
+            headers: map,
+            body: body.as_bytes().to_vec(),
+            url: "https://healthlake.us-east-1.amazonaws.com/datastore/d/r4/metadata"
+                .parse()
+                .unwrap(),
+            peer_certificate: None,
+        };
+        super::http_failure(super::Stage::Metadata, &resp).unwrap()
+    }
+
+    #[test]
+    fn aws_signature_refusals_are_rejected_credentials_or_the_clock() {
+        let sig = r#"{"__type":"com.amazon.coral.service#InvalidSignatureException","message":"The request signature we calculated does not match the signature you provided."}"#;
+        let d = forbidden(&[], sig);
+        assert_eq!(d.kind, K::CredentialsRejected, "{d:?}");
+        assert!(
+            d.message
+                .contains("403 InvalidSignatureException: The request signature we calculated"),
+            "{d:?}"
+        );
+        let unknown = r#"{"__type":"UnrecognizedClientException","message":"The security token included in the request is invalid."}"#;
+        assert_eq!(forbidden(&[], unknown).kind, K::CredentialsRejected);
+        let header = [(
+            "x-amzn-errortype",
+            "SignatureDoesNotMatch:http://internal.amazon.com/coral/",
+        )];
+        assert_eq!(forbidden(&header, "{}").kind, K::CredentialsRejected);
+        let s3 = "<Error><Code>SignatureDoesNotMatch</Code><Message>no</Message></Error>";
+        assert_eq!(forbidden(&[], s3).kind, K::CredentialsRejected);
+        let skew = r#"{"__type":"InvalidSignatureException","message":"Signature expired: 20150830T123600Z is now earlier than 20150830T124100Z (20150830T124600Z - 5 min.)"}"#;
+        let d = forbidden(&[], skew);
+        assert_eq!(d.kind, K::ClockSkew, "{d:?}");
+        assert!(d.message.contains("clock"), "{d:?}");
+        assert_eq!(d.status, Some(403));
+        // an authorization refusal (or any other 403) stays `forbidden`
+        let denied = r#"{"__type":"AccessDeniedException","message":"User is not authorized"}"#;
+        assert_eq!(forbidden(&[], denied).kind, K::Forbidden);
+        assert_eq!(forbidden(&[], "not json").kind, K::Forbidden);
+    }
+
     #[test]
     fn kinds_serialise_to_the_codes_json_readers_know() {
         let all = [
@@ -364,6 +476,7 @@ mod tests {
             K::NotFound,
             K::HttpStatus,
             K::NotFhir,
+            K::ClockSkew,
         ];
         for k in all {
             let json = serde_json::to_value(k).unwrap();
