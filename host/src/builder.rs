@@ -163,3 +163,32 @@ impl Host {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A built host has its connections' default clients ready: the first request does not
+    /// build one (it reads the system roots, milliseconds); equal settings share it.
+    #[tokio::test]
+    async fn a_built_host_has_its_default_clients() {
+        let conns: serde_json::Map<String, serde_json::Value> = (0..3)
+            .map(|i| {
+                let c =
+                    serde_json::json!({"base-url": format!("http://127.0.0.1:{}/fhir", 9000 + i)});
+                (format!("c{i}"), c)
+            })
+            .chain([(
+                "slow".to_string(),
+                serde_json::json!({"base-url": "http://127.0.0.1:9/fhir", "read-timeout": "PT7S"}),
+            )])
+            .collect();
+        let host = Host::builder()
+            .config_value(".", serde_json::json!({ "connections": conns }))
+            .only_explicit_plugin_dirs()
+            .build()
+            .await
+            .unwrap();
+        assert_eq!(host.clients().len(), 2, "one client per distinct settings");
+    }
+}

@@ -137,6 +137,22 @@ impl ClientPool {
     }
 }
 
+/// Builds the default client (no client identity) of each of `transports` now, on a
+/// blocking thread, so that a host's first request does not pay for it (building one reads
+/// and parses the system roots, milliseconds); equal keys build one client. A client that
+/// cannot be built is left to fail, with its error, at the first request. Clients for a
+/// scheme's identity are built when the scheme returns it.
+pub(crate) async fn warm_up(transports: &[Arc<super::Transport>]) {
+    let transports = transports.to_vec();
+    // A JoinError only means the warm-up did not finish: the first request builds the client.
+    let _ = tokio::task::spawn_blocking(move || {
+        for t in transports {
+            let _ = t.client(None);
+        }
+    })
+    .await;
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
