@@ -206,7 +206,7 @@ impl Fixture {
     /// any other `Authorization` (e.g. Basic's base64).
     pub fn issued_tokens(&self) -> Vec<String> {
         let mut out: Vec<String> = Vec::new();
-        for a in self.fhir.authorizations().into_iter().flatten() {
+        for a in self.fhir.distinct_authorizations() {
             let credential = a.split_once(' ').map_or(a.as_str(), |(_, c)| c).trim();
             if !out.iter().any(|t| t == credential) {
                 out.push(credential.to_string());

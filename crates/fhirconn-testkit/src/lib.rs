@@ -10,6 +10,7 @@
 //! [`idp::IdentityProvider`] is an OAuth 2.0 / OpenID Connect provider issuing those tokens.
 
 pub mod azure_identity;
+mod authorization_log;
 mod bulk_gen;
 pub mod entra;
 pub mod google;
@@ -160,7 +161,7 @@ impl Default for FhirServerConfig {
 struct Counters {
     requests: AtomicU64,
     unauthorized: AtomicU64,
-    authorizations: Mutex<Vec<Option<String>>>,
+    authorizations: Mutex<authorization_log::AuthorizationLog>,
     revoked: Mutex<std::collections::HashSet<String>>,
     exports: Mutex<HashMap<u64, ExportJob>>,
     export_seq: AtomicU64,
@@ -366,17 +367,29 @@ impl FhirServer {
     /// Revokes every bearer token presented so far: their next use is answered 401.
     pub fn revoke_presented_tokens(&self) {
         let presented: Vec<String> = self
-            .authorizations()
-            .into_iter()
-            .flatten()
-            .filter_map(|a| bearer_token(&a))
+            .distinct_authorizations()
+            .iter()
+            .filter_map(|a| bearer_token(a))
             .collect();
         self.counters.revoked.lock().unwrap().extend(presented);
     }
 
-    /// The `Authorization` header of every request, in order.
+    /// The `Authorization` header of the most recent requests, in order (all of them up to
+    /// 4,096 requests; the record is bounded so that a soak measures the host, not this
+    /// server).
     pub fn authorizations(&self) -> Vec<Option<String>> {
-        self.counters.authorizations.lock().unwrap().clone()
+        self.counters.authorizations.lock().unwrap().recent()
+    }
+
+    /// Every distinct `Authorization` header received (up to 4,096 values), in the order
+    /// first seen.
+    pub fn distinct_authorizations(&self) -> Vec<String> {
+        self.counters.authorizations.lock().unwrap().distinct()
+    }
+
+    /// How many requests the record has seen (whether or not they carried a header).
+    pub fn authorizations_recorded(&self) -> u64 {
+        self.counters.authorizations.lock().unwrap().count()
     }
 }
 
