@@ -263,19 +263,11 @@ impl Transport {
 
     fn build(&self, identity: Option<&ClientIdentity>) -> Result<reqwest::Client, ClientError> {
         let s = &self.settings;
-        // `read-timeout` is an idle timeout, as DSF's: reqwest's `read_timeout` bounds the
-        // wait for the response and restarts after every read of its body, so a download
-        // that keeps flowing is never cut. Only `request-timeout` is a total deadline.
-        let mut b = reqwest::Client::builder()
+        let mut b = pool::with_timeouts(reqwest::Client::builder(), s)
             .redirect(reqwest::redirect::Policy::none())
-            .connect_timeout(s.connect_timeout)
-            .read_timeout(s.read_timeout)
             .user_agent(concat!("fhirconn/", env!("CARGO_PKG_VERSION")))
             .tls_info(true)
             .referer(false);
-        if let Some(total) = s.request_timeout {
-            b = b.timeout(total);
-        }
         if !self.roots.is_empty() {
             b = if s.host.use_system_roots {
                 b.tls_certs_merge(self.roots.iter().cloned())
@@ -504,18 +496,12 @@ impl Transport {
             {
                 tracing::debug!(connection = %self.settings.id, url = %url,
                     "connection closed before the request was sent; retrying once");
-                build().send().await.map_err(|e| {
-                    classify::classify_timed(&e, url, &self.settings, Some(started.elapsed()))
-                })?
+                build()
+                    .send()
+                    .await
+                    .map_err(|e| self.classify_since(&e, url, started))?
             }
-            Err(e) => {
-                return Err(classify::classify_timed(
-                    &e,
-                    url,
-                    &self.settings,
-                    Some(started.elapsed()),
-                ))
-            }
+            Err(e) => return Err(self.classify_since(&e, url, started)),
         };
         let status = resp.status().as_u16();
         let method = &hop.method;
@@ -556,14 +542,7 @@ impl Transport {
                     body.extend_from_slice(&chunk);
                 }
                 Ok(None) => break,
-                Err(e) => {
-                    return Err(classify::classify_timed(
-                        &e,
-                        &url,
-                        &self.settings,
-                        Some(started.elapsed()),
-                    ))
-                }
+                Err(e) => return Err(self.classify_since(&e, &url, started)),
             }
         }
         Ok(Response {

@@ -17,6 +17,19 @@ pub(crate) fn classify(
     classify_timed(e, url, settings, None)
 }
 
+impl super::Transport {
+    /// Classifies an error of an exchange that started at `started` (a timeout at
+    /// `request-timeout` is named as that deadline).
+    pub(crate) fn classify_since(
+        &self,
+        e: &reqwest::Error,
+        url: &url::Url,
+        started: std::time::Instant,
+    ) -> TransportError {
+        classify_timed(e, url, self.settings(), Some(started.elapsed()))
+    }
+}
+
 /// [`classify`], knowing how long the exchange had run (`elapsed`): a timeout at or past
 /// `request-timeout` is that deadline, any other one the idle `read-timeout`.
 pub(crate) fn classify_timed(

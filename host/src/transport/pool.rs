@@ -66,6 +66,22 @@ impl std::fmt::Debug for ClientKey {
     }
 }
 
+/// A connection's timeouts on a client: `connect-timeout`; `read-timeout` as an idle timeout,
+/// as DSF's (reqwest restarts it after every read of the body, so a download that keeps
+/// flowing is never cut); `request-timeout`, when set, the only total deadline.
+pub(crate) fn with_timeouts(
+    b: reqwest::ClientBuilder,
+    s: &ConnectionSettings,
+) -> reqwest::ClientBuilder {
+    let b = b
+        .connect_timeout(s.connect_timeout)
+        .read_timeout(s.read_timeout);
+    match s.request_timeout {
+        Some(total) => b.timeout(total),
+        None => b,
+    }
+}
+
 /// A client identity compared by value: the certificate chain and a SHA-256 of the private
 /// key (the key itself never enters a key, a hash table or a `Debug` line).
 #[derive(Clone, PartialEq, Eq, Hash)]
