@@ -1,6 +1,7 @@
 //! Per-scheme fixtures: the reference servers a scheme talks to, its good and wrong settings,
 //! the secrets that must never be printed, and its scheme-specific case.
 
+mod azure_identity;
 mod starters;
 
 use crate::Setup;
@@ -321,7 +322,12 @@ impl Fixture {
                 )));
                 let r = self.test_once(setup, &self.good, Value::Null).await;
                 self.reset();
-                expect_failure(r?, "refusing to send credentials there")
+                expect_failure(r?, "refusing to send credentials there")?;
+                // Without a person or a secret: workload and managed identity.
+                azure_identity::workload_rereads_rotated_file(self, setup).await?;
+                azure_identity::managed_sends_metadata_and_no_secret(self, setup)
+                    .await
+                    .map(Some)
             }
             "bearer" => self.bearer_rotation(setup).await,
             "basic" => {
