@@ -21,9 +21,11 @@ use std::sync::Mutex;
 /// knows — a setting name from the composed schema (`private-key-password`) or an OAuth
 /// parameter (`client_secret`), as a whole word of identifier characters `[A-Za-z0-9_-]` — is
 /// left as is, so `password: password` does not turn `private-key-password is set` into
-/// `private-key-[REDACTED] is set`. The secret itself is still removed everywhere else,
-/// including where it is a whole word (`password=password` keeps only the name), and where it
-/// runs past the name (`private-key-password=password` is not a name).
+/// `private-key-[REDACTED] is set`. The secret itself is still removed everywhere else: as
+/// a whole word even when that word is a name (`password=password` shows
+/// `[REDACTED]=[REDACTED]`), encoded, and where it runs past a name or sits in a longer word
+/// that is no name (`private-key-passwordX`, `mypassword1`). What is left unredacted is a
+/// public name, shown the same whatever the secret is: it reveals nothing about it.
 #[derive(Default)]
 pub struct Redactor {
     secrets: Mutex<Secrets>,
