@@ -53,6 +53,11 @@ fn block() -> &'static Bytes {
     })
 }
 
+/// The block generated export files repeat: about 1 MiB of Observation lines (for benches).
+pub fn ndjson_block() -> &'static [u8] {
+    block()
+}
+
 /// The exact size of a generated file asked to be about `bytes` long (whole blocks, at
 /// least one).
 pub(crate) fn actual_size(bytes: u64) -> u64 {

@@ -12,6 +12,7 @@
 pub mod azure_identity;
 mod authorization_log;
 mod bulk_gen;
+pub use bulk_gen::ndjson_block;
 pub mod entra;
 pub mod google;
 pub mod hmac;

@@ -25,6 +25,7 @@
 
 mod download;
 mod job;
+mod json_scan;
 mod manifest;
 mod ndjson;
 

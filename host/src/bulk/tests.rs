@@ -219,3 +219,209 @@ fn ndjson_lines_pass_exactly_when_a_json_value_with_a_string_resource_type_parse
         assert_eq!(ours, oracle(line), "{}", String::from_utf8_lossy(line));
     }
 }
+
+/// Whether `line` passes the check, and whether a `serde_json::Value` with a string
+/// `resourceType` parses from it (blank lines, which the check skips, are not asked).
+fn agree(line: &[u8]) -> (bool, bool) {
+    let oracle = serde_json::from_slice::<serde_json::Value>(line)
+        .is_ok_and(|v| v.get("resourceType").is_some_and(|t| t.is_string()));
+    let mut c = NdjsonCheck::default();
+    let ours = c.feed(&[line, b"\n"].concat()).is_ok();
+    // The last line without its newline goes through `finish`, one line UTF-8-checked alone.
+    let mut c = NdjsonCheck::default();
+    let finished = c.feed(line).is_ok() && c.finish().is_ok();
+    assert_eq!(ours, finished, "{}", String::from_utf8_lossy(line));
+    (ours, oracle)
+}
+
+#[test]
+fn the_check_agrees_with_serde_json_on_escapes_surrogates_numbers_depth_and_syntax() {
+    let deep = |n: usize, open: &str, close: &str| {
+        format!(
+            "{{\"resourceType\":\"X\",\"a\":{}1{}}}",
+            open.repeat(n),
+            close.repeat(n)
+        )
+    };
+    let mut lines: Vec<String> = Vec::new();
+    for n in 120..=130 {
+        lines.push(deep(n, "[", "]"));
+        lines.push(deep(n, "{\"k\":", "}"));
+    }
+    let big = |d: usize| format!("1{}", "0".repeat(d));
+    for n in [
+        "0",
+        "-0",
+        "1",
+        "-1",
+        "01",
+        "-01",
+        "+1",
+        "1.",
+        ".5",
+        "1.e5",
+        "1e",
+        "1e+",
+        "1E5",
+        "2.5E-3",
+        "0x10",
+        "1e308",
+        "1e309",
+        "-1e309",
+        "1.7976931348623157e308",
+        "1.7976931348623159e308",
+        "0e99999",
+        "0.0e99999999999999999999",
+        "1e-99999",
+        "1e99999999999999999999",
+        "- 1",
+        "18446744073709551615",
+        "18446744073709551616",
+        "-9223372036854775809",
+        "1.5e+2",
+        &big(300),
+        &big(307),
+        &big(308),
+        &big(309),
+        &big(400),
+        &format!("0.{}", big(400)),
+        &format!("-{}", big(308)),
+        &format!("-{}", big(309)),
+    ] {
+        lines.push(format!("{{\"resourceType\":\"X\",\"n\":{n}}}"));
+        lines.push(format!("{{\"resourceType\":\"X\",\"n\":[{n},{n}]}}"));
+    }
+    for s in [
+        r"\u0000",
+        r"\u001f",
+        r"\ud83d\ude00",
+        r"\ud83d",
+        r"\ude00",
+        r"\ud83d\u0041",
+        r"\ud83dx",
+        r"\ud83d\\",
+        r"\uZZZZ",
+        r"\u12",
+        r"\u12\",
+        r"\/",
+        r"\b\f\n\r\t\\\",
+        r"\x",
+        r"\U0041",
+        r"\uDBFF\uDFFF",
+        r"\uD800\uDC00",
+        r"\uDC00\uD800",
+        "\u{7f}",
+        "\u{1}",
+        "\t",
+        "\u{1f}",
+        "é",
+        "\u{2028}",
+        "😀",
+        "\u{0}",
+    ] {
+        lines.push(format!("{{\"resourceType\":\"X\",\"s\":\"{s}\"}}"));
+        lines.push(format!("{{\"resourceType\":\"X{s}\"}}"));
+        lines.push(format!("{{\"resourc{s}eType\":\"X\"}}"));
+    }
+    // A special byte at every offset of strings around the eight-byte steps.
+    for len in 0..20 {
+        for at in 0..len {
+            for special in ["\"", "\\", "\u{1}", "\\n", "é", "\u{7f}", " "] {
+                let mut s: String = "a".repeat(len);
+                s.replace_range(at..=at, special);
+                lines.push(format!("{{\"resourceType\":\"X\",\"s\":\"{s}\"}}"));
+                lines.push(format!("{{\"{s}\":1,\"resourceType\":\"{s}\"}}"));
+            }
+        }
+    }
+    for l in [
+        "{}",
+        "[]",
+        "{\"resourceType\":\"X\"",
+        "{\"resourceType\" \"X\"}",
+        "{resourceType:\"X\"}",
+        "{\"resourceType\":\"X\",\"a\":1,}",
+        "{\"resourceType\":\"X\",\"a\":[1,]}",
+        "{,\"resourceType\":\"X\"}",
+        "{\"resourceType\":\"X\",\"a\"}",
+        " {\"resourceType\":\"X\"} ",
+        "\t{ \"resourceType\" : \"X\" , \"a\" : [ 1 , { } , [ ] ] }\r",
+        "{\"resourceType\":\"X\"}\u{c}",
+        "{\"resourceType\":\"X\"}}",
+        "{\"resourceType\":\"X\"]",
+        "{\"resourceType\":\"X\",\"a\":[}",
+        "{\"resourceType\":\"X\",\"a\":{]}",
+        "{\"resourceType\":\"X\",\"a\":tru}",
+        "{\"resourceType\":\"X\",\"a\":True}",
+        "{\"resourceType\":\"X\",\"a\":nulll}",
+        "{\"resourceType\":\"X\",\"a\":false}",
+        "{\"resourceType\":\"X\"}{}",
+        "{\"resourceType\":\"X\"} 1",
+        "{\"resourceType\":\"\"}",
+        "{\"a\":{\"resourceType\":\"X\"},\"resourceType\":\"Y\"}",
+        "{\"resourceType\":\"X\",\"resourceType\":{}}",
+        "{\"resourceType\":[],\"resourceType\":\"X\"}",
+        "{\"resourceType\":\"X\"\u{a0}}",
+        "{\"resourceType\":\"X\",\"\":\"\"}",
+    ] {
+        lines.push(l.to_string());
+    }
+    let mut disagree = Vec::new();
+    for l in &lines {
+        let (ours, oracle) = agree(l.as_bytes());
+        if ours != oracle {
+            disagree.push(format!("{l} (check {ours}, serde_json {oracle})"));
+        }
+    }
+    assert!(disagree.is_empty(), "{disagree:#?}");
+}
+
+/// Random mutations (a fixed-seed generator) of resource lines, each answered as a
+/// `serde_json::Value` would: bytes replaced, inserted, deleted, or cut, invalid UTF-8 too.
+#[test]
+fn the_check_agrees_with_serde_json_on_mutated_lines() {
+    let bases: [&[u8]; 3] = [
+        br#"{"resourceType":"Observation","id":"o-1","valueQuantity":{"value":-72.5e-1,"unit":"b/m"},"note":[{"text":"g\u00e9n\u00e9r\u00e9 \"q\" \\ \ud83d\ude00 ok"}],"flag":[true,false,null]}"#,
+        "{\"resourceType\":\"Patient\",\"name\":[{\"given\":[\"Zoë\",\"ß\"]}],\"n\":[0,1,2e3,[[{}]]]}".as_bytes(),
+        br#"{"a":{"b":[1,2,{"c":"\/\b\f\n\r\t"}]},"resourceType":"X"}"#,
+    ];
+    let mut seed = 0x9e37_79b9_7f4a_7c15u64;
+    let mut next = move |n: usize| {
+        seed ^= seed << 13;
+        seed ^= seed >> 7;
+        seed ^= seed << 17;
+        (seed % n as u64) as usize
+    };
+    let alphabet = b"{}[]\",:\\/ 0123456789.eE+-tfnulrsaubU\x01\x7f\xc3\xa9\xff\xed\xa0\x80";
+    let mut checked = 0;
+    let mut disagree = Vec::new();
+    for _ in 0..30_000 {
+        let mut line = bases[next(bases.len())].to_vec();
+        for _ in 0..1 + next(3) {
+            let at = next(line.len() + 1);
+            let byte = alphabet[next(alphabet.len())];
+            match next(4) {
+                0 if at < line.len() => line[at] = byte,
+                1 => line.insert(at, byte),
+                2 if at < line.len() => {
+                    line.remove(at);
+                }
+                _ => line.truncate(at),
+            }
+        }
+        if line.contains(&b'\n') || line.iter().all(u8::is_ascii_whitespace) {
+            continue;
+        }
+        checked += 1;
+        let (ours, oracle) = agree(&line);
+        if ours != oracle {
+            disagree.push(String::from_utf8_lossy(&line).into_owned());
+        }
+    }
+    assert!(checked > 20_000);
+    assert!(
+        disagree.is_empty(),
+        "{} disagreements: {disagree:#?}",
+        disagree.len()
+    );
+}
