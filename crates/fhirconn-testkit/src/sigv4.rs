@@ -24,7 +24,7 @@ use axum::{
 use serde_json::{json, Value};
 use sha2::{Digest, Sha256};
 use std::net::SocketAddr;
-use std::sync::atomic::{AtomicI64, Ordering};
+use std::sync::atomic::{AtomicI64, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{SystemTime, UNIX_EPOCH};
 
@@ -85,6 +85,8 @@ pub struct Received {
     pub signed_headers: Vec<String>,
     /// The body as received.
     pub body: Vec<u8>,
+    /// The `Authorization` header as received (its signature is a canary for leak tests).
+    pub authorization: Option<String>,
     /// `None` when the signature checked out, else the `__type` refused with.
     pub refused: Option<String>,
 }
@@ -93,6 +95,7 @@ pub struct Received {
 struct Shared {
     config: Sigv4Config,
     clock_offset: AtomicI64,
+    delay_ms: AtomicU64,
     received: Mutex<Vec<Received>>,
 }
 
@@ -120,6 +123,7 @@ impl MockHealthLake {
         let shared = Arc::new(Shared {
             config,
             clock_offset: AtomicI64::new(0),
+            delay_ms: AtomicU64::new(0),
             received: Mutex::new(Vec::new()),
         });
         let app = Router::new().fallback(serve).with_state(shared.clone());
@@ -140,6 +144,12 @@ impl MockHealthLake {
     /// Moves the server's clock by `seconds` (a skewed client, seen from the server).
     pub fn set_clock_offset(&self, seconds: i64) {
         self.shared.clock_offset.store(seconds, Ordering::SeqCst);
+    }
+
+    /// Delays every answer by `delay` (a slow server), or not.
+    pub fn set_delay(&self, delay: Option<std::time::Duration>) {
+        let ms = delay.map_or(0, |d| d.as_millis() as u64);
+        self.shared.delay_ms.store(ms, Ordering::SeqCst);
     }
 
     /// Every request received, in order.
@@ -178,8 +188,15 @@ async fn serve(State(shared): State<Arc<Shared>>, request: Request) -> Response 
         target: target.to_string(),
         signed_headers: parsed.map(|a| a.signed_headers).unwrap_or_default(),
         body: body.clone(),
+        authorization: (parts.headers.get(header::AUTHORIZATION))
+            .and_then(|v| v.to_str().ok())
+            .map(String::from),
         refused: verdict.as_ref().err().map(|e| e.0.to_string()),
     });
+    let delay = shared.delay_ms.load(Ordering::SeqCst);
+    if delay > 0 {
+        tokio::time::sleep(std::time::Duration::from_millis(delay)).await;
+    }
     if let Err((kind, message)) = verdict {
         return refuse(kind, &message);
     }
