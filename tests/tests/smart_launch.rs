@@ -175,7 +175,17 @@ fn login_then_test_and_token_show_the_launch_context_with_rotated_refresh_tokens
                "scope": SCOPE, "need_patient_banner": true,
                "smart_style_url": "https://ehr.example/smart-style.json"})
     );
-    assert_ne!(e.last_token_request()["refresh_token"], first_refresh_token);
+    let t = e.last_token_request();
+    assert_eq!(
+        t["grant_type"], "refresh_token",
+        "silently, with the rotated token"
+    );
+    assert_ne!(t["refresh_token"], first_refresh_token);
+    assert_eq!(
+        e.idp.authorize_requests().len(),
+        1,
+        "nobody signed in again"
+    );
     let out = e.run(&["test", "s", "--output", "json"]);
     let v: Value = serde_json::from_str(&out.stdout).unwrap();
     assert_eq!(v[0]["launch_context"]["patient"], "1", "{}", out.stdout);
@@ -309,6 +319,38 @@ fn a_confidential_client_signs_in_with_its_secret() {
         e.idp.last_error().as_deref(),
         Some("invalid_client: wrong client id or secret")
     );
+}
+
+/// An asymmetric confidential client authenticates with a signed assertion
+/// (`private_key_jwt`, ES384) that the token endpoint verifies with the registered key.
+#[test]
+fn an_asymmetric_client_signs_in_with_private_key_jwt() {
+    use fhirconn_host::keygen::{self, KeyAlg};
+    let e = Env::new();
+    let key = keygen::generate(KeyAlg::Es384, Some("k1")).unwrap();
+    keygen::write(&e.dir.path().join("key"), &key, false).unwrap();
+    e.idp
+        .configure(|c| c.key_clients = vec![("smart-asym".into(), key.jwks.clone())]);
+    e.write_config(json!({"client-id": "smart-asym",
+                          "private-key-file": "key/private-key.pem", "kid": "k1"}));
+    let out = e.run(&["login", "s"]);
+    assert_eq!(out.code, 0, "{}\n{:?}", out.all(), e.idp.last_error());
+    let t = e.last_token_request();
+    assert_eq!(
+        t["client_assertion_type"],
+        "urn:ietf:params:oauth:client-assertion-type:jwt-bearer"
+    );
+    // Another key under the same kid is refused by the token endpoint.
+    let other = keygen::generate(KeyAlg::Es384, Some("k1")).unwrap();
+    keygen::write(&e.dir.path().join("other"), &other, false).unwrap();
+    e.write_config(json!({"client-id": "smart-asym",
+                          "private-key-file": "other/private-key.pem", "kid": "k1"}));
+    assert_ne!(e.run(&["login", "s"]).code, 0);
+    assert!(e
+        .idp
+        .last_error()
+        .unwrap()
+        .starts_with("invalid_client: assertion refused"));
 }
 
 // ---- the authorization server itself, with hand-made requests ----

@@ -2,6 +2,7 @@
 //! the secrets that must never be printed, and its scheme-specific case.
 
 mod azure_identity;
+mod smart_launch;
 mod starters;
 
 use crate::Setup;
@@ -22,6 +23,7 @@ pub const SCHEMES: &[&str] = &[
     "smart-backend",
     "mtls",
     "azure-ad",
+    "smart-app-launch",
 ];
 
 const AUDIENCE: &str = "https://conformance.fhirconn.example/fhir";
@@ -39,6 +41,7 @@ pub struct Fixture {
     fhir: FhirServer,
     idp: Option<IdentityProvider>,
     entra: Option<MockEntra>,
+    smart: Option<smart_launch::SmartLaunch>,
     good: Value,
     wrong: Option<Value>,
     extra: Value,
@@ -69,6 +72,7 @@ impl Fixture {
         let mut parts = Parts {
             idp: None,
             entra: None,
+            smart: None,
             extra: json!({}),
             secrets: Vec::new(),
         };
@@ -80,11 +84,13 @@ impl Fixture {
             "smart-backend" => starters::smart_backend(&d, &mut parts).await?,
             "mtls" => starters::mtls(&d, &mut parts).await?,
             "azure-ad" => starters::azure_ad(&d, &mut parts).await?,
+            "smart-app-launch" => smart_launch::start(&d, &mut parts).await?,
             other => starters::vendor(other, _setup, &d, &mut parts).await?,
         };
         let Parts {
             idp,
             entra,
+            smart,
             extra,
             mut secrets,
         } = parts;
@@ -110,11 +116,19 @@ impl Fixture {
             fhir,
             idp,
             entra,
+            smart,
             good,
             wrong,
             extra,
             secrets,
         })
+    }
+
+    /// The credential store the scheme's hosts share (a seeded sign-in), if it needs one.
+    pub fn credential_store(
+        &self,
+    ) -> Option<std::sync::Arc<dyn fhirconn_host::services::CredentialStore>> {
+        self.smart.as_ref().map(smart_launch::SmartLaunch::store)
     }
 
     /// The FHIR base URL.
@@ -330,6 +344,7 @@ impl Fixture {
                     .map(Some)
             }
             "bearer" => self.bearer_rotation(setup).await,
+            "smart-app-launch" => smart_launch::case(self, setup).await,
             "basic" => {
                 // A UTF-8 password with colons (the canary) passed in `passes`; a username
                 // with a colon cannot be sent (RFC 7617 §2) and is refused.

@@ -90,6 +90,9 @@ impl Fixture {
         for d in &setup.plugin_dirs {
             b = b.plugin_dir(d);
         }
+        if let Some(store) = self.credential_store() {
+            b = b.credential_store(store);
+        }
         b.build().await.map_err(|e| e.to_string())
     }
 
@@ -117,6 +120,9 @@ fn why(r: &TestReport) -> String {
 
 /// Runs `fhirconn -vv -c CFG ARGS` with the suite's plugin directories (killed if the case
 /// times out).
+/// The credential store file of a fixture, in its directory (see [`fhirconn`]).
+pub(crate) const CREDENTIALS_FILE: &str = "credentials.json";
+
 async fn fhirconn(
     setup: &Setup,
     cfg: &Path,
@@ -124,6 +130,8 @@ async fn fhirconn(
 ) -> Result<std::process::Output, String> {
     let mut cmd = tokio::process::Command::new(&setup.fhirconn);
     cmd.arg("-vv").arg("-c").arg(cfg);
+    // Never the user's own sign-ins: the fixture's store, beside the connections file.
+    cmd.env("FHIRCONN_CREDENTIALS", cfg.with_file_name(CREDENTIALS_FILE));
     for d in &setup.plugin_dirs {
         cmd.arg("--plugin-dir").arg(d);
     }

@@ -225,6 +225,18 @@ impl SmartLaunchIdp {
         self.state.token_requests.lock().unwrap().clone()
     }
 
+    /// A refresh token for `client` and `scope` as if a person had signed in earlier (to seed
+    /// a credential store where no browser can run, e.g. the conformance suite).
+    pub fn earlier_sign_in(&self, client: &str, scope: &str) -> String {
+        let rt = random();
+        self.state
+            .refresh
+            .lock()
+            .unwrap()
+            .insert(rt.clone(), (client.to_string(), scope.to_string()));
+        rt
+    }
+
     /// The last refusal (`error: description`).
     pub fn last_error(&self) -> Option<String> {
         self.state.last_error.lock().unwrap().clone()

@@ -110,6 +110,13 @@ impl Scheme for SmartAppLaunch {
             (None, Some(k)) => {
                 let key = keys::load(k.expose_secret().as_bytes(), s.kid.as_deref())
                     .map_err(|e| Error::config(format!("{}: {e}", k.key())))?;
+                if !matches!(key.alg_name(), "RS384" | "ES384") {
+                    let alg = key.alg_name();
+                    return Err(Error::config(format!(
+                        "{}: a {alg} key; SMART asymmetric client authentication uses RS384 or ES384",
+                        k.key()
+                    )));
+                }
                 let kid = s.kid.or_else(|| key.kid.clone()).ok_or_else(|| {
                     Error::config("kid: required with private-key (the registered key's id)")
                 })?;
