@@ -31,6 +31,26 @@ pub(crate) fn bench(export_only: bool) -> Result {
     cmd!(sh, "cargo bench -p fhirconn-tests --bench soak")
         .env("FHIRCONN_TEST_PLUGIN_DIR", &plugin_dir)
         .run()?;
+    // Criterion: per-request signing (the vendor-hmac example, built in release like the
+    // bench) through the host vs a direct call.
+    let vendor = root.join("tests/vendor-hmac-plugin/Cargo.toml");
+    let fixture_build = root.join("target/fixture-build");
+    cmd!(
+        sh,
+        "cargo build --release --manifest-path {vendor} --target-dir {fixture_build}"
+    )
+    .run()?;
+    let vendor_dir = root.join("target/dist/vendor-plugins");
+    std::fs::create_dir_all(&vendor_dir)?;
+    let lib = format!(
+        "{}fhirconn_vendor_hmac{}",
+        std::env::consts::DLL_PREFIX,
+        std::env::consts::DLL_SUFFIX
+    );
+    std::fs::copy(fixture_build.join("release").join(&lib), vendor_dir.join(&lib))?;
+    cmd!(sh, "cargo bench -p fhirconn-tests --bench sign")
+        .env("FHIRCONN_TEST_VENDOR_DIR", &vendor_dir)
+        .run()?;
     whole_process(&root)?;
     bench_export::bench(&root)
 }
