@@ -1,6 +1,8 @@
 //! An OAuth 2.0 / OpenID Connect provider on loopback: discovery, JWKS, and a token endpoint for
-//! the client-credentials grant with `client_secret_basic`, `client_secret_post` and
-//! `private_key_jwt` (with the SMART Backend Services checks), issuing signed JWT access tokens.
+//! the client-credentials grant with `client_secret_basic`, `client_secret_post`,
+//! `client_secret_jwt` and `private_key_jwt` (the SMART Backend Services profile, or any of
+//! RS256/RS384/ES256/ES384), and the RFC 7523 §2.1 jwt-bearer grant, issuing signed JWT access
+//! tokens. Assertions are verified in [`assertion`].
 //!
 //! It is strict where the specifications are: a request that authenticates the client twice is
 //! refused (RFC 6749 §2.3), Basic credentials are form-urlencoded (§2.3.1), a repeated parameter
@@ -16,7 +18,7 @@ use axum::{
     Router,
 };
 use jsonwebtoken::jwk::{Jwk, JwkSet, KeyAlgorithm, PublicKeyUse};
-use jsonwebtoken::{Algorithm, DecodingKey, EncodingKey, Header, Validation};
+use jsonwebtoken::{Algorithm, EncodingKey, Header};
 use serde_json::{json, Value};
 use std::collections::HashMap;
 use std::net::SocketAddr;
@@ -27,6 +29,18 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 /// The client-assertion type of RFC 7523.
 pub const JWT_BEARER_ASSERTION: &str = "urn:ietf:params:oauth:client-assertion-type:jwt-bearer";
 
+mod assertion;
+pub use assertion::JWT_BEARER_GRANT;
+
+/// What verifies a client's jwt-bearer grant assertions.
+#[derive(Debug, Clone)]
+pub enum GrantKey {
+    /// HS256 with this shared secret (Health Gorilla, Medplum's `jwt-bearer`).
+    Secret(String),
+    /// RS256/RS384/ES256/ES384 with these public keys.
+    Keys(JwkSet),
+}
+
 /// How a registered client authenticates at the token endpoint.
 #[derive(Debug, Clone)]
 pub enum ClientAuth {
@@ -34,8 +48,17 @@ pub enum ClientAuth {
     SecretBasic(String),
     /// `client_secret_post`: `client_id` and `client_secret` in the body.
     SecretPost(String),
-    /// `private_key_jwt`: a signed client assertion verified with these public keys.
+    /// `private_key_jwt` as SMART Backend Services profiles it: RS384/ES384, `typ: JWT` and a
+    /// `kid`, verified with these public keys.
     PrivateKeyJwt(JwkSet),
+    /// `private_key_jwt` as OpenID Connect Core §9 has it: RS256, RS384, ES256 or ES384 with
+    /// one of these public keys (`kid` optional).
+    PrivateKeyJwtAnyAlg(JwkSet),
+    /// `client_secret_jwt`: an HS256 client assertion made with this secret.
+    ClientSecretJwt(String),
+    /// No client authentication: the client uses the jwt-bearer grant (RFC 7523 §2.1), its
+    /// assertion (`iss` = client id) verified with this key.
+    JwtBearerGrant(GrantKey),
 }
 
 impl ClientAuth {
@@ -43,7 +66,9 @@ impl ClientAuth {
         match self {
             ClientAuth::SecretBasic(_) => "client_secret_basic",
             ClientAuth::SecretPost(_) => "client_secret_post",
-            ClientAuth::PrivateKeyJwt(_) => "private_key_jwt",
+            ClientAuth::PrivateKeyJwt(_) | ClientAuth::PrivateKeyJwtAnyAlg(_) => "private_key_jwt",
+            ClientAuth::ClientSecretJwt(_) => "client_secret_jwt",
+            ClientAuth::JwtBearerGrant(_) => "the jwt-bearer grant",
         }
     }
 }
@@ -337,10 +362,11 @@ async fn discovery(State(state): State<Arc<IdpState>>) -> Response {
         "response_types_supported": ["code"],
         "subject_types_supported": ["public"],
         "id_token_signing_alg_values_supported": ["ES256"],
-        "grant_types_supported": ["client_credentials"],
+        "grant_types_supported": ["client_credentials", JWT_BEARER_GRANT],
         "token_endpoint_auth_methods_supported":
-            ["client_secret_basic", "client_secret_post", "private_key_jwt"],
-        "token_endpoint_auth_signing_alg_values_supported": ["RS384", "ES384"],
+            ["client_secret_basic", "client_secret_post", "client_secret_jwt", "private_key_jwt"],
+        "token_endpoint_auth_signing_alg_values_supported":
+            ["RS256", "RS384", "ES256", "ES384", "HS256"],
     }))
     .into_response()
 }
@@ -391,13 +417,6 @@ fn basic_credentials(headers: &HeaderMap) -> Option<Result<(String, String), ()>
         Some((id, secret)) => Ok((form_decode(id), form_decode(secret))),
         None => Err(()),
     })
-}
-
-#[derive(serde::Deserialize)]
-struct AssertionClaims {
-    sub: String,
-    exp: u64,
-    jti: String,
 }
 
 async fn token(State(state): State<Arc<IdpState>>, headers: HeaderMap, body: String) -> Response {
@@ -451,8 +470,28 @@ async fn token(State(state): State<Arc<IdpState>>, headers: HeaderMap, body: Str
             );
         }
     }
-    match params.get("grant_type").map(String::as_str) {
-        Some("client_credentials") => {}
+    let basic = basic_credentials(&headers);
+    let (client, subject) = match params.get("grant_type").map(String::as_str) {
+        Some("client_credentials") => match client_credentials(&state, basic, &params) {
+            Ok(client) => (client.clone(), client.client_id),
+            Err(resp) => return *resp,
+        },
+        Some(JWT_BEARER_GRANT) => {
+            let other_auth = basic.is_some()
+                || params.contains_key("client_secret")
+                || params.contains_key("client_assertion");
+            match assertion::grant(&state, &params, other_auth) {
+                Ok(found) => found,
+                Err((error, why)) => {
+                    let status = if error == "invalid_client" {
+                        StatusCode::UNAUTHORIZED
+                    } else {
+                        StatusCode::BAD_REQUEST
+                    };
+                    return bad(status, error, &why);
+                }
+            }
+        }
         Some(other) => {
             return bad(
                 StatusCode::BAD_REQUEST,
@@ -467,10 +506,20 @@ async fn token(State(state): State<Arc<IdpState>>, headers: HeaderMap, body: Str
                 "grant_type is missing",
             )
         }
-    }
+    };
+    issue(&state, &client, &subject, &params)
+}
 
+/// The client of a client credentials request, authenticated with exactly one method.
+fn client_credentials(
+    state: &IdpState,
+    basic: Option<Result<(String, String), ()>>,
+    params: &HashMap<String, String>,
+) -> Result<RegisteredClient, Box<Response>> {
+    let bad = |status, error: &str, description: &str| {
+        Err(Box::new(oauth_error(state, status, error, description)))
+    };
     // Which client authentication methods were used? Exactly one is allowed.
-    let basic = basic_credentials(&headers);
     let post_secret = params.get("client_secret").cloned();
     let assertion = params.get("client_assertion").cloned();
     let used = [basic.is_some(), post_secret.is_some(), assertion.is_some()]
@@ -552,7 +601,12 @@ async fn token(State(state): State<Arc<IdpState>>, headers: HeaderMap, body: Str
         (&client.auth, &presented),
         (ClientAuth::SecretBasic(_), Presented::Basic(_))
             | (ClientAuth::SecretPost(_), Presented::Post(_))
-            | (ClientAuth::PrivateKeyJwt(_), Presented::Jwt(_))
+            | (
+                ClientAuth::PrivateKeyJwt(_)
+                    | ClientAuth::PrivateKeyJwtAnyAlg(_)
+                    | ClientAuth::ClientSecretJwt(_),
+                Presented::Jwt(_)
+            )
     );
     if !method_ok {
         return bad(
@@ -572,14 +626,26 @@ async fn token(State(state): State<Arc<IdpState>>, headers: HeaderMap, body: Str
                 );
             }
         }
-        (ClientAuth::PrivateKeyJwt(keys), Presented::Jwt(jwt)) => {
-            if let Err(why) = verify_assertion(&state, &client.client_id, keys, jwt) {
+        (_, Presented::Jwt(jwt)) => {
+            if let Err(why) = assertion::client_assertion(state, client, jwt) {
                 return bad(StatusCode::UNAUTHORIZED, "invalid_client", &why);
             }
         }
         _ => unreachable!("checked above"),
     }
+    Ok(client.clone())
+}
 
+/// Issues an access token for `client` about `subject`, if the requested scopes are allowed.
+fn issue(
+    state: &IdpState,
+    client: &RegisteredClient,
+    subject: &str,
+    params: &HashMap<String, String>,
+) -> Response {
+    let bad =
+        |status, error: &str, description: &str| oauth_error(state, status, error, description);
+    let cfg = state.config.lock().unwrap().clone();
     // Scopes: every requested one must be allowed; none requested = all allowed ones.
     let requested: Vec<String> = params
         .get("scope")
@@ -607,7 +673,7 @@ async fn token(State(state): State<Arc<IdpState>>, headers: HeaderMap, body: Str
     let seq = state.token_sequence.fetch_add(1, Ordering::SeqCst);
     let claims = json!({
         "iss": state.issuer,
-        "sub": client.client_id,
+        "sub": subject,
         "aud": cfg.audience,
         "iat": now,
         "exp": now + lifetime,
@@ -693,65 +759,4 @@ enum Presented {
     Basic(String),
     Post(String),
     Jwt(String),
-}
-
-/// Verifies a client assertion as RFC 7523 §3 and SMART Backend Services require.
-fn verify_assertion(
-    state: &IdpState,
-    client_id: &str,
-    keys: &JwkSet,
-    jwt: &str,
-) -> Result<(), String> {
-    let header = jsonwebtoken::decode_header(jwt).map_err(|e| format!("assertion header: {e}"))?;
-    if !matches!(header.alg, Algorithm::RS384 | Algorithm::ES384) {
-        return Err(format!(
-            "assertion alg {:?} is not allowed (RS384 or ES384)",
-            header.alg
-        ));
-    }
-    if header.typ.as_deref() != Some("JWT") {
-        return Err("assertion header 'typ' must be JWT".into());
-    }
-    let kid = header
-        .kid
-        .ok_or_else(|| "assertion header has no 'kid'".to_string())?;
-    let jwk = keys
-        .find(&kid)
-        .ok_or_else(|| format!("no key with kid '{kid}' is registered for this client"))?;
-    let key = DecodingKey::from_jwk(jwk).map_err(|e| format!("registered key: {e}"))?;
-    let mut v = Validation::new(header.alg);
-    v.set_audience(&[state.token_endpoint.as_str()]);
-    v.set_issuer(&[client_id]);
-    v.set_required_spec_claims(&["exp", "iss", "sub", "aud"]);
-    v.leeway = 5;
-    let data = jsonwebtoken::decode::<AssertionClaims>(jwt, &key, &v).map_err(|e| {
-        use jsonwebtoken::errors::ErrorKind as K;
-        match e.kind() {
-            K::InvalidSignature => "the assertion's signature does not verify".to_string(),
-            K::ExpiredSignature => "the assertion has expired".to_string(),
-            K::InvalidAudience => format!(
-                "the assertion's 'aud' is not the token endpoint {}",
-                state.token_endpoint
-            ),
-            K::InvalidIssuer => "the assertion's 'iss' is not the client_id".to_string(),
-            other => format!("invalid assertion: {other:?}"),
-        }
-    })?;
-    let claims = data.claims;
-    if claims.sub != client_id {
-        return Err("the assertion's 'sub' is not the client_id".into());
-    }
-    let now = now_secs();
-    if claims.exp > now + 300 + 5 {
-        return Err("the assertion's 'exp' is more than five minutes in the future".into());
-    }
-    let mut seen = state.seen_jti.lock().unwrap();
-    seen.retain(|_, exp| *exp + 10 > now);
-    if seen.insert(claims.jti.clone(), claims.exp).is_some() {
-        return Err(format!(
-            "the assertion's jti '{}' was already used",
-            claims.jti
-        ));
-    }
-    Ok(())
 }
