@@ -35,6 +35,8 @@ pub struct Resolved {
     pub warnings: Vec<String>,
     /// The SMART launch context a scheme reported (the first one), sanitised.
     pub launch_context: Option<fhirconn_sdk::wire::LaunchContext>,
+    /// Where these credentials came from (fetched, persistent cache, fleet cache...).
+    pub source: crate::fleet::CredentialSource,
 }
 
 impl std::fmt::Debug for Resolved {
@@ -83,6 +85,8 @@ pub(crate) struct AuthRuntime {
     fetches: AtomicU64,
     /// `token-cache: persistent`: the second level below `cache`.
     persistent: Option<Arc<PersistentTokens>>,
+    /// `credential-cache` (Redis): the third level, shared by a fleet.
+    fleet: Option<Arc<crate::fleet::FleetTokens>>,
     /// The entries whose scheme signs every request, with their inline services.
     signing: Option<Arc<Signing>>,
 }
@@ -116,7 +120,14 @@ impl AuthRuntime {
             fetch_lock: tokio::sync::Mutex::new(()),
             fetches: AtomicU64::new(0),
             persistent: None,
+            fleet: None,
         }
+    }
+
+    /// Shares credentials through the fleet cache too (`credential-cache`).
+    pub fn with_fleet(mut self, tokens: crate::fleet::FleetTokens) -> Self {
+        self.fleet = Some(Arc::new(tokens));
+        self
     }
 
     /// Keeps credentials in `tokens` too (`token-cache: persistent`).
@@ -147,10 +158,20 @@ impl AuthRuntime {
     /// Fresh credentials from the persistent cache, else from the schemes (then kept there).
     async fn load_or_fetch(&self, interactive: bool) -> Result<Resolved, Error> {
         let margin = self.renewal_margin;
-        if let Some(Some(hit)) = self.on_persistent("read", move |t| t.load(margin)).await {
+        if let Some(Some(mut hit)) = self.on_persistent("read", move |t| t.load(margin)).await {
+            hit.source = crate::fleet::CredentialSource::PersistentCache;
             return Ok(hit);
         }
-        let fresh = self.fetch(interactive, false).await?;
+        let fresh = match &self.fleet {
+            Some(fleet) => {
+                let (mut r, source) = fleet
+                    .obtain(margin, || self.fetch(interactive, false))
+                    .await?;
+                r.source = source;
+                r
+            }
+            None => self.fetch(interactive, false).await?,
+        };
         self.persist(&fresh).await;
         Ok(fresh)
     }
@@ -263,25 +284,34 @@ impl AuthRuntime {
         }
     }
 
-    /// Drops `stale` from the cache (after a 401), unless a newer value replaced it already.
-    pub fn invalidate(&self, stale: &Arc<Resolved>) {
-        let mut guard = self
-            .cache
-            .write()
-            .unwrap_or_else(std::sync::PoisonError::into_inner);
-        if guard.as_ref().is_some_and(|c| Arc::ptr_eq(c, stale)) {
-            *guard = None;
+    /// Drops `stale` from the cache (after a 401), unless a newer value replaced it already;
+    /// then from the persistent and the fleet cache (compare-and-delete: a newer token another
+    /// process stored stays).
+    pub async fn invalidate(&self, stale: &Arc<Resolved>) {
+        // Under the fetch lock: a concurrent fetch must not read the stale value back from a
+        // shared cache before it is deleted there.
+        let _flight = self.fetch_lock.lock().await;
+        let was_current = {
+            let mut guard = self
+                .cache
+                .write()
+                .unwrap_or_else(std::sync::PoisonError::into_inner);
+            let current = guard.as_ref().is_some_and(|c| Arc::ptr_eq(c, stale));
+            if current {
+                *guard = None;
+            }
+            current
+        };
+        if !was_current {
+            return;
         }
-        drop(guard);
-        if let Some(tokens) = self.persistent.clone() {
-            // Compare-and-delete: a newer token another process stored stays.
+        if let Some(fleet) = &self.fleet {
+            fleet.invalidate().await;
+        }
+        if self.persistent.is_some() {
             let stale = (**stale).clone();
-            let id = self.id.clone();
-            std::mem::drop(tokio::task::spawn_blocking(move || {
-                if let Err(e) = tokens.forget(Some(&stale)) {
-                    tracing::warn!(connection = %id, "token cache: cannot remove: {e}");
-                }
-            }));
+            self.on_persistent("remove", move |t| t.forget(Some(&stale)))
+                .await;
         }
     }
 
@@ -357,6 +387,7 @@ impl AuthRuntime {
             renew_at: expires_at.map(|e| renew_at(now, e, self.renewal_margin)),
             warnings,
             launch_context,
+            source: crate::fleet::CredentialSource::Fetched,
         })
     }
 }

@@ -61,6 +61,7 @@ mod store;
 mod text;
 mod token;
 mod token_cache;
+mod fleet;
 pub mod transport;
 
 pub use auth::Resolved;
@@ -72,6 +73,8 @@ pub use connection::{
 };
 pub use error::{ConfigError, Error, PluginError, Result};
 pub use startup::StartupFailure;
+pub use config::fleet::ConnectionCache;
+pub use fleet::CredentialSource;
 pub use token_cache::{credential_state, CredentialState, TokenCacheMode};
 
 use bridge::{CallError, CallServices, ConnectionInfo, SharedServices};
@@ -199,6 +202,7 @@ impl Host {
         let redactor = Arc::new(Redactor::default());
         redactor.add_schema_names(&Host::schema_for(&registry));
         register_inline_secrets(&doc.value, &redactor);
+        let fleet_cache = fleet_cache(&doc, &redactor)?;
         let rt = tokio::runtime::Handle::current();
         let clients = Arc::new(ClientPool::default());
         let mut slots = BTreeMap::new();
@@ -252,6 +256,15 @@ impl Host {
                         shared,
                         s.token_renewal_margin,
                     );
+                    if let Some(cache) = fleet_cache
+                        .as_ref()
+                        .filter(|_| s.host.credential_cache == ConnectionCache::Shared)
+                    {
+                        let fp = token_cache::for_connection(&doc, &registry, &id, store.clone())
+                            .fingerprint()
+                            .to_string();
+                        runtime = runtime.with_fleet(fleet::FleetTokens::new(cache.clone(), &id, fp));
+                    }
                     if s.host.token_cache == TokenCacheMode::Persistent {
                         runtime = runtime.with_persistent(token_cache::for_connection(
                             &doc,
@@ -484,6 +497,28 @@ fn locate_scheme_error(doc: &Document, entry: &config::AuthEntry, message: &str)
 }
 
 /// Inline secrets in the file (keys that look like secrets) are redacted from logs too.
+/// The file's shared credential cache (`credential-cache: {backend: redis}`; it connects at
+/// its first use); its URL's password is redacted like any secret.
+fn fleet_cache(doc: &Document, redactor: &Redactor) -> Result<Option<Arc<fleet::FleetCache>>> {
+    let Some(redis) = config::fleet::read(doc).map_err(Error::Config)? else {
+        return Ok(None);
+    };
+    if let Some(p) = url::Url::parse(&redis.url)
+        .ok()
+        .and_then(|u| u.password().map(str::to_string))
+    {
+        redactor.add(&p);
+    }
+    let cache = fleet::FleetCache::new(&redis.url, &redis.prefix, &redis.key_base64).map_err(|m| {
+        Error::Config(vec![doc.error_at(
+            &format!("/{}/url", config::fleet::CREDENTIAL_CACHE),
+            false,
+            m,
+        )])
+    })?;
+    Ok(Some(cache))
+}
+
 fn register_inline_secrets(v: &serde_json::Value, redactor: &Redactor) {
     match v {
         serde_json::Value::Object(o) => {

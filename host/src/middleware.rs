@@ -229,6 +229,7 @@ mod tests {
             renew_at: None,
             warnings: Vec::new(),
             launch_context: None,
+            source: crate::fleet::CredentialSource::Fetched,
         }
     }
 

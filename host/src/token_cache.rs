@@ -157,6 +157,69 @@ fn unix(t: SystemTime) -> u64 {
     t.duration_since(UNIX_EPOCH).map_or(0, |d| d.as_secs())
 }
 
+/// The stored text of `fresh` for settings `fingerprint`; `None` when it must not be kept
+/// (no expiry, a client identity, nearly expired, a header that is not text).
+pub(crate) fn encode(fresh: &Resolved, fingerprint: &str) -> Option<String> {
+    let expires_at = fresh.expires_at?;
+    if fresh.identity.is_some() || expires_at <= SystemTime::now() + MIN_REMAINING {
+        return None;
+    }
+    let mut headers = Vec::with_capacity(fresh.headers.len());
+    for (name, value) in &fresh.headers {
+        headers.push((name.as_str().to_string(), value.to_str().ok()?.to_string()));
+    }
+    let stored = Stored {
+        fingerprint: fingerprint.to_string(),
+        headers,
+        expires_at: unix(expires_at),
+        warnings: fresh.warnings.clone(),
+        launch_context: fresh.launch_context.clone(),
+    };
+    serde_json::to_string(&stored).ok()
+}
+
+/// Credentials read back from [`encode`]'s text: `None` when unreadable, for other settings,
+/// or expiring within a few seconds. `renew_at` may already have passed (the caller decides
+/// whether a still valid token is good enough).
+pub(crate) fn decode(text: &str, fingerprint: &str, margin: Option<Duration>) -> Option<Resolved> {
+    let stored = serde_json::from_str::<Stored>(text).ok()?;
+    if stored.fingerprint != fingerprint {
+        return None;
+    }
+    let now = SystemTime::now();
+    let expires_at = UNIX_EPOCH + Duration::from_secs(stored.expires_at);
+    if expires_at <= now + MIN_REMAINING {
+        return None;
+    }
+    let mut headers = Vec::with_capacity(stored.headers.len());
+    for (name, value) in &stored.headers {
+        let name = HeaderName::from_bytes(name.as_bytes()).ok()?;
+        let mut value = HeaderValue::from_str(value).ok()?;
+        value.set_sensitive(true);
+        headers.push((name, value));
+    }
+    Some(Resolved {
+        headers,
+        identity: None,
+        expires_at: Some(expires_at),
+        renew_at: Some(renew_at(now, expires_at, margin)),
+        warnings: stored.warnings,
+        launch_context: stored.launch_context,
+        source: crate::fleet::CredentialSource::PersistentCache,
+    })
+}
+
+/// Whether the stored text holds exactly the headers of `stale`.
+pub(crate) fn same_headers(text: &str, stale: &Resolved) -> bool {
+    serde_json::from_str::<Stored>(text).is_ok_and(|s| {
+        s.headers.len() == stale.headers.len()
+            && s.headers
+                .iter()
+                .zip(&stale.headers)
+                .all(|((n, v), (sn, sv))| n == sn.as_str() && sv.to_str().is_ok_and(|sv| sv == v))
+    })
+}
+
 impl PersistentTokens {
     /// The cache of connection `id` whose settings have `fingerprint`.
     pub(crate) fn new(store: Arc<dyn CredentialStore>, id: &str, fingerprint: String) -> Self {
@@ -167,71 +230,26 @@ impl PersistentTokens {
         }
     }
 
+    /// The fingerprint of the connection's settings (without secret values).
+    pub(crate) fn fingerprint(&self) -> &str {
+        &self.fingerprint
+    }
+
     /// The stored credentials, when they belong to these settings and are still fresh.
     /// Anything unreadable counts as a miss (and is overwritten by the next store).
     pub(crate) fn load(&self, margin: Option<Duration>) -> Result<Option<Resolved>, StoreError> {
         let Some(text) = self.store.get(&self.key)? else {
             return Ok(None);
         };
-        let Ok(stored) = serde_json::from_str::<Stored>(&text) else {
-            return Ok(None);
-        };
-        if stored.fingerprint != self.fingerprint {
-            return Ok(None);
-        }
-        let now = SystemTime::now();
-        let expires_at = UNIX_EPOCH + Duration::from_secs(stored.expires_at);
-        if expires_at <= now + MIN_REMAINING {
-            return Ok(None);
-        }
-        let mut headers = Vec::with_capacity(stored.headers.len());
-        for (name, value) in &stored.headers {
-            let (Ok(name), Ok(mut value)) = (
-                HeaderName::from_bytes(name.as_bytes()),
-                HeaderValue::from_str(value),
-            ) else {
-                return Ok(None);
-            };
-            value.set_sensitive(true);
-            headers.push((name, value));
-        }
-        let renew = renew_at(now, expires_at, margin);
-        if renew <= now {
-            return Ok(None);
-        }
-        Ok(Some(Resolved {
-            headers,
-            identity: None,
-            expires_at: Some(expires_at),
-            renew_at: Some(renew),
-            warnings: stored.warnings,
-            launch_context: stored.launch_context,
-        }))
+        Ok(decode(&text, &self.fingerprint, margin)
+            .filter(|r| r.renew_at.is_some_and(|renew| renew > SystemTime::now())))
     }
 
     /// Keeps `fresh` when it can be kept (an expiry, no client identity, readable headers).
     pub(crate) fn save(&self, fresh: &Resolved) -> Result<bool, StoreError> {
-        let Some(expires_at) = fresh.expires_at else {
+        let Some(text) = encode(fresh, &self.fingerprint) else {
             return Ok(false);
         };
-        if fresh.identity.is_some() || expires_at <= SystemTime::now() + MIN_REMAINING {
-            return Ok(false);
-        }
-        let mut headers = Vec::with_capacity(fresh.headers.len());
-        for (name, value) in &fresh.headers {
-            let Ok(value) = value.to_str() else {
-                return Ok(false);
-            };
-            headers.push((name.as_str().to_string(), value.to_string()));
-        }
-        let stored = Stored {
-            fingerprint: self.fingerprint.clone(),
-            headers,
-            expires_at: unix(expires_at),
-            warnings: fresh.warnings.clone(),
-            launch_context: fresh.launch_context.clone(),
-        };
-        let text = serde_json::to_string(&stored).unwrap_or_default();
         self.store.put(&self.key, &text)?;
         Ok(true)
     }
@@ -243,15 +261,7 @@ impl PersistentTokens {
             return Ok(false);
         };
         if let Some(stale) = stale {
-            let same = serde_json::from_str::<Stored>(&text).is_ok_and(|s| {
-                s.headers.len() == stale.headers.len()
-                    && s.headers
-                        .iter()
-                        .zip(&stale.headers)
-                        .all(|((n, v), (sn, sv))| {
-                            n == sn.as_str() && sv.to_str().is_ok_and(|sv| sv == v)
-                        })
-            });
+            let same = same_headers(&text, stale);
             if !same {
                 return Ok(false);
             }
@@ -285,6 +295,7 @@ mod tests {
             renew_at: None,
             warnings: vec!["w".into()],
             launch_context: None,
+            source: crate::fleet::CredentialSource::Fetched,
         }
     }
 

@@ -10,6 +10,8 @@ use std::io::{Read as _, Write as _};
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
 
+pub mod redis;
+
 /// Every scheme the workspace ships (the built-in `none` and one plugin per scheme), sorted.
 pub const SCHEMES: &[&str] = &[
     "azure-ad",

@@ -2,6 +2,7 @@
 
 pub mod duration;
 pub mod emit;
+pub mod fleet;
 pub mod schema;
 pub mod settings;
 pub mod validate;

@@ -73,7 +73,8 @@ pub fn compose(schemes: &[SchemePart]) -> Value {
                 "type": "object",
                 "propertyNames": {"pattern": ID_PATTERN},
                 "additionalProperties": {"$ref": "#/$defs/connection"}
-            }
+            },
+            (super::fleet::CREDENTIAL_CACHE): super::fleet::schema(),
         },
         "$defs": defs,
     })

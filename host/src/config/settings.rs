@@ -36,6 +36,10 @@ pub struct HostSettings {
     /// store, 0600, until they expire; `fhirconn logout` clears it)
     #[serde(default)]
     pub token_cache: crate::TokenCacheMode,
+    /// `local` keeps this connection's tokens out of the file's shared `credential-cache`
+    /// (default `shared`)
+    #[serde(default)]
+    pub credential_cache: super::fleet::ConnectionCache,
     /// PEM bundle of extra trusted roots, relative to this file
     #[serde(default)]
     #[schemars(length(min = 1))]
@@ -186,7 +190,9 @@ mod tests {
         assert_eq!(p["token-renewal-margin"]["$ref"], json!("#/$defs/duration"));
         assert_eq!(p["request-timeout"]["$ref"], json!("#/$defs/duration"));
         assert!(
-            p["request-timeout"].get("default").is_none(),
+            p["request-timeout"]
+                .get("default")
+                .is_none_or(Value::is_null),
             "unset by default"
         );
         assert_eq!(p["use-system-roots"]["default"], json!(true));

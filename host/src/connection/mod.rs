@@ -236,7 +236,7 @@ impl Connection {
             return Ok(None);
         }
         tracing::debug!(connection = %self.id(), "401: dropping cached credentials");
-        self.auth.invalidate(stale);
+        self.auth.invalidate(stale).await;
         let fresh = self.auth.credentials(false).await?;
         if fresh.headers == stale.headers && !signs {
             return Ok(None);

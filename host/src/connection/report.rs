@@ -44,6 +44,9 @@ pub struct TestReport {
     /// `scope`, ...), sanitised; absent for other schemes.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub launch_context: Option<fhirconn_sdk::wire::LaunchContext>,
+    /// Where the credentials came from (fetched, persistent or fleet cache, local fallback).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub credential_source: Option<crate::fleet::CredentialSource>,
     /// Time to obtain credentials.
     pub credentials_ms: u64,
     /// Time of the metadata request.
@@ -149,6 +152,7 @@ impl TestReport {
             server_certificate: None,
             client_certificate: None,
             launch_context: None,
+            credential_source: None,
             credentials_ms: 0,
             metadata_ms: 0,
             total_ms: 0,

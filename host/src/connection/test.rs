@@ -45,6 +45,7 @@ impl Connection {
         report.credentials_ms = t.elapsed().as_millis() as u64;
         report.warnings.extend(creds.warnings.iter().cloned());
         report.launch_context = creds.launch_context.clone();
+        report.credential_source = Some(creds.source);
         report.client_certificate = creds.identity.as_ref().and_then(|i| {
             let block = pem_first_certificate(&i.certificate_chain_pem)?;
             CertificateFacts::from_der(&block)

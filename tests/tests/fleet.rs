@@ -1,0 +1,262 @@
+//! The fleet credential cache with a real Redis: processes of a fleet share one token per
+//! lifetime, a 401 invalidates fleet-wide, Redis down or a wrong key never fails a request, and
+//! Redis never sees a token or a secret in clear.
+
+use fhirconn_testkit::idp::{ClientAuth, IdentityProvider, IdpConfig, RegisteredClient};
+use fhirconn_testkit::{FhirServer, FhirServerConfig, ServerAuth};
+use fhirconn_tests::redis::RedisServer;
+use fhirconn_tests::{fhirconn_command, root, run_command};
+use serde_json::{json, Value};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::Duration;
+
+const AUDIENCE: &str = "https://fhir.testkit/r4";
+const SECRET: &str = "CANARY-fleet-client-secret-8086";
+const KEY: &str = "AAECAwQFBgcICQoLDA0ODxAREhMUFRYXGBkaGxwdHh8=";
+const OTHER_KEY: &str = "HxwdHh8AAQIDBAUGBwgJCgsMDQ4PEBESExQVFhcYGRo=";
+
+struct Env {
+    idp: IdentityProvider,
+    fhir: FhirServer,
+    dir: tempfile::TempDir,
+}
+
+async fn env(lifetime: Duration) -> Env {
+    let idp = IdentityProvider::start(IdpConfig {
+        audience: AUDIENCE.into(),
+        token_lifetime: lifetime,
+        clients: vec![RegisteredClient {
+            client_id: "fleet-client".into(),
+            auth: ClientAuth::SecretBasic(SECRET.into()),
+            scopes: vec!["system/*.rs".into()],
+        }],
+        ..IdpConfig::default()
+    })
+    .await
+    .unwrap();
+    let fhir = FhirServer::start(FhirServerConfig {
+        auth: ServerAuth::Jwt(idp.verifier(AUDIENCE)),
+        ..FhirServerConfig::default()
+    })
+    .await
+    .unwrap();
+    Env {
+        idp,
+        fhir,
+        dir: tempfile::tempdir().unwrap(),
+    }
+}
+
+impl Env {
+    fn write(&self, redis_url: &str) -> PathBuf {
+        let auth = json!({"scheme": "oidc-client-credentials",
+            "token-url": self.idp.token_endpoint(), "client-id": "fleet-client",
+            "client-secret-env": "FHIRCONN_TEST_FLEET_SECRET", "scope": "system/*.rs"});
+        let doc = json!({
+            "credential-cache": {"backend": "redis", "url": redis_url,
+                                 "encryption-key-env": "FHIRCONN_TEST_CACHE_KEY"},
+            "connections": {
+                "shared": {"base-url": self.fhir.base_url(), "auth": auth},
+                "alone": {"base-url": self.fhir.base_url(), "auth": auth,
+                          "credential-cache": "local"},
+            }
+        });
+        let path = self.dir.path().join("fhirconn.yaml");
+        std::fs::write(&path, serde_json::to_string_pretty(&doc).unwrap()).unwrap();
+        path
+    }
+}
+
+fn worker_bin() -> PathBuf {
+    let exe = std::env::current_exe().unwrap();
+    let deps = exe.parent().unwrap();
+    let p = deps.parent().unwrap().join("fhirconn-fleet-worker");
+    assert!(
+        p.is_file(),
+        "{} missing: build it with `cargo build -p fhirconn-tests --bins`",
+        p.display()
+    );
+    p
+}
+
+fn worker(config: &Path, conn: &str, concurrency: usize, seconds: u64, key: &str) -> Child {
+    Command::new(worker_bin())
+        .current_dir(root())
+        .env("FHIRCONN_TEST_FLEET_SECRET", SECRET)
+        .env("FHIRCONN_TEST_CACHE_KEY", key)
+        .env("RUST_LOG", "warn")
+        .args(["--config", config.to_str().unwrap(), "--connection", conn])
+        .args(["--concurrency", &concurrency.to_string()])
+        .args(["--seconds", &seconds.to_string()])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap()
+}
+
+struct Summary {
+    v: Value,
+    stderr: String,
+}
+
+fn finish(child: Child) -> Summary {
+    let out = child.wait_with_output().unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout).into_owned();
+    let stderr = String::from_utf8_lossy(&out.stderr).into_owned();
+    assert!(out.status.success(), "worker failed:\n{stdout}\n{stderr}");
+    let v: Value =
+        serde_json::from_str(stdout.trim()).unwrap_or_else(|e| panic!("{e}: {stdout}\n{stderr}"));
+    Summary { v, stderr }
+}
+
+fn failed(s: &Summary) -> u64 {
+    s.v["failed"].as_u64().unwrap()
+}
+
+#[test]
+fn eight_processes_on_a_cold_cache_make_one_token_request_and_redis_sees_no_secret() {
+    let redis = RedisServer::start(Some("CANARY-redis-pass-31"));
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    let e = rt.block_on(env(Duration::from_secs(300)));
+    let config = e.write(&redis.url());
+    let workers: Vec<Child> = (0..8)
+        .map(|_| worker(&config, "shared", 100, 0, KEY))
+        .collect();
+    let sums: Vec<Summary> = workers.into_iter().map(finish).collect();
+    for s in &sums {
+        assert_eq!(failed(s), 0, "{}", s.stderr);
+        assert_eq!(s.v["ok"], 100);
+    }
+    assert_eq!(e.idp.token_requests(), 1, "one token request for the fleet");
+    let sources: Vec<&str> = sums
+        .iter()
+        .map(|s| s.v["last_source"].as_str().unwrap_or(""))
+        .collect();
+    assert_eq!(
+        sources.iter().filter(|s| **s == "fetched").count(),
+        1,
+        "{sources:?}"
+    );
+    assert_eq!(
+        sources.iter().filter(|s| **s == "fleet cache hit").count(),
+        7,
+        "{sources:?}"
+    );
+
+    // The canary scan: what Redis holds names no secret and shows no token.
+    let dump = redis.dump();
+    assert!(!dump.is_empty());
+    for (k, v) in &dump {
+        let text = String::from_utf8_lossy(v);
+        for canary in [
+            SECRET,
+            "CANARY-redis-pass-31",
+            "eyJ",
+            "Bearer",
+            "fleet-client",
+        ] {
+            assert!(!k.contains(canary), "key {k} shows {canary}");
+            assert!(!text.contains(canary), "value of {k} shows {canary}");
+        }
+        assert!(k.starts_with("fhirconn:token:"), "{k}");
+    }
+
+    // `credential-cache: local` opts out: its own token.
+    let s = finish(worker(&config, "alone", 5, 0, KEY));
+    assert_eq!(failed(&s), 0);
+    assert_eq!(e.idp.token_requests(), 2);
+    assert_eq!(s.v["last_source"], "fetched");
+}
+
+#[test]
+fn a_wrong_key_falls_back_alone_and_redis_down_fails_no_request() {
+    let mut redis = RedisServer::start(None);
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    let e = rt.block_on(env(Duration::from_secs(300)));
+    let config = e.write(&redis.url());
+    let s = finish(worker(&config, "shared", 20, 0, KEY));
+    assert_eq!((failed(&s), e.idp.token_requests()), (0, 1));
+
+    // One process with another key: it cannot open the value, fetches itself, warns once.
+    let s = finish(worker(&config, "shared", 20, 0, OTHER_KEY));
+    assert_eq!(failed(&s), 0);
+    assert_eq!(
+        s.v["last_source"],
+        "fetched (fleet cache unavailable: local fallback)"
+    );
+    assert_eq!(
+        s.stderr.matches("fleet credential cache not used").count(),
+        1,
+        "{}",
+        s.stderr
+    );
+    assert_eq!(e.idp.token_requests(), 2);
+    // ...and did not spoil the value for the others.
+    let s = finish(worker(&config, "shared", 20, 0, KEY));
+    assert_eq!(s.v["last_source"], "fleet cache hit");
+    assert_eq!(e.idp.token_requests(), 2);
+
+    // Redis gone: requests still pass, on local fetches, with one warning.
+    redis.kill();
+    let s = finish(worker(&config, "shared", 50, 0, KEY));
+    assert_eq!(failed(&s), 0, "{}", s.stderr);
+    assert_eq!(e.idp.token_requests(), 3);
+    assert!(
+        s.stderr.contains("fleet credential cache not used"),
+        "{}",
+        s.stderr
+    );
+
+    // Back again (empty: it kept nothing): one fetch fills it, the next process hits.
+    redis.restart();
+    let s = finish(worker(&config, "shared", 10, 0, KEY));
+    assert_eq!((failed(&s), e.idp.token_requests()), (0, 4));
+    let s = finish(worker(&config, "shared", 10, 0, KEY));
+    assert_eq!(s.v["last_source"], "fleet cache hit");
+    assert_eq!(e.idp.token_requests(), 4);
+}
+
+#[test]
+fn a_401_invalidates_the_shared_token_for_the_fleet() {
+    let redis = RedisServer::start(None);
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    let e = rt.block_on(env(Duration::from_secs(300)));
+    let config = e.write(&redis.url());
+    finish(worker(&config, "shared", 5, 0, KEY));
+    assert_eq!(e.idp.token_requests(), 1);
+    e.fhir.revoke_presented_tokens();
+    // This process reads the revoked token, gets a 401, deletes it fleet-wide, refetches.
+    let s = finish(worker(&config, "shared", 5, 0, KEY));
+    assert_eq!(failed(&s), 0, "{}", s.stderr);
+    assert_eq!(e.idp.token_requests(), 2);
+    // The next one gets the new token from the fleet.
+    let s = finish(worker(&config, "shared", 5, 0, KEY));
+    assert_eq!(s.v["last_source"], "fleet cache hit");
+    assert_eq!(e.idp.token_requests(), 2);
+}
+
+#[test]
+fn config_check_names_what_is_wrong_in_credential_cache() {
+    let dir = tempfile::tempdir().unwrap();
+    let write = |cache: Value| {
+        let doc = json!({"credential-cache": cache,
+            "connections": {"a": {"base-url": "https://fhir.example/r4"}}});
+        std::fs::write(dir.path().join("fhirconn.yaml"), doc.to_string()).unwrap();
+    };
+    let check = || run_command(fhirconn_command(dir.path(), true).args(["config", "check"]));
+    write(json!({"backend": "redis", "url": "http://x", "encryption-key-env": "NOPE_UNSET"}));
+    let out = check();
+    assert_ne!(out.code, 0);
+    let all = out.all();
+    assert!(all.contains("redis:// or rediss://"), "{all}");
+    assert!(all.contains("NOPE_UNSET is not set"), "{all}");
+    write(json!({"backend": "redis", "url": "redis://127.0.0.1:1/0"}));
+    assert!(check()
+        .all()
+        .contains("exactly one of `encryption-key-env`"));
+    write(json!({"backend": "redis", "url": "redis://x", "bogus": 1}));
+    assert!(check().all().contains("bogus"));
+    write(json!({"backend": "memory"}));
+    assert_eq!(check().code, 0, "{}", check().all());
+}
