@@ -17,6 +17,7 @@ pub const SCHEMES: &[&str] = &[
     "azure-ad",
     "basic",
     "bearer",
+    "google-service-account",
     "mtls",
     "none",
     "oidc-client-credentials",

@@ -80,6 +80,15 @@ impl ServiceAccount {
         }
     }
 
+    /// Another key under this account's email and key id (its signatures do not verify).
+    pub fn impostor(&self) -> Self {
+        Self {
+            client_email: self.client_email.clone(),
+            private_key_id: self.private_key_id.clone(),
+            ..Self::generate(&self.client_email)
+        }
+    }
+
     /// The service-account key file (JSON) Google's console hands out, naming `token_uri`.
     pub fn key_file(&self, token_uri: &str) -> Value {
         json!({
@@ -585,11 +594,7 @@ mod tests {
             );
         }
         // Another key under the account's name: the signature does not verify.
-        let rogue = ServiceAccount {
-            client_email: a.client_email.clone(),
-            private_key_id: a.private_key_id.clone(),
-            ..ServiceAccount::generate("x@y")
-        };
+        let rogue = a.impostor();
         send(assertion(&rogue, &g.token_uri(), json!({})))
             .await
             .unwrap();

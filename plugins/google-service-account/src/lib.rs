@@ -257,7 +257,10 @@ impl Connection for GoogleConnection {
                     .instance_metadata_http(req)
                     .map_err(|e| e.context(format!("metadata server {url}")))?;
                 if !resp.is_success() {
-                    return Err(oauth::refused(&resp, url));
+                    let status = resp.status;
+                    return Err(Error::protocol(format!(
+                        "metadata server {url}: HTTP {status}"
+                    )));
                 }
                 if resp.header("metadata-flavor") != Some("Google") {
                     return Err(Error::protocol(format!(
