@@ -92,6 +92,8 @@ enum Slot {
         base_url: String,
         schemes: Vec<String>,
         reason: String,
+        /// Marked `test-connection-on-startup` (its startup test then fails).
+        on_startup: bool,
     },
 }
 
@@ -221,6 +223,7 @@ impl Host {
                         base_url,
                         schemes,
                         reason: reason.clone(),
+                        on_startup: s.host.test_connection_on_startup,
                     },
                 );
                 continue;
@@ -284,6 +287,7 @@ impl Host {
                             base_url,
                             schemes,
                             reason,
+                            on_startup: s.host.test_connection_on_startup,
                         },
                     );
                 }
@@ -371,6 +375,7 @@ impl Host {
                     base_url,
                     schemes,
                     reason,
+                    ..
                 } => {
                     let r = TestReport::unavailable(id, base_url, schemes.clone(), reason);
                     set.spawn(async move { (i, r) });
@@ -395,14 +400,15 @@ impl Host {
             .collect())
     }
 
-    /// Tests the connections marked `test-connection-on-startup`.
+    /// Tests the connections marked `test-connection-on-startup` (one whose plugin failed
+    /// to load is reported as failed).
     pub async fn test_on_startup(&self) -> Result<Vec<TestReport>> {
         let ids: Vec<String> = self
             .slots
             .iter()
             .filter(|(_, s)| match s {
                 Slot::Ready(c) => c.transport.settings().host.test_connection_on_startup,
-                Slot::Unavailable { .. } => false,
+                Slot::Unavailable { on_startup, .. } => *on_startup,
             })
             .map(|(id, _)| id.clone())
             .collect();

@@ -156,7 +156,9 @@ fn dead_base_url() -> String {
 /// `test-connection-on-startup`, and fails naming the one that failed.
 #[tokio::test]
 async fn startup_checks_test_marked_connections_and_fail_on_one() {
-    let server = FhirServer::start(FhirServerConfig::default()).await.unwrap();
+    let server = FhirServer::start(FhirServerConfig::default())
+        .await
+        .unwrap();
     let up = server.base_url();
     let build = |conns: Value| async move {
         Host::builder()
@@ -183,6 +185,36 @@ async fn startup_checks_test_marked_connections_and_fail_on_one() {
             let ids: Vec<&str> = f.failed.iter().map(|(id, _)| id.as_str()).collect();
             assert_eq!(ids, ["down"], "{f}");
             assert!(f.to_string().contains("test-connection-on-startup"), "{f}");
+        }
+        other => panic!("expected a startup failure, got {other:?}"),
+    }
+}
+
+/// A marked connection whose scheme could not be configured (its plugin panicked) is a
+/// failed startup test, not skipped.
+#[tokio::test]
+async fn startup_checks_fail_on_a_marked_connection_that_is_unavailable() {
+    let server = FhirServer::start(FhirServerConfig::default())
+        .await
+        .unwrap();
+    let host = Host::builder()
+        .config_value(
+            ".",
+            json!({"connections": {
+                "boom": {"base-url": server.base_url(), "test-connection-on-startup": true,
+                         "auth": {"scheme": "panic", "panic-in": "configure"}},
+                "boom-unmarked": {"base-url": server.base_url(),
+                         "auth": {"scheme": "panic", "panic-in": "configure"}}}}),
+        )
+        .only_explicit_plugin_dirs()
+        .plugin_dir(fhirconn_tests::fixture_dir())
+        .build()
+        .await
+        .unwrap();
+    match host.startup_checks().await {
+        Err(Error::Startup(f)) => {
+            let ids: Vec<&str> = f.failed.iter().map(|(id, _)| id.as_str()).collect();
+            assert_eq!(ids, ["boom"], "{f}");
         }
         other => panic!("expected a startup failure, got {other:?}"),
     }
@@ -224,7 +256,9 @@ fn proxy_start(dir: &Path) -> (Option<i32>, String) {
 /// (the result logged) and refuses to start, exit 1, naming the connection, when one fails.
 #[tokio::test]
 async fn proxy_honours_test_connection_on_startup() {
-    let server = FhirServer::start(FhirServerConfig::default()).await.unwrap();
+    let server = FhirServer::start(FhirServerConfig::default())
+        .await
+        .unwrap();
     let dir = tempfile::tempdir().unwrap();
     let d = dir.path().to_path_buf();
     let write = |down_marked: bool| {
@@ -253,7 +287,10 @@ async fn proxy_honours_test_connection_on_startup() {
         .unwrap();
     assert_eq!(code, Some(1), "{stderr}");
     assert!(stderr.contains("down: "), "{stderr}");
-    assert!(stderr.contains("the proxy did not start"), "{stderr}");
+    assert!(
+        stderr.contains("the proxy did not start: fix the connection, or remove test-connection"),
+        "{stderr}"
+    );
 }
 
 fn fhirconn(dir: &Path, args: &[&str]) -> Out {
@@ -307,17 +344,29 @@ fn import_dsf_keeps_p12_roots_issuer_and_tolerates_a_password_beside_a_plain_key
     let out = fhirconn(d, &["import", "dsf", "dsf.yaml", "--out", "fhirconn.yaml"]);
     assert_eq!(out.code, 0, "{}", out.all());
     let yaml = std::fs::read_to_string(d.join("fhirconn.yaml")).unwrap();
-    assert!(!out.stderr.contains("p12-file"), "nothing dropped: {}", out.stderr);
+    assert!(
+        !out.stderr.contains("p12-file"),
+        "nothing dropped: {}",
+        out.stderr
+    );
     let doc = fhirconn_host::config::Document::parse(Path::new("f.yaml"), yaml.as_bytes())
         .unwrap()
         .value;
     let conns = &doc["connections"];
-    assert_eq!(conns["p12-server"]["auth"]["p12-file"], json!("client.p12"), "{yaml}");
+    assert_eq!(
+        conns["p12-server"]["auth"]["p12-file"],
+        json!("client.p12"),
+        "{yaml}"
+    );
     assert_eq!(
         conns["p12-server"]["auth"]["p12-password-file"],
         json!("p12.password")
     );
-    assert_eq!(conns["p12-server"]["use-system-roots"], json!(false), "{yaml}");
+    assert_eq!(
+        conns["p12-server"]["use-system-roots"],
+        json!(false),
+        "{yaml}"
+    );
     assert!(conns["cert-auth-server"].get("use-system-roots").is_none());
     assert_eq!(
         conns["oidc-auth-server"]["auth"]["issuer"],

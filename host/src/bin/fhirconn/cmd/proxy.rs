@@ -77,18 +77,16 @@ pub async fn run(g: &Global, a: Args) -> CmdResult {
     // `test-connection-on-startup: true`: tested before anything listens; one failure and the
     // proxy does not start (a service manager sees the exit code and the reason).
     // Each result is logged by the library (info: passed; error: the diagnosis).
-    match host.startup_checks().await {
-        Ok(_) => {}
-        Err(e) => {
-            return Err(CliError::WithNote {
-                before: None,
-                error: Box::new(CliError::Host(e)),
-                after: Some(
-                    "the proxy did not start: fix the connection, or remove                      test-connection-on-startup from it to start without the check"
-                        .into(),
-                ),
-            })
-        }
+    if let Err(e) = host.startup_checks().await {
+        return Err(CliError::WithNote {
+            before: None,
+            error: Box::new(CliError::Host(e)),
+            after: Some(
+                "the proxy did not start: fix the connection, or remove \
+                 test-connection-on-startup from it to start without the check"
+                    .into(),
+            ),
+        });
     }
     let cannot_listen =
         |e: std::io::Error| CliError::Failed(format!("cannot listen on {addr}: {e}"));
