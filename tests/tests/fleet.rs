@@ -69,15 +69,7 @@ impl Env {
 }
 
 fn worker_bin() -> PathBuf {
-    let exe = std::env::current_exe().unwrap();
-    let deps = exe.parent().unwrap();
-    let p = deps.parent().unwrap().join("fhirconn-fleet-worker");
-    assert!(
-        p.is_file(),
-        "{} missing: build it with `cargo build -p fhirconn-tests --bins`",
-        p.display()
-    );
-    p
+    PathBuf::from(env!("CARGO_BIN_EXE_fhirconn-fleet-worker"))
 }
 
 fn worker(config: &Path, conn: &str, concurrency: usize, seconds: u64, key: &str) -> Child {
@@ -259,4 +251,58 @@ fn config_check_names_what_is_wrong_in_credential_cache() {
     assert!(check().all().contains("bogus"));
     write(json!({"backend": "memory"}));
     assert_eq!(check().code, 0, "{}", check().all());
+}
+
+#[test]
+fn a_fleet_renews_once_per_lifetime_over_two_minutes() {
+    let redis = RedisServer::start(None);
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    let e = rt.block_on(env(Duration::from_secs(20)));
+    let config = e.write(&redis.url());
+    let seconds = 120;
+    let workers: Vec<Child> = (0..8)
+        .map(|_| worker(&config, "shared", 10, seconds, KEY))
+        .collect();
+    let sums: Vec<Summary> = workers.into_iter().map(finish).collect();
+    let ok: u64 = sums.iter().map(|s| s.v["ok"].as_u64().unwrap()).sum();
+    for s in &sums {
+        assert_eq!(failed(s), 0, "{}", s.stderr);
+    }
+    // 120 s of 20 s tokens renewed 2 s before expiry: 6 lifetimes, 7 token requests; one
+    // either way for where the run's edges fall.
+    let tokens = e.idp.token_requests();
+    eprintln!("fleet soak: 8 processes, {ok} requests, {tokens} token requests in {seconds} s");
+    assert!((6..=8).contains(&tokens), "{tokens} token requests");
+}
+
+#[test]
+fn redis_killed_mid_run_fails_no_request_and_the_fleet_recovers() {
+    let mut redis = RedisServer::start(None);
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    let e = rt.block_on(env(Duration::from_secs(10)));
+    let config = e.write(&redis.url());
+    let workers: Vec<Child> = (0..4)
+        .map(|_| worker(&config, "shared", 20, 12, KEY))
+        .collect();
+    std::thread::sleep(Duration::from_secs(3));
+    redis.kill();
+    std::thread::sleep(Duration::from_secs(4));
+    redis.restart();
+    let sums: Vec<Summary> = workers.into_iter().map(finish).collect();
+    for s in &sums {
+        assert_eq!(failed(s), 0, "{}", s.stderr);
+        assert!(s.v["ok"].as_u64().unwrap() > 0);
+    }
+    assert!(
+        sums.iter()
+            .any(|s| s.stderr.contains("fleet credential cache not used")),
+        "no fallback warning"
+    );
+    // Recovered: a new process finds the value the fleet stored after the restart, or
+    // stores one that the next process finds.
+    let before = e.idp.token_requests();
+    let _ = finish(worker(&config, "shared", 5, 0, KEY));
+    let s = finish(worker(&config, "shared", 5, 0, KEY));
+    assert_eq!(s.v["last_source"], "fleet cache hit", "{}", s.stderr);
+    assert!(e.idp.token_requests() <= before + 1);
 }

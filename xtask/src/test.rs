@@ -5,10 +5,51 @@ use crate::new_scheme::new_scheme;
 use crate::{locked, project_root, shell, Result};
 use xshell::cmd;
 
+/// The fleet tests start a real `redis-server`: find it, install it with apt-get when running
+/// as root, or say exactly what to install.
+fn ensure_redis() -> Result {
+    let on_path = |name: &str| {
+        std::env::var_os("PATH").is_some_and(|p| {
+            std::env::split_paths(&p).any(|d| d.join(name).is_file())
+        })
+    };
+    if on_path("redis-server") && on_path("redis-cli") {
+        return Ok(());
+    }
+    let root = std::process::Command::new("id")
+        .arg("-u")
+        .output()
+        .is_ok_and(|o| o.stdout.trim_ascii() == b"0");
+    if root && on_path("apt-get") {
+        eprintln!("xtask: installing redis-server (the fleet tests need a real Redis)");
+        let install = |update: bool| {
+            if update {
+                let _ = std::process::Command::new("apt-get")
+                    .args(["update", "-q"])
+                    .status();
+            }
+            std::process::Command::new("apt-get")
+                .args(["install", "-y", "-q", "redis-server"])
+                .env("DEBIAN_FRONTEND", "noninteractive")
+                .status()
+                .is_ok_and(|s| s.success())
+        };
+        if install(false) || install(true) {
+            return Ok(());
+        }
+    }
+    Err("the fleet tests need a real Redis server (redis-server and redis-cli on PATH): \
+         install it with `sudo apt-get install -y redis-server` (Debian/Ubuntu), \
+         `sudo dnf install redis` (Fedora) or `brew install redis` (macOS), then run \
+         `cargo xtask test` again"
+        .into())
+}
+
 pub(crate) fn test() -> Result {
     let sh = shell()?;
     let root = project_root();
     let locked = locked();
+    ensure_redis()?;
     build_plugins(false)?;
     cmd!(
         sh,
