@@ -61,6 +61,38 @@ pub fn auth_request() -> AuthRequest {
     }
 }
 
+/// A `sign-request` payload as the host builds it: `method` `url` with `body` (its SHA-256 in
+/// lowercase hex, [`crate::wire::EMPTY_BODY_SHA256`] when empty) at `unix_time`, no headers
+/// (push [`crate::wire::WireHeader`]s onto `headers` for a test that needs them).
+pub fn sign_request(
+    method: &str,
+    url: &str,
+    body: &[u8],
+    unix_time: u64,
+) -> crate::wire::SignRequest {
+    use sha2::Digest as _;
+    let body_sha256 = sha2::Sha256::digest(body)
+        .iter()
+        .map(|b| format!("{b:02x}"))
+        .collect();
+    crate::wire::SignRequest {
+        method: method.to_string(),
+        url: url.to_string(),
+        headers: Vec::new(),
+        body_sha256,
+        unix_time,
+    }
+}
+
+/// The value of header `name` in a signing answer (names compared case-insensitively).
+pub fn signed_header(answer: &crate::wire::SignAnswer, name: &str) -> Option<String> {
+    answer
+        .headers
+        .iter()
+        .find(|h| h.name.eq_ignore_ascii_case(name))
+        .map(|h| h.value.clone())
+}
+
 /// The value of the first header called `name` (any case) in `credentials`, secret or not.
 pub fn header_value(credentials: &Credentials, name: &str) -> Option<String> {
     credentials.headers.iter().find_map(|h| match h {
@@ -184,6 +216,14 @@ impl MockHost {
         settings: Value,
     ) -> Result<Credentials> {
         self.authorize(self.configure(scheme, settings)?.as_ref())
+    }
+    /// Asks `connection` to sign `request` (see [`sign_request`]) with this mock as the host.
+    pub fn sign(
+        &self,
+        connection: &dyn Connection,
+        request: &crate::wire::SignRequest,
+    ) -> Result<crate::wire::SignAnswer> {
+        self.with_host(|host| connection.sign_request(request, host))
     }
     /// Runs `f` with the raw ABI object (for testing the FFI layer itself).
     pub fn with_raw<R>(&self, f: impl FnOnce(HostRef<'_>) -> R) -> R {

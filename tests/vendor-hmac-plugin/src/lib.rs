@@ -194,6 +194,26 @@ mod tests {
     }
 
     #[test]
+    fn the_sdk_test_helpers_build_the_payload_as_the_host_does() {
+        let mock = MockHost::new();
+        let conn = connection(&mock);
+        let request = fhirconn_sdk::testing::sign_request(
+            "POST",
+            "https://h/fhir/Patient",
+            b"abc",
+            1_700_000_000,
+        );
+        assert_eq!(
+            request.body_sha256,
+            "ba7816bf8f01cfea414140de5dae2223b00361a396177a9cb410ff61f20015ad"
+        );
+        let answer = mock.sign(conn.as_ref(), &request).unwrap();
+        let signed = fhirconn_sdk::testing::signed_header(&answer, "X-Vendor-Signature").unwrap();
+        assert!(signed.starts_with("keyId=k1,signature="), "{signed}");
+        assert_eq!(signed.len(), "keyId=k1,signature=".len() + 64);
+    }
+
+    #[test]
     fn settings_are_checked_and_the_key_is_secret() {
         let mock = MockHost::new();
         let e = mock
