@@ -1,6 +1,7 @@
 //! Per-scheme fixtures: the reference servers a scheme talks to, its good and wrong settings,
 //! the secrets that must never be printed, and its scheme-specific case.
 
+mod aws;
 mod azure_identity;
 mod smart_launch;
 mod starters;
@@ -23,6 +24,7 @@ pub const SCHEMES: &[&str] = &[
     "smart-backend",
     "mtls",
     "azure-ad",
+    "aws-sigv4",
     "smart-app-launch",
 ];
 
@@ -41,6 +43,7 @@ pub struct Fixture {
     fhir: FhirServer,
     idp: Option<IdentityProvider>,
     entra: Option<MockEntra>,
+    healthlake: Option<fhirconn_testkit::sigv4::MockHealthLake>,
     smart: Option<smart_launch::SmartLaunch>,
     good: Value,
     wrong: Option<Value>,
@@ -72,6 +75,7 @@ impl Fixture {
         let mut parts = Parts {
             idp: None,
             entra: None,
+            healthlake: None,
             smart: None,
             extra: json!({}),
             secrets: Vec::new(),
@@ -84,12 +88,14 @@ impl Fixture {
             "smart-backend" => starters::smart_backend(&d, &mut parts).await?,
             "mtls" => starters::mtls(&d, &mut parts).await?,
             "azure-ad" => starters::azure_ad(&d, &mut parts).await?,
+            "aws-sigv4" => aws::start(&d, &mut parts).await?,
             "smart-app-launch" => smart_launch::start(&d, &mut parts).await?,
             other => starters::vendor(other, _setup, &d, &mut parts).await?,
         };
         let Parts {
             idp,
             entra,
+            healthlake,
             smart,
             extra,
             mut secrets,
@@ -116,6 +122,7 @@ impl Fixture {
             fhir,
             idp,
             entra,
+            healthlake,
             smart,
             good,
             wrong,
@@ -133,7 +140,10 @@ impl Fixture {
 
     /// The FHIR base URL.
     pub fn base_url(&self) -> String {
-        self.fhir.base_url()
+        match &self.healthlake {
+            Some(h) => h.base_url(),
+            None => self.fhir.base_url(),
+        }
     }
     /// The directory of the fixture's files (relative paths resolve here).
     pub fn dir(&self) -> &Path {
@@ -183,6 +193,9 @@ impl Fixture {
     /// Makes the FHIR server slow (or normal again).
     pub fn set_slow(&self, d: Option<Duration>) {
         self.fhir.set_fault(d.map_or(Fault::None, Fault::Slow));
+        if let Some(h) = &self.healthlake {
+            h.set_delay(d);
+        }
     }
     /// Secrets in the fixture's settings and files.
     pub fn secrets(&self) -> Vec<String> {
@@ -220,7 +233,7 @@ impl Fixture {
     /// Credentials the FHIR server received: every issued token, and the credential part of
     /// any other `Authorization` (e.g. Basic's base64).
     pub fn issued_tokens(&self) -> Vec<String> {
-        let mut out: Vec<String> = Vec::new();
+        let mut out: Vec<String> = self.healthlake.iter().flat_map(aws::signatures).collect();
         for a in self.fhir.distinct_authorizations() {
             let credential = a.split_once(' ').map_or(a.as_str(), |(_, c)| c).trim();
             if !out.iter().any(|t| t == credential) {
@@ -344,6 +357,7 @@ impl Fixture {
                     .map(Some)
             }
             "bearer" => self.bearer_rotation(setup).await,
+            "aws-sigv4" => aws::case(self, setup).await,
             "smart-app-launch" => smart_launch::case(self, setup).await,
             "basic" => {
                 // A UTF-8 password with colons (the canary) passed in `passes`; a username
