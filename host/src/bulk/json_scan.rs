@@ -12,15 +12,16 @@ const MAX_DEPTH: usize = 127;
 const ONES: u64 = 0x0101_0101_0101_0101;
 const HIGH: u64 = 0x8080_8080_8080_8080;
 
-/// Whether one of the eight bytes of `w` is `"`, `\` or below 0x20 (exact as a whole: the
-/// borrows of the classic "has a zero byte" test only blur which byte it was).
+/// The high bits of the bytes of `w` (little-endian) that may be `"`, `\` or below 0x20: the
+/// lowest set bit marks the first such byte exactly (the borrows of the classic "has a zero
+/// byte" test only reach bytes above a true hit), zero when there is none.
 #[inline(always)]
-fn special(w: u64) -> bool {
+fn special(w: u64) -> u64 {
     let zero = |v: u64| v.wrapping_sub(ONES) & !v & HIGH;
     let quote = zero(w ^ (ONES * u64::from(b'"')));
     let backslash = zero(w ^ (ONES * u64::from(b'\\')));
     let control = w.wrapping_sub(ONES * 0x20) & !w & HIGH;
-    (quote | backslash | control) != 0
+    quote | backslash | control
 }
 
 /// The invalid JSON marker (the caller asks serde_json for the message).
@@ -42,7 +43,8 @@ impl Scan<'_> {
 
     #[inline(always)]
     fn ws(&mut self) {
-        while matches!(self.at(self.i), b' ' | b'\t' | b'\r' | b'\n') {
+        // One comparison for the usual case: no white space at all.
+        while self.at(self.i) <= b' ' && matches!(self.at(self.i), b' ' | b'\t' | b'\r' | b'\n') {
             self.i += 1;
         }
     }
@@ -54,9 +56,11 @@ impl Scan<'_> {
         let mut i = self.i + 1;
         let mut escaped = false;
         loop {
-            while let Some(w) = b.get(i..i + 8) {
-                let w = u64::from_le_bytes(w.try_into().map_err(|_| Invalid)?);
-                if special(w) {
+            // Eight bytes at a time up to the first special one (or the last eight bytes).
+            while let Some(w) = b.get(i..).and_then(<[u8]>::first_chunk::<8>) {
+                let hits = special(u64::from_le_bytes(*w));
+                if hits != 0 {
+                    i += (hits.trailing_zeros() / 8) as usize;
                     break;
                 }
                 i += 8;
@@ -173,6 +177,7 @@ impl Scan<'_> {
 
     /// An object key at `i` (a quote expected) and its colon; returns whether it is
     /// `resourceType` (escapes decoded) when `top` asks.
+    #[inline(always)]
     fn key(&mut self, top: bool) -> Result<bool, Invalid> {
         self.ws();
         if self.at(self.i) != b'"' {
