@@ -63,7 +63,12 @@ pub(crate) fn demo() -> Result {
            azure-demo:\n    base-url: {}\n    probe: Patient/1\n    auth:\n      scheme: azure-ad\n      \
              authority-host: {}\n      client-id: {}\n      flow: client-credentials\n      \
              client-secret-file: azure-secret.txt\n      \
-             # no tenant: discovered from the server's 401 challenge; audience: the origin\n",
+             # no tenant: discovered from the server's 401 challenge; audience: the origin\n  \
+           azure-workload-demo:\n    base-url: {}\n    probe: Patient/1\n    auth:\n      \
+             scheme: azure-ad\n      flow: workload-identity\n      authority-host: {}\n      \
+             client-id: {}\n      federated-token-file: {}\n  \
+           azure-managed-identity-demo:\n    base-url: {}\n    probe: Patient/1\n    auth:\n      \
+             scheme: azure-ad\n      flow: managed-identity   # IMDS: AZURE_POD_IDENTITY_AUTHORITY_HOST\n",
         s(&info["none"]["base-url"]),
         s(&info["basic"]["base-url"]),
         s(&info["basic"]["username"]),
@@ -78,6 +83,23 @@ pub(crate) fn demo() -> Result {
         s(&info["azure"]["base-url"]),
         s(&info["azure"]["authority-host"]),
         s(&info["azure"]["client-id"]),
+        s(&info["azure"]["base-url"]),
+        s(&info["azure"]["authority-host"]),
+        s(&info["azure"]["workload-client-id"]),
+        s(&info["azure"]["federated-token-file"]),
+        s(&info["azure"]["managed-identity-base-url"]),
+    );
+    std::fs::write(
+        dir.join("aws-secret.txt"),
+        s(&info["aws"]["secret-access-key"]),
+    )?;
+    let config = format!(
+        "{config}  healthlake-demo:\n    base-url: {}\n    probe: Patient/1\n    auth:\n      \
+         scheme: aws-sigv4\n      region: {}\n      access-key-id: {}\n      \
+         secret-access-key-file: aws-secret.txt\n",
+        s(&info["aws"]["base-url"]),
+        s(&info["aws"]["region"]),
+        s(&info["aws"]["access-key-id"]),
     );
     let cfg = dir.join("fhirconn.yaml");
     std::fs::write(&cfg, config)?;
@@ -93,6 +115,10 @@ pub(crate) fn demo() -> Result {
         .arg("--plugin-dir")
         .arg(&plugins)
         .arg("test")
+        .env(
+            "AZURE_POD_IDENTITY_AUTHORITY_HOST",
+            s(&info["azure"]["imds-host"]),
+        )
         .status()?;
     if let Some(mut stdin) = child.stdin.take() {
         let _ = stdin.flush();

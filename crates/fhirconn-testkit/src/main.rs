@@ -19,6 +19,9 @@ const DEMO_TOKEN: &str = "demo-token-7f3a";
 const DEMO_CLIENT_SECRET: &str = "demo-client-secret:42";
 const DEMO_AUDIENCE: &str = "https://fhirconn.demo/fhir";
 const DEMO_KID: &str = "demo-es384";
+/// The demo's AWS keys (a HealthLake-shaped endpoint checks SigV4 with them).
+const DEMO_AWS_KEY_ID: &str = "AKIDFHIRCONNDEMO";
+const DEMO_AWS_SECRET: &str = "demo/aws+secret-access-key";
 
 /// An ES384 key for the SMART demo client: (PKCS#8 PEM, public JWKS).
 fn demo_key() -> std::io::Result<(String, JwkSet)> {
@@ -111,7 +114,28 @@ async fn main() -> std::io::Result<()> {
         server_config(&pki, ClientCerts::Required),
     )
     .await?;
-    let entra = fhirconn_testkit::entra::MockEntra::start(Default::default()).await?;
+    // Workload identity: a federated token file (as Kubernetes projects it) the mock Entra
+    // accepts as the client assertion of `workload-app`.
+    let federated_file = std::env::temp_dir().join(format!(
+        "fhirconn-testkit-{}-federated-token",
+        std::process::id()
+    ));
+    let federated = fhirconn_testkit::azure_identity::federated_token(
+        "system:serviceaccount:demo:app",
+        std::time::Duration::from_secs(24 * 3600),
+    );
+    std::fs::write(&federated_file, federated)?;
+    let entra = fhirconn_testkit::entra::MockEntra::start(fhirconn_testkit::entra::EntraConfig {
+        federated_clients: vec![("workload-app".into(), federated_file.clone())],
+        ..Default::default()
+    })
+    .await?;
+    // Managed identity: IMDS and a FHIR server accepting its tokens.
+    let imds = fhirconn_testkit::azure_identity::IdentityEndpoint::start(&[]).await?;
+    let azure_mi = FhirServer::start(FhirServerConfig::default()).await?;
+    azure_mi.set_auth(ServerAuth::Jwt(
+        imds.verifier(&format!("http://{}", azure_mi.addr())),
+    ));
     let azure = FhirServer::start(FhirServerConfig::default()).await?;
     // Azure FHIR services name their origin as the token audience (fhirconn's default).
     let azure_audience = format!("http://{}", azure.addr());
@@ -145,11 +169,20 @@ async fn main() -> std::io::Result<()> {
                   "presigned-assertions": assertions},
         "azure": {"base-url": azure.base_url(), "authority-host": entra.authority_host(),
                   "client-id": "daemon-app", "client-secret": "daemon-secret",
-                  "public-client-id": "public-app"},
+                  "public-client-id": "public-app",
+                  "workload-client-id": "workload-app",
+                  "federated-token-file": federated_file.to_string_lossy(),
+                  "imds-host": imds.imds_host(), "managed-identity-base-url": azure_mi.base_url()},
         "mtls": {"base-url": mtls.base_url(), "ca-pem": pki.root_pem(),
                  "certificate-pem": client.chain_pem, "private-key-pem": client.key_pem},
     });
     let mut info = info;
+    let healthlake = fhirconn_testkit::sigv4::MockHealthLake::start(
+        fhirconn_testkit::sigv4::Sigv4Config::healthlake(DEMO_AWS_KEY_ID, DEMO_AWS_SECRET),
+    )
+    .await?;
+    info["aws"] = serde_json::json!({"base-url": healthlake.base_url(), "region": "us-east-1",
+        "access-key-id": DEMO_AWS_KEY_ID, "secret-access-key": DEMO_AWS_SECRET});
     if let Some(bulk) = &bulk {
         info["bulk"] = serde_json::json!({"base-url": bulk.base_url(), "token": DEMO_TOKEN,
             "file-sizes": bulk.export_generated_sizes()});
@@ -162,5 +195,6 @@ async fn main() -> std::io::Result<()> {
         _ = async { while let Ok(n) = stdin.read(&mut buf).await { if n == 0 { break; } } } => {}
         _ = tokio::signal::ctrl_c() => {}
     }
+    let _ = std::fs::remove_file(&federated_file);
     Ok(())
 }
