@@ -3,6 +3,7 @@
 
 mod aws;
 mod azure_identity;
+mod exec;
 mod smart_launch;
 mod starters;
 
@@ -26,6 +27,7 @@ pub const SCHEMES: &[&str] = &[
     "azure-ad",
     "aws-sigv4",
     "smart-app-launch",
+    "exec",
 ];
 
 const AUDIENCE: &str = "https://conformance.fhirconn.example/fhir";
@@ -89,6 +91,7 @@ impl Fixture {
             "mtls" => starters::mtls(&d, &mut parts).await?,
             "azure-ad" => starters::azure_ad(&d, &mut parts).await?,
             "aws-sigv4" => aws::start(&d, &mut parts).await?,
+            "exec" => exec::start(&d, &mut parts).await?,
             "smart-app-launch" => smart_launch::start(&d, &mut parts).await?,
             other => starters::vendor(other, _setup, &d, &mut parts).await?,
         };
