@@ -101,18 +101,6 @@ pub(crate) fn demo() -> Result {
         s(&info["aws"]["region"]),
         s(&info["aws"]["access-key-id"]),
     );
-    std::fs::write(
-        dir.join("aws-secret.txt"),
-        s(&info["aws"]["secret-access-key"]),
-    )?;
-    let config = format!(
-        "{config}  healthlake-demo:\n    base-url: {}\n    probe: Patient/1\n    auth:\n      \
-         scheme: aws-sigv4\n      region: {}\n      access-key-id: {}\n      \
-         secret-access-key-file: aws-secret.txt\n",
-        s(&info["aws"]["base-url"]),
-        s(&info["aws"]["region"]),
-        s(&info["aws"]["access-key-id"]),
-    );
     let cfg = dir.join("fhirconn.yaml");
     std::fs::write(&cfg, config)?;
     println!(

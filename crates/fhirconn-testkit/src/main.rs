@@ -22,9 +22,6 @@ const DEMO_KID: &str = "demo-es384";
 /// The demo's AWS keys (a HealthLake-shaped endpoint checks SigV4 with them).
 const DEMO_AWS_KEY_ID: &str = "AKIDFHIRCONNDEMO";
 const DEMO_AWS_SECRET: &str = "demo/aws+secret-access-key";
-/// The demo's AWS keys (a HealthLake-shaped endpoint checks SigV4 with them).
-const DEMO_AWS_KEY_ID: &str = "AKIDFHIRCONNDEMO";
-const DEMO_AWS_SECRET: &str = "demo/aws+secret-access-key";
 
 /// An ES384 key for the SMART demo client: (PKCS#8 PEM, public JWKS).
 fn demo_key() -> std::io::Result<(String, JwkSet)> {
@@ -180,12 +177,6 @@ async fn main() -> std::io::Result<()> {
                  "certificate-pem": client.chain_pem, "private-key-pem": client.key_pem},
     });
     let mut info = info;
-    let healthlake = fhirconn_testkit::sigv4::MockHealthLake::start(
-        fhirconn_testkit::sigv4::Sigv4Config::healthlake(DEMO_AWS_KEY_ID, DEMO_AWS_SECRET),
-    )
-    .await?;
-    info["aws"] = serde_json::json!({"base-url": healthlake.base_url(), "region": "us-east-1",
-        "access-key-id": DEMO_AWS_KEY_ID, "secret-access-key": DEMO_AWS_SECRET});
     let healthlake = fhirconn_testkit::sigv4::MockHealthLake::start(
         fhirconn_testkit::sigv4::Sigv4Config::healthlake(DEMO_AWS_KEY_ID, DEMO_AWS_SECRET),
     )
