@@ -16,7 +16,6 @@ pub use bulk_gen::ndjson_block;
 pub mod entra;
 pub mod google;
 pub mod hmac;
-pub mod hmac;
 pub mod hostile;
 pub mod idp;
 pub mod pki;
