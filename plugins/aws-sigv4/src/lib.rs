@@ -28,7 +28,7 @@ use fhirconn_sdk::{
     Host, Result, Scheme,
 };
 use std::sync::Mutex;
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::{Duration, UNIX_EPOCH};
 
 /// The `aws-sigv4` scheme.
 #[derive(Debug, Default)]
@@ -209,15 +209,6 @@ impl AwsConnection {
         *self.keys.lock().unwrap_or_else(|e| e.into_inner()) = Some(keys.clone());
         Ok(keys)
     }
-
-    /// The kept keys, resolved again when there are none or they expired by `at`.
-    fn current(&self, host: &Host<'_>, at: SystemTime) -> Result<Keys> {
-        let kept = self.keys.lock().unwrap_or_else(|e| e.into_inner()).clone();
-        match kept {
-            Some(k) if k.expiry().is_none_or(|e| e > at) => Ok(k),
-            _ => self.resolve(host),
-        }
-    }
 }
 
 impl Connection for AwsConnection {
@@ -229,10 +220,15 @@ impl Connection for AwsConnection {
         })
     }
 
-    fn sign_request(&self, request: &SignRequest, host: &Host<'_>) -> Result<SignAnswer> {
+    /// Runs on the caller's thread, where the host answers no files, HTTP or processes: it
+    /// signs with the keys the last `authorize` resolved (the host renews them before expiry).
+    fn sign_request(&self, request: &SignRequest, _host: &Host<'_>) -> Result<SignAnswer> {
         let at = UNIX_EPOCH + Duration::from_secs(request.unix_time);
-        let keys = self.current(host, at)?;
-        sign_with(&keys, self, request)
+        match self.keys.lock().unwrap_or_else(|e| e.into_inner()).clone() {
+            Some(k) if k.expiry().is_none_or(|e| e > at) => sign_with(&k, self, request),
+            Some(_) => Err(Error::rejected("the temporary AWS credentials expired")),
+            None => Err(Error::internal("sign-request before authorize")),
+        }
     }
 }
 

@@ -332,11 +332,31 @@ fn credential_process_runs_through_the_host_and_its_expiry_is_the_credentials() 
     mock.authorize(conn.as_ref()).unwrap();
     let a = mock.with_host(|h| conn.sign_request(&req, h)).unwrap();
     assert!(authorization(&a).contains("Credential=ASIAPROC1/"));
-    // keys expired at signing time are resolved again even without an authorize
+    // signing runs no process (the host answers none there): expired keys are refused
     req.unix_time = 1_767_229_200;
-    let a = mock.with_host(|h| conn.sign_request(&req, h)).unwrap();
-    assert!(authorization(&a).contains("Credential=ASIAPROC2/"));
-    assert_eq!(calls.load(std::sync::atomic::Ordering::SeqCst), 3);
+    let e = mock.with_host(|h| conn.sign_request(&req, h)).unwrap_err();
+    assert_eq!(
+        e.kind(),
+        fhirconn_sdk::ErrorKind::CredentialsRejected,
+        "{e}"
+    );
+    assert_eq!(calls.load(std::sync::atomic::Ordering::SeqCst), 2);
+}
+
+#[test]
+fn signing_before_authorize_is_an_error_not_a_guess() {
+    let mock = MockHost::new();
+    let conn = mock
+        .configure(&AwsSigV4, suite_settings(json!({})))
+        .unwrap();
+    let req = request(
+        "GET",
+        "https://example.amazonaws.com/",
+        &[],
+        EMPTY_BODY_SHA256,
+    );
+    let e = mock.with_host(|h| conn.sign_request(&req, h)).unwrap_err();
+    assert_eq!(e.kind(), fhirconn_sdk::ErrorKind::Internal, "{e}");
 }
 
 #[test]
