@@ -313,3 +313,42 @@ async fn callers_with_their_own_client_get_the_signature_headers() {
     let sig = headers.iter().find(|(n, _)| n == "x-signature").unwrap();
     assert!(sig.1.is_sensitive());
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_middleware_signs_for_a_client_without_redirects_and_refuses_otherwise() {
+    use crate::middleware::{Authentication, MiddlewareError};
+    let server = HostileServer::start().await.unwrap();
+    server.otherwise(Answer::json(200, &json!({})));
+    let h = host(&server, json!({"w1": {"scheme": "zz-signer"}})).await;
+    let c = h.connection("w1").unwrap();
+    let url = c.url_for("Patient/1").unwrap();
+    let plain = reqwest::Client::builder()
+        .redirect(reqwest::redirect::Policy::none())
+        .build()
+        .unwrap();
+    // A client that may follow redirects would send a signature bound to another URL.
+    let follows = reqwest_middleware::ClientBuilder::new(plain.clone())
+        .with(Authentication::new(c.clone()))
+        .build();
+    let e = follows.get(url.clone()).send().await.unwrap_err();
+    let refused = match &e {
+        reqwest_middleware::Error::Middleware(m) => m.downcast_ref::<MiddlewareError>(),
+        _ => None,
+    };
+    assert!(
+        matches!(refused, Some(MiddlewareError::SigningUnsafe(_))),
+        "{e:?}"
+    );
+    assert!(server.received().is_empty());
+    let client = reqwest_middleware::ClientBuilder::new(plain)
+        .with(Authentication::new(c.clone()).client_follows_no_redirects())
+        .build();
+    let resp = client.put(url.clone()).body("abc").send().await.unwrap();
+    assert_eq!(resp.status(), 200);
+    let got = server.received();
+    assert!(
+        header(&got[0], "x-signed").contains(&format!("PUT {url} ba7816bf")),
+        "{:?}",
+        got[0].headers
+    );
+}
