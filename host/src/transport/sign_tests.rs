@@ -352,3 +352,16 @@ async fn the_middleware_signs_for_a_client_without_redirects_and_refuses_otherwi
         got[0].headers
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn streamed_requests_of_the_proxy_are_signed_too() {
+    let server = HostileServer::start().await.unwrap();
+    server.otherwise(Answer::json(200, &json!({})));
+    let h = host(&server, json!({"p1": {"scheme": "zz-signer"}})).await;
+    let c = h.connection("p1").unwrap();
+    let resp = c.send_streaming(Request::get("Patient/7")).await.unwrap();
+    assert_eq!(resp.status(), 200);
+    let got = server.received();
+    let expected = format!("1 GET {}", server.url("/fhir/Patient/7"));
+    assert!(header(&got[0], "x-signed").starts_with(&expected));
+}
