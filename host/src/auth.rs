@@ -4,10 +4,10 @@
 use crate::bridge::{
     CallError, CallServices, ConnectionInfo, InlineServices, PluginConnection, SharedServices,
 };
-use crate::transport::{Signer, Signing};
 use crate::error::Error;
 use crate::plugins::SchemeHandle;
 use crate::token_cache::PersistentTokens;
+use crate::transport::{Signer, Signing};
 use fhirconn_sdk::wire::ConnectionOperation;
 use fhirconn_sdk::{ClientIdentity, ErrorKind, ExposeSecret as _};
 use reqwest::header::{HeaderName, HeaderValue};
@@ -214,6 +214,9 @@ impl AuthRuntime {
     /// Current credentials: cached, or fetched by exactly one caller while the others wait.
     pub async fn credentials(&self, interactive: bool) -> Result<Arc<Resolved>, Error> {
         if let Some(c) = self.cached() {
+            metrics::counter!("fhirconn_token_cache_hits_total",
+                "connection" => self.id.clone(), "cache" => "memory")
+            .increment(1);
             return Ok(c);
         }
         let _flight = self.fetch_lock.lock().await;
@@ -221,6 +224,24 @@ impl AuthRuntime {
             return Ok(c);
         }
         let fresh = Arc::new(self.load_or_fetch(interactive).await?);
+        let (counter, source) = match fresh.source {
+            crate::fleet::CredentialSource::Fetched => ("fhirconn_token_fetches_total", "scheme"),
+            crate::fleet::CredentialSource::LocalFallback => {
+                ("fhirconn_token_fetches_total", "local-fallback")
+            }
+            crate::fleet::CredentialSource::PersistentCache => {
+                ("fhirconn_token_cache_hits_total", "persistent")
+            }
+            crate::fleet::CredentialSource::FleetCache => {
+                ("fhirconn_token_cache_hits_total", "fleet")
+            }
+        };
+        let label = if counter == "fhirconn_token_fetches_total" {
+            "source"
+        } else {
+            "cache"
+        };
+        metrics::counter!(counter, "connection" => self.id.clone(), label => source).increment(1);
         *self
             .cache
             .write()

@@ -977,3 +977,245 @@ async fn a_revoked_token_is_renewed_once_and_the_request_body_resent() {
     let _ = stop.send(());
     server.await.unwrap().unwrap();
 }
+
+// ---- the proxy as a service ----
+
+fn get_with(
+    url: &str,
+    token: Option<&str>,
+    extra: &[(&str, &str)],
+) -> (u16, String, Vec<(String, String)>) {
+    let mut req = std::process::Command::new("curl");
+    req.args(["-s", "-i", "--max-time", "20", url]);
+    if let Some(t) = token {
+        req.args(["-H", &format!("Authorization: Bearer {t}")]);
+    }
+    for (k, v) in extra {
+        req.args(["-H", &format!("{k}: {v}")]);
+    }
+    let out = req.output().unwrap();
+    let text = String::from_utf8_lossy(&out.stdout).into_owned();
+    let (head, body) = text.split_once("\r\n\r\n").unwrap_or((&text, ""));
+    let mut lines = head.lines();
+    let status = lines
+        .next()
+        .and_then(|l| l.split_whitespace().nth(1))
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(0);
+    let headers = lines
+        .filter_map(|l| l.split_once(':'))
+        .map(|(k, v)| (k.trim().to_ascii_lowercase(), v.trim().to_string()))
+        .collect();
+    (status, body.to_string(), headers)
+}
+
+fn header_of<'a>(headers: &'a [(String, String)], name: &str) -> Option<&'a str> {
+    headers
+        .iter()
+        .find(|(k, _)| k == name)
+        .map(|(_, v)| v.as_str())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn health_readiness_and_metrics_follow_the_access_rules_and_ids_reach_the_upstream() {
+    let upstream = HostileServer::start().await.unwrap();
+    upstream.on(
+        "GET",
+        "/fhir/Patient/1",
+        Answer::fhir(200, &json!({"resourceType": "Patient", "id": "1"})),
+    );
+    upstream.on(
+        "GET",
+        "/fhir/metadata",
+        Answer::fhir(
+            200,
+            &json!({"resourceType": "CapabilityStatement", "fhirVersion": "4.0.1"}),
+        ),
+    );
+    let dir = config_dir(&upstream.url("/fhir"));
+    let proxy = start_proxy(
+        dir.path(),
+        &["--token-file", "proxy.token", "--log-format", "json"],
+    )
+    .await;
+    let p = proxy.url("");
+    // Without the token, or addressed to another name: refused like every request.
+    let r = tokio::task::spawn_blocking(move || {
+        let no_token = get_with(&format!("{p}/healthz"), None, &[]).0;
+        let rebound = get_with(
+            &format!("{p}/metrics"),
+            Some(PROXY_TOKEN),
+            &[("Host", "rebind.attacker.example")],
+        )
+        .0;
+        let health = get_with(&format!("{p}/healthz"), Some(PROXY_TOKEN), &[]);
+        // Readiness: `s` passes its test, `other` (port 9) fails: not ready, and says which.
+        let deadline = Instant::now() + Duration::from_secs(20);
+        let ready = loop {
+            let r = get_with(&format!("{p}/readyz"), Some(PROXY_TOKEN), &[]);
+            let v: serde_json::Value = serde_json::from_str(&r.1).unwrap_or_default();
+            if !v["connections"]["other"].is_null() && !v["connections"]["s"].is_null()
+                || Instant::now() > deadline
+            {
+                break (r.0, v);
+            }
+            std::thread::sleep(Duration::from_millis(100));
+        };
+        let proxied = get_with(
+            &format!("{p}/s/Patient/1"),
+            Some(PROXY_TOKEN),
+            &[("X-Request-Id", "job-7.a")],
+        );
+        let fresh_id = get_with(
+            &format!("{p}/s/Patient/1"),
+            Some(PROXY_TOKEN),
+            &[("X-Request-Id", "bad id")],
+        );
+        let metrics = get_with(&format!("{p}/metrics"), Some(PROXY_TOKEN), &[]);
+        (no_token, rebound, health, ready, proxied, fresh_id, metrics)
+    })
+    .await
+    .unwrap();
+    let (no_token, rebound, health, (ready_status, ready), proxied, fresh_id, metrics) = r;
+    assert_eq!(no_token, 401);
+    assert_eq!(rebound, 421);
+    assert_eq!((health.0, health.1.as_str()), (200, r#"{"status":"ok"}"#));
+    assert_eq!(ready_status, 503, "{ready}");
+    assert_eq!(ready["ready"], false);
+    assert_eq!(ready["connections"]["s"]["ok"], true, "{ready}");
+    assert_eq!(ready["connections"]["other"]["ok"], false, "{ready}");
+    assert!(!ready.to_string().contains(TOKEN));
+    // The caller's request id goes upstream and comes back; an unfit one is replaced.
+    assert_eq!(proxied.0, 200);
+    assert_eq!(header_of(&proxied.2, "x-request-id"), Some("job-7.a"));
+    let ids: Vec<String> = upstream
+        .received_at("/fhir/Patient/1")
+        .iter()
+        .filter_map(|r| r.header("x-request-id").map(str::to_string))
+        .collect();
+    assert_eq!(ids.len(), 2, "{ids:?}");
+    assert_eq!(ids[0], "job-7.a");
+    assert_ne!(ids[1], "bad id");
+    assert_eq!(
+        header_of(&fresh_id.2, "x-request-id"),
+        Some(ids[1].as_str())
+    );
+    // Metrics: requests by connection and status class, latency, bytes, token fetches.
+    assert_eq!(metrics.0, 200);
+    let m = metrics.1;
+    for want in [
+        r#"fhirconn_proxy_requests_total{connection="s",status="2xx"} 2"#,
+        "fhirconn_proxy_upstream_seconds",
+        r#"fhirconn_proxy_bytes_streamed_total{connection="s"}"#,
+        r#"fhirconn_token_fetches_total{connection="s",source="scheme"}"#,
+    ] {
+        assert!(m.contains(want), "{want} missing in:\n{m}");
+    }
+    assert!(!m.contains(TOKEN) && !m.contains(PROXY_TOKEN));
+    // JSON logs, with the request id.
+    let log = proxy.stderr();
+    let answered: Vec<serde_json::Value> = log
+        .lines()
+        .filter_map(|l| serde_json::from_str::<serde_json::Value>(l).ok())
+        .filter(|v| v["fields"]["message"] == "answered")
+        .collect();
+    assert!(
+        answered
+            .iter()
+            .any(|v| v["span"]["request_id"] == "job-7.a"),
+        "{log}"
+    );
+    assert!(!log.contains(TOKEN) && !log.contains(PROXY_TOKEN), "{log}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sighup_reloads_a_valid_file_and_keeps_the_old_one_when_it_is_bad() {
+    let upstream = bearer_server(TOKEN).await;
+    let dir = config_dir(&upstream.base_url());
+    let proxy = start_proxy(dir.path(), &["--token-file", "proxy.token"]).await;
+    let p = proxy.url("");
+    let hup = |pid: u32| {
+        assert!(Command::new("kill")
+            .args(["-HUP", &pid.to_string()])
+            .status()
+            .unwrap()
+            .success());
+        std::thread::sleep(Duration::from_millis(700));
+    };
+    let pid = proxy.child.id();
+    let yaml = dir.path().join("fhirconn.yaml");
+    let good = std::fs::read_to_string(&yaml).unwrap();
+    std::fs::write(&yaml, "connections:\n  s:\n    base-url: [not, a, url\n").unwrap();
+    let base = upstream.base_url();
+    let r = tokio::task::spawn_blocking(move || {
+        hup(pid);
+        let still = get_with(&format!("{p}/s/Patient/1"), Some(PROXY_TOKEN), &[]).0;
+        std::fs::write(
+            &yaml,
+            format!(
+                "{good}  t:\n    base-url: {base}\n    auth: {{scheme: bearer, token: {TOKEN}}}\n"
+            ),
+        )
+        .unwrap();
+        hup(pid);
+        let added = get_with(&format!("{p}/t/Patient/1"), Some(PROXY_TOKEN), &[]).0;
+        (still, added)
+    })
+    .await
+    .unwrap();
+    assert_eq!(r, (200, 200));
+    let log = proxy.stderr();
+    assert!(
+        log.contains("not reloaded, keeping the previous configuration"),
+        "{log}"
+    );
+    assert!(log.contains("SIGHUP: reloaded"), "{log}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sigterm_drains_requests_in_flight_within_the_drain_timeout_and_exits_0() {
+    let upstream = bearer_server(TOKEN).await;
+    upstream.set_fault(fhirconn_testkit::Fault::Slow(Duration::from_millis(1500)));
+    let dir = config_dir(&upstream.base_url());
+    let proxy = start_proxy(dir.path(), &["--token-file", "proxy.token"]).await;
+    let p = proxy.url("");
+    let in_flight =
+        std::thread::spawn(move || get_with(&format!("{p}/s/Patient/1"), Some(PROXY_TOKEN), &[]).0);
+    std::thread::sleep(Duration::from_millis(400));
+    let started = Instant::now();
+    let status = tokio::task::spawn_blocking(move || proxy.stop_with("TERM"))
+        .await
+        .unwrap();
+    assert!(status.success(), "{status:?}");
+    assert_eq!(
+        in_flight.join().unwrap(),
+        200,
+        "the request in flight was answered"
+    );
+    assert!(
+        started.elapsed() >= Duration::from_millis(800),
+        "it waited for the request"
+    );
+
+    // Bounded: a request longer than --drain-timeout does not hold the exit.
+    upstream.set_fault(fhirconn_testkit::Fault::Slow(Duration::from_secs(8)));
+    let proxy = start_proxy(
+        dir.path(),
+        &["--token-file", "proxy.token", "--drain-timeout", "1"],
+    )
+    .await;
+    let p = proxy.url("");
+    let _hung =
+        std::thread::spawn(move || get_with(&format!("{p}/s/Patient/1"), Some(PROXY_TOKEN), &[]).0);
+    std::thread::sleep(Duration::from_millis(400));
+    let started = Instant::now();
+    let status = tokio::task::spawn_blocking(move || proxy.stop_with("TERM"))
+        .await
+        .unwrap();
+    assert!(status.success(), "{status:?}");
+    assert!(
+        started.elapsed() < Duration::from_secs(4),
+        "{:?}",
+        started.elapsed()
+    );
+}

@@ -236,6 +236,8 @@ impl Connection {
             return Ok(None);
         }
         tracing::debug!(connection = %self.id(), "401: dropping cached credentials");
+        metrics::counter!("fhirconn_401_retries_total", "connection" => self.id().to_string())
+            .increment(1);
         self.auth.invalidate(stale).await;
         let fresh = self.auth.credentials(false).await?;
         if fresh.headers == stale.headers && !signs {

@@ -7,7 +7,7 @@ use super::*;
 #[derive(Clone)]
 pub(super) struct ProxyState {
     /// The connections.
-    pub(super) host: Arc<Host>,
+    pub(super) host: super::service::ServedHost,
     /// SHA-256 of the token.
     pub(super) token: Option<[u8; 32]>,
     /// Lowercase `host:port` authorities (and `host` alone on the scheme's default port).
@@ -214,6 +214,13 @@ pub(super) async fn forward(State(st): State<ProxyState>, req: axum::extract::Re
         );
         return r;
     }
+    match parts.uri.path() {
+        "/healthz" => return super::service::healthz(),
+        "/readyz" => return st.host.readyz(),
+        "/metrics" => return super::service::metrics(),
+        _ => {}
+    }
+    let host = st.host.current();
     // Without a token nobody is known to be the person: ids are not listed.
     let may_list = st.token.is_some();
     let path = parts.uri.path().trim_start_matches('/');
@@ -222,14 +229,14 @@ pub(super) async fn forward(State(st): State<ProxyState>, req: axum::extract::Re
         let text = if may_list {
             format!(
                 "use /<connection id>/<path>; connections: {}",
-                st.host.connection_ids().join(", ")
+                host.connection_ids().join(", ")
             )
         } else {
             "use /<connection id>/<path>".to_string()
         };
         return outcome(StatusCode::NOT_FOUND, "not-found", &text);
     }
-    let conn = match st.host.connection(id) {
+    let conn = match host.connection(id) {
         Ok(c) => c,
         Err(crate::Error::UnknownConnection { .. }) if !may_list => {
             return outcome(StatusCode::NOT_FOUND, "not-found", "no such connection");
@@ -247,12 +254,18 @@ pub(super) async fn forward(State(st): State<ProxyState>, req: axum::extract::Re
         }
     };
     let listed = connection_listed(&parts.headers);
-    let headers = parts
+    let request_id = super::service::request_id(&parts.headers);
+    let mut headers: Vec<(HeaderName, HeaderValue)> = parts
         .headers
         .iter()
-        .filter(|(k, _)| forwardable(k, &listed))
+        .filter(|(k, _)| forwardable(k, &listed) && k.as_str() != super::service::REQUEST_ID)
         .map(|(k, v)| (k.clone(), v.clone()))
         .collect();
+    let id_value = HeaderValue::from_str(&request_id).unwrap_or(HeaderValue::from_static("-"));
+    headers.push((
+        HeaderName::from_static(super::service::REQUEST_ID),
+        id_value.clone(),
+    ));
     let target = match parts.uri.query() {
         Some(q) => format!("{rest}?{q}"),
         None => rest.to_string(),
@@ -263,17 +276,44 @@ pub(super) async fn forward(State(st): State<ProxyState>, req: axum::extract::Re
         headers,
         body: (!body.is_empty()).then(|| body.to_vec()),
     };
-    match conn.send_streaming(request).await {
+    let started = std::time::Instant::now();
+    let method = parts.method.clone();
+    let span = tracing::info_span!("proxy", request_id = %request_id, connection = %id);
+    let answer = {
+        let _entered = span.enter();
+        tracing::debug!(method = %method, path = %rest, "forwarding");
+        drop(_entered);
+        tracing::Instrument::instrument(conn.send_streaming(request), span.clone()).await
+    };
+    let connection = id.to_string();
+    let mut out = match answer {
         Ok(resp) => {
             let status = resp.status();
+            let class = super::service::status_class(status.as_u16());
+            metrics::counter!("fhirconn_proxy_requests_total",
+                "connection" => connection.clone(), "status" => class)
+            .increment(1);
+            metrics::histogram!("fhirconn_proxy_upstream_seconds",
+                "connection" => connection.clone(), "status" => class)
+            .record(started.elapsed().as_secs_f64());
+            tracing::info!(parent: &span, status = status.as_u16(),
+                ms = started.elapsed().as_millis() as u64, "answered");
             let headers = resp.headers().clone();
             let listed = connection_listed(&headers);
-            let chunks = futures_util::stream::unfold(Some(resp), |state| async move {
-                let mut resp = state?;
-                match resp.chunk().await {
-                    Ok(Some(c)) => Some((Ok::<_, reqwest::Error>(c), Some(resp))),
-                    Ok(None) => None,
-                    Err(e) => Some((Err(e), None)),
+            let chunks = futures_util::stream::unfold(Some(resp), move |state| {
+                let connection = connection.clone();
+                async move {
+                    let mut resp = state?;
+                    match resp.chunk().await {
+                        Ok(Some(c)) => {
+                            metrics::counter!("fhirconn_proxy_bytes_streamed_total",
+                                "connection" => connection)
+                            .increment(c.len() as u64);
+                            Some((Ok::<_, reqwest::Error>(c), Some(resp)))
+                        }
+                        Ok(None) => None,
+                        Err(e) => Some((Err(e), None)),
+                    }
                 }
             });
             let mut out = Response::new(Body::from_stream(chunks));
@@ -290,14 +330,24 @@ pub(super) async fn forward(State(st): State<ProxyState>, req: axum::extract::Re
         Err(e @ crate::Error::InvalidRequest(_)) => outcome(
             StatusCode::BAD_REQUEST,
             "invalid",
-            &format!("connection '{id}': {}", st.host.redact(&e.to_string())),
+            &format!("connection '{id}': {}", host.redact(&e.to_string())),
         ),
-        Err(e) => outcome(
-            StatusCode::BAD_GATEWAY,
-            "transient",
-            &format!("connection '{id}': {}", st.host.redact(&e.to_string())),
-        ),
-    }
+        Err(e) => {
+            metrics::counter!("fhirconn_proxy_requests_total",
+                "connection" => id.to_string(), "status" => "failed")
+            .increment(1);
+            let text = host.redact(&e.to_string());
+            tracing::warn!(parent: &span, "failed: {text}");
+            outcome(
+                StatusCode::BAD_GATEWAY,
+                "transient",
+                &format!("connection '{id}': {text}"),
+            )
+        }
+    };
+    out.headers_mut()
+        .insert(super::service::REQUEST_ID, id_value);
+    out
 }
 
 #[cfg(test)]

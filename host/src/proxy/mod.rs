@@ -27,7 +27,10 @@
 //! serves HTTPS (required to listen beyond loopback).
 
 mod guard;
+mod service;
 mod tls;
+
+pub use service::{install_metrics, Readiness, ServedHost, REQUEST_ID};
 
 pub use tls::tls_config;
 
@@ -35,7 +38,6 @@ use guard::{authorities, forward, ProxyState};
 use tls::TlsListener;
 
 use crate::connection::Request;
-use crate::Host;
 use axum::body::{to_bytes, Body};
 use axum::extract::State;
 use axum::http::{header, HeaderMap, HeaderName, HeaderValue, StatusCode};
@@ -414,14 +416,14 @@ impl Config {
 
 /// Serves the proxy on `listener` until `shutdown` completes (HTTPS when `config` has TLS).
 pub async fn serve(
-    host: Arc<Host>,
+    host: impl Into<ServedHost>,
     listener: tokio::net::TcpListener,
     config: Config,
     shutdown: impl std::future::Future<Output = ()> + Send + 'static,
 ) -> std::io::Result<()> {
     let bound = listener.local_addr()?;
     let state = ProxyState {
-        host,
+        host: host.into(),
         token: config.token.as_ref().map(|t| {
             let d: [u8; 32] = Sha256::digest(t.expose_secret().as_bytes()).into();
             d

@@ -54,6 +54,18 @@ pub(crate) struct Global {
     /// More logging: -v debug, -vv trace. Secrets are redacted.
     #[arg(short, long, action = clap::ArgAction::Count, global = true)]
     pub verbose: u8,
+    /// Log format on stderr: `text`, or `json` (one object per line, for log collectors).
+    #[arg(long, value_enum, global = true, default_value_t = LogFormat::Text)]
+    pub log_format: LogFormat,
+}
+
+/// `--log-format`.
+#[derive(clap::ValueEnum, Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum LogFormat {
+    /// Human-readable lines.
+    Text,
+    /// One JSON object per line.
+    Json,
 }
 
 #[derive(Subcommand, Debug)]
@@ -122,7 +134,7 @@ enum Command {
     Man,
 }
 
-fn init_logging(verbose: u8) {
+fn init_logging(verbose: u8, format: LogFormat) {
     use tracing_subscriber::EnvFilter;
     let filter = match std::env::var("RUST_LOG") {
         Ok(v) if !v.is_empty() => EnvFilter::new(v),
@@ -132,19 +144,27 @@ fn init_logging(verbose: u8) {
             _ => "info,fhirconn_host=trace,fhirconn=trace",
         }),
     };
-    let _ = tracing_subscriber::fmt()
+    let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
-        .with_writer(std::io::stderr)
-        .with_ansi(render::colour_stderr())
-        .with_target(verbose > 0)
-        .try_init();
+        .with_writer(std::io::stderr);
+    let _ = match format {
+        LogFormat::Json => builder
+            .json()
+            .with_current_span(true)
+            .with_span_list(false)
+            .try_init(),
+        LogFormat::Text => builder
+            .with_ansi(render::colour_stderr())
+            .with_target(verbose > 0)
+            .try_init(),
+    };
 }
 
 fn main() -> ExitCode {
     // Tokens, refresh tokens and keys live in this process: no core dumps of it.
     fhirconn_host::process::deny_core_dumps();
     let cli = Cli::parse();
-    init_logging(cli.global.verbose);
+    init_logging(cli.global.verbose, cli.global.log_format);
     let rt = match tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()

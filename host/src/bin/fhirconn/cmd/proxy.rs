@@ -1,6 +1,7 @@
 //! `fhirconn proxy`: serves the connections on a local port ([`fhirconn_host::proxy`]); this
-//! module turns the options into a configuration, says how callers authenticate, and stops on
-//! Ctrl-C or SIGTERM.
+//! module turns the options into a configuration, says how callers authenticate, tests the
+//! connections for `/readyz`, reloads the connections file on SIGHUP (a bad file keeps the
+//! old one), and on Ctrl-C or SIGTERM drains requests in flight (bounded) and exits 0.
 
 use crate::{CliError, CmdResult, Global};
 use std::path::PathBuf;
@@ -30,10 +31,13 @@ pub struct Args {
     /// PEM private key of --tls-cert.
     #[arg(long, value_name = "FILE", requires = "tls_cert")]
     tls_key: Option<PathBuf>,
+    /// On SIGTERM or Ctrl-C, wait at most this many seconds for requests in flight.
+    #[arg(long, value_name = "SECONDS", default_value_t = 30)]
+    drain_timeout: u64,
 }
 
 /// Ctrl-C or SIGTERM.
-async fn shutdown() {
+async fn stop_signal() {
     #[cfg(unix)]
     if let Ok(mut term) = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
     {
@@ -120,8 +124,86 @@ pub async fn run(g: &Global, a: Args) -> CmdResult {
         "proxy on {scheme}://{bound}/<connection>/<path> for: {}",
         host.connection_ids().join(", ")
     );
-    let result = fhirconn_host::proxy::serve(host, listener, config, shutdown()).await;
+    fhirconn_host::proxy::install_metrics();
+    let served = fhirconn_host::proxy::ServedHost::from(host);
+    tokio::spawn({
+        let served = served.clone();
+        async move { served.test_all().await }
+    });
+    let (stopping_tx, mut stopping) = tokio::sync::watch::channel(false);
+    tokio::spawn(async move {
+        stop_signal().await;
+        let _ = stopping_tx.send(true);
+    });
+    let graceful = {
+        let mut stopping = stopping.clone();
+        async move {
+            let _ = stopping.wait_for(|s| *s).await;
+        }
+    };
+    let serve = fhirconn_host::proxy::serve(served.clone(), listener, config, graceful);
+    tokio::pin!(serve);
+    let drain = std::time::Duration::from_secs(a.drain_timeout);
+    let mut reloads = Reloads::new();
+    let result = loop {
+        tokio::select! {
+            r = &mut serve => break r,
+            _ = reloads.next() => reload(g, &served).await,
+            _ = stopping.wait_for(|s| *s) => {
+                tracing::info!("stopping: draining requests in flight (at most {}s)", drain.as_secs());
+                break match tokio::time::timeout(drain, &mut serve).await {
+                    Ok(r) => r,
+                    Err(_) => {
+                        tracing::warn!("drain timeout: closing the connections still open");
+                        Ok(())
+                    }
+                };
+            }
+        }
+    };
     drop(generated);
     result.map_err(|e| CliError::Failed(e.to_string()))?;
     Ok(ExitCode::SUCCESS)
+}
+
+/// SIGHUP, as a stream (never ready where there is no such signal).
+struct Reloads {
+    #[cfg(unix)]
+    hup: Option<tokio::signal::unix::Signal>,
+}
+
+impl Reloads {
+    fn new() -> Self {
+        Self {
+            #[cfg(unix)]
+            hup: tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup()).ok(),
+        }
+    }
+
+    async fn next(&mut self) {
+        #[cfg(unix)]
+        if let Some(h) = self.hup.as_mut() {
+            h.recv().await;
+            return;
+        }
+        std::future::pending::<()>().await;
+    }
+}
+
+/// Re-reads the connections file: a valid one replaces the served host (and its connections
+/// are tested again); a bad one is logged and the old one kept.
+async fn reload(g: &Global, served: &fhirconn_host::proxy::ServedHost) {
+    match g.host(&[]).await {
+        Ok(host) => {
+            let ids = host.connection_ids().join(", ");
+            served.replace(std::sync::Arc::new(host));
+            tracing::info!("SIGHUP: reloaded {}: {ids}", g.config.display());
+            served.test_all().await;
+        }
+        Err(e) => tracing::error!(
+            "SIGHUP: {} not reloaded, keeping the previous configuration: {}",
+            g.config.display(),
+            crate::render::sanitize(&e.to_string())
+        ),
+    }
 }

@@ -1,0 +1,219 @@
+//! The proxy as a service: the host it serves (replaceable on reload), readiness from each
+//! connection's last test, Prometheus metrics, and request ids. `GET /healthz`, `/readyz` and
+//! `/metrics` answer only after the proxy's access checks (Host, browser, token), like every
+//! other request; these three exact paths are reserved.
+
+use crate::{Host, TestReport};
+use axum::http::{header, HeaderMap, HeaderValue, StatusCode};
+use axum::response::{IntoResponse, Response};
+use metrics_exporter_prometheus::{PrometheusBuilder, PrometheusHandle};
+use serde_json::json;
+use std::collections::BTreeMap;
+use std::sync::{Arc, OnceLock, RwLock};
+use std::time::SystemTime;
+
+/// The header carrying a request's id to the upstream server and back to the caller.
+pub const REQUEST_ID: &str = "x-request-id";
+
+/// The host a running proxy serves; [`ServedHost::replace`] swaps it (a reload) while
+/// requests in flight finish on the host they started with.
+#[derive(Clone)]
+pub struct ServedHost {
+    host: Arc<RwLock<Arc<Host>>>,
+    ready: Arc<RwLock<BTreeMap<String, Readiness>>>,
+}
+
+impl std::fmt::Debug for ServedHost {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ServedHost").finish_non_exhaustive()
+    }
+}
+
+/// One connection's last test, as `/readyz` shows it (no secrets: ids, kinds, times).
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct Readiness {
+    /// Whether the test passed.
+    pub ok: bool,
+    /// The diagnosis kind when it failed.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub kind: Option<String>,
+    /// When it was tested (seconds since the Unix epoch).
+    pub tested_at: u64,
+}
+
+impl From<Arc<Host>> for ServedHost {
+    fn from(host: Arc<Host>) -> Self {
+        Self {
+            host: Arc::new(RwLock::new(host)),
+            ready: Arc::default(),
+        }
+    }
+}
+
+impl ServedHost {
+    /// The host now.
+    pub fn current(&self) -> Arc<Host> {
+        self.host
+            .read()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .clone()
+    }
+
+    /// Serves `host` from now on (its connections' readiness starts over).
+    pub fn replace(&self, host: Arc<Host>) {
+        *self
+            .host
+            .write()
+            .unwrap_or_else(std::sync::PoisonError::into_inner) = host;
+        self.ready
+            .write()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .clear();
+    }
+
+    /// Records test reports for `/readyz`.
+    pub fn record_tests(&self, reports: &[TestReport]) {
+        let now = SystemTime::now()
+            .duration_since(SystemTime::UNIX_EPOCH)
+            .map_or(0, |d| d.as_secs());
+        let mut ready = self
+            .ready
+            .write()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        for r in reports {
+            ready.insert(
+                r.id.clone(),
+                Readiness {
+                    ok: r.ok,
+                    kind: r.failure.as_ref().map(|f| f.kind.to_string()),
+                    tested_at: now,
+                },
+            );
+        }
+    }
+
+    /// Tests every connection of the current host and records the results.
+    pub async fn test_all(&self) {
+        let host = self.current();
+        let ids = host.connection_ids();
+        if let Ok(reports) = host.test(&ids, None).await {
+            self.record_tests(&reports);
+        }
+    }
+
+    /// `/readyz`: 200 when every connection's last test passed, else 503; the body lists
+    /// each connection's last result (`null` when not tested yet).
+    pub(super) fn readyz(&self) -> Response {
+        let ids = self.current().connection_ids();
+        let ready = self
+            .ready
+            .read()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        let all_ok = ids.iter().all(|id| ready.get(id).is_some_and(|r| r.ok));
+        let body: BTreeMap<&String, Option<&Readiness>> =
+            ids.iter().map(|id| (id, ready.get(id))).collect();
+        let status = if all_ok {
+            StatusCode::OK
+        } else {
+            StatusCode::SERVICE_UNAVAILABLE
+        };
+        json_response(status, &json!({"ready": all_ok, "connections": body}))
+    }
+}
+
+/// `/healthz`: the process answers.
+pub(super) fn healthz() -> Response {
+    json_response(StatusCode::OK, &json!({"status": "ok"}))
+}
+
+fn json_response(status: StatusCode, v: &serde_json::Value) -> Response {
+    let mut r = (status, v.to_string()).into_response();
+    r.headers_mut().insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static("application/json"),
+    );
+    r
+}
+
+static PROMETHEUS: OnceLock<Option<PrometheusHandle>> = OnceLock::new();
+
+/// Installs the process's Prometheus recorder (once; `None` when another recorder was
+/// installed by an embedding program).
+pub fn install_metrics() -> Option<&'static PrometheusHandle> {
+    PROMETHEUS
+        .get_or_init(|| PrometheusBuilder::new().install_recorder().ok())
+        .as_ref()
+}
+
+/// `/metrics` in the Prometheus text format.
+pub(super) fn metrics() -> Response {
+    match install_metrics() {
+        Some(h) => {
+            let mut r = (StatusCode::OK, h.render()).into_response();
+            r.headers_mut().insert(
+                header::CONTENT_TYPE,
+                HeaderValue::from_static("text/plain; version=0.0.4"),
+            );
+            r
+        }
+        None => (StatusCode::NOT_FOUND, "metrics are not recorded here").into_response(),
+    }
+}
+
+/// The id of a request: the caller's `X-Request-Id` when it is short and plain
+/// (`[A-Za-z0-9._-]{1,64}`), else a new random one.
+pub(super) fn request_id(headers: &HeaderMap) -> String {
+    let given = headers
+        .get(REQUEST_ID)
+        .and_then(|v| v.to_str().ok())
+        .filter(|v| {
+            (1..=64).contains(&v.len())
+                && v.bytes()
+                    .all(|b| b.is_ascii_alphanumeric() || b"._-".contains(&b))
+        });
+    match given {
+        Some(v) => v.to_string(),
+        None => {
+            let mut b = [0u8; 12];
+            let _ = getrandom::fill(&mut b);
+            b.iter().map(|x| format!("{x:02x}")).collect()
+        }
+    }
+}
+
+/// The status class label of a status (`2xx`...).
+pub(super) fn status_class(status: u16) -> &'static str {
+    match status {
+        100..=199 => "1xx",
+        200..=299 => "2xx",
+        300..=399 => "3xx",
+        400..=499 => "4xx",
+        _ => "5xx",
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn request_ids_pass_through_only_when_plain() {
+        let mut h = HeaderMap::new();
+        h.insert(REQUEST_ID, HeaderValue::from_static("job-42.a_b"));
+        assert_eq!(request_id(&h), "job-42.a_b");
+        h.insert(REQUEST_ID, HeaderValue::from_static("bad id\u{7f}"));
+        let fresh = request_id(&h);
+        assert_eq!(fresh.len(), 24);
+        assert_ne!(fresh, request_id(&HeaderMap::new()));
+        let long = "a".repeat(65);
+        h.insert(REQUEST_ID, HeaderValue::from_str(&long).unwrap());
+        assert_ne!(request_id(&h), long);
+    }
+
+    #[test]
+    fn status_classes() {
+        assert_eq!(status_class(200), "2xx");
+        assert_eq!(status_class(401), "4xx");
+        assert_eq!(status_class(502), "5xx");
+    }
+}
