@@ -30,7 +30,7 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 pub const JWT_BEARER_ASSERTION: &str = "urn:ietf:params:oauth:client-assertion-type:jwt-bearer";
 
 mod assertion;
-pub use assertion::JWT_BEARER_GRANT;
+pub use assertion::{client_key, JWT_BEARER_GRANT};
 
 /// What verifies a client's jwt-bearer grant assertions.
 #[derive(Debug, Clone)]

@@ -218,28 +218,37 @@ pub fn configure(i: &Inputs<'_>, host: &Host<'_>) -> Result<(Authenticator, Opti
     Ok((auth, grant))
 }
 
-/// The same combinations in JSON Schema (for a settings struct's `allOf`): which secret or key
-/// each `auth-method` and `grant` needs, and `kid`/`alg` only with a key.
+/// What each `auth-method` and `grant` needs, in JSON Schema (for a settings struct's
+/// `allOf`), written so that the host words every failure for a person: "exactly one of
+/// 'client-secret', 'client-secret-file', 'client-secret-env' must be set; none is", "missing
+/// required field 'grant'", "must be one of [...]". What a method forbids (a secret beside
+/// `private_key_jwt`, `kid`/`alg` without a key) is left to [`configure`], whose errors name
+/// the setting.
 pub fn schema_rules() -> Vec<Value> {
     let one_of = |n: &str| {
-        json!({"anyOf": [{"required": [n]}, {"required": [format!("{n}-file")]},
+        json!({"oneOf": [{"required": [n]}, {"required": [format!("{n}-file")]},
             {"required": [format!("{n}-env")]}]})
     };
     let (secret, key) = (one_of("client-secret"), one_of("private-key"));
     let method = |m: Value| json!({"properties": {"auth-method": m}, "required": ["auth-method"]});
     let jwt_bearer =
         json!({"properties": {"grant": {"const": "jwt-bearer"}}, "required": ["grant"]});
+    let not_jwt_bearer = json!({"properties": {"grant": {"enum": ["client_credentials"]}}});
     let secret_methods =
         json!({"enum": ["client_secret_basic", "client_secret_post", "client_secret_jwt"]});
+    let any = |n: &str| {
+        json!({"anyOf": [{"required": [n]}, {"required": [format!("{n}-file")]},
+            {"required": [format!("{n}-env")]}]})
+    };
     vec![
         json!({"if": method(secret_methods), "then": secret}),
-        json!({"if": {"not": {"anyOf": [{"required": ["auth-method"]}, jwt_bearer]}}, "then": secret}),
+        json!({"if": {"not": {"anyOf": [{"required": ["auth-method"]}, jwt_bearer]}},
+            "then": secret}),
         json!({"if": method(json!({"const": "private_key_jwt"})),
-            "then": {"allOf": [key, {"not": secret}, {"not": jwt_bearer}]}}),
-        json!({"if": method(json!({"const": "client_secret_jwt"})), "then": {"not": jwt_bearer}}),
+            "then": {"allOf": [key, not_jwt_bearer]}}),
+        json!({"if": method(json!({"const": "client_secret_jwt"})), "then": not_jwt_bearer}),
         json!({"if": method(json!({"const": "none"})), "then": jwt_bearer}),
-        json!({"if": jwt_bearer, "then": {"anyOf": [key, secret]}}),
-        json!({"if": {"anyOf": [{"required": ["kid"]}, {"required": ["alg"]}]}, "then": key}),
+        json!({"if": {"allOf": [jwt_bearer, {"not": any("private-key")}]}, "then": secret}),
     ]
 }
 

@@ -14,6 +14,28 @@ use jsonwebtoken::{Algorithm, DecodingKey, Validation};
 use serde_json::Value;
 use std::collections::HashMap;
 
+/// A fresh client key pair for `alg` (RS256/RS384: a 2048-bit RSA key; ES256: P-256; ES384:
+/// P-384): its private key as PKCS#8 PEM, and the public JWKS to register (one key, `kid`).
+pub fn client_key(alg: Algorithm, kid: &str) -> (String, JwkSet) {
+    let pair = match alg {
+        Algorithm::ES256 => rcgen::KeyPair::generate_for(&rcgen::PKCS_ECDSA_P256_SHA256),
+        Algorithm::ES384 => rcgen::KeyPair::generate_for(&rcgen::PKCS_ECDSA_P384_SHA384),
+        _ => rcgen::KeyPair::generate_rsa_for(&rcgen::PKCS_RSA_SHA256, rcgen::RsaKeySize::_2048),
+    }
+    .expect("generating a client key");
+    let pem = pair.serialize_pem();
+    let enc = match alg {
+        Algorithm::ES256 | Algorithm::ES384 => {
+            jsonwebtoken::EncodingKey::from_ec_pem(pem.as_bytes())
+        }
+        _ => jsonwebtoken::EncodingKey::from_rsa_pem(pem.as_bytes()),
+    }
+    .expect("our own key");
+    let mut jwk = jsonwebtoken::jwk::Jwk::from_encoding_key(&enc, alg).expect("a public JWK");
+    jwk.common.key_id = Some(kid.to_string());
+    (pem, JwkSet { keys: vec![jwk] })
+}
+
 /// The grant type of RFC 7523 §2.1.
 pub const JWT_BEARER_GRANT: &str = "urn:ietf:params:oauth:grant-type:jwt-bearer";
 

@@ -1,5 +1,5 @@
-//! Unit tests of `oauth::client_auth`: the JSON Schema rules and [`configure`] accept and refuse
-//! the same combinations of `auth-method`, `grant`, secret and key.
+//! Unit tests of `oauth::client_auth`: the JSON Schema rules and [`configure`] agree on what
+//! each `auth-method` and `grant` needs; what a method forbids only `configure` refuses.
 
 use super::*;
 use crate::settings;
@@ -48,60 +48,85 @@ fn the_schema_rules_and_configure_agree() {
         .as_array_mut()
         .unwrap()
         .extend(schema_rules());
+    // (settings, the schema accepts them, configure accepts them)
     let cases = [
-        (json!({}), false),
-        (json!({"client-secret": "s"}), true),
+        (json!({}), false, false),
+        (json!({"client-secret": "s"}), true, true),
         (
             json!({"client-secret-env": "S", "auth-method": "client_secret_post"}),
+            true,
             true,
         ),
         (
             json!({"client-secret": "s", "auth-method": "client_secret_jwt"}),
             true,
+            true,
         ),
-        (json!({"auth-method": "client_secret_jwt"}), false),
+        (json!({"auth-method": "client_secret_jwt"}), false, false),
         (
             json!({"auth-method": "private_key_jwt", "private-key-file": "k"}),
+            true,
             true,
         ),
         (
             json!({"auth-method": "private_key_jwt", "private-key-file": "k", "kid": "x", "alg": "ES256"}),
             true,
+            true,
         ),
-        (json!({"auth-method": "private_key_jwt"}), false),
+        (json!({"auth-method": "private_key_jwt"}), false, false),
         (
-            json!({"auth-method": "private_key_jwt", "private-key-file": "k", "client-secret": "s"}),
+            json!({"auth-method": "none", "client-secret": "s"}),
+            false,
             false,
         ),
-        (json!({"auth-method": "none", "client-secret": "s"}), false),
-        (json!({"grant": "jwt-bearer"}), false),
-        (json!({"grant": "jwt-bearer", "client-secret": "s"}), true),
+        (json!({"grant": "jwt-bearer"}), false, false),
+        (
+            json!({"grant": "jwt-bearer", "client-secret": "s"}),
+            true,
+            true,
+        ),
         (
             json!({"grant": "jwt-bearer", "private-key-file": "k"}),
+            true,
             true,
         ),
         (
             json!({"grant": "jwt-bearer", "auth-method": "none", "private-key-file": "k"}),
             true,
+            true,
         ),
         (
             json!({"grant": "jwt-bearer", "auth-method": "client_secret_basic", "client-secret": "s"}),
+            true,
+            true,
+        ),
+        (
+            json!({"grant": "jwt-bearer", "auth-method": "client_secret_basic", "client-secret": "s", "private-key-file": "k"}),
+            true,
             true,
         ),
         (
             json!({"grant": "jwt-bearer", "auth-method": "client_secret_jwt", "client-secret": "s"}),
             false,
+            false,
         ),
         (
             json!({"grant": "jwt-bearer", "auth-method": "private_key_jwt", "private-key-file": "k"}),
             false,
+            false,
         ),
-        (json!({"client-secret": "s", "kid": "x"}), false),
-        (json!({"client-secret": "s", "alg": "RS256"}), false),
+        // Forbidden combinations: left to configure, whose errors name the setting.
+        (
+            json!({"auth-method": "private_key_jwt", "private-key-file": "k", "client-secret": "s"}),
+            true,
+            false,
+        ),
+        (json!({"client-secret": "s", "kid": "x"}), true, false),
+        (json!({"client-secret": "s", "alg": "RS256"}), true, false),
     ];
-    for (mut v, ok) in cases {
+    for (mut v, schema_ok, ok) in cases {
         v["client-id"] = json!("app");
-        assert_eq!(jsonschema::is_valid(&schema, &v), ok, "schema: {v}");
+        assert_eq!(jsonschema::is_valid(&schema, &v), schema_ok, "schema: {v}");
         let got = configured(&v, &mock);
         assert_eq!(got.is_ok(), ok, "configure: {v}: {got:?}");
     }
