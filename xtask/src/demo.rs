@@ -19,30 +19,8 @@ pub(crate) fn demo() -> Result {
     let (mut child, info) = start_testkit(&root.join("target/debug/fhirconn-testkit"), &["serve"])?;
     let dir = root.join("target/demo");
     std::fs::create_dir_all(&dir)?;
+    write_files(&dir, &info)?;
     let s = |v: &serde_json::Value| v.as_str().unwrap_or_default().to_string();
-    std::fs::write(
-        dir.join("basic-password.txt"),
-        s(&info["basic"]["password"]),
-    )?;
-    std::fs::write(dir.join("bearer-token.txt"), s(&info["bearer"]["token"]))?;
-    std::fs::write(
-        dir.join("client-secret.txt"),
-        s(&info["oauth"]["client-secret"]),
-    )?;
-    write_private(
-        &dir.join("smart-key.pem"),
-        &s(&info["oauth"]["private-key-pem"]),
-    )?;
-    std::fs::write(dir.join("demo-ca.pem"), s(&info["mtls"]["ca-pem"]))?;
-    std::fs::write(
-        dir.join("azure-secret.txt"),
-        s(&info["azure"]["client-secret"]),
-    )?;
-    std::fs::write(dir.join("client.crt"), s(&info["mtls"]["certificate-pem"]))?;
-    write_private(
-        &dir.join("client.key"),
-        &s(&info["mtls"]["private-key-pem"]),
-    )?;
     let config = format!(
         "# Written by `cargo xtask demo`: one connection per scheme against the testkit servers.\n\
          connections:\n  \
@@ -129,5 +107,34 @@ pub(crate) fn demo() -> Result {
         return Err("the demo's connection tests failed".into());
     }
     println!("\ntry it yourself:\n  target/debug/fhirconn -c {} --plugin-dir {} get bearer-demo Patient/1", cfg.display(), plugins.display());
+    Ok(())
+}
+
+/// The demo's credential files, next to its connections file.
+fn write_files(dir: &std::path::Path, info: &serde_json::Value) -> Result {
+    let s = |v: &serde_json::Value| v.as_str().unwrap_or_default().to_string();
+    std::fs::write(
+        dir.join("basic-password.txt"),
+        s(&info["basic"]["password"]),
+    )?;
+    std::fs::write(dir.join("bearer-token.txt"), s(&info["bearer"]["token"]))?;
+    std::fs::write(
+        dir.join("client-secret.txt"),
+        s(&info["oauth"]["client-secret"]),
+    )?;
+    write_private(
+        &dir.join("smart-key.pem"),
+        &s(&info["oauth"]["private-key-pem"]),
+    )?;
+    std::fs::write(dir.join("demo-ca.pem"), s(&info["mtls"]["ca-pem"]))?;
+    std::fs::write(
+        dir.join("azure-secret.txt"),
+        s(&info["azure"]["client-secret"]),
+    )?;
+    std::fs::write(dir.join("client.crt"), s(&info["mtls"]["certificate-pem"]))?;
+    write_private(
+        &dir.join("client.key"),
+        &s(&info["mtls"]["private-key-pem"]),
+    )?;
     Ok(())
 }
