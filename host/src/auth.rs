@@ -249,6 +249,15 @@ impl AuthRuntime {
         Ok(fresh)
     }
 
+    /// Drops the in-memory credentials only (the shared levels keep theirs).
+    pub async fn drop_memory(&self) {
+        let _flight = self.fetch_lock.lock().await;
+        *self
+            .cache
+            .write()
+            .unwrap_or_else(std::sync::PoisonError::into_inner) = None;
+    }
+
     /// Signs in afresh (interactive, ignoring stored refresh state) and caches the result.
     pub async fn login(&self) -> Result<Arc<Resolved>, Error> {
         let _flight = self.fetch_lock.lock().await;

@@ -31,6 +31,10 @@ pub(crate) fn bench(export_only: bool) -> Result {
     cmd!(sh, "cargo bench -p fhirconn-tests --bench soak")
         .env("FHIRCONN_TEST_PLUGIN_DIR", &plugin_dir)
         .run()?;
+    // The proxy against direct requests, and the fleet cache's hit path (a real Redis).
+    cmd!(sh, "cargo bench -p fhirconn-tests --bench fleet_proxy")
+        .env("FHIRCONN_TEST_PLUGIN_DIR", &plugin_dir)
+        .run()?;
     // Criterion: per-request signing (the vendor-hmac example, built in release like the
     // bench) through the host vs a direct call.
     let vendor = root.join("tests/vendor-hmac-plugin/Cargo.toml");

@@ -129,6 +129,12 @@ impl Connection {
         self.auth.credentials(interactive).await
     }
 
+    /// Forgets the credentials held in this process's memory (after rotating a secret, say):
+    /// the next request looks in the persistent and fleet caches, then asks the scheme.
+    pub async fn drop_cached_credentials(&self) {
+        self.auth.drop_memory().await;
+    }
+
     /// Runs the schemes' interactive sign-in (e.g. a device code), ignoring stored refresh
     /// tokens, and caches the result. Schemes that need no person simply authorize.
     pub async fn login(&self) -> Result<Arc<crate::auth::Resolved>, Error> {
