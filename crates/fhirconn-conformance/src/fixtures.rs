@@ -4,6 +4,7 @@
 mod aws;
 mod azure_identity;
 mod exec;
+mod google;
 mod smart_launch;
 mod starters;
 
@@ -26,6 +27,7 @@ pub const SCHEMES: &[&str] = &[
     "mtls",
     "azure-ad",
     "aws-sigv4",
+    "google-service-account",
     "smart-app-launch",
     "exec",
 ];
@@ -46,6 +48,7 @@ pub struct Fixture {
     idp: Option<IdentityProvider>,
     entra: Option<MockEntra>,
     healthlake: Option<fhirconn_testkit::sigv4::MockHealthLake>,
+    google: Option<fhirconn_testkit::google::MockGoogle>,
     smart: Option<smart_launch::SmartLaunch>,
     good: Value,
     wrong: Option<Value>,
@@ -78,6 +81,7 @@ impl Fixture {
             idp: None,
             entra: None,
             healthlake: None,
+            google: None,
             smart: None,
             extra: json!({}),
             secrets: Vec::new(),
@@ -92,6 +96,7 @@ impl Fixture {
             "azure-ad" => starters::azure_ad(&d, &mut parts).await?,
             "aws-sigv4" => aws::start(&d, &mut parts).await?,
             "exec" => exec::start(&d, &mut parts).await?,
+            "google-service-account" => google::start(&d, &mut parts).await?,
             "smart-app-launch" => smart_launch::start(&d, &mut parts).await?,
             other => starters::vendor(other, _setup, &d, &mut parts).await?,
         };
@@ -99,6 +104,7 @@ impl Fixture {
             idp,
             entra,
             healthlake,
+            google,
             smart,
             extra,
             mut secrets,
@@ -126,6 +132,7 @@ impl Fixture {
             idp,
             entra,
             healthlake,
+            google,
             smart,
             good,
             wrong,
@@ -166,7 +173,7 @@ impl Fixture {
     }
     /// Whether the scheme fetches expiring tokens.
     pub fn issues_tokens(&self) -> bool {
-        self.idp.is_some() || self.entra.is_some()
+        self.idp.is_some() || self.entra.is_some() || self.google.is_some()
     }
     /// Changes the lifetime of tokens issued from now on.
     pub fn set_token_lifetime(&self, d: Duration) {
@@ -176,6 +183,9 @@ impl Fixture {
         if let Some(e) = &self.entra {
             e.set_access_token_lifetime(d);
         }
+        if let Some(g) = &self.google {
+            g.set_token_lifetime(d);
+        }
     }
     /// Tokens issued (or token requests, for the Entra mock).
     pub fn tokens_issued(&self) -> u64 {
@@ -183,6 +193,7 @@ impl Fixture {
             .as_ref()
             .map(|p| p.tokens_issued())
             .or_else(|| self.entra.as_ref().map(|e| e.token_requests()))
+            .or_else(|| self.google.as_ref().map(|g| g.tokens_issued()))
             .unwrap_or(0)
     }
     /// Revokes every token the FHIR server has seen.
@@ -361,6 +372,7 @@ impl Fixture {
             }
             "bearer" => self.bearer_rotation(setup).await,
             "aws-sigv4" => aws::case(self, setup).await,
+            "google-service-account" => google::assertion_claims(self, setup).await,
             "smart-app-launch" => smart_launch::case(self, setup).await,
             "basic" => {
                 // A UTF-8 password with colons (the canary) passed in `passes`; a username
