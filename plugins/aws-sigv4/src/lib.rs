@@ -126,13 +126,11 @@ fn source(s: &AwsSettings) -> Result<Source> {
         .filter_map(|(given, name)| given.then_some(name))
         .collect();
     if named.len() != 1 {
-        let found = if named.is_empty() {
-            "none".into()
-        } else {
-            named.join(" and ")
-        };
+        let found = Some(named.join(" and ")).filter(|f| !f.is_empty());
+        let found = found.unwrap_or_else(|| "none".into());
         return Err(Error::config(format!("give exactly one credential source: access-key-id with secret-access-key, profile, or from-environment: true (found {found})")));
     }
+    let apart = Error::config("access-key-id and secret-access-key go together");
     Ok(match (&s.profile, &s.access_key_id, &s.secret_access_key) {
         (Some(p), _, _) => Source::Profile(p.clone()),
         (None, Some(id), Some(secret)) => Source::Static(keys(
@@ -142,11 +140,7 @@ fn source(s: &AwsSettings) -> Result<Source> {
             "access-key-id",
         )?),
         _ if s.from_environment => Source::Environment,
-        _ => {
-            return Err(Error::config(
-                "access-key-id and secret-access-key go together",
-            ))
-        }
+        _ => return Err(apart),
     })
 }
 
@@ -157,13 +151,8 @@ pub(crate) fn keys(id: &str, secret: &str, token: Option<&str>, from: &str) -> R
         let e = format!("{from}: an access key id is letters and digits only");
         return Err(Error::config(e));
     }
-    Ok(Keys::new(
-        id,
-        secret,
-        token.map(str::to_string),
-        None,
-        "fhirconn",
-    ))
+    let token = token.map(str::to_string);
+    Ok(Keys::new(id, secret, token, None, "fhirconn"))
 }
 
 /// Keys from `AWS_ACCESS_KEY_ID`, `AWS_SECRET_ACCESS_KEY` and (optional) `AWS_SESSION_TOKEN`.
@@ -172,12 +161,8 @@ fn from_environment(host: &Host<'_>) -> Result<Keys> {
     let missing = |name: &str| Error::config(format!("from-environment: {name} is not set"));
     let id = var("AWS_ACCESS_KEY_ID").ok_or_else(|| missing("AWS_ACCESS_KEY_ID"))?;
     let secret = var("AWS_SECRET_ACCESS_KEY").ok_or_else(|| missing("AWS_SECRET_ACCESS_KEY"))?;
-    keys(
-        &id,
-        &secret,
-        var("AWS_SESSION_TOKEN").as_deref(),
-        "AWS_ACCESS_KEY_ID",
-    )
+    let token = var("AWS_SESSION_TOKEN");
+    keys(&id, &secret, token.as_deref(), "AWS_ACCESS_KEY_ID")
 }
 
 impl AwsConnection {
@@ -253,16 +238,12 @@ fn sign_with(keys: &Keys, c: &AwsConnection, request: &SignRequest) -> Result<Si
         .build()
         .map_err(|_| Error::internal("sign-request: incomplete signing parameters"))?
         .into();
-    let headers = request
-        .headers
-        .iter()
-        .map(|h| (h.name.as_str(), h.value.as_str()));
+    let headers = request.headers.iter().map(|h| (&*h.name, &*h.value));
     let body = SignableBody::Precomputed(request.body_sha256.clone());
     let signable = SignableRequest::new(&request.method, request.url.as_str(), headers, body)
         .map_err(|e| bad(&e.to_string()))?;
-    let (instructions, _signature) = sign(signable, &params)
-        .map_err(|e| bad(&e.to_string()))?
-        .into_parts();
+    let signed = sign(signable, &params).map_err(|e| bad(&e.to_string()))?;
+    let (instructions, _signature) = signed.into_parts();
     let headers = instructions.headers().map(|(name, value)| match name {
         "authorization" | "x-amz-security-token" => WireHeader::sensitive(name, value),
         _ => WireHeader::new(name, value),

@@ -94,22 +94,14 @@ fn run(command: &str, host: &Host<'_>) -> Result<Keys> {
     }
     let out: Value = serde_json::from_str(answer.stdout.trim())
         .map_err(|e| Error::protocol(format!("its output is not JSON ({e})")))?;
-    let text = |key: &str| {
-        out.get(key)
-            .and_then(Value::as_str)
-            .filter(|v| !v.is_empty())
-    };
+    let text = |key: &str| out.get(key)?.as_str().filter(|v| !v.is_empty());
     let need =
         |key: &str| text(key).ok_or_else(|| Error::protocol(format!("its output needs {key}")));
     if out.get("Version").and_then(Value::as_u64) != Some(1) {
         return Err(Error::protocol("its output needs \"Version\": 1"));
     }
-    let mut creds = keys(
-        need("AccessKeyId")?,
-        need("SecretAccessKey")?,
-        text("SessionToken"),
-        "AccessKeyId",
-    )?;
+    let (id, secret) = (need("AccessKeyId")?, need("SecretAccessKey")?);
+    let mut creds = keys(id, secret, text("SessionToken"), "AccessKeyId")?;
     if let Some(at) = text("Expiration") {
         let at = DateTime::from_str(at, Format::DateTime)
             .ok()
