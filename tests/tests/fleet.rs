@@ -154,10 +154,23 @@ fn eight_processes_on_a_cold_cache_make_one_token_request_and_redis_sees_no_secr
         assert!(k.starts_with("fhirconn:token:"), "{k}");
     }
 
+    // A wrong Redis password: that worker falls back, nothing fails.
+    let wrong = redis.url().replace("CANARY-redis-pass-31", "not-the-password");
+    let config_wrong = e.write(&wrong);
+    let s = finish(worker(&config_wrong, "shared", 10, 0, KEY));
+    assert_eq!(failed(&s), 0, "{}", s.stderr);
+    assert_eq!(
+        s.v["last_source"],
+        "fetched (fleet cache unavailable: local fallback)"
+    );
+    assert!(!s.stderr.contains("not-the-password"), "{}", s.stderr);
+    assert_eq!(e.idp.token_requests(), 2);
+    e.write(&redis.url());
+
     // `credential-cache: local` opts out: its own token.
     let s = finish(worker(&config, "alone", 5, 0, KEY));
     assert_eq!(failed(&s), 0);
-    assert_eq!(e.idp.token_requests(), 2);
+    assert_eq!(e.idp.token_requests(), 3);
     assert_eq!(s.v["last_source"], "fetched");
 }
 
