@@ -201,9 +201,7 @@ impl Host {
             }
             settings.retain(|id, _| only.contains(id));
         }
-        let redactor = Arc::new(Redactor::default());
-        redactor.add_schema_names(&Host::schema_for(&registry));
-        register_inline_secrets(&doc.value, &redactor);
+        let redactor = host_redactor(&doc, &registry);
         let fleet_cache = fleet_cache(&doc, &redactor)?;
         let rt = tokio::runtime::Handle::current();
         let clients = Arc::new(ClientPool::default());
@@ -525,6 +523,16 @@ fn fleet_cache(doc: &Document, redactor: &Redactor) -> Result<Option<Arc<fleet::
     Ok(Some(cache))
 }
 
+/// A host's redactor: the file's inline secrets registered, and the setting names of the
+/// composed schema, which are never redacted inside (see [`Redactor`]).
+fn host_redactor(doc: &Document, registry: &Registry) -> Arc<Redactor> {
+    let redactor = Arc::new(Redactor::default());
+    redactor.add_schema_names(&Host::schema_for(registry));
+    register_inline_secrets(&doc.value, &redactor);
+    redactor
+}
+
+/// Inline secrets in the file (keys that look like secrets) are redacted from logs too.
 fn register_inline_secrets(v: &serde_json::Value, redactor: &Redactor) {
     match v {
         serde_json::Value::Object(o) => {
