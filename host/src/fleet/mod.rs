@@ -225,7 +225,7 @@ impl std::fmt::Debug for FleetTokens {
 enum Found {
     /// A value due for use (`fresh`) or only still valid (`!fresh`).
     Value {
-        creds: Resolved,
+        creds: Box<Resolved>,
         raw: Vec<u8>,
         fresh: bool,
     },
@@ -270,7 +270,11 @@ impl FleetTokens {
         match crate::token_cache::decode(&text, &self.fingerprint, margin) {
             Some(creds) => {
                 let fresh = creds.renew_at.is_some_and(|r| r > SystemTime::now());
-                Ok(Found::Value { creds, raw, fresh })
+                Ok(Found::Value {
+                    creds: Box::new(creds),
+                    raw,
+                    fresh,
+                })
             }
             None => Ok(Found::Nothing),
         }
@@ -301,9 +305,9 @@ impl FleetTokens {
             let usable = match self.lookup(margin).await {
                 Ok(Found::Value { creds, raw, fresh }) if fresh => {
                     self.remember(Some(raw));
-                    return Ok((creds, CredentialSource::FleetCache));
+                    return Ok((*creds, CredentialSource::FleetCache));
                 }
-                Ok(Found::Value { creds, raw, .. }) => Some((creds, raw)),
+                Ok(Found::Value { creds, raw, .. }) => Some((*creds, raw)),
                 Ok(Found::Nothing) => None,
                 Err(e) => return self.fallback(e, fetch).await,
             };
