@@ -5,6 +5,7 @@ mod aws;
 mod azure_identity;
 mod exec;
 mod google;
+mod jwt_auth;
 mod smart_launch;
 mod starters;
 
@@ -318,34 +319,11 @@ impl Fixture {
                 }
             };
         match self.scheme.as_str() {
-            // The reference provider verifies kid, typ, alg, iss = sub, aud = token URL,
-            // exp ≤ 5 min, jti replay and the signature by kid; the assertion's aud must be the
-            // token URL exactly, so a different spelling of the same URL is refused.
-            "smart-backend" => {
-                for _ in 0..2 {
-                    let r = self.test_once(setup, &self.good, Value::Null).await?;
-                    if !r.ok {
-                        return Err(format!("a fresh assertion was refused: {r:?}"));
-                    }
-                }
-                let p = self.idp.as_ref().ok_or("no idp")?;
-                let mut aliased = self.good.clone();
-                aliased["token-url"] = json!(p.token_endpoint().replace("127.0.0.1", "localhost"));
-                expect_failure(
-                    self.test_once(setup, &aliased, Value::Null).await?,
-                    "'aud' is not the token endpoint",
-                )
-            }
-            // The provider refuses a request that authenticates twice; a client registered for
-            // Basic is refused when it posts its secret instead.
-            "oidc-client-credentials" => {
-                let mut post = self.good.clone();
-                post["auth-method"] = json!("client_secret_post");
-                expect_failure(
-                    self.test_once(setup, &post, Value::Null).await?,
-                    "registered for client_secret_basic",
-                )
-            }
+            // The reference provider verifies assertions by RFC 7523 / OIDC Core §9 / SMART
+            // (alg, kid, typ, iss, sub, aud = the token URL exactly, exp <= 5 min, jti replay).
+            "smart-backend" => jwt_auth::smart(self, setup).await,
+            // Secret methods, client_secret_jwt, private_key_jwt (every alg), jwt-bearer grant.
+            "oidc-client-credentials" => jwt_auth::oidc(self, setup).await,
             "mtls" => {
                 let expired = json!({"scheme": "mtls", "certificate-file": "expired.crt", "private-key-file": "expired.key"});
                 match self.host(setup, &expired, Value::Null).await {

@@ -18,7 +18,9 @@ use axum::{
     Router,
 };
 use jsonwebtoken::jwk::{Jwk, JwkSet, KeyAlgorithm, PublicKeyUse};
-use jsonwebtoken::{Algorithm, EncodingKey, Header};
+/// The JWS algorithms of [`client_key`].
+pub use jsonwebtoken::Algorithm;
+use jsonwebtoken::{EncodingKey, Header};
 use serde_json::{json, Value};
 use std::collections::HashMap;
 use std::net::SocketAddr;
