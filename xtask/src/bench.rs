@@ -51,7 +51,10 @@ pub(crate) fn bench(export_only: bool) -> Result {
         std::env::consts::DLL_PREFIX,
         std::env::consts::DLL_SUFFIX
     );
-    std::fs::copy(fixture_build.join("release").join(&lib), vendor_dir.join(&lib))?;
+    crate::build::replace_file(
+        &fixture_build.join("release").join(&lib),
+        &vendor_dir.join(&lib),
+    )?;
     cmd!(sh, "cargo bench -p fhirconn-tests --bench sign")
         .env("FHIRCONN_TEST_VENDOR_DIR", &vendor_dir)
         .run()?;

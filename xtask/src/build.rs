@@ -64,9 +64,18 @@ fn copy_libs(from: &Path, libs: &[PluginCrate], to: &Path) -> Result {
     std::fs::create_dir_all(to)?;
     for p in libs {
         let src = from.join(lib_file(&p.lib));
-        std::fs::copy(&src, to.join(lib_file(&p.lib)))
-            .map_err(|e| format!("copy {}: {e}", src.display()))?;
+        replace_file(&src, &to.join(lib_file(&p.lib)))?;
     }
+    Ok(())
+}
+
+/// Copies `src` over `dest` by a rename: a process that has the old library loaded keeps its
+/// inode (copying in place would rewrite pages it has mapped, and it would crash).
+pub(crate) fn replace_file(src: &Path, dest: &Path) -> Result {
+    let name = dest.file_name().unwrap_or_default().to_string_lossy();
+    let tmp = dest.with_file_name(format!(".{name}.{}.tmp", std::process::id()));
+    std::fs::copy(src, &tmp).map_err(|e| format!("copy {}: {e}", src.display()))?;
+    std::fs::rename(&tmp, dest).map_err(|e| format!("rename to {}: {e}", dest.display()))?;
     Ok(())
 }
 
