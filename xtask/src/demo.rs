@@ -79,6 +79,18 @@ pub(crate) fn demo() -> Result {
         s(&info["aws"]["region"]),
         s(&info["aws"]["access-key-id"]),
     );
+    write_private(
+        &dir.join("google-service-account.json"),
+        &info["google"]["key-file"].to_string(),
+    )?;
+    let config = format!(
+        "{config}  google-demo:\n    base-url: {}\n    probe: Patient/1\n    auth:\n      \
+         scheme: google-service-account\n      key-file: google-service-account.json\n  \
+         google-metadata-demo:\n    base-url: {}\n    probe: Patient/1\n    auth:\n      \
+         scheme: google-service-account\n      source: metadata-server   # GCE_METADATA_HOST\n",
+        s(&info["google"]["base-url"]),
+        s(&info["google"]["base-url"]),
+    );
     let cfg = dir.join("fhirconn.yaml");
     std::fs::write(&cfg, config)?;
     println!(
@@ -97,6 +109,7 @@ pub(crate) fn demo() -> Result {
             "AZURE_POD_IDENTITY_AUTHORITY_HOST",
             s(&info["azure"]["imds-host"]),
         )
+        .env("GCE_METADATA_HOST", s(&info["google"]["metadata-host"]))
         .status()?;
     if let Some(mut stdin) = child.stdin.take() {
         let _ = stdin.flush();

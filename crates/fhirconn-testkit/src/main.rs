@@ -183,6 +183,19 @@ async fn main() -> std::io::Result<()> {
     .await?;
     info["aws"] = serde_json::json!({"base-url": healthlake.base_url(), "region": "us-east-1",
         "access-key-id": DEMO_AWS_KEY_ID, "secret-access-key": DEMO_AWS_SECRET});
+    let google =
+        fhirconn_testkit::google::MockGoogle::start(fhirconn_testkit::google::GoogleConfig {
+            audience: DEMO_AUDIENCE.into(),
+            ..Default::default()
+        })
+        .await?;
+    let gcp = FhirServer::start(FhirServerConfig {
+        auth: ServerAuth::Jwt(google.verifier(DEMO_AUDIENCE)),
+        ..FhirServerConfig::default()
+    })
+    .await?;
+    info["google"] = serde_json::json!({"base-url": gcp.base_url(),
+        "key-file": google.key_file(), "metadata-host": google.metadata_host()});
     if let Some(bulk) = &bulk {
         info["bulk"] = serde_json::json!({"base-url": bulk.base_url(), "token": DEMO_TOKEN,
             "file-sizes": bulk.export_generated_sizes()});
