@@ -150,7 +150,7 @@ impl Scheme for AzureAd {
     }
 
     fn summary(&self) -> &str {
-        "Microsoft Entra ID (Azure AD): user_impersonation by device code or auth code + PKCE, or a service principal"
+        "Microsoft Entra ID (Azure AD): user_impersonation by device code or auth code + PKCE; a service principal, managed identity or workload identity"
     }
 
     fn config_schema(&self) -> Value {
