@@ -161,6 +161,31 @@ pub async fn jwt_server(idp: &IdentityProvider, audience: &str) -> FhirServer {
     .expect("the FHIR server starts")
 }
 
+/// An identity provider with one `client_secret_basic` client (`client_id`, `secret`, scope
+/// `system/*.rs`) issuing tokens of `lifetime` for `audience`, and a FHIR server accepting them.
+pub async fn idp_with_secret_client(
+    audience: &str,
+    client_id: &str,
+    secret: &str,
+    lifetime: std::time::Duration,
+) -> (IdentityProvider, FhirServer) {
+    use fhirconn_testkit::idp::{ClientAuth, IdpConfig, RegisteredClient};
+    let idp = IdentityProvider::start(IdpConfig {
+        audience: audience.into(),
+        token_lifetime: lifetime,
+        clients: vec![RegisteredClient {
+            client_id: client_id.into(),
+            auth: ClientAuth::SecretBasic(secret.into()),
+            scopes: vec!["system/*.rs".into(), "system/*.read".into()],
+        }],
+        ..IdpConfig::default()
+    })
+    .await
+    .expect("the identity provider starts");
+    let fhir = jwt_server(&idp, audience).await;
+    (idp, fhir)
+}
+
 /// A plain HTTP/1.1 `GET url` (no TLS, `Connection: close`): the whole raw answer, or `None`
 /// when the address is unusable or nothing answers.
 pub fn http_get(url: &url::Url) -> Option<String> {

@@ -87,8 +87,7 @@ impl RedisServer {
         }
     }
 
-    /// Runs `redis-cli` against the server; its stdout, `None` when it could not run.
-    pub fn cli(&self, args: &[&str]) -> Option<String> {
+    fn cli_command(&self) -> Command {
         let mut cmd = Command::new("redis-cli");
         cmd.args([
             "-h",
@@ -100,7 +99,12 @@ impl RedisServer {
         if let Some(p) = &self.password {
             cmd.args(["-a", p]);
         }
-        let out = cmd.args(args).output().ok()?;
+        cmd
+    }
+
+    /// Runs `redis-cli` against the server; its stdout, `None` when it could not run.
+    pub fn cli(&self, args: &[&str]) -> Option<String> {
+        let out = self.cli_command().args(args).output().ok()?;
         out.status
             .success()
             .then(|| String::from_utf8_lossy(&out.stdout).into_owned())
@@ -112,19 +116,8 @@ impl RedisServer {
         keys.lines()
             .filter(|k| !k.is_empty())
             .map(|k| {
-                let mut cmd = Command::new("redis-cli");
-                cmd.args([
-                    "-h",
-                    "127.0.0.1",
-                    "-p",
-                    &self.port.to_string(),
-                    "--no-auth-warning",
-                ]);
-                if let Some(p) = &self.password {
-                    cmd.args(["-a", p]);
-                }
-                let v = cmd.args(["--raw", "GET", k]).output().map(|o| o.stdout);
-                (k.to_string(), v.unwrap_or_default())
+                let v = self.cli_command().args(["--raw", "GET", k]).output();
+                (k.to_string(), v.map(|o| o.stdout).unwrap_or_default())
             })
             .collect()
     }

@@ -2,8 +2,8 @@
 //! lifetime, a 401 invalidates fleet-wide, Redis down or a wrong key never fails a request, and
 //! Redis never sees a token or a secret in clear.
 
-use fhirconn_testkit::idp::{ClientAuth, IdentityProvider, IdpConfig, RegisteredClient};
-use fhirconn_testkit::{FhirServer, FhirServerConfig, ServerAuth};
+use fhirconn_testkit::idp::IdentityProvider;
+use fhirconn_testkit::FhirServer;
 use fhirconn_tests::redis::RedisServer;
 use fhirconn_tests::{fhirconn_command, root, run_command};
 use serde_json::{json, Value};
@@ -23,24 +23,8 @@ struct Env {
 }
 
 async fn env(lifetime: Duration) -> Env {
-    let idp = IdentityProvider::start(IdpConfig {
-        audience: AUDIENCE.into(),
-        token_lifetime: lifetime,
-        clients: vec![RegisteredClient {
-            client_id: "fleet-client".into(),
-            auth: ClientAuth::SecretBasic(SECRET.into()),
-            scopes: vec!["system/*.rs".into()],
-        }],
-        ..IdpConfig::default()
-    })
-    .await
-    .unwrap();
-    let fhir = FhirServer::start(FhirServerConfig {
-        auth: ServerAuth::Jwt(idp.verifier(AUDIENCE)),
-        ..FhirServerConfig::default()
-    })
-    .await
-    .unwrap();
+    let (idp, fhir) =
+        fhirconn_tests::idp_with_secret_client(AUDIENCE, "fleet-client", SECRET, lifetime).await;
     Env {
         idp,
         fhir,
@@ -155,7 +139,9 @@ fn eight_processes_on_a_cold_cache_make_one_token_request_and_redis_sees_no_secr
     }
 
     // A wrong Redis password: that worker falls back, nothing fails.
-    let wrong = redis.url().replace("CANARY-redis-pass-31", "not-the-password");
+    let wrong = redis
+        .url()
+        .replace("CANARY-redis-pass-31", "not-the-password");
     let config_wrong = e.write(&wrong);
     let s = finish(worker(&config_wrong, "shared", 10, 0, KEY));
     assert_eq!(failed(&s), 0, "{}", s.stderr);

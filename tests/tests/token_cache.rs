@@ -2,8 +2,8 @@
 //! testkit identity provider keeps one token in the credential store (0600) until it expires,
 //! binds it to the connection's settings, and forgets it on `fhirconn logout`.
 
-use fhirconn_testkit::idp::{ClientAuth, IdentityProvider, IdpConfig, RegisteredClient};
-use fhirconn_testkit::{FhirServer, FhirServerConfig, ServerAuth};
+use fhirconn_testkit::idp::IdentityProvider;
+use fhirconn_testkit::FhirServer;
 use fhirconn_tests::{fhirconn_command, mode, run_command, Out};
 use serde_json::{json, Value};
 use std::path::Path;
@@ -19,24 +19,13 @@ struct Env {
 }
 
 async fn env() -> Env {
-    let idp = IdentityProvider::start(IdpConfig {
-        audience: AUDIENCE.into(),
-        token_lifetime: Duration::from_secs(600),
-        clients: vec![RegisteredClient {
-            client_id: "cache-client".into(),
-            auth: ClientAuth::SecretBasic(SECRET.into()),
-            scopes: vec!["system/*.rs".into(), "system/*.read".into()],
-        }],
-        ..IdpConfig::default()
-    })
-    .await
-    .unwrap();
-    let fhir = FhirServer::start(FhirServerConfig {
-        auth: ServerAuth::Jwt(idp.verifier(AUDIENCE)),
-        ..FhirServerConfig::default()
-    })
-    .await
-    .unwrap();
+    let (idp, fhir) = fhirconn_tests::idp_with_secret_client(
+        AUDIENCE,
+        "cache-client",
+        SECRET,
+        Duration::from_secs(600),
+    )
+    .await;
     Env {
         idp,
         fhir,
