@@ -83,9 +83,7 @@ enum Flow {
         subject: Option<String>,
         token_url: String,
     },
-    Metadata {
-        url: String,
-    },
+    Metadata(String),
 }
 
 /// A configured `google-service-account` connection.
@@ -108,14 +106,11 @@ fn key_flow(s: Settings, key: SecretSetting, host: &Host<'_>) -> Result<Flow> {
     let name = key.key();
     let doc: Value = fhirconn_sdk::serde_json::from_str(key.expose_secret())
         .map_err(|e| Error::config(format!("{name}: not a JSON key file ({e})")))?;
-    match doc["type"].as_str() {
-        Some("service_account") => {}
-        other => {
-            return Err(Error::config(format!(
-                "{name}: a service-account key file has \"type\": \"service_account\", not {}",
-                other.map_or("none".into(), |t| format!("'{t}'"))
-            )))
-        }
+    let kind = field(&doc, "type", &name)?;
+    if kind != "service_account" {
+        return Err(Error::config(format!(
+            "{name}: \"type\" is '{kind}', not a service account key (\"service_account\")"
+        )));
     }
     let pem = field(&doc, "private_key", &name)?;
     host.redact_secret(pem);
@@ -201,9 +196,7 @@ impl Scheme for GoogleServiceAccount {
                         "subject and token-url need a key; the metadata server takes neither",
                     ));
                 }
-                Flow::Metadata {
-                    url: metadata_url(&scopes, host)?,
-                }
+                Flow::Metadata(metadata_url(&scopes, host)?)
             }
         };
         Ok(Box::new(GoogleConnection {
@@ -251,7 +244,7 @@ impl Connection for GoogleConnection {
                     .send(host)?
                     .credentials)
             }
-            Flow::Metadata { url } => {
+            Flow::Metadata(url) => {
                 let req = HttpRequest::new("GET", url).header("Metadata-Flavor", "Google");
                 let resp = host
                     .instance_metadata_http(req)

@@ -124,7 +124,7 @@ fn key_file_errors_name_the_problem_never_the_key() {
     let cases = [
         (
             with(json!({"type": "authorized_user"})),
-            "not 'authorized_user'",
+            "is 'authorized_user'",
         ),
         (with(json!({"client_email": null})), "no 'client_email'"),
         (with(json!({"private_key_id": ""})), "no 'private_key_id'"),
