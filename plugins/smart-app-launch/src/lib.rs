@@ -159,7 +159,49 @@ fn discover(base: &str, host: &Host<'_>) -> Result<Endpoints> {
     };
     endpoint_url("authorization_endpoint", &authorize, host)?;
     endpoint_url("token_endpoint", &token, host)?;
+    authorize_endpoint_is_clean(&authorize)?;
     Ok(Endpoints { authorize, token })
+}
+
+/// The parameters of the authorization request this client adds itself; plus `launch` (an
+/// EHR launch's), which a standalone launch never sends.
+const AUTHORIZE_PARAMS: [&str; 9] = [
+    "response_type",
+    "client_id",
+    "redirect_uri",
+    "scope",
+    "state",
+    "aud",
+    "code_challenge",
+    "code_challenge_method",
+    "launch",
+];
+
+/// A discovered authorization endpoint may keep a query of its own (RFC 6749 §3.1), but not
+/// one that already sets a parameter of the request: an authorization server that honours
+/// the first value would take the FHIR server's `aud` or `redirect_uri` instead of ours (a
+/// hostile FHIR server could point the sign-in at another server's audience). A fragment is
+/// forbidden outright (RFC 6749 §3.1). Checked before anyone is sent to sign in.
+fn authorize_endpoint_is_clean(authorize: &str) -> Result<()> {
+    let url = url::Url::parse(authorize)
+        .map_err(|e| Error::protocol(format!("authorization_endpoint: {e}")))?;
+    if url.fragment().is_some() {
+        return Err(Error::protocol(
+            "the discovered authorization_endpoint carries a fragment (RFC 6749 §3.1); refusing to sign in there",
+        ));
+    }
+    for (name, _) in url.query_pairs() {
+        if let Some(p) = AUTHORIZE_PARAMS
+            .iter()
+            .find(|p| p.eq_ignore_ascii_case(&name))
+        {
+            return Err(Error::protocol(format!(
+                "the discovered authorization_endpoint already sets '{p}' in its query; \
+                 refusing to sign in there (the FHIR server's discovery may be hostile)"
+            )));
+        }
+    }
+    Ok(())
 }
 
 /// `rest[].security.extension[oauth-uris].extension[authorize|token].valueUri` of

@@ -154,3 +154,74 @@ fn settings_rules() {
     secret["client-secret"] = json!("s3cret");
     assert!(mock.configure(&SmartAppLaunch, secret).is_ok());
 }
+
+/// A server whose smart-configuration names `authorize` as its authorization endpoint.
+fn discovering(authorize: &'static str) -> MockHost {
+    MockHost::new().with_http(move |req| {
+        Ok(match req.url.as_str() {
+            "http://127.0.0.1/fhir/.well-known/smart-configuration" => answer(
+                200,
+                json!({"authorization_endpoint": authorize,
+                       "token_endpoint": "http://127.0.0.1/fhir/auth/token"}),
+            ),
+            "http://127.0.0.1/fhir/auth/token" => answer(
+                200,
+                json!({"access_token": "at-1", "token_type": "Bearer", "expires_in": 300}),
+            ),
+            _ => answer(404, json!({})),
+        })
+    })
+}
+
+/// Security boundary: a discovered authorization endpoint whose query already sets a
+/// parameter of the authorization request (an `aud` or `redirect_uri` of the FHIR server's
+/// choosing, which a first-value-wins authorization server would honour), or that carries a
+/// fragment, is refused with a protocol error naming it; a query of its own is kept.
+#[test]
+fn an_authorization_endpoint_that_presets_request_parameters_is_refused() {
+    for (authorize, named) in [
+        (
+            "http://127.0.0.1/as/authorize?aud=https://victim.example/fhir",
+            "'aud'",
+        ),
+        (
+            "http://127.0.0.1/as/authorize?x=1&redirect_uri=http://evil.example/",
+            "'redirect_uri'",
+        ),
+        (
+            "http://127.0.0.1/as/authorize?Client_ID=other",
+            "'client_id'",
+        ),
+        ("http://127.0.0.1/as/authorize?%73cope=x", "'scope'"),
+        (
+            "http://127.0.0.1/as/authorize?response_type=token",
+            "'response_type'",
+        ),
+        ("http://127.0.0.1/as/authorize?state=s", "'state'"),
+        (
+            "http://127.0.0.1/as/authorize?code_challenge=c",
+            "'code_challenge'",
+        ),
+        (
+            "http://127.0.0.1/as/authorize?code_challenge_method=plain",
+            "'code_challenge_method'",
+        ),
+        ("http://127.0.0.1/as/authorize?launch=l", "'launch'"),
+        ("http://127.0.0.1/as/authorize#aud=x", "fragment"),
+    ] {
+        let mock = discovering(authorize);
+        stored(&mock, "rt-0");
+        let conn = mock.configure(&SmartAppLaunch, settings()).unwrap();
+        let e = mock.authorize(conn.as_ref()).unwrap_err();
+        assert_eq!(e.kind(), ErrorKind::Protocol, "{authorize}: {e}");
+        assert!(
+            e.to_string().contains("authorization_endpoint") && e.to_string().contains(named),
+            "{authorize}: {e}"
+        );
+    }
+    let mock = discovering("http://127.0.0.1/as/authorize?tenant=t1");
+    stored(&mock, "rt-0");
+    let conn = mock.configure(&SmartAppLaunch, settings()).unwrap();
+    mock.authorize(conn.as_ref())
+        .unwrap_or_else(|e| panic!("a query of its own is fine: {e}"));
+}
