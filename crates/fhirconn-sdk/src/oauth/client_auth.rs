@@ -15,7 +15,7 @@ use crate::{Error, Result};
 use serde_json::{json, Value};
 
 /// How the client authenticates at the token endpoint (OpenID Connect Core §9).
-#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Deserialize, schemars::JsonSchema)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub enum AuthMethod {
     /// HTTP Basic with the form-urlencoded id and client-secret (default)
@@ -31,7 +31,7 @@ pub enum AuthMethod {
 }
 
 /// The grant: client credentials, or a JWT bearer assertion (RFC 7523 §2.1).
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, serde::Deserialize, schemars::JsonSchema)]
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, serde::Deserialize)]
 pub enum Grant {
     /// RFC 6749 §4.4 (default)
     #[default]
@@ -40,6 +40,39 @@ pub enum Grant {
     /// RFC 7523 §2.1: the signed assertion is the grant
     #[serde(rename = "jwt-bearer")]
     JwtBearer,
+}
+
+/// A plain string `enum` (which the host words as "must be one of ..."), not schemars' `oneOf`
+/// of documented variants.
+fn string_enum(values: &[&str], description: &str) -> schemars::Schema {
+    schemars::json_schema!({"type": "string", "enum": values, "description": description})
+}
+
+impl schemars::JsonSchema for AuthMethod {
+    fn schema_name() -> std::borrow::Cow<'static, str> {
+        "AuthMethod".into()
+    }
+    fn json_schema(_: &mut schemars::SchemaGenerator) -> schemars::Schema {
+        let methods = [
+            "client_secret_basic",
+            "client_secret_post",
+            "client_secret_jwt",
+        ];
+        let values = [&methods[..], &["private_key_jwt", "none"]].concat();
+        string_enum(&values, "client authentication (OpenID Connect Core §9)")
+    }
+}
+
+impl schemars::JsonSchema for Grant {
+    fn schema_name() -> std::borrow::Cow<'static, str> {
+        "Grant".into()
+    }
+    fn json_schema(_: &mut schemars::SchemaGenerator) -> schemars::Schema {
+        string_enum(
+            &["client_credentials", "jwt-bearer"],
+            "client_credentials (RFC 6749 §4.4) or jwt-bearer (RFC 7523 §2.1)",
+        )
+    }
 }
 
 /// The settings [`configure`] reads (a scheme copies them from its own settings struct).
