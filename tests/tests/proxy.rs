@@ -474,6 +474,26 @@ async fn no_token_must_be_asked_for_warns_and_still_lists_no_ids() {
             "ids listed without a token: {body}"
         );
     }
+    // Nor in the service paths: readiness says only whether the proxy is ready (`other` is
+    // unreachable: once tested, 503), and metrics, whose labels are ids, are not served.
+    let deadline = Instant::now() + Duration::from_secs(20);
+    let (status, body) = loop {
+        let r = client.get(proxy.url("/readyz")).send().await.unwrap();
+        let status = r.status().as_u16();
+        let body = r.text().await.unwrap();
+        if status == 503 && body.contains("false") || Instant::now() > deadline {
+            break (status, body);
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    };
+    assert_eq!((status, body.as_str()), (503, r#"{"ready":false}"#));
+    let r = client.get(proxy.url("/metrics")).send().await.unwrap();
+    assert_eq!(r.status().as_u16(), 404);
+    let body = r.text().await.unwrap();
+    assert!(
+        !body.contains("other") && !body.contains("connection=\"s\""),
+        "ids listed without a token: {body}"
+    );
     // The browser checks hold without a token too.
     let r = client
         .get(proxy.url("/s/Patient/1"))
@@ -1215,6 +1235,60 @@ async fn sigterm_drains_requests_in_flight_within_the_drain_timeout_and_exits_0(
     assert!(status.success(), "{status:?}");
     assert!(
         started.elapsed() < Duration::from_secs(4),
+        "{:?}",
+        started.elapsed()
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_reload_waiting_on_a_slow_upstream_blocks_neither_serving_nor_sigterm() {
+    let upstream = bearer_server(TOKEN).await;
+    let dir = config_dir(&upstream.base_url());
+    let proxy = start_proxy(dir.path(), &["--token-file", "proxy.token"]).await;
+    let p = proxy.url("");
+    let pid = proxy.child.id();
+    let r = tokio::task::spawn_blocking(move || {
+        // Let the start-up test of `s` finish, then stall the upstream: the reload's test of
+        // the connections waits on it.
+        let deadline = Instant::now() + Duration::from_secs(20);
+        while Instant::now() < deadline {
+            let v: serde_json::Value =
+                serde_json::from_str(&get_with(&format!("{p}/readyz"), Some(PROXY_TOKEN), &[]).1)
+                    .unwrap_or_default();
+            if !v["connections"]["s"].is_null() {
+                break;
+            }
+            std::thread::sleep(Duration::from_millis(100));
+        }
+        upstream.set_fault(fhirconn_testkit::Fault::Slow(Duration::from_secs(8)));
+        assert!(Command::new("kill")
+            .args(["-HUP", &pid.to_string()])
+            .status()
+            .unwrap()
+            .success());
+        std::thread::sleep(Duration::from_millis(500));
+        let started = Instant::now();
+        let health = get_with(&format!("{p}/healthz"), Some(PROXY_TOKEN), &[]).0;
+        (health, started.elapsed(), upstream)
+    })
+    .await
+    .unwrap();
+    let (health, took, _upstream) = r;
+    assert_eq!(health, 200);
+    assert!(
+        took < Duration::from_secs(1),
+        "/healthz took {took:?} during a reload"
+    );
+    let log = proxy.stderr();
+    assert!(log.contains("SIGHUP: reloaded"), "{log}");
+    // SIGTERM while the reload's test still waits on the upstream: a prompt exit 0.
+    let started = Instant::now();
+    let status = tokio::task::spawn_blocking(move || proxy.stop_with("TERM"))
+        .await
+        .unwrap();
+    assert!(status.success(), "{status:?}");
+    assert!(
+        started.elapsed() < Duration::from_secs(3),
         "{:?}",
         started.elapsed()
     );

@@ -197,32 +197,114 @@ fn token_matches(expected: &[u8; 32], headers: &HeaderMap) -> bool {
     bool::from(digest.ct_eq(expected))
 }
 
+/// The 401 answer to a request without the proxy's token.
+fn unauthorised() -> Response {
+    let mut r = outcome(
+        StatusCode::UNAUTHORIZED,
+        "login",
+        "the proxy requires its bearer token (Authorization: Bearer <token>)",
+    );
+    r.headers_mut().insert(
+        header::WWW_AUTHENTICATE,
+        HeaderValue::from_static("Bearer realm=\"fhirconn proxy\""),
+    );
+    r
+}
+
+/// The reserved service paths (`/healthz`, `/readyz`, `/metrics`), answered after the access
+/// checks. Without a proxy token (`may_list` false) no connection id is shown: `/readyz`
+/// says only whether the proxy is ready and `/metrics` (whose labels are ids) answers 404.
+fn service_path(st: &ProxyState, path: &str, may_list: bool) -> Option<Response> {
+    match path {
+        "/healthz" => Some(super::service::healthz()),
+        "/readyz" => Some(st.host.readyz(may_list)),
+        "/metrics" if may_list => Some(super::service::metrics()),
+        "/metrics" => Some(outcome(
+            StatusCode::NOT_FOUND,
+            "not-found",
+            "metrics are served only when the proxy requires a token (their labels name \
+             the connections)",
+        )),
+        _ => None,
+    }
+}
+
+/// The upstream request: the caller's headers minus hop-by-hop ones, with the request id.
+fn upstream_request(
+    parts: &axum::http::request::Parts,
+    rest: &str,
+    body: axum::body::Bytes,
+    id_value: HeaderValue,
+) -> Request {
+    let listed = connection_listed(&parts.headers);
+    let mut headers: Vec<(HeaderName, HeaderValue)> = parts
+        .headers
+        .iter()
+        .filter(|(k, _)| forwardable(k, &listed) && k.as_str() != super::service::REQUEST_ID)
+        .map(|(k, v)| (k.clone(), v.clone()))
+        .collect();
+    headers.push((
+        HeaderName::from_static(super::service::REQUEST_ID),
+        id_value,
+    ));
+    let target = match parts.uri.query() {
+        Some(q) => format!("{rest}?{q}"),
+        None => rest.to_string(),
+    };
+    Request {
+        method: parts.method.clone(),
+        path: target,
+        headers,
+        body: (!body.is_empty()).then(|| body.to_vec()),
+    }
+}
+
+/// Streams the upstream answer back (returnable headers only, hardened), counting bytes.
+fn stream_back(resp: reqwest::Response, connection: String) -> Response {
+    let status = resp.status();
+    let headers = resp.headers().clone();
+    let listed = connection_listed(&headers);
+    let chunks = futures_util::stream::unfold(Some(resp), move |state| {
+        let connection = connection.clone();
+        async move {
+            let mut resp = state?;
+            match resp.chunk().await {
+                Ok(Some(c)) => {
+                    metrics::counter!("fhirconn_proxy_bytes_streamed_total",
+                        "connection" => connection)
+                    .increment(c.len() as u64);
+                    Some((Ok::<_, reqwest::Error>(c), Some(resp)))
+                }
+                Ok(None) => None,
+                Err(e) => Some((Err(e), None)),
+            }
+        }
+    });
+    let mut out = Response::new(Body::from_stream(chunks));
+    *out.status_mut() = status;
+    for (k, v) in headers.iter() {
+        if returnable(k, &listed) {
+            out.headers_mut().append(k.clone(), v.clone());
+        }
+    }
+    harden(out.headers_mut());
+    out
+}
+
 pub(super) async fn forward(State(st): State<ProxyState>, req: axum::extract::Request) -> Response {
     let (parts, body) = req.into_parts();
     if let Err(refused) = check_browser(&st, &parts) {
         return refused;
     }
     if !authorised(&st, &parts.headers) {
-        let mut r = outcome(
-            StatusCode::UNAUTHORIZED,
-            "login",
-            "the proxy requires its bearer token (Authorization: Bearer <token>)",
-        );
-        r.headers_mut().insert(
-            header::WWW_AUTHENTICATE,
-            HeaderValue::from_static("Bearer realm=\"fhirconn proxy\""),
-        );
-        return r;
+        return unauthorised();
     }
-    match parts.uri.path() {
-        "/healthz" => return super::service::healthz(),
-        "/readyz" => return st.host.readyz(),
-        "/metrics" => return super::service::metrics(),
-        _ => {}
-    }
-    let host = st.host.current();
     // Without a token nobody is known to be the person: ids are not listed.
     let may_list = st.token.is_some();
+    if let Some(answer) = service_path(&st, parts.uri.path(), may_list) {
+        return answer;
+    }
+    let host = st.host.current();
     let path = parts.uri.path().trim_start_matches('/');
     let (id, rest) = path.split_once('/').unwrap_or((path, ""));
     if id.is_empty() {
@@ -253,29 +335,9 @@ pub(super) async fn forward(State(st): State<ProxyState>, req: axum::extract::Re
             )
         }
     };
-    let listed = connection_listed(&parts.headers);
     let request_id = super::service::request_id(&parts.headers);
-    let mut headers: Vec<(HeaderName, HeaderValue)> = parts
-        .headers
-        .iter()
-        .filter(|(k, _)| forwardable(k, &listed) && k.as_str() != super::service::REQUEST_ID)
-        .map(|(k, v)| (k.clone(), v.clone()))
-        .collect();
     let id_value = HeaderValue::from_str(&request_id).unwrap_or(HeaderValue::from_static("-"));
-    headers.push((
-        HeaderName::from_static(super::service::REQUEST_ID),
-        id_value.clone(),
-    ));
-    let target = match parts.uri.query() {
-        Some(q) => format!("{rest}?{q}"),
-        None => rest.to_string(),
-    };
-    let request = Request {
-        method: parts.method.clone(),
-        path: target,
-        headers,
-        body: (!body.is_empty()).then(|| body.to_vec()),
-    };
+    let request = upstream_request(&parts, rest, body, id_value.clone());
     let started = std::time::Instant::now();
     let method = parts.method.clone();
     let span = tracing::info_span!("proxy", request_id = %request_id, connection = %id);
@@ -298,33 +360,7 @@ pub(super) async fn forward(State(st): State<ProxyState>, req: axum::extract::Re
             .record(started.elapsed().as_secs_f64());
             tracing::info!(parent: &span, status = status.as_u16(),
                 ms = started.elapsed().as_millis() as u64, "answered");
-            let headers = resp.headers().clone();
-            let listed = connection_listed(&headers);
-            let chunks = futures_util::stream::unfold(Some(resp), move |state| {
-                let connection = connection.clone();
-                async move {
-                    let mut resp = state?;
-                    match resp.chunk().await {
-                        Ok(Some(c)) => {
-                            metrics::counter!("fhirconn_proxy_bytes_streamed_total",
-                                "connection" => connection)
-                            .increment(c.len() as u64);
-                            Some((Ok::<_, reqwest::Error>(c), Some(resp)))
-                        }
-                        Ok(None) => None,
-                        Err(e) => Some((Err(e), None)),
-                    }
-                }
-            });
-            let mut out = Response::new(Body::from_stream(chunks));
-            *out.status_mut() = status;
-            for (k, v) in headers.iter() {
-                if returnable(k, &listed) {
-                    out.headers_mut().append(k.clone(), v.clone());
-                }
-            }
-            harden(out.headers_mut());
-            out
+            stream_back(resp, connection)
         }
         // e.g. an absolute URL on another origin: the caller's mistake, nothing was sent.
         Err(e @ crate::Error::InvalidRequest(_)) => outcome(

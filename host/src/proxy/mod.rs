@@ -15,7 +15,8 @@
 //!    is refused too: every `localhost` port is the same site).
 //! 3. **The proxy's bearer token** (`Authorization: Bearer <token>`), compared in constant time
 //!    (SHA-256 digests compared with `subtle`). Only an authorised caller gets the list of
-//!    connection ids.
+//!    connection ids; with `--no-token` nobody does (not in 404s, `/readyz` says only
+//!    `{"ready": bool}`, `/metrics`, whose labels are ids, answers 404).
 //!
 //! Hop-by-hop headers, the caller's `Authorization`, `Cookie`, `Origin` and `Referer` are not
 //! forwarded; `Set-Cookie`, `Set-Cookie2`, `Alt-Svc` and CORS headers do not come back, and

@@ -1,7 +1,8 @@
 //! The proxy as a service: the host it serves (replaceable on reload), readiness from each
 //! connection's last test, Prometheus metrics, and request ids. `GET /healthz`, `/readyz` and
 //! `/metrics` answer only after the proxy's access checks (Host, browser, token), like every
-//! other request; these three exact paths are reserved.
+//! other request; these three exact paths are reserved. Without a proxy token they name no
+//! connection: `/readyz` is `{"ready": bool}` and `/metrics` answers 404.
 
 use crate::{Host, TestReport};
 use axum::http::{header, HeaderMap, HeaderValue, StatusCode};
@@ -19,8 +20,14 @@ pub const REQUEST_ID: &str = "x-request-id";
 /// requests in flight finish on the host they started with.
 #[derive(Clone)]
 pub struct ServedHost {
-    host: Arc<RwLock<Arc<Host>>>,
-    ready: Arc<RwLock<BTreeMap<String, Readiness>>>,
+    inner: Arc<RwLock<Served>>,
+}
+
+/// The host and its connections' readiness, under one lock: a test result is recorded only
+/// while the host it was measured on is still the one served.
+struct Served {
+    host: Arc<Host>,
+    ready: BTreeMap<String, Readiness>,
 }
 
 impl std::fmt::Debug for ServedHost {
@@ -44,44 +51,52 @@ pub struct Readiness {
 impl From<Arc<Host>> for ServedHost {
     fn from(host: Arc<Host>) -> Self {
         Self {
-            host: Arc::new(RwLock::new(host)),
-            ready: Arc::default(),
+            inner: Arc::new(RwLock::new(Served {
+                host,
+                ready: BTreeMap::new(),
+            })),
         }
     }
 }
 
 impl ServedHost {
-    /// The host now.
-    pub fn current(&self) -> Arc<Host> {
-        self.host
+    fn read(&self) -> std::sync::RwLockReadGuard<'_, Served> {
+        self.inner
             .read()
             .unwrap_or_else(std::sync::PoisonError::into_inner)
-            .clone()
+    }
+
+    fn write(&self) -> std::sync::RwLockWriteGuard<'_, Served> {
+        self.inner
+            .write()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
+
+    /// The host now.
+    pub fn current(&self) -> Arc<Host> {
+        self.read().host.clone()
     }
 
     /// Serves `host` from now on (its connections' readiness starts over).
     pub fn replace(&self, host: Arc<Host>) {
-        *self
-            .host
-            .write()
-            .unwrap_or_else(std::sync::PoisonError::into_inner) = host;
-        self.ready
-            .write()
-            .unwrap_or_else(std::sync::PoisonError::into_inner)
-            .clear();
+        let mut served = self.write();
+        served.host = host;
+        served.ready.clear();
     }
 
-    /// Records test reports for `/readyz`.
-    pub fn record_tests(&self, reports: &[TestReport]) {
+    /// Records test reports for `/readyz`, if `tested` (the host they were measured on) is
+    /// still the one served; returns whether they were recorded. Results of a host replaced
+    /// meanwhile (a reload during the test) are dropped.
+    pub fn record_tests(&self, tested: &Arc<Host>, reports: &[TestReport]) -> bool {
         let now = SystemTime::now()
             .duration_since(SystemTime::UNIX_EPOCH)
             .map_or(0, |d| d.as_secs());
-        let mut ready = self
-            .ready
-            .write()
-            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        let mut served = self.write();
+        if !Arc::ptr_eq(&served.host, tested) {
+            return false;
+        }
         for r in reports {
-            ready.insert(
+            served.ready.insert(
                 r.id.clone(),
                 Readiness {
                     ok: r.ok,
@@ -90,33 +105,39 @@ impl ServedHost {
                 },
             );
         }
+        true
     }
 
-    /// Tests every connection of the current host and records the results.
+    /// Tests every connection of the current host and records the results (unless the host
+    /// was replaced meanwhile).
     pub async fn test_all(&self) {
         let host = self.current();
         let ids = host.connection_ids();
         if let Ok(reports) = host.test(&ids, None).await {
-            self.record_tests(&reports);
+            if !self.record_tests(&host, &reports) {
+                tracing::debug!("test results of a replaced configuration dropped");
+            }
         }
     }
 
-    /// `/readyz`: 200 when every connection's last test passed, else 503; the body lists
-    /// each connection's last result (`null` when not tested yet).
-    pub(super) fn readyz(&self) -> Response {
-        let ids = self.current().connection_ids();
-        let ready = self
-            .ready
-            .read()
-            .unwrap_or_else(std::sync::PoisonError::into_inner);
+    /// `/readyz`: 200 when every connection's last test passed, else 503. With `list_ids`
+    /// the body lists each connection's last result (`null` when not tested yet); without
+    /// (no proxy token: nobody is known to be the person) it is `{"ready": bool}` only.
+    pub(super) fn readyz(&self, list_ids: bool) -> Response {
+        let served = self.read();
+        let ids = served.host.connection_ids();
+        let ready = &served.ready;
         let all_ok = ids.iter().all(|id| ready.get(id).is_some_and(|r| r.ok));
-        let body: BTreeMap<&String, Option<&Readiness>> =
-            ids.iter().map(|id| (id, ready.get(id))).collect();
         let status = if all_ok {
             StatusCode::OK
         } else {
             StatusCode::SERVICE_UNAVAILABLE
         };
+        if !list_ids {
+            return json_response(status, &json!({"ready": all_ok}));
+        }
+        let body: BTreeMap<&String, Option<&Readiness>> =
+            ids.iter().map(|id| (id, ready.get(id))).collect();
         json_response(status, &json!({"ready": all_ok, "connections": body}))
     }
 }

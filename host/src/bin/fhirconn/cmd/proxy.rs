@@ -145,10 +145,14 @@ pub async fn run(g: &Global, a: Args) -> CmdResult {
     tokio::pin!(serve);
     let drain = std::time::Duration::from_secs(a.drain_timeout);
     let mut reloads = Reloads::new();
+    let reloading = std::sync::Arc::new(tokio::sync::Mutex::new(()));
     let result = loop {
         tokio::select! {
             r = &mut serve => break r,
-            _ = reloads.next() => reload(g, &served).await,
+            // In its own task: serving and the stop signal are polled meanwhile.
+            _ = reloads.next() => {
+                tokio::spawn(reload(owned(g), served.clone(), reloading.clone()));
+            }
             _ = stopping.wait_for(|s| *s) => {
                 tracing::info!("stopping: draining requests in flight (at most {}s)", drain.as_secs());
                 break match tokio::time::timeout(drain, &mut serve).await {
@@ -190,15 +194,31 @@ impl Reloads {
     }
 }
 
+/// A copy of the global options a reload task can own.
+fn owned(g: &Global) -> Global {
+    Global {
+        config: g.config.clone(),
+        plugin_dirs: g.plugin_dirs.clone(),
+        verbose: g.verbose,
+        log_format: g.log_format,
+    }
+}
+
 /// Re-reads the connections file: a valid one replaces the served host (and its connections
-/// are tested again); a bad one is logged and the old one kept.
-async fn reload(g: &Global, served: &fhirconn_host::proxy::ServedHost) {
+/// are tested again, in another task); a bad one is logged and the old one kept. Reloads run
+/// one at a time (`reloading`), so an older file never replaces a newer one.
+async fn reload(
+    g: Global,
+    served: fhirconn_host::proxy::ServedHost,
+    reloading: std::sync::Arc<tokio::sync::Mutex<()>>,
+) {
+    let _one_at_a_time = reloading.lock().await;
     match g.host(&[]).await {
         Ok(host) => {
             let ids = host.connection_ids().join(", ");
             served.replace(std::sync::Arc::new(host));
             tracing::info!("SIGHUP: reloaded {}: {ids}", g.config.display());
-            served.test_all().await;
+            tokio::spawn(async move { served.test_all().await });
         }
         Err(e) => tracing::error!(
             "SIGHUP: {} not reloaded, keeping the previous configuration: {}",
