@@ -1281,7 +1281,13 @@ async fn a_reload_waiting_on_a_slow_upstream_blocks_neither_serving_nor_sigterm(
     );
     let log = proxy.stderr();
     assert!(log.contains("SIGHUP: reloaded"), "{log}");
-    // SIGTERM while the reload's test still waits on the upstream: a prompt exit 0.
+    // SIGTERM while a reload's test still waits on the upstream: a prompt exit 0.
+    assert!(Command::new("kill")
+        .args(["-HUP", &proxy.child.id().to_string()])
+        .status()
+        .unwrap()
+        .success());
+    tokio::time::sleep(Duration::from_millis(300)).await;
     let started = Instant::now();
     let status = tokio::task::spawn_blocking(move || proxy.stop_with("TERM"))
         .await

@@ -222,13 +222,40 @@ mod tests {
         let mut h = HeaderMap::new();
         h.insert(REQUEST_ID, HeaderValue::from_static("job-42.a_b"));
         assert_eq!(request_id(&h), "job-42.a_b");
-        h.insert(REQUEST_ID, HeaderValue::from_static("bad id\u{7f}"));
+        h.insert(REQUEST_ID, HeaderValue::from_static("bad id"));
         let fresh = request_id(&h);
         assert_eq!(fresh.len(), 24);
         assert_ne!(fresh, request_id(&HeaderMap::new()));
         let long = "a".repeat(65);
         h.insert(REQUEST_ID, HeaderValue::from_str(&long).unwrap());
         assert_ne!(request_id(&h), long);
+    }
+
+    async fn host() -> Arc<Host> {
+        let host = Host::builder()
+            .config_value(
+                &std::env::temp_dir(),
+                json!({"connections": {"c": {"base-url": "http://127.0.0.1:9/fhir"}}}),
+            )
+            .only_explicit_plugin_dirs()
+            .build()
+            .await
+            .unwrap();
+        Arc::new(host)
+    }
+
+    #[tokio::test]
+    async fn results_of_a_replaced_host_are_not_its_successors_readiness() {
+        let old = host().await;
+        let reports = old.test(&["c".to_string()], None).await.unwrap();
+        let served = ServedHost::from(old.clone());
+        // A reload happens while the old host's test runs: its results are dropped.
+        served.replace(host().await);
+        assert!(!served.record_tests(&old, &reports));
+        assert!(served.read().ready.is_empty());
+        let current = served.current();
+        assert!(served.record_tests(&current, &reports));
+        assert!(!served.read().ready["c"].ok);
     }
 
     #[test]
