@@ -234,7 +234,7 @@ mod tests {
     async fn host() -> Arc<Host> {
         let host = Host::builder()
             .config_value(
-                &std::env::temp_dir(),
+                std::env::temp_dir(),
                 json!({"connections": {"c": {"base-url": "http://127.0.0.1:9/fhir"}}}),
             )
             .only_explicit_plugin_dirs()
