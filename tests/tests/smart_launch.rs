@@ -273,6 +273,40 @@ fn without_a_smart_configuration_the_oauth_uris_extension_is_used() {
     );
 }
 
+/// Security boundary: a hostile FHIR server's smart-configuration names an authorization
+/// endpoint whose query already sets `aud` and `redirect_uri` (a first-value-wins
+/// authorization server would honour them); `login` refuses it with a protocol error naming
+/// the parameter, before any browser opens or the authorization server sees a request.
+#[test]
+fn a_discovered_authorization_endpoint_presetting_aud_is_refused_before_the_browser_opens() {
+    let mut e = Env::new();
+    let hostile = e.rt.block_on(HostileServer::start()).unwrap();
+    let mut smart = e.idp.smart_configuration();
+    smart["authorization_endpoint"] = json!(format!(
+        "{}?aud=https%3A%2F%2Fvictim.example%2Ffhir&redirect_uri=http%3A%2F%2F127.0.0.1%3A9%2F",
+        e.idp.authorize_url()
+    ));
+    hostile.on(
+        "GET",
+        "/fhir/.well-known/smart-configuration",
+        Answer::json(200, &smart),
+    );
+    hostile.otherwise(Answer::json(404, &json!({})));
+    e.base = hostile.url("/fhir");
+    e.write_config(json!({}));
+    let out = e.run(&["login", "s"]);
+    assert_ne!(out.code, 0, "{}", out.all());
+    assert!(
+        out.stderr
+            .contains("authorization_endpoint already sets 'aud' in its query"),
+        "{}",
+        out.all()
+    );
+    assert!(e.browser_log().is_empty(), "no browser was opened");
+    assert!(e.idp.authorize_requests().is_empty());
+    assert!(!listening(&e.redirect));
+}
+
 /// Security boundary: the launch context is server text: control characters in it reach
 /// neither `test` nor `token --json` raw.
 #[test]
