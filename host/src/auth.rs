@@ -224,6 +224,18 @@ impl AuthRuntime {
             return Ok(c);
         }
         let fresh = Arc::new(self.load_or_fetch(interactive).await?);
+        if !matches!(
+            fresh.source,
+            crate::fleet::CredentialSource::Fetched | crate::fleet::CredentialSource::LocalFallback
+        ) {
+            // Read from a cache, not from a plugin (which registers what it returns): masked
+            // like every credential from here on.
+            for (_, v) in &fresh.headers {
+                if let Ok(v) = v.to_str() {
+                    self.services.redactor.add_header_value(v);
+                }
+            }
+        }
         let (counter, source) = match fresh.source {
             crate::fleet::CredentialSource::Fetched => ("fhirconn_token_fetches_total", "scheme"),
             crate::fleet::CredentialSource::LocalFallback => {
@@ -247,6 +259,26 @@ impl AuthRuntime {
             .write()
             .unwrap_or_else(std::sync::PoisonError::into_inner) = Some(fresh.clone());
         Ok(fresh)
+    }
+
+    /// What every scheme of the connection says about sharing its tokens
+    /// ([`fhirconn_sdk::wire::SHARE_KEY`]): the keys joined, or `None` when any scheme keeps
+    /// them to this process (or does not know the operation).
+    pub async fn share_key(&self) -> Option<String> {
+        let mut keys = Vec::new();
+        for entry in &self.entries {
+            let answer = entry
+                .conn
+                .invoke(
+                    &ConnectionOperation::ShareKey,
+                    self.call_services(None, false),
+                )
+                .await
+                .ok()??;
+            let answer: fhirconn_sdk::wire::ShareKeyAnswer = serde_json::from_str(&answer).ok()?;
+            keys.push(format!("{}={}", entry.scheme.name, answer.share_key?));
+        }
+        Some(keys.join("\n"))
     }
 
     /// Drops the in-memory credentials only (the shared levels keep theirs).

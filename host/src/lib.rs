@@ -42,6 +42,7 @@ mod connection;
 pub mod dsf;
 mod error;
 pub mod exec;
+mod fleet;
 pub mod import;
 pub mod keygen;
 mod loopback;
@@ -61,20 +62,19 @@ mod store;
 mod text;
 mod token;
 mod token_cache;
-mod fleet;
 pub mod transport;
 
 pub use auth::Resolved;
 pub use builder::HostBuilder;
+pub use config::fleet::ConnectionCache;
 use config::validate;
 pub use connection::{
     operation_outcome_text, parse_capability, Capability, CertificateFacts, Connection, Diagnosis,
     DiagnosisKind, ProbeReport, Request, Stage, TestReport, FHIR_JSON,
 };
 pub use error::{ConfigError, Error, PluginError, Result};
-pub use startup::StartupFailure;
-pub use config::fleet::ConnectionCache;
 pub use fleet::CredentialSource;
+pub use startup::StartupFailure;
 pub use token_cache::{credential_state, CredentialState, TokenCacheMode};
 
 use bridge::{CallError, CallServices, ConnectionInfo, SharedServices};
@@ -257,16 +257,28 @@ impl Host {
                         shared,
                         s.token_renewal_margin,
                     );
+                    // A signing scheme's keys live in the plugin, set by `authorize`: its
+                    // credentials are never read from a cache instead.
+                    let cacheable = !runtime.signs_requests();
                     if let Some(cache) = fleet_cache
                         .as_ref()
-                        .filter(|_| s.host.credential_cache == ConnectionCache::Shared)
+                        .filter(|_| cacheable && s.host.credential_cache == ConnectionCache::Shared)
                     {
-                        let fp = token_cache::for_connection(&doc, &registry, &id, store.clone())
-                            .fingerprint()
-                            .to_string();
-                        runtime = runtime.with_fleet(fleet::FleetTokens::new(cache.clone(), &id, fp));
+                        // Only tokens every scheme declares shareable, under their identity.
+                        if let Some(share_key) = runtime.share_key().await {
+                            let fp =
+                                token_cache::for_connection(&doc, &registry, &id, store.clone())
+                                    .fingerprint()
+                                    .to_string();
+                            runtime = runtime.with_fleet(fleet::FleetTokens::new(
+                                cache.clone(),
+                                &id,
+                                fp,
+                                &share_key,
+                            ));
+                        }
                     }
-                    if s.host.token_cache == TokenCacheMode::Persistent {
+                    if cacheable && s.host.token_cache == TokenCacheMode::Persistent {
                         runtime = runtime.with_persistent(token_cache::for_connection(
                             &doc,
                             &registry,
@@ -513,13 +525,14 @@ fn fleet_cache(doc: &Document, redactor: &Redactor) -> Result<Option<Arc<fleet::
     {
         redactor.add(&p);
     }
-    let cache = fleet::FleetCache::new(&redis.url, &redis.prefix, &redis.key_base64).map_err(|m| {
-        Error::Config(vec![doc.error_at(
-            &format!("/{}/url", config::fleet::CREDENTIAL_CACHE),
-            false,
-            m,
-        )])
-    })?;
+    let cache =
+        fleet::FleetCache::new(&redis.url, &redis.prefix, &redis.key_base64).map_err(|m| {
+            Error::Config(vec![doc.error_at(
+                &format!("/{}/url", config::fleet::CREDENTIAL_CACHE),
+                false,
+                m,
+            )])
+        })?;
     Ok(Some(cache))
 }
 

@@ -161,7 +161,12 @@ fn unix(t: SystemTime) -> u64 {
 /// (no expiry, a client identity, nearly expired, a header that is not text).
 pub(crate) fn encode(fresh: &Resolved, fingerprint: &str) -> Option<String> {
     let expires_at = fresh.expires_at?;
-    if fresh.identity.is_some() || expires_at <= SystemTime::now() + MIN_REMAINING {
+    // Nothing to keep without headers (a signing scheme keeps its keys itself: a process that
+    // skipped its `authorize` could not sign).
+    if fresh.headers.is_empty()
+        || fresh.identity.is_some()
+        || expires_at <= SystemTime::now() + MIN_REMAINING
+    {
         return None;
     }
     let mut headers = Vec::with_capacity(fresh.headers.len());

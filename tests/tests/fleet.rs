@@ -11,6 +11,15 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::Duration;
 
+/// The fleet tests start many processes each: one at a time, so timings are the fleet's own.
+static ONE_AT_A_TIME: std::sync::Mutex<()> = std::sync::Mutex::new(());
+
+fn serial() -> std::sync::MutexGuard<'static, ()> {
+    ONE_AT_A_TIME
+        .lock()
+        .unwrap_or_else(std::sync::PoisonError::into_inner)
+}
+
 const AUDIENCE: &str = "https://fhir.testkit/r4";
 const SECRET: &str = "CANARY-fleet-client-secret-8086";
 const KEY: &str = "AAECAwQFBgcICQoLDA0ODxAREhMUFRYXGBkaGxwdHh8=";
@@ -92,6 +101,7 @@ fn failed(s: &Summary) -> u64 {
 
 #[test]
 fn eight_processes_on_a_cold_cache_make_one_token_request_and_redis_sees_no_secret() {
+    let _serial = serial();
     let redis = RedisServer::start(Some("CANARY-redis-pass-31"));
     let rt = tokio::runtime::Runtime::new().unwrap();
     let e = rt.block_on(env(Duration::from_secs(300)));
@@ -162,6 +172,7 @@ fn eight_processes_on_a_cold_cache_make_one_token_request_and_redis_sees_no_secr
 
 #[test]
 fn a_wrong_key_falls_back_alone_and_redis_down_fails_no_request() {
+    let _serial = serial();
     let mut redis = RedisServer::start(None);
     let rt = tokio::runtime::Runtime::new().unwrap();
     let e = rt.block_on(env(Duration::from_secs(300)));
@@ -169,30 +180,41 @@ fn a_wrong_key_falls_back_alone_and_redis_down_fails_no_request() {
     let s = finish(worker(&config, "shared", 20, 0, KEY));
     assert_eq!((failed(&s), e.idp.token_requests()), (0, 1));
 
-    // One process with another key: it cannot open the value, fetches itself, warns once.
+    let shared_key = redis
+        .dump()
+        .into_iter()
+        .map(|(k, _)| k)
+        .find(|k| !k.ends_with(":lock"))
+        .unwrap();
+    // One process with another key: its values have other names (names are keyed by the
+    // encryption key), so it never reads the fleet's and fetches for itself.
     let s = finish(worker(&config, "shared", 20, 0, OTHER_KEY));
     assert_eq!(failed(&s), 0);
-    assert_eq!(
-        s.v["last_source"],
-        "fetched (fleet cache unavailable: local fallback)"
-    );
+    assert_eq!(s.v["last_source"], "fetched");
+    assert_eq!(e.idp.token_requests(), 2);
+    // A value that does not open (planted by a Redis writer without the key) is never used:
+    // the next worker warns once, fetches and replaces it.
+    redis.cli(&["SET", &shared_key, "planted-garbage"]).unwrap();
+    let s = finish(worker(&config, "shared", 20, 0, KEY));
+    assert_eq!(failed(&s), 0);
+    assert_eq!(s.v["last_source"], "fetched");
     assert_eq!(
         s.stderr.matches("fleet credential cache not used").count(),
         1,
         "{}",
         s.stderr
     );
-    assert_eq!(e.idp.token_requests(), 2);
-    // ...and did not spoil the value for the others.
+    assert_eq!(e.idp.token_requests(), 3);
+    // ...and the fleet hits the replaced value.
     let s = finish(worker(&config, "shared", 20, 0, KEY));
     assert_eq!(s.v["last_source"], "fleet cache hit");
-    assert_eq!(e.idp.token_requests(), 2);
+    assert_eq!(e.idp.token_requests(), 3);
 
     // Redis gone: requests still pass, on local fetches, with one warning.
     redis.kill();
     let s = finish(worker(&config, "shared", 50, 0, KEY));
     assert_eq!(failed(&s), 0, "{}", s.stderr);
-    assert_eq!(e.idp.token_requests(), 3);
+    assert_eq!(e.idp.token_requests(), 4);
     assert!(
         s.stderr.contains("fleet credential cache not used"),
         "{}",
@@ -202,14 +224,15 @@ fn a_wrong_key_falls_back_alone_and_redis_down_fails_no_request() {
     // Back again (empty: it kept nothing): one fetch fills it, the next process hits.
     redis.restart();
     let s = finish(worker(&config, "shared", 10, 0, KEY));
-    assert_eq!((failed(&s), e.idp.token_requests()), (0, 4));
+    assert_eq!((failed(&s), e.idp.token_requests()), (0, 5));
     let s = finish(worker(&config, "shared", 10, 0, KEY));
     assert_eq!(s.v["last_source"], "fleet cache hit");
-    assert_eq!(e.idp.token_requests(), 4);
+    assert_eq!(e.idp.token_requests(), 5);
 }
 
 #[test]
 fn a_401_invalidates_the_shared_token_for_the_fleet() {
+    let _serial = serial();
     let redis = RedisServer::start(None);
     let rt = tokio::runtime::Runtime::new().unwrap();
     let e = rt.block_on(env(Duration::from_secs(300)));
@@ -254,6 +277,7 @@ fn config_check_names_what_is_wrong_in_credential_cache() {
 
 #[test]
 fn a_fleet_renews_once_per_lifetime_over_two_minutes() {
+    let _serial = serial();
     let redis = RedisServer::start(None);
     let rt = tokio::runtime::Runtime::new().unwrap();
     let e = rt.block_on(env(Duration::from_secs(20)));
@@ -276,6 +300,7 @@ fn a_fleet_renews_once_per_lifetime_over_two_minutes() {
 
 #[test]
 fn redis_killed_mid_run_fails_no_request_and_the_fleet_recovers() {
+    let _serial = serial();
     let mut redis = RedisServer::start(None);
     let rt = tokio::runtime::Runtime::new().unwrap();
     let e = rt.block_on(env(Duration::from_secs(10)));
@@ -304,4 +329,43 @@ fn redis_killed_mid_run_fails_no_request_and_the_fleet_recovers() {
     let s = finish(worker(&config, "shared", 5, 0, KEY));
     assert_eq!(s.v["last_source"], "fleet cache hit", "{}", s.stderr);
     assert!(e.idp.token_requests() <= before + 1);
+}
+
+#[test]
+fn tokens_of_schemes_that_do_not_declare_sharing_stay_in_their_process() {
+    let _serial = serial();
+    let redis = RedisServer::start(None);
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    let fhir = rt.block_on(fhirconn_tests::bearer_server("CANARY-exec-token-77"));
+    let dir = tempfile::tempdir().unwrap();
+    // A credential process (its identity is the machine's, not the settings'): counts its runs.
+    std::fs::write(
+        dir.path().join("token.sh"),
+        "echo run >> runs.txt\nprintf '{\"apiVersion\":\"fhirconn.exec/v1\",\"token\":\"CANARY-exec-token-77\",\"expires_in\":300}'\n",
+    )
+    .unwrap();
+    let doc = json!({
+        "credential-cache": {"backend": "redis", "url": redis.url(),
+                             "encryption-key-env": "FHIRCONN_TEST_CACHE_KEY"},
+        "connections": {"shared": {"base-url": fhir.base_url(),
+            "auth": {"scheme": "exec", "command": ["sh", "token.sh"]}}}
+    });
+    let config = dir.path().join("fhirconn.yaml");
+    std::fs::write(&config, doc.to_string()).unwrap();
+    for _ in 0..2 {
+        let s = finish(worker(&config, "shared", 5, 0, KEY));
+        assert_eq!(failed(&s), 0, "{}", s.stderr);
+        assert_eq!(s.v["last_source"], "fetched");
+    }
+    let runs = std::fs::read_to_string(dir.path().join("runs.txt")).unwrap();
+    assert_eq!(
+        runs.lines().count(),
+        2,
+        "each process ran the command itself"
+    );
+    assert!(
+        redis.dump().is_empty(),
+        "nothing was shared: {:?}",
+        redis.dump()
+    );
 }

@@ -203,6 +203,14 @@ impl ConnectionAuth for ConnectionAdapter {
     ) -> RResult<RString, AbiError> {
         guard("invoke", || {
             let host = Host::from_raw(host);
+            if op.as_str() == crate::wire::SHARE_KEY {
+                let answer = crate::wire::ShareKeyAnswer {
+                    share_key: self.inner.share_key(),
+                };
+                return serde_json::to_string(&answer)
+                    .map(RString::from)
+                    .map_err(|e| Error::internal(format!("share-key answer: {e}")));
+            }
             if op.as_str() == crate::wire::SIGN_REQUEST {
                 // The per-request path: typed in, typed out, no `Value` in between.
                 let request: crate::wire::SignRequest = serde_json::from_str(payload_json.as_str())

@@ -165,6 +165,16 @@ pub trait Connection: Send + Sync + 'static {
         Err(Error::unsupported(op))
     }
 
+    /// The identity this connection's access tokens belong to, when other processes configured
+    /// the same way may use them (the fleet credential cache); `None` (the default) keeps them
+    /// to this process. Return `None` for a person's sign-in and for identities that come from
+    /// the machine or a process (managed identity, metadata servers, `exec`); otherwise name
+    /// what decides the identity and is not in the settings (a client id read from the
+    /// environment, the account inside a key file). The host hashes it under its fleet key.
+    fn share_key(&self) -> Option<String> {
+        None
+    }
+
     /// Signs one request (only called when the scheme's [`Scheme::signs_requests`] is true):
     /// returns the headers to add. Runs once per request: keep it to computation, and ask
     /// [`Host`] for anything else (credentials are best fetched in [`Connection::authorize`]

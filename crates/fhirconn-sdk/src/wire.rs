@@ -37,6 +37,19 @@ pub const BROWSER_REDIRECT: &str = "browser-redirect";
 pub const REDACT_SECRET: &str = "redact-secret";
 /// Connection operation: forget stored sign-in state (refresh tokens).
 pub const LOGOUT: &str = "logout";
+/// Connection operation: may this connection's access tokens be shared with other processes,
+/// and under which identity (payload `{}`, answer [`ShareKeyAnswer`])?
+pub const SHARE_KEY: &str = "share-key";
+
+/// Answer of [`SHARE_KEY`]: `{"share_key": "..."}`, or `{}`/`null` when the connection's
+/// tokens must stay in this process (a person's sign-in, an identity from the machine).
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ShareKeyAnswer {
+    /// Names the identity the tokens belong to (everything that decides it and is not in the
+    /// settings, e.g. an account read from a key file); hashed by the host under its fleet key.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub share_key: Option<String>,
+}
 
 /// The text of an empty extension object.
 pub const EMPTY_OBJECT: &str = "{}";
@@ -176,6 +189,8 @@ pub struct LogoutAnswer {
 pub enum ConnectionOperation {
     /// [`LOGOUT`], payload `{}`.
     Logout,
+    /// [`SHARE_KEY`], payload `{}`.
+    ShareKey,
     /// [`SIGN_REQUEST`].
     SignRequest(SignRequest),
     /// An operation this side does not know (answered `unsupported`).
@@ -188,6 +203,7 @@ impl ConnectionOperation {
     pub fn parse(op: &str, payload_json: &str) -> Result<Self, WireError> {
         Ok(match op {
             LOGOUT => Self::Logout,
+            SHARE_KEY => Self::ShareKey,
             SIGN_REQUEST => Self::SignRequest(parse(op, payload_json)?),
             other => Self::Unknown(other.to_string()),
         })
@@ -197,6 +213,7 @@ impl ConnectionOperation {
     pub fn name(&self) -> &str {
         match self {
             Self::Logout => LOGOUT,
+            Self::ShareKey => SHARE_KEY,
             Self::SignRequest(_) => SIGN_REQUEST,
             Self::Unknown(op) => op,
         }
@@ -206,7 +223,7 @@ impl ConnectionOperation {
     pub fn payload_json(&self) -> String {
         match self {
             Self::SignRequest(p) => to_text(p),
-            Self::Logout | Self::Unknown(_) => EMPTY_OBJECT.to_string(),
+            Self::Logout | Self::ShareKey | Self::Unknown(_) => EMPTY_OBJECT.to_string(),
         }
     }
 }
@@ -364,6 +381,26 @@ mod tests {
         assert!(ConnectionOperation::parse("sign-request", "{}").is_err());
         assert_eq!(ConnectionOperation::Logout.name(), "logout");
         same_json(&ConnectionOperation::Logout.payload_json(), json!({}));
+    }
+
+    #[test]
+    fn share_key_answers_with_and_without_a_key() {
+        assert_eq!(
+            ConnectionOperation::parse("share-key", "").unwrap(),
+            ConnectionOperation::ShareKey
+        );
+        same_json(&ConnectionOperation::ShareKey.payload_json(), json!({}));
+        let a: ShareKeyAnswer = serde_json::from_str(r#"{"share_key":"client-a"}"#).unwrap();
+        assert_eq!(a.share_key.as_deref(), Some("client-a"));
+        for none in ["{}", r#"{"share_key":null}"#] {
+            assert_eq!(
+                serde_json::from_str::<ShareKeyAnswer>(none)
+                    .unwrap()
+                    .share_key,
+                None
+            );
+        }
+        same_json(&to_text(&ShareKeyAnswer::default()), json!({}));
     }
 
     #[test]

@@ -164,6 +164,12 @@ fn read_key_file(doc: &Document, file: &str) -> Result<String, String> {
     {
         use std::os::unix::fs::MetadataExt as _;
         let meta = std::fs::metadata(&path).map_err(|e| format!("{}: {e}", path.display()))?;
+        if !meta.is_file() || meta.len() > 4096 {
+            return Err(format!(
+                "{} must be a regular file of at most 4 KiB (32 bytes in base64)",
+                path.display()
+            ));
+        }
         if meta.mode() & 0o077 != 0 {
             return Err(format!(
                 "{} can be read by group or others (mode {:o}); chmod 600 it",

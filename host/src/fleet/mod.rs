@@ -32,6 +32,8 @@ pub const WAIT_FOR_FLEET: Duration = Duration::from_secs(10);
 const LOCK_TTL: Duration = Duration::from_secs(15);
 /// Every Redis operation is bounded by this.
 const OP_TIMEOUT: Duration = Duration::from_millis(500);
+/// Connecting (TCP, TLS, AUTH) is bounded by this.
+const CONNECT_TIMEOUT: Duration = Duration::from_secs(2);
 /// After a failed connection attempt, lookups fall back at once for this long.
 const RETRY_CONNECT: Duration = Duration::from_secs(2);
 
@@ -102,6 +104,16 @@ if redis.call('GET', KEYS[2]) == ARGV[1] then
 end
 return 0";
 
+/// A value larger than this was not written by fhirconn: not read (a planted huge value must
+/// not cost every worker its memory).
+const MAX_VALUE: usize = 64 * 1024;
+
+const GET_BOUNDED: &str = r"
+if redis.call('STRLEN', KEYS[1]) > tonumber(ARGV[1]) then
+  return 'too-large'
+end
+return redis.call('GET', KEYS[1])";
+
 const DELETE_IF_EQUAL: &str = r"
 if redis.call('GET', KEYS[1]) == ARGV[1] then
   return redis.call('DEL', KEYS[1])
@@ -141,12 +153,12 @@ impl FleetCache {
             ));
         }
         let config = ConnectionManagerConfig::new()
-            .set_connection_timeout(Some(OP_TIMEOUT))
+            .set_connection_timeout(Some(CONNECT_TIMEOUT))
             .set_response_timeout(Some(OP_TIMEOUT))
             .set_number_of_retries(2)
             .set_max_delay(Duration::from_secs(2));
         let made = tokio::time::timeout(
-            OP_TIMEOUT * 2,
+            CONNECT_TIMEOUT + OP_TIMEOUT,
             ConnectionManager::new_with_config(self.client.clone(), config),
         )
         .await;
@@ -209,6 +221,8 @@ pub(crate) struct FleetTokens {
     fingerprint: String,
     connection_id: String,
     warned: AtomicBool,
+    /// Set after a 401: the next lookup goes straight to a fetch.
+    skip_lookup_once: AtomicBool,
     /// The sealed value the current credentials came from (for compare-and-delete).
     last_value: std::sync::Mutex<Option<Vec<u8>>>,
 }
@@ -233,9 +247,17 @@ enum Found {
 }
 
 impl FleetTokens {
-    /// The fleet view of connection `id` whose settings have `fingerprint`.
-    pub(crate) fn new(cache: Arc<FleetCache>, id: &str, fingerprint: String) -> Self {
-        let key = format!("{}:token:{fingerprint}", cache.prefix);
+    /// The fleet view of connection `id` whose settings have `fingerprint` and whose schemes
+    /// name the identity of their tokens `share_key`. The Redis key is a name only holders of
+    /// the encryption key can compute from both.
+    pub(crate) fn new(
+        cache: Arc<FleetCache>,
+        id: &str,
+        fingerprint: String,
+        share_key: &str,
+    ) -> Self {
+        let name = cache.sealer.name(&[&fingerprint, share_key]);
+        let key = format!("{}:token:{name}", cache.prefix);
         Self {
             lock_key: format!("{key}:lock"),
             key,
@@ -243,12 +265,15 @@ impl FleetTokens {
             fingerprint,
             connection_id: id.to_string(),
             warned: AtomicBool::new(false),
+            skip_lookup_once: AtomicBool::new(false),
             last_value: std::sync::Mutex::new(None),
         }
     }
 
     fn warn_once(&self, e: &FleetError) {
         if !self.warned.swap(true, Ordering::AcqRel) {
+            // Redis error text comes from the network: escaped before it reaches a terminal.
+            let e = crate::text::sanitize_line(&e.to_string(), 500);
             tracing::warn!(
                 connection = %self.connection_id,
                 "fleet credential cache not used: {e}; fetching locally (warned once)"
@@ -257,10 +282,21 @@ impl FleetTokens {
     }
 
     async fn lookup(&self, margin: Option<Duration>) -> Result<Found, FleetError> {
-        let raw: Option<Vec<u8>> = self.cache.run(redis::cmd("GET").arg(&self.key)).await?;
+        if self.skip_lookup_once.swap(false, Ordering::AcqRel) {
+            // Right after a 401: the shared value may be the rejected one put back.
+            return Ok(Found::Nothing);
+        }
+        let max = MAX_VALUE.to_string();
+        let raw: Option<Vec<u8>> = self
+            .cache
+            .script(GET_BOUNDED, &[&self.key], &[max.as_bytes()])
+            .await?;
         let Some(raw) = raw else {
             return Ok(Found::Nothing);
         };
+        if raw == b"too-large" {
+            return Err(FleetError::Undecryptable);
+        }
         let plain = self
             .cache
             .sealer
@@ -309,6 +345,12 @@ impl FleetTokens {
                 }
                 Ok(Found::Value { creds, raw, .. }) => Some((*creds, raw)),
                 Ok(Found::Nothing) => None,
+                // Names are keyed by the encryption key: a value under ours that does not
+                // open was planted or damaged. Never used; replaced by the next fetch.
+                Err(e @ FleetError::Undecryptable) => {
+                    self.warn_once(&e);
+                    None
+                }
                 Err(e) => return self.fallback(e, fetch).await,
             };
             let fence = random_fence();
@@ -335,7 +377,7 @@ impl FleetTokens {
                 self.remember(Some(raw));
                 return Ok((creds, CredentialSource::FleetCache));
             }
-            if Instant::now() + pause >= deadline {
+            if Instant::now() + pause >= deadline || self.lock_is_stuck().await {
                 let fresh = fetch().await?;
                 self.remember(None);
                 return Ok((fresh, CredentialSource::Fetched));
@@ -343,6 +385,14 @@ impl FleetTokens {
             tokio::time::sleep(pause).await;
             pause = (pause * 2).min(Duration::from_millis(200));
         }
+    }
+
+    /// Whether the lock was set without the expiry fhirconn gives it (planted): waiting for
+    /// it would be waiting for nothing.
+    async fn lock_is_stuck(&self) -> bool {
+        let ttl: Result<i64, FleetError> =
+            self.cache.run(redis::cmd("PTTL").arg(&self.lock_key)).await;
+        matches!(ttl, Ok(t) if t == -1 || t > LOCK_TTL.as_millis() as i64)
     }
 
     async fn fetch_as_leader<F, Fut>(
@@ -414,6 +464,7 @@ impl FleetTokens {
     /// After a 401: deletes the shared value the current credentials came from, unless
     /// another process replaced it already (compare-and-delete on the exact bytes).
     pub(crate) async fn invalidate(&self) {
+        self.skip_lookup_once.store(true, Ordering::Release);
         let raw = self
             .last_value
             .lock()

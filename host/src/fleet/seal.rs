@@ -21,8 +21,9 @@ pub enum KeyError {
     Length(usize),
 }
 
-/// An AES-256-GCM key for the fleet cache. `Debug` hides it.
-pub(crate) struct Sealer(Aes256Gcm);
+/// An AES-256-GCM key for the fleet cache, and a key for naming values derived from it.
+/// `Debug` hides both.
+pub(crate) struct Sealer(Aes256Gcm, zeroize::Zeroizing<[u8; 32]>);
 
 impl std::fmt::Debug for Sealer {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
@@ -44,9 +45,34 @@ impl Sealer {
         if key.len() != 32 {
             return Err(KeyError::Length(key.len()));
         }
+        let mut names = zeroize::Zeroizing::new([0u8; 32]);
+        let digest = {
+            use sha2::Digest as _;
+            let mut h = sha2::Sha256::new();
+            h.update(b"fhirconn fleet names\0");
+            h.update(&key[..]);
+            h.finalize()
+        };
+        names.copy_from_slice(&digest);
         Aes256Gcm::new_from_slice(&key)
-            .map(Self)
+            .map(|c| Self(c, names))
             .map_err(|_| KeyError::Length(key.len()))
+    }
+
+    /// A name for `parts` that only holders of the key can compute (SHA-256 over a key derived
+    /// from the encryption key and the parts, each length-prefixed), in hex.
+    pub(crate) fn name(&self, parts: &[&str]) -> String {
+        use sha2::Digest as _;
+        let mut h = sha2::Sha256::new();
+        h.update(&self.1[..]);
+        for p in parts {
+            h.update((p.len() as u64).to_be_bytes());
+            h.update(p.as_bytes());
+        }
+        h.finalize()[..16]
+            .iter()
+            .map(|b| format!("{b:02x}"))
+            .collect()
     }
 
     /// `VERSION || nonce || ciphertext+tag` of `plain`, bound to `key`.
@@ -114,6 +140,17 @@ mod tests {
         assert!(a.open("fc:token:1", b"").is_none());
         // a fresh nonce each time
         assert_ne!(a.seal("k", b"x").unwrap(), a.seal("k", b"x").unwrap());
+    }
+
+    #[test]
+    fn names_depend_on_the_key_and_on_every_part() {
+        let a = Sealer::from_base64(KEY_A).unwrap();
+        let b = Sealer::from_base64(KEY_B).unwrap();
+        assert_eq!(a.name(&["fp", "id"]), a.name(&["fp", "id"]));
+        assert_ne!(a.name(&["fp", "id"]), b.name(&["fp", "id"]));
+        assert_ne!(a.name(&["fp", "id"]), a.name(&["fp", "other"]));
+        assert_ne!(a.name(&["fpi", "d"]), a.name(&["fp", "id"]));
+        assert_eq!(a.name(&["x"]).len(), 32);
     }
 
     #[test]

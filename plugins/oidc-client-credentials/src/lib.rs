@@ -279,6 +279,11 @@ pub fn discover_token_endpoint(
 }
 
 impl Connection for ClientCredentialsConnection {
+    /// A client's tokens depend only on its settings (the client id names it): shareable.
+    fn share_key(&self) -> Option<String> {
+        Some(self.client_id.clone())
+    }
+
     fn authorize(&self, _request: &AuthRequest, host: &Host<'_>) -> Result<Credentials> {
         let endpoint = self
             .token_endpoint

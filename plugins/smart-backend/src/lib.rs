@@ -160,6 +160,12 @@ impl SmartConnection {
 }
 
 impl Connection for SmartConnection {
+    /// A backend client's tokens depend only on its settings (client id, key file, scope):
+    /// shareable.
+    fn share_key(&self) -> Option<String> {
+        Some("settings".into())
+    }
+
     fn authorize(&self, _request: &AuthRequest, host: &Host<'_>) -> Result<Credentials> {
         let endpoint = self.token_endpoint.get_or_try_init(|| {
             let t = discover(&self.base_url, self.assertion.signer.alg_name(), host)?;
