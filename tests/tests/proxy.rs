@@ -157,6 +157,25 @@ async fn start_proxy(dir: &Path, args: &[&str]) -> Proxy {
     .unwrap()
 }
 
+/// Waits until the proxy's start-up readiness test of `s` (one `/metadata` request) has
+/// reached `upstream`, and returns the requests so far: the tests count the requests after it.
+async fn after_startup_test(upstream: &fhirconn_testkit::FhirServer) -> u64 {
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while upstream.requests() == 0 && Instant::now() < deadline {
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    upstream.requests()
+}
+
+/// The requests a hostile upstream received, without the proxy's readiness tests.
+fn without_startup_test(
+    seen: Vec<fhirconn_testkit::hostile::Received>,
+) -> Vec<fhirconn_testkit::hostile::Received> {
+    seen.into_iter()
+        .filter(|r| !r.target.ends_with("/metadata"))
+        .collect()
+}
+
 /// Runs `fhirconn proxy ARGS` expecting it to refuse to start (a proxy that starts instead is
 /// stopped after 20 s and reported as exit code -1).
 fn refused(dir: &Path, args: &[&str]) -> (i32, String) {
@@ -211,6 +230,7 @@ async fn requests_that_do_not_name_the_proxy_are_refused_and_never_forwarded() {
     let upstream = bearer_server(TOKEN).await;
     let dir = config_dir(&upstream.base_url());
     let proxy = start_proxy(dir.path(), &["--token-file", "proxy.token"]).await;
+    let base = after_startup_test(&upstream).await;
     let port = proxy.port();
     let client = reqwest::Client::new();
     let get = |host: String, path: &str| {
@@ -238,7 +258,7 @@ async fn requests_that_do_not_name_the_proxy_are_refused_and_never_forwarded() {
         .unwrap();
     assert_eq!(r.status().as_u16(), 421);
     assert_eq!(
-        upstream.requests(),
+        (upstream.requests() - base),
         0,
         "a misdirected request was forwarded"
     );
@@ -257,7 +277,7 @@ async fn requests_that_do_not_name_the_proxy_are_refused_and_never_forwarded() {
     );
     assert!(status.contains(" 421 "), "{status}");
     assert_eq!(
-        upstream.requests(),
+        (upstream.requests() - base),
         0,
         "a misdirected request was forwarded"
     );
@@ -272,7 +292,7 @@ async fn requests_that_do_not_name_the_proxy_are_refused_and_never_forwarded() {
         let r = get(host.clone(), "/s/Patient/1").await.unwrap();
         assert_eq!(r.status().as_u16(), 200, "{host}");
     }
-    assert_eq!(upstream.requests(), 4);
+    assert_eq!((upstream.requests() - base), 4);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -280,6 +300,7 @@ async fn cross_site_browser_requests_are_refused_and_never_forwarded() {
     let upstream = bearer_server(TOKEN).await;
     let dir = config_dir(&upstream.base_url());
     let proxy = start_proxy(dir.path(), &["--token-file", "proxy.token"]).await;
+    let base = after_startup_test(&upstream).await;
     let own = format!("http://127.0.0.1:{}", proxy.port());
     let client = reqwest::Client::new();
     let post = |name: &'static str, value: String| {
@@ -307,7 +328,11 @@ async fn cross_site_browser_requests_are_refused_and_never_forwarded() {
         let body = r.text().await.unwrap();
         assert!(body.contains("other origins"), "{body}");
     }
-    assert_eq!(upstream.requests(), 0, "a cross-site request was forwarded");
+    assert_eq!(
+        (upstream.requests() - base),
+        0,
+        "a cross-site request was forwarded"
+    );
 
     // The proxy's own pages (same origin) and tools that send none of these are answered.
     let r = post("Origin", own.clone()).await.unwrap();
@@ -318,7 +343,7 @@ async fn cross_site_browser_requests_are_refused_and_never_forwarded() {
     assert_eq!(r.status().as_u16(), 201);
     let r = post("Referer", format!("{own}/s/Patient")).await.unwrap();
     assert_eq!(r.status().as_u16(), 201);
-    assert_eq!(upstream.requests(), 4);
+    assert_eq!((upstream.requests() - base), 4);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -369,7 +394,7 @@ async fn cookies_never_cross_the_proxy_and_answers_cannot_run_script_in_its_orig
         .collect();
     assert!(csp.iter().any(|v| v.contains("sandbox")), "{csp:?}");
 
-    let seen = upstream.received();
+    let seen = without_startup_test(upstream.received());
     assert_eq!(seen.len(), 1);
     let req = &seen[0];
     assert!(req.header("cookie").is_none(), "{:?}", req.headers);
@@ -392,6 +417,7 @@ async fn without_a_token_file_a_token_is_generated_into_a_private_file() {
     let upstream = bearer_server(TOKEN).await;
     let dir = config_dir(&upstream.base_url());
     let proxy = start_proxy(dir.path(), &[]).await;
+    let base = after_startup_test(&upstream).await;
     let path = dir
         .path()
         .join(format!("state/fhirconn/proxy-{}.token", proxy.port()));
@@ -424,7 +450,7 @@ async fn without_a_token_file_a_token_is_generated_into_a_private_file() {
         .await
         .unwrap();
     assert_eq!(r.status().as_u16(), 401);
-    assert_eq!(upstream.requests(), 0);
+    assert_eq!((upstream.requests() - base), 0);
     // The person, with the token: the ids, and the connection.
     let r = client
         .get(proxy.url("/"))
@@ -443,7 +469,7 @@ async fn without_a_token_file_a_token_is_generated_into_a_private_file() {
         .unwrap();
     assert_eq!(r.status().as_u16(), 200);
     assert_eq!(
-        upstream.authorizations(),
+        upstream.authorizations()[base as usize..].to_vec(),
         vec![Some(format!("Bearer {TOKEN}"))]
     );
     // Stopped (SIGTERM), the token of this run goes away with it.
@@ -515,6 +541,7 @@ async fn the_token_file_keeps_working_and_is_not_forwarded() {
     let upstream = bearer_server(TOKEN).await;
     let dir = config_dir(&upstream.base_url());
     let proxy = start_proxy(dir.path(), &["--token-file", "proxy.token"]).await;
+    let base = after_startup_test(&upstream).await;
     let client = reqwest::Client::new();
     let r = client
         .get(proxy.url("/s/Patient/1"))
@@ -538,7 +565,7 @@ async fn the_token_file_keeps_working_and_is_not_forwarded() {
         assert_eq!(r.status().as_u16(), 401, "{wrong}");
     }
     assert_eq!(
-        upstream.authorizations(),
+        upstream.authorizations()[base as usize..].to_vec(),
         vec![Some(format!("Bearer {TOKEN}"))]
     );
     let err = proxy.stderr();
@@ -642,6 +669,7 @@ async fn beyond_loopback_the_proxy_needs_tls_and_a_token() {
         .concat(),
     )
     .await;
+    let base = after_startup_test(&upstream).await;
     let port = proxy.port();
     assert!(
         proxy.stderr().contains("proxy on https://"),
@@ -681,7 +709,7 @@ async fn beyond_loopback_the_proxy_needs_tls_and_a_token() {
         plain.map_or(true, |r| !r.status().is_success()),
         "served over plain HTTP"
     );
-    assert_eq!(upstream.requests(), 1);
+    assert_eq!((upstream.requests() - base), 1);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
