@@ -14,13 +14,16 @@ pub mod redis;
 
 /// Every scheme the workspace ships (the built-in `none` and one plugin per scheme), sorted.
 pub const SCHEMES: &[&str] = &[
+    "aws-sigv4",
     "azure-ad",
     "basic",
     "bearer",
+    "exec",
     "google-service-account",
     "mtls",
     "none",
     "oidc-client-credentials",
+    "smart-app-launch",
     "smart-backend",
 ];
 
