@@ -5,7 +5,11 @@
 //! With an exact `redirect_uri` (a client registered with `http://127.0.0.1:8765/callback`,
 //! RFC 8252 §7.3) the listener binds exactly that loopback address and port, only while the
 //! sign-in runs, and answers only on that path; anything but `http` on a loopback address
-//! with a port is refused before anything is shown ([`exact_redirect`]).
+//! with a port is refused before anything is shown ([`exact_redirect`]). `localhost` (which
+//! many SMART clients register, though RFC 8252 §8.3 advises against it) is bound on both
+//! 127.0.0.1 and [::1], so a browser that tries ::1 first reaches this listener and not another
+//! local user's: when [::1] has that port taken already the sign-in is refused; a host
+//! without IPv6 listens on 127.0.0.1 only.
 //!
 //! When the URL carries a `state` parameter, only a redirect with that same `state` ends the
 //! wait: any other request (another local process, a web page scanning ports, a stale tab) is
@@ -69,13 +73,12 @@ pub(crate) fn browser_redirect(
         None => None,
     };
     rt.block_on(async move {
-        let bind = exact.as_ref().map_or("127.0.0.1:0".to_string(), |e| e.0 .0.to_string());
-        let listener = tokio::net::TcpListener::bind(&bind).await.map_err(|e| {
-            bad(format!(
-                "cannot listen on {bind} for the sign-in redirect: {e} (is another sign-in running?)"
-            ))
-        })?;
-        let port = listener
+        let binds = exact.as_ref().map_or_else(
+            || vec![std::net::SocketAddr::from(([127, 0, 0, 1], 0))],
+            |e| e.0 .0.clone(),
+        );
+        let listeners = bind_all(&binds).await.map_err(bad)?;
+        let port = listeners[0]
             .local_addr()
             .map_err(|e| bad(e.to_string()))?
             .port();
@@ -93,7 +96,14 @@ pub(crate) fn browser_redirect(
                 path,
                 found,
             }));
-        let server = tokio::spawn(axum::serve(Limited::new(listener), app).into_future());
+        let slots = Arc::new(tokio::sync::Semaphore::new(LISTENER_CONNECTIONS));
+        let servers: Vec<_> = listeners
+            .into_iter()
+            .map(|l| {
+                let limited = Limited::new(l, slots.clone());
+                tokio::spawn(axum::serve(limited, app.clone()).into_future())
+            })
+            .collect();
         let full = url.to_string();
         let opened =
             catch_unwind(AssertUnwindSafe(|| person.tell(&message, Some(&full)))).unwrap_or(false);
@@ -101,7 +111,9 @@ pub(crate) fn browser_redirect(
             tracing::info!("open the URL above in a browser on this machine");
         }
         let outcome = tokio::time::timeout(timeout, found_rx.recv()).await;
-        server.abort();
+        for server in servers {
+            server.abort();
+        }
         match outcome {
             Ok(Some(query)) => {
                 for (k, v) in url::form_urlencoded::parse(query.as_bytes()) {
@@ -121,6 +133,37 @@ pub(crate) fn browser_redirect(
             ))),
         }
     })
+}
+
+/// Binds every address of `binds` (all on one port). The first must bind; a further [::1]
+/// (for `localhost`) is skipped when this host has no IPv6, but refused when someone else
+/// already listens there: a browser trying ::1 first would bring the sign-in to them.
+async fn bind_all(binds: &[std::net::SocketAddr]) -> Result<Vec<tokio::net::TcpListener>, String> {
+    let mut listeners = Vec::with_capacity(binds.len());
+    for (i, bind) in binds.iter().enumerate() {
+        match tokio::net::TcpListener::bind(bind).await {
+            Ok(l) => listeners.push(l),
+            Err(e) if i > 0 && e.kind() != std::io::ErrorKind::AddrInUse => {
+                tracing::debug!("login listener: not listening on {bind} ({e}); IPv4 only");
+            }
+            Err(e) if i > 0 => {
+                return Err(format!(
+                    "cannot listen on {bind} for the sign-in redirect: {e}: another program \
+                     holds port {} on [::1], where a browser may send the sign-in for \
+                     'localhost'; stop it, or register and use http://127.0.0.1:{}/... as \
+                     redirect-uri",
+                    bind.port(),
+                    bind.port()
+                ))
+            }
+            Err(e) => {
+                return Err(format!(
+                    "cannot listen on {bind} for the sign-in redirect: {e} (is another sign-in running?)"
+                ))
+            }
+        }
+    }
+    Ok(listeners)
 }
 
 /// What the listener waits for.
@@ -182,9 +225,10 @@ pub(crate) enum RedirectVerdict {
 }
 
 /// Checks an exact `redirect_uri` (RFC 8252 §7.3): `http`, a loopback address (`127.0.0.0/8`,
-/// `[::1]`, or `localhost`, bound as 127.0.0.1), an explicit port, no user, query or
-/// fragment. Returns the address to bind and the path to answer on.
-pub(crate) fn exact_redirect(uri: &str) -> Result<(std::net::SocketAddr, String), String> {
+/// `[::1]`, or `localhost`, bound as 127.0.0.1 and [::1]), an explicit port, no user, query or
+/// fragment. Returns the addresses to bind (the first one must bind) and the path to answer
+/// on.
+pub(crate) fn exact_redirect(uri: &str) -> Result<(Vec<std::net::SocketAddr>, String), String> {
     let refuse = |why: &str| {
         format!(
             "redirect-uri '{}': {why}; it must be http on a loopback address with a port, as \
@@ -205,16 +249,20 @@ pub(crate) fn exact_redirect(uri: &str) -> Result<(std::net::SocketAddr, String)
     if u.query().is_some() || u.fragment().is_some() {
         return Err(refuse("a query or fragment is not supported"));
     }
-    let ip: std::net::IpAddr = match u.host() {
-        Some(url::Host::Ipv4(ip)) if ip.is_loopback() => ip.into(),
-        Some(url::Host::Ipv6(ip)) if ip.is_loopback() => ip.into(),
-        Some(url::Host::Domain(d)) if d.eq_ignore_ascii_case("localhost") => {
-            std::net::Ipv4Addr::LOCALHOST.into()
-        }
+    let ips: Vec<std::net::IpAddr> = match u.host() {
+        Some(url::Host::Ipv4(ip)) if ip.is_loopback() => vec![ip.into()],
+        Some(url::Host::Ipv6(ip)) if ip.is_loopback() => vec![ip.into()],
+        Some(url::Host::Domain(d)) if d.eq_ignore_ascii_case("localhost") => vec![
+            std::net::Ipv4Addr::LOCALHOST.into(),
+            std::net::Ipv6Addr::LOCALHOST.into(),
+        ],
         _ => return Err(refuse("not a loopback address")),
     };
     match u.port() {
-        Some(port) if port != 0 => Ok(((ip, port).into(), u.path().to_string())),
+        Some(port) if port != 0 => Ok((
+            ips.into_iter().map(|ip| (ip, port).into()).collect(),
+            u.path().to_string(),
+        )),
         _ => Err(refuse("no port")),
     }
 }
@@ -254,7 +302,8 @@ pub(crate) fn judge_redirect(query: Option<&str>, expected_state: Option<&str>) 
     }
 }
 
-/// A loopback listener serving at most [`LISTENER_CONNECTIONS`] connections at once, each
+/// A loopback listener serving at most [`LISTENER_CONNECTIONS`] connections at once (over all
+/// of a sign-in's addresses), each
 /// limited in time and bytes: slow or chatty local clients cannot pin it.
 struct Limited {
     inner: tokio::net::TcpListener,
@@ -262,11 +311,9 @@ struct Limited {
 }
 
 impl Limited {
-    fn new(inner: tokio::net::TcpListener) -> Self {
-        Self {
-            inner,
-            slots: Arc::new(tokio::sync::Semaphore::new(LISTENER_CONNECTIONS)),
-        }
+    /// `slots` is shared by every address of one sign-in.
+    fn new(inner: tokio::net::TcpListener, slots: Arc<tokio::sync::Semaphore>) -> Self {
+        Self { inner, slots }
     }
 }
 
@@ -435,16 +482,18 @@ mod tests {
     #[test]
     fn an_exact_redirect_uri_must_be_loopback_http_with_a_port() {
         let ok = exact_redirect("http://127.0.0.1:8765/callback").unwrap();
-        assert_eq!(ok, (([127, 0, 0, 1], 8765).into(), "/callback".to_string()));
-        let ok = exact_redirect("http://[::1]:8765/").unwrap();
-        assert_eq!(ok.0.to_string(), "[::1]:8765");
         assert_eq!(
-            exact_redirect("http://localhost:9/cb")
-                .unwrap()
-                .0
-                .to_string(),
-            "127.0.0.1:9"
+            ok,
+            (vec![([127, 0, 0, 1], 8765).into()], "/callback".to_string())
         );
+        let ok = exact_redirect("http://[::1]:8765/").unwrap();
+        assert_eq!(ok.0, vec!["[::1]:8765".parse().unwrap()]);
+        let names = |uri: &str| -> Vec<String> {
+            let addrs = exact_redirect(uri).unwrap().0;
+            addrs.iter().map(ToString::to_string).collect()
+        };
+        assert_eq!(names("http://localhost:9/cb"), ["127.0.0.1:9", "[::1]:9"]);
+        assert_eq!(names("http://LocalHost:9/cb"), ["127.0.0.1:9", "[::1]:9"]);
         for (bad, why) in [
             ("https://127.0.0.1:8765/callback", "not http"),
             ("http://app.example:8765/callback", "not a loopback address"),
@@ -494,5 +543,96 @@ mod tests {
             "with every slot taken a newcomer is dropped: {seen:?}"
         );
         assert!(seen[1].contains(" 200 "), "{seen:?}");
+    }
+
+    /// A "browser" that resolves `localhost` to ::1 first: it brings the redirect to
+    /// `[::1]:PORT` of the URL's `redirect_uri`.
+    #[derive(Default)]
+    struct Ipv6First {
+        told: Arc<Mutex<u32>>,
+    }
+
+    impl Person for Ipv6First {
+        fn tell(&self, _message: &str, url: Option<&str>) -> bool {
+            *self.told.lock().unwrap() += 1;
+            let u = url::Url::parse(url.unwrap_or_default()).unwrap();
+            let redirect = u
+                .query_pairs()
+                .find(|(k, _)| k == "redirect_uri")
+                .map(|(_, v)| v.into_owned())
+                .unwrap();
+            let port = url::Url::parse(&redirect).unwrap().port().unwrap();
+            std::thread::spawn(move || get(&format!("[::1]:{port}"), "/cb?code=C6&state=s1"));
+            true
+        }
+    }
+
+    fn localhost_request(port: u16) -> BrowserRedirect {
+        BrowserRedirect {
+            url: "https://login.example/authorize?state=s1".into(),
+            message: None,
+            timeout_seconds: Some(3),
+            redirect_uri: Some(format!("http://localhost:{port}/cb")),
+        }
+    }
+
+    fn run(request: BrowserRedirect, person: Arc<dyn Person>) -> Result<RedirectAnswer, Error> {
+        let rt = tokio::runtime::Runtime::new().unwrap();
+        let handle = rt.handle().clone();
+        browser_redirect(&handle, &request, person, Arc::new(Redactor::default()))
+    }
+
+    /// Whether this host has IPv6 loopback (the tests below need it).
+    fn has_ipv6() -> bool {
+        let ok = std::net::TcpListener::bind("[::1]:0").is_ok();
+        if !ok {
+            eprintln!("no IPv6 loopback on this host: skipped");
+        }
+        ok
+    }
+
+    /// Security boundary: for `redirect-uri: http://localhost:P/...` the listener also binds
+    /// [::1]:P, so a browser trying ::1 first brings the sign-in to it.
+    #[test]
+    fn a_localhost_redirect_is_received_on_ipv6_loopback_too() {
+        if !has_ipv6() {
+            return;
+        }
+        let port = std::net::TcpListener::bind("127.0.0.1:0")
+            .unwrap()
+            .local_addr()
+            .unwrap()
+            .port();
+        let person = Arc::new(Ipv6First::default());
+        let answer = run(localhost_request(port), person.clone()).unwrap_or_else(|e| panic!("{e}"));
+        assert_eq!(answer.query, "code=C6&state=s1");
+        assert_eq!(answer.redirect_uri, format!("http://localhost:{port}/cb"));
+    }
+
+    /// Security boundary: when another program already listens on [::1]:P, a `localhost`
+    /// sign-in is refused with an error naming the port, before the person is sent anywhere
+    /// (a browser trying ::1 first would bring the code to that program, or nowhere).
+    #[test]
+    fn a_localhost_redirect_is_refused_when_someone_else_holds_the_ipv6_port() {
+        if !has_ipv6() {
+            return;
+        }
+        let squatter = std::net::TcpListener::bind("[::1]:0").unwrap();
+        let port = squatter.local_addr().unwrap().port();
+        let person = Arc::new(Ipv6First::default());
+        let e = run(localhost_request(port), person.clone()).unwrap_err();
+        assert!(
+            e.to_string()
+                .contains(&format!("holds port {port} on [::1]"))
+                && e.to_string().contains("http://127.0.0.1:"),
+            "{e}"
+        );
+        assert_eq!(
+            *person.told.lock().unwrap(),
+            0,
+            "nobody was sent to sign in"
+        );
+        // 127.0.0.1:P was released again: an IPv4-only redirect on that port still works.
+        assert!(std::net::TcpListener::bind(("127.0.0.1", port)).is_ok());
     }
 }
