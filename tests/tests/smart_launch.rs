@@ -230,6 +230,21 @@ fn the_login_listener_answers_only_on_the_registered_path() {
     assert!(log.contains("listener HTTP/1.1 200"), "{log}");
 }
 
+/// Many SMART clients are registered with `http://localhost:P/callback`: that works too (the
+/// host listens on 127.0.0.1:P and, where the host has IPv6, [::1]:P), and is sent exactly.
+#[test]
+fn a_localhost_redirect_uri_signs_in() {
+    let mut e = Env::new();
+    e.redirect = format!("http://localhost:{}/callback", free_port());
+    e.idp.configure(|c| c.redirect_uri = e.redirect.clone());
+    e.write_config(json!({}));
+    let out = e.run(&["login", "s"]);
+    assert_eq!(out.code, 0, "{}\n{}", out.all(), e.browser_log());
+    let a = e.idp.authorize_requests().pop().unwrap();
+    assert_eq!(a["redirect_uri"], e.redirect);
+    assert_eq!(e.last_token_request()["redirect_uri"], e.redirect);
+}
+
 /// Security boundary: an exact `redirect-uri` must be http on a loopback address with a port;
 /// anything else is refused with a clear error before the person is sent anywhere.
 #[test]
