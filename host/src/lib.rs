@@ -37,6 +37,7 @@ mod bridge;
 mod builder;
 mod builtin;
 pub mod bulk;
+mod caches;
 pub mod config;
 mod connection;
 pub mod dsf;
@@ -202,7 +203,7 @@ impl Host {
             settings.retain(|id, _| only.contains(id));
         }
         let redactor = host_redactor(&doc, &registry);
-        let fleet_cache = fleet_cache(&doc, &redactor)?;
+        let fleet_cache = caches::fleet_cache(&doc, &redactor)?;
         let rt = tokio::runtime::Handle::current();
         let clients = Arc::new(ClientPool::default());
         let mut slots = BTreeMap::new();
@@ -250,42 +251,20 @@ impl Host {
             };
             match configure_entries(&doc, &registry, &s, &context, &shared).await {
                 Ok(entries) => {
-                    let mut runtime = auth::AuthRuntime::new(
+                    let runtime = auth::AuthRuntime::new(
                         id.clone(),
                         context,
                         entries,
                         shared,
                         s.token_renewal_margin,
                     );
-                    // A signing scheme's keys live in the plugin, set by `authorize`: its
-                    // credentials are never read from a cache instead.
-                    let cacheable = !runtime.signs_requests();
-                    if let Some(cache) = fleet_cache
-                        .as_ref()
-                        .filter(|_| cacheable && s.host.credential_cache == ConnectionCache::Shared)
-                    {
-                        // Only tokens every scheme declares shareable, under their identity.
-                        if let Some(share_key) = runtime.share_key().await {
-                            let fp =
-                                token_cache::for_connection(&doc, &registry, &id, store.clone())
-                                    .fingerprint()
-                                    .to_string();
-                            runtime = runtime.with_fleet(fleet::FleetTokens::new(
-                                cache.clone(),
-                                &id,
-                                fp,
-                                &share_key,
-                            ));
-                        }
-                    }
-                    if cacheable && s.host.token_cache == TokenCacheMode::Persistent {
-                        runtime = runtime.with_persistent(token_cache::for_connection(
-                            &doc,
-                            &registry,
-                            &id,
-                            store.clone(),
-                        ));
-                    }
+                    let caches = caches::Caches {
+                        doc: &doc,
+                        registry: &registry,
+                        store: &store,
+                        fleet: fleet_cache.as_ref(),
+                    };
+                    let runtime = caches.attach(runtime, &s).await;
                     let auth = Arc::new(runtime);
                     slots.insert(id, Slot::Ready(Arc::new(Connection { transport, auth })));
                 }
@@ -513,28 +492,6 @@ fn locate_scheme_error(doc: &Document, entry: &config::AuthEntry, message: &str)
 }
 
 /// Inline secrets in the file (keys that look like secrets) are redacted from logs too.
-/// The file's shared credential cache (`credential-cache: {backend: redis}`; it connects at
-/// its first use); its URL's password is redacted like any secret.
-fn fleet_cache(doc: &Document, redactor: &Redactor) -> Result<Option<Arc<fleet::FleetCache>>> {
-    let Some(redis) = config::fleet::read(doc).map_err(Error::Config)? else {
-        return Ok(None);
-    };
-    if let Some(p) = url::Url::parse(&redis.url)
-        .ok()
-        .and_then(|u| u.password().map(str::to_string))
-    {
-        redactor.add(&p);
-    }
-    let cache =
-        fleet::FleetCache::new(&redis.url, &redis.prefix, &redis.key_base64).map_err(|m| {
-            Error::Config(vec![doc.error_at(
-                &format!("/{}/url", config::fleet::CREDENTIAL_CACHE),
-                false,
-                m,
-            )])
-        })?;
-    Ok(Some(cache))
-}
 
 /// A host's redactor: the file's inline secrets registered, and the setting names of the
 /// composed schema, which are never redacted inside (see [`Redactor`]).

@@ -1,0 +1,79 @@
+//! Wiring a connection's credential cache levels at host build: the file's shared fleet cache
+//! (`credential-cache`) and each connection's persistent and fleet levels.
+
+use crate::config::{self, Document};
+use crate::fleet;
+use crate::plugins::Registry;
+use crate::redact::Redactor;
+use crate::store::CredentialStore;
+use crate::{auth, token_cache, ConnectionCache, Error, Result, TokenCacheMode};
+use std::sync::Arc;
+
+/// What a connection's credentials may be cached in besides memory.
+pub(crate) struct Caches<'a> {
+    pub(crate) doc: &'a Document,
+    pub(crate) registry: &'a Registry,
+    pub(crate) store: &'a Arc<dyn CredentialStore>,
+    pub(crate) fleet: Option<&'a Arc<fleet::FleetCache>>,
+}
+
+impl Caches<'_> {
+    /// Adds the persistent and fleet levels the connection's settings ask for. A signing
+    /// scheme's keys live in the plugin, set by `authorize`: its credentials are never read
+    /// from a cache instead. The fleet gets only tokens every scheme declares shareable.
+    pub(crate) async fn attach(
+        &self,
+        mut runtime: auth::AuthRuntime,
+        s: &config::ConnectionSettings,
+    ) -> auth::AuthRuntime {
+        if runtime.signs_requests() {
+            return runtime;
+        }
+        let tokens =
+            || token_cache::for_connection(self.doc, self.registry, &s.id, self.store.clone());
+        if let Some(cache) = self
+            .fleet
+            .filter(|_| s.host.credential_cache == ConnectionCache::Shared)
+        {
+            if let Some(share_key) = runtime.share_key().await {
+                let fp = tokens().fingerprint().to_string();
+                runtime = runtime.with_fleet(fleet::FleetTokens::new(
+                    cache.clone(),
+                    &s.id,
+                    fp,
+                    &share_key,
+                ));
+            }
+        }
+        if s.host.token_cache == TokenCacheMode::Persistent {
+            runtime = runtime.with_persistent(tokens());
+        }
+        runtime
+    }
+}
+
+/// The file's shared credential cache (`credential-cache: {backend: redis}`; it connects at
+/// its first use); its URL's password is redacted like any secret.
+pub(crate) fn fleet_cache(
+    doc: &Document,
+    redactor: &Redactor,
+) -> Result<Option<Arc<fleet::FleetCache>>> {
+    let Some(redis) = config::fleet::read(doc).map_err(Error::Config)? else {
+        return Ok(None);
+    };
+    if let Some(p) = url::Url::parse(&redis.url)
+        .ok()
+        .and_then(|u| u.password().map(str::to_string))
+    {
+        redactor.add(&p);
+    }
+    let cache =
+        fleet::FleetCache::new(&redis.url, &redis.prefix, &redis.key_base64).map_err(|m| {
+            Error::Config(vec![doc.error_at(
+                &format!("/{}/url", config::fleet::CREDENTIAL_CACHE),
+                false,
+                m,
+            )])
+        })?;
+    Ok(Some(cache))
+}
