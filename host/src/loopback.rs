@@ -78,7 +78,9 @@ pub(crate) fn browser_redirect(
             |e| e.0 .0.clone(),
         );
         let listeners = bind_all(&binds).await.map_err(bad)?;
-        let port = listeners[0]
+        let port = listeners
+            .first()
+            .ok_or_else(|| bad("the login listener has no address".into()))?
             .local_addr()
             .map_err(|e| bad(e.to_string()))?
             .port();
