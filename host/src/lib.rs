@@ -491,8 +491,6 @@ fn locate_scheme_error(doc: &Document, entry: &config::AuthEntry, message: &str)
     doc.error_at(&entry.pointer, false, message)
 }
 
-/// Inline secrets in the file (keys that look like secrets) are redacted from logs too.
-
 /// A host's redactor: the file's inline secrets registered, and the setting names of the
 /// composed schema, which are never redacted inside (see [`Redactor`]).
 fn host_redactor(doc: &Document, registry: &Registry) -> Arc<Redactor> {

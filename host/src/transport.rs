@@ -7,10 +7,10 @@ mod pool;
 mod sign;
 
 pub use classify::describe_tls;
-pub use pool::{ClientKey, ClientPool, IdentityKey};
-pub use sign::{body_sha256, Signer};
-pub(crate) use sign::Signing;
 pub(crate) use pool::warm_up;
+pub use pool::{ClientKey, ClientPool, IdentityKey};
+pub(crate) use sign::Signing;
+pub use sign::{body_sha256, Signer};
 
 use crate::config::ConnectionSettings;
 use fhirconn_sdk::ClientIdentity;

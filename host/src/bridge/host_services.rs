@@ -434,14 +434,24 @@ mod tests {
         let imds = "http://169.254.169.254/metadata/identity/oauth2/token?resource=x";
         let declared = r#"{"instance-metadata":true}"#;
         assert!(request("GET", imds, declared, b""));
-        assert!(request("GET", "http://169.254.130.3:8081/msi/token", declared, b""));
+        assert!(request(
+            "GET",
+            "http://169.254.130.3:8081/msi/token",
+            declared,
+            b""
+        ));
         for (method, url, ext, body) in [
             ("GET", imds, "", &b""[..]),
             ("GET", imds, r#"{"instance-metadata":"yes"}"#, b""),
             ("GET", imds, r#"{"other":true}"#, b""),
             ("POST", imds, declared, b""),
             ("GET", imds, declared, b"client_secret=s"),
-            ("GET", "http://10.0.0.1/metadata/identity/oauth2/token", declared, b""),
+            (
+                "GET",
+                "http://10.0.0.1/metadata/identity/oauth2/token",
+                declared,
+                b"",
+            ),
             ("GET", "http://metadata.example/token", declared, b""),
             ("GET", "http://[fe80::1]/token", declared, b""),
             ("GET", "ftp://169.254.169.254/token", declared, b""),

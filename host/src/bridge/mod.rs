@@ -153,10 +153,11 @@ impl PluginScheme {
         let schema = serde_json::from_str(config_schema_json.as_str())
             .unwrap_or_else(|_| serde_json::json!({"type": "object"}));
         // ABI 1.0 plugins send `{}` (or nothing); a malformed field declares nothing.
-        let extensions = SchemeExtensions::from_json(extensions_json.as_str()).unwrap_or_else(|e| {
-            tracing::debug!(scheme = %plugin_text(&name), "ignoring scheme extensions: {e}");
-            SchemeExtensions::default()
-        });
+        let extensions =
+            SchemeExtensions::from_json(extensions_json.as_str()).unwrap_or_else(|e| {
+                tracing::debug!(scheme = %plugin_text(&name), "ignoring scheme extensions: {e}");
+                SchemeExtensions::default()
+            });
         Description {
             name,
             version: plugin_text(&version),

@@ -70,7 +70,10 @@ mod tests {
         assert_eq!(op.env["A"], "1");
         assert_eq!(op.timeout_seconds, Some(30));
         let minimal: Exec = serde_json::from_value(json!({"argv": ["x"]})).unwrap();
-        assert_eq!(serde_json::to_value(&minimal).unwrap(), json!({"argv": ["x"]}));
+        assert_eq!(
+            serde_json::to_value(&minimal).unwrap(),
+            json!({"argv": ["x"]})
+        );
         assert!(serde_json::from_value::<Exec>(json!({"env": {}})).is_err());
 
         let a: ExecAnswer = serde_json::from_value(json!({

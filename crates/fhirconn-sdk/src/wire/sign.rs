@@ -121,7 +121,10 @@ mod tests {
             "body_sha256":"abc","unix_time":1700000000}"#;
         let r: SignRequest = serde_json::from_str(text).unwrap();
         assert_eq!(r.method, "POST");
-        assert_eq!(r.headers[1], WireHeader::sensitive("authorization", "Bearer T"));
+        assert_eq!(
+            r.headers[1],
+            WireHeader::sensitive("authorization", "Bearer T")
+        );
         assert_eq!(r.unix_time, 1_700_000_000);
         let back: Value = serde_json::to_value(&r).unwrap();
         assert_eq!(back, serde_json::from_str::<Value>(text).unwrap());
@@ -138,7 +141,10 @@ mod tests {
             json!({"headers": [{"name": "x-amz-date", "value": "20150830T123600Z"},
                                {"name": "x-amz-security-token", "value": "S", "sensitive": true}]})
         );
-        assert_eq!(serde_json::from_str::<SignAnswer>("{}").unwrap(), SignAnswer::default());
+        assert_eq!(
+            serde_json::from_str::<SignAnswer>("{}").unwrap(),
+            SignAnswer::default()
+        );
     }
 
     #[test]
@@ -149,7 +155,10 @@ mod tests {
         };
         assert_eq!(on.to_json(), r#"{"signs_requests":true}"#);
         for nothing in ["", "{}", r#"{"later":1}"#] {
-            assert_eq!(SchemeExtensions::from_json(nothing).unwrap(), SchemeExtensions::default());
+            assert_eq!(
+                SchemeExtensions::from_json(nothing).unwrap(),
+                SchemeExtensions::default()
+            );
         }
         assert_eq!(SchemeExtensions::from_json(&on.to_json()).unwrap(), on);
     }
