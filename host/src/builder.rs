@@ -22,6 +22,7 @@ pub struct HostBuilder {
     store: Option<Arc<dyn CredentialStore>>,
     person: Option<Arc<dyn Person>>,
     only: Option<Vec<String>>,
+    no_warm_up: bool,
 }
 
 impl std::fmt::Debug for HostBuilder {
@@ -130,7 +131,21 @@ impl HostBuilder {
             .store
             .unwrap_or_else(|| Arc::new(MemoryStore::default()));
         let person = self.person.unwrap_or_else(|| Arc::new(StderrPerson));
-        Host::assemble(doc, registry, store, person, self.only).await
+        let host = Host::assemble(doc, registry, store, person, self.only).await?;
+        if !self.no_warm_up {
+            host.warm_up_clients().await;
+        }
+        Ok(host)
+    }
+
+    /// Whether [`HostBuilder::build`] builds each connection's default HTTP client up front
+    /// (the default: a service's first request then does not pay for reading the system
+    /// roots). A one-shot command turns it off: its first request builds exactly the client it
+    /// needs (with a client certificate, the default one would be built for nothing).
+    #[must_use]
+    pub fn warm_up_clients(mut self, warm: bool) -> Self {
+        self.no_warm_up = !warm;
+        self
     }
 }
 
@@ -160,6 +175,7 @@ impl Host {
             store: None,
             person: None,
             only: None,
+            no_warm_up: false,
         }
     }
 }

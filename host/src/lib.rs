@@ -285,13 +285,18 @@ impl Host {
         if !errors.is_empty() {
             return Err(Error::Config(errors));
         }
-        transport::warm_up(&slots_transports(&slots)).await;
         Ok(Host {
             registry,
             slots,
             redactor,
             clients,
         })
+    }
+
+    /// Builds each connection's default HTTP client now (reading the system roots once per
+    /// distinct client), so a long-lived host's first request does not pay for it.
+    pub(crate) async fn warm_up_clients(&self) {
+        transport::warm_up(&slots_transports(&self.slots)).await;
     }
 
     /// The registry of schemes.

@@ -211,7 +211,9 @@ impl Global {
         let mut b = Host::builder()
             .config_file(&self.config)
             .only_connections(ids.iter().cloned())
-            .credential_store(fhirconn_host::state::credential_store());
+            .credential_store(fhirconn_host::state::credential_store())
+            // One-shot commands build the clients their requests need, no more.
+            .warm_up_clients(false);
         for d in &self.plugin_dirs {
             b = b.plugin_dir(d);
         }
