@@ -9,9 +9,8 @@ use xshell::cmd;
 /// as root, or say exactly what to install.
 fn ensure_redis() -> Result {
     let on_path = |name: &str| {
-        std::env::var_os("PATH").is_some_and(|p| {
-            std::env::split_paths(&p).any(|d| d.join(name).is_file())
-        })
+        std::env::var_os("PATH")
+            .is_some_and(|p| std::env::split_paths(&p).any(|d| d.join(name).is_file()))
     };
     if on_path("redis-server") && on_path("redis-cli") {
         return Ok(());
@@ -38,11 +37,13 @@ fn ensure_redis() -> Result {
             return Ok(());
         }
     }
-    Err("the fleet tests need a real Redis server (redis-server and redis-cli on PATH): \
+    Err(
+        "the fleet tests need a real Redis server (redis-server and redis-cli on PATH): \
          install it with `sudo apt-get install -y redis-server` (Debian/Ubuntu), \
          `sudo dnf install redis` (Fedora) or `brew install redis` (macOS), then run \
          `cargo xtask test` again"
-        .into())
+            .into(),
+    )
 }
 
 pub(crate) fn test() -> Result {

@@ -9,8 +9,8 @@
 //!
 //! [`idp::IdentityProvider`] is an OAuth 2.0 / OpenID Connect provider issuing those tokens.
 
-pub mod azure_identity;
 mod authorization_log;
+pub mod azure_identity;
 mod bulk_gen;
 pub use bulk_gen::ndjson_block;
 pub mod entra;
