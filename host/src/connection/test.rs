@@ -55,9 +55,13 @@ impl Connection {
         let url = self.url_for("metadata").map_err(|e| {
             Diagnosis::new(Stage::Metadata, DiagnosisKind::InvalidUrl, e.to_string())
         })?;
-        let resp = self
-            .send_renewing(creds, &Request::get("metadata"), &url)
-            .await;
+        let limit = self.test_deadline();
+        let resp = tokio::time::timeout(
+            limit,
+            self.send_renewing(creds, &Request::get("metadata"), &url),
+        )
+        .await
+        .map_err(|_| test_timeout(Stage::Metadata, limit))?;
         report.metadata_ms = t.elapsed().as_millis() as u64;
         let resp = resp.map_err(|f| match f {
             Failure::Credentials(e) => credential_failure(&e, self.id()),
@@ -67,7 +71,9 @@ impl Connection {
         // 3. probe
         if let Some(path) = probe.or(self.probe()) {
             let t = Instant::now();
-            let result = self.send(Request::get(path)).await;
+            let result = tokio::time::timeout(limit, self.send(Request::get(path)))
+                .await
+                .map_err(|_| test_timeout(Stage::Probe, limit))?;
             let ms = t.elapsed().as_millis() as u64;
             let r = result.map_err(|e| transport_failure(Stage::Probe, &e))?;
             report.probe = Some(ProbeReport {
@@ -80,6 +86,15 @@ impl Connection {
             }
         }
         Ok(())
+    }
+
+    /// A connection test's read is bounded as a whole: `request-timeout` when set, else
+    /// connect-timeout + read-timeout. (`read-timeout` alone is an idle timeout: a server that
+    /// trickles bytes forever would otherwise hold the test for ever.)
+    fn test_deadline(&self) -> std::time::Duration {
+        let s = self.transport.settings();
+        s.request_timeout
+            .unwrap_or(s.connect_timeout + s.read_timeout)
     }
 
     /// Records the server's certificate and the CapabilityStatement's facts.
@@ -111,4 +126,17 @@ impl Connection {
         report.software = cap.software;
         Ok(())
     }
+}
+
+/// The diagnosis of a connection test stage that did not finish within its deadline.
+fn test_timeout(stage: Stage, limit: std::time::Duration) -> Diagnosis {
+    Diagnosis::new(
+        stage,
+        DiagnosisKind::Timeout,
+        format!(
+            "no complete answer within {:.1}s (a connection test is bounded by \
+             connect-timeout + read-timeout, or request-timeout when set)",
+            limit.as_secs_f64()
+        ),
+    )
 }
