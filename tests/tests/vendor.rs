@@ -90,6 +90,9 @@ fn the_conformance_suite_runs_over_the_vendor_plugin() {
         .arg(vendor_dir())
         .arg("--fhirconn")
         .arg(fhirconn_bin())
+        // The directory also holds the per-request example (vendor-hmac), which ships no
+        // conformance fixture: this test is about the acme one.
+        .args(["--scheme", "acme-apikey"])
         .args(["--format", "json"])
         .output()
         .unwrap();
