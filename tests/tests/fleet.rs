@@ -114,11 +114,24 @@ fn eight_processes_on_a_cold_cache_make_one_token_request_and_redis_sees_no_secr
         assert_eq!(failed(s), 0, "{}", s.stderr);
         assert_eq!(s.v["ok"], 100);
     }
-    assert_eq!(e.idp.token_requests(), 1, "one token request for the fleet");
     let sources: Vec<&str> = sums
         .iter()
         .map(|s| s.v["last_source"].as_str().unwrap_or(""))
         .collect();
+    // One token request for the fleet. On a loaded 2-core CI machine a worker may find Redis
+    // slower than its 1 s bound while eight processes start at once: it then says so (local
+    // fallback) and fetches for itself. Every extra token request must be such a reported
+    // fallback, and at most one.
+    let fallbacks = sources
+        .iter()
+        .filter(|s| s.contains("local fallback"))
+        .count();
+    assert!(fallbacks <= 1, "{sources:?}");
+    assert_eq!(
+        e.idp.token_requests(),
+        1 + fallbacks as u64,
+        "one token request for the fleet: {sources:?}"
+    );
     assert_eq!(
         sources.iter().filter(|s| **s == "fetched").count(),
         1,
@@ -126,9 +139,10 @@ fn eight_processes_on_a_cold_cache_make_one_token_request_and_redis_sees_no_secr
     );
     assert_eq!(
         sources.iter().filter(|s| **s == "fleet cache hit").count(),
-        7,
+        7 - fallbacks,
         "{sources:?}"
     );
+    let base = e.idp.token_requests();
 
     // The canary scan: what Redis holds names no secret and shows no token.
     let dump = redis.dump();
@@ -160,13 +174,13 @@ fn eight_processes_on_a_cold_cache_make_one_token_request_and_redis_sees_no_secr
         "fetched (fleet cache unavailable: local fallback)"
     );
     assert!(!s.stderr.contains("not-the-password"), "{}", s.stderr);
-    assert_eq!(e.idp.token_requests(), 2);
+    assert_eq!(e.idp.token_requests(), base + 1);
     e.write(&redis.url());
 
     // `credential-cache: local` opts out: its own token.
     let s = finish(worker(&config, "alone", 5, 0, KEY));
     assert_eq!(failed(&s), 0);
-    assert_eq!(e.idp.token_requests(), 3);
+    assert_eq!(e.idp.token_requests(), base + 2);
     assert_eq!(s.v["last_source"], "fetched");
 }
 

@@ -31,9 +31,9 @@ pub const WAIT_FOR_FLEET: Duration = Duration::from_secs(10);
 /// The lock's lifetime: a fetch that takes longer loses it (and does not store its value).
 const LOCK_TTL: Duration = Duration::from_secs(15);
 /// Every Redis operation is bounded by this.
-const OP_TIMEOUT: Duration = Duration::from_millis(500);
+const OP_TIMEOUT: Duration = Duration::from_secs(1);
 /// Connecting (TCP, TLS, AUTH) is bounded by this.
-const CONNECT_TIMEOUT: Duration = Duration::from_secs(2);
+const CONNECT_TIMEOUT: Duration = Duration::from_secs(3);
 /// After a failed connection attempt, lookups fall back at once for this long.
 const RETRY_CONNECT: Duration = Duration::from_secs(2);
 
