@@ -1225,7 +1225,38 @@ async fn sigterm_drains_requests_in_flight_within_the_drain_timeout_and_exits_0(
     let upstream = bearer_server(TOKEN).await;
     upstream.set_fault(fhirconn_testkit::Fault::Slow(Duration::from_millis(1500)));
     let dir = config_dir(&upstream.base_url());
-    let proxy = start_proxy(dir.path(), &["--token-file", "proxy.token"]).await;
+    let (status, took, in_flight) =
+        term_with_a_request_in_flight(dir.path(), &["--token-file", "proxy.token"]).await;
+    assert!(status.success(), "{status:?}");
+    assert_eq!(
+        in_flight.join().unwrap(),
+        200,
+        "the request in flight was answered"
+    );
+    assert!(
+        took >= Duration::from_millis(800),
+        "it waited for the request"
+    );
+
+    // Bounded: a request longer than --drain-timeout does not hold the exit.
+    upstream.set_fault(fhirconn_testkit::Fault::Slow(Duration::from_secs(8)));
+    let args = ["--token-file", "proxy.token", "--drain-timeout", "1"];
+    let (status, took, _hung) = term_with_a_request_in_flight(dir.path(), &args).await;
+    assert!(status.success(), "{status:?}");
+    assert!(took < Duration::from_secs(4), "{took:?}");
+}
+
+/// Starts a proxy with `args`, sends one request through it, and 400 ms later SIGTERM: the
+/// exit status, how long the exit took after the signal, and the request's thread (its status).
+async fn term_with_a_request_in_flight(
+    dir: &Path,
+    args: &[&str],
+) -> (
+    std::process::ExitStatus,
+    Duration,
+    std::thread::JoinHandle<u16>,
+) {
+    let proxy = start_proxy(dir, args).await;
     let p = proxy.url("");
     let in_flight =
         std::thread::spawn(move || get_with(&format!("{p}/s/Patient/1"), Some(PROXY_TOKEN), &[]).0);
@@ -1234,38 +1265,7 @@ async fn sigterm_drains_requests_in_flight_within_the_drain_timeout_and_exits_0(
     let status = tokio::task::spawn_blocking(move || proxy.stop_with("TERM"))
         .await
         .unwrap();
-    assert!(status.success(), "{status:?}");
-    assert_eq!(
-        in_flight.join().unwrap(),
-        200,
-        "the request in flight was answered"
-    );
-    assert!(
-        started.elapsed() >= Duration::from_millis(800),
-        "it waited for the request"
-    );
-
-    // Bounded: a request longer than --drain-timeout does not hold the exit.
-    upstream.set_fault(fhirconn_testkit::Fault::Slow(Duration::from_secs(8)));
-    let proxy = start_proxy(
-        dir.path(),
-        &["--token-file", "proxy.token", "--drain-timeout", "1"],
-    )
-    .await;
-    let p = proxy.url("");
-    let _hung =
-        std::thread::spawn(move || get_with(&format!("{p}/s/Patient/1"), Some(PROXY_TOKEN), &[]).0);
-    std::thread::sleep(Duration::from_millis(400));
-    let started = Instant::now();
-    let status = tokio::task::spawn_blocking(move || proxy.stop_with("TERM"))
-        .await
-        .unwrap();
-    assert!(status.success(), "{status:?}");
-    assert!(
-        started.elapsed() < Duration::from_secs(4),
-        "{:?}",
-        started.elapsed()
-    );
+    (status, started.elapsed(), in_flight)
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
