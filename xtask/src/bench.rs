@@ -8,35 +8,70 @@ use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 use xshell::cmd;
 
-pub(crate) fn bench(export_only: bool) -> Result {
+/// A part of `cargo xtask bench`, for `--only`.
+#[derive(Clone, Copy, PartialEq, Eq, Debug, clap::ValueEnum)]
+pub(crate) enum Part {
+    /// Criterion: authorize across the ABI, request overhead, soak.
+    Criterion,
+    /// The proxy against direct requests, and the fleet cache's hit path (needs redis-server).
+    Proxy,
+    /// Criterion: per-request signing through the host vs a direct call.
+    Sign,
+    /// Whole-process `fhirconn test` vs curl, plugin loading, 1,000 connections.
+    WholeProcess,
+    /// Bulk export vs curl.
+    Export,
+}
+
+pub(crate) fn bench(only: &[Part]) -> Result {
     let sh = shell()?;
     let root = project_root();
+    let run = |p: Part| only.is_empty() || only.contains(&p);
     dist()?;
     cmd!(
         sh,
         "cargo build --release -p fhirconn-testkit --bin fhirconn-testkit"
     )
     .run()?;
-    if export_only {
-        return bench_export::bench(&root);
-    }
-    // Criterion: authorize across the ABI vs a direct call.
     let plugin_dir = root.join("target/dist/plugins");
+    if run(Part::Criterion) {
+        criterion(&sh, &plugin_dir)?;
+    }
+    if run(Part::Proxy) {
+        // The proxy against direct requests, and the fleet cache's hit path (a real Redis).
+        cmd!(sh, "cargo bench -p fhirconn-tests --bench fleet_proxy")
+            .env("FHIRCONN_TEST_PLUGIN_DIR", plugin_dir)
+            .run()?;
+    }
+    if run(Part::Sign) {
+        sign(&sh, &root)?;
+    }
+    if run(Part::WholeProcess) {
+        whole_process(&root)?;
+    }
+    if run(Part::Export) {
+        bench_export::bench(&root)?;
+    }
+    Ok(())
+}
+
+/// Criterion: authorize across the ABI vs a direct call, request overhead, soak.
+fn criterion(sh: &xshell::Shell, plugin_dir: &Path) -> Result {
     cmd!(sh, "cargo bench -p fhirconn-tests --bench authorize")
-        .env("FHIRCONN_TEST_PLUGIN_DIR", &plugin_dir)
+        .env("FHIRCONN_TEST_PLUGIN_DIR", plugin_dir)
         .run()?;
     cmd!(sh, "cargo bench -p fhirconn-tests --bench request")
-        .env("FHIRCONN_TEST_PLUGIN_DIR", &plugin_dir)
+        .env("FHIRCONN_TEST_PLUGIN_DIR", plugin_dir)
         .run()?;
     cmd!(sh, "cargo bench -p fhirconn-tests --bench soak")
-        .env("FHIRCONN_TEST_PLUGIN_DIR", &plugin_dir)
+        .env("FHIRCONN_TEST_PLUGIN_DIR", plugin_dir)
         .run()?;
-    // The proxy against direct requests, and the fleet cache's hit path (a real Redis).
-    cmd!(sh, "cargo bench -p fhirconn-tests --bench fleet_proxy")
-        .env("FHIRCONN_TEST_PLUGIN_DIR", &plugin_dir)
-        .run()?;
-    // Criterion: per-request signing (the vendor-hmac example, built in release like the
-    // bench) through the host vs a direct call.
+    Ok(())
+}
+
+/// Criterion: per-request signing (the vendor-hmac example, built in release like the
+/// bench) through the host vs a direct call.
+fn sign(sh: &xshell::Shell, root: &Path) -> Result {
     let vendor = root.join("tests/vendor-hmac-plugin/Cargo.toml");
     let fixture_build = root.join("target/fixture-build");
     cmd!(
@@ -58,8 +93,7 @@ pub(crate) fn bench(export_only: bool) -> Result {
     cmd!(sh, "cargo bench -p fhirconn-tests --bench sign")
         .env("FHIRCONN_TEST_VENDOR_DIR", &vendor_dir)
         .run()?;
-    whole_process(&root)?;
-    bench_export::bench(&root)
+    Ok(())
 }
 
 /// Runs a command with its output discarded; its wall time if it succeeded.

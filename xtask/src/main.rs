@@ -57,9 +57,9 @@ enum Task {
     Ci,
     /// Criterion benchmarks + whole-process fhirconn vs curl + bulk export vs curl.
     Bench {
-        /// Only the bulk export comparison.
-        #[arg(long)]
-        export_only: bool,
+        /// Only these parts (repeatable; default: all of them).
+        #[arg(long, value_enum)]
+        only: Vec<bench::Part>,
     },
     /// Release build, then the conformance suite over every in-tree scheme (or over --plugin-dir).
     Conformance(ConformanceArgs),
@@ -123,7 +123,7 @@ fn main() -> std::process::ExitCode {
         Task::Demo => demo::demo(),
         Task::Test => test::test(),
         Task::Ci => ci::ci(),
-        Task::Bench { export_only } => bench::bench(export_only),
+        Task::Bench { only } => bench::bench(&only),
         Task::Conformance(a) => conformance::conformance(&a),
         Task::NewScheme { name, path } => new_scheme::new_scheme(&name, &path),
         Task::Fuzz {
