@@ -83,6 +83,7 @@
 
 mod error;
 mod export;
+pub mod flows;
 mod host;
 #[cfg(feature = "keys")]
 pub mod keys;

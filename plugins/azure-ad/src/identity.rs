@@ -5,10 +5,9 @@
 //! the `resource` or `scope` is always this connection's configured audience.
 
 use super::{Flow, Settings};
-use fhirconn_sdk::oauth::{self, ClientAuth, TokenRequest};
-use fhirconn_sdk::serde_json::{self, Value};
+use fhirconn_sdk::flows;
+use fhirconn_sdk::oauth::{ClientAuth, TokenRequest};
 use fhirconn_sdk::{Credentials, Error, ExposeSecret, Host, HttpRequest, Result, SecretString};
-use std::time::UNIX_EPOCH;
 
 /// Azure IMDS, when `AZURE_POD_IDENTITY_AUTHORITY_HOST` names no other host.
 const IMDS: &str = "http://169.254.169.254";
@@ -117,7 +116,6 @@ pub(crate) fn managed(
         None => ("2018-02-01", ["client_id", "object_id", "msi_res_id"]),
         Some(_) => ("2019-08-01", ["client_id", "principal_id", "mi_res_id"]),
     };
-    let endpoint = url.as_str().to_string();
     url.query_pairs_mut()
         .append_pair("api-version", api)
         .append_pair("resource", audience);
@@ -129,46 +127,13 @@ pub(crate) fn managed(
         None => request.header("Metadata", "true"),
         Some(h) => request.sensitive_header("X-IDENTITY-HEADER", h.expose_secret()),
     };
-    let mut resp = host
-        .instance_metadata_http(request)
-        .map_err(|e| e.context(format!("managed identity endpoint {endpoint}")))?;
-    if !resp.is_success() {
-        return Err(oauth::refused(&resp, &endpoint));
-    }
-    if let Ok(mut body) = serde_json::from_slice::<Value>(&resp.body) {
-        let now = host.now().duration_since(UNIX_EPOCH).unwrap_or_default();
-        body["expires_in"] = expires_in(&body, now.as_secs_f64());
-        resp.body = body.to_string().into_bytes();
-    }
-    Ok(oauth::token_response(&resp, &endpoint, host)?.0)
-}
-
-/// The answer's lifetime as RFC 6749's numeric `expires_in`: IMDS sends `expires_in` as a
-/// string, App Service (API 2019-08-01) only `expires_on`, Unix seconds as a string (Azure ML:
-/// a number). Anything else stays as it was, for the SDK's checks to refuse.
-fn expires_in(body: &Value, now: f64) -> Value {
-    let number = |v: &Value| match v {
-        Value::String(s) => s.trim().parse::<f64>().ok(),
-        v => v.as_f64(),
-    };
-    match (number(&body["expires_in"]), number(&body["expires_on"])) {
-        (Some(secs), _) => secs.into(),
-        (None, Some(on)) => (on - now).into(),
-        (None, None) => body["expires_in"].clone(),
-    }
+    flows::metadata_token(host, request, "managed identity endpoint", None)
 }
 
 /// Workload identity: client credentials with the federated token file's current content as
 /// the client assertion (RFC 7523 §2.2), read again for every token (the file is rotated).
 pub(crate) fn federated(request: TokenRequest, file: &str, host: &Host<'_>) -> Result<Credentials> {
-    let assertion = host.read_to_string(file)?;
-    let assertion = assertion.trim();
-    if assertion.is_empty() || assertion.contains(char::is_whitespace) {
-        return Err(Error::config(format!(
-            "federated-token-file {file}: not a token (empty or with spaces)"
-        )));
-    }
-    let assertion = SecretString::from(assertion.to_string());
+    let assertion = flows::federated_assertion(host, "federated-token-file", file)?;
     Ok(request
         .grant("client_credentials")
         .client_auth(ClientAuth::PrivateKeyJwt(assertion))

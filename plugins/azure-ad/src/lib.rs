@@ -22,15 +22,14 @@
 
 #![forbid(unsafe_code)]
 
+use fhirconn_sdk::flows::{self, AuthorizationRequest, StoredSignIn};
 use fhirconn_sdk::oauth::discovery::{get_json, OidcConfiguration};
-use fhirconn_sdk::oauth::{
-    device_code, endpoint_url, ClientAuth, Pkce, TokenRequest, TokenResponse,
-};
-use fhirconn_sdk::serde_json::{self, json, Value};
+use fhirconn_sdk::oauth::{device_code, endpoint_url, ClientAuth, TokenRequest};
+use fhirconn_sdk::serde_json::{json, Value};
 use fhirconn_sdk::settings::{self, SecretSetting};
 use fhirconn_sdk::{
-    oauth, schemars, serde, www_authenticate, AuthRequest, Connection, ConnectionInfo, Credentials,
-    Error, ExposeSecret, Host, HttpRequest, Memo, Result, Scheme, SecretString,
+    schemars, serde, www_authenticate, AuthRequest, Connection, ConnectionInfo, Credentials, Error,
+    Host, HttpRequest, Memo, Result, Scheme, SecretString,
 };
 
 /// Entra's public cloud.
@@ -323,69 +322,17 @@ impl AzureConnection {
         format!("{}/user_impersonation offline_access", a.audience)
     }
 
-    /// What a stored refresh token is bound to: it is used only with the same values.
-    fn binding(&self, a: &Authority) -> Value {
-        json!({
-            "authority": self.origin(),
-            "tenant": a.tenant,
-            "client_id": self.client_id,
-            "audience": a.audience,
-        })
+    /// The stored sign-in of this authority, tenant, client id and audience: a refresh token
+    /// stored for anything else is never sent.
+    fn sign_in(&self, a: &Authority) -> StoredSignIn<'static> {
+        let binding = json!({"authority": self.origin(), "tenant": a.tenant,
+            "client_id": self.client_id, "audience": a.audience});
+        StoredSignIn::new(REFRESH_KEY, binding)
     }
 
     /// A token request from this client (a public client unless it has a secret).
     fn request(&self, a: &Authority) -> TokenRequest {
         TokenRequest::new(&a.token_endpoint).client_id(&self.client_id)
-    }
-
-    /// Takes the credentials of a token response; stores a new refresh token with its binding.
-    fn accept_tokens(
-        &self,
-        a: &Authority,
-        resp: TokenResponse,
-        host: &Host<'_>,
-    ) -> Result<Credentials> {
-        if let Some(rt) = resp.refresh_token() {
-            let mut stored = self.binding(a);
-            stored["refresh_token"] = Value::String(rt.expose_secret().to_string());
-            host.store_put(REFRESH_KEY, &SecretString::from(stored.to_string()))?;
-        }
-        Ok(resp.credentials)
-    }
-
-    /// The stored refresh token, if there is one bound to this authority, tenant, client id
-    /// and audience. A token stored for anything else is never sent: the person signs in again.
-    fn stored_refresh_token(&self, a: &Authority, host: &Host<'_>) -> Result<Option<SecretString>> {
-        let Some(raw) = host.store_get(REFRESH_KEY)? else {
-            return Ok(None);
-        };
-        let Ok(Value::Object(mut stored)) = serde_json::from_str::<Value>(raw.expose_secret())
-        else {
-            host.debug("the stored sign-in has no binding (an older format); sign in again");
-            return Ok(None);
-        };
-        let token = stored.remove("refresh_token");
-        if Value::Object(stored) != self.binding(a) {
-            host.debug(
-                "the stored sign-in was issued for another authority, tenant, client id or \
-                 audience; it is not used (sign in again)",
-            );
-            return Ok(None);
-        }
-        Ok(token.and_then(|t| t.as_str().map(|t| SecretString::from(t.to_string()))))
-    }
-
-    /// Silent sign-in with a stored refresh token; `Ok(None)` when there is none or it was
-    /// refused (then it is deleted).
-    fn refresh(&self, a: &Authority, host: &Host<'_>) -> Result<Option<Credentials>> {
-        let Some(rt) = self.stored_refresh_token(a, host)? else {
-            return Ok(None);
-        };
-        let request = self.request(a).scope(&Self::delegated_scope(a));
-        match oauth::refresh(request, &rt, host)? {
-            Some(resp) => self.accept_tokens(a, resp, host).map(Some),
-            None => host.store_delete(REFRESH_KEY).map(|()| None),
-        }
     }
 
     fn device_code(&self, a: &Authority, host: &Host<'_>) -> Result<Credentials> {
@@ -398,61 +345,30 @@ impl AzureConnection {
         let started = device_code::start(endpoint, &self.client_id, &scope, host)?;
         host.tell_person(&started.instructions(), Some(&started.verification_uri));
         let resp = device_code::poll(&self.request(a), &started, host)?;
-        self.accept_tokens(a, resp, host)
+        self.sign_in(a).accept(resp, host)
     }
 
     fn auth_code(&self, a: &Authority, host: &Host<'_>) -> Result<Credentials> {
-        let pkce = Pkce::new()?;
-        let state = oauth::random_hex(16)?;
         let scope = Self::delegated_scope(a);
         let endpoint = a
             .authorize_endpoint
             .as_deref()
             .ok_or_else(|| Error::protocol("the authority advertises no authorization_endpoint"))?;
-        let mut url = url::Url::parse(endpoint)
-            .map_err(|e| Error::protocol(format!("authorization_endpoint: {e}")))?;
-        url.query_pairs_mut()
-            .append_pair("client_id", &self.client_id)
-            .append_pair("response_type", "code")
-            .append_pair("scope", &scope)
-            .append_pair("state", &state)
-            .append_pair("code_challenge", &pkce.challenge)
-            .append_pair("code_challenge_method", "S256");
-        let answer = host.browser_redirect(&fhirconn_sdk::wire::BrowserRedirect {
-            url: url.as_str().to_string(),
-            message: Some("Sign in to Microsoft Entra in your browser:".into()),
-            timeout_seconds: Some(300),
-            redirect_uri: None,
-        })?;
-        let redirect_uri = answer.redirect_uri.as_str();
-        let query = answer.query.as_str();
-        let params: std::collections::HashMap<String, String> =
-            url::form_urlencoded::parse(query.as_bytes())
-                .into_owned()
-                .collect();
-        if params.get("state") != Some(&state) {
-            return Err(Error::protocol(
-                "the sign-in redirect carried a wrong state (possible CSRF); try again",
-            ));
-        }
-        if let Some(e) = params.get("error") {
-            let description = params.get("error_description").map_or("", String::as_str);
-            return Err(Error::rejected(format!(
-                "sign-in failed: {e}: {description}"
-            )));
-        }
-        let code = params
-            .get("code")
-            .ok_or_else(|| Error::protocol("the sign-in redirect carried no code"))?;
-        let resp = self
-            .request(a)
-            .grant("authorization_code")
-            .param("code", code)
-            .param("redirect_uri", redirect_uri)
-            .secret_param("code_verifier", &pkce.verifier)
-            .scope(&scope)
+        let code = flows::authorization_code(
+            host,
+            &AuthorizationRequest {
+                endpoint,
+                client_id: &self.client_id,
+                scope: &scope,
+                params: Vec::new(),
+                message: "Sign in to Microsoft Entra in your browser:".into(),
+                redirect_uri: None,
+            },
+        )?;
+        let resp = code
+            .token_request(self.request(a).scope(&scope))
             .send(host)?;
-        self.accept_tokens(a, resp, host)
+        self.sign_in(a).accept(resp, host)
     }
 
     fn client_credentials(&self, a: &Authority, host: &Host<'_>) -> Result<Credentials> {
@@ -466,11 +382,28 @@ impl AzureConnection {
             .client_auth(ClientAuth::SecretPost(secret))
             .scope(&format!("{}/.default", a.audience))
             .send(host)?;
-        self.accept_tokens(a, resp, host)
+        Ok(resp.credentials)
     }
 }
 
 impl Connection for AzureConnection {
+    /// Tokens of an application (a service principal's client credentials, a workload
+    /// identity) and of a user-assigned managed identity belong to that one identity on every
+    /// process that names it: a fleet may share them, keyed by what names it (client id,
+    /// tenant and authority may come from the environment; a tenant from the challenge comes
+    /// from base-url, which is in the settings). A person's sign-in and a system-assigned
+    /// managed identity (each machine its own) are never shared.
+    fn share_key(&self) -> Option<String> {
+        let who = match (self.flow, &self.identity) {
+            (Flow::ClientCredentials | Flow::WorkloadIdentity, _) => self.client_id.clone(),
+            (_, Some(identity::Identity::Managed(_, Some((i, id))))) => format!("mi {i} {id}"),
+            _ => return None,
+        };
+        let tenant = self.tenant.as_deref().unwrap_or("-");
+        let (flow, origin, audience) = (self.flow, self.origin(), &self.audience.0);
+        Some(format!("{flow:?} {who}\n{origin}\n{tenant}\n{audience}"))
+    }
+
     fn authorize(&self, request: &AuthRequest, host: &Host<'_>) -> Result<Credentials> {
         if let Some(identity::Identity::Managed(source, user)) = &self.identity {
             return identity::managed(source, user.as_ref(), &self.audience.0, host);
@@ -484,7 +417,8 @@ impl Connection for AzureConnection {
             return self.client_credentials(&a, host);
         }
         if !request.force_login {
-            if let Some(creds) = self.refresh(&a, host)? {
+            let request = self.request(&a).scope(&Self::delegated_scope(&a));
+            if let Some(creds) = self.sign_in(&a).refresh(request, host)? {
                 return Ok(creds);
             }
         }
@@ -502,11 +436,7 @@ impl Connection for AzureConnection {
 
     fn invoke(&self, op: &str, _payload: Value, host: &Host<'_>) -> Result<Value> {
         match op {
-            fhirconn_sdk::wire::LOGOUT => {
-                host.store_delete(REFRESH_KEY)?;
-                serde_json::to_value(fhirconn_sdk::wire::LogoutAnswer { logged_out: true })
-                    .map_err(|e| Error::internal(e.to_string()))
-            }
+            fhirconn_sdk::wire::LOGOUT => flows::logout(host, REFRESH_KEY),
             other => Err(Error::unsupported(other)),
         }
     }

@@ -15,8 +15,9 @@
 
 #![forbid(unsafe_code)]
 
+use fhirconn_sdk::flows;
 use fhirconn_sdk::keys::{self, Algorithm};
-use fhirconn_sdk::oauth::{self, endpoint_url, TokenRequest};
+use fhirconn_sdk::oauth::{endpoint_url, TokenRequest};
 use fhirconn_sdk::serde_json::{json, Value};
 use fhirconn_sdk::settings::{self, SecretSetting};
 use fhirconn_sdk::{
@@ -246,22 +247,28 @@ impl Connection for GoogleConnection {
             }
             Flow::Metadata(url) => {
                 let req = HttpRequest::new("GET", url).header("Metadata-Flavor", "Google");
-                let resp = host
-                    .instance_metadata_http(req)
-                    .map_err(|e| e.context(format!("metadata server {url}")))?;
-                if !resp.is_success() {
-                    let status = resp.status;
-                    return Err(Error::protocol(format!(
-                        "metadata server {url}: HTTP {status}"
-                    )));
-                }
-                if resp.header("metadata-flavor") != Some("Google") {
-                    return Err(Error::protocol(format!(
-                        "{url} answered without 'Metadata-Flavor: Google': not a metadata server"
-                    )));
-                }
-                Ok(oauth::token_response(&resp, url, host)?.0)
+                let marker = Some(("Metadata-Flavor", "Google"));
+                flows::metadata_token(host, req, "metadata server", marker)
             }
+        }
+    }
+
+    /// A key's tokens belong to its service account (`client_email`, inside the key, not in
+    /// the settings) and, when delegating, to the `subject` it acts for: the same in every
+    /// process holding the key, so a fleet may share them. The metadata server's account is
+    /// the machine's own (equal settings on two machines can mean two accounts): never shared.
+    fn share_key(&self) -> Option<String> {
+        match &self.flow {
+            Flow::Key {
+                email,
+                subject,
+                token_url,
+                ..
+            } => Some(format!(
+                "service account {email}\nsubject {}\ntoken endpoint {token_url}",
+                subject.as_deref().unwrap_or("-")
+            )),
+            Flow::Metadata(_) => None,
         }
     }
 }

@@ -3,11 +3,12 @@
 //! endpoints) and how answers are read.
 
 use super::super::AzureAd;
-use super::*;
-use fhirconn_sdk::serde_json::json;
+use fhirconn_sdk::oauth;
+use fhirconn_sdk::serde_json::{json, Value};
 use fhirconn_sdk::testing::{header_value, MockHost};
 use fhirconn_sdk::{ErrorKind, HttpResponse};
 use std::collections::HashMap;
+use std::time::UNIX_EPOCH;
 
 /// 2026-01-01T00:00:00Z, the mock's clock.
 const NOW: u64 = 1_767_225_600;

@@ -1,0 +1,310 @@
+//! Token flows that several schemes share, over [`crate::oauth`] and the host's services:
+//! - [`metadata_token`]: a token from a cloud instance-metadata endpoint (Azure IMDS and App
+//!   Service, the GCE metadata server), with its `expires_in` / `expires_on` dialects;
+//! - [`federated_assertion`]: a federated token file (Kubernetes workload identity), read
+//!   again for every token because it is rotated;
+//! - [`authorization_code`]: the authorization code grant with PKCE through the host's
+//!   `browser-redirect` operation (RFC 6749 §4.1, RFC 7636 S256, RFC 8252 loopback), `state`
+//!   checked;
+//! - [`StoredSignIn`]: a refresh token kept in the host's credential store, bound to the values
+//!   it was issued for and used only when they match; [`logout`] forgets it.
+//!
+//! Errors never quote a request, a token or a secret; what a server sends back is quoted
+//! sanitised (control characters replaced, bounded).
+
+use crate::host::{Host, HttpRequest};
+use crate::oauth::{self, Pkce, TokenRequest, TokenResponse};
+use crate::scheme::Credentials;
+use crate::secret::{ExposeSecret, SecretString};
+use crate::wire::{BrowserRedirect, LogoutAnswer};
+use crate::{Error, Result};
+use serde_json::Value;
+use std::time::UNIX_EPOCH;
+
+/// At most this many characters of a server's error text are quoted.
+const QUOTED_MAX: usize = 200;
+
+/// Server text fit for a message: control characters replaced, at most [`QUOTED_MAX`]
+/// characters.
+fn quoted(text: &str) -> String {
+    let mut out: String = text
+        .chars()
+        .take(QUOTED_MAX)
+        .map(|c| if c.is_control() { '\u{FFFD}' } else { c })
+        .collect();
+    if text.chars().count() > QUOTED_MAX {
+        out.push('…');
+    }
+    out
+}
+
+/// A token from a cloud instance-metadata endpoint: `request` (a `GET` with the endpoint's
+/// marker header, e.g. `Metadata: true` or `Metadata-Flavor: Google`) goes through
+/// [`Host::instance_metadata_http`]; `what` names the endpoint in messages (with the URL
+/// without its query). When `answer_header` is set, an answer without that exact header is
+/// not from a metadata server and is refused before anything of it is read. A non-2xx answer
+/// quotes its OAuth `error` and `error_description` (sanitised) or its status. The token
+/// answer is validated as RFC 6749 §5.1 ([`oauth::token_response`]) after its lifetime is
+/// read as the clouds send it: `expires_in` as a number or a numeric string (IMDS), or only
+/// `expires_on`, Unix seconds as a string or number (App Service).
+pub fn metadata_token(
+    host: &Host<'_>,
+    request: HttpRequest,
+    what: &str,
+    answer_header: Option<(&str, &str)>,
+) -> Result<Credentials> {
+    let endpoint = request
+        .url
+        .split(['?', '#'])
+        .next()
+        .unwrap_or_default()
+        .to_owned();
+    let at = format!("{what} {endpoint}");
+    let mut resp = host
+        .instance_metadata_http(request)
+        .map_err(|e| e.context(&at))?;
+    if let Some((name, value)) = answer_header.filter(|(n, v)| resp.header(n) != Some(v)) {
+        return Err(Error::protocol(format!(
+            "{at} answered without '{name}: {value}': not a metadata server"
+        )));
+    }
+    if !resp.is_success() {
+        return Err(match oauth::error_response(&resp) {
+            Some(e) => Error::new(
+                oauth::error_kind(&e.error),
+                format!(
+                    "{at} answered HTTP {}: {}{}",
+                    resp.status,
+                    quoted(&e.error),
+                    e.description
+                        .map(|d| format!(": {}", quoted(&d)))
+                        .unwrap_or_default()
+                ),
+            ),
+            None => Error::protocol(format!("{at} answered HTTP {}", resp.status)),
+        });
+    }
+    if let Ok(mut body) = serde_json::from_slice::<Value>(&resp.body) {
+        let now = host.now().duration_since(UNIX_EPOCH).unwrap_or_default();
+        body["expires_in"] = expires_in(&body, now.as_secs_f64());
+        resp.body = body.to_string().into_bytes();
+    }
+    Ok(oauth::token_response(&resp, &endpoint, host)?.0)
+}
+
+/// A metadata answer's lifetime as RFC 6749's numeric `expires_in`; anything unreadable stays
+/// as it was, for [`oauth::token_response`] to refuse.
+fn expires_in(body: &Value, now: f64) -> Value {
+    let number = |v: &Value| match v {
+        Value::String(s) => s.trim().parse::<f64>().ok(),
+        v => v.as_f64(),
+    };
+    match (number(&body["expires_in"]), number(&body["expires_on"])) {
+        (Some(secs), _) => secs.into(),
+        (None, Some(on)) => (on - now).into(),
+        (None, None) => body["expires_in"].clone(),
+    }
+}
+
+/// The current content of a federated token file (the client assertion of workload identity
+/// federation, RFC 7523 §2.2): read through the host at every call, because the platform
+/// rotates it. Empty content or content with inner whitespace is a configuration error that
+/// names `setting` and the file, never the content.
+pub fn federated_assertion(host: &Host<'_>, setting: &str, file: &str) -> Result<SecretString> {
+    let content = SecretString::from(host.read_to_string(file)?);
+    let token = content.expose_secret().trim();
+    if token.is_empty() || token.contains(char::is_whitespace) {
+        return Err(Error::config(format!(
+            "{setting} {file}: not a token (empty or with spaces)"
+        )));
+    }
+    Ok(SecretString::from(token.to_string()))
+}
+
+/// An authorization request for [`authorization_code`].
+#[derive(Debug, Clone)]
+pub struct AuthorizationRequest<'a> {
+    /// The `authorization_endpoint` (checked by the caller: from discovery or configuration).
+    pub endpoint: &'a str,
+    /// The `client_id`.
+    pub client_id: &'a str,
+    /// The requested `scope`.
+    pub scope: &'a str,
+    /// More parameters, e.g. SMART's `aud`.
+    pub params: Vec<(&'a str, &'a str)>,
+    /// What to tell the person.
+    pub message: String,
+    /// The exact registered `redirect_uri`, if the client has one (else the host chooses).
+    pub redirect_uri: Option<String>,
+}
+
+/// What the browser brought back: the code, with what the token request must repeat.
+pub struct AuthorizationCode {
+    code: SecretString,
+    redirect_uri: String,
+    verifier: SecretString,
+}
+
+impl std::fmt::Debug for AuthorizationCode {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("AuthorizationCode")
+            .field("redirect_uri", &self.redirect_uri)
+            .finish_non_exhaustive()
+    }
+}
+
+impl AuthorizationCode {
+    /// `request` (the client's token request) as the `authorization_code` grant with the code,
+    /// the `redirect_uri` and the PKCE `code_verifier`.
+    pub fn token_request(&self, request: TokenRequest) -> TokenRequest {
+        request
+            .grant("authorization_code")
+            .secret_param("code", &self.code)
+            .param("redirect_uri", &self.redirect_uri)
+            .secret_param("code_verifier", &self.verifier)
+    }
+}
+
+/// Sends the person to `request.endpoint` with `response_type=code`, the client id, scope, a
+/// fresh `state` and an S256 PKCE challenge, and waits for the redirect to the host's loopback
+/// listener. A redirect with another `state` is refused (it may be forged: RFC 6749 §10.12);
+/// an `error` redirect is a refused sign-in quoting the (sanitised) `error` and
+/// `error_description`.
+pub fn authorization_code(
+    host: &Host<'_>,
+    request: &AuthorizationRequest<'_>,
+) -> Result<AuthorizationCode> {
+    let pkce = Pkce::new()?;
+    let state = oauth::random_hex(16)?;
+    let mut url = url::Url::parse(request.endpoint)
+        .map_err(|e| Error::protocol(format!("authorization_endpoint: {e}")))?;
+    url.query_pairs_mut()
+        .append_pair("response_type", "code")
+        .append_pair("client_id", request.client_id)
+        .append_pair("scope", request.scope)
+        .append_pair("state", &state)
+        .extend_pairs(&request.params)
+        .append_pair("code_challenge", &pkce.challenge)
+        .append_pair("code_challenge_method", "S256");
+    let answer = host.browser_redirect(&BrowserRedirect {
+        url: url.into(),
+        message: Some(request.message.clone()),
+        timeout_seconds: Some(300),
+        redirect_uri: request.redirect_uri.clone(),
+    })?;
+    let code = redirect_code(&answer.query, &state)?;
+    Ok(AuthorizationCode {
+        code,
+        redirect_uri: answer.redirect_uri,
+        verifier: pkce.verifier,
+    })
+}
+
+/// The code of a redirect's query, when its `state` is `state` and it carries no `error`.
+fn redirect_code(query: &str, state: &str) -> Result<SecretString> {
+    let (mut code, mut got_state, mut error, mut description) = (None, None, None, None);
+    for (k, v) in url::form_urlencoded::parse(query.as_bytes()) {
+        let slot = match k.as_ref() {
+            "code" => &mut code,
+            "state" => &mut got_state,
+            "error" => &mut error,
+            "error_description" => &mut description,
+            _ => continue,
+        };
+        slot.get_or_insert(v.into_owned());
+    }
+    if got_state.as_deref() != Some(state) {
+        return Err(Error::protocol(
+            "the sign-in redirect carried a wrong state (possible CSRF); try again",
+        ));
+    }
+    if let Some(e) = error {
+        let why = quoted(description.as_deref().unwrap_or_default());
+        return Err(Error::rejected(format!(
+            "sign-in failed: {}: {why}",
+            quoted(&e)
+        )));
+    }
+    code.map(SecretString::from)
+        .ok_or_else(|| Error::protocol("the sign-in redirect carried no code"))
+}
+
+/// A person's sign-in kept in the host's credential store under `key`: the refresh token,
+/// stored beside `binding` (a JSON object of the values it was issued for, e.g. authority,
+/// tenant, client id, audience) and used only when the connection's binding is equal. A token
+/// stored for anything else is never sent: the person signs in again.
+#[derive(Debug, Clone)]
+pub struct StoredSignIn<'a> {
+    key: &'a str,
+    binding: serde_json::Map<String, Value>,
+}
+
+impl<'a> StoredSignIn<'a> {
+    /// The sign-in stored under `key` for `binding` (a JSON object; anything else binds to
+    /// nothing and matches no stored sign-in).
+    pub fn new(key: &'a str, binding: Value) -> Self {
+        let binding = match binding {
+            Value::Object(m) => m,
+            _ => serde_json::Map::new(),
+        };
+        Self { key, binding }
+    }
+
+    /// The stored refresh token, when it is bound to exactly this binding.
+    pub fn load(&self, host: &Host<'_>) -> Result<Option<SecretString>> {
+        let Some(raw) = host.store_get(self.key)? else {
+            return Ok(None);
+        };
+        let Ok(Value::Object(mut stored)) = serde_json::from_str::<Value>(raw.expose_secret())
+        else {
+            host.debug("the stored sign-in has no binding (an older format); sign in again");
+            return Ok(None);
+        };
+        let token = stored.remove("refresh_token");
+        if self.binding.is_empty() || stored != self.binding {
+            host.debug(
+                "the stored sign-in was issued for another authority, client or audience; it \
+                 is not used (sign in again)",
+            );
+            return Ok(None);
+        }
+        Ok(token.and_then(|t| t.as_str().map(|t| SecretString::from(t.to_string()))))
+    }
+
+    /// Keeps the response's refresh token (if it has one) with the binding; returns the
+    /// response's credentials.
+    pub fn accept(&self, resp: TokenResponse, host: &Host<'_>) -> Result<Credentials> {
+        if let Some(rt) = resp.refresh_token() {
+            let mut stored = self.binding.clone();
+            let rt = Value::String(rt.expose_secret().to_string());
+            stored.insert("refresh_token".into(), rt);
+            let text = SecretString::from(Value::Object(stored).to_string());
+            host.store_put(self.key, &text)?;
+        }
+        Ok(resp.credentials)
+    }
+
+    /// Silent sign-in: `request` (the client's token request, with its scope) with the stored
+    /// refresh token. `Ok(None)` when none is stored for this binding, or when the server
+    /// refused it (then it is deleted).
+    pub fn refresh(&self, request: TokenRequest, host: &Host<'_>) -> Result<Option<Credentials>> {
+        let Some(rt) = self.load(host)? else {
+            return Ok(None);
+        };
+        match oauth::refresh(request, &rt, host)? {
+            Some(resp) => self.accept(resp, host).map(Some),
+            None => host.store_delete(self.key).map(|()| None),
+        }
+    }
+}
+
+/// The `logout` operation of a connection whose sign-in is stored under `key`: deletes it and
+/// answers [`LogoutAnswer`].
+pub fn logout(host: &Host<'_>, key: &str) -> Result<Value> {
+    host.store_delete(key)?;
+    serde_json::to_value(LogoutAnswer { logged_out: true })
+        .map_err(|e| Error::internal(e.to_string()))
+}
+
+#[cfg(test)]
+mod tests;
