@@ -82,7 +82,7 @@ impl CallServices {
         // declared instance-metadata GET may also go to a link-local address (plain http by
         // design, never routed off the machine's link).
         let settings = self.shared.transport.settings();
-        if !settings.allow_insecure_http
+        if !settings.host.allow_insecure_http
             && !crate::config::is_secure_or_loopback(&url)
             && !is_instance_metadata_request(&request, &url)
         {

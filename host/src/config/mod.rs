@@ -194,10 +194,9 @@ pub struct ConnectionSettings {
     pub token_renewal_margin: Option<Duration>,
     /// The auth entries, in order (empty = `none`).
     pub auth: Vec<AuthEntry>,
-    /// Credentials may go over plain http to a host that is not loopback (`allow-insecure-http`).
-    pub allow_insecure_http: bool,
     /// The host settings as written: settings used as written are read from here
-    /// (`use-system-roots`, `enable-debug-logging`, `test-connection-on-startup`, a new one);
+    /// (`use-system-roots`, `enable-debug-logging`, `test-connection-on-startup`,
+    /// `allow-insecure-http`, a new one);
     /// the fields above hold the ones that are parsed or checked.
     pub host: settings::HostSettings,
 }
@@ -315,7 +314,6 @@ fn connection(
         return Err(errors);
     };
     Ok(ConnectionSettings {
-        allow_insecure_http: host.allow_insecure_http,
         id: id.to_string(),
         base_url,
         connect_timeout,

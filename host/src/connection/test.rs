@@ -15,7 +15,7 @@ impl Connection {
     pub async fn test(&self, probe: Option<&str>) -> TestReport {
         let started = Instant::now();
         let mut report = TestReport::new(self.id(), self.base_url().as_str(), self.schemes());
-        if self.transport.settings().allow_insecure_http {
+        if self.transport.settings().host.allow_insecure_http {
             report.warnings.push(
                 "allow-insecure-http is set: credentials may cross the network in plain text"
                     .to_string(),
