@@ -13,6 +13,7 @@
 //! `X-Forwarded-For` header (as IMDS does, against request forgery). Tokens are ES256 JWTs
 //! for the requested `resource`; [`IdentityEndpoint::verifier`] checks them.
 
+use crate::authorize::{now_secs, Signer};
 use crate::entra::TENANT_ID;
 use axum::{
     extract::{Query, State},
@@ -21,13 +22,12 @@ use axum::{
     routing::get,
     Router,
 };
-use jsonwebtoken::jwk::{Jwk, JwkSet, KeyAlgorithm};
 use jsonwebtoken::{Algorithm, EncodingKey, Header};
 use serde_json::{json, Value};
 use std::collections::HashMap;
 use std::net::SocketAddr;
 use std::sync::{Arc, Mutex};
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::Duration;
 
 /// The path of IMDS's token endpoint.
 pub const IMDS_PATH: &str = "/metadata/identity/oauth2/token";
@@ -52,8 +52,7 @@ struct Inner {
     identity_header: String,
     user_assigned: Vec<String>,
     lifetime: Mutex<Duration>,
-    key: EncodingKey,
-    jwks: JwkSet,
+    signer: Signer,
     received: Mutex<Vec<Received>>,
     issued: Mutex<Vec<String>>,
     refusals: Mutex<Vec<String>>,
@@ -62,7 +61,7 @@ struct Inner {
 /// A running IMDS + App Service identity endpoint; stops when dropped.
 pub struct IdentityEndpoint {
     inner: Arc<Inner>,
-    shutdown: Option<tokio::sync::oneshot::Sender<()>>,
+    _running: crate::Running,
 }
 
 impl std::fmt::Debug for IdentityEndpoint {
@@ -79,13 +78,6 @@ impl IdentityEndpoint {
     pub async fn start(user_assigned: &[&str]) -> std::io::Result<Self> {
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
         let addr: SocketAddr = listener.local_addr()?;
-        let pair = rcgen::KeyPair::generate_for(&rcgen::PKCS_ECDSA_P256_SHA256)
-            .map_err(|e| std::io::Error::other(e.to_string()))?;
-        let key = EncodingKey::from_ec_der(&pair.serialize_der());
-        let mut jwk = Jwk::from_encoding_key(&key, Algorithm::ES256)
-            .map_err(|e| std::io::Error::other(e.to_string()))?;
-        jwk.common.key_id = Some("mi-mock".into());
-        jwk.common.key_algorithm = Some(KeyAlgorithm::ES256);
         let mut header = [0u8; 16];
         getrandom::fill(&mut header).map_err(|e| std::io::Error::other(e.to_string()))?;
         let inner = Arc::new(Inner {
@@ -93,8 +85,7 @@ impl IdentityEndpoint {
             identity_header: header.iter().map(|b| format!("{b:02x}")).collect(),
             user_assigned: user_assigned.iter().map(|s| s.to_string()).collect(),
             lifetime: Mutex::new(Duration::from_secs(3600)),
-            key,
-            jwks: JwkSet { keys: vec![jwk] },
+            signer: Signer::es256("mi-mock"),
             received: Mutex::default(),
             issued: Mutex::default(),
             refusals: Mutex::default(),
@@ -103,10 +94,10 @@ impl IdentityEndpoint {
             .route(IMDS_PATH, get(imds))
             .route(APP_SERVICE_PATH, get(app_service))
             .with_state(inner.clone());
-        let tx = crate::spawn_server(listener, app);
+        let running = crate::serve(listener, app);
         Ok(Self {
             inner,
-            shutdown: Some(tx),
+            _running: running,
         })
     }
 
@@ -131,7 +122,7 @@ impl IdentityEndpoint {
         crate::JwtAuth {
             issuer: self.issuer(),
             audience: audience.to_string(),
-            jwks: self.inner.jwks.clone(),
+            jwks: self.inner.signer.jwks.clone(),
             token_endpoint: None,
         }
     }
@@ -150,14 +141,6 @@ impl IdentityEndpoint {
     /// Why requests were refused, in order.
     pub fn refusals(&self) -> Vec<String> {
         self.inner.refusals.lock().unwrap().clone()
-    }
-}
-
-impl Drop for IdentityEndpoint {
-    fn drop(&mut self) {
-        if let Some(tx) = self.shutdown.take() {
-            let _ = tx.send(());
-        }
     }
 }
 
@@ -238,18 +221,13 @@ fn check(
 
 fn token(s: &Inner, resource: &str, client_id: Option<&String>) -> Result<(String, u64), Refusal> {
     let lifetime = s.lifetime.lock().unwrap().as_secs().max(1);
-    let now = SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .unwrap_or_default()
-        .as_secs();
+    let now = now_secs();
     let claims = json!({
         "aud": resource, "iss": format!("{}/{TENANT_ID}/", s.base), "tid": TENANT_ID,
         "appid": client_id.map_or("system-assigned-identity", String::as_str),
         "idtyp": "app", "iat": now, "nbf": now, "exp": now + lifetime,
     });
-    let mut header = Header::new(Algorithm::ES256);
-    header.kid = Some("mi-mock".into());
-    let t = jsonwebtoken::encode(&header, &claims, &s.key).map_err(|e| {
+    let t = s.signer.sign(&claims).map_err(|e| {
         (
             StatusCode::INTERNAL_SERVER_ERROR,
             "server_error",
@@ -326,10 +304,7 @@ async fn app_service(
 /// a JWT for the audience `api://AzureADTokenExchange` (signed with a throwaway key: the mock
 /// Entra compares it with the file's content), unique per call.
 pub fn federated_token(subject: &str, lifetime: Duration) -> String {
-    let now = SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .unwrap_or_default()
-        .as_secs();
+    let now = now_secs();
     let mut jti = [0u8; 12];
     getrandom::fill(&mut jti).expect("randomness");
     let claims = json!({

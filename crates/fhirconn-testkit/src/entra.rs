@@ -7,22 +7,23 @@
 //! for workload identity federation, a client assertion that must be the current content of
 //! the client's federated token file (a JWT for `api://AzureADTokenExchange`, not expired).
 
+use crate::authorize::{
+    now_secs, parse_form, random_token, CodeGrant, CodeRefusal, Codes, EndpointLog, RefreshRefusal,
+    RefreshTokens, Signer,
+};
 use axum::{
     extract::{Path, Query, State},
-    http::{header, StatusCode},
+    http::StatusCode,
     response::{IntoResponse, Response},
     routing::{get, post},
     Router,
 };
-use base64::Engine as _;
-use jsonwebtoken::jwk::{Jwk, JwkSet, KeyAlgorithm};
-use jsonwebtoken::{Algorithm, EncodingKey, Header};
+use jsonwebtoken::jwk::JwkSet;
 use serde_json::json;
 use std::collections::{HashMap, VecDeque};
-use std::net::SocketAddr;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::{Duration, SystemTime};
 
 /// The tenant id the mock issues tokens for.
 pub const TENANT_ID: &str = "72f988bf-86f1-41af-91ab-2d7cd011db47";
@@ -77,56 +78,33 @@ struct Pending {
     last_poll: Option<SystemTime>,
 }
 
-struct Code {
-    client_id: String,
-    scope: String,
-    redirect_uri: String,
-    challenge: String,
-}
-
 struct State_ {
     base: String,
     config: Mutex<EntraConfig>,
-    key: EncodingKey,
-    jwks: JwkSet,
+    signer: Signer,
     devices: Mutex<HashMap<String, Pending>>,
     device_script: Mutex<Vec<DevicePoll>>,
-    codes: Mutex<HashMap<String, Code>>,
-    refresh: Mutex<HashMap<String, (String, String)>>,
+    codes: Codes,
+    refresh: RefreshTokens,
     seq: AtomicU64,
-    token_requests: AtomicU64,
     polls_too_fast: AtomicU64,
-    last_error: Mutex<Option<String>>,
+    log: EndpointLog,
     requests: Mutex<Vec<HashMap<String, String>>>,
     issued: Mutex<Vec<String>>,
 }
 
 /// A running mock Entra; stops when dropped.
 pub struct MockEntra {
-    addr: SocketAddr,
     state: Arc<State_>,
-    shutdown: Option<tokio::sync::oneshot::Sender<()>>,
+    _running: crate::Running,
 }
 
 impl std::fmt::Debug for MockEntra {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("MockEntra")
-            .field("addr", &self.addr)
+            .field("authority_host", &self.state.base)
             .finish_non_exhaustive()
     }
-}
-
-fn now() -> u64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .unwrap_or_default()
-        .as_secs()
-}
-
-fn random() -> String {
-    let mut b = [0u8; 18];
-    getrandom::fill(&mut b).expect("randomness");
-    base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(b)
 }
 
 impl MockEntra {
@@ -134,27 +112,17 @@ impl MockEntra {
     /// `http://127.0.0.1:PORT`.
     pub async fn start(config: EntraConfig) -> std::io::Result<Self> {
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
-        let addr = listener.local_addr()?;
-        let pair = rcgen::KeyPair::generate_for(&rcgen::PKCS_ECDSA_P256_SHA256)
-            .map_err(|e| std::io::Error::other(e.to_string()))?;
-        let key = EncodingKey::from_ec_der(&pair.serialize_der());
-        let mut jwk = Jwk::from_encoding_key(&key, Algorithm::ES256)
-            .map_err(|e| std::io::Error::other(e.to_string()))?;
-        jwk.common.key_id = Some("entra-mock".into());
-        jwk.common.key_algorithm = Some(KeyAlgorithm::ES256);
         let state = Arc::new(State_ {
-            base: format!("http://{addr}"),
+            base: format!("http://{}", listener.local_addr()?),
             config: Mutex::new(config),
-            key,
-            jwks: JwkSet { keys: vec![jwk] },
+            signer: Signer::es256("entra-mock"),
             devices: Mutex::default(),
             device_script: Mutex::new(vec![DevicePoll::Approve]),
-            codes: Mutex::default(),
-            refresh: Mutex::default(),
+            codes: Codes::default(),
+            refresh: RefreshTokens::default(),
             seq: AtomicU64::new(0),
-            token_requests: AtomicU64::new(0),
             polls_too_fast: AtomicU64::new(0),
-            last_error: Mutex::default(),
+            log: EndpointLog::default(),
             requests: Mutex::default(),
             issued: Mutex::default(),
         });
@@ -168,11 +136,9 @@ impl MockEntra {
             .route("/{tenant}/oauth2/v2.0/authorize", get(authorize))
             .route("/{tenant}/oauth2/v2.0/token", post(token))
             .with_state(state.clone());
-        let tx = crate::spawn_server(listener, app);
         Ok(Self {
-            addr,
+            _running: crate::serve(listener, app),
             state,
-            shutdown: Some(tx),
         })
     }
 
@@ -188,7 +154,7 @@ impl MockEntra {
 
     /// The signing keys, for a resource server.
     pub fn jwks(&self) -> JwkSet {
-        self.state.jwks.clone()
+        self.state.signer.jwks.clone()
     }
 
     /// A verifier for a FHIR server with this audience.
@@ -216,7 +182,7 @@ impl MockEntra {
 
     /// Forgets every refresh token (as if they expired or were revoked).
     pub fn expire_refresh_tokens(&self) {
-        self.state.refresh.lock().unwrap().clear();
+        self.state.refresh.clear();
     }
 
     /// Changes the access token lifetime.
@@ -226,7 +192,7 @@ impl MockEntra {
 
     /// Requests the token endpoint received.
     pub fn token_requests(&self) -> u64 {
-        self.state.token_requests.load(Ordering::SeqCst)
+        self.state.log.requests()
     }
 
     /// Device-code polls that came sooner than the interval allowed.
@@ -247,15 +213,7 @@ impl MockEntra {
 
     /// The last error the token endpoint answered.
     pub fn last_error(&self) -> Option<String> {
-        self.state.last_error.lock().unwrap().clone()
-    }
-}
-
-impl Drop for MockEntra {
-    fn drop(&mut self) {
-        if let Some(tx) = self.shutdown.take() {
-            let _ = tx.send(());
-        }
+        self.state.log.last_error()
     }
 }
 
@@ -298,26 +256,13 @@ async fn discovery(State(s): State<Arc<State_>>, Path(tenant): Path<String>) -> 
 }
 
 async fn keys(State(s): State<Arc<State_>>) -> Response {
-    axum::Json(&s.jwks).into_response()
+    axum::Json(&s.signer.jwks).into_response()
 }
 
+/// An error answer as Entra gives it (RFC 6749 §5.2 with `error_codes`).
 fn oauth_error(s: &State_, status: StatusCode, error: &str, description: &str) -> Response {
-    *s.last_error.lock().unwrap() = Some(format!("{error}: {description}"));
-    (
-        status,
-        axum::Json(json!({"error": error, "error_description": description, "error_codes": [0]})),
-    )
-        .into_response()
-}
-
-fn parse_form(body: &str) -> Result<HashMap<String, String>, String> {
-    let mut out = HashMap::new();
-    for (k, v) in url::form_urlencoded::parse(body.as_bytes()) {
-        if out.insert(k.to_string(), v.into_owned()).is_some() {
-            return Err(format!("parameter '{k}' is repeated"));
-        }
-    }
-    Ok(out)
+    s.log
+        .refuse_with(status, error, description, json!({"error_codes": [0]}))
 }
 
 /// Checks a delegated scope: `{aud}/user_impersonation`, optionally `offline_access` and
@@ -372,7 +317,7 @@ async fn devicecode(
     if let Err(e) = delegated_audience(&scope) {
         return oauth_error(&s, StatusCode::BAD_REQUEST, "invalid_scope", &e);
     }
-    let device_code = random();
+    let device_code = random_token();
     let user_code = format!("F{}", s.seq.fetch_add(1, Ordering::SeqCst) + 1000);
     let script: VecDeque<DevicePoll> = s.device_script.lock().unwrap().iter().copied().collect();
     s.devices.lock().unwrap().insert(
@@ -428,30 +373,20 @@ async fn authorize(
         return bad(&e);
     }
     // The person signs in at once; the browser is sent back with a code.
-    let code = random();
-    s.codes.lock().unwrap().insert(
-        code.clone(),
-        Code {
-            client_id,
-            scope,
-            redirect_uri: redirect_uri.clone(),
-            challenge: challenge.clone(),
-        },
-    );
-    let mut target = match url::Url::parse(redirect_uri) {
-        Ok(u) => u,
-        Err(_) => return bad("invalid redirect_uri"),
+    let grant = CodeGrant {
+        client_id,
+        scope,
+        redirect_uri: redirect_uri.clone(),
+        challenge: challenge.clone(),
     };
-    target.query_pairs_mut().append_pair("code", &code);
-    if let Some(state) = q.get("state") {
-        target.query_pairs_mut().append_pair("state", state);
-    }
-    (StatusCode::FOUND, [(header::LOCATION, target.to_string())]).into_response()
+    s.codes
+        .redirect(grant, q.get("state").map(String::as_str))
+        .unwrap_or_else(|| bad("invalid redirect_uri"))
 }
 
 fn issue(s: &State_, client_id: &str, audience: &str, scope: &str, app: bool) -> Response {
     let cfg = s.config.lock().unwrap().clone();
-    let t = now();
+    let t = now_secs();
     let lifetime = cfg.access_token_lifetime.as_secs().max(1);
     let mut claims = json!({
         "aud": audience,
@@ -462,7 +397,7 @@ fn issue(s: &State_, client_id: &str, audience: &str, scope: &str, app: bool) ->
         "nbf": t,
         "exp": t + lifetime,
         "ver": "2.0",
-        "uti": random(),
+        "uti": random_token(),
     });
     if app {
         claims["roles"] = json!([]);
@@ -472,9 +407,7 @@ fn issue(s: &State_, client_id: &str, audience: &str, scope: &str, app: bool) ->
         claims["oid"] = json!("user-object-id");
         claims["preferred_username"] = json!("alex@contoso.example");
     }
-    let mut header = Header::new(Algorithm::ES256);
-    header.kid = Some("entra-mock".into());
-    let access_token = match jsonwebtoken::encode(&header, &claims, &s.key) {
+    let access_token = match s.signer.sign(&claims) {
         Ok(t) => t,
         Err(e) => {
             return oauth_error(
@@ -494,19 +427,15 @@ fn issue(s: &State_, client_id: &str, audience: &str, scope: &str, app: bool) ->
         "access_token": access_token,
     });
     if !app && scope.split(' ').any(|x| x == "offline_access") {
-        let rt = format!("rt-{}", random());
+        let rt = s.refresh.issue("rt-", client_id, scope);
         s.issued.lock().unwrap().push(rt.clone());
-        s.refresh
-            .lock()
-            .unwrap()
-            .insert(rt.clone(), (client_id.to_string(), scope.to_string()));
         body["refresh_token"] = json!(rt);
     }
     axum::Json(body).into_response()
 }
 
 async fn token(State(s): State<Arc<State_>>, Path(tenant): Path<String>, body: String) -> Response {
-    s.token_requests.fetch_add(1, Ordering::SeqCst);
+    s.log.request();
     let p = match parse_form(&body) {
         Ok(p) => p,
         Err(e) => return oauth_error(&s, StatusCode::BAD_REQUEST, "invalid_request", &e),
@@ -598,50 +527,33 @@ async fn token(State(s): State<Arc<State_>>, Path(tenant): Path<String>, body: S
                 }
             }
         }
-        "authorization_code" => {
-            let Some(c) = s.codes.lock().unwrap().remove(&get("code")) else {
-                return oauth_error(
-                    &s,
-                    StatusCode::BAD_REQUEST,
-                    "invalid_grant",
-                    "AADSTS70008: the code is unknown or was used",
-                );
-            };
-            if c.client_id != client_id || c.redirect_uri != get("redirect_uri") {
-                return oauth_error(
-                    &s,
-                    StatusCode::BAD_REQUEST,
-                    "invalid_grant",
-                    "AADSTS50148: client_id or redirect_uri differ from the authorize request",
-                );
+        "authorization_code" => match s.codes.redeem(&p, &client_id) {
+            Ok(c) => {
+                let aud = delegated_audience(&c.scope).unwrap_or_default();
+                issue(&s, &client_id, &aud, &c.scope, false)
             }
-            if s256(&get("code_verifier")) != c.challenge {
-                return oauth_error(&s, StatusCode::BAD_REQUEST, "invalid_grant", "AADSTS501481: The Code_Verifier does not match the code_challenge supplied in the authorization request.");
+            Err(why) => oauth_error(&s, StatusCode::BAD_REQUEST, "invalid_grant", match why {
+                CodeRefusal::Unknown => "AADSTS70008: the code is unknown or was used",
+                CodeRefusal::OtherClient | CodeRefusal::RedirectUri => {
+                    "AADSTS50148: client_id or redirect_uri differ from the authorize request"
+                }
+                CodeRefusal::NoVerifier | CodeRefusal::WrongVerifier => {
+                    "AADSTS501481: The Code_Verifier does not match the code_challenge supplied in the authorization request."
+                }
+            }),
+        },
+        "refresh_token" => match s.refresh.redeem(&get("refresh_token"), &client_id) {
+            Ok(scope) => {
+                let aud = delegated_audience(&scope).unwrap_or_default();
+                issue(&s, &client_id, &aud, &scope, false)
             }
-            let aud = delegated_audience(&c.scope).unwrap_or_default();
-            issue(&s, &client_id, &aud, &c.scope, false)
-        }
-        "refresh_token" => {
-            let rt = get("refresh_token");
-            let Some((owner, scope)) = s.refresh.lock().unwrap().remove(&rt) else {
-                return oauth_error(
-                    &s,
-                    StatusCode::BAD_REQUEST,
-                    "invalid_grant",
-                    "AADSTS700082: The refresh token has expired due to inactivity.",
-                );
-            };
-            if owner != client_id {
-                return oauth_error(
-                    &s,
-                    StatusCode::BAD_REQUEST,
-                    "invalid_grant",
-                    "the refresh token belongs to another client",
-                );
-            }
-            let aud = delegated_audience(&scope).unwrap_or_default();
-            issue(&s, &client_id, &aud, &scope, false)
-        }
+            Err(why) => oauth_error(&s, StatusCode::BAD_REQUEST, "invalid_grant", match why {
+                RefreshRefusal::Unknown => {
+                    "AADSTS700082: The refresh token has expired due to inactivity."
+                }
+                RefreshRefusal::OtherClient => "the refresh token belongs to another client",
+            }),
+        },
         "client_credentials" if p.contains_key("client_assertion") => {
             if let Err(e) = federated(&s, &p) {
                 return oauth_error(&s, StatusCode::UNAUTHORIZED, "invalid_client", &e);
@@ -720,17 +632,10 @@ fn federated(s: &State_, p: &HashMap<String, String>) -> Result<(), String> {
         .as_array()
         .is_some_and(|a| a.iter().any(|v| v == "api://AzureADTokenExchange"))
         || claims["aud"] == "api://AzureADTokenExchange";
-    if !aud_ok || claims["exp"].as_u64().is_none_or(|exp| exp <= now()) {
+    if !aud_ok || claims["exp"].as_u64().is_none_or(|exp| exp <= now_secs()) {
         return Err(
             "AADSTS700024: the assertion is expired or not for api://AzureADTokenExchange".into(),
         );
     }
     Ok(())
-}
-
-/// BASE64URL(SHA-256(verifier)), RFC 7636 §4.2.
-fn s256(verifier: &str) -> String {
-    use sha2::Digest as _;
-    base64::engine::general_purpose::URL_SAFE_NO_PAD
-        .encode(sha2::Sha256::digest(verifier.as_bytes()))
 }

@@ -16,6 +16,7 @@
 //! Both issue ES256 JWT access tokens a [`crate::FhirServer`] verifies ([`MockGoogle::verifier`]).
 //! Every assertion received is recorded, decoded but unverified, for assertions in tests.
 
+use crate::authorize::{now_secs, EndpointLog, Signer};
 use axum::{
     extract::{RawQuery, State},
     http::{header, HeaderMap, HeaderValue, StatusCode},
@@ -23,14 +24,13 @@ use axum::{
     routing::{get, post},
     Router,
 };
-use jsonwebtoken::jwk::{Jwk, JwkSet, KeyAlgorithm, PublicKeyUse};
-use jsonwebtoken::{Algorithm, DecodingKey, EncodingKey, Header, Validation};
+use jsonwebtoken::jwk::Jwk;
+use jsonwebtoken::{Algorithm, DecodingKey, EncodingKey, Validation};
 use serde_json::{json, Value};
-use std::collections::HashMap;
 use std::net::SocketAddr;
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::Duration;
 
 /// The JWT-bearer authorization grant of RFC 7523 §2.1.
 pub const JWT_BEARER_GRANT: &str = "urn:ietf:params:oauth:grant-type:jwt-bearer";
@@ -153,13 +153,11 @@ struct GoogleState {
     token_uri: String,
     issuer: String,
     accounts: Mutex<Vec<(String, String, Jwk)>>,
-    signer: (EncodingKey, JwkSet),
+    signer: Signer,
     assertions: Mutex<Vec<ReceivedAssertion>>,
     metadata: Mutex<Vec<MetadataRequest>>,
     metadata_flavor: AtomicBool,
-    token_requests: AtomicU64,
-    tokens_issued: AtomicU64,
-    last_error: Mutex<Option<String>>,
+    log: EndpointLog,
 }
 
 /// The mock Google token endpoint and metadata server; stops when dropped.
@@ -167,7 +165,7 @@ pub struct MockGoogle {
     addr: SocketAddr,
     account: ServiceAccount,
     state: Arc<GoogleState>,
-    shutdown: Option<tokio::sync::oneshot::Sender<()>>,
+    _running: crate::Running,
 }
 
 impl std::fmt::Debug for MockGoogle {
@@ -176,26 +174,6 @@ impl std::fmt::Debug for MockGoogle {
             .field("addr", &self.addr)
             .finish_non_exhaustive()
     }
-}
-
-fn now_secs() -> u64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .unwrap_or_default()
-        .as_secs()
-}
-
-const SIGNER_KID: &str = "testkit-google-es256";
-
-fn signer() -> (EncodingKey, JwkSet) {
-    let pair = rcgen::KeyPair::generate_for(&rcgen::PKCS_ECDSA_P256_SHA256)
-        .expect("generating a P-256 key");
-    let key = EncodingKey::from_ec_der(&pair.serialize_der());
-    let mut jwk = Jwk::from_encoding_key(&key, Algorithm::ES256).expect("public JWK of our key");
-    jwk.common.key_id = Some(SIGNER_KID.into());
-    jwk.common.public_key_use = Some(PublicKeyUse::Signature);
-    jwk.common.key_algorithm = Some(KeyAlgorithm::ES256);
-    (key, JwkSet { keys: vec![jwk] })
 }
 
 impl MockGoogle {
@@ -210,24 +188,22 @@ impl MockGoogle {
             token_uri: format!("http://{addr}/token"),
             issuer: format!("http://{addr}"),
             accounts: Mutex::new(Vec::new()),
-            signer: signer(),
+            signer: Signer::es256("testkit-google-es256"),
             assertions: Mutex::new(Vec::new()),
             metadata: Mutex::new(Vec::new()),
             metadata_flavor: AtomicBool::new(true),
-            token_requests: AtomicU64::new(0),
-            tokens_issued: AtomicU64::new(0),
-            last_error: Mutex::new(None),
+            log: EndpointLog::default(),
         });
         let app = Router::new()
             .route("/token", post(token))
             .route(METADATA_TOKEN_PATH, get(metadata_token))
             .with_state(state.clone());
-        let tx = crate::spawn_server(listener, app);
+        let running = crate::serve(listener, app);
         let google = Self {
             addr,
             account,
             state,
-            shutdown: Some(tx),
+            _running: running,
         };
         google.register(&google.account);
         Ok(google)
@@ -269,7 +245,7 @@ impl MockGoogle {
         crate::JwtAuth {
             issuer: self.state.issuer.clone(),
             audience: audience.into(),
-            jwks: self.state.signer.1.clone(),
+            jwks: self.state.signer.jwks.clone(),
             token_endpoint: None,
         }
     }
@@ -296,35 +272,25 @@ impl MockGoogle {
 
     /// Requests to either token path.
     pub fn token_requests(&self) -> u64 {
-        self.state.token_requests.load(Ordering::SeqCst)
+        self.state.log.requests()
     }
 
     /// Access tokens issued by either path.
     pub fn tokens_issued(&self) -> u64 {
-        self.state.tokens_issued.load(Ordering::SeqCst)
+        self.state.log.issued()
     }
 
     /// The last refusal (`error: description`).
     pub fn last_error(&self) -> Option<String> {
-        self.state.last_error.lock().unwrap().clone()
+        self.state.log.last_error()
     }
 }
 
-impl Drop for MockGoogle {
-    fn drop(&mut self) {
-        if let Some(tx) = self.shutdown.take() {
-            let _ = tx.send(());
-        }
-    }
-}
-
+/// Google answers every refusal of the token endpoint with 400.
 fn refuse(state: &GoogleState, error: &str, description: &str) -> Response {
-    *state.last_error.lock().unwrap() = Some(format!("{error}: {description}"));
-    (
-        StatusCode::BAD_REQUEST,
-        axum::Json(json!({"error": error, "error_description": description})),
-    )
-        .into_response()
+    state
+        .log
+        .refuse(StatusCode::BAD_REQUEST, error, description)
 }
 
 /// An ES256 access token for `subject` with the configured audience and lifetime.
@@ -332,12 +298,10 @@ fn issue(state: &GoogleState, subject: &str, scope: &str) -> Value {
     let cfg = state.config.lock().unwrap().clone();
     let now = now_secs();
     let lifetime = cfg.token_lifetime.as_secs().max(1);
-    let seq = state.tokens_issued.fetch_add(1, Ordering::SeqCst);
+    let seq = state.log.issue();
     let claims = json!({"iss": state.issuer, "sub": subject, "aud": cfg.audience, "iat": now,
         "exp": now + lifetime, "scope": scope, "jti": format!("g-{seq}-{now}")});
-    let mut header = Header::new(Algorithm::ES256);
-    header.kid = Some(SIGNER_KID.into());
-    let token = jsonwebtoken::encode(&header, &claims, &state.signer.0).unwrap_or_default();
+    let token = state.signer.sign(&claims).unwrap_or_default();
     json!({"access_token": token, "expires_in": lifetime, "token_type": "Bearer"})
 }
 
@@ -346,20 +310,14 @@ async fn token(
     headers: HeaderMap,
     body: String,
 ) -> Response {
-    state.token_requests.fetch_add(1, Ordering::SeqCst);
-    let is_form = headers
-        .get(header::CONTENT_TYPE)
-        .and_then(|v| v.to_str().ok())
-        .is_some_and(|v| v.starts_with("application/x-www-form-urlencoded"));
-    if !is_form {
+    state.log.request();
+    if !crate::authorize::is_form(&headers) {
         return refuse(&state, "invalid_request", "the body must be a form");
     }
-    let mut params: HashMap<String, String> = HashMap::new();
-    for (k, v) in url::form_urlencoded::parse(body.as_bytes()) {
-        if params.insert(k.to_string(), v.into_owned()).is_some() {
-            return refuse(&state, "invalid_request", &format!("'{k}' is repeated"));
-        }
-    }
+    let params = match crate::authorize::parse_form(&body) {
+        Ok(p) => p,
+        Err(why) => return refuse(&state, "invalid_request", &why),
+    };
     match params.get("grant_type").map(String::as_str) {
         Some(JWT_BEARER_GRANT) => {}
         Some(_) => return refuse(&state, "unsupported_grant_type", "Invalid grant_type."),
@@ -478,7 +436,7 @@ async fn metadata_token(
     RawQuery(query): RawQuery,
     headers: HeaderMap,
 ) -> Response {
-    state.token_requests.fetch_add(1, Ordering::SeqCst);
+    state.log.request();
     state.metadata.lock().unwrap().push(MetadataRequest {
         query: query.clone(),
         headers: headers
@@ -523,6 +481,7 @@ async fn metadata_token(
 #[cfg(test)]
 mod tests {
     use super::*;
+    use jsonwebtoken::Header;
 
     fn form(pairs: &[(&str, &str)]) -> String {
         url::form_urlencoded::Serializer::new(String::new())

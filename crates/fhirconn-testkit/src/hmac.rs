@@ -83,7 +83,7 @@ struct Shared {
 pub struct HmacServer {
     addr: SocketAddr,
     shared: Arc<Mutex<Shared>>,
-    shutdown: Option<tokio::sync::oneshot::Sender<()>>,
+    _running: crate::Running,
 }
 
 impl std::fmt::Debug for Shared {
@@ -101,11 +101,11 @@ impl HmacServer {
         let app = Router::new()
             .fallback(handle)
             .with_state((Arc::new(config), shared.clone()));
-        let tx = crate::spawn_server(listener, app);
+        let running = crate::serve(listener, app);
         Ok(Self {
             addr,
             shared,
-            shutdown: Some(tx),
+            _running: running,
         })
     }
 
@@ -126,14 +126,6 @@ impl HmacServer {
     /// How many requests were accepted.
     pub fn accepted(&self) -> usize {
         self.seen().iter().filter(|s| s.rejected.is_none()).count()
-    }
-}
-
-impl Drop for HmacServer {
-    fn drop(&mut self) {
-        if let Some(tx) = self.shutdown.take() {
-            let _ = tx.send(());
-        }
     }
 }
 

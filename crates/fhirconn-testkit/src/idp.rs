@@ -10,6 +10,8 @@
 //! follow RFC 7523 §3 and SMART App Launch 2.x (`kid`, `typ: JWT`, RS384/ES384, `iss = sub`,
 //! `aud` = the token endpoint, `exp` at most five minutes ahead, unique `jti`).
 
+pub(crate) use crate::authorize::now_secs;
+use crate::authorize::{basic_credentials, EndpointLog, Signer};
 use axum::{
     extract::State,
     http::{header, HeaderMap, HeaderValue, StatusCode},
@@ -17,16 +19,15 @@ use axum::{
     routing::{get, post},
     Router,
 };
-use jsonwebtoken::jwk::{Jwk, JwkSet, KeyAlgorithm, PublicKeyUse};
+use jsonwebtoken::jwk::JwkSet;
 /// The JWS algorithms of [`client_key`].
 pub use jsonwebtoken::Algorithm;
-use jsonwebtoken::{EncodingKey, Header};
 use serde_json::{json, Value};
 use std::collections::HashMap;
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::Duration;
 
 /// The client-assertion type of RFC 7523.
 pub const JWT_BEARER_ASSERTION: &str = "urn:ietf:params:oauth:client-assertion-type:jwt-bearer";
@@ -130,12 +131,6 @@ impl Default for IdpConfig {
     }
 }
 
-struct Signer {
-    key: EncodingKey,
-    jwks: JwkSet,
-    kid: String,
-}
-
 struct IdpState {
     config: Mutex<IdpConfig>,
     fault: Mutex<IdpFault>,
@@ -143,10 +138,8 @@ struct IdpState {
     token_endpoint: String,
     signer: Signer,
     seen_jti: Mutex<HashMap<String, u64>>,
-    token_requests: AtomicU64,
-    tokens_issued: AtomicU64,
     token_sequence: AtomicU64,
-    last_error: Mutex<Option<String>>,
+    log: EndpointLog,
 }
 
 /// A running identity provider; stops when dropped.
@@ -154,7 +147,7 @@ pub struct IdentityProvider {
     addr: SocketAddr,
     state: Arc<IdpState>,
     tls: Option<Arc<crate::tls::TlsStats>>,
-    shutdown: Option<tokio::sync::oneshot::Sender<()>>,
+    _running: crate::Running,
 }
 
 impl std::fmt::Debug for IdentityProvider {
@@ -162,29 +155,6 @@ impl std::fmt::Debug for IdentityProvider {
         f.debug_struct("IdentityProvider")
             .field("issuer", &self.state.issuer)
             .finish_non_exhaustive()
-    }
-}
-
-fn now_secs() -> u64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .unwrap_or_default()
-        .as_secs()
-}
-
-fn signing_key() -> Signer {
-    let pair = rcgen::KeyPair::generate_for(&rcgen::PKCS_ECDSA_P256_SHA256)
-        .expect("generating a P-256 key");
-    let key = EncodingKey::from_ec_der(&pair.serialize_der());
-    let kid = "testkit-es256".to_string();
-    let mut jwk = Jwk::from_encoding_key(&key, Algorithm::ES256).expect("public JWK of our key");
-    jwk.common.key_id = Some(kid.clone());
-    jwk.common.public_key_use = Some(PublicKeyUse::Signature);
-    jwk.common.key_algorithm = Some(KeyAlgorithm::ES256);
-    Signer {
-        key,
-        jwks: JwkSet { keys: vec![jwk] },
-        kid,
     }
 }
 
@@ -222,12 +192,10 @@ impl IdentityProvider {
             issuer,
             config: Mutex::new(config),
             fault: Mutex::new(IdpFault::None),
-            signer: signing_key(),
+            signer: Signer::es256("testkit-es256"),
             seen_jti: Mutex::new(HashMap::new()),
-            token_requests: AtomicU64::new(0),
-            tokens_issued: AtomicU64::new(0),
             token_sequence: AtomicU64::new(0),
-            last_error: Mutex::new(None),
+            log: EndpointLog::default(),
         });
         let routes = Router::new()
             .route("/.well-known/openid-configuration", get(discovery))
@@ -240,12 +208,12 @@ impl IdentityProvider {
         } else {
             Router::new().nest(&path, routes)
         };
-        let tx = crate::spawn_server(listener, app);
+        let running = crate::serve(listener, app);
         Ok(Self {
             addr,
             state,
             tls,
-            shutdown: Some(tx),
+            _running: running,
         })
     }
 
@@ -324,25 +292,17 @@ impl IdentityProvider {
 
     /// Requests the token endpoint received.
     pub fn token_requests(&self) -> u64 {
-        self.state.token_requests.load(Ordering::SeqCst)
+        self.state.log.requests()
     }
 
     /// Access tokens issued.
     pub fn tokens_issued(&self) -> u64 {
-        self.state.tokens_issued.load(Ordering::SeqCst)
+        self.state.log.issued()
     }
 
     /// The `error_description` of the last refused token request.
     pub fn last_error(&self) -> Option<String> {
-        self.state.last_error.lock().unwrap().clone()
-    }
-}
-
-impl Drop for IdentityProvider {
-    fn drop(&mut self) {
-        if let Some(tx) = self.shutdown.take() {
-            let _ = tx.send(());
-        }
+        self.state.log.last_error()
     }
 }
 
@@ -379,12 +339,7 @@ async fn jwks(State(state): State<Arc<IdpState>>) -> Response {
 
 /// An RFC 6749 §5.2 error response.
 fn oauth_error(state: &IdpState, status: StatusCode, error: &str, description: &str) -> Response {
-    *state.last_error.lock().unwrap() = Some(format!("{error}: {description}"));
-    let mut resp = (
-        status,
-        axum::Json(json!({"error": error, "error_description": description})),
-    )
-        .into_response();
+    let mut resp = state.log.refuse(status, error, description);
     let h = resp.headers_mut();
     h.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
     if status == StatusCode::UNAUTHORIZED {
@@ -396,33 +351,8 @@ fn oauth_error(state: &IdpState, status: StatusCode, error: &str, description: &
     resp
 }
 
-fn form_decode(s: &str) -> String {
-    url::form_urlencoded::parse(format!("x={s}").as_bytes())
-        .next()
-        .map(|(_, v)| v.into_owned())
-        .unwrap_or_default()
-}
-
-/// The client credentials presented in the `Authorization: Basic` header, form-urldecoded.
-fn basic_credentials(headers: &HeaderMap) -> Option<Result<(String, String), ()>> {
-    use base64::Engine as _;
-    let v = headers.get(header::AUTHORIZATION)?.to_str().ok()?;
-    let (scheme, rest) = v.split_once(' ')?;
-    if !scheme.eq_ignore_ascii_case("basic") {
-        return None;
-    }
-    let decoded = base64::engine::general_purpose::STANDARD
-        .decode(rest.trim())
-        .ok()
-        .and_then(|b| String::from_utf8(b).ok());
-    Some(match decoded.as_deref().and_then(|d| d.split_once(':')) {
-        Some((id, secret)) => Ok((form_decode(id), form_decode(secret))),
-        None => Err(()),
-    })
-}
-
 async fn token(State(state): State<Arc<IdpState>>, headers: HeaderMap, body: String) -> Response {
-    state.token_requests.fetch_add(1, Ordering::SeqCst);
+    state.log.request();
     let fault = *state.fault.lock().unwrap();
     match fault {
         IdpFault::TokenHang => {
@@ -451,27 +381,17 @@ async fn token(State(state): State<Arc<IdpState>>, headers: HeaderMap, body: Str
     }
     let bad =
         |status, error: &str, description: &str| oauth_error(&state, status, error, description);
-    let is_form = headers
-        .get(header::CONTENT_TYPE)
-        .and_then(|v| v.to_str().ok())
-        .is_some_and(|v| v.starts_with("application/x-www-form-urlencoded"));
-    if !is_form {
+    if !crate::authorize::is_form(&headers) {
         return bad(
             StatusCode::BAD_REQUEST,
             "invalid_request",
             "the body must be application/x-www-form-urlencoded",
         );
     }
-    let mut params: HashMap<String, String> = HashMap::new();
-    for (k, v) in url::form_urlencoded::parse(body.as_bytes()) {
-        if params.insert(k.to_string(), v.into_owned()).is_some() {
-            return bad(
-                StatusCode::BAD_REQUEST,
-                "invalid_request",
-                &format!("parameter '{k}' is repeated"),
-            );
-        }
-    }
+    let params = match crate::authorize::parse_form(&body) {
+        Ok(p) => p,
+        Err(why) => return bad(StatusCode::BAD_REQUEST, "invalid_request", &why),
+    };
     let basic = basic_credentials(&headers);
     let (client, subject) = match params.get("grant_type").map(String::as_str) {
         Some("client_credentials") => match client_credentials(&state, basic, &params) {
@@ -683,8 +603,7 @@ fn issue(
         "jti": format!("at-{seq}-{now}"),
         "client_id": client.client_id,
     });
-    let mut header = Header::new(Algorithm::ES256);
-    header.kid = Some(state.signer.kid.clone());
+    let mut header = state.signer.header();
     header.typ = Some("at+jwt".into());
     let access_token = match jsonwebtoken::encode(&header, &claims, &state.signer.key) {
         Ok(t) => t,
@@ -696,7 +615,7 @@ fn issue(
             )
         }
     };
-    state.tokens_issued.fetch_add(1, Ordering::SeqCst);
+    state.log.issue();
     let mut resp = axum::Json(json!({
         "access_token": access_token,
         "token_type": "Bearer",
@@ -712,7 +631,7 @@ fn issue(
 }
 
 async fn apikey_token(State(state): State<Arc<IdpState>>, body: String) -> Response {
-    state.token_requests.fetch_add(1, Ordering::SeqCst);
+    state.log.request();
     let v: Value = serde_json::from_str(&body).unwrap_or(Value::Null);
     let (Some(id), Some(key)) = (v["client_id"].as_str(), v["api_key"].as_str()) else {
         return oauth_error(
@@ -740,11 +659,9 @@ async fn apikey_token(State(state): State<Arc<IdpState>>, body: String) -> Respo
     let seq = state.token_sequence.fetch_add(1, Ordering::SeqCst);
     let claims = json!({"iss": state.issuer, "sub": id, "aud": cfg.audience, "iat": now,
         "exp": now + lifetime, "jti": format!("ak-{seq}-{now}"), "client_id": id});
-    let mut header = Header::new(Algorithm::ES256);
-    header.kid = Some(state.signer.kid.clone());
-    match jsonwebtoken::encode(&header, &claims, &state.signer.key) {
+    match state.signer.sign(&claims) {
         Ok(t) => {
-            state.tokens_issued.fetch_add(1, Ordering::SeqCst);
+            state.log.issue();
             axum::Json(json!({"access_token": t, "token_type": "Bearer", "expires_in": lifetime}))
                 .into_response()
         }

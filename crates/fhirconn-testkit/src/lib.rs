@@ -10,6 +10,7 @@
 //! [`idp::IdentityProvider`] is an OAuth 2.0 / OpenID Connect provider issuing those tokens.
 
 mod authorization_log;
+mod authorize;
 pub mod azure_identity;
 mod bulk_gen;
 pub use bulk_gen::ndjson_block;
@@ -118,6 +119,9 @@ pub enum Fault {
     ErrorIn200,
     /// Answer 302 to this URL.
     RedirectTo(String),
+    /// Answer 403 with an OperationOutcome whose diagnostics quote the request's
+    /// `Authorization` header (a gateway that echoes what it received).
+    EchoAuthorization,
 }
 
 /// Server settings.
@@ -191,7 +195,7 @@ pub struct FhirServer {
     base_path: String,
     config: Arc<Mutex<FhirServerConfig>>,
     counters: Arc<Counters>,
-    shutdown: Option<tokio::sync::oneshot::Sender<()>>,
+    _running: crate::Running,
 }
 
 impl FhirServer {
@@ -258,7 +262,7 @@ impl FhirServer {
         } else {
             Router::new().nest(&base_path, fhir)
         };
-        let tx = crate::spawn_server(listener, app);
+        let running = crate::serve(listener, app);
         Ok(Self {
             addr,
             scheme,
@@ -266,7 +270,7 @@ impl FhirServer {
             base_path,
             config,
             counters,
-            shutdown: Some(tx),
+            _running: running,
         })
     }
 
@@ -393,12 +397,24 @@ impl FhirServer {
     }
 }
 
-impl Drop for FhirServer {
+/// A server running in the background ([`serve`]); it stops when this is dropped.
+#[derive(Debug)]
+pub(crate) struct Running(Option<tokio::sync::oneshot::Sender<()>>);
+
+impl Drop for Running {
     fn drop(&mut self) {
-        if let Some(tx) = self.shutdown.take() {
+        if let Some(tx) = self.0.take() {
             let _ = tx.send(());
         }
     }
+}
+
+/// Serves `app` on `listener` in the background until the returned [`Running`] is dropped.
+pub(crate) fn serve<L>(listener: L, app: Router) -> Running
+where
+    L: axum::serve::Listener<Addr = SocketAddr>,
+{
+    Running(Some(spawn_server(listener, app)))
 }
 
 /// Serves `app` on `listener` in the background until the returned sender fires or drops.
@@ -568,6 +584,16 @@ async fn gate(state: &AppState, headers: &HeaderMap, is_metadata: bool) -> Resul
         Fault::RedirectTo(url) => {
             Err((StatusCode::FOUND, [(header::LOCATION, url)], "").into_response())
         }
+        Fault::EchoAuthorization => Err(fhir_json(
+            StatusCode::FORBIDDEN,
+            &outcome(
+                "forbidden",
+                &format!(
+                    "not allowed for Authorization: {}",
+                    authz.as_deref().unwrap_or("(none)")
+                ),
+            ),
+        )),
     }
 }
 

@@ -104,15 +104,7 @@ struct Shared {
 pub struct MockHealthLake {
     addr: SocketAddr,
     shared: Arc<Shared>,
-    shutdown: Option<tokio::sync::oneshot::Sender<()>>,
-}
-
-impl Drop for MockHealthLake {
-    fn drop(&mut self) {
-        if let Some(tx) = self.shutdown.take() {
-            let _ = tx.send(());
-        }
-    }
+    _running: crate::Running,
 }
 
 impl MockHealthLake {
@@ -127,11 +119,11 @@ impl MockHealthLake {
             received: Mutex::new(Vec::new()),
         });
         let app = Router::new().fallback(serve).with_state(shared.clone());
-        let shutdown = Some(crate::spawn_server(listener, app));
+        let _running = crate::serve(listener, app);
         Ok(Self {
             addr,
             shared,
-            shutdown,
+            _running,
         })
     }
 

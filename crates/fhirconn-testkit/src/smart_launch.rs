@@ -11,19 +11,19 @@
 //! `fhirUser`) and rotates refresh tokens (a redeemed refresh token is never accepted again).
 //! Access tokens are ES256 JWTs for [`SmartLaunchIdp::verifier`].
 
+use crate::authorize::{
+    basic_credentials, now_secs, random_token, CodeGrant, CodeRefusal, Codes, EndpointLog,
+    RefreshRefusal, RefreshTokens, Signer,
+};
 use axum::extract::{Query, State};
-use axum::http::{header, HeaderMap, StatusCode};
+use axum::http::{HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use axum::Router;
-use base64::Engine as _;
-use jsonwebtoken::jwk::{Jwk, JwkSet, KeyAlgorithm};
-use jsonwebtoken::{Algorithm, EncodingKey, Header};
+use jsonwebtoken::jwk::JwkSet;
 use serde_json::{json, Value};
 use std::collections::HashMap;
-use std::net::SocketAddr;
 use std::sync::{Arc, Mutex};
-use std::time::{SystemTime, UNIX_EPOCH};
 
 /// How the authorization server is set up (changeable while it runs).
 #[derive(Debug, Clone)]
@@ -62,99 +62,52 @@ impl Default for SmartLaunchConfig {
     }
 }
 
-struct Code {
-    client_id: String,
-    redirect_uri: String,
-    challenge: String,
-    scope: String,
-}
-
 struct State_ {
     base: String,
     config: Mutex<SmartLaunchConfig>,
-    key: EncodingKey,
-    jwks: JwkSet,
-    codes: Mutex<HashMap<String, Code>>,
-    /// Live refresh tokens: token → (client id, scope).
-    refresh: Mutex<HashMap<String, (String, String)>>,
+    signer: Signer,
+    codes: Codes,
+    refresh: RefreshTokens,
     authorize_requests: Mutex<Vec<HashMap<String, String>>>,
     token_requests: Mutex<Vec<HashMap<String, String>>>,
-    last_error: Mutex<Option<String>>,
+    log: EndpointLog,
 }
 
-/// The running authorization server.
+/// The running authorization server; stops when dropped.
 pub struct SmartLaunchIdp {
-    addr: SocketAddr,
     state: Arc<State_>,
-    shutdown: Option<tokio::sync::oneshot::Sender<()>>,
+    _running: crate::Running,
 }
 
 impl std::fmt::Debug for SmartLaunchIdp {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("SmartLaunchIdp")
-            .field("addr", &self.addr)
+            .field("base", &self.state.base)
             .finish_non_exhaustive()
     }
-}
-
-fn now() -> u64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .unwrap_or_default()
-        .as_secs()
-}
-
-fn random() -> String {
-    let mut b = [0u8; 18];
-    getrandom::fill(&mut b).expect("randomness");
-    base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(b)
-}
-
-/// BASE64URL(SHA-256(verifier)), RFC 7636 §4.2.
-fn s256(verifier: &str) -> String {
-    use sha2::Digest as _;
-    base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(sha2::Sha256::digest(verifier))
 }
 
 impl SmartLaunchIdp {
     /// Starts on 127.0.0.1 with a free port.
     pub async fn start(config: SmartLaunchConfig) -> std::io::Result<Self> {
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
-        let addr = listener.local_addr()?;
-        let pair = rcgen::KeyPair::generate_for(&rcgen::PKCS_ECDSA_P256_SHA256)
-            .map_err(|e| std::io::Error::other(e.to_string()))?;
-        let key = EncodingKey::from_ec_der(&pair.serialize_der());
-        let mut jwk = Jwk::from_encoding_key(&key, Algorithm::ES256)
-            .map_err(|e| std::io::Error::other(e.to_string()))?;
-        jwk.common.key_id = Some("smart-launch".into());
-        jwk.common.key_algorithm = Some(KeyAlgorithm::ES256);
         let state = Arc::new(State_ {
-            base: format!("http://{addr}"),
+            base: format!("http://{}", listener.local_addr()?),
             config: Mutex::new(config),
-            key,
-            jwks: JwkSet { keys: vec![jwk] },
-            codes: Mutex::default(),
-            refresh: Mutex::default(),
+            signer: Signer::es256("smart-launch"),
+            codes: Codes::default(),
+            refresh: RefreshTokens::default(),
             authorize_requests: Mutex::default(),
             token_requests: Mutex::default(),
-            last_error: Mutex::default(),
+            log: EndpointLog::default(),
         });
         let app = Router::new()
             .route("/authorize", get(authorize))
             .route("/token", post(token))
             .with_state(state.clone());
-        let (tx, rx) = tokio::sync::oneshot::channel();
-        tokio::spawn(async move {
-            let _ = axum::serve(listener, app)
-                .with_graceful_shutdown(async {
-                    let _ = rx.await;
-                })
-                .await;
-        });
         Ok(Self {
-            addr,
+            _running: crate::serve(listener, app),
             state,
-            shutdown: Some(tx),
         })
     }
 
@@ -205,7 +158,7 @@ impl SmartLaunchIdp {
         crate::JwtAuth {
             issuer: self.state.base.clone(),
             audience: audience.to_string(),
-            jwks: self.state.jwks.clone(),
+            jwks: self.state.signer.jwks.clone(),
             token_endpoint: Some(self.token_url()),
         }
     }
@@ -228,26 +181,12 @@ impl SmartLaunchIdp {
     /// A refresh token for `client` and `scope` as if a person had signed in earlier (to seed
     /// a credential store where no browser can run, e.g. the conformance suite).
     pub fn earlier_sign_in(&self, client: &str, scope: &str) -> String {
-        let rt = random();
-        self.state
-            .refresh
-            .lock()
-            .unwrap()
-            .insert(rt.clone(), (client.to_string(), scope.to_string()));
-        rt
+        self.state.refresh.issue("", client, scope)
     }
 
     /// The last refusal (`error: description`).
     pub fn last_error(&self) -> Option<String> {
-        self.state.last_error.lock().unwrap().clone()
-    }
-}
-
-impl Drop for SmartLaunchIdp {
-    fn drop(&mut self) {
-        if let Some(tx) = self.shutdown.take() {
-            let _ = tx.send(());
-        }
+        self.state.log.last_error()
     }
 }
 
@@ -284,37 +223,18 @@ async fn authorize(
         None
     };
     if let Some(why) = refusal {
-        *s.last_error.lock().unwrap() = Some(why.to_string());
+        s.log.remember(why.to_string());
         return (StatusCode::BAD_REQUEST, why.to_string()).into_response();
     }
-    let code = random();
-    s.codes.lock().unwrap().insert(
-        code.clone(),
-        Code {
-            client_id: client.to_string(),
-            redirect_uri: cfg.redirect_uri.clone(),
-            challenge: get("code_challenge").to_string(),
-            scope: get("scope").to_string(),
-        },
-    );
-    let mut target = match url::Url::parse(&cfg.redirect_uri) {
-        Ok(u) => u,
-        Err(_) => return (StatusCode::BAD_REQUEST, "bad redirect_uri").into_response(),
+    let grant = CodeGrant {
+        client_id: client.to_string(),
+        redirect_uri: cfg.redirect_uri.clone(),
+        challenge: get("code_challenge").to_string(),
+        scope: get("scope").to_string(),
     };
-    target
-        .query_pairs_mut()
-        .append_pair("code", &code)
-        .append_pair("state", get("state"));
-    (StatusCode::FOUND, [(header::LOCATION, target.to_string())]).into_response()
-}
-
-fn oauth_error(s: &State_, status: StatusCode, error: &str, description: &str) -> Response {
-    *s.last_error.lock().unwrap() = Some(format!("{error}: {description}"));
-    (
-        status,
-        axum::Json(json!({"error": error, "error_description": description})),
-    )
-        .into_response()
+    s.codes
+        .redirect(grant, Some(get("state")))
+        .unwrap_or_else(|| (StatusCode::BAD_REQUEST, "bad redirect_uri").into_response())
 }
 
 /// Who is calling the token endpoint: a confidential client must authenticate as registered,
@@ -325,23 +245,8 @@ fn authenticate(
     p: &HashMap<String, String>,
 ) -> Result<String, String> {
     let cfg = s.config.lock().unwrap().clone();
-    if let Some(basic) = headers
-        .get(header::AUTHORIZATION)
-        .and_then(|v| v.to_str().ok())
-        .and_then(|v| v.strip_prefix("Basic "))
-    {
-        let decoded = base64::engine::general_purpose::STANDARD
-            .decode(basic)
-            .map_err(|_| "bad Basic credentials")?;
-        let text = String::from_utf8(decoded).map_err(|_| "bad Basic credentials")?;
-        let (id, secret) = text.split_once(':').ok_or("bad Basic credentials")?;
-        let dec = |x: &str| {
-            url::form_urlencoded::parse(format!("x={x}").as_bytes())
-                .next()
-                .map(|(_, v)| v.into_owned())
-                .unwrap_or_default()
-        };
-        let (id, secret) = (dec(id), dec(secret));
+    if let Some(basic) = basic_credentials(headers) {
+        let (id, secret) = basic.map_err(|()| "bad Basic credentials")?;
         return match cfg
             .secret_clients
             .iter()
@@ -386,48 +291,50 @@ fn authenticate(
 }
 
 async fn token(State(s): State<Arc<State_>>, headers: HeaderMap, body: String) -> Response {
-    let p: HashMap<String, String> = url::form_urlencoded::parse(body.as_bytes())
-        .into_owned()
-        .collect();
+    s.log.request();
+    let p = match crate::authorize::parse_form(&body) {
+        Ok(p) => p,
+        Err(why) => {
+            return s
+                .log
+                .refuse(StatusCode::BAD_REQUEST, "invalid_request", &why)
+        }
+    };
     s.token_requests.lock().unwrap().push(p.clone());
     let client = match authenticate(&s, &headers, &p) {
         Ok(c) => c,
-        Err(why) => return oauth_error(&s, StatusCode::UNAUTHORIZED, "invalid_client", &why),
+        Err(why) => {
+            return s
+                .log
+                .refuse(StatusCode::UNAUTHORIZED, "invalid_client", &why)
+        }
     };
     let get = |k: &str| p.get(k).cloned().unwrap_or_default();
-    let grant = |why: &str| oauth_error(&s, StatusCode::BAD_REQUEST, "invalid_grant", why);
+    let grant = |why: &str| s.log.refuse(StatusCode::BAD_REQUEST, "invalid_grant", why);
     match get("grant_type").as_str() {
-        "authorization_code" => {
-            let Some(c) = s.codes.lock().unwrap().remove(&get("code")) else {
-                return grant("the code is unknown or was already used");
-            };
-            if c.client_id != client {
-                return grant("the code was issued to another client");
+        "authorization_code" => match s.codes.redeem(&p, &client) {
+            Ok(c) => issue(&s, &client, &c.scope, true),
+            Err(why) => grant(match why {
+                CodeRefusal::Unknown => "the code is unknown or was already used",
+                CodeRefusal::OtherClient => "the code was issued to another client",
+                CodeRefusal::RedirectUri => "redirect_uri differs from the authorize request",
+                CodeRefusal::NoVerifier => "code_verifier is required (PKCE)",
+                CodeRefusal::WrongVerifier => "code_verifier does not match the code_challenge",
+            }),
+        },
+        "refresh_token" => match s.refresh.redeem(&get("refresh_token"), &client) {
+            Ok(scope) => {
+                let context = s.config.lock().unwrap().context_on_refresh;
+                issue(&s, &client, &scope, context)
             }
-            if !p.contains_key("redirect_uri") || c.redirect_uri != get("redirect_uri") {
-                return grant("redirect_uri differs from the authorize request");
+            Err(RefreshRefusal::Unknown) => {
+                grant("the refresh token is unknown or was already used (rotation)")
             }
-            if !p.contains_key("code_verifier") {
-                return grant("code_verifier is required (PKCE)");
+            Err(RefreshRefusal::OtherClient) => {
+                grant("the refresh token belongs to another client")
             }
-            if s256(&get("code_verifier")) != c.challenge {
-                return grant("code_verifier does not match the code_challenge");
-            }
-            issue(&s, &client, &c.scope, true)
-        }
-        "refresh_token" => {
-            let Some((owner, scope)) = s.refresh.lock().unwrap().remove(&get("refresh_token"))
-            else {
-                return grant("the refresh token is unknown or was already used (rotation)");
-            };
-            if owner != client {
-                return grant("the refresh token belongs to another client");
-            }
-            let context = s.config.lock().unwrap().context_on_refresh;
-            issue(&s, &client, &scope, context)
-        }
-        other => oauth_error(
-            &s,
+        },
+        other => s.log.refuse(
             StatusCode::BAD_REQUEST,
             "unsupported_grant_type",
             &format!("grant type '{other}' is not supported"),
@@ -437,29 +344,20 @@ async fn token(State(s): State<Arc<State_>>, headers: HeaderMap, body: String) -
 
 fn issue(s: &State_, client: &str, scope: &str, with_context: bool) -> Response {
     let cfg = s.config.lock().unwrap().clone();
-    let t = now();
+    let t = now_secs();
     let has = |x: &str| scope.split(' ').any(|y| y == x);
-    let mut header = Header::new(Algorithm::ES256);
-    header.kid = Some("smart-launch".into());
     let claims = json!({"iss": s.base, "aud": cfg.audience, "sub": "user-1", "client_id": client,
-                        "scope": scope, "iat": t, "exp": t + 300, "jti": random()});
-    let Ok(access_token) = jsonwebtoken::encode(&header, &claims, &s.key) else {
-        return oauth_error(
-            s,
-            StatusCode::INTERNAL_SERVER_ERROR,
-            "server_error",
-            "signing",
-        );
+                        "scope": scope, "iat": t, "exp": t + 300, "jti": random_token()});
+    let Ok(access_token) = s.signer.sign(&claims) else {
+        return s
+            .log
+            .refuse(StatusCode::INTERNAL_SERVER_ERROR, "server_error", "signing");
     };
+    s.log.issue();
     let mut body = json!({"access_token": access_token, "token_type": "Bearer",
                           "expires_in": 300, "scope": scope});
     if has("offline_access") || has("online_access") {
-        let rt = random();
-        s.refresh
-            .lock()
-            .unwrap()
-            .insert(rt.clone(), (client.to_string(), scope.to_string()));
-        body["refresh_token"] = json!(rt);
+        body["refresh_token"] = json!(s.refresh.issue("", client, scope));
     }
     if with_context {
         for (k, v) in cfg.context.as_object().into_iter().flatten() {
@@ -470,7 +368,7 @@ fn issue(s: &State_, client: &str, scope: &str, with_context: bool) -> Response 
         if has("openid") && has("fhirUser") {
             let id = json!({"iss": s.base, "sub": "user-1", "aud": client, "iat": t,
                             "exp": t + 300, "fhirUser": cfg.fhir_user});
-            if let Ok(id_token) = jsonwebtoken::encode(&header, &id, &s.key) {
+            if let Ok(id_token) = s.signer.sign(&id) {
                 body["id_token"] = json!(id_token);
             }
         }
