@@ -85,6 +85,8 @@ mod error;
 mod export;
 pub mod flows;
 mod host;
+#[cfg(feature = "identity")]
+pub mod identity;
 #[cfg(feature = "keys")]
 pub mod keys;
 mod memo;
@@ -92,6 +94,7 @@ pub mod oauth;
 mod scheme;
 mod secret;
 pub mod settings;
+pub mod signing;
 pub mod testing;
 pub mod wire;
 pub mod www_authenticate;

@@ -20,13 +20,10 @@ use aws_sigv4::http_request::{
     sign, PayloadChecksumKind, SignableBody, SignableRequest, SigningSettings,
 };
 use aws_sigv4::sign::v4;
-use fhirconn_sdk::serde_json::Value;
-use fhirconn_sdk::settings::{self, SecretSetting};
+use fhirconn_sdk::settings::SecretSetting;
+use fhirconn_sdk::signing::{self, Signer, SigningScheme};
 use fhirconn_sdk::wire::{SignAnswer, SignRequest, WireHeader};
-use fhirconn_sdk::{
-    schemars, serde, AuthRequest, Connection, ConnectionInfo, Credentials, Error, ExposeSecret,
-    Host, Result, Scheme,
-};
+use fhirconn_sdk::{schemars, serde, Credentials, Error, ExposeSecret, Host, Result};
 use std::sync::Mutex;
 use std::time::{Duration, UNIX_EPOCH};
 
@@ -39,11 +36,11 @@ fn healthlake() -> String {
 }
 
 /// AWS Signature Version 4
-#[derive(serde::Deserialize, schemars::JsonSchema)]
+#[derive(Debug, serde::Deserialize, schemars::JsonSchema)]
 #[serde(crate = "fhirconn_sdk::serde")]
 #[serde(rename_all = "kebab-case", deny_unknown_fields)]
 #[schemars(crate = "fhirconn_sdk::schemars")]
-struct AwsSettings {
+pub struct AwsSettings {
     /// AWS region of the endpoint, e.g. us-east-1
     #[schemars(regex(pattern = r"^[a-z0-9-]+$"))]
     region: String,
@@ -89,30 +86,14 @@ pub struct AwsConnection {
     keys: Mutex<Option<Keys>>,
 }
 
-impl Scheme for AwsSigV4 {
-    fn name(&self) -> &str {
-        "aws-sigv4"
-    }
+impl SigningScheme for AwsSigV4 {
+    const NAME: &'static str = "aws-sigv4";
+    const SUMMARY: &'static str = "AWS Signature Version 4 on every request (AWS HealthLake), keys from settings, a profile or the environment";
+    type Settings = AwsSettings;
+    type Signer = AwsConnection;
 
-    fn summary(&self) -> &str {
-        "AWS Signature Version 4 on every request (AWS HealthLake), keys from settings, a profile or the environment"
-    }
-
-    fn config_schema(&self) -> Value {
-        settings::schema::<AwsSettings>()
-    }
-
-    fn signs_requests(&self) -> bool {
-        true
-    }
-
-    fn configure(
-        &self,
-        _connection: &ConnectionInfo,
-        settings: Value,
-        host: &Host<'_>,
-    ) -> Result<Box<dyn Connection>> {
-        Ok(Box::new(AwsConnection::new(settings, host)?))
+    fn signer(&self, settings: AwsSettings, _host: &Host<'_>) -> Result<AwsConnection> {
+        AwsConnection::new(settings)
     }
 }
 
@@ -166,8 +147,7 @@ fn from_environment(host: &Host<'_>) -> Result<Keys> {
 }
 
 impl AwsConnection {
-    fn new(settings: Value, host: &Host<'_>) -> Result<Self> {
-        let s: AwsSettings = settings::parse(settings, host)?;
+    fn new(s: AwsSettings) -> Result<Self> {
         let source = source(&s)?;
         let (region, service, content_sha256) = (s.region, s.service, s.sign_content_sha256);
         let keys = Mutex::new(None);
@@ -196,8 +176,8 @@ impl AwsConnection {
     }
 }
 
-impl Connection for AwsConnection {
-    fn authorize(&self, _request: &AuthRequest, host: &Host<'_>) -> Result<Credentials> {
+impl Signer for AwsConnection {
+    fn authorize(&self, host: &Host<'_>) -> Result<Credentials> {
         let keys = self.resolve(host)?;
         Ok(match keys.expiry() {
             Some(at) => Credentials::new().expires_at(at),
@@ -207,7 +187,7 @@ impl Connection for AwsConnection {
 
     /// Runs on the caller's thread, where the host answers no files, HTTP or processes: it
     /// signs with the keys the last `authorize` resolved (the host renews them before expiry).
-    fn sign_request(&self, request: &SignRequest, _host: &Host<'_>) -> Result<SignAnswer> {
+    fn sign(&self, request: &SignRequest, _host: &Host<'_>) -> Result<SignAnswer> {
         let at = UNIX_EPOCH + Duration::from_secs(request.unix_time);
         match self.keys.lock().unwrap_or_else(|e| e.into_inner()).clone() {
             Some(k) if k.expiry().is_none_or(|e| e > at) => sign_with(&k, self, request),
@@ -220,10 +200,7 @@ impl Connection for AwsConnection {
 /// Signs `request` with `keys` at its `unix_time` through `aws_sigv4::http_request::sign`.
 fn sign_with(keys: &Keys, c: &AwsConnection, request: &SignRequest) -> Result<SignAnswer> {
     let bad = |what: &str| Error::protocol(format!("sign-request: {what}"));
-    let url = url::Url::parse(&request.url).map_err(|_| bad("the URL is not absolute"))?;
-    if !url.scheme().starts_with("http") || url.host_str().is_none_or(str::is_empty) {
-        return Err(bad("the URL needs http(s) and a host"));
-    }
+    signing::target(request)?;
     let identity = keys.clone().into();
     let mut signing = SigningSettings::default();
     if c.content_sha256 {

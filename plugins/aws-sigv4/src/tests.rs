@@ -2,9 +2,11 @@
 //! and canaries for the secret key, the session token and the signature.
 
 use super::*;
-use fhirconn_sdk::serde_json::json;
+use fhirconn_sdk::serde_json::{json, Value};
+use fhirconn_sdk::settings;
 use fhirconn_sdk::testing::MockHost;
 use fhirconn_sdk::wire::{ExecAnswer, EMPTY_BODY_SHA256};
+use fhirconn_sdk::Scheme;
 
 // Test data from the AWS SigV4 test suite ("aws-signing-test-suite/v4", as shipped with
 // smithy-rs's aws-sigv4 crate, from awslabs/aws-c-auth; Apache-2.0): credentials, region,
@@ -415,19 +417,23 @@ fn credential_process_failures_are_explained_without_secrets() {
 fn secrets_never_show_in_debug_errors_or_logs() {
     let mock = profile_host().with_exec(|_| Ok(process_answer("ASIA", "2026-01-01T01:00:00Z")));
     let settings = suite_settings(json!({"session-token": "SETTING-TOKEN-CANARY"}));
-    let conn = mock.with_host(|h| AwsConnection::new(settings, h)).unwrap();
-    mock.authorize(&conn).unwrap();
+    let conn = mock
+        .with_host(|h| settings::parse(settings, h).and_then(AwsConnection::new))
+        .unwrap();
+    mock.with_host(|h| conn.authorize(h)).unwrap();
     let req = request(
         "GET",
         "https://example.amazonaws.com/",
         &[],
         EMPTY_BODY_SHA256,
     );
-    let a = mock.with_host(|h| conn.sign_request(&req, h)).unwrap();
+    let a = mock.with_host(|h| conn.sign(&req, h)).unwrap();
     let signature = authorization(&a).rsplit('=').next().unwrap().to_string();
     let settings = json!({"region": "us-east-1", "profile": "proc"});
-    let proc_conn = mock.with_host(|h| AwsConnection::new(settings, h)).unwrap();
-    mock.authorize(&proc_conn).unwrap();
+    let proc_conn = mock
+        .with_host(|h| settings::parse(settings, h).and_then(AwsConnection::new))
+        .unwrap();
+    mock.with_host(|h| proc_conn.authorize(h)).unwrap();
     let logs = format!("{:?}", mock.logs.lock().unwrap());
     for text in [
         format!("{conn:?}"),

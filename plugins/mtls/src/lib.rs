@@ -13,11 +13,12 @@
 
 #![forbid(unsafe_code)]
 
+use fhirconn_sdk::identity::{self, Fields, KeyFormat, PrivateKey};
 use fhirconn_sdk::serde_json::Value;
 use fhirconn_sdk::settings::{self, SecretSetting};
 use fhirconn_sdk::{
     schemars, serde, AuthRequest, ClientIdentity, Connection, ConnectionInfo, Credentials, Error,
-    ExposeSecret, Host, Result, Scheme, SecretString,
+    ExposeSecret, Host, Result, Scheme,
 };
 use rustls::pki_types::{CertificateDer, PrivateKeyDer};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
@@ -67,175 +68,41 @@ struct MtlsSettings {
     p12_password: Option<SecretSetting>,
 }
 
-/// A private key as PEM again, for the host's TLS client.
-fn key_pem(key: &PrivateKeyDer<'static>) -> SecretString {
-    let (label, bytes) = match key {
-        PrivateKeyDer::Pkcs1(k) => ("RSA PRIVATE KEY", k.secret_pkcs1_der()),
-        PrivateKeyDer::Sec1(k) => ("EC PRIVATE KEY", k.secret_sec1_der()),
-        PrivateKeyDer::Pkcs8(k) => ("PRIVATE KEY", k.secret_pkcs8_der()),
-        _ => ("PRIVATE KEY", &[][..]),
-    };
-    SecretString::from(pem::encode(&pem::Pem::new(label, bytes.to_vec())))
-}
-
-/// What [`parse_key`] found: the key, and whether a password was given for a key that is
-/// not encrypted (DSF ignores it; so do we, with a warning).
-struct ParsedKey {
-    key: PrivateKeyDer<'static>,
-    password_ignored: bool,
-}
-
-/// The warning for a password beside a key that is not encrypted.
-fn password_ignored_warning(field: &str) -> String {
-    format!("private-key-password is set, but the key in {field} is not encrypted; the password is ignored")
-}
-
-/// Parses the private key PEM, decrypting an encrypted PKCS#8 key with `password`.
-fn parse_key(text: &str, password: Option<&SecretString>, field: &str) -> Result<ParsedKey> {
-    let block = pem::parse(text.as_bytes())
-        .map_err(|e| Error::config(format!("{field}: not a PEM private key ({e})")))?;
-    // The classic OpenSSL encryption (`openssl genrsa -aes256`, `-traditional`): a PEM
-    // header, not PKCS#8. Refused with the command that converts it.
-    if block
-        .headers()
-        .get("Proc-Type")
-        .is_some_and(|v| v.replace(' ', "").eq_ignore_ascii_case("4,ENCRYPTED"))
-    {
-        let cipher = block.headers().get("DEK-Info").unwrap_or("unknown cipher");
-        let cipher = cipher.split(',').next().unwrap_or_default();
-        return Err(Error::config(format!(
-            "{field}: the key is encrypted in the classic OpenSSL format (Proc-Type: \
-             4,ENCRYPTED, DEK-Info: {cipher}), which is not supported; convert it to encrypted \
-             PKCS#8 with `openssl pkcs8 -topk8 -v2 aes-256-cbc -in old.key -out new.key` \
-             (it asks for the old and the new password) and set private-key-password to the \
-             new one"
-        )));
-    }
-    let der = block.contents().to_vec();
-    let plain = match block.tag() {
-        "PRIVATE KEY" => PrivateKeyDer::Pkcs8(der.into()),
-        "RSA PRIVATE KEY" => PrivateKeyDer::Pkcs1(der.into()),
-        "EC PRIVATE KEY" => PrivateKeyDer::Sec1(der.into()),
-        "ENCRYPTED PRIVATE KEY" => {
-            return decrypt(&der, password, field).map(|key| ParsedKey {
-                key,
-                password_ignored: false,
-            })
-        }
-        "CERTIFICATE" => return Err(Error::config(format!(
-            "{field}: holds a certificate, not a private key (the certificate goes in certificate-file)"
-        ))),
-        other => return Err(Error::config(format!(
-            "{field}: unsupported PEM block '{other}' (expected PRIVATE KEY, RSA PRIVATE KEY, \
-             EC PRIVATE KEY or ENCRYPTED PRIVATE KEY)"
-        ))),
-    };
-    Ok(ParsedKey {
-        key: plain,
-        password_ignored: password.is_some(),
-    })
-}
-
-/// Decrypts an encrypted PKCS#8 key (PBES2 only).
-fn decrypt(
-    der: &[u8],
-    password: Option<&SecretString>,
-    field: &str,
-) -> Result<PrivateKeyDer<'static>> {
-    let Some(password) = password else {
-        return Err(Error::config(format!(
-            "{field}: the key is encrypted; set private-key-password, \
-             private-key-password-file or private-key-password-env"
-        )));
-    };
-    let info = pkcs8::EncryptedPrivateKeyInfoRef::try_from(der)
-        .map_err(|e| Error::config(format!("{field}: invalid encrypted key ({e})")))?;
-    if info.encryption_algorithm.pbes2().is_none() {
-        return Err(Error::config(format!(
-            "{field}: legacy PKCS#5 v1.5 encryption (PBES1, e.g. 3DES) is not supported; \
-             re-encrypt with `openssl pkcs8 -topk8 -v2 aes-256-cbc`"
-        )));
-    }
-    let plain = info
-        .decrypt(password.expose_secret().as_bytes())
-        .map_err(|_| {
-            Error::config(format!(
-                "{field}: cannot decrypt the key: wrong private-key-password"
-            ))
-        })?;
-    Ok(PrivateKeyDer::Pkcs8(plain.as_bytes().to_vec().into()))
-}
-
-fn parse_certs(bytes: &[u8], field: &str) -> Result<Vec<CertificateDer<'static>>> {
-    let blocks = pem::parse_many(bytes)
-        .map_err(|e| Error::config(format!("{field}: not a PEM file ({e})")))?;
-    let certs: Vec<CertificateDer<'static>> = blocks
-        .into_iter()
-        .filter(|b| b.tag() == "CERTIFICATE")
-        .map(|b| CertificateDer::from(b.into_contents()))
-        .collect();
-    if certs.is_empty() {
-        return Err(Error::config(format!(
-            "{field}: holds no CERTIFICATE block"
-        )));
-    }
-    Ok(certs)
-}
-
-fn load_p12(
-    bytes: &[u8],
-    password: &str,
-) -> Result<(Vec<CertificateDer<'static>>, PrivateKeyDer<'static>)> {
-    let store = p12_keystore::KeyStore::from_pkcs12(
-        bytes,
-        password,
-        p12_keystore::Pkcs12ImportPolicy::Strict,
-    )
-    .map_err(|e| {
-        Error::config(format!(
-            "p12-file: cannot open the PKCS#12 file: wrong p12-password or not a PKCS#12 file ({e})"
-        ))
-    })?;
-    let (_, chain) = store
-        .private_key_chain()
-        .ok_or_else(|| Error::config("p12-file: holds no private key with its certificate"))?;
-    let certs: Vec<CertificateDer<'static>> = chain
-        .certs()
-        .iter()
-        .map(|c| CertificateDer::from(c.as_der().to_vec()))
-        .collect();
-    if certs.is_empty() {
-        return Err(Error::config(
-            "p12-file: the private key has no certificate",
-        ));
-    }
-    let key = PrivateKeyDer::Pkcs8(chain.key().as_der().to_vec().into());
-    Ok((certs, key))
-}
-
 fn to_system_time(t: x509_parser::time::ASN1Time) -> SystemTime {
     UNIX_EPOCH + Duration::from_secs(u64::try_from(t.timestamp()).unwrap_or(0))
 }
 
 /// The checks a person would otherwise learn about from a failed handshake.
 fn check(
-    certs: &[CertificateDer<'static>],
-    key: &PrivateKeyDer<'static>,
+    certs: &[Vec<u8>],
+    key: &PrivateKey,
     now: SystemTime,
     field: &str,
 ) -> Result<(String, SystemTime)> {
-    let (_, leaf) = X509Certificate::from_der(certs[0].as_ref()).map_err(|e| {
+    let leaf = certs.first().map(|c| X509Certificate::from_der(c));
+    let leaf = leaf.ok_or_else(|| Error::config(format!("{field}: holds no certificate")))?;
+    let (_, leaf) = leaf.map_err(|e| {
         Error::config(format!(
             "{field}: the first certificate cannot be parsed ({e})"
         ))
     })?;
     let subject = leaf.subject().to_string();
-    let signing = rustls::crypto::aws_lc_rs::sign::any_supported_type(key).map_err(|e| {
+    let der = key.der().to_vec();
+    let key = match key.format() {
+        KeyFormat::Pkcs8 => PrivateKeyDer::Pkcs8(der.into()),
+        KeyFormat::Pkcs1 => PrivateKeyDer::Pkcs1(der.into()),
+        KeyFormat::Sec1 => PrivateKeyDer::Sec1(der.into()),
+    };
+    let signing = rustls::crypto::aws_lc_rs::sign::any_supported_type(&key).map_err(|e| {
         Error::config(format!(
             "the private key is not a usable RSA or EC key ({e})"
         ))
     })?;
-    let certified = rustls::sign::CertifiedKey::new(certs.to_vec(), signing);
+    let chain = certs
+        .iter()
+        .map(|c| CertificateDer::from(c.clone()))
+        .collect();
+    let certified = rustls::sign::CertifiedKey::new(chain, signing);
     if let Err(e) = certified.keys_match() {
         return Err(Error::config(match e {
             rustls::Error::InconsistentKeys(rustls::InconsistentKeys::KeyMismatch) => format!(
@@ -285,13 +152,6 @@ fn check(
     Ok((subject, not_after))
 }
 
-fn pem_chain(certs: &[CertificateDer<'static>]) -> String {
-    certs
-        .iter()
-        .map(|c| pem::encode(&pem::Pem::new("CERTIFICATE", c.as_ref().to_vec())))
-        .collect()
-}
-
 impl Scheme for Mtls {
     fn name(&self) -> &str {
         "mtls"
@@ -317,9 +177,13 @@ impl Scheme for Mtls {
             (Some(cert_file), None) => {
                 let key = SecretSetting::require(s.private_key, "private-key")?;
                 let password = s.private_key_password.map(SecretSetting::into_secret);
-                let parsed = parse_key(key.expose_secret(), password.as_ref(), &key.key())?;
+                let fields = Fields {
+                    file: &key.key(),
+                    password: "private-key-password",
+                };
+                let parsed = identity::parse_key(key.expose_secret(), password.as_ref(), fields)?;
                 if parsed.password_ignored {
-                    let warning = password_ignored_warning(&key.key());
+                    let warning = identity::password_ignored_warning(fields);
                     host.warn(&warning);
                     ignored_password = Some(warning);
                 }
@@ -327,13 +191,17 @@ impl Scheme for Mtls {
                 let bytes = host
                     .read_file(&cert_file)
                     .map_err(|e| e.context("certificate-file"))?;
-                let certs = parse_certs(&bytes, "certificate-file")?;
+                let certs = identity::parse_certificates(&bytes, "certificate-file")?;
                 (certs, key, "certificate-file")
             }
             (None, Some(p12)) => {
                 let bytes = host.read_file(&p12).map_err(|e| e.context("p12-file"))?;
                 let password = s.p12_password.as_ref().map_or("", |p| p.expose_secret());
-                let (certs, key) = load_p12(&bytes, password)?;
+                let fields = Fields {
+                    file: "p12-file",
+                    password: "p12-password",
+                };
+                let (certs, key) = identity::load_pkcs12(&bytes, password, fields)?;
                 (certs, key, "p12-file")
             }
             (Some(_), Some(_)) => {
@@ -350,10 +218,7 @@ impl Scheme for Mtls {
         let (subject, not_after) = check(&certs, &key, host.now(), field)?;
         host.debug(&format!("client certificate '{subject}'"));
         Ok(Box::new(MtlsConnection {
-            identity: ClientIdentity {
-                certificate_chain_pem: pem_chain(&certs),
-                private_key_pem: key_pem(&key),
-            },
+            identity: identity::client_identity(&certs, &key),
             subject,
             not_after,
             ignored_password,

@@ -1,9 +1,9 @@
 //! `vendor-hmac`: a vendor API that signs every request with HMAC-SHA256 ("Vendor-HMAC-SHA256
 //! v1"), written against `fhirconn-sdk` alone and loaded into an unchanged `fhirconn` binary.
-//! It shows the per-request signing contract: the scheme declares
-//! [`Scheme::signs_requests`], and the host calls [`Connection::sign_request`] for every
-//! request it sends (each retry and redirect hop again) with the method, the absolute URL,
-//! the headers, the SHA-256 of the body and the time.
+//! It shows the per-request signing contract through the SDK's [`SigningScheme`]: the scheme
+//! declares that it signs requests, and the host asks its [`Signer`] to sign every request it
+//! sends (each retry and redirect hop again) with the method, the absolute URL, the headers,
+//! the SHA-256 of the body and the time.
 //!
 //! The signature: `x-vendor-date` (Unix seconds), `x-vendor-nonce` (random, 32 hex
 //! characters) and `x-vendor-signature: keyId=<key-id>,signature=<hex HMAC-SHA256>` over
@@ -13,13 +13,10 @@
 
 #![forbid(unsafe_code)]
 
-use fhirconn_sdk::serde_json::Value;
-use fhirconn_sdk::settings::{self, SecretSetting};
+use fhirconn_sdk::settings::SecretSetting;
+use fhirconn_sdk::signing::{self, Signer, SigningScheme};
 use fhirconn_sdk::wire::{SignAnswer, SignRequest, WireHeader};
-use fhirconn_sdk::{
-    schemars, serde, AuthRequest, Connection, ConnectionInfo, Credentials, Error, ExposeSecret,
-    Host, Result, Scheme,
-};
+use fhirconn_sdk::{schemars, serde, Error, ExposeSecret, Host, Result};
 use hmac::{Hmac, Mac};
 use sha2::Sha256;
 
@@ -58,70 +55,40 @@ impl std::fmt::Debug for VendorHmacConnection {
     }
 }
 
-impl Scheme for VendorHmac {
-    fn name(&self) -> &str {
-        "vendor-hmac"
-    }
+impl SigningScheme for VendorHmac {
+    const NAME: &'static str = "vendor-hmac";
+    const SUMMARY: &'static str = "a vendor API that signs every request with HMAC-SHA256";
+    type Settings = VendorHmacSettings;
+    type Signer = VendorHmacConnection;
 
-    fn summary(&self) -> &str {
-        "a vendor API that signs every request with HMAC-SHA256"
-    }
-
-    fn config_schema(&self) -> Value {
-        settings::schema::<VendorHmacSettings>()
-    }
-
-    fn signs_requests(&self) -> bool {
-        true
-    }
-
-    fn configure(
-        &self,
-        _connection: &ConnectionInfo,
-        settings: Value,
-        host: &Host<'_>,
-    ) -> Result<Box<dyn Connection>> {
-        let s: VendorHmacSettings = settings::parse(settings, host)?;
+    fn signer(&self, s: VendorHmacSettings, _host: &Host<'_>) -> Result<VendorHmacConnection> {
         let key = s.key.expose_secret().trim().as_bytes();
         if key.len() < 16 {
             return Err(Error::config("key: must be at least 16 bytes"));
         }
         let mac = <Hmac<Sha256> as Mac>::new_from_slice(key)
             .map_err(|_| Error::config("key: not usable as an HMAC key"))?;
-        Ok(Box::new(VendorHmacConnection {
+        Ok(VendorHmacConnection {
             key_id: s.key_id,
             mac,
-        }))
+        })
     }
-}
-
-/// `path?query` of an absolute URL, exactly as it is sent.
-fn target(url: &str) -> Result<&str> {
-    let rest = url
-        .split_once("://")
-        .map(|(_, r)| r)
-        .ok_or_else(|| Error::protocol("sign-request: the URL is not absolute"))?;
-    let rest = rest.split_once('#').map_or(rest, |(r, _)| r);
-    Ok(rest.find('/').map_or("/", |at| &rest[at..]))
-}
-
-fn hex(bytes: &[u8]) -> String {
-    bytes.iter().map(|b| format!("{b:02x}")).collect()
 }
 
 impl VendorHmacConnection {
     /// The three signature headers of one request (the nonce given: tests fix it).
     pub fn signature(&self, request: &SignRequest, nonce: &str) -> Result<SignAnswer> {
         let date = request.unix_time.to_string();
+        let target = signing::target(request)?;
         let text = format!(
             "{ALGORITHM}\n{}\n{}\n{date}\n{nonce}\n{}",
             request.method,
-            target(&request.url)?,
+            signing::path_and_query(&target),
             request.body_sha256
         );
         let mut mac = self.mac.clone();
         mac.update(text.as_bytes());
-        let signature = hex(&mac.finalize().into_bytes());
+        let signature = signing::hex(&mac.finalize().into_bytes());
         Ok(SignAnswer {
             headers: vec![
                 WireHeader::new("x-vendor-date", date),
@@ -135,13 +102,9 @@ impl VendorHmacConnection {
     }
 }
 
-impl Connection for VendorHmacConnection {
-    fn authorize(&self, _request: &AuthRequest, _host: &Host<'_>) -> Result<Credentials> {
-        // Nothing to fetch: the key signs each request.
-        Ok(Credentials::new())
-    }
-
-    fn sign_request(&self, request: &SignRequest, _host: &Host<'_>) -> Result<SignAnswer> {
+/// Nothing to fetch (the default `authorize`): the key signs each request.
+impl Signer for VendorHmacConnection {
+    fn sign(&self, request: &SignRequest, _host: &Host<'_>) -> Result<SignAnswer> {
         self.signature(request, &fhirconn_sdk::oauth::random_hex(16)?)
     }
 }
@@ -154,6 +117,7 @@ mod tests {
     use fhirconn_sdk::serde_json::json;
     use fhirconn_sdk::testing::MockHost;
     use fhirconn_sdk::wire::EMPTY_BODY_SHA256;
+    use fhirconn_sdk::{Connection, Scheme};
 
     fn connection(mock: &MockHost) -> Box<dyn Connection> {
         mock.configure(
@@ -186,11 +150,15 @@ mod tests {
         // Two signatures of the same request differ (fresh nonce): a replay is detectable.
         let again = mock.with_host(|h| conn.sign_request(&request, h)).unwrap();
         assert_ne!(answer.headers[2].value, again.headers[2].value);
+        // Signed over `path?query` as sent: the fragment is not part of it.
+        let text = "VENDOR-HMAC-SHA256\nGET\n/fhir/Patient?name=a%20b\n1700000000\n";
+        let mut mac = <Hmac<Sha256> as Mac>::new_from_slice(b"0123456789abcdef0123").unwrap();
+        mac.update(format!("{text}{}\n{EMPTY_BODY_SHA256}", answer.headers[1].value).as_bytes());
+        let expected = signing::hex(&mac.finalize().into_bytes());
         assert_eq!(
-            target("https://h/fhir/Patient?name=a%20b#frag").unwrap(),
-            "/fhir/Patient?name=a%20b"
+            answer.headers[2].value,
+            format!("keyId=k1,signature={expected}")
         );
-        assert_eq!(target("https://h").unwrap(), "/");
     }
 
     #[test]
