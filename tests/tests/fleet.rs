@@ -383,3 +383,63 @@ fn tokens_of_schemes_that_do_not_declare_sharing_stay_in_their_process() {
         redis.dump()
     );
 }
+
+/// Security boundary (issue 17): a token read from the fleet cache is a secret in the process
+/// that read it, not only in the one that fetched it. A FHIR server (or gateway) that echoes
+/// `Authorization` in its error body shows it redacted in `test` (human and JSON), `get` and
+/// its `-vv` log of a process whose token came from Redis.
+#[test]
+fn a_token_read_from_the_fleet_cache_is_redacted_where_a_server_echoes_it() {
+    let _serial = serial();
+    let redis = RedisServer::start(None);
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    let e = rt.block_on(env(Duration::from_secs(300)));
+    e.fhir
+        .set_fault(fhirconn_testkit::Fault::EchoAuthorization);
+    e.write(&redis.url());
+    let run = |args: &[&str]| {
+        run_command(
+            fhirconn_command(e.dir.path(), true)
+                .env("FHIRCONN_TEST_FLEET_SECRET", SECRET)
+                .env("FHIRCONN_TEST_CACHE_KEY", KEY)
+                .args(args),
+        )
+    };
+    // This process fetches the token and shares it.
+    let fetched = run(&["test", "shared", "--output", "json"]);
+    assert_eq!(e.idp.token_requests(), 1, "{}", fetched.all());
+    let presented = e.fhir.distinct_authorizations();
+    assert_eq!(presented.len(), 1, "{presented:?}");
+    let token = presented[0]
+        .strip_prefix("Bearer ")
+        .expect("a bearer token")
+        .to_string();
+    // The next processes read it from Redis (no token request) and get the echo.
+    for args in [
+        &["test", "shared", "--output", "json"][..],
+        &["test", "shared"],
+        &["get", "shared", "Patient/1"],
+        &["-vv", "get", "shared", "Patient/1"],
+    ] {
+        let out = run(args);
+        let all = out.all();
+        assert_eq!(out.code, 1, "{args:?}: {all}");
+        assert_eq!(e.idp.token_requests(), 1, "{args:?}: read from Redis: {all}");
+        assert!(
+            all.contains("not allowed for Authorization: [REDACTED]"),
+            "{args:?}: the echo is shown, redacted: {all}"
+        );
+        assert!(!all.contains(&token), "{args:?}: the token leaked: {all}");
+        assert!(!all.contains("eyJ"), "{args:?}: a JWT leaked: {all}");
+    }
+    let report: Value = serde_json::from_str(
+        run(&["test", "shared", "--output", "json"])
+            .stdout
+            .trim(),
+    )
+    .unwrap();
+    let report = report.get(0).unwrap_or(&report);
+    assert_eq!(report["credential_source"], "fleet-cache", "{report}");
+    // The token the echoing server saw is the one shared by the fleet.
+    assert_eq!(e.fhir.distinct_authorizations().len(), 1);
+}
