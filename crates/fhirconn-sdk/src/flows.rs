@@ -3,22 +3,30 @@
 //!   Service, the GCE metadata server), with its `expires_in` / `expires_on` dialects;
 //! - [`federated_assertion`]: a federated token file (Kubernetes workload identity), read
 //!   again for every token because it is rotated;
+//! - [`device_code`]: a device-code sign-in (RFC 8628), the person told where to go;
 //! - [`authorization_code`]: the authorization code grant with PKCE through the host's
 //!   `browser-redirect` operation (RFC 6749 §4.1, RFC 7636 S256, RFC 8252 loopback), `state`
 //!   checked;
 //! - [`StoredSignIn`]: a refresh token kept in the host's credential store, bound to the values
-//!   it was issued for and used only when they match; [`logout`] forgets it.
+//!   it was issued for and used only when they match; [`logout`] forgets it;
+//! - [`Challenge`]: what a resource server's 401 challenge names (Microsoft's
+//!   `authorization_uri` and `resource_id`), only ever on the configured authority;
+//!   [`oidc_on_origin`]: the OpenID configuration of a multi-tenant authority whose issuer is a
+//!   template (Entra's `{tenantid}`), every endpoint on the configured authority;
+//!   [`same_resource`] and [`origin_of`] compare and default resource identifiers (audiences).
 //!
 //! Errors never quote a request, a token or a secret; what a server sends back is quoted
 //! sanitised (control characters replaced, bounded).
 
 use crate::host::{Host, HttpRequest};
+use crate::oauth::discovery::{get_json, OidcConfiguration};
 use crate::oauth::{self, Pkce, TokenRequest, TokenResponse};
 use crate::scheme::Credentials;
 use crate::secret::{ExposeSecret, SecretString};
 use crate::wire::{BrowserRedirect, LogoutAnswer};
 use crate::{Error, Result};
 use serde_json::Value;
+use std::collections::HashMap;
 use std::time::UNIX_EPOCH;
 
 /// At most this many characters of a server's error text are quoted.
@@ -119,6 +127,21 @@ pub fn federated_assertion(host: &Host<'_>, setting: &str, file: &str) -> Result
         )));
     }
     Ok(SecretString::from(token.to_string()))
+}
+
+/// A person signs in with a device code (RFC 8628): a code for `client_id` and `scope` from
+/// `endpoint` (the `device_authorization_endpoint`), the person told where to enter it, then
+/// [`oauth::device_code::poll`] of `request`'s token endpoint until they have.
+pub fn device_code(
+    host: &Host<'_>,
+    endpoint: &str,
+    client_id: &str,
+    scope: &str,
+    request: &TokenRequest,
+) -> Result<TokenResponse> {
+    let started = oauth::device_code::start(endpoint, client_id, scope, host)?;
+    host.tell_person(&started.instructions(), Some(&started.verification_uri));
+    oauth::device_code::poll(request, &started, host)
 }
 
 /// An authorization request for [`authorization_code`].
@@ -304,6 +327,126 @@ pub fn logout(host: &Host<'_>, key: &str) -> Result<Value> {
     host.store_delete(key)?;
     serde_json::to_value(LogoutAnswer { logged_out: true })
         .map_err(|e| Error::internal(e.to_string()))
+}
+
+/// A resource server's `WWW-Authenticate: Bearer` challenge, read to discover what a scheme
+/// was not configured with. Its parameters are server input: [`Challenge::url_on`] takes a URL
+/// from it only on the authority the connection is configured for.
+#[derive(Debug, Clone)]
+pub struct Challenge {
+    /// The header as sent.
+    pub header: String,
+    /// Its parameters ([`crate::www_authenticate::parse`]: keys lowercased).
+    pub params: HashMap<String, String>,
+}
+
+impl Challenge {
+    /// GETs `url` without credentials for its challenge. No challenge is a configuration error
+    /// naming `setting`, the value the challenge stands in for.
+    pub fn read(host: &Host<'_>, url: &str, setting: &str) -> Result<Self> {
+        let resp = host
+            .http(HttpRequest::new("GET", url).header("Accept", "application/fhir+json"))
+            .map_err(|e| e.context(format!("discovering {setting}")))?;
+        let Some(header) = resp.header("www-authenticate") else {
+            return Err(Error::config(format!(
+                "{setting}: not set, and {url} answered HTTP {} without a WWW-Authenticate \
+                 challenge to discover it from; set '{setting}'",
+                resp.status
+            )));
+        };
+        let params = crate::www_authenticate::parse(header);
+        Ok(Self {
+            header: quoted(header),
+            params,
+        })
+    }
+
+    /// The first of the parameters `names` the challenge has, as a URL that must be on `origin`
+    /// (the configured authority): a challenge never sends credentials elsewhere.
+    pub fn url_on(&self, names: &[&str], origin: &str, setting: &str) -> Result<url::Url> {
+        let (name, value) = names
+            .iter()
+            .find_map(|n| Some((*n, self.params.get(*n)?)))
+            .ok_or_else(|| {
+                Error::protocol(format!(
+                    "the server's challenge names no {} ({}); set '{setting}'",
+                    names.first().unwrap_or(&"URL"),
+                    self.header
+                ))
+            })?;
+        let u = url::Url::parse(value)
+            .map_err(|e| Error::protocol(format!("{name} '{}': {e}", quoted(value))))?;
+        let theirs = u.origin().ascii_serialization();
+        if theirs != origin {
+            return Err(Error::protocol(format!(
+                "the server's challenge points to the authority {theirs}, not to {origin}; \
+                 refusing to send credentials there (configure the authority if that is \
+                 intended)"
+            )));
+        }
+        Ok(u)
+    }
+}
+
+/// The OpenID configuration at `doc_url` of an authority at `origin` whose issuer is a
+/// template (Entra's `common`/`organizations` issuer names `{tenantid}`), so OpenID Connect
+/// Discovery's exact issuer check cannot apply: the issuer and every endpoint must then be on
+/// `origin`, the configured authority, or a lying document could send credentials elsewhere.
+/// Returns the `token_endpoint` (required) and the document.
+pub fn oidc_on_origin(
+    host: &Host<'_>,
+    doc_url: &str,
+    origin: &str,
+    what: &str,
+) -> Result<(String, OidcConfiguration)> {
+    let doc: OidcConfiguration = get_json(host, doc_url, what)?;
+    let token = doc
+        .token_endpoint
+        .clone()
+        .ok_or_else(|| Error::protocol(format!("{what} {doc_url}: no token_endpoint")))?;
+    let urls = [
+        Some(&doc.issuer),
+        Some(&token),
+        doc.authorization_endpoint.as_ref(),
+        doc.device_authorization_endpoint.as_ref(),
+    ];
+    let on_origin =
+        |u: &str| url::Url::parse(u).is_ok_and(|u| u.origin().ascii_serialization() == origin);
+    if let Some(u) = urls.into_iter().flatten().find(|u| !on_origin(u)) {
+        return Err(Error::protocol(format!(
+            "{what} {doc_url}: {} is not on the authority {origin}",
+            quoted(u)
+        )));
+    }
+    Ok((token, doc))
+}
+
+/// The origin of `url` (`https://host[:port]`), the default resource identifier of a FHIR
+/// server (what Azure's FHIR services expect); `url` without trailing slashes when it names
+/// no host.
+pub fn origin_of(url: &str) -> String {
+    match url::Url::parse(url) {
+        Ok(u) if u.host_str().is_some() => u.origin().ascii_serialization(),
+        _ => url.trim_end_matches('/').to_string(),
+    }
+}
+
+/// Whether two resource identifiers (audiences, RFC 8707 resources) name the same resource:
+/// URLs compare by scheme, host and port (case- and default-port-insensitive) and path without
+/// trailing slashes; other strings (an app id URI such as `api://...`, a GUID) compare
+/// case-insensitively without trailing slashes.
+pub fn same_resource(a: &str, b: &str) -> bool {
+    fn norm(x: &str) -> String {
+        match url::Url::parse(x.trim()) {
+            Ok(u) if u.host_str().is_some() => format!(
+                "{}{}",
+                u.origin().ascii_serialization(),
+                u.path().trim_end_matches('/')
+            ),
+            _ => x.trim().trim_end_matches('/').to_ascii_lowercase(),
+        }
+    }
+    norm(a) == norm(b)
 }
 
 #[cfg(test)]

@@ -6,7 +6,6 @@
 
 use super::{Flow, Settings};
 use fhirconn_sdk::flows;
-use fhirconn_sdk::oauth::{ClientAuth, TokenRequest};
 use fhirconn_sdk::{Credentials, Error, ExposeSecret, Host, HttpRequest, Result, SecretString};
 
 /// Azure IMDS, when `AZURE_POD_IDENTITY_AUTHORITY_HOST` names no other host.
@@ -128,17 +127,6 @@ pub(crate) fn managed(
         Some(h) => request.sensitive_header("X-IDENTITY-HEADER", h.expose_secret()),
     };
     flows::metadata_token(host, request, "managed identity endpoint", None)
-}
-
-/// Workload identity: client credentials with the federated token file's current content as
-/// the client assertion (RFC 7523 §2.2), read again for every token (the file is rotated).
-pub(crate) fn federated(request: TokenRequest, file: &str, host: &Host<'_>) -> Result<Credentials> {
-    let assertion = flows::federated_assertion(host, "federated-token-file", file)?;
-    Ok(request
-        .grant("client_credentials")
-        .client_auth(ClientAuth::PrivateKeyJwt(assertion))
-        .send(host)?
-        .credentials)
 }
 
 #[cfg(test)]

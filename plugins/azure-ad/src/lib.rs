@@ -22,14 +22,13 @@
 
 #![forbid(unsafe_code)]
 
-use fhirconn_sdk::flows::{self, AuthorizationRequest, StoredSignIn};
-use fhirconn_sdk::oauth::discovery::{get_json, OidcConfiguration};
-use fhirconn_sdk::oauth::{device_code, endpoint_url, ClientAuth, TokenRequest};
+use fhirconn_sdk::flows::{self, AuthorizationRequest, Challenge, StoredSignIn};
+use fhirconn_sdk::oauth::{endpoint_url, ClientAuth, TokenRequest};
 use fhirconn_sdk::serde_json::{json, Value};
 use fhirconn_sdk::settings::{self, SecretSetting};
 use fhirconn_sdk::{
-    schemars, serde, www_authenticate, AuthRequest, Connection, ConnectionInfo, Credentials, Error,
-    Host, HttpRequest, Memo, Result, Scheme, SecretString,
+    schemars, serde, AuthRequest, Connection, ConnectionInfo, Credentials, Error, Host, Memo,
+    Result, Scheme, SecretString,
 };
 
 /// Entra's public cloud.
@@ -117,32 +116,6 @@ pub fn normalize_audience(a: &str) -> String {
     a.trim_end_matches('/').to_string()
 }
 
-/// The default audience: the origin of the base URL (what Azure API for FHIR and Azure Health
-/// Data Services expect, e.g. `https://ws-svc.fhir.azurehealthcareapis.com`).
-pub fn default_audience(base_url: &str) -> String {
-    match url::Url::parse(base_url) {
-        Ok(u) if u.host_str().is_some() => u.origin().ascii_serialization(),
-        _ => normalize_audience(base_url),
-    }
-}
-
-/// Whether two audiences name the same resource: URLs compare by scheme, host and port (case-
-/// and default-port-insensitive) and path without trailing slashes; other strings (an app id
-/// URI such as `api://...` or a GUID) compare case-insensitively without trailing slashes.
-pub fn same_audience(a: &str, b: &str) -> bool {
-    fn norm(x: &str) -> String {
-        match url::Url::parse(x.trim()) {
-            Ok(u) if u.host_str().is_some() => format!(
-                "{}{}",
-                u.origin().ascii_serialization(),
-                u.path().trim_end_matches('/')
-            ),
-            _ => x.trim().trim_end_matches('/').to_ascii_lowercase(),
-        }
-    }
-    norm(a) == norm(b)
-}
-
 impl Scheme for AzureAd {
     fn name(&self) -> &str {
         "azure-ad"
@@ -199,7 +172,7 @@ impl Scheme for AzureAd {
             audience: match s.audience {
                 Some(a) => (normalize_audience(&a), "the audience setting"),
                 None => (
-                    default_audience(&connection.base_url),
+                    flows::origin_of(&connection.base_url),
                     "the origin of base-url",
                 ),
             },
@@ -224,35 +197,9 @@ impl AzureConnection {
             return Ok(t.clone());
         }
         let probe = format!("{}/Patient?_count=1", self.base_url.trim_end_matches('/'));
-        let resp = host
-            .http(HttpRequest::new("GET", &probe).header("Accept", "application/fhir+json"))
-            .map_err(|e| e.context("authority discovery"))?;
-        let Some(header) = resp.header("www-authenticate") else {
-            return Err(Error::config(format!(
-                "tenant: not set, and {probe} answered HTTP {} without a WWW-Authenticate \
-                 challenge to discover it from; set 'tenant'",
-                resp.status
-            )));
-        };
-        let ch = www_authenticate::parse(header);
-        let uri = ch
-            .get("authorization_uri")
-            .or_else(|| ch.get("authorization"))
-            .ok_or_else(|| {
-                Error::protocol(format!(
-                    "the server's challenge names no authorization_uri ({header}); set 'tenant'"
-                ))
-            })?;
-        let uri = url::Url::parse(uri)
-            .map_err(|e| Error::protocol(format!("authorization_uri '{uri}': {e}")))?;
-        if uri.origin().ascii_serialization() != self.origin() {
-            return Err(Error::protocol(format!(
-                "the server's challenge points to the authority {}, not to authority-host {}; \
-                 refusing to send credentials there (set authority-host if that is intended)",
-                uri.origin().ascii_serialization(),
-                self.origin()
-            )));
-        }
+        let ch = Challenge::read(host, &probe, "tenant")?;
+        let names = ["authorization_uri", "authorization"];
+        let uri = ch.url_on(&names, &self.origin(), "tenant")?;
         let tenant = uri
             .path_segments()
             .and_then(|mut s| s.find(|seg| !seg.is_empty()))
@@ -260,8 +207,9 @@ impl AzureConnection {
             .ok_or_else(|| Error::protocol(format!("authorization_uri '{uri}' names no tenant")))?;
         let (audience, from) = &self.audience;
         if let Some(resource) = ch
+            .params
             .get("resource_id")
-            .filter(|r| !same_audience(r, audience))
+            .filter(|r| !flows::same_resource(r, audience))
         {
             return Err(Error::config(format!(
                 "the FHIR server's challenge names the audience '{resource}', but this \
@@ -285,30 +233,12 @@ impl AzureConnection {
     fn resolve(&self, host: &Host<'_>) -> Result<Authority> {
         let tenant = self.tenant(host)?;
         let audience = self.audience.0.clone();
-        let base = self.origin();
-        let doc_url = format!("{base}/{tenant}/v2.0/.well-known/openid-configuration");
-        let meta: OidcConfiguration = get_json(host, &doc_url, "Entra discovery")?;
-        let on_authority =
-            |u: &str| url::Url::parse(u).is_ok_and(|u| u.origin().ascii_serialization() == base);
-        if !on_authority(&meta.issuer) {
-            return Err(Error::protocol(format!(
-                "Entra discovery {doc_url}: issuer {} is not on authority-host {base}",
-                meta.issuer
-            )));
-        }
-        let token_endpoint = meta.token_endpoint.ok_or_else(|| {
-            Error::protocol(format!("Entra discovery {doc_url}: no token_endpoint"))
-        })?;
-        let endpoints = [
-            Some(&token_endpoint),
-            meta.authorization_endpoint.as_ref(),
-            meta.device_authorization_endpoint.as_ref(),
-        ];
-        if let Some(e) = endpoints.into_iter().flatten().find(|e| !on_authority(e)) {
-            return Err(Error::protocol(format!(
-                "Entra discovery {doc_url}: endpoint {e} is not on authority-host {base}"
-            )));
-        }
+        let doc_url = format!(
+            "{}/{tenant}/v2.0/.well-known/openid-configuration",
+            self.origin()
+        );
+        let (token_endpoint, meta) =
+            flows::oidc_on_origin(host, &doc_url, &self.origin(), "Entra discovery")?;
         Ok(Authority {
             tenant,
             audience,
@@ -342,9 +272,7 @@ impl AzureConnection {
             )
         })?;
         let scope = Self::delegated_scope(a);
-        let started = device_code::start(endpoint, &self.client_id, &scope, host)?;
-        host.tell_person(&started.instructions(), Some(&started.verification_uri));
-        let resp = device_code::poll(&self.request(a), &started, host)?;
+        let resp = flows::device_code(host, endpoint, &self.client_id, &scope, &self.request(a))?;
         self.sign_in(a).accept(resp, host)
     }
 
@@ -371,18 +299,22 @@ impl AzureConnection {
         self.sign_in(a).accept(resp, host)
     }
 
-    fn client_credentials(&self, a: &Authority, host: &Host<'_>) -> Result<Credentials> {
-        let secret = self
-            .secret
-            .clone()
-            .ok_or_else(|| Error::internal("no client secret"))?;
-        let resp = self
+    /// A token for the application itself (`{audience}/.default`): a service principal's
+    /// secret, or a workload identity's federated token as the client assertion.
+    fn app_token(&self, a: &Authority, host: &Host<'_>) -> Result<Credentials> {
+        let auth = match (&self.identity, &self.secret) {
+            (Some(identity::Identity::Federated(file)), _) => ClientAuth::PrivateKeyJwt(
+                flows::federated_assertion(host, "federated-token-file", file)?,
+            ),
+            (_, Some(secret)) => ClientAuth::SecretPost(secret.clone()),
+            _ => return Err(Error::internal("no client secret")),
+        };
+        let request = self
             .request(a)
             .grant("client_credentials")
-            .client_auth(ClientAuth::SecretPost(secret))
-            .scope(&format!("{}/.default", a.audience))
-            .send(host)?;
-        Ok(resp.credentials)
+            .client_auth(auth);
+        let scope = format!("{}/.default", a.audience);
+        Ok(request.scope(&scope).send(host)?.credentials)
     }
 }
 
@@ -409,12 +341,8 @@ impl Connection for AzureConnection {
             return identity::managed(source, user.as_ref(), &self.audience.0, host);
         }
         let a = self.authority(host)?;
-        if let Some(identity::Identity::Federated(file)) = &self.identity {
-            let scope = format!("{}/.default", a.audience);
-            return identity::federated(self.request(&a).scope(&scope), file, host);
-        }
-        if self.flow == Flow::ClientCredentials {
-            return self.client_credentials(&a, host);
+        if matches!(self.flow, Flow::ClientCredentials | Flow::WorkloadIdentity) {
+            return self.app_token(&a, host);
         }
         if !request.force_login {
             let request = self.request(&a).scope(&Self::delegated_scope(&a));

@@ -3,6 +3,7 @@
 //! `authority-host`, stored refresh tokens are bound, and the flows send what Entra expects.
 
 use super::*;
+use fhirconn_sdk::oauth::device_code;
 use fhirconn_sdk::testing::{auth_request, header_value, MockHost};
 use fhirconn_sdk::{ErrorKind, HttpResponse};
 use std::collections::HashMap;
@@ -167,4 +168,64 @@ fn a_device_code_sign_in_is_stored_bound_and_refreshed_silently_only_when_it_mat
         2,
         "the bound refresh token stayed home"
     );
+}
+
+/// The fleet share key of a connection configured with `s` on a host with `env`.
+fn share_key(s: Value, env: &[(&str, &str)]) -> Option<String> {
+    let mock = env
+        .iter()
+        .fold(MockHost::new(), |m, (k, v)| m.with_env(k, v))
+        .with_file("/t", b"jwt.a.b");
+    mock.configure(&AzureAd, s).unwrap().share_key()
+}
+
+#[test]
+fn only_an_applications_or_a_named_identitys_tokens_are_shared_by_a_fleet() {
+    let cc = |extra: Value| {
+        let mut s = settings(json!({"flow": "client-credentials", "client-secret": "CANARY-s"}));
+        s.as_object_mut()
+            .unwrap()
+            .extend(extra.as_object().unwrap().clone());
+        share_key(s, &[])
+    };
+    let key = cc(json!({})).expect("a service principal's tokens are shared");
+    assert!(key.contains("app") && key.contains(AUTHORITY), "{key}");
+    assert_eq!(cc(json!({"client-secret": "other"})), Some(key.clone()));
+    for other in [
+        json!({"client-id": "app-2"}),
+        json!({"tenant": "t2"}),
+        json!({"audience": "https://other.example"}),
+        json!({"authority-host": "https://login.example.cn"}),
+    ] {
+        assert_ne!(cc(other.clone()), Some(key.clone()), "{other}");
+    }
+    assert!(
+        !key.contains("\ns\n") && !key.ends_with('s'),
+        "no secret: {key}"
+    );
+    // People's sign-ins and a machine's own identity stay in their process.
+    for s in [
+        settings(json!({})),
+        settings(json!({"flow": "auth-code"})),
+        json!({"flow": "managed-identity"}),
+    ] {
+        assert_eq!(share_key(s.clone(), &[]), None, "{s}");
+    }
+    // A user-assigned managed identity is the same identity wherever its id is used.
+    let mi = |id: &str| share_key(json!({"flow": "managed-identity", "object-id": id}), &[]);
+    assert!(mi("o-1").is_some_and(|k| k.contains("o-1")));
+    assert_ne!(mi("o-1"), mi("o-2"));
+    // A workload identity is its application: named by the environment when not by settings.
+    let wl = |client: &str| {
+        share_key(
+            json!({"flow": "workload-identity"}),
+            &[
+                ("AZURE_CLIENT_ID", client),
+                ("AZURE_TENANT_ID", "t-env"),
+                ("AZURE_FEDERATED_TOKEN_FILE", "/t"),
+            ],
+        )
+    };
+    assert!(wl("wl-1").is_some_and(|k| k.contains("wl-1") && k.contains("t-env")));
+    assert_ne!(wl("wl-1"), wl("wl-2"));
 }

@@ -242,3 +242,32 @@ fn the_metadata_server_takes_no_key_subject_or_token_url() {
         assert_eq!(e.kind(), ErrorKind::Config, "{extra}: {e}");
     }
 }
+
+#[test]
+fn a_key_files_account_and_subject_name_the_fleet_share_key_and_the_metadata_server_has_none() {
+    let (file, _) = key_file(TOKEN_URI);
+    let m = mock(&file);
+    let key = |s: Value| m.configure(&GoogleServiceAccount, s).unwrap().share_key();
+    let plain = key(json!({"key-file": "sa.json"})).expect("a key's tokens are shared");
+    assert!(
+        plain.contains(EMAIL) && plain.contains(TOKEN_URI),
+        "{plain}"
+    );
+    let delegating = key(json!({"key-file": "sa.json", "subject": "u@example.org"})).unwrap();
+    assert!(delegating.contains("u@example.org"), "{delegating}");
+    assert_ne!(plain, delegating);
+    let (other, _) = key_file(TOKEN_URI);
+    let mut other = other;
+    other["client_email"] = json!("sb@project.iam.gserviceaccount.com");
+    let other_key = mock(&other)
+        .configure(&GoogleServiceAccount, json!({"key-file": "sa.json"}))
+        .unwrap()
+        .share_key();
+    assert_ne!(
+        other_key,
+        Some(plain.clone()),
+        "another account in the same file path"
+    );
+    assert!(!plain.contains("PRIVATE KEY") && !plain.contains("kid-1"));
+    assert_eq!(key(json!({"source": "metadata-server"})), None);
+}

@@ -282,3 +282,108 @@ fn a_refused_refresh_token_is_deleted() {
     assert_eq!(form, "grant_type=refresh_token&refresh_token=rt-1&scope=s");
     assert!(mock.with_host(|h| h.store_get("k")).unwrap().is_none());
 }
+
+#[test]
+fn a_challenge_gives_urls_only_on_the_configured_authority() {
+    let challenge = |header: &'static str| {
+        MockHost::new().with_http(move |_| Ok(answer(401, "{}", &[("www-authenticate", header)])))
+    };
+    let m = challenge(r#"Bearer authorization_uri="https://login.example/t1", resource_id="r""#);
+    let ch = m
+        .with_host(|h| Challenge::read(h, "https://fhir/Patient", "tenant"))
+        .unwrap();
+    assert_eq!(ch.params["resource_id"], "r");
+    let u = ch
+        .url_on(&["authorization_uri"], "https://login.example", "tenant")
+        .unwrap();
+    assert_eq!(u.path(), "/t1");
+    let e = ch
+        .url_on(&["authorization_uri"], "https://login.other", "tenant")
+        .unwrap_err();
+    assert!(
+        e.message().contains("refusing to send credentials there"),
+        "{e}"
+    );
+    let e = ch
+        .url_on(&["nope"], "https://login.example", "tenant")
+        .unwrap_err();
+    assert!(e.message().contains("names no nope"), "{e}");
+    let m = MockHost::new().with_http(|_| Ok(answer(200, "{}", &[])));
+    let e = m
+        .with_host(|h| Challenge::read(h, "https://fhir/Patient", "tenant"))
+        .unwrap_err();
+    assert_eq!(e.kind(), ErrorKind::Config);
+    assert!(e
+        .message()
+        .starts_with("tenant: not set, and https://fhir/Patient answered HTTP 200"));
+}
+
+#[test]
+fn a_templated_issuer_and_every_endpoint_must_be_on_the_authority() {
+    let doc = |body: &'static str| {
+        MockHost::new()
+            .with_http(move |_| Ok(answer(200, body, &[])))
+            .with_host(|h| {
+                oidc_on_origin(
+                    h,
+                    "https://a.example/d",
+                    "https://a.example",
+                    "Entra discovery",
+                )
+            })
+    };
+    let (token, _) = doc(
+        r#"{"issuer":"https://a.example/{tenantid}/v2.0","token_endpoint":"https://a.example/t"}"#,
+    )
+    .unwrap();
+    assert_eq!(token, "https://a.example/t");
+    for (body, bad) in [
+        (
+            r#"{"issuer":"https://evil.example/x","token_endpoint":"https://a.example/t"}"#,
+            "https://evil.example/x",
+        ),
+        (
+            r#"{"issuer":"https://a.example/x","token_endpoint":"https://a.example.evil/t"}"#,
+            "https://a.example.evil/t",
+        ),
+        (
+            r#"{"issuer":"https://a.example/x","token_endpoint":"https://a.example/t","authorization_endpoint":"http://a.example/a"}"#,
+            "http://a.example/a",
+        ),
+        (
+            r#"{"issuer":"https://a.example/x","token_endpoint":"https://a.example/t","device_authorization_endpoint":"https://a.example:8443/d"}"#,
+            "https://a.example:8443/d",
+        ),
+    ] {
+        let e = doc(body).unwrap_err();
+        assert_eq!(e.kind(), ErrorKind::Protocol);
+        assert_eq!(
+            e.message(),
+            format!("Entra discovery https://a.example/d: {bad} is not on the authority https://a.example")
+        );
+    }
+    let e = doc(r#"{"issuer":"https://a.example/x"}"#).unwrap_err();
+    assert!(e.message().ends_with("no token_endpoint"), "{e}");
+}
+
+#[test]
+fn resource_identifiers_compare_as_resources() {
+    assert!(same_resource(
+        "https://FHIR.example:443/",
+        "https://fhir.example"
+    ));
+    assert!(same_resource("api://App-1/", "api://app-1"));
+    assert!(!same_resource(
+        "https://fhir.example",
+        "https://management.azure.com"
+    ));
+    assert!(!same_resource(
+        "https://fhir.example/a",
+        "https://fhir.example/b"
+    ));
+    assert_eq!(
+        origin_of("https://ws.fhir.example/r4/"),
+        "https://ws.fhir.example"
+    );
+    assert_eq!(origin_of("urn:x/"), "urn:x");
+}
