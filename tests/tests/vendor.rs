@@ -1,6 +1,7 @@
 //! The vendor story: a plugin built out of tree against `fhirconn-sdk` alone
 //! (tests/vendor-plugin, built by `cargo xtask build-plugins`) is loaded by the unchanged
-//! `fhirconn` binary, works end to end, and passes the conformance suite's generic cases.
+//! `fhirconn` binary, works end to end, and passes the conformance suite's generic cases; so
+//! does the per-request signing example beside it (tests/vendor-hmac-plugin).
 
 use fhirconn_testkit::idp::{ClientAuth, IdentityProvider, IdpConfig, RegisteredClient};
 use fhirconn_testkit::{FhirServer, FhirServerConfig, ServerAuth};
@@ -90,9 +91,6 @@ fn the_conformance_suite_runs_over_the_vendor_plugin() {
         .arg(vendor_dir())
         .arg("--fhirconn")
         .arg(fhirconn_bin())
-        // The directory also holds the per-request example (vendor-hmac), which ships no
-        // conformance fixture: this test is about the acme one.
-        .args(["--scheme", "acme-apikey"])
         .args(["--format", "json"])
         .output()
         .unwrap();
@@ -104,11 +102,12 @@ fn the_conformance_suite_runs_over_the_vendor_plugin() {
         String::from_utf8_lossy(&out.stderr)
     );
     let results: Vec<serde_json::Value> = serde_json::from_str(&stdout).unwrap();
-    let acme: Vec<&serde_json::Value> = results
-        .iter()
-        .filter(|r| r["scheme"] == "acme-apikey")
-        .collect();
-    assert_eq!(acme.len(), 7, "{stdout}");
+    let of = |scheme: &str| -> Vec<&serde_json::Value> {
+        let rows: Vec<_> = results.iter().filter(|r| r["scheme"] == scheme).collect();
+        assert_eq!(rows.len(), 7, "{scheme}: {stdout}");
+        rows
+    };
+    let acme = of("acme-apikey");
     for case in [
         "passes",
         "wrong-credentials-diagnosed",
@@ -119,5 +118,20 @@ fn the_conformance_suite_runs_over_the_vendor_plugin() {
     ] {
         let r = acme.iter().find(|r| r["case"] == case).unwrap();
         assert_eq!(r["outcome"], "pass", "{case}: {r}");
+    }
+    // The per-request signing example: checked by the testkit's HMAC-verifying server,
+    // including its scheme-specific case; it fetches no tokens.
+    let hmac = of("vendor-hmac");
+    for (case, outcome) in [
+        ("passes", "pass"),
+        ("wrong-credentials-diagnosed", "pass"),
+        ("renews-across-expiry", "not-applicable"),
+        ("401-retries-once", "not-applicable"),
+        ("slow-server-times-out", "pass"),
+        ("no-secret-in-verbose-output", "pass"),
+        ("scheme-specific", "pass"),
+    ] {
+        let r = hmac.iter().find(|r| r["case"] == case).unwrap();
+        assert_eq!(r["outcome"], outcome, "{case}: {r}");
     }
 }

@@ -8,6 +8,7 @@ mod google;
 mod jwt_auth;
 mod smart_launch;
 mod starters;
+mod vendor_hmac;
 
 use crate::Setup;
 use fhirconn_testkit::entra::MockEntra;
@@ -51,6 +52,7 @@ pub struct Fixture {
     healthlake: Option<fhirconn_testkit::sigv4::MockHealthLake>,
     google: Option<fhirconn_testkit::google::MockGoogle>,
     smart: Option<smart_launch::SmartLaunch>,
+    hmac: Option<fhirconn_testkit::hmac::HmacServer>,
     good: Value,
     wrong: Option<Value>,
     extra: Value,
@@ -84,6 +86,7 @@ impl Fixture {
             healthlake: None,
             google: None,
             smart: None,
+            hmac: None,
             extra: json!({}),
             secrets: Vec::new(),
         };
@@ -99,6 +102,8 @@ impl Fixture {
             "exec" => exec::start(&d, &mut parts).await?,
             "google-service-account" => google::start(&d, &mut parts).await?,
             "smart-app-launch" => smart_launch::start(&d, &mut parts).await?,
+            // Not in SCHEMES: the out-of-tree example, in a vendor plugin directory.
+            "vendor-hmac" => vendor_hmac::start(&d, &mut parts).await?,
             other => starters::vendor(other, _setup, &d, &mut parts).await?,
         };
         let Parts {
@@ -107,6 +112,7 @@ impl Fixture {
             healthlake,
             google,
             smart,
+            hmac,
             extra,
             mut secrets,
         } = parts;
@@ -135,6 +141,7 @@ impl Fixture {
             healthlake,
             google,
             smart,
+            hmac,
             good,
             wrong,
             extra,
@@ -151,9 +158,10 @@ impl Fixture {
 
     /// The FHIR base URL.
     pub fn base_url(&self) -> String {
-        match &self.healthlake {
-            Some(h) => h.base_url(),
-            None => self.fhir.base_url(),
+        match (&self.healthlake, &self.hmac) {
+            (Some(h), _) => h.base_url(),
+            (None, Some(h)) => h.base_url(),
+            (None, None) => self.fhir.base_url(),
         }
     }
     /// The directory of the fixture's files (relative paths resolve here).
@@ -211,6 +219,9 @@ impl Fixture {
         if let Some(h) = &self.healthlake {
             h.set_delay(d);
         }
+        if let Some(h) = &self.hmac {
+            h.set_delay(d);
+        }
     }
     /// Secrets in the fixture's settings and files.
     pub fn secrets(&self) -> Vec<String> {
@@ -249,6 +260,7 @@ impl Fixture {
     /// any other `Authorization` (e.g. Basic's base64).
     pub fn issued_tokens(&self) -> Vec<String> {
         let mut out: Vec<String> = self.healthlake.iter().flat_map(aws::signatures).collect();
+        out.extend(self.hmac.iter().flat_map(vendor_hmac::signatures));
         for a in self.fhir.distinct_authorizations() {
             let credential = a.split_once(' ').map_or(a.as_str(), |(_, c)| c).trim();
             if !out.iter().any(|t| t == credential) {
@@ -350,6 +362,7 @@ impl Fixture {
             }
             "bearer" => self.bearer_rotation(setup).await,
             "aws-sigv4" => aws::case(self, setup).await,
+            "vendor-hmac" => vendor_hmac::case(self, setup).await,
             "google-service-account" => google::assertion_claims(self, setup).await,
             "smart-app-launch" => smart_launch::case(self, setup).await,
             "basic" => {

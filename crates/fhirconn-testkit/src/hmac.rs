@@ -73,6 +73,8 @@ struct Shared {
     seen: Vec<Seen>,
     nonces: HashSet<String>,
     flaky_done: bool,
+    /// Every answer waits this long first (a slow server).
+    delay: Option<Duration>,
 }
 
 /// The running server. Routes (under `/fhir`): `metadata` (a CapabilityStatement), `moved`
@@ -126,6 +128,11 @@ impl HmacServer {
     /// How many requests were accepted.
     pub fn accepted(&self) -> usize {
         self.seen().iter().filter(|s| s.rejected.is_none()).count()
+    }
+
+    /// Delays every answer by `delay` (a slow server), or not.
+    pub fn set_delay(&self, delay: Option<Duration>) {
+        self.shared.lock().unwrap_or_else(|p| p.into_inner()).delay = delay;
     }
 }
 
@@ -253,6 +260,10 @@ async fn handle(
     headers: HeaderMap,
     body: Bytes,
 ) -> Response {
+    let delay = shared.lock().unwrap_or_else(|p| p.into_inner()).delay;
+    if let Some(d) = delay {
+        tokio::time::sleep(d).await;
+    }
     let target = uri
         .path_and_query()
         .map(|p| p.as_str().to_string())
