@@ -5,7 +5,11 @@
 //! `timeout` (seconds, default 30, at most 300), `env` (variables to set) and `inherit-env`
 //! (names of the host's variables to pass through besides PATH, HOME, USER, LOGNAME, LANG,
 //! LC_ALL and TMPDIR). The host runs the process (the `exec` host operation): stdin closed,
-//! the connections file's directory as working directory, stdout never logged.
+//! the connections file's directory as working directory, stdout never logged. `env` values
+//! are secrets (an API key is typically passed that way): the schema marks them `writeOnly`,
+//! so `fhirconn profile describe` hides them and a file holding them inline is written 0600,
+//! and each one (of 4 characters or more) is registered with the host's redactor, so the
+//! process's stderr quoted in an error never shows it.
 //!
 //! The process prints one JSON object (format `fhirconn.exec/v1`):
 //! `{"apiVersion": "fhirconn.exec/v1", "token": "...", "expires_at": "2026-01-01T12:00:00Z"}`
@@ -35,7 +39,7 @@ pub const API_VERSION: &str = "fhirconn.exec/v1";
 pub struct ExecScheme;
 
 /// credentials from a credential process
-#[derive(Debug, Clone, serde::Deserialize, schemars::JsonSchema)]
+#[derive(Clone, serde::Deserialize, schemars::JsonSchema)]
 #[serde(crate = "fhirconn_sdk::serde")]
 #[serde(rename_all = "kebab-case", deny_unknown_fields)]
 #[schemars(crate = "fhirconn_sdk::schemars")]
@@ -47,12 +51,27 @@ pub struct ExecSettings {
     #[serde(default)]
     #[schemars(range(min = 1, max = 300))]
     timeout: Option<u64>,
-    /// environment variables to set for the process
+    /// environment variables to set for the process; their values are treated as secrets
+    /// (hidden by profile describe, redacted from output)
     #[serde(default)]
+    #[schemars(extend("writeOnly" = true))]
     env: BTreeMap<String, String>,
     /// names of environment variables passed through from fhirconn's environment
     #[serde(default)]
     inherit_env: Vec<String>,
+}
+
+/// `env` values are secrets: `Debug` shows their names only.
+impl std::fmt::Debug for ExecSettings {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let env: BTreeMap<&str, &str> = self.env.keys().map(|k| (k.as_str(), "***")).collect();
+        f.debug_struct("ExecSettings")
+            .field("command", &self.command)
+            .field("timeout", &self.timeout)
+            .field("env", &env)
+            .field("inherit_env", &self.inherit_env)
+            .finish()
+    }
 }
 
 /// A configured `exec` connection.
@@ -84,6 +103,9 @@ impl Scheme for ExecScheme {
         }
         if s.timeout.is_some_and(|t| !(1..=300).contains(&t)) {
             return Err(Error::config("timeout: must be 1 to 300 seconds"));
+        }
+        for value in s.env.values() {
+            host.redact_secret(value);
         }
         Ok(Box::new(ExecConnection(s)))
     }

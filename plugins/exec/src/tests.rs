@@ -148,3 +148,31 @@ fn rfc3339_times_are_read_with_offsets_and_fractions() {
         assert_eq!(t(bad), None, "{bad}");
     }
 }
+
+/// Security boundary: `env` values are secrets: the schema marks `env` `writeOnly` (which the
+/// host's `profile describe` and inline-secret gate read), and `Debug` shows names only.
+#[test]
+fn env_values_are_secret_in_the_schema_and_in_debug() {
+    let schema = ExecScheme.config_schema();
+    assert_eq!(
+        schema["properties"]["env"]["writeOnly"],
+        json!(true),
+        "{schema}"
+    );
+    for name in ["command", "timeout", "inherit-env"] {
+        assert!(
+            schema["properties"][name].get("writeOnly").is_none(),
+            "{name} is not a secret"
+        );
+    }
+    let s: ExecSettings = MockHost::new().with_host(|h| {
+        settings::parse(
+            json!({"command": ["x"], "env": {"VENDOR_KEY": "CANARY-env-value"}}),
+            h,
+        )
+        .unwrap()
+    });
+    let shown = format!("{s:?}");
+    assert!(shown.contains("VENDOR_KEY"), "{shown}");
+    assert!(!shown.contains("CANARY"), "{shown}");
+}

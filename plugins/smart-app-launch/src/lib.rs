@@ -9,6 +9,12 @@
 //! client id and audience; a rotated one replaces the old. The launch context of the token
 //! response (`patient`, `encounter`, `fhirUser`, granted `scope`, ...) travels with the
 //! credentials for `fhirconn test` and `fhirconn token --json`.
+//!
+//! `authorize-url` and `token-url` pin the endpoints (absolute, or relative to `base-url`);
+//! a pinned one is never taken from the server, and with both pinned nothing is discovered.
+//! The token endpoint receives the code, the PKCE verifier and the client's credentials, so
+//! one discovered on another host than `base-url` is refused for a confidential client (a
+//! configuration error naming `token-url` and the host) and warned about for a public one.
 
 #![forbid(unsafe_code)]
 
@@ -53,6 +59,15 @@ struct Settings {
     /// key id of the registered public key (with private-key)
     #[schemars(length(min = 1))]
     kid: Option<String>,
+    /// authorization endpoint (SMART authorization_endpoint), absolute or relative to
+    /// base-url; default: from {base}/.well-known/smart-configuration
+    #[schemars(length(min = 1))]
+    authorize_url: Option<String>,
+    /// token endpoint (SMART token_endpoint), absolute or relative to base-url; default: from
+    /// {base}/.well-known/smart-configuration, which a confidential client may take only on
+    /// base-url's host
+    #[schemars(length(min = 1))]
+    token_url: Option<String>,
 }
 
 /// How the client authenticates at the token endpoint.
@@ -68,6 +83,16 @@ enum Client {
 struct Endpoints {
     authorize: String,
     token: String,
+    /// Said with every token of a public client whose discovered token endpoint is on
+    /// another host than base-url.
+    warning: Option<String>,
+}
+
+/// Endpoints pinned by the settings (`authorize-url`, `token-url`).
+#[derive(Debug, Default)]
+struct Pinned {
+    authorize: Option<String>,
+    token: Option<String>,
 }
 
 /// A configured `smart-app-launch` connection.
@@ -79,6 +104,7 @@ pub struct LaunchConnection {
     /// The base URL without a trailing `/`: the `aud` of every authorization request.
     aud: String,
     client: Client,
+    pinned: Pinned,
     endpoints: Memo<Endpoints>,
 }
 
@@ -125,19 +151,52 @@ impl Scheme for SmartAppLaunch {
             (None, None) if s.kid.is_some() => return Err(Error::config("kid needs private-key")),
             (None, None) => Client::Public,
         };
+        let pinned = Pinned {
+            authorize: s
+                .authorize_url
+                .map(|a| pinned_url("authorize-url", &a, &c.base_url, host))
+                .transpose()?,
+            token: s
+                .token_url
+                .map(|t| oauth::token_url(&t, &c.base_url, host))
+                .transpose()?,
+        };
+        if let Some(a) = &pinned.authorize {
+            authorize_endpoint_is_clean(a, Origin::Pinned)?;
+        }
         Ok(Box::new(LaunchConnection {
             client_id: s.client_id,
             scope: s.scope,
             redirect_uri: s.redirect_uri,
             aud: c.base_url.trim_end_matches('/').to_string(),
             client,
+            pinned,
             endpoints: Memo::new(),
         }))
     }
 }
 
-/// SMART discovery, falling back to the CapabilityStatement's `oauth-uris` extension.
-fn discover(base: &str, host: &Host<'_>) -> Result<Endpoints> {
+/// An `authorize-url` setting: absolute, or relative to `base_url` (RFC 3986 §5), then
+/// checked like every endpoint (http(s); plain http to anything but loopback warned about).
+fn pinned_url(field: &str, value: &str, base_url: &str, host: &Host<'_>) -> Result<String> {
+    let invalid = |why: String| Error::config(format!("{field}: not a valid URL ({why})"));
+    if value.chars().any(|c| c.is_whitespace() || c.is_control()) {
+        return Err(invalid("it contains whitespace".into()));
+    }
+    let resolved = match url::Url::parse(value) {
+        Ok(u) => u,
+        Err(url::ParseError::RelativeUrlWithoutBase) => url::Url::parse(base_url)
+            .map_err(|e| Error::config(format!("base-url: not a valid URL ({e})")))?
+            .join(value)
+            .map_err(|e| invalid(e.to_string()))?,
+        Err(e) => return Err(invalid(e.to_string())),
+    };
+    endpoint_url(field, resolved.as_str(), host).map(String::from)
+}
+
+/// The endpoints as discovered: SMART discovery, falling back to the CapabilityStatement's
+/// `oauth-uris` extension. Nothing here is checked yet: see [`LaunchConnection::endpoints`].
+fn discover(base: &str, host: &Host<'_>) -> Result<(String, String)> {
     let found = match discovery::smart(host, base) {
         Ok(doc) if excludes(&doc.grant_types_supported, "authorization_code") => {
             return Err(Error::protocol(format!(
@@ -153,14 +212,18 @@ fn discover(base: &str, host: &Host<'_>) -> Result<Endpoints> {
             None
         }
     };
-    let (authorize, token) = match found {
-        Some(pair) => pair,
-        None => from_capability_statement(base, host)?,
-    };
-    endpoint_url("authorization_endpoint", &authorize, host)?;
-    endpoint_url("token_endpoint", &token, host)?;
-    authorize_endpoint_is_clean(&authorize)?;
-    Ok(Endpoints { authorize, token })
+    match found {
+        Some(pair) => Ok(pair),
+        None => from_capability_statement(base, host),
+    }
+}
+
+/// The host of a URL, for messages.
+fn host_of(u: &str) -> String {
+    url::Url::parse(u)
+        .ok()
+        .and_then(|u| u.host_str().map(str::to_string))
+        .unwrap_or_default()
 }
 
 /// The parameters of the authorization request this client adds itself; plus `launch` (an
@@ -181,27 +244,44 @@ const AUTHORIZE_PARAMS: [&str; 9] = [
 /// one that already sets a parameter of the request: an authorization server that honours
 /// the first value would take the FHIR server's `aud` or `redirect_uri` instead of ours (a
 /// hostile FHIR server could point the sign-in at another server's audience). A fragment is
-/// forbidden outright (RFC 6749 §3.1). Checked before anyone is sent to sign in.
-fn authorize_endpoint_is_clean(authorize: &str) -> Result<()> {
-    let url = url::Url::parse(authorize)
-        .map_err(|e| Error::protocol(format!("authorization_endpoint: {e}")))?;
+/// forbidden outright (RFC 6749 §3.1). Checked before anyone is sent to sign in; a pinned
+/// `authorize-url` is checked the same way when the connection is configured.
+fn authorize_endpoint_is_clean(authorize: &str, origin: Origin) -> Result<()> {
+    let (what, why, error): (_, _, fn(String) -> Error) = match origin {
+        Origin::Discovered => (
+            "the discovered authorization_endpoint",
+            " (the FHIR server's discovery may be hostile)",
+            Error::protocol,
+        ),
+        Origin::Pinned => ("authorize-url", "", Error::config),
+    };
+    let url =
+        url::Url::parse(authorize).map_err(|e| error(format!("authorization_endpoint: {e}")))?;
     if url.fragment().is_some() {
-        return Err(Error::protocol(
-            "the discovered authorization_endpoint carries a fragment (RFC 6749 §3.1); refusing to sign in there",
-        ));
+        return Err(error(format!(
+            "{what} carries a fragment (RFC 6749 §3.1); refusing to sign in there"
+        )));
     }
     for (name, _) in url.query_pairs() {
         if let Some(p) = AUTHORIZE_PARAMS
             .iter()
             .find(|p| p.eq_ignore_ascii_case(&name))
         {
-            return Err(Error::protocol(format!(
-                "the discovered authorization_endpoint already sets '{p}' in its query; \
-                 refusing to sign in there (the FHIR server's discovery may be hostile)"
+            return Err(error(format!(
+                "{what} already sets '{p}' in its query; refusing to sign in there{why}"
             )));
         }
     }
     Ok(())
+}
+
+/// Where an endpoint came from.
+#[derive(Debug, Clone, Copy)]
+enum Origin {
+    /// The FHIR server's discovery (or CapabilityStatement): server text.
+    Discovered,
+    /// The connection's settings.
+    Pinned,
 }
 
 /// `rest[].security.extension[oauth-uris].extension[authorize|token].valueUri` of
@@ -241,6 +321,66 @@ fn id_token_fhir_user(body: &Value) -> Option<String> {
 }
 
 impl LaunchConnection {
+    /// The endpoints: pinned ones as set, the others discovered and checked (http(s), a clean
+    /// authorization endpoint, a token endpoint on base-url's host for a confidential client)
+    /// before anything is sent to them or anyone is sent to sign in.
+    fn endpoints(&self, host: &Host<'_>) -> Result<Endpoints> {
+        if let (Some(authorize), Some(token)) = (&self.pinned.authorize, &self.pinned.token) {
+            return Ok(Endpoints {
+                authorize: authorize.clone(),
+                token: token.clone(),
+                warning: None,
+            });
+        }
+        let (authorize, token) = discover(&self.aud, host)?;
+        let authorize = match &self.pinned.authorize {
+            Some(pinned) => pinned.clone(),
+            None => {
+                endpoint_url("authorization_endpoint", &authorize, host)?;
+                authorize_endpoint_is_clean(&authorize, Origin::Discovered)?;
+                authorize
+            }
+        };
+        if let Some(pinned) = &self.pinned.token {
+            if *pinned != token {
+                host.debug(&format!(
+                    "the server names the token endpoint {token}; using token-url {pinned}"
+                ));
+            }
+            return Ok(Endpoints {
+                authorize,
+                token: pinned.clone(),
+                warning: None,
+            });
+        }
+        endpoint_url("token_endpoint", &token, host)?;
+        let mut warning = None;
+        if !discovery::same_host(&token, &self.aud) {
+            let other = host_of(&token);
+            if !matches!(self.client, Client::Public) {
+                return Err(Error::config(format!(
+                    "the FHIR server's discovery names the token endpoint {token}, on another \
+                     host ({other}) than base-url; this confidential client would send its \
+                     credentials, the code and the PKCE verifier there: set 'token-url' to pin \
+                     the token endpoint (e.g. 'token-url: {token}' if {other} is the EHR's \
+                     authorization server)"
+                )));
+            }
+            let w = format!(
+                "the token endpoint {token} (from the server's discovery) is on another host \
+                 ({other}) than base-url and receives the code and the PKCE verifier; set \
+                 'token-url' to pin it if that is expected"
+            );
+            host.warn(&w);
+            warning = Some(w);
+        }
+        Ok(Endpoints {
+            authorize,
+            token,
+            warning,
+        })
+    }
+
     fn binding(&self, ep: &Endpoints) -> Value {
         json!({"token_endpoint": ep.token, "client_id": self.client_id, "aud": self.aud})
     }
@@ -300,9 +440,13 @@ impl LaunchConnection {
             let stored = json!({"binding": self.binding(ep), "refresh_token": rt.expose_secret(), "context": ctx});
             host.store_put(REFRESH_KEY, &SecretString::from(stored.to_string()))?;
         }
-        Ok(match ctx {
-            Some(c) => resp.credentials.launch_context(c),
+        let creds = match &ep.warning {
+            Some(w) => resp.credentials.warning(w.clone()),
             None => resp.credentials,
+        };
+        Ok(match ctx {
+            Some(c) => creds.launch_context(c),
+            None => creds,
         })
     }
 
@@ -354,9 +498,7 @@ impl LaunchConnection {
 
 impl Connection for LaunchConnection {
     fn authorize(&self, request: &AuthRequest, host: &Host<'_>) -> Result<Credentials> {
-        let ep = self
-            .endpoints
-            .get_or_try_init(|| discover(&self.aud, host))?;
+        let ep = self.endpoints.get_or_try_init(|| self.endpoints(host))?;
         if !request.force_login {
             if let Some(old) = self.stored(&ep, host)? {
                 match oauth::refresh(self.request(&ep, host)?, &old.0, host)? {

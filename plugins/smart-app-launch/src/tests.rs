@@ -225,3 +225,157 @@ fn an_authorization_endpoint_that_presets_request_parameters_is_refused() {
     mock.authorize(conn.as_ref())
         .unwrap_or_else(|e| panic!("a query of its own is fine: {e}"));
 }
+
+/// A FHIR server on 127.0.0.1 whose smart-configuration names `token` as its token endpoint
+/// (and the real authorize endpoint); every token endpoint answers, and every request's URL
+/// is recorded.
+fn naming_token_endpoint(token: &'static str, seen: Arc<Mutex<Vec<String>>>) -> MockHost {
+    MockHost::new().with_http(move |req| {
+        seen.lock().unwrap().push(req.url.clone());
+        Ok(match req.url.as_str() {
+            "http://127.0.0.1/fhir/.well-known/smart-configuration" => answer(
+                200,
+                json!({"authorization_endpoint": "http://127.0.0.1/fhir/auth/authorize",
+                       "token_endpoint": token}),
+            ),
+            u if u.ends_with("/token") => answer(
+                200,
+                json!({"access_token": "at-1", "token_type": "Bearer", "expires_in": 300}),
+            ),
+            _ => answer(404, json!({})),
+        })
+    })
+}
+
+const EVIL_TOKEN: &str = "https://evil.example/token";
+
+/// A stored sign-in bound to the token endpoint `token`.
+fn stored_at(mock: &MockHost, token: &str) {
+    let v = json!({"binding": {"token_endpoint": token, "client_id": "app", "aud": BASE},
+                   "refresh_token": "rt-0"});
+    mock.with_host(|h| h.store_put(REFRESH_KEY, &SecretString::from(v.to_string())))
+        .unwrap();
+}
+
+/// Security boundary: a confidential client (secret or key) never takes a token endpoint on
+/// another host than base-url from the server: a configuration error naming `token-url` and
+/// the host, before anything is sent there (not even a refresh).
+#[test]
+fn a_confidential_client_refuses_a_discovered_token_endpoint_on_another_host() {
+    let seen = Arc::new(Mutex::new(Vec::new()));
+    let mock = naming_token_endpoint(EVIL_TOKEN, seen.clone());
+    stored_at(&mock, EVIL_TOKEN);
+    let mut s = settings();
+    s["client-secret"] = json!("CANARY-client-secret");
+    let conn = mock.configure(&SmartAppLaunch, s).unwrap();
+    let e = mock.authorize(conn.as_ref()).unwrap_err();
+    assert_eq!(e.kind(), ErrorKind::Config, "{e}");
+    let text = e.to_string();
+    assert!(
+        text.contains("'token-url'") && text.contains("evil.example"),
+        "{text}"
+    );
+    assert!(!text.contains("CANARY"), "{text}");
+    let seen = seen.lock().unwrap();
+    assert!(seen.iter().all(|u| !u.contains("evil")), "{seen:?}");
+    // The same host with another port or scheme is the same host.
+    let same = "https://127.0.0.1:8443/fhir/auth/token";
+    let mock = naming_token_endpoint(same, Arc::default());
+    stored_at(&mock, same);
+    let mut s = settings();
+    s["client-secret"] = json!("CANARY-client-secret");
+    let conn = mock.configure(&SmartAppLaunch, s).unwrap();
+    mock.authorize(conn.as_ref())
+        .unwrap_or_else(|e| panic!("same host: {e}"));
+}
+
+/// A public client sends no secret: a token endpoint on another host works, with a warning
+/// (logged and with the credentials) naming `token-url`.
+#[test]
+fn a_public_client_is_warned_about_a_token_endpoint_on_another_host() {
+    let mock = naming_token_endpoint(EVIL_TOKEN, Arc::default());
+    stored_at(&mock, EVIL_TOKEN);
+    let conn = mock.configure(&SmartAppLaunch, settings()).unwrap();
+    let creds = mock
+        .authorize(conn.as_ref())
+        .unwrap_or_else(|e| panic!("{e}"));
+    let w = creds.warnings.join("\n");
+    assert!(
+        w.contains("'token-url'") && w.contains("evil.example"),
+        "{w}"
+    );
+    let logs = mock.logs.lock().unwrap();
+    assert!(
+        logs.iter().any(|(_, m)| m.contains("'token-url'")),
+        "{logs:?}"
+    );
+}
+
+/// `token-url` pins the token endpoint: the discovered one is never used (no warning, no
+/// error for a confidential client); with `authorize-url` too nothing is discovered; both
+/// may be relative to base-url.
+#[test]
+fn pinned_endpoints_are_used_instead_of_the_discovered_ones() {
+    let seen = Arc::new(Mutex::new(Vec::new()));
+    let mock = naming_token_endpoint(EVIL_TOKEN, seen.clone());
+    stored(&mock, "rt-0");
+    let mut s = settings();
+    s["client-secret"] = json!("CANARY-client-secret");
+    s["token-url"] = json!("http://127.0.0.1/fhir/auth/token");
+    let conn = mock.configure(&SmartAppLaunch, s.clone()).unwrap();
+    let creds = mock
+        .authorize(conn.as_ref())
+        .unwrap_or_else(|e| panic!("{e}"));
+    assert!(creds.warnings.is_empty(), "{:?}", creds.warnings);
+    assert_eq!(
+        *seen.lock().unwrap(),
+        [
+            "http://127.0.0.1/fhir/.well-known/smart-configuration",
+            "http://127.0.0.1/fhir/auth/token"
+        ]
+    );
+
+    let seen = Arc::new(Mutex::new(Vec::new()));
+    let mock = naming_token_endpoint(EVIL_TOKEN, seen.clone());
+    stored_at(&mock, "http://127.0.0.1/as/token");
+    s["token-url"] = json!("/as/token");
+    s["authorize-url"] = json!("/as/authorize");
+    let conn = mock.configure(&SmartAppLaunch, s).unwrap();
+    mock.authorize(conn.as_ref())
+        .unwrap_or_else(|e| panic!("{e}"));
+    assert_eq!(
+        *seen.lock().unwrap(),
+        ["http://127.0.0.1/as/token"],
+        "no discovery"
+    );
+}
+
+/// A pinned `authorize-url` is checked like a discovered one, when configured; a
+/// `token-url` that is not an http(s) URL is refused naming it.
+#[test]
+fn pinned_endpoints_are_checked_when_configured() {
+    let mock = MockHost::new();
+    for (key, value, named) in [
+        (
+            "authorize-url",
+            "https://as.example/authorize?aud=x",
+            "authorize-url already sets 'aud'",
+        ),
+        (
+            "authorize-url",
+            "https://as.example/authorize#f",
+            "fragment",
+        ),
+        ("authorize-url", "https://as .example/", "authorize-url"),
+        ("authorize-url", "ftp://as.example/", "authorize-url"),
+        ("token-url", "ftp://as.example/token", "token-url"),
+    ] {
+        let mut s = settings();
+        s[key] = json!(value);
+        let Err(e) = mock.configure(&SmartAppLaunch, s) else {
+            panic!("{key}: {value}: accepted")
+        };
+        assert_eq!(e.kind(), ErrorKind::Config, "{e}");
+        assert!(e.to_string().contains(named), "{value}: {e}");
+    }
+}
