@@ -3,18 +3,13 @@
 //! against the same loopback FHIR server verifying JWT access tokens, in the same run.
 
 use criterion::{criterion_group, criterion_main, Criterion};
-use fhirconn_host::Host;
 use fhirconn_testkit::idp::{ClientAuth, IdentityProvider, IdpConfig, RegisteredClient};
 use std::hint::black_box;
 
 const AUDIENCE: &str = "https://bench.example/fhir";
 
 fn request(c: &mut Criterion) {
-    let rt = tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(2)
-        .enable_all()
-        .build()
-        .unwrap();
+    let rt = fhirconn_tests::two_worker_runtime();
     let dir = tempfile::tempdir().unwrap();
     let (idp, fhir, host) = rt.block_on(async {
         let idp = IdentityProvider::start(IdpConfig {
@@ -33,13 +28,7 @@ fn request(c: &mut Criterion) {
             "base-url": fhir.base_url(),
             "auth": {"scheme": "oidc-client-credentials", "token-url": idp.token_endpoint(),
                      "client-id": "bench", "client-secret": "bench-secret"}}}});
-        let host = Host::builder()
-            .config_value(dir.path(), config)
-            .plugin_dir(fhirconn_tests::plugin_dir())
-            .only_explicit_plugin_dirs()
-            .build()
-            .await
-            .unwrap();
+        let host = fhirconn_tests::build_host(dir.path(), config).await;
         (idp, fhir, host)
     });
     let conn = host.connection("b").unwrap();

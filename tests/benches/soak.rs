@@ -34,28 +34,19 @@ fn median(mut v: Vec<Duration>) -> Duration {
 }
 
 async fn host(idp: &IdentityProvider, fhir: &FhirServer, dir: &std::path::Path) -> Host {
-    Host::builder()
-        .config_value(
-            dir,
-            serde_json::json!({"connections": {"c": {
-                "base-url": fhir.base_url(),
-                "auth": {"scheme": "oidc-client-credentials", "token-url": idp.token_endpoint(),
-                         "client-id": "soak", "client-secret": "soak-secret"}}}}),
-        )
-        .plugin_dir(fhirconn_tests::plugin_dir())
-        .only_explicit_plugin_dirs()
-        .build()
-        .await
-        .expect("host")
+    fhirconn_tests::build_host(
+        dir,
+        serde_json::json!({"connections": {"c": {
+            "base-url": fhir.base_url(),
+            "auth": {"scheme": "oidc-client-credentials", "token-url": idp.token_endpoint(),
+                     "client-id": "soak", "client-secret": "soak-secret"}}}}),
+    )
+    .await
 }
 
 fn main() {
     // `cargo bench` passes `--bench`; nothing to filter here.
-    let rt = tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(2)
-        .enable_all()
-        .build()
-        .unwrap();
+    let rt = fhirconn_tests::two_worker_runtime();
     rt.block_on(async {
         let dir = tempfile::tempdir().unwrap();
         let idp = IdentityProvider::start(IdpConfig {

@@ -142,6 +142,122 @@ pub fn failure(r: &TestReport) -> String {
         .unwrap_or_else(|| "passed".into())
 }
 
+/// A host builder over the connections file `config` (relative paths resolved from `dir`)
+/// that loads only the built plugins; add more (a credential store, a person) and build.
+pub fn host_builder(dir: &Path, config: serde_json::Value) -> fhirconn_host::HostBuilder {
+    fhirconn_host::Host::builder()
+        .config_value(dir, config)
+        .plugin_dir(plugin_dir())
+        .only_explicit_plugin_dirs()
+}
+
+/// [`host_builder`], built; panics with the error's text.
+pub async fn build_host(dir: &Path, config: serde_json::Value) -> fhirconn_host::Host {
+    host_builder(dir, config)
+        .build()
+        .await
+        .unwrap_or_else(|e| panic!("{e}"))
+}
+
+/// A connections file with one connection per `(id, auth)` to `base_url`, each also with the
+/// members of `extra` (an object, e.g. `{"read-timeout": "PT10S"}`).
+pub fn connections_to(
+    base_url: &str,
+    connections: &[(&str, serde_json::Value)],
+    extra: serde_json::Value,
+) -> serde_json::Value {
+    let conns: serde_json::Map<String, serde_json::Value> = connections
+        .iter()
+        .map(|(id, auth)| {
+            let mut c = serde_json::json!({"base-url": base_url, "auth": auth});
+            if let (Some(c), Some(extra)) = (c.as_object_mut(), extra.as_object()) {
+                c.extend(extra.clone());
+            }
+            (id.to_string(), c)
+        })
+        .collect();
+    serde_json::json!({ "connections": conns })
+}
+
+/// A proxy served by the library (`fhirconn_host::proxy::serve`) on a free loopback port.
+#[derive(Debug)]
+pub struct LibraryProxy {
+    /// Where it listens.
+    pub addr: std::net::SocketAddr,
+    /// Stops it (sent or dropped).
+    pub stop: tokio::sync::oneshot::Sender<()>,
+    /// Its task: `Ok` when it stopped cleanly.
+    pub server: tokio::task::JoinHandle<std::io::Result<()>>,
+}
+
+/// Serves `host` through the library's proxy with `config` on 127.0.0.1 and a free port.
+pub async fn serve_proxy(
+    host: std::sync::Arc<fhirconn_host::Host>,
+    config: fhirconn_host::proxy::Config,
+) -> LibraryProxy {
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+        .await
+        .expect("a loopback port");
+    let addr = listener.local_addr().expect("a bound address");
+    let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+    let server = tokio::spawn(fhirconn_host::proxy::serve(
+        host,
+        listener,
+        config,
+        async move {
+            let _ = stopped.await;
+        },
+    ));
+    LibraryProxy { addr, stop, server }
+}
+
+/// Tests that start many processes each take this first: within one test binary they run one
+/// at a time, so timings are their own (a test that panicked does not block the others).
+pub fn serial() -> std::sync::MutexGuard<'static, ()> {
+    static ONE_AT_A_TIME: std::sync::Mutex<()> = std::sync::Mutex::new(());
+    ONE_AT_A_TIME
+        .lock()
+        .unwrap_or_else(std::sync::PoisonError::into_inner)
+}
+
+/// The runtime the benches measure in: multi-threaded with two workers (the machine's cores),
+/// I/O and timers on.
+pub fn two_worker_runtime() -> tokio::runtime::Runtime {
+    tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .expect("a tokio runtime")
+}
+
+/// Every variable the Azure SDKs read for managed and workload identity: the tests remove
+/// them from the processes they start, so none leaks in from the caller.
+pub const AZURE_ENV: &[&str] = &[
+    "AZURE_POD_IDENTITY_AUTHORITY_HOST",
+    "IDENTITY_ENDPOINT",
+    "IDENTITY_HEADER",
+    "IDENTITY_SERVER_THUMBPRINT",
+    "IMDS_ENDPOINT",
+    "MSI_ENDPOINT",
+    "MSI_SECRET",
+    "AZURE_CLIENT_ID",
+    "AZURE_TENANT_ID",
+    "AZURE_AUTHORITY_HOST",
+    "AZURE_FEDERATED_TOKEN_FILE",
+];
+
+/// A FHIR server accepting the JWTs `verifier` checks for the server's own origin as the
+/// audience (`verifier` gets `http://127.0.0.1:PORT`).
+pub async fn jwt_server_for_own_origin(
+    verifier: impl Fn(&str) -> fhirconn_testkit::JwtAuth,
+) -> FhirServer {
+    let fhir = FhirServer::start(FhirServerConfig::default())
+        .await
+        .expect("the FHIR server starts");
+    fhir.set_auth(ServerAuth::Jwt(verifier(&fhir.origin())));
+    fhir
+}
+
 /// A FHIR server that accepts exactly the bearer token `token`.
 pub async fn bearer_server(token: &str) -> FhirServer {
     FhirServer::start(FhirServerConfig {

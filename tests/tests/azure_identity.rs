@@ -10,44 +10,22 @@ use fhirconn_host::{Host, Request};
 use fhirconn_testkit::azure_identity::{federated_token, IdentityEndpoint, IMDS_PATH};
 use fhirconn_testkit::entra::{EntraConfig, MockEntra, TENANT_ID};
 use fhirconn_testkit::hostile::{documents, Answer, HostileServer};
-use fhirconn_testkit::{FhirServer, FhirServerConfig, JwtAuth, ServerAuth};
-use fhirconn_tests::{fhirconn_command, plugin_dir, run_command, Out};
+use fhirconn_testkit::{FhirServer, FhirServerConfig, JwtAuth};
+use fhirconn_tests::{fhirconn_command, run_command, Out, AZURE_ENV};
 use serde_json::{json, Value};
 use std::path::Path;
 use std::process::Command;
 use std::time::Duration;
 
-/// Every variable the Azure SDKs read for these flows: none leaks in from the caller.
-const AZURE_ENV: &[&str] = &[
-    "AZURE_POD_IDENTITY_AUTHORITY_HOST",
-    "IDENTITY_ENDPOINT",
-    "IDENTITY_HEADER",
-    "IDENTITY_SERVER_THUMBPRINT",
-    "IMDS_ENDPOINT",
-    "MSI_ENDPOINT",
-    "MSI_SECRET",
-    "AZURE_CLIENT_ID",
-    "AZURE_TENANT_ID",
-    "AZURE_AUTHORITY_HOST",
-    "AZURE_FEDERATED_TOKEN_FILE",
-];
-
 /// A FHIR server accepting tokens `verifier` checks for its own origin, whose 401 challenge
 /// names Azure Resource Manager as the resource (a hostile server's wish: never granted).
 async fn fhir(verifier: impl Fn(&str) -> JwtAuth) -> FhirServer {
-    let fhir = FhirServer::start(FhirServerConfig::default())
-        .await
-        .unwrap();
-    fhir.set_auth(ServerAuth::Jwt(verifier(&origin(&fhir))));
+    let fhir = fhirconn_tests::jwt_server_for_own_origin(verifier).await;
     fhir.set_challenge(Some(documents::foreign_resource_challenge(
         "https://login.microsoftonline.com",
         TENANT_ID,
     )));
     fhir
-}
-
-fn origin(fhir: &FhirServer) -> String {
-    format!("http://{}", fhir.addr())
 }
 
 /// Writes a connections file with connection `c` (and extra host settings) in `dir`.
@@ -58,6 +36,12 @@ fn config(dir: &Path, base_url: &str, auth: Value, extra: Value) {
     }
     let doc = json!({"connections": {"c": c}});
     std::fs::write(dir.join("fhirconn.yaml"), doc.to_string()).unwrap();
+}
+
+/// A host with connection `c` to `base_url` authenticating with `auth`.
+async fn one_connection(dir: &Path, base_url: &str, auth: Value) -> Host {
+    let doc = fhirconn_tests::connections_to(base_url, &[("c", auth)], json!({}));
+    fhirconn_tests::build_host(dir, doc).await
 }
 
 /// `fhirconn -vv ARGS` in `dir` with only `env` of the Azure variables set.
@@ -116,7 +100,7 @@ fn managed_identity_through_imds_sends_metadata_true_the_configured_audience_and
         assert_eq!(r.query["api-version"], "2018-02-01");
         assert_eq!(
             r.query["resource"],
-            origin(&fhir),
+            fhir.origin(),
             "not the challenge's resource"
         );
         assert_eq!(r.query.get("client_id").map(String::as_str), user);
@@ -158,7 +142,7 @@ fn app_service_gets_its_identity_header_and_never_sees_it_printed() {
     let r = &mi.received()[0];
     assert_eq!(r.path, "/msi/token");
     assert_eq!(r.query["api-version"], "2019-08-01");
-    assert_eq!(r.query["resource"], origin(&fhir));
+    assert_eq!(r.query["resource"], fhir.origin());
     assert_eq!(r.query["mi_res_id"], "/subscriptions/s/rg/identity");
     assert_eq!(r.headers["x-identity-header"], header);
     assert!(!r.headers.contains_key("metadata"));
@@ -220,7 +204,7 @@ fn workload_identity_reads_the_environment_and_the_rotated_token_file() {
         let p = entra.token_request_params().pop().unwrap();
         assert_eq!(p["client_assertion"], current);
         assert_eq!(p["client_id"], "wl-app");
-        assert_eq!(p["scope"], format!("{}/.default", origin(&fhir)));
+        assert_eq!(p["scope"], format!("{}/.default", fhir.origin()));
         assert!(!p.contains_key("client_secret"));
         let mut secrets = entra.issued_tokens();
         secrets.push(current.clone());
@@ -254,16 +238,7 @@ async fn workload_identity_rereads_the_token_file_at_every_renewal() {
     let auth = json!({"scheme": "azure-ad", "flow": "workload-identity", "client-id": "wl-app",
                       "tenant": TENANT_ID, "authority-host": entra.authority_host(),
                       "federated-token-file": "token"});
-    let host = Host::builder()
-        .config_value(
-            dir.path(),
-            json!({"connections": {"c": {"base-url": fhir.base_url(), "auth": auth}}}),
-        )
-        .plugin_dir(plugin_dir())
-        .only_explicit_plugin_dirs()
-        .build()
-        .await
-        .unwrap_or_else(|e| panic!("{e}"));
+    let host = one_connection(dir.path(), &fhir.base_url(), auth).await;
     let c = host.connection("c").unwrap();
     let first = c.send(Request::get("Patient/1")).await.unwrap();
     assert_eq!(first.status, 200);
@@ -336,16 +311,7 @@ async fn a_server_provided_link_local_token_endpoint_is_still_refused() {
     let dir = tempfile::tempdir().unwrap();
     let auth = json!({"scheme": "oidc-client-credentials", "issuer": idp.origin(),
                       "client-id": "app", "client-secret": "CANARY-linklocal-secret"});
-    let host = Host::builder()
-        .config_value(
-            dir.path(),
-            json!({"connections": {"c": {"base-url": fhir.base_url(), "auth": auth}}}),
-        )
-        .plugin_dir(plugin_dir())
-        .only_explicit_plugin_dirs()
-        .build()
-        .await
-        .unwrap_or_else(|e| panic!("{e}"));
+    let host = one_connection(dir.path(), &fhir.base_url(), auth).await;
     let report = host.test(&[], None).await.unwrap().remove(0);
     let text = fhirconn_tests::failure(&report);
     assert!(text.contains("refusing plain http"), "{text}");

@@ -11,14 +11,9 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::Duration;
 
-/// The fleet tests start many processes each: one at a time, so timings are the fleet's own.
-static ONE_AT_A_TIME: std::sync::Mutex<()> = std::sync::Mutex::new(());
-
-fn serial() -> std::sync::MutexGuard<'static, ()> {
-    ONE_AT_A_TIME
-        .lock()
-        .unwrap_or_else(std::sync::PoisonError::into_inner)
-}
+// The fleet tests start many processes each: one at a time (`serial`), so timings are the
+// fleet's own.
+use fhirconn_tests::serial;
 
 const AUDIENCE: &str = "https://fhir.testkit/r4";
 const SECRET: &str = "CANARY-fleet-client-secret-8086";
@@ -394,8 +389,7 @@ fn a_token_read_from_the_fleet_cache_is_redacted_where_a_server_echoes_it() {
     let redis = RedisServer::start(None);
     let rt = tokio::runtime::Runtime::new().unwrap();
     let e = rt.block_on(env(Duration::from_secs(300)));
-    e.fhir
-        .set_fault(fhirconn_testkit::Fault::EchoAuthorization);
+    e.fhir.set_fault(fhirconn_testkit::Fault::EchoAuthorization);
     e.write(&redis.url());
     let run = |args: &[&str]| {
         run_command(
@@ -424,7 +418,11 @@ fn a_token_read_from_the_fleet_cache_is_redacted_where_a_server_echoes_it() {
         let out = run(args);
         let all = out.all();
         assert_eq!(out.code, 1, "{args:?}: {all}");
-        assert_eq!(e.idp.token_requests(), 1, "{args:?}: read from Redis: {all}");
+        assert_eq!(
+            e.idp.token_requests(),
+            1,
+            "{args:?}: read from Redis: {all}"
+        );
         assert!(
             all.contains("not allowed for Authorization: [REDACTED]"),
             "{args:?}: the echo is shown, redacted: {all}"
@@ -432,12 +430,8 @@ fn a_token_read_from_the_fleet_cache_is_redacted_where_a_server_echoes_it() {
         assert!(!all.contains(&token), "{args:?}: the token leaked: {all}");
         assert!(!all.contains("eyJ"), "{args:?}: a JWT leaked: {all}");
     }
-    let report: Value = serde_json::from_str(
-        run(&["test", "shared", "--output", "json"])
-            .stdout
-            .trim(),
-    )
-    .unwrap();
+    let report: Value =
+        serde_json::from_str(run(&["test", "shared", "--output", "json"]).stdout.trim()).unwrap();
     let report = report.get(0).unwrap_or(&report);
     assert_eq!(report["credential_source"], "fleet-cache", "{report}");
     // The token the echoing server saw is the one shared by the fleet.

@@ -7,48 +7,18 @@
 
 use fhirconn_testkit::azure_identity::IdentityEndpoint;
 use fhirconn_testkit::entra::{EntraConfig, MockEntra};
-use fhirconn_testkit::{FhirServer, FhirServerConfig, JwtAuth, ServerAuth};
 use fhirconn_tests::redis::RedisServer;
-use fhirconn_tests::root;
+use fhirconn_tests::{jwt_server_for_own_origin, root, AZURE_ENV};
 use serde_json::{json, Value};
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 
-/// The fleet tests start many processes each: one at a time, so timings are the fleet's own.
-static ONE_AT_A_TIME: std::sync::Mutex<()> = std::sync::Mutex::new(());
-
-fn serial() -> std::sync::MutexGuard<'static, ()> {
-    ONE_AT_A_TIME
-        .lock()
-        .unwrap_or_else(std::sync::PoisonError::into_inner)
-}
+// The fleet tests start many processes each: one at a time (`serial`), so timings are the
+// fleet's own.
+use fhirconn_tests::serial;
 
 const SECRET: &str = "CANARY-fleet-share-daemon-secret-4417";
 const KEY: &str = "AAECAwQFBgcICQoLDA0ODxAREhMUFRYXGBkaGxwdHh8=";
-
-/// Every variable the Azure SDKs read: none leaks in from the caller.
-const AZURE_ENV: &[&str] = &[
-    "AZURE_POD_IDENTITY_AUTHORITY_HOST",
-    "IDENTITY_ENDPOINT",
-    "IDENTITY_HEADER",
-    "AZURE_CLIENT_ID",
-    "AZURE_TENANT_ID",
-    "AZURE_AUTHORITY_HOST",
-    "AZURE_FEDERATED_TOKEN_FILE",
-];
-
-/// A FHIR server accepting the tokens `verifier` checks for its own origin (the audience).
-async fn fhir(verifier: impl Fn(&str) -> JwtAuth) -> FhirServer {
-    let fhir = FhirServer::start(FhirServerConfig::default())
-        .await
-        .unwrap();
-    fhir.set_auth(ServerAuth::Jwt(verifier(&origin(&fhir))));
-    fhir
-}
-
-fn origin(fhir: &FhirServer) -> String {
-    format!("http://{}", fhir.addr())
-}
 
 /// A connections file in `dir` whose connection `c` shares through Redis at `redis_url`.
 fn config(dir: &Path, redis_url: &str, base_url: &str, auth: Value) -> PathBuf {
@@ -119,8 +89,8 @@ fn two_processes_with_a_service_principal_share_one_token_request() {
         })
         .await
         .unwrap();
-        let fhir = fhir(|a| entra.verifier(a)).await;
-        fhir.set_challenge(Some(entra.challenge(&origin(&fhir))));
+        let fhir = jwt_server_for_own_origin(|a| entra.verifier(a)).await;
+        fhir.set_challenge(Some(entra.challenge(&fhir.origin())));
         (entra, fhir)
     });
     let dir = tempfile::tempdir().unwrap();
@@ -148,7 +118,7 @@ fn a_system_assigned_managed_identity_stays_in_its_process_a_user_assigned_one_i
     let rt = tokio::runtime::Runtime::new().unwrap();
     let (mi, fhir) = rt.block_on(async {
         let mi = IdentityEndpoint::start(&["user-mi-client"]).await.unwrap();
-        let fhir = fhir(|a| mi.verifier(a)).await;
+        let fhir = jwt_server_for_own_origin(|a| mi.verifier(a)).await;
         (mi, fhir)
     });
     let imds = mi.imds_host();

@@ -99,26 +99,11 @@ impl Env {
     }
 
     fn config(&self, connections: &[(&str, Value)]) -> Value {
-        let conns: serde_json::Map<String, Value> = connections
-            .iter()
-            .map(|(id, auth)| {
-                (
-                    id.to_string(),
-                    json!({"base-url": self.fhir.base_url(), "auth": auth}),
-                )
-            })
-            .collect();
-        json!({ "connections": conns })
+        fhirconn_tests::connections_to(&self.fhir.base_url(), connections, json!({}))
     }
 
     async fn host(&self, connections: &[(&str, Value)]) -> Host {
-        Host::builder()
-            .config_value(self.dir.path(), self.config(connections))
-            .plugin_dir(plugin_dir())
-            .only_explicit_plugin_dirs()
-            .build()
-            .await
-            .unwrap_or_else(|e| panic!("{e}"))
+        fhirconn_tests::build_host(self.dir.path(), self.config(connections)).await
     }
 }
 

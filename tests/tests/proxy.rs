@@ -9,7 +9,7 @@ use fhirconn_host::Host;
 use fhirconn_testkit::hostile::{Answer, HostileServer};
 use fhirconn_testkit::idp::{ClientAuth, IdentityProvider, IdpConfig, RegisteredClient};
 use fhirconn_testkit::{FhirServer, FhirServerConfig, ServerAuth};
-use fhirconn_tests::{bearer_server, fhirconn_bin, plugin_dir};
+use fhirconn_tests::{bearer_server, fhirconn_bin, plugin_dir, LibraryProxy};
 use serde_json::json;
 use std::io::{BufRead as _, Read as _, Write as _};
 use std::net::SocketAddr;
@@ -63,20 +63,7 @@ impl Proxy {
         } else {
             [&["--listen", "127.0.0.1:0"], args].concat()
         };
-        let mut child = Command::new(fhirconn_bin())
-            .current_dir(dir)
-            .env_remove("FHIRCONN_CONFIG")
-            .env("XDG_STATE_HOME", dir.join("state"))
-            .env("HOME", dir)
-            .arg("--plugin-dir")
-            .arg(plugin_dir())
-            .arg("proxy")
-            .args(&args)
-            .stdin(Stdio::null())
-            .stdout(Stdio::null())
-            .stderr(Stdio::piped())
-            .spawn()
-            .unwrap();
+        let mut child = proxy_command(dir, &args).env("HOME", dir).spawn().unwrap();
         let stderr = Arc::new(Mutex::new(String::new()));
         let (tx, rx) = std::sync::mpsc::channel();
         let pipe = child.stderr.take().unwrap();
@@ -121,12 +108,7 @@ impl Proxy {
     /// Sends `signal` (`INT` as Ctrl-C does, `TERM` as service managers do) and waits for
     /// the exit.
     fn stop_with(mut self, signal: &str) -> std::process::ExitStatus {
-        let status = Command::new("kill")
-            .arg(format!("-{signal}"))
-            .arg(self.child.id().to_string())
-            .status()
-            .unwrap();
-        assert!(status.success());
+        self.signal(signal);
         let deadline = Instant::now() + Duration::from_secs(10);
         loop {
             if let Some(s) = self.child.try_wait().unwrap() {
@@ -136,6 +118,49 @@ impl Proxy {
             std::thread::sleep(Duration::from_millis(20));
         }
     }
+}
+
+impl Proxy {
+    /// Sends `signal` (`HUP`, `INT`, `TERM`) to the proxy.
+    fn signal(&self, signal: &str) {
+        send_signal(self.child.id(), signal);
+    }
+}
+
+/// `kill -SIGNAL pid`.
+fn send_signal(pid: u32, signal: &str) {
+    let status = Command::new("kill")
+        .arg(format!("-{signal}"))
+        .arg(pid.to_string())
+        .status()
+        .unwrap();
+    assert!(status.success(), "kill -{signal} {pid}");
+}
+
+/// `fhirconn --plugin-dir <built plugins> proxy ARGS` in `dir` (state directory `dir/state`,
+/// no `FHIRCONN_CONFIG`), stderr piped.
+fn proxy_command(dir: &Path, args: &[&str]) -> Command {
+    let mut cmd = Command::new(fhirconn_bin());
+    cmd.current_dir(dir)
+        .env_remove("FHIRCONN_CONFIG")
+        .env("XDG_STATE_HOME", dir.join("state"))
+        .arg("--plugin-dir")
+        .arg(plugin_dir())
+        .arg("proxy")
+        .args(args)
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped());
+    cmd
+}
+
+/// A bearer upstream accepting `TOKEN`, its [`config_dir`], and a proxy started there with
+/// `args`.
+async fn proxy_to_bearer_upstream(args: &[&str]) -> (FhirServer, tempfile::TempDir, Proxy) {
+    let upstream = bearer_server(TOKEN).await;
+    let dir = config_dir(&upstream.base_url());
+    let proxy = start_proxy(dir.path(), args).await;
+    (upstream, dir, proxy)
 }
 
 impl Drop for Proxy {
@@ -179,19 +204,7 @@ fn without_startup_test(
 /// Runs `fhirconn proxy ARGS` expecting it to refuse to start (a proxy that starts instead is
 /// stopped after 20 s and reported as exit code -1).
 fn refused(dir: &Path, args: &[&str]) -> (i32, String) {
-    let mut child = Command::new(fhirconn_bin())
-        .current_dir(dir)
-        .env_remove("FHIRCONN_CONFIG")
-        .env("XDG_STATE_HOME", dir.join("state"))
-        .arg("--plugin-dir")
-        .arg(plugin_dir())
-        .arg("proxy")
-        .args(args)
-        .stdin(Stdio::null())
-        .stdout(Stdio::null())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
+    let mut child = proxy_command(dir, args).spawn().unwrap();
     let mut pipe = child.stderr.take().unwrap();
     let reader = std::thread::spawn(move || {
         let mut err = String::new();
@@ -227,9 +240,7 @@ fn raw_request(addr: SocketAddr, request: &str) -> (String, String) {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn requests_that_do_not_name_the_proxy_are_refused_and_never_forwarded() {
-    let upstream = bearer_server(TOKEN).await;
-    let dir = config_dir(&upstream.base_url());
-    let proxy = start_proxy(dir.path(), &["--token-file", "proxy.token"]).await;
+    let (upstream, _dir, proxy) = proxy_to_bearer_upstream(&["--token-file", "proxy.token"]).await;
     let base = after_startup_test(&upstream).await;
     let port = proxy.port();
     let client = reqwest::Client::new();
@@ -297,9 +308,7 @@ async fn requests_that_do_not_name_the_proxy_are_refused_and_never_forwarded() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn cross_site_browser_requests_are_refused_and_never_forwarded() {
-    let upstream = bearer_server(TOKEN).await;
-    let dir = config_dir(&upstream.base_url());
-    let proxy = start_proxy(dir.path(), &["--token-file", "proxy.token"]).await;
+    let (upstream, _dir, proxy) = proxy_to_bearer_upstream(&["--token-file", "proxy.token"]).await;
     let base = after_startup_test(&upstream).await;
     let own = format!("http://127.0.0.1:{}", proxy.port());
     let client = reqwest::Client::new();
@@ -414,9 +423,7 @@ async fn cookies_never_cross_the_proxy_and_answers_cannot_run_script_in_its_orig
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn without_a_token_file_a_token_is_generated_into_a_private_file() {
-    let upstream = bearer_server(TOKEN).await;
-    let dir = config_dir(&upstream.base_url());
-    let proxy = start_proxy(dir.path(), &[]).await;
+    let (upstream, dir, proxy) = proxy_to_bearer_upstream(&[]).await;
     let base = after_startup_test(&upstream).await;
     let path = dir
         .path()
@@ -482,9 +489,7 @@ async fn without_a_token_file_a_token_is_generated_into_a_private_file() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn no_token_must_be_asked_for_warns_and_still_lists_no_ids() {
-    let upstream = bearer_server(TOKEN).await;
-    let dir = config_dir(&upstream.base_url());
-    let proxy = start_proxy(dir.path(), &["--no-token"]).await;
+    let (_upstream, dir, proxy) = proxy_to_bearer_upstream(&["--no-token"]).await;
     let err = proxy.stderr();
     assert!(err.contains("warning: --no-token"), "{err}");
     assert!(!dir.path().join("state").exists());
@@ -538,9 +543,7 @@ async fn no_token_must_be_asked_for_warns_and_still_lists_no_ids() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_token_file_keeps_working_and_is_not_forwarded() {
-    let upstream = bearer_server(TOKEN).await;
-    let dir = config_dir(&upstream.base_url());
-    let proxy = start_proxy(dir.path(), &["--token-file", "proxy.token"]).await;
+    let (upstream, dir, proxy) = proxy_to_bearer_upstream(&["--token-file", "proxy.token"]).await;
     let base = after_startup_test(&upstream).await;
     let client = reqwest::Client::new();
     let r = client
@@ -725,30 +728,17 @@ async fn the_proxy_authenticates_64_concurrent_clients_and_isolates_failures() {
     .await
     .unwrap();
     let dir = tempfile::tempdir().unwrap();
-    let host = Host::builder()
-        .config_value(
-            dir.path(),
-            json!({"connections": {
-                "tok": {"base-url": bearer.base_url(), "auth": {"scheme": "bearer", "token": TOKEN}},
-                "pw": {"base-url": basic.base_url(), "auth": {"scheme": "basic", "username": "u", "password": "CANARY-proxy-pw"}},
-                "dead": {"base-url": "http://127.0.0.1:9/fhir", "connect-timeout": "PT1S"}}}),
-        )
-        .plugin_dir(plugin_dir())
-        .only_explicit_plugin_dirs()
-        .build()
-        .await
-        .unwrap();
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let addr = listener.local_addr().unwrap();
-    let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
-    let server = tokio::spawn(fhirconn_host::proxy::serve(
-        Arc::new(host),
-        listener,
-        fhirconn_host::proxy::Config::default().with_token("proxy-secret"),
-        async {
-            let _ = stopped.await;
-        },
-    ));
+    let host = fhirconn_tests::build_host(
+        dir.path(),
+        json!({"connections": {
+            "tok": {"base-url": bearer.base_url(), "auth": {"scheme": "bearer", "token": TOKEN}},
+            "pw": {"base-url": basic.base_url(), "auth": {"scheme": "basic", "username": "u", "password": "CANARY-proxy-pw"}},
+            "dead": {"base-url": "http://127.0.0.1:9/fhir", "connect-timeout": "PT1S"}}}),
+    )
+    .await;
+    let config = fhirconn_host::proxy::Config::default().with_token("proxy-secret");
+    let LibraryProxy { addr, stop, server } =
+        fhirconn_tests::serve_proxy(Arc::new(host), config).await;
     let client = reqwest::Client::new();
     let tasks: Vec<_> = (0..64)
         .map(|i| {
@@ -799,38 +789,16 @@ async fn the_proxy_authenticates_64_concurrent_clients_and_isolates_failures() {
     server.await.unwrap().unwrap();
 }
 
-/// Serves `host` through the library's proxy without a token; returns its address and a stop.
-async fn library_proxy(
-    host: Arc<Host>,
-) -> (
-    SocketAddr,
-    tokio::sync::oneshot::Sender<()>,
-    tokio::task::JoinHandle<std::io::Result<()>>,
-) {
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let addr = listener.local_addr().unwrap();
-    let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
-    let server = tokio::spawn(fhirconn_host::proxy::serve(
-        host,
-        listener,
-        fhirconn_host::proxy::Config::default(),
-        async {
-            let _ = stopped.await;
-        },
-    ));
-    (addr, stop, server)
+/// Serves `host` through the library's proxy without a token.
+async fn library_proxy(host: Arc<Host>) -> LibraryProxy {
+    fhirconn_tests::serve_proxy(host, fhirconn_host::proxy::Config::default()).await
 }
 
+/// A host with one connection `name` with `settings`.
 async fn host_for(name: &str, settings: serde_json::Value) -> Arc<Host> {
     let dir = tempfile::tempdir().unwrap();
-    let host = Host::builder()
-        .config_value(dir.path(), json!({"connections": {name: settings}}))
-        .plugin_dir(plugin_dir())
-        .only_explicit_plugin_dirs()
-        .build()
-        .await
-        .unwrap();
-    Arc::new(host)
+    let doc = json!({"connections": {name: settings}});
+    Arc::new(fhirconn_tests::build_host(dir.path(), doc).await)
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -853,7 +821,7 @@ async fn the_proxy_streams_bodies_larger_than_the_connections_response_cap() {
         .unwrap_err();
     assert!(err.to_string().contains("larger than the limit"), "{err}");
     // ...streamed through the proxy, it does not: the body is never held whole.
-    let (addr, stop, server) = library_proxy(host).await;
+    let LibraryProxy { addr, stop, server } = library_proxy(host).await;
     let body = reqwest::get(format!("http://{addr}/big/Patient/1"))
         .await
         .unwrap()
@@ -875,7 +843,7 @@ async fn the_first_bytes_reach_the_client_while_the_upstream_is_still_sending() 
     let every = Duration::from_millis(100);
     s.set_fault(fhirconn_testkit::Fault::Trickle(every));
     let host = host_for("slow", json!({"base-url": s.base_url()})).await;
-    let (addr, stop, server) = library_proxy(host).await;
+    let LibraryProxy { addr, stop, server } = library_proxy(host).await;
     let started = Instant::now();
     let mut resp = tokio::time::timeout(
         Duration::from_secs(10),
@@ -922,7 +890,7 @@ async fn hop_by_hop_headers_stay_on_their_hop_and_bodies_are_capped() {
             .header("x-upstream", "kept"),
     );
     let host = host_for("s", json!({"base-url": upstream.origin()})).await;
-    let (addr, stop, server) = library_proxy(host).await;
+    let LibraryProxy { addr, stop, server } = library_proxy(host).await;
     let client = reqwest::Client::new();
     let r = client
         .post(format!("http://{addr}/s/Patient?x=1"))
@@ -1001,7 +969,7 @@ async fn a_revoked_token_is_renewed_once_and_the_request_body_resent() {
             "scope": "system/*.rs"}}),
     )
     .await;
-    let (addr, stop, server) = library_proxy(host).await;
+    let LibraryProxy { addr, stop, server } = library_proxy(host).await;
     let client = reqwest::Client::new();
     let r = client
         .get(format!("http://{addr}/c/Patient/1"))
@@ -1178,16 +1146,10 @@ async fn health_readiness_and_metrics_follow_the_access_rules_and_ids_reach_the_
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn sighup_reloads_a_valid_file_and_keeps_the_old_one_when_it_is_bad() {
-    let upstream = bearer_server(TOKEN).await;
-    let dir = config_dir(&upstream.base_url());
-    let proxy = start_proxy(dir.path(), &["--token-file", "proxy.token"]).await;
+    let (upstream, dir, proxy) = proxy_to_bearer_upstream(&["--token-file", "proxy.token"]).await;
     let p = proxy.url("");
     let hup = |pid: u32| {
-        assert!(Command::new("kill")
-            .args(["-HUP", &pid.to_string()])
-            .status()
-            .unwrap()
-            .success());
+        send_signal(pid, "HUP");
         std::thread::sleep(Duration::from_millis(700));
     };
     let pid = proxy.child.id();
@@ -1270,9 +1232,7 @@ async fn term_with_a_request_in_flight(
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_reload_waiting_on_a_slow_upstream_blocks_neither_serving_nor_sigterm() {
-    let upstream = bearer_server(TOKEN).await;
-    let dir = config_dir(&upstream.base_url());
-    let proxy = start_proxy(dir.path(), &["--token-file", "proxy.token"]).await;
+    let (upstream, _dir, proxy) = proxy_to_bearer_upstream(&["--token-file", "proxy.token"]).await;
     let p = proxy.url("");
     let pid = proxy.child.id();
     let r = tokio::task::spawn_blocking(move || {
@@ -1289,11 +1249,7 @@ async fn a_reload_waiting_on_a_slow_upstream_blocks_neither_serving_nor_sigterm(
             std::thread::sleep(Duration::from_millis(100));
         }
         upstream.set_fault(fhirconn_testkit::Fault::Slow(Duration::from_secs(8)));
-        assert!(Command::new("kill")
-            .args(["-HUP", &pid.to_string()])
-            .status()
-            .unwrap()
-            .success());
+        send_signal(pid, "HUP");
         std::thread::sleep(Duration::from_millis(500));
         let started = Instant::now();
         let health = get_with(&format!("{p}/healthz"), Some(PROXY_TOKEN), &[]).0;
@@ -1310,11 +1266,7 @@ async fn a_reload_waiting_on_a_slow_upstream_blocks_neither_serving_nor_sigterm(
     let log = proxy.stderr();
     assert!(log.contains("SIGHUP: reloaded"), "{log}");
     // SIGTERM while a reload's test still waits on the upstream: a prompt exit 0.
-    assert!(Command::new("kill")
-        .args(["-HUP", &proxy.child.id().to_string()])
-        .status()
-        .unwrap()
-        .success());
+    proxy.signal("HUP");
     tokio::time::sleep(Duration::from_millis(300)).await;
     let started = Instant::now();
     let status = tokio::task::spawn_blocking(move || proxy.stop_with("TERM"))

@@ -6,7 +6,7 @@ use fhirconn_host::keygen::{self, KeyAlg};
 use fhirconn_host::Host;
 use fhirconn_testkit::idp::{ClientAuth, IdentityProvider, IdpConfig, IdpFault, RegisteredClient};
 use fhirconn_testkit::{FhirServer, FhirServerConfig, ServerAuth};
-use fhirconn_tests::{failure, fhirconn_command, plugin_dir, run_command, Out};
+use fhirconn_tests::{failure, fhirconn_command, run_command, Out};
 use jsonwebtoken::jwk::JwkSet;
 use serde_json::{json, Value};
 use std::path::Path;
@@ -110,26 +110,12 @@ impl Env {
     }
 
     fn config(&self, connections: &[(&str, Value)]) -> Value {
-        let conns: serde_json::Map<String, Value> = connections
-            .iter()
-            .map(|(id, auth)| {
-                (
-                    id.to_string(),
-                    json!({"base-url": self.fhir.base_url(), "auth": auth, "read-timeout": "PT10S"}),
-                )
-            })
-            .collect();
-        json!({ "connections": conns })
+        let extra = json!({"read-timeout": "PT10S"});
+        fhirconn_tests::connections_to(&self.fhir.base_url(), connections, extra)
     }
 
     async fn host(&self, connections: &[(&str, Value)]) -> Host {
-        Host::builder()
-            .config_value(self.dir.path(), self.config(connections))
-            .plugin_dir(plugin_dir())
-            .only_explicit_plugin_dirs()
-            .build()
-            .await
-            .unwrap_or_else(|e| panic!("{e}"))
+        fhirconn_tests::build_host(self.dir.path(), self.config(connections)).await
     }
 
     fn write_yaml(&self, connections: &[(&str, Value)]) {

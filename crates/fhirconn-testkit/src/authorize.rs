@@ -183,6 +183,28 @@ impl EndpointLog {
     }
 }
 
+/// The public accessors of a token endpoint's [`EndpointLog`] at `self.state.log`, for the
+/// servers whose tests count requests and issued tokens.
+macro_rules! endpoint_log_accessors {
+    () => {
+        /// Requests its token endpoint (or endpoints) received.
+        pub fn token_requests(&self) -> u64 {
+            self.state.log.requests()
+        }
+
+        /// Access tokens issued.
+        pub fn tokens_issued(&self) -> u64 {
+            self.state.log.issued()
+        }
+
+        /// The last refused token request (`error: description`).
+        pub fn last_error(&self) -> Option<String> {
+            self.state.log.last_error()
+        }
+    };
+}
+pub(crate) use endpoint_log_accessors;
+
 /// What an authorization code was issued for.
 pub(crate) struct CodeGrant {
     /// The client that asked.

@@ -15,6 +15,7 @@
 //!
 //! Both issue ES256 JWT access tokens a [`crate::FhirServer`] verifies ([`MockGoogle::verifier`]).
 //! Every assertion received is recorded, decoded but unverified, for assertions in tests.
+//! [`MockGoogle::token_requests`] and [`MockGoogle::tokens_issued`] count both token paths.
 
 use crate::authorize::{now_secs, EndpointLog, Signer};
 use axum::{
@@ -270,20 +271,7 @@ impl MockGoogle {
         self.state.metadata.lock().unwrap().clone()
     }
 
-    /// Requests to either token path.
-    pub fn token_requests(&self) -> u64 {
-        self.state.log.requests()
-    }
-
-    /// Access tokens issued by either path.
-    pub fn tokens_issued(&self) -> u64 {
-        self.state.log.issued()
-    }
-
-    /// The last refusal (`error: description`).
-    pub fn last_error(&self) -> Option<String> {
-        self.state.log.last_error()
-    }
+    crate::authorize::endpoint_log_accessors!();
 }
 
 /// Google answers every refusal of the token endpoint with 400.
@@ -579,29 +567,14 @@ mod tests {
         let c = reqwest::Client::new();
         let r = c.get(&url).send().await.unwrap();
         assert_eq!(r.status(), 403);
-        let r = c
-            .get(&url)
-            .header("Metadata-Flavor", "Google")
-            .header("X-Forwarded-For", "10.0.0.1")
-            .send()
-            .await
-            .unwrap();
-        assert_eq!(r.status(), 403);
-        let r = c
-            .get(&url)
-            .header("Metadata-Flavor", "Google")
-            .send()
-            .await
-            .unwrap();
+        let flavored = || c.get(&url).header("Metadata-Flavor", "Google");
+        let forwarded = flavored().header("X-Forwarded-For", "10.0.0.1");
+        assert_eq!(forwarded.send().await.unwrap().status(), 403);
+        let r = flavored().send().await.unwrap();
         assert_eq!(r.status(), 200);
         assert_eq!(r.headers()["metadata-flavor"], "Google");
         g.set_metadata_flavor(false);
-        let r = c
-            .get(&url)
-            .header("Metadata-Flavor", "Google")
-            .send()
-            .await
-            .unwrap();
+        let r = flavored().send().await.unwrap();
         assert!(r.headers().get("metadata-flavor").is_none());
         assert_eq!(
             g.metadata_requests()[0].query.as_deref(),

@@ -290,20 +290,7 @@ impl IdentityProvider {
         *self.state.fault.lock().unwrap() = fault;
     }
 
-    /// Requests the token endpoint received.
-    pub fn token_requests(&self) -> u64 {
-        self.state.log.requests()
-    }
-
-    /// Access tokens issued.
-    pub fn tokens_issued(&self) -> u64 {
-        self.state.log.issued()
-    }
-
-    /// The `error_description` of the last refused token request.
-    pub fn last_error(&self) -> Option<String> {
-        self.state.log.last_error()
-    }
+    crate::authorize::endpoint_log_accessors!();
 }
 
 async fn discovery(State(state): State<Arc<IdpState>>) -> Response {

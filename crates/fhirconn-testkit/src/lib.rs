@@ -279,6 +279,11 @@ impl FhirServer {
         format!("{}://{}{}", self.scheme, self.addr, self.base_path)
     }
 
+    /// `scheme://127.0.0.1:PORT`, without the base path (e.g. the audience of its tokens).
+    pub fn origin(&self) -> String {
+        format!("{}://{}", self.scheme, self.addr)
+    }
+
     /// The FHIR base URL with another host name for the same port (e.g. `localhost`).
     pub fn base_url_as(&self, host: &str) -> String {
         format!(
