@@ -29,24 +29,29 @@ impl Caches<'_> {
         if runtime.signs_requests() {
             return runtime;
         }
-        let tokens =
-            || token_cache::for_connection(self.doc, self.registry, &s.id, self.store.clone());
-        if let Some(cache) = self
+        let fleet_cache = self
             .fleet
-            .filter(|_| s.host.credential_cache == ConnectionCache::Shared)
-        {
-            if let Some(share_key) = runtime.share_key().await {
-                let fp = tokens().fingerprint().to_string();
-                runtime = runtime.with_fleet(fleet::FleetTokens::new(
-                    cache.clone(),
-                    &s.id,
-                    fp,
-                    &share_key,
-                ));
-            }
+            .filter(|_| s.host.credential_cache == ConnectionCache::Shared);
+        let persistent = s.host.token_cache == TokenCacheMode::Persistent;
+        if fleet_cache.is_none() && !persistent {
+            return runtime;
         }
-        if s.host.token_cache == TokenCacheMode::Persistent {
-            runtime = runtime.with_persistent(tokens());
+        // The identity the schemes name: the fleet shares only such tokens; the persistent
+        // cache binds its tokens to it (another client id from the environment, another
+        // service account in the same key file: another token).
+        let share_key = runtime.share_key().await;
+        if let (Some(cache), Some(share_key)) = (fleet_cache, &share_key) {
+            let fp = token_cache::settings_fingerprint(self.doc, self.registry, &s.id);
+            runtime =
+                runtime.with_fleet(fleet::FleetTokens::new(cache.clone(), &s.id, fp, share_key));
+        }
+        if persistent {
+            let mut tokens =
+                token_cache::for_connection(self.doc, self.registry, &s.id, self.store.clone());
+            if let Some(share_key) = &share_key {
+                tokens = tokens.with_identity(share_key);
+            }
+            runtime = runtime.with_persistent(tokens);
         }
         runtime
     }

@@ -153,3 +153,55 @@ fn a_revoked_stored_token_is_replaced_after_one_401() {
     ok(&e.run(&["get", "kept", "Patient/1"]));
     assert_eq!(e.idp.token_requests(), 2, "the new token was stored");
 }
+
+/// A connections file in `dir` whose connection `c` gets its token from `./tok.sh` (relative
+/// to the file) and keeps it in the persistent cache.
+fn exec_connection(dir: &Path, token: &str) {
+    let script = dir.join("tok.sh");
+    std::fs::write(
+        &script,
+        format!(
+            "#!/bin/sh\nprintf '{{\"apiVersion\":\"fhirconn.exec/v1\",\"token\":\"{token}\",\"expires_in\":600}}'\n"
+        ),
+    )
+    .unwrap();
+    fhirconn_tests::chmod(&script, 0o700);
+    std::fs::write(
+        dir.join("fhirconn.yaml"),
+        "connections:\n  c:\n    base-url: http://127.0.0.1:9/fhir\n    token-cache: persistent\n    auth:\n      scheme: exec\n      command: [./tok.sh]\n",
+    )
+    .unwrap();
+}
+
+#[test]
+fn identical_entries_in_two_directories_do_not_share_a_stored_token() {
+    // One per-user store; two directories whose identical entries run different `./tok.sh`.
+    let state = tempfile::tempdir().unwrap();
+    let store = state.path().join("credentials.json");
+    let (one, two) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
+    exec_connection(one.path(), "CANARY-dir-one-token");
+    exec_connection(two.path(), "CANARY-dir-two-token");
+    let token = |dir: &Path| {
+        let out = run_command(
+            fhirconn_command(dir, true)
+                .env("FHIRCONN_CREDENTIALS", &store)
+                .args(["token", "c"]),
+        );
+        ok(&out);
+        out.stdout
+    };
+    assert!(token(one.path()).contains("CANARY-dir-one-token"));
+    assert!(
+        store_text(&store).contains("@host/token-cache/c"),
+        "the first token was stored"
+    );
+    let second = token(two.path());
+    assert!(
+        second.contains("CANARY-dir-two-token"),
+        "the second directory got another directory's token: {second}"
+    );
+    // The second directory's own token is still served from the store (its script now
+    // fails): the binding changes nothing for the same file.
+    std::fs::write(two.path().join("tok.sh"), "#!/bin/sh\nexit 7\n").unwrap();
+    assert!(token(two.path()).contains("CANARY-dir-two-token"));
+}
