@@ -4,7 +4,7 @@
 //! UTF-8-checked, then parsed by serde_json into a visitor that builds nothing) and against
 //! building a `serde_json::Value` per line, in the same run.
 
-use criterion::{criterion_group, criterion_main, Criterion, Throughput};
+use criterion::{criterion_group, Criterion, Throughput};
 use fhirconn_host::bulk::NdjsonCheck;
 use fhirconn_sdk::serde;
 use std::hint::black_box;
@@ -152,4 +152,31 @@ fn ndjson(c: &mut Criterion) {
 }
 
 criterion_group!(benches, ndjson);
-criterion_main!(benches);
+
+/// `NDJSON_CHECK_ROUNDS=N`: no criterion, only the check over the block `N` times (for an
+/// instruction count: `valgrind --tool=callgrind` with N and with 0, the difference over
+/// N times the block's bytes is the check's instructions per byte).
+fn main() {
+    if let Some(rounds) = std::env::var("NDJSON_CHECK_ROUNDS")
+        .ok()
+        .and_then(|n| n.parse::<usize>().ok())
+    {
+        let block = fhirconn_testkit::ndjson_block();
+        let mut resources = 0;
+        for _ in 0..rounds {
+            let mut check = NdjsonCheck::default();
+            for chunk in black_box(block).chunks(CHUNK) {
+                black_box(check.feed(chunk).unwrap());
+            }
+            check.finish().unwrap();
+            resources += check.resources();
+        }
+        println!(
+            "{rounds} rounds of {} bytes, {resources} resources",
+            block.len()
+        );
+        return;
+    }
+    benches();
+    Criterion::default().configure_from_args().final_summary();
+}

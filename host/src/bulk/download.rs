@@ -1,5 +1,6 @@
 //! One download: credentials for the connection's own origin only, an idle timeout between
-//! chunks, NDJSON checked before bytes reach a private temporary file, renamed when complete.
+//! chunks, NDJSON checked before bytes reach a private temporary file (written 1 MiB at a time,
+//! synced in the background every 16 MiB), renamed when complete and synced.
 
 use super::*;
 use crate::transport::Outgoing;
@@ -91,31 +92,42 @@ pub(super) async fn download(
         name: name.clone(),
         reason,
     };
+    let path = tmp.path().to_path_buf();
+    let mut writeback = Writeback::default();
     loop {
         let chunk = tokio::time::timeout(idle, resp.chunk())
             .await
             .map_err(|_| idle_err())?
             .map_err(|e| transport_err(conn.transport.classify_error(&e, url)))?;
         let Some(chunk) = chunk else { break };
-        let checked = check.feed(&chunk).map_err(ndjson_err)?;
-        if !checked.is_empty() {
-            let path = tmp.path().to_path_buf();
+        check.push(&chunk).map_err(ndjson_err)?;
+        let checked = check.checked();
+        if checked.len() >= WRITE_BYTES {
             tmp.file()
-                .write_all(&checked)
+                .write_all(checked)
                 .map_err(|e| io_err(&path, e))?;
-            on(Event::Bytes {
-                name: &name,
-                bytes: checked.len() as u64,
-            });
+            let bytes = checked.len() as u64;
+            check.consume();
+            on(Event::Bytes { name: &name, bytes });
+            writeback
+                .wrote(tmp.file(), bytes)
+                .map_err(|e| io_err(&path, e))?;
         }
     }
     let last = check.finish().map_err(ndjson_err)?;
-    let path = tmp.path().to_path_buf();
     tmp.file().write_all(&last).map_err(|e| io_err(&path, e))?;
+    if !last.is_empty() {
+        on(Event::Bytes {
+            name: &name,
+            bytes: last.len() as u64,
+        });
+    }
     tmp.set_mode(0o600).map_err(|e| io_err(&path, e))?;
-    // The long `fsync` of the data runs off the runtime's threads, so the other downloads go
-    // on meanwhile (persist's own `fsync` is then quick). On a cancel, this task drops `tmp`
-    // (the file is removed) and the sync of the clone finishes on an unlinked file.
+    // The last `fsync` of the data runs off the runtime's threads, so the other downloads go
+    // on meanwhile (persist's own `fsync` is then quick); writeback started while the file
+    // was written leaves it little to do. On a cancel, this task drops `tmp` (the file is
+    // removed) and a sync of a clone finishes on an unlinked file.
+    writeback.finished().await.map_err(|e| io_err(&path, e))?;
     let synced = tmp.file().try_clone().map_err(|e| io_err(&path, e))?;
     tokio::task::spawn_blocking(move || synced.sync_all())
         .await
@@ -124,4 +136,50 @@ pub(super) async fn download(
     let target = out.join(&name);
     tmp.persist(&target).map_err(|e| io_err(&target, e))?;
     Ok((name, check.resources()))
+}
+
+/// Checked bytes gathered for one `write` (fewer, larger writes).
+const WRITE_BYTES: usize = 1 << 20;
+/// Written bytes after which the data written so far is synced in the background.
+const WRITEBACK_BYTES: u64 = 16 << 20;
+
+/// Durability overlapped with the download: every [`WRITEBACK_BYTES`] written, the data so
+/// far is synced (`fdatasync`) on a blocking thread while the download goes on, one sync at a
+/// time, so the disk writes while bytes arrive and the final `fsync` has only the tail left.
+/// Without it the page cache holds the whole file until the end (background writeback starts
+/// only at `dirty_background_ratio`) and the last files' `fsync`s add their full length to
+/// the wall time.
+#[derive(Debug, Default)]
+struct Writeback {
+    since: u64,
+    running: Option<tokio::task::JoinHandle<std::io::Result<()>>>,
+}
+
+impl Writeback {
+    /// `bytes` more were written to `file`: starts a sync when enough gathered and none runs.
+    fn wrote(&mut self, file: &std::fs::File, bytes: u64) -> std::io::Result<()> {
+        self.since += bytes;
+        if self.since < WRITEBACK_BYTES || self.running.as_ref().is_some_and(|r| !r.is_finished()) {
+            return Ok(());
+        }
+        if let Some(done) = self.running.take() {
+            // Finished: its result is ready. An error is reported here: the clone shares the
+            // open file, so a later `fsync` would not see it again.
+            if let Some(result) = futures_util::FutureExt::now_or_never(done) {
+                result.map_err(std::io::Error::other)??;
+            }
+        }
+        let file = file.try_clone()?;
+        self.since = 0;
+        self.running = Some(tokio::task::spawn_blocking(move || file.sync_data()));
+        Ok(())
+    }
+
+    /// Waits for the running sync, if any.
+    async fn finished(&mut self) -> std::io::Result<()> {
+        match self.running.take() {
+            Some(r) => r.await.map_err(std::io::Error::other)?,
+            None => Ok(()),
+        }
+    }
 }
