@@ -14,6 +14,8 @@ pub(super) struct ProxyState {
     pub(super) authorities: Arc<Vec<String>>,
     /// `http` or `https`.
     pub(super) scheme: &'static str,
+    /// Metric handles per connection.
+    pub(super) meters: Arc<super::service::Meters>,
 }
 
 fn harden(headers: &mut HeaderMap) {
@@ -260,31 +262,32 @@ fn upstream_request(
 }
 
 /// Streams the upstream answer back (returnable headers only, hardened), counting bytes.
-fn stream_back(resp: reqwest::Response, connection: String) -> Response {
+fn stream_back(mut resp: reqwest::Response, bytes: metrics::Counter) -> Response {
     let status = resp.status();
-    let headers = resp.headers().clone();
+    // The headers are moved out (the body does not need them), not copied.
+    let headers = std::mem::take(resp.headers_mut());
     let listed = connection_listed(&headers);
-    let chunks = futures_util::stream::unfold(Some(resp), move |state| {
-        let connection = connection.clone();
-        async move {
-            let mut resp = state?;
-            match resp.chunk().await {
-                Ok(Some(c)) => {
-                    metrics::counter!("fhirconn_proxy_bytes_streamed_total",
-                        "connection" => connection)
-                    .increment(c.len() as u64);
-                    Some((Ok::<_, reqwest::Error>(c), Some(resp)))
-                }
-                Ok(None) => None,
-                Err(e) => Some((Err(e), None)),
+    let chunks = futures_util::stream::unfold(Some((resp, bytes)), |state| async move {
+        let (mut resp, bytes) = state?;
+        match resp.chunk().await {
+            Ok(Some(c)) => {
+                bytes.increment(c.len() as u64);
+                Some((Ok::<_, reqwest::Error>(c), Some((resp, bytes))))
             }
+            Ok(None) => None,
+            Err(e) => Some((Err(e), None)),
         }
     });
     let mut out = Response::new(Body::from_stream(chunks));
     *out.status_mut() = status;
-    for (k, v) in headers.iter() {
-        if returnable(k, &listed) {
-            out.headers_mut().append(k.clone(), v.clone());
+    let mut name = None;
+    for (k, v) in headers {
+        // `None` continues the previous name's values (a header sent more than once).
+        if k.is_some() {
+            name = k;
+        }
+        if let Some(k) = name.as_ref().filter(|k| returnable(k, &listed)) {
+            out.headers_mut().append(k.clone(), v);
         }
     }
     harden(out.headers_mut());
@@ -341,26 +344,19 @@ pub(super) async fn forward(State(st): State<ProxyState>, req: axum::extract::Re
     let started = std::time::Instant::now();
     let method = parts.method.clone();
     let span = tracing::info_span!("proxy", request_id = %request_id, connection = %id);
-    let answer = {
-        let _entered = span.enter();
-        tracing::debug!(method = %method, path = %rest, "forwarding");
-        drop(_entered);
-        tracing::Instrument::instrument(conn.send_streaming(request), span.clone()).await
-    };
-    let connection = id.to_string();
+    tracing::debug!(parent: &span, method = %method, path = %rest, "forwarding");
+    let answer = tracing::Instrument::instrument(conn.send_streaming(request), span.clone()).await;
+    let meters = st.meters.of(id);
     let mut out = match answer {
         Ok(resp) => {
             let status = resp.status();
+            let took = started.elapsed();
             let class = super::service::status_class(status.as_u16());
-            metrics::counter!("fhirconn_proxy_requests_total",
-                "connection" => connection.clone(), "status" => class)
-            .increment(1);
-            metrics::histogram!("fhirconn_proxy_upstream_seconds",
-                "connection" => connection.clone(), "status" => class)
-            .record(started.elapsed().as_secs_f64());
+            meters.request(class);
+            meters.upstream(class, took);
             tracing::info!(parent: &span, status = status.as_u16(),
-                ms = started.elapsed().as_millis() as u64, "answered");
-            stream_back(resp, connection)
+                ms = took.as_millis() as u64, "answered");
+            stream_back(resp, meters.bytes())
         }
         // e.g. an absolute URL on another origin: the caller's mistake, nothing was sent.
         Err(e @ crate::Error::InvalidRequest(_)) => outcome(
@@ -369,9 +365,7 @@ pub(super) async fn forward(State(st): State<ProxyState>, req: axum::extract::Re
             &format!("connection '{id}': {}", host.redact(&e.to_string())),
         ),
         Err(e) => {
-            metrics::counter!("fhirconn_proxy_requests_total",
-                "connection" => id.to_string(), "status" => "failed")
-            .increment(1);
+            meters.request(super::service::FAILED);
             let text = host.redact(&e.to_string());
             tracing::warn!(parent: &span, "failed: {text}");
             outcome(

@@ -435,6 +435,7 @@ pub async fn serve(
         } else {
             "http"
         },
+        meters: Arc::default(),
     };
     let app = axum::Router::new().fallback(forward).with_state(state);
     match config.tls {

@@ -7,9 +7,10 @@
 use crate::{Host, TestReport};
 use axum::http::{header, HeaderMap, HeaderValue, StatusCode};
 use axum::response::{IntoResponse, Response};
+use metrics::{Counter, Histogram};
 use metrics_exporter_prometheus::{PrometheusBuilder, PrometheusHandle};
 use serde_json::json;
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashMap};
 use std::sync::{Arc, OnceLock, RwLock};
 use std::time::SystemTime;
 
@@ -182,7 +183,7 @@ pub(super) fn metrics() -> Response {
 }
 
 /// The id of a request: the caller's `X-Request-Id` when it is short and plain
-/// (`[A-Za-z0-9._-]{1,64}`), else a new random one.
+/// (`[A-Za-z0-9._-]{1,64}`), else a new random one (24 hex digits).
 pub(super) fn request_id(headers: &HeaderMap) -> String {
     let given = headers
         .get(REQUEST_ID)
@@ -195,21 +196,109 @@ pub(super) fn request_id(headers: &HeaderMap) -> String {
     match given {
         Some(v) => v.to_string(),
         None => {
+            const HEX: &[u8; 16] = b"0123456789abcdef";
             let mut b = [0u8; 12];
             let _ = getrandom::fill(&mut b);
-            b.iter().map(|x| format!("{x:02x}")).collect()
+            let mut id = String::with_capacity(24);
+            for x in b {
+                id.push(char::from(HEX[usize::from(x >> 4)]));
+                id.push(char::from(HEX[usize::from(x & 0xf)]));
+            }
+            id
         }
     }
 }
 
-/// The status class label of a status (`2xx`...).
-pub(super) fn status_class(status: u16) -> &'static str {
+/// The status class labels, by [`status_class`] index; the last is a request that failed.
+const CLASSES: [&str; 6] = ["1xx", "2xx", "3xx", "4xx", "5xx", "failed"];
+
+/// The index in [`CLASSES`] of a status's class label.
+pub(super) fn status_class(status: u16) -> usize {
     match status {
-        100..=199 => "1xx",
-        200..=299 => "2xx",
-        300..=399 => "3xx",
-        400..=499 => "4xx",
-        _ => "5xx",
+        100..=199 => 0,
+        200..=299 => 1,
+        300..=399 => 2,
+        400..=499 => 3,
+        _ => 4,
+    }
+}
+
+/// The index in [`CLASSES`] of a request that got no answer from upstream.
+pub(super) const FAILED: usize = 5;
+
+/// The proxy's metric handles, per connection id, taken at the connection's first request
+/// (after `install_metrics`, which the CLI calls before serving): looking a labelled metric
+/// up in the recorder on every request and every streamed chunk cost more than the rest of
+/// the proxy's own bookkeeping.
+#[derive(Default)]
+pub(super) struct Meters {
+    by_connection: RwLock<HashMap<String, Arc<ConnectionMeters>>>,
+}
+
+/// One connection's handles; a status class's are taken when it first occurs, so `/metrics`
+/// lists only the classes seen.
+pub(super) struct ConnectionMeters {
+    id: String,
+    requests: [OnceLock<Counter>; 6],
+    upstream: [OnceLock<Histogram>; 6],
+    bytes: Counter,
+}
+
+impl Meters {
+    /// The handles of connection `id`.
+    pub(super) fn of(&self, id: &str) -> Arc<ConnectionMeters> {
+        if let Some(m) = self
+            .by_connection
+            .read()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .get(id)
+        {
+            return m.clone();
+        }
+        let mut all = self
+            .by_connection
+            .write()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        all.entry(id.to_string())
+            .or_insert_with(|| {
+                Arc::new(ConnectionMeters {
+                    id: id.to_string(),
+                    requests: Default::default(),
+                    upstream: Default::default(),
+                    bytes: metrics::counter!("fhirconn_proxy_bytes_streamed_total",
+                        "connection" => id.to_string()),
+                })
+            })
+            .clone()
+    }
+}
+
+impl ConnectionMeters {
+    /// Counts one request answered in class `class` (an index of [`CLASSES`]).
+    pub(super) fn request(&self, class: usize) {
+        let class = class.min(FAILED);
+        self.requests[class]
+            .get_or_init(|| {
+                metrics::counter!("fhirconn_proxy_requests_total",
+                    "connection" => self.id.clone(), "status" => CLASSES[class])
+            })
+            .increment(1);
+    }
+
+    /// Records how long upstream took to answer with a status of class `class`.
+    pub(super) fn upstream(&self, class: usize, took: std::time::Duration) {
+        let class = class.min(FAILED);
+        self.upstream[class]
+            .get_or_init(|| {
+                metrics::histogram!("fhirconn_proxy_upstream_seconds",
+                    "connection" => self.id.clone(), "status" => CLASSES[class])
+            })
+            .record(took.as_secs_f64());
+    }
+
+    /// The counter of body bytes streamed back.
+    pub(super) fn bytes(&self) -> Counter {
+        self.bytes.clone()
     }
 }
 
@@ -260,8 +349,34 @@ mod tests {
 
     #[test]
     fn status_classes() {
-        assert_eq!(status_class(200), "2xx");
-        assert_eq!(status_class(401), "4xx");
-        assert_eq!(status_class(502), "5xx");
+        assert_eq!(CLASSES[status_class(101)], "1xx");
+        assert_eq!(CLASSES[status_class(200)], "2xx");
+        assert_eq!(CLASSES[status_class(304)], "3xx");
+        assert_eq!(CLASSES[status_class(401)], "4xx");
+        assert_eq!(CLASSES[status_class(502)], "5xx");
+        assert_eq!(CLASSES[FAILED], "failed");
+    }
+
+    #[test]
+    fn fresh_request_ids_are_24_lowercase_hex_digits() {
+        let id = request_id(&HeaderMap::new());
+        assert_eq!(id.len(), 24);
+        assert!(
+            id.bytes()
+                .all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b)),
+            "{id}"
+        );
+    }
+
+    #[test]
+    fn meters_are_taken_once_per_connection() {
+        let meters = Meters::default();
+        let a = meters.of("a");
+        assert!(Arc::ptr_eq(&a, &meters.of("a")));
+        assert!(!Arc::ptr_eq(&a, &meters.of("b")));
+        a.request(status_class(200));
+        a.upstream(FAILED + 3, std::time::Duration::from_millis(1));
+        assert!(a.requests[1].get().is_some() && a.requests[0].get().is_none());
+        assert!(a.upstream[FAILED].get().is_some());
     }
 }
