@@ -35,6 +35,27 @@ pub fn sanitize(s: &str) -> String {
     out
 }
 
+/// A URL as shown in logs and messages: no user info or fragment, and the query's values
+/// elided (`?name=…&birthdate=…`): pre-signed file URLs carry their signature in the query
+/// (a capability for patient data) and FHIR searches carry patient details there.
+pub fn shown_url(u: &url::Url) -> String {
+    let mut shown = u.clone();
+    let _ = shown.set_username("");
+    let _ = shown.set_password(None);
+    shown.set_fragment(None);
+    let names: Vec<String> = u
+        .query_pairs()
+        .map(|(name, _)| format!("{name}=\u{2026}"))
+        .collect();
+    shown.set_query(None);
+    let mut out = shown.to_string();
+    if !names.is_empty() {
+        out.push('?');
+        out.push_str(&names.join("&"));
+    }
+    sanitize_line(&out, 300)
+}
+
 /// Like [`sanitize`], for text shown on one line (a diagnosis, a PASS line): line breaks and
 /// tabs become spaces, and anything past `max` characters is cut with a note.
 pub fn sanitize_line(s: &str, max: usize) -> String {
@@ -82,4 +103,29 @@ pub fn json_text_safe(json: &str) -> String {
 /// tidy (and they pass on what servers say).
 pub fn plugin_text(s: &str) -> String {
     sanitize_line(s, 1000)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::shown_url;
+
+    #[test]
+    fn shown_urls_keep_parameter_names_and_drop_values_user_info_and_fragments() {
+        let u = url::Url::parse(
+            "https://u:p@files.example/f.ndjson?X-Amz-Signature=s3cr3t&name=Smith&flag#frag",
+        )
+        .unwrap();
+        let shown = shown_url(&u);
+        assert_eq!(
+            shown,
+            "https://files.example/f.ndjson?X-Amz-Signature=\u{2026}&name=\u{2026}&flag=\u{2026}"
+        );
+        for gone in ["s3cr3t", "Smith", "frag", "u:p@"] {
+            assert!(!shown.contains(gone), "{gone} in {shown}");
+        }
+        let plain = url::Url::parse("http://127.0.0.1:8080/fhir/metadata").unwrap();
+        assert_eq!(shown_url(&plain), "http://127.0.0.1:8080/fhir/metadata");
+        let hostile = url::Url::parse("https://h/p?%1b[2J=x").unwrap();
+        assert!(!shown_url(&hostile).contains('\u{1b}'));
+    }
 }

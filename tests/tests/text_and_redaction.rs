@@ -596,3 +596,60 @@ fn secrets_echoed_by_a_token_endpoint_are_redacted() {
         }
     }
 }
+
+/// A server that reads each request and closes the connection without answering: the
+/// request fails inside reqwest, whose error text names the whole URL.
+async fn closing_server() -> String {
+    use tokio::io::AsyncReadExt as _;
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let origin = format!("http://{}", listener.local_addr().unwrap());
+    tokio::spawn(async move {
+        while let Ok((mut stream, _)) = listener.accept().await {
+            tokio::spawn(async move {
+                let mut buf = vec![0u8; 16 * 1024];
+                let _ = stream.read(&mut buf).await;
+            });
+        }
+    });
+    origin
+}
+
+/// Security boundary: a request's query (a search's patient details, a pre-signed file URL's
+/// signature) never reaches logs or errors: the URL is shown with its query values elided, in
+/// debug logs (`-vv`, `--log-format json`) and in the error of a request the server dropped.
+#[test]
+fn query_values_reach_neither_logs_nor_errors() {
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    let origin = rt.block_on(closing_server());
+    let dir = tempfile::tempdir().unwrap();
+    write_config(
+        dir.path(),
+        json!({"c": {"base-url": format!("{origin}/fhir"),
+                     "auth": {"scheme": "bearer", "token": "t0k3n-value"}}}),
+    );
+    let target = "Patient?name=CANARY-phi-name&sig=CANARY-signature";
+    for args in [
+        &["get", "c", target][..],
+        &["-vv", "get", "c", target],
+        &["-vv", "--log-format", "json", "get", "c", target],
+    ] {
+        let out = run(dir.path(), args);
+        assert_eq!(out.code, 1, "{args:?}: {}", out.all());
+        assert!(
+            out.all().contains("127.0.0.1"),
+            "{args:?}: the failure names the server: {}",
+            out.all()
+        );
+        assert!(
+            !out.all().contains("CANARY"),
+            "{args:?}: a query value leaked:\n{}",
+            out.all()
+        );
+    }
+    let out = run(dir.path(), &["-vv", "get", "c", target]);
+    assert!(
+        out.all().contains("name=\u{2026}"),
+        "debug logs name the query's parameters: {}",
+        out.all()
+    );
+}

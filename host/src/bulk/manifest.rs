@@ -21,16 +21,7 @@ pub(super) fn printable(s: &str, max: usize) -> String {
     out
 }
 
-/// A URL as shown in messages: no user info, query or fragment (pre-signed file URLs carry
-/// their signature in the query).
-pub(super) fn shown_url(u: &url::Url) -> String {
-    let mut u = u.clone();
-    let _ = u.set_username("");
-    let _ = u.set_password(None);
-    u.set_query(None);
-    u.set_fragment(None);
-    printable(u.as_str(), 200)
-}
+pub(super) use crate::text::shown_url;
 
 /// Reads a manifest: `requiresAccessToken` and every output entry, valid or not.
 pub fn parse_manifest(

@@ -43,7 +43,15 @@ pub(crate) fn classify_timed(
         Some(p) => format!("{host}:{p}"),
         None => host.clone(),
     };
-    let chain = error_chain(e);
+    let mut chain = error_chain(e);
+    // reqwest's text ends with " for url (<the whole URL>)": a pre-signed query or a
+    // search's patient details must not reach an error, a log or a terminal.
+    if let (Some(first), Some(u)) = (chain.first_mut(), e.url()) {
+        *first = first.replace(
+            &format!(" for url ({u})"),
+            &format!(" for url ({})", crate::text::shown_url(u)),
+        );
+    }
     if e.is_timeout() || chain.iter().any(|m| m.contains("timed out")) {
         let total = settings
             .request_timeout
