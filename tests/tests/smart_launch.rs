@@ -31,6 +31,11 @@ struct Env {
 impl Env {
     /// A FHIR server publishing a smart-configuration that names the authorization server.
     fn new() -> Self {
+        Self::with_smart(SmartLaunchIdp::smart_configuration)
+    }
+
+    /// A FHIR server publishing `smart(idp)` as its smart-configuration.
+    fn with_smart(smart: impl FnOnce(&SmartLaunchIdp) -> Value) -> Self {
         let rt = tokio::runtime::Runtime::new().unwrap();
         let redirect = format!("http://127.0.0.1:{}/callback", free_port());
         let idp = rt
@@ -41,7 +46,7 @@ impl Env {
             .unwrap();
         let fhir = rt
             .block_on(FhirServer::start(FhirServerConfig {
-                smart_configuration: Some(idp.smart_configuration()),
+                smart_configuration: Some(smart(&idp)),
                 ..FhirServerConfig::default()
             }))
             .unwrap();
@@ -400,6 +405,144 @@ fn an_asymmetric_client_signs_in_with_private_key_jwt() {
         .last_error()
         .unwrap()
         .starts_with("invalid_client: assertion refused"));
+}
+
+/// `url` with its host (127.0.0.1) written as `localhost`: the same server under another
+/// host name than the FHIR server's base URL.
+fn as_localhost(url: &str) -> String {
+    let mut u = url::Url::parse(url).unwrap();
+    u.set_host(Some("localhost")).unwrap();
+    u.into()
+}
+
+/// A server that would take a token request (recording it, answering with a token), on its
+/// own runtime, and its token URL under the host name `localhost`.
+fn token_catcher() -> (tokio::runtime::Runtime, HostileServer, String) {
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    let evil = rt.block_on(HostileServer::start()).unwrap();
+    evil.on(
+        "POST",
+        "/token",
+        Answer::json(
+            200,
+            &json!({"access_token": "stolen", "token_type": "Bearer", "expires_in": 300}),
+        ),
+    );
+    let token_url = as_localhost(&evil.url("/token"));
+    (rt, evil, token_url)
+}
+
+/// A smart-configuration naming the authorization server, but `token` as token endpoint.
+fn naming_token_endpoint(token: &str) -> impl FnOnce(&SmartLaunchIdp) -> Value + '_ {
+    move |idp| {
+        let mut smart = idp.smart_configuration();
+        smart["token_endpoint"] = json!(token);
+        smart
+    }
+}
+
+/// Security boundary (audiences and endpoints come from configuration): the FHIR server's
+/// smart-configuration names the real authorize endpoint but a token endpoint on another
+/// host. A confidential client (secret or private key) refuses before anyone signs in, with
+/// an error naming `token-url` and the host: no client credentials, code or PKCE verifier
+/// reach that host.
+#[test]
+fn a_confidential_client_sends_nothing_to_a_discovered_token_endpoint_on_another_host() {
+    use fhirconn_host::keygen::{self, KeyAlg};
+    let (_rt, evil, evil_token) = token_catcher();
+    let e = Env::with_smart(naming_token_endpoint(&evil_token));
+    let key = keygen::generate(KeyAlg::Es384, Some("k1")).unwrap();
+    keygen::write(&e.dir.path().join("key"), &key, false).unwrap();
+    e.idp
+        .configure(|c| c.key_clients = vec![("smart-asym".into(), key.jwks.clone())]);
+    let env = [("SMART_SECRET", "smart-s3cret")];
+    for client in [
+        json!({"client-id": "smart-confidential", "client-secret-env": "SMART_SECRET"}),
+        json!({"client-id": "smart-asym", "private-key-file": "key/private-key.pem", "kid": "k1"}),
+    ] {
+        e.write_config(client.clone());
+        let out = e.run_with(&["login", "s"], &env);
+        assert_ne!(out.code, 0, "{client}: {}", out.all());
+        assert!(
+            out.stderr.contains("'token-url'") && out.stderr.contains("localhost"),
+            "{client}: {}",
+            out.all()
+        );
+        let out = e.run_with(&["test", "s"], &env);
+        assert_ne!(out.code, 0, "{client}: {}", out.all());
+        assert!(out.stdout.contains("'token-url'"), "{}", out.all());
+    }
+    for r in evil.received() {
+        let body = r.body_text();
+        assert!(
+            r.header("authorization").is_none()
+                && !body.contains("code_verifier")
+                && !body.contains("client_assertion"),
+            "{} {} {:?} {body}",
+            r.method,
+            r.target,
+            r.headers
+        );
+    }
+    assert!(evil.received().is_empty(), "nothing reached the other host");
+    assert!(e.browser_log().is_empty(), "nobody was sent to sign in");
+    assert!(e.idp.authorize_requests().is_empty());
+}
+
+/// The same confidential client with `token-url` pinned signs in end to end at the pinned
+/// token endpoint; the discovered one (another host) never sees a request.
+#[test]
+fn a_pinned_token_url_signs_in_and_the_discovered_token_endpoint_is_never_used() {
+    let (_rt, evil, evil_token) = token_catcher();
+    let e = Env::with_smart(naming_token_endpoint(&evil_token));
+    e.write_config(json!({"client-id": "smart-confidential",
+                          "client-secret-env": "SMART_SECRET", "token-url": e.idp.token_url()}));
+    let env = [("SMART_SECRET", "smart-s3cret")];
+    let out = e.run_with(&["login", "s"], &env);
+    assert_eq!(out.code, 0, "{}\n{:?}", out.all(), e.idp.last_error());
+    assert_eq!(e.last_token_request()["grant_type"], "authorization_code");
+    let out = e.run_with(&["test", "s"], &env);
+    assert_eq!(out.code, 0, "{}", out.all());
+    assert!(!out.all().contains("another host"), "{}", out.all());
+    assert_eq!(e.last_token_request()["grant_type"], "refresh_token");
+    assert!(evil.received().is_empty(), "{:?}", evil.received().len());
+    // With authorize-url pinned too, the FHIR server's discovery is not read at all: a
+    // server without one still works.
+    let hostile = e.rt.block_on(HostileServer::start()).unwrap();
+    hostile.otherwise(Answer::json(404, &json!({})));
+    let mut e = e;
+    e.base = hostile.url("/fhir");
+    e.idp.configure(|c| c.audience = e.base.clone());
+    e.write_config(json!({"client-id": "smart-confidential",
+                          "client-secret-env": "SMART_SECRET", "token-url": e.idp.token_url(),
+                          "authorize-url": e.idp.authorize_url()}));
+    let out = e.run_with(&["login", "s"], &env);
+    assert_eq!(out.code, 0, "{}\n{:?}", out.all(), e.idp.last_error());
+    assert_eq!(e.idp.authorize_requests().pop().unwrap()["aud"], e.base);
+    assert!(hostile.received().is_empty(), "no discovery");
+}
+
+/// A public client sends no secret: a discovered token endpoint on another host is used,
+/// with a warning naming `token-url` in `login` (stderr) and `test` output.
+#[test]
+fn a_public_client_is_warned_about_a_token_endpoint_on_another_host() {
+    let e = Env::with_smart(|idp| naming_token_endpoint(&as_localhost(&idp.token_url()))(idp));
+    let out = e.run(&["login", "s"]);
+    assert_eq!(out.code, 0, "{}\n{:?}", out.all(), e.idp.last_error());
+    assert!(
+        out.stderr.contains("another host") && out.stderr.contains("'token-url'"),
+        "{}",
+        out.all()
+    );
+    let out = e.run(&["test", "s"]);
+    assert_eq!(out.code, 0, "{}", out.all());
+    assert!(
+        out.stdout
+            .contains("warning: smart-app-launch: the token endpoint")
+            && out.stdout.contains("'token-url'"),
+        "{}",
+        out.all()
+    );
 }
 
 // ---- the authorization server itself, with hand-made requests ----
