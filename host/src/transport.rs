@@ -4,6 +4,7 @@
 
 mod classify;
 mod pool;
+mod roots;
 mod sign;
 
 pub use classify::describe_tls;
@@ -16,7 +17,6 @@ use crate::config::ConnectionSettings;
 use fhirconn_sdk::ClientIdentity;
 use reqwest::header::{HeaderMap, HeaderName, HeaderValue, LOCATION};
 use reqwest::{Method, StatusCode};
-use secrecy::ExposeSecret;
 use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
@@ -200,7 +200,6 @@ impl SetupError {
 /// The HTTP side of one connection.
 pub struct Transport {
     settings: ConnectionSettings,
-    roots: Vec<reqwest::Certificate>,
     key: ClientKey,
     pool: Arc<ClientPool>,
 }
@@ -217,6 +216,7 @@ impl Transport {
     /// Reads the connection's trusted roots; its clients come from `pool`.
     pub fn new(settings: ConnectionSettings, pool: Arc<ClientPool>) -> Result<Self, SetupError> {
         let mut roots_pem = Vec::new();
+        // Parsed here for the setting's errors; the client's verifier parses them again.
         let roots = match &settings.trusted_roots_file {
             Some(path) => {
                 let pem = std::fs::read(path).map_err(|source| SetupError::RootsUnreadable {
@@ -239,7 +239,6 @@ impl Transport {
         let key = ClientKey::new(&settings, roots_pem.into());
         Ok(Self {
             settings,
-            roots,
             key,
             pool,
         })
@@ -261,6 +260,14 @@ impl Transport {
         self.pool.get_or_build(key, || self.build(identity))
     }
 
+    /// Reads the trusted roots of this connection's clients now (a long-lived host's warm-up;
+    /// otherwise the first TLS handshake reads them).
+    pub(crate) fn preload_roots(&self) {
+        if let Ok(v) = self.pool.verifier(&self.key) {
+            v.preload();
+        }
+    }
+
     fn build(&self, identity: Option<&ClientIdentity>) -> Result<reqwest::Client, ClientError> {
         let s = &self.settings;
         let mut b = pool::with_timeouts(reqwest::Client::builder(), s)
@@ -268,13 +275,10 @@ impl Transport {
             .user_agent(concat!("fhirconn/", env!("CARGO_PKG_VERSION")))
             .tls_info(true)
             .referer(false);
-        if !self.roots.is_empty() {
-            b = if s.host.use_system_roots {
-                b.tls_certs_merge(self.roots.iter().cloned())
-            } else {
-                b.tls_certs_only(self.roots.iter().cloned())
-            };
-        }
+        // The roots of reqwest's own TLS set-up (the platform verifier, plus the file's), read
+        // at the first handshake that needs them rather than now (`transport/roots.rs`).
+        let verifier = self.pool.verifier(&self.key)?;
+        b = b.use_preconfigured_tls(roots::client_config(verifier, identity)?);
         // Proxies never see loopback traffic: plain http to loopback is allowed without
         // `allow-insecure-http` because it never leaves the machine, so it must not be handed
         // to a proxy (configured or from `HTTP_PROXY`/`HTTPS_PROXY`/`ALL_PROXY`).
@@ -289,13 +293,6 @@ impl Transport {
             for proxy in env_proxies().map_err(ClientError::Proxy)? {
                 b = b.proxy(proxy);
             }
-        }
-        if let Some(id) = identity {
-            let mut pem = id.certificate_chain_pem.clone().into_bytes();
-            pem.push(b'\n');
-            pem.extend_from_slice(id.private_key_pem.expose_secret().as_bytes());
-            let identity = reqwest::Identity::from_pem(&pem).map_err(|_| ClientError::Identity)?;
-            b = b.identity(identity);
         }
         b.build()
             .map_err(|e| ClientError::Build(classify::error_chain(&e).join(": ")))
@@ -389,7 +386,9 @@ impl Transport {
         let url = &hop.url;
         if url.scheme() == "https" && next.scheme() != "https" {
             return Err(TransportError::Redirect(format!(
-                "{url} redirects to insecure {next}"
+                "{} redirects to insecure {}",
+                crate::text::shown_url(url),
+                crate::text::shown_url(&next)
             )));
         }
         // Only 303, and 301/302 after a POST, turn the request into a body-less GET; every
@@ -406,8 +405,9 @@ impl Transport {
                 && (hop.body.is_some() || !matches!(hop.method, Method::GET | Method::HEAD))
             {
                 return Err(TransportError::Redirect(format!(
-                    "{url} answered {} to another origin ({}); not re-sending the {} \
+                    "{} answered {} to another origin ({}); not re-sending the {} \
                      request there",
+                    crate::text::shown_url(url),
                     status.as_u16(),
                     next.origin().ascii_serialization(),
                     hop.method
@@ -417,7 +417,8 @@ impl Transport {
                 // No credential header, custom header or client certificate follows: the
                 // rest of the hops use a client without the identity.
                 hop.with_credentials = false;
-                tracing::debug!(connection = %self.settings.id, from = %url, to = %next,
+                tracing::debug!(connection = %self.settings.id, from = %crate::text::shown_url(url),
+                    to = %crate::text::shown_url(&next),
                     "redirect to another origin: credentials, custom headers and client \
                      certificate dropped");
             }
@@ -494,7 +495,7 @@ impl Transport {
                     .iter()
                     .any(|m| m.contains("not ready")) =>
             {
-                tracing::debug!(connection = %self.settings.id, url = %url,
+                tracing::debug!(connection = %self.settings.id, url = %crate::text::shown_url(url),
                     "connection closed before the request was sent; retrying once");
                 build()
                     .send()
@@ -506,11 +507,12 @@ impl Transport {
         let status = resp.status().as_u16();
         let method = &hop.method;
         tracing::debug!(
-            connection = %self.settings.id, %method, url = %url, status,
+            connection = %self.settings.id, %method, url = %crate::text::shown_url(url), status,
             elapsed_ms = started.elapsed().as_millis() as u64, "http"
         );
         if self.settings.host.enable_debug_logging {
-            tracing::info!(connection = %self.settings.id, %method, url = %url, status, "http");
+            tracing::info!(connection = %self.settings.id, %method,
+                url = %crate::text::shown_url(url), status, "http");
         }
         Ok(resp)
     }

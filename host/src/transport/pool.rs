@@ -1,6 +1,8 @@
 //! The HTTP clients a [`crate::Host`] owns: one reqwest client per distinct [`ClientKey`],
-//! shared by the host's connections (building one reads the system roots, ~4 ms).
+//! shared by the host's connections, and one certificate verifier per distinct roots (it reads
+//! the system roots, ~10 ms, at the first TLS handshake: `roots.rs`).
 
+use super::roots::LazyVerifier;
 use crate::config::{ConnectionSettings, ProxySettings};
 use fhirconn_sdk::ClientIdentity;
 use secrecy::ExposeSecret;
@@ -110,7 +112,11 @@ impl std::fmt::Debug for IdentityKey {
 #[derive(Default)]
 pub struct ClientPool {
     clients: Mutex<HashMap<ClientKey, reqwest::Client>>,
+    verifiers: Mutex<HashMap<RootsKey, Arc<LazyVerifier>>>,
 }
+
+/// What a verifier is built from: the roots file as read, and `use-system-roots`.
+type RootsKey = (Arc<[u8]>, bool);
 
 impl std::fmt::Debug for ClientPool {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
@@ -139,6 +145,29 @@ impl ClientPool {
         Ok(client)
     }
 
+    /// The verifier of `key`'s roots, shared by every client with the same roots (whatever
+    /// their identity, proxy or timeouts): the system's roots are read once per host.
+    pub(crate) fn verifier(
+        &self,
+        key: &ClientKey,
+    ) -> Result<Arc<LazyVerifier>, super::ClientError> {
+        let mut verifiers = self
+            .verifiers
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        let id = (key.roots_pem.clone(), key.use_system_roots);
+        if let Some(v) = verifiers.get(&id) {
+            return Ok(v.clone());
+        }
+        let v = Arc::new(LazyVerifier::new(
+            &key.roots_pem,
+            key.use_system_roots,
+            super::roots::provider(),
+        )?);
+        verifiers.insert(id, v.clone());
+        Ok(v)
+    }
+
     /// How many distinct clients the pool holds.
     pub fn len(&self) -> usize {
         self.clients
@@ -154,8 +183,9 @@ impl ClientPool {
 }
 
 /// Builds the default client (no client identity) of each of `transports` now, on a
-/// blocking thread, so that a host's first request does not pay for it (building one reads
-/// and parses the system roots, milliseconds); equal keys build one client. A client that
+/// blocking thread, and reads their trusted roots, so that a host's first request pays for
+/// neither (reading and parsing the system roots takes milliseconds); equal keys build one
+/// client. A client that
 /// cannot be built is left to fail, with its error, at the first request. Clients for a
 /// scheme's identity are built when the scheme returns it.
 pub(crate) async fn warm_up(transports: &[Arc<super::Transport>]) {
@@ -164,6 +194,7 @@ pub(crate) async fn warm_up(transports: &[Arc<super::Transport>]) {
     let _ = tokio::task::spawn_blocking(move || {
         for t in transports {
             let _ = t.client(None);
+            t.preload_roots();
         }
     })
     .await;

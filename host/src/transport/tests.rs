@@ -40,3 +40,28 @@ fn setup_errors_are_typed_and_name_their_setting() {
     assert!(new(json!({})).is_ok());
     assert!(pool.is_empty(), "clients are built when first used");
 }
+
+/// A plain-http connection never reads the system's roots (~10 ms, half of a one-shot
+/// `fhirconn test`): its client is built and used without them; a long-lived host's warm-up
+/// reads them, so its first https request does not wait for them.
+#[tokio::test]
+async fn plain_http_reads_no_system_roots_and_warm_up_does() {
+    use fhirconn_testkit::hostile::{Answer, HostileServer};
+    let server = HostileServer::start().await.unwrap();
+    server.otherwise(Answer::text(200, "ok"));
+    let dir = tempfile::tempdir().unwrap();
+    let pool = Arc::new(ClientPool::default());
+    let s = settings(dir.path(), json!({"base-url": server.url("/fhir")}));
+    let t = Arc::new(Transport::new(s, pool.clone()).unwrap());
+    let client = t.client(None).unwrap();
+    let status = client
+        .get(server.url("/fhir/metadata"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(status.status(), 200);
+    let verifier = pool.verifier(&t.key).unwrap();
+    assert!(!verifier.loaded(), "an http request read the system roots");
+    warm_up(std::slice::from_ref(&t)).await;
+    assert!(verifier.loaded(), "the warm-up reads them");
+}
