@@ -4,8 +4,8 @@
 //! settings become a [`Signer`]) and gets [`Scheme`] from the blanket implementation here:
 //! the JSON Schema derived from the settings type, `signs_requests` declared, the settings
 //! parsed with [`settings::parse`](crate::settings::parse), and a [`Connection`] whose
-//! `authorize` and `sign_request` are the signer's. [`target`] and [`path_and_query`] read the
-//! request URL the way the host sends it; [`hex`] writes digests.
+//! `authorize` and `sign_request` are the signer's. [`request_target`] reads the path and
+//! query of the request's URL as the host sends them; [`hex`] writes digests.
 //!
 //! ```
 //! use fhirconn_sdk::signing::{self, Signer, SigningScheme};
@@ -33,8 +33,7 @@
 //!
 //! impl Signer for StampSigner {
 //!     fn sign(&self, request: &SignRequest, _host: &Host<'_>) -> Result<SignAnswer> {
-//!         let path = signing::path_and_query(&signing::target(request)?).to_string();
-//!         let stamp = format!("{} {path}", request.unix_time);
+//!         let stamp = format!("{} {}", request.unix_time, signing::request_target(request)?);
 //!         Ok(SignAnswer { headers: vec![WireHeader::new("x-stamp", stamp)] })
 //!     }
 //! }
@@ -53,6 +52,7 @@ use crate::{Error, Host, Result};
 use schemars::JsonSchema;
 use serde::de::DeserializeOwned;
 use serde_json::Value;
+use std::borrow::Cow;
 
 /// A scheme whose connections sign every request; [`Scheme`] comes with it.
 pub trait SigningScheme: Send + Sync + 'static {
@@ -123,31 +123,38 @@ impl<S: Signer> Connection for Signed<S> {
     }
 }
 
-/// The request's URL, which must be absolute `http(s)` with a host (a `protocol` error
-/// otherwise: the host never sends anything else).
-pub fn target(request: &SignRequest) -> Result<url::Url> {
+/// The request-target of the request in origin form (RFC 9112 §3.2.1: the absolute path and
+/// the query as sent, no fragment), read from its URL, which must be absolute `http(s)` with a
+/// host (a `protocol` error otherwise: the host never sends anything else). No parsing beyond
+/// that: the host's URLs are already normalised, and signing runs for every request.
+pub fn request_target(request: &SignRequest) -> Result<Cow<'_, str>> {
     let bad = |what: &str| Error::protocol(format!("sign-request: {what}"));
-    let url = url::Url::parse(&request.url).map_err(|_| bad("the URL is not absolute"))?;
-    if !matches!(url.scheme(), "http" | "https") || url.host_str().is_none_or(str::is_empty) {
+    let (scheme, rest) = request
+        .url
+        .split_once("://")
+        .ok_or_else(|| bad("the URL is not absolute"))?;
+    let rest = rest.split_once('#').map_or(rest, |(r, _)| r);
+    let (authority, target) = rest.split_at(rest.find(['/', '?']).unwrap_or(rest.len()));
+    let http = scheme.eq_ignore_ascii_case("http") || scheme.eq_ignore_ascii_case("https");
+    if !http || authority.is_empty() {
         return Err(bad("the URL needs http(s) and a host"));
     }
-    Ok(url)
-}
-
-/// `path?query` of a URL as it goes on the request line (no fragment).
-pub fn path_and_query(url: &url::Url) -> &str {
-    &url[url::Position::BeforePath..url::Position::AfterQuery]
+    Ok(if target.starts_with('/') {
+        Cow::Borrowed(target)
+    } else {
+        Cow::Owned(format!("/{target}"))
+    })
 }
 
 /// Lowercase hex.
 pub fn hex(bytes: &[u8]) -> String {
-    use std::fmt::Write as _;
-    bytes
-        .iter()
-        .fold(String::with_capacity(bytes.len() * 2), |mut s, b| {
-            let _ = write!(s, "{b:02x}");
-            s
-        })
+    const DIGITS: &[u8; 16] = b"0123456789abcdef";
+    let mut out = String::with_capacity(bytes.len() * 2);
+    for b in bytes {
+        out.push(char::from(DIGITS[usize::from(b >> 4)]));
+        out.push(char::from(DIGITS[usize::from(b & 0x0f)]));
+    }
+    out
 }
 
 #[cfg(test)]
@@ -182,8 +189,7 @@ mod tests {
 
     impl Signer for EchoSigner {
         fn sign(&self, request: &SignRequest, _host: &Host<'_>) -> Result<SignAnswer> {
-            let url = target(request)?;
-            let value = format!("{} {}", self.0, path_and_query(&url));
+            let value = format!("{} {}", self.0, request_target(request)?);
             Ok(SignAnswer {
                 headers: vec![WireHeader::sensitive("x-echo", value)],
             })
@@ -216,14 +222,16 @@ mod tests {
 
     #[test]
     fn targets_are_absolute_http_urls_and_keep_the_query_as_sent() {
-        let path = |u: &str| {
-            target(&sign_request("GET", u, b"", 1)).map(|u| path_and_query(&u).to_string())
-        };
+        let path = |u: &str| request_target(&sign_request("GET", u, b"", 1)).map(Cow::into_owned);
         assert_eq!(path("https://h").unwrap(), "/");
-        assert_eq!(path("http://h:8080/a/b?x=%2F&y").unwrap(), "/a/b?x=%2F&y");
+        assert_eq!(path("HTTP://h:8080/a/b?x=%2F&y#f").unwrap(), "/a/b?x=%2F&y");
+        assert_eq!(path("https://h?q=1").unwrap(), "/?q=1");
+        assert_eq!(path("https://h#/not-a-path").unwrap(), "/");
         for bad in [
             "/relative",
             "mailto:x@example.com",
+            "https:///nohost",
+            "https://?q",
             "not a url",
             "ftp://h/x",
         ] {
@@ -231,6 +239,6 @@ mod tests {
             assert_eq!(e.kind(), crate::ErrorKind::Protocol, "{bad}");
             assert!(e.message().starts_with("sign-request: "), "{e}");
         }
-        assert_eq!(hex(&[0, 0xab, 0xff]), "00abff");
+        assert_eq!(hex(&[0, 0x0f, 0xab, 0xff]), "000fabff");
     }
 }

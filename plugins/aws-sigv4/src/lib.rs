@@ -200,7 +200,7 @@ impl Signer for AwsConnection {
 /// Signs `request` with `keys` at its `unix_time` through `aws_sigv4::http_request::sign`.
 fn sign_with(keys: &Keys, c: &AwsConnection, request: &SignRequest) -> Result<SignAnswer> {
     let bad = |what: &str| Error::protocol(format!("sign-request: {what}"));
-    signing::target(request)?;
+    signing::request_target(request)?;
     let identity = keys.clone().into();
     let mut signing = SigningSettings::default();
     if c.content_sha256 {

@@ -79,11 +79,10 @@ impl VendorHmacConnection {
     /// The three signature headers of one request (the nonce given: tests fix it).
     pub fn signature(&self, request: &SignRequest, nonce: &str) -> Result<SignAnswer> {
         let date = request.unix_time.to_string();
-        let target = signing::target(request)?;
         let text = format!(
             "{ALGORITHM}\n{}\n{}\n{date}\n{nonce}\n{}",
             request.method,
-            signing::path_and_query(&target),
+            signing::request_target(request)?,
             request.body_sha256
         );
         let mut mac = self.mac.clone();
