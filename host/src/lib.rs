@@ -135,8 +135,12 @@ impl Host {
     }
 
     /// Loads the schemes a document uses and validates it against the composed schema.
-    /// Returns the schemes whose plugins failed to load (their settings are not checked).
-    fn load_and_validate(doc: &Document, registry: &Registry) -> Result<BTreeMap<String, String>> {
+    /// Returns the schemes whose plugins failed to load (their settings are not checked) and
+    /// the composed schema (composed once: the redactor reads its setting names).
+    fn load_and_validate(
+        doc: &Document,
+        registry: &Registry,
+    ) -> Result<(BTreeMap<String, String>, serde_json::Value)> {
         let mut errors = Vec::new();
         // 1. Load the schemes the file uses.
         let mut broken: BTreeMap<String, String> = BTreeMap::new();
@@ -172,7 +176,7 @@ impl Host {
         if !errors.is_empty() {
             return Err(Error::Config(errors));
         }
-        Ok(broken)
+        Ok((broken, schema))
     }
 
     /// Validates a connections document (schema, typed settings) without configuring any
@@ -190,7 +194,7 @@ impl Host {
         person: Arc<dyn Person>,
         only: Option<Vec<String>>,
     ) -> Result<Host> {
-        let broken = Host::load_and_validate(&doc, &registry)?;
+        let (broken, schema) = Host::load_and_validate(&doc, &registry)?;
         // 3. Typed settings, transports, then each scheme's configure.
         let mut settings = config::connections(&doc).map_err(Error::Config)?;
         if let Some(only) = &only {
@@ -202,7 +206,7 @@ impl Host {
             }
             settings.retain(|id, _| only.contains(id));
         }
-        let redactor = host_redactor(&doc, &registry);
+        let redactor = host_redactor(&doc, &schema);
         let fleet_cache = caches::fleet_cache(&doc, &redactor)?;
         let rt = tokio::runtime::Handle::current();
         let clients = Arc::new(ClientPool::default());
@@ -498,9 +502,9 @@ fn locate_scheme_error(doc: &Document, entry: &config::AuthEntry, message: &str)
 
 /// A host's redactor: the file's inline secrets registered, and the setting names of the
 /// composed schema, which are never redacted inside (see [`Redactor`]).
-fn host_redactor(doc: &Document, registry: &Registry) -> Arc<Redactor> {
+fn host_redactor(doc: &Document, schema: &serde_json::Value) -> Arc<Redactor> {
     let redactor = Arc::new(Redactor::default());
-    redactor.add_schema_names(&Host::schema_for(registry));
+    redactor.add_schema_names(schema);
     register_inline_secrets(&doc.value, &redactor);
     redactor
 }
