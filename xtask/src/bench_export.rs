@@ -1,7 +1,10 @@
 //! `cargo xtask bench`, bulk export: ~1 GB of NDJSON in files of 50–200 MB from a loopback
 //! testkit server, downloaded by `fhirconn export` (4 at a time, NDJSON checked, files
 //! fsynced) against `curl --parallel --parallel-max 4` fetching the same files (no checks), in
-//! the same run: wall time ratio and fhirconn's peak RSS.
+//! the same run: wall time ratio and fhirconn's peak RSS. curl does not make its files
+//! durable, so the same curl run followed by `sync -d` of its files (an `fdatasync` each) is
+//! measured too: the ratio against it is the one for equal work on the disk. CPU time (user,
+//! system) of each side says where the rest goes.
 
 use crate::{median, start_testkit, Result};
 use std::path::Path;
@@ -65,73 +68,113 @@ fn compare(root: &Path, bulk: &serde_json::Value) -> Result {
         curl_args.push(out.join(format!("gen-{i}.ndjson")).display().to_string());
         curl_args.push(format!("{base}/$export-file/0/gen-{i}.ndjson"));
     }
-    let (mut ours, mut theirs, mut rss, mut curl_rss) = (vec![], vec![], vec![], vec![]);
+    let mut synced_args = vec!["-c".to_string(), "curl \"$@\" && sync -d \"$0\"/*".into()];
+    synced_args.push(out.display().to_string());
+    synced_args.extend(curl_args.iter().cloned());
+    let fhirconn_args: Vec<String> = vec![
+        "-c".into(),
+        config.display().to_string(),
+        "export".into(),
+        "bulk".into(),
+        "--out".into(),
+        out.display().to_string(),
+    ];
+    let sides: [(&str, &Path, &[String]); 3] = [
+        ("fhirconn export", &fhirconn, &fhirconn_args),
+        ("curl", Path::new("curl"), &curl_args),
+        ("curl + sync -d", Path::new("sh"), &synced_args),
+    ];
+    let mut runs: Vec<Vec<Measured>> = vec![Vec::new(); sides.len()];
     for _ in 0..RUNS {
-        let (t, kb) = measured(
-            Command::new(&fhirconn)
-                .arg("-c")
-                .arg(&config)
-                .args(["export", "bulk", "--out"])
-                .arg(&out),
-            &out,
-            total,
-            sizes.len(),
-        )?;
-        ours.push(t);
-        rss.push(kb);
-        let (t, kb) = measured(
-            Command::new("curl").args(&curl_args),
-            &out,
-            total,
-            sizes.len(),
-        )?;
-        theirs.push(t);
-        curl_rss.push(kb);
+        for ((_, program, args), runs) in sides.iter().zip(&mut runs) {
+            let fresh_dir = *program != fhirconn.as_path();
+            runs.push(measured(
+                program,
+                args,
+                fresh_dir,
+                &out,
+                total,
+                sizes.len(),
+            )?);
+        }
     }
-    let (o, c) = (median(ours), median(theirs));
-    let peak = rss.iter().max().copied().unwrap_or_default();
     println!(
-        "\nbulk export, {} files, {:.0} MB, 4 in parallel, median of {RUNS}:\n  \
-         fhirconn export {:.2} s ({:.0} MB/s), peak RSS {:.1} MiB (max of {RUNS})   \
-         curl --parallel-max 4: {:.2} s, peak RSS {:.1} MiB   ratio {:.2}x",
+        "\nbulk export, {} files, {:.0} MB, 4 in parallel, median of {RUNS} (CPU: user + system \
+         of the process, median; RSS: max):",
         sizes.len(),
         total as f64 / 1e6,
-        o.as_secs_f64(),
-        total as f64 / 1e6 / o.as_secs_f64(),
-        peak as f64 / 1024.0,
-        c.as_secs_f64(),
-        curl_rss.iter().max().copied().unwrap_or_default() as f64 / 1024.0,
-        o.as_secs_f64() / c.as_secs_f64()
     );
+    let ours = median(runs[0].iter().map(|m| m.wall).collect());
+    for ((name, _, _), runs) in sides.iter().zip(&runs) {
+        let wall = median(runs.iter().map(|m| m.wall).collect());
+        let user = median(runs.iter().map(|m| m.user).collect());
+        let system = median(runs.iter().map(|m| m.system).collect());
+        let rss = runs.iter().map(|m| m.rss_kib).max().unwrap_or_default();
+        println!(
+            "  {name:16} {:5.2} s ({:4.0} MB/s)  CPU {:5.2} + {:5.2} s  peak RSS {:5.1} MiB  \
+             fhirconn/this {:.2}x",
+            wall.as_secs_f64(),
+            total as f64 / 1e6 / wall.as_secs_f64(),
+            user.as_secs_f64(),
+            system.as_secs_f64(),
+            rss as f64 / 1024.0,
+            ours.as_secs_f64() / wall.as_secs_f64(),
+        );
+    }
     let _ = std::fs::remove_dir_all(&out);
     Ok(())
 }
 
-/// Runs `cmd` under `/usr/bin/time` into an empty `out`, checks it wrote `files` files of
-/// `total` bytes, then empties `out`: (wall time, peak RSS in KiB).
-fn measured(cmd: &mut Command, out: &Path, total: u64, files: usize) -> Result<(Duration, u64)> {
+/// One timed run.
+#[derive(Clone, Copy, Debug)]
+struct Measured {
+    wall: Duration,
+    user: Duration,
+    system: Duration,
+    rss_kib: u64,
+}
+
+/// Runs `program` under `/usr/bin/time` into an empty `out` (created first when
+/// `fresh_dir`), checks it wrote `files` files of `total` bytes, then empties `out` and syncs,
+/// so that no run writes back the data of the one before.
+fn measured(
+    program: &Path,
+    args: &[String],
+    fresh_dir: bool,
+    out: &Path,
+    total: u64,
+    files: usize,
+) -> Result<Measured> {
     let _ = std::fs::remove_dir_all(out);
-    if cmd.get_program() == "curl" {
+    if fresh_dir {
         std::fs::create_dir_all(out)?;
     }
-    let rss_file = out.with_extension("rss");
+    let _ = Command::new("sync").status();
+    let times = out.with_extension("time");
     let mut timed = Command::new("/usr/bin/time");
     timed
-        .arg("-f")
-        .arg("%M")
-        .arg("-o")
-        .arg(&rss_file)
-        .arg(cmd.get_program())
-        .args(cmd.get_args())
+        .args(["-f", "%M %U %S", "-o"])
+        .arg(&times)
+        .arg(program)
+        .args(args)
         .stdin(Stdio::null())
         .stdout(Stdio::null());
     let t = Instant::now();
     let o = timed.output()?;
-    let took = t.elapsed();
+    let wall = t.elapsed();
     if !o.status.success() {
-        return Err(format!("{cmd:?} failed: {}", String::from_utf8_lossy(&o.stderr)).into());
+        return Err(format!(
+            "{} failed: {}",
+            program.display(),
+            String::from_utf8_lossy(&o.stderr)
+        )
+        .into());
     }
-    let kb: u64 = std::fs::read_to_string(&rss_file)?.trim().parse()?;
+    let text = std::fs::read_to_string(&times)?;
+    let v: Vec<&str> = text.split_whitespace().rev().take(3).collect();
+    let [system, user, rss] = v[..] else {
+        return Err(format!("/usr/bin/time said {text:?}").into());
+    };
     let (mut n, mut bytes) = (0, 0);
     for e in std::fs::read_dir(out)? {
         let e = e?;
@@ -142,10 +185,16 @@ fn measured(cmd: &mut Command, out: &Path, total: u64, files: usize) -> Result<(
     }
     if (n, bytes) != (files, total) {
         return Err(format!(
-            "{cmd:?} wrote {n} files of {bytes} bytes (expected {files} of {total})"
+            "{} wrote {n} files of {bytes} bytes (expected {files} of {total})",
+            program.display()
         )
         .into());
     }
     std::fs::remove_dir_all(out)?;
-    Ok((took, kb))
+    Ok(Measured {
+        wall,
+        user: Duration::from_secs_f64(user.parse()?),
+        system: Duration::from_secs_f64(system.parse()?),
+        rss_kib: rss.parse()?,
+    })
 }

@@ -1,6 +1,6 @@
 //! One download: credentials for the connection's own origin only, an idle timeout between
 //! chunks, NDJSON checked before bytes reach a private temporary file (written 1 MiB at a time,
-//! synced in the background every 16 MiB), renamed when complete and synced.
+//! its writeback started every 8 MiB), synced and renamed when complete.
 
 use super::*;
 use crate::transport::Outgoing;
@@ -109,9 +109,7 @@ pub(super) async fn download(
             let bytes = checked.len() as u64;
             check.consume();
             on(Event::Bytes { name: &name, bytes });
-            writeback
-                .wrote(tmp.file(), bytes)
-                .map_err(|e| io_err(&path, e))?;
+            writeback.wrote(tmp.file(), bytes);
         }
     }
     let last = check.finish().map_err(ndjson_err)?;
@@ -123,11 +121,10 @@ pub(super) async fn download(
         });
     }
     tmp.set_mode(0o600).map_err(|e| io_err(&path, e))?;
-    // The last `fsync` of the data runs off the runtime's threads, so the other downloads go
-    // on meanwhile (persist's own `fsync` is then quick); writeback started while the file
+    // The `fsync` of the data runs off the runtime's threads, so the other downloads go on
+    // meanwhile (persist's own `fsync` is then quick); the writeback started while the file
     // was written leaves it little to do. On a cancel, this task drops `tmp` (the file is
-    // removed) and a sync of a clone finishes on an unlinked file.
-    writeback.finished().await.map_err(|e| io_err(&path, e))?;
+    // removed) and the sync of the clone finishes on an unlinked file.
     let synced = tmp.file().try_clone().map_err(|e| io_err(&path, e))?;
     tokio::task::spawn_blocking(move || synced.sync_all())
         .await
@@ -140,46 +137,40 @@ pub(super) async fn download(
 
 /// Checked bytes gathered for one `write` (fewer, larger writes).
 const WRITE_BYTES: usize = 1 << 20;
-/// Written bytes after which the data written so far is synced in the background.
-const WRITEBACK_BYTES: u64 = 16 << 20;
+/// Written bytes after which their writeback is started.
+const WRITEBACK_BYTES: u64 = 8 << 20;
 
-/// Durability overlapped with the download: every [`WRITEBACK_BYTES`] written, the data so
-/// far is synced (`fdatasync`) on a blocking thread while the download goes on, one sync at a
-/// time, so the disk writes while bytes arrive and the final `fsync` has only the tail left.
-/// Without it the page cache holds the whole file until the end (background writeback starts
-/// only at `dirty_background_ratio`) and the last files' `fsync`s add their full length to
-/// the wall time.
+/// Durability overlapped with the download: every [`WRITEBACK_BYTES`] written, the kernel is
+/// asked to start writing them to disk (Linux: `posix_fadvise(POSIX_FADV_DONTNEED)` starts
+/// an asynchronous writeback of the range, like `sync_file_range(SYNC_FILE_RANGE_WRITE)`, and
+/// drops pages already clean), so the disk writes while bytes arrive and the `fsync` at the
+/// end has only the tail left. Without it the page cache holds the whole file until then
+/// (background writeback starts only at `dirty_background_ratio`), and the last files'
+/// `fsync`s add their full length to the wall time. Advice only: the `fsync` before the
+/// rename is what makes the file durable, so a refused advice is no error.
 #[derive(Debug, Default)]
 struct Writeback {
-    since: u64,
-    running: Option<tokio::task::JoinHandle<std::io::Result<()>>>,
+    written: u64,
+    started: u64,
 }
 
 impl Writeback {
-    /// `bytes` more were written to `file`: starts a sync when enough gathered and none runs.
-    fn wrote(&mut self, file: &std::fs::File, bytes: u64) -> std::io::Result<()> {
-        self.since += bytes;
-        if self.since < WRITEBACK_BYTES || self.running.as_ref().is_some_and(|r| !r.is_finished()) {
-            return Ok(());
-        }
-        if let Some(done) = self.running.take() {
-            // Finished: its result is ready. An error is reported here: the clone shares the
-            // open file, so a later `fsync` would not see it again.
-            if let Some(result) = futures_util::FutureExt::now_or_never(done) {
-                result.map_err(std::io::Error::other)??;
-            }
-        }
-        let file = file.try_clone()?;
-        self.since = 0;
-        self.running = Some(tokio::task::spawn_blocking(move || file.sync_data()));
-        Ok(())
-    }
-
-    /// Waits for the running sync, if any.
-    async fn finished(&mut self) -> std::io::Result<()> {
-        match self.running.take() {
-            Some(r) => r.await.map_err(std::io::Error::other)?,
-            None => Ok(()),
+    /// `bytes` more were written to `file`.
+    fn wrote(&mut self, file: &std::fs::File, bytes: u64) {
+        self.written += bytes;
+        let pending = self.written - self.started;
+        if pending >= WRITEBACK_BYTES {
+            start_writeback(file, self.started, pending);
+            self.started = self.written;
         }
     }
 }
+
+#[cfg(target_os = "linux")]
+fn start_writeback(file: &std::fs::File, offset: u64, len: u64) {
+    let advice = rustix::fs::Advice::DontNeed;
+    let _ = rustix::fs::fadvise(file, offset, std::num::NonZeroU64::new(len), advice);
+}
+
+#[cfg(not(target_os = "linux"))]
+fn start_writeback(_: &std::fs::File, _: u64, _: u64) {}

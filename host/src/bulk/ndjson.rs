@@ -46,7 +46,7 @@ impl NdjsonCheck {
             let complete = &self.buf[self.checked..end];
             // UTF-8 once for all the complete lines ('\n' never sits inside a character); only
             // when it fails is each line checked alone, for the message.
-            let utf8 = std::str::from_utf8(complete).is_ok();
+            let utf8 = simdutf8::basic::from_utf8(complete).is_ok();
             let mut start = 0;
             for nl in memchr::memchr_iter(b'\n', complete) {
                 self.count.check(&complete[start..nl], utf8)?;
