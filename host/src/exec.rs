@@ -4,10 +4,14 @@
 //! The rules: `argv` is run directly (never through a shell); stdin is `/dev/null`; the
 //! environment is cleared except the base set [`BASE_ENV`], the names the request lists in
 //! `inherit_env`, and its own `env`; the working directory is the connections file's
-//! directory (a relative program path with a `/` is resolved there); the process runs in its
-//! own process group, which is killed (SIGKILL) when the timeout (default
-//! [`DEFAULT_TIMEOUT`], at most [`MAX_TIMEOUT`]) passes or an output exceeds its bound
-//! ([`MAX_STDOUT_BYTES`], [`MAX_STDERR_BYTES`]). Stdout holds credentials: it is never logged
+//! directory (a relative program path with a `/` is resolved there); the process runs in a
+//! process group of its own, which is killed (SIGKILL) when the timeout (default
+//! [`DEFAULT_TIMEOUT`], at most [`MAX_TIMEOUT`]) passes, an output exceeds its bound
+//! ([`MAX_STDOUT_BYTES`], [`MAX_STDERR_BYTES`]), the call ends, or this process ends in any
+//! way (Ctrl-C, SIGTERM, SIGKILL, a crash): the group is led by a watchdog (`/bin/sh`
+//! blocked reading a pipe only this process holds open) that kills the group when the pipe
+//! closes, since Ctrl-C on the terminal does not reach another group and the host runs no
+//! code after SIGKILL (nor `pre_exec`/`PR_SET_PDEATHSIG`: the host forbids unsafe code). Stdout holds credentials: it is never logged
 //! and never part of an error, and its JSON string values are registered with the redactor.
 //! Errors name the program (argv\[0\]) with control characters escaped.
 
@@ -30,6 +34,10 @@ const EXIT_GRACE: Duration = Duration::from_secs(2);
 pub const MAX_STDOUT_BYTES: usize = 1 << 20;
 /// The most a process may write to stderr.
 pub const MAX_STDERR_BYTES: usize = 64 << 10;
+/// The watchdog leading a credential process's group: it waits for end of file on its stdin
+/// (the write end is this process's, close-on-exec), then kills its own process group.
+const WATCHDOG: &str = "read -r _; kill -s KILL 0";
+
 /// The variables of the host's environment every process gets (when set): what a program
 /// needs to find its tools, home, user, locale and temporary directory. Nothing else passes
 /// unless the request names it in `inherit_env`.
@@ -115,11 +123,18 @@ pub fn run(dir: &Path, request: &Exec, redactor: &Redactor) -> Result<ExecAnswer
     tracing::debug!(command = %command, args = request.argv.len() - 1,
         timeout_s = timeout.as_secs(), "exec: running a credential process");
     let started = Instant::now();
+    let mut group = Group::start();
+    #[cfg(unix)]
+    {
+        use std::os::unix::process::CommandExt as _;
+        // Its own group (0: a new one), led by the watchdog when it started.
+        cmd.process_group(group.id.and_then(|id| i32::try_from(id).ok()).unwrap_or(0));
+    }
     let mut child = cmd.spawn().map_err(|e| ExecError::Spawn {
         command: command.clone(),
         reason: spawn_reason(&e),
     })?;
-    let group = child.id();
+    group.id.get_or_insert(child.id());
     let (tx, rx) = mpsc::channel();
     for (stream, pipe, limit) in [
         (
@@ -158,13 +173,13 @@ pub fn run(dir: &Path, request: &Exec, redactor: &Redactor) -> Result<ExecAnswer
             // It ended, but something it started still holds its output open: stop that
             // and take what was written.
             Err(_) if status.is_some() && !killed => {
-                kill_group(group);
+                group.kill();
                 killed = true;
                 deadline = Instant::now() + EXIT_GRACE;
                 continue;
             }
             Err(_) => {
-                kill_group(group);
+                group.kill();
                 return Err(ExecError::Timeout {
                     command,
                     after: timeout,
@@ -180,7 +195,7 @@ pub fn run(dir: &Path, request: &Exec, redactor: &Redactor) -> Result<ExecAnswer
                 deadline = deadline.min(Instant::now() + EXIT_GRACE);
             }
             Event::Output(stream, Err(Overflow::Limit)) => {
-                kill_group(group);
+                group.kill();
                 let limit = if stream == "stdout" {
                     MAX_STDOUT_BYTES
                 } else {
@@ -193,7 +208,7 @@ pub fn run(dir: &Path, request: &Exec, redactor: &Redactor) -> Result<ExecAnswer
                 });
             }
             Event::Output(_, Err(Overflow::Io(e))) => {
-                kill_group(group);
+                group.kill();
                 return Err(ExecError::Io {
                     command,
                     reason: e.to_string(),
@@ -204,7 +219,7 @@ pub fn run(dir: &Path, request: &Exec, redactor: &Redactor) -> Result<ExecAnswer
         }
     }
     // A child left behind in the group (a daemon holding no pipe) does not outlive the call.
-    kill_group(group);
+    drop(group);
     let stdout = String::from_utf8_lossy(&stdout.unwrap_or_default()).into_owned();
     register_secrets(&stdout, redactor);
     let exit_code = status.and_then(|s| s.code());
@@ -255,11 +270,6 @@ fn command_for(dir: &Path, request: &Exec, command: &str) -> Result<Command, Exe
         }
         cmd.env(name, value);
     }
-    #[cfg(unix)]
-    {
-        use std::os::unix::process::CommandExt as _;
-        cmd.process_group(0);
-    }
     Ok(cmd)
 }
 
@@ -273,6 +283,72 @@ fn read_bounded(pipe: Box<dyn Read + Send>, limit: usize) -> Result<Vec<u8>, Ove
         return Err(Overflow::Limit);
     }
     Ok(buf)
+}
+
+/// The process group of one credential process: killed when the call ends (also on an
+/// early return or a panic), and by its watchdog when this process ends.
+struct Group {
+    /// The group's id: the watchdog's pid, else the credential process's once started.
+    id: Option<u32>,
+    /// The watchdog, reaped after the group is killed (so its id is never reused meanwhile).
+    watchdog: Option<std::process::Child>,
+}
+
+impl Group {
+    /// A group led by a new watchdog; without one (no `/bin/sh`, not Unix) the credential
+    /// process leads its own group and is killed only by this process.
+    fn start() -> Self {
+        let watchdog = if cfg!(unix) {
+            watchdog()
+                .inspect_err(|e| {
+                    tracing::debug!("exec: no watchdog ({e}); the group dies with the call only");
+                })
+                .ok()
+        } else {
+            None
+        };
+        Self {
+            id: watchdog.as_ref().map(std::process::Child::id),
+            watchdog,
+        }
+    }
+
+    /// SIGKILL to the group (the watchdog, the process and what it started).
+    fn kill(&self) {
+        if let Some(id) = self.id {
+            kill_group(id);
+        }
+    }
+}
+
+impl Drop for Group {
+    fn drop(&mut self) {
+        self.kill();
+        if let Some(mut w) = self.watchdog.take() {
+            let _ = w.wait();
+        }
+    }
+}
+
+/// `/bin/sh` running [`WATCHDOG`] as the leader of a new process group, its stdin the pipe
+/// whose write end (kept in the returned child) closes when this process ends.
+#[cfg(unix)]
+fn watchdog() -> std::io::Result<std::process::Child> {
+    use std::os::unix::process::CommandExt as _;
+    Command::new("/bin/sh")
+        .args(["-c", WATCHDOG])
+        .env_clear()
+        .current_dir("/")
+        .stdin(Stdio::piped())
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .process_group(0)
+        .spawn()
+}
+
+#[cfg(not(unix))]
+fn watchdog() -> std::io::Result<std::process::Child> {
+    Err(std::io::Error::from(std::io::ErrorKind::Unsupported))
 }
 
 /// SIGKILL to the process group (the process and what it started); errors ignored (it ended).

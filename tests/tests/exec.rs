@@ -245,3 +245,77 @@ printf '{"apiVersion":"fhirconn.exec/v1","token":"CANARY-exec-tok","expires_in":
     );
     assert!(!out.all().contains("CANARY-exec-tok"), "{}", out.all());
 }
+
+/// Whether process `pid` still runs (a zombie waiting for a parent that does not reap it
+/// counts as ended).
+fn running(pid: &str) -> bool {
+    std::fs::read_to_string(format!("/proc/{pid}/stat")).is_ok_and(|stat| {
+        let state = stat.rsplit_once(')').map(|(_, rest)| rest.trim_start());
+        !matches!(state.and_then(|s| s.chars().next()), Some('Z' | 'X'))
+    })
+}
+
+/// `fhirconn token` running a credential process that starts a child and sleeps: stopped by
+/// `signal` (`INT` as Ctrl-C sends it, or `KILL`), it leaves neither behind.
+fn a_stopped_fhirconn_leaves_no_credential_process(signal: &str) {
+    use fhirconn_tests::fhirconn_command;
+    let dir = tempfile::tempdir().unwrap();
+    let pids = dir.path().join("pids");
+    let cmd = script(
+        dir.path(),
+        "hang.sh",
+        &format!(
+            "sleep 600 &\necho \"$$ $!\" > '{}.tmp'; mv '{0}.tmp' '{0}'\nexec sleep 600",
+            pids.display()
+        ),
+    );
+    exec_config(dir.path(), "http://127.0.0.1:9/fhir", &cmd);
+    let mut fhirconn = fhirconn_command(dir.path(), true)
+        .args(["token", "c"])
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    let started = Instant::now();
+    while !pids.exists() {
+        assert!(
+            started.elapsed() < Duration::from_secs(20),
+            "the credential process did not start"
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    let text = std::fs::read_to_string(&pids).unwrap();
+    let procs: Vec<&str> = text.split_whitespace().collect();
+    assert_eq!(procs.len(), 2, "{text}");
+    assert!(procs.iter().all(|p| running(p)), "{text}");
+    let sent = std::process::Command::new("kill")
+        .args(["-s", signal, &fhirconn.id().to_string()])
+        .status()
+        .unwrap();
+    assert!(sent.success());
+    fhirconn.wait().unwrap();
+    let stopped = Instant::now();
+    while procs.iter().any(|p| running(p)) && stopped.elapsed() < Duration::from_secs(2) {
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    let left: Vec<&&str> = procs.iter().filter(|p| running(p)).collect();
+    for p in &left {
+        let _ = std::process::Command::new("kill")
+            .args(["-s", "KILL", p])
+            .status();
+    }
+    assert!(
+        left.is_empty(),
+        "SIG{signal} to fhirconn left {left:?} of the credential process ({text}) running"
+    );
+}
+
+#[test]
+fn ctrl_c_on_fhirconn_token_stops_the_credential_process_and_its_children() {
+    a_stopped_fhirconn_leaves_no_credential_process("INT");
+}
+
+#[test]
+fn a_killed_fhirconn_token_leaves_no_credential_process_behind() {
+    a_stopped_fhirconn_leaves_no_credential_process("KILL");
+}
