@@ -38,6 +38,7 @@ pub(crate) fn bench(only: &[Part]) -> Result {
         criterion(&sh, &plugin_dir)?;
     }
     if run(Part::Proxy) {
+        crate::bench_proxy::bench(&root)?;
         // The proxy against direct requests, and the fleet cache's hit path (a real Redis).
         cmd!(sh, "cargo bench -p fhirconn-tests --bench fleet_proxy")
             .env("FHIRCONN_TEST_PLUGIN_DIR", plugin_dir)

@@ -8,6 +8,7 @@
 
 mod bench;
 mod bench_export;
+mod bench_proxy;
 mod build;
 mod ci;
 mod conformance;
