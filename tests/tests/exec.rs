@@ -246,6 +246,44 @@ printf '{"apiVersion":"fhirconn.exec/v1","token":"CANARY-exec-tok","expires_in":
     assert!(!out.all().contains("CANARY-exec-tok"), "{}", out.all());
 }
 
+/// Security boundary (secrets never in errors or output): `env` values are secrets. A
+/// credential process that fails and echoes the value it was given on stderr gets an error
+/// that does not show it, in `test`, `get` and `-vv` output, while its other words still
+/// show. (The variable's name does not look like a secret's, so the host's guess by key name,
+/// `...-key`, `...-token`, does not cover it: only the scheme's registration does.) `env`
+/// values of fewer than 4 characters are too common to redact.
+#[test]
+fn env_values_never_reach_the_output_when_the_process_echoes_them() {
+    use fhirconn_tests::{fhirconn_command, run_command};
+    let dir = tempfile::tempdir().unwrap();
+    let failing = script(
+        dir.path(),
+        "echo-key.sh",
+        r#"printf 'vendor said: bad key %s for %s\n' "$VENDOR_CREDENTIAL" "$REGION" >&2; exit 1"#,
+    );
+    std::fs::write(
+        dir.path().join("fhirconn.yaml"),
+        format!(
+            "connections:\n  c:\n    base-url: https://fhir.example/r4\n    auth:\n      \
+             scheme: exec\n      command: [{failing}]\n      \
+             env: {{VENDOR_CREDENTIAL: CANARY-env-key-0042, REGION: eu}}\n"
+        ),
+    )
+    .unwrap();
+    for args in [
+        &["test", "c"][..],
+        &["get", "c", "Patient/1"],
+        &["-vv", "test", "c"],
+    ] {
+        let out = run_command(fhirconn_command(dir.path(), true).args(args));
+        assert_ne!(out.code, 0, "{args:?}: {}", out.all());
+        let all = out.all();
+        assert!(all.contains("vendor said: bad key"), "{args:?}: {all}");
+        assert!(!all.contains("CANARY-env-key-0042"), "{args:?}: {all}");
+        assert!(all.contains("for eu"), "{args:?}: {all}");
+    }
+}
+
 /// Whether process `pid` still runs (a zombie waiting for a parent that does not reap it
 /// counts as ended).
 fn running(pid: &str) -> bool {

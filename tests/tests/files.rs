@@ -383,6 +383,45 @@ fn profile_describe_masks_secrets_by_the_schema() {
     );
 }
 
+/// `profile describe` hides an `exec` connection's `env` values (the scheme's schema marks
+/// `env` secret), and `profile set` refuses one inline without `--allow-inline-secret`.
+#[test]
+fn profile_describe_hides_exec_env_values() {
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    std::fs::write(
+        d.join("fhirconn.yaml"),
+        "connections:\n  x:\n    base-url: https://x.example/fhir\n    auth:\n      \
+         scheme: exec\n      command: [./get-token, --visible-arg]\n      \
+         env: {VENDOR_CREDENTIAL: CANARY-exec-env}\n",
+    )
+    .unwrap();
+    let out = run(d, &[], &["profile", "describe", "x"]);
+    assert_eq!(out.code, 0, "{}", out.stderr);
+    assert!(!out.all().contains("CANARY"), "{}", out.stdout);
+    assert!(out.stdout.contains("--visible-arg"), "{}", out.stdout);
+    let out = run(
+        d,
+        &[],
+        &[
+            "profile",
+            "set",
+            "y",
+            "--scheme",
+            "exec",
+            "--base-url",
+            "https://y.example/fhir",
+            "--set",
+            "command=[\"./t\"]",
+            "--set",
+            "env.VENDOR_CREDENTIAL=CANARY-exec-env",
+        ],
+    );
+    assert_eq!(out.code, 2, "{}", out.all());
+    assert!(out.stderr.contains("is a secret"), "{}", out.stderr);
+    assert!(!out.all().contains("CANARY"), "{}", out.all());
+}
+
 /// `import dsf` writes its output 0600 when it carries a secret inline, and names every such
 /// secret on standard error with the `-file`/`-env` alternative.
 #[test]
