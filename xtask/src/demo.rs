@@ -123,31 +123,30 @@ pub(crate) fn demo() -> Result {
     Ok(())
 }
 
-/// The demo's credential files, next to its connections file.
+/// The demo's credential files, next to its connections file: each from its place in the
+/// servers' description; the secrets (passwords, tokens, private keys) readable only by their
+/// owner (0600), the certificates as any file.
 fn write_files(dir: &std::path::Path, info: &serde_json::Value) -> Result {
-    let s = |v: &serde_json::Value| v.as_str().unwrap_or_default().to_string();
-    std::fs::write(
-        dir.join("basic-password.txt"),
-        s(&info["basic"]["password"]),
-    )?;
-    std::fs::write(dir.join("bearer-token.txt"), s(&info["bearer"]["token"]))?;
-    std::fs::write(
-        dir.join("client-secret.txt"),
-        s(&info["oauth"]["client-secret"]),
-    )?;
-    write_private(
-        &dir.join("smart-key.pem"),
-        &s(&info["oauth"]["private-key-pem"]),
-    )?;
-    std::fs::write(dir.join("demo-ca.pem"), s(&info["mtls"]["ca-pem"]))?;
-    std::fs::write(
-        dir.join("azure-secret.txt"),
-        s(&info["azure"]["client-secret"]),
-    )?;
-    std::fs::write(dir.join("client.crt"), s(&info["mtls"]["certificate-pem"]))?;
-    write_private(
-        &dir.join("client.key"),
-        &s(&info["mtls"]["private-key-pem"]),
-    )?;
+    let files = [
+        ("basic-password.txt", "/basic/password", true),
+        ("bearer-token.txt", "/bearer/token", true),
+        ("client-secret.txt", "/oauth/client-secret", true),
+        ("smart-key.pem", "/oauth/private-key-pem", true),
+        ("demo-ca.pem", "/mtls/ca-pem", false),
+        ("azure-secret.txt", "/azure/client-secret", true),
+        ("client.crt", "/mtls/certificate-pem", false),
+        ("client.key", "/mtls/private-key-pem", true),
+    ];
+    for (name, pointer, secret) in files {
+        let text = info
+            .pointer(pointer)
+            .and_then(serde_json::Value::as_str)
+            .unwrap_or_default();
+        if secret {
+            write_private(&dir.join(name), text)?;
+        } else {
+            std::fs::write(dir.join(name), text)?;
+        }
+    }
     Ok(())
 }

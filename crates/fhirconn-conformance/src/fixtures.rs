@@ -6,6 +6,7 @@ mod azure_identity;
 mod exec;
 mod google;
 mod jwt_auth;
+mod signed;
 mod smart_launch;
 mod starters;
 mod vendor_hmac;
