@@ -205,3 +205,48 @@ fn identical_entries_in_two_directories_do_not_share_a_stored_token() {
     std::fs::write(two.path().join("tok.sh"), "#!/bin/sh\nexit 7\n").unwrap();
     assert!(token(two.path()).contains("CANARY-dir-two-token"));
 }
+
+#[test]
+fn an_absurd_stored_expiry_is_a_miss_for_token_and_profile_describe() {
+    let state = tempfile::tempdir().unwrap();
+    let store = state.path().join("credentials.json");
+    let dir = tempfile::tempdir().unwrap();
+    exec_connection(dir.path(), "CANARY-expiry-token");
+    let run = |args: &[&str]| {
+        run_command(
+            fhirconn_command(dir.path(), true)
+                .env("FHIRCONN_CREDENTIALS", &store)
+                .args(args),
+        )
+    };
+    ok(&run(&["token", "c"]));
+    let out = run(&["profile", "describe", "c"]);
+    ok(&out);
+    assert!(out.stdout.contains("token cached until"), "{}", out.stdout);
+    // The stored value, otherwise valid, claims u64::MAX (or 20 years from now).
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_secs();
+    for absurd in [u64::MAX, now + 20 * 365 * 24 * 3600] {
+        let mut file: Value = serde_json::from_str(&store_text(&store)).unwrap();
+        let slot = &mut file["@host/token-cache/c"];
+        let mut value: Value = serde_json::from_str(slot.as_str().unwrap()).unwrap();
+        value["expires_at"] = json!(absurd);
+        *slot = Value::String(value.to_string());
+        std::fs::write(&store, file.to_string()).unwrap();
+        let out = run(&["profile", "describe", "c"]);
+        ok(&out);
+        assert!(out.stdout.contains("# credentials: none"), "{}", out.stdout);
+        let out = run(&["token", "c"]);
+        ok(&out);
+        assert!(out.stdout.contains("CANARY-expiry-token"), "{}", out.stdout);
+        let out = run(&["profile", "describe", "c"]);
+        assert!(out.stdout.contains("token cached until"), "{}", out.stdout);
+        assert!(
+            !out.stdout.contains(&absurd.to_string()),
+            "the token was fetched again: {}",
+            out.stdout
+        );
+    }
+}
