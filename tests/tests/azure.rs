@@ -542,12 +542,9 @@ fn cli_login_at_trace_level_shows_no_token_and_no_client_secret() {
     const SECRET: &str = "CANARY~entra+client/secret&=42";
     let rt = tokio::runtime::Runtime::new().unwrap();
     let (entra, fhir) = rt.block_on(async {
-        let entra = MockEntra::start(EntraConfig {
-            confidential_clients: vec![("daemon-app".into(), SECRET.into())],
-            ..EntraConfig::default()
-        })
-        .await
-        .unwrap();
+        let entra = MockEntra::start(EntraConfig::daemon_secret(SECRET))
+            .await
+            .unwrap();
         let fhir = fhir_behind(&entra).await;
         (entra, fhir)
     });

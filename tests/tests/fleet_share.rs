@@ -83,12 +83,9 @@ fn two_processes_with_a_service_principal_share_one_token_request() {
     let redis = RedisServer::start(None);
     let rt = tokio::runtime::Runtime::new().unwrap();
     let (entra, fhir) = rt.block_on(async {
-        let entra = MockEntra::start(EntraConfig {
-            confidential_clients: vec![("daemon-app".into(), SECRET.into())],
-            ..EntraConfig::default()
-        })
-        .await
-        .unwrap();
+        let entra = MockEntra::start(EntraConfig::daemon_secret(SECRET))
+            .await
+            .unwrap();
         let fhir = jwt_server_for_own_origin(|a| entra.verifier(a)).await;
         fhir.set_challenge(Some(entra.challenge(&fhir.origin())));
         (entra, fhir)

@@ -71,6 +71,16 @@ impl Default for EntraConfig {
     }
 }
 
+impl EntraConfig {
+    /// The defaults with the confidential client `daemon-app` holding `secret`.
+    pub fn daemon_secret(secret: &str) -> Self {
+        Self {
+            confidential_clients: vec![("daemon-app".into(), secret.into())],
+            ..Self::default()
+        }
+    }
+}
+
 struct Pending {
     client_id: String,
     scope: String,
