@@ -101,15 +101,23 @@ pub fn metadata_token(
 }
 
 /// A metadata answer's lifetime as RFC 6749's numeric `expires_in`; anything unreadable stays
-/// as it was, for [`oauth::token_response`] to refuse.
+/// as it was, for [`oauth::token_response`] to refuse. Only finite numbers are read: `"inf"`,
+/// `"NaN"` or `"1e999"` would become JSON `null`, i.e. a token that never expires.
 fn expires_in(body: &Value, now: f64) -> Value {
-    let number = |v: &Value| match v {
-        Value::String(s) => s.trim().parse::<f64>().ok(),
-        v => v.as_f64(),
+    let number = |v: &Value| {
+        match v {
+            Value::String(s) => s.trim().parse::<f64>().ok(),
+            v => v.as_f64(),
+        }
+        .filter(|n| n.is_finite())
     };
     match (number(&body["expires_in"]), number(&body["expires_on"])) {
         (Some(secs), _) => secs.into(),
         (None, Some(on)) => (on - now).into(),
+        // An unreadable `expires_on` without `expires_in` is refused as one, not dropped.
+        (None, None) if body["expires_in"].is_null() && !body["expires_on"].is_null() => {
+            body["expires_on"].clone()
+        }
         (None, None) => body["expires_in"].clone(),
     }
 }

@@ -17,6 +17,13 @@
 //!   every client authentication method, token-response validation, device code, refresh,
 //!   PKCE; [`Memo`] caches a discovered endpoint per connection; [`www_authenticate`] reads
 //!   challenges
+//! - [`flows`]: token flows over [`oauth`] shared by schemes: cloud metadata endpoints,
+//!   federated token files, device code, authorization code with PKCE, stored sign-ins bound to
+//!   what they were issued for, authority-pinned challenges and discovery
+//! - `identity` (feature `identity`): PEM and PKCS#12 private keys and certificate chains
+//!   → a client identity (mTLS)
+//! - [`signing`]: [`signing::SigningScheme`] and [`signing::Signer`] make a per-request
+//!   signing scheme (the SDK supplies its `Scheme` and `Connection`)
 //! - [`testing`]: [`testing::MockHost`] (a simulated host for unit tests,
 //!   `configure_and_authorize`), `connection_info()`, `auth_request()`, `header_value()`
 //!

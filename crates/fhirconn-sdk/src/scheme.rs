@@ -168,7 +168,7 @@ pub trait Connection: Send + Sync + 'static {
     /// The identity this connection's access tokens belong to, when other processes configured
     /// the same way may use them (the fleet credential cache); `None` (the default) keeps them
     /// to this process. Return `None` for a person's sign-in and for identities that come from
-    /// the machine or a process (managed identity, metadata servers, `exec`); otherwise name
+    /// the machine or a process (a system-assigned managed identity, metadata servers, `exec`); otherwise name
     /// what decides the identity and is not in the settings (a client id read from the
     /// environment, the account inside a key file). The host hashes it under its fleet key.
     fn share_key(&self) -> Option<String> {

@@ -85,6 +85,23 @@ fn metadata_lifetimes_are_read_in_every_dialect_and_validated() {
         ),
         (r#"{"access_token":"t","token_type":"pop"}"#, "only Bearer"),
         ("<html>", "not JSON"),
+        // Not finite: must never become "no expiry".
+        (
+            r#"{"access_token":"t","token_type":"Bearer","expires_in":"inf"}"#,
+            "non-numeric",
+        ),
+        (
+            r#"{"access_token":"t","token_type":"Bearer","expires_in":"NaN"}"#,
+            "non-numeric",
+        ),
+        (
+            r#"{"access_token":"t","token_type":"Bearer","expires_in":"1e999"}"#,
+            "non-numeric",
+        ),
+        (
+            r#"{"access_token":"t","token_type":"Bearer","expires_on":"inf"}"#,
+            "non-numeric",
+        ),
     ] {
         let mock = MockHost::new().with_http(move |_| Ok(answer(200, body, &[])));
         let e = metadata(&mock, None).unwrap_err();
