@@ -188,6 +188,21 @@ pub(crate) fn bench(root: &Path) -> Result {
         "    CPU at the paced rate: server {server_us:.1} us per direct request, proxy \
          {proxy_us:.1} us per proxied request"
     );
+    if pc.rate() < 0.95 * half {
+        // The proxy could not keep up with that rate: its p50 above is queueing. The same at
+        // half of the proxy's own saturation rate shows what it adds when it keeps up.
+        let below = (p[0].rate() / 2.0).round();
+        let (dl, pl) = rig.runs(&loadgen, Some("0"), secs, Some(below))?;
+        println!(
+            "    the proxy does not keep up with {half:.0} req/s on one core; at {below:.0} \
+             req/s (half of its own saturation in (b)): direct p50 {:.3} ms, via proxy p50 \
+             {:.3} ms ({:.0} req/s): p50 added {:+.3} ms",
+            dl.p50(),
+            pl[0].p50(),
+            pl[0].rate(),
+            pl[0].p50() - dl.p50()
+        );
+    }
     Ok(())
 }
 
