@@ -146,12 +146,16 @@ const WRITEBACK_BYTES: u64 = 8 << 20;
 /// drops pages already clean), so the disk writes while bytes arrive and the `fsync` at the
 /// end has only the tail left. Without it the page cache holds the whole file until then
 /// (background writeback starts only at `dirty_background_ratio`), and the last files'
-/// `fsync`s add their full length to the wall time. Advice only: the `fsync` before the
-/// rename is what makes the file durable, so a refused advice is no error.
+/// `fsync`s add their full length to the wall time. The advice can block (queueing I/O,
+/// draining page lists: 0.9 s in all for 1 GB, measured), so it runs on a blocking thread,
+/// one at a time per file. Advice only: the `fsync` before the rename is what makes the file
+/// durable, so a refused advice is no error.
 #[derive(Debug, Default)]
 struct Writeback {
     written: u64,
     started: u64,
+    file: Option<Arc<std::fs::File>>,
+    running: Option<tokio::task::JoinHandle<()>>,
 }
 
 impl Writeback {
@@ -159,10 +163,20 @@ impl Writeback {
     fn wrote(&mut self, file: &std::fs::File, bytes: u64) {
         self.written += bytes;
         let pending = self.written - self.started;
-        if pending >= WRITEBACK_BYTES {
-            start_writeback(file, self.started, pending);
-            self.started = self.written;
+        if pending < WRITEBACK_BYTES || self.running.as_ref().is_some_and(|r| !r.is_finished()) {
+            return;
         }
+        if self.file.is_none() {
+            self.file = file.try_clone().ok().map(Arc::new);
+        }
+        let Some(file) = self.file.clone() else {
+            return;
+        };
+        let offset = self.started;
+        self.started = self.written;
+        self.running = Some(tokio::task::spawn_blocking(move || {
+            start_writeback(&file, offset, pending);
+        }));
     }
 }
 
