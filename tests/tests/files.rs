@@ -384,7 +384,8 @@ fn profile_describe_masks_secrets_by_the_schema() {
 }
 
 /// `profile describe` hides an `exec` connection's `env` values (the scheme's schema marks
-/// `env` secret), and `profile set` refuses one inline without `--allow-inline-secret`.
+/// `env` secret); `profile set` refuses one inline without `--allow-inline-secret`, and with
+/// it writes the file 0600.
 #[test]
 fn profile_describe_hides_exec_env_values() {
     let dir = tempfile::tempdir().unwrap();
@@ -414,12 +415,33 @@ fn profile_describe_hides_exec_env_values() {
             "--set",
             "command=[\"./t\"]",
             "--set",
-            "env.VENDOR_CREDENTIAL=CANARY-exec-env",
+            "env={\"VENDOR_CREDENTIAL\":\"CANARY-exec-env\"}",
         ],
     );
     assert_eq!(out.code, 2, "{}", out.all());
     assert!(out.stderr.contains("is a secret"), "{}", out.stderr);
     assert!(!out.all().contains("CANARY"), "{}", out.all());
+    // Allowed inline, the file holding it is private.
+    let out = run(
+        d,
+        &[],
+        &[
+            "profile",
+            "set",
+            "y",
+            "--scheme",
+            "exec",
+            "--base-url",
+            "https://y.example/fhir",
+            "--set",
+            "command=[\"./t\"]",
+            "--set",
+            "env={\"VENDOR_CREDENTIAL\":\"CANARY-exec-env\"}",
+            "--allow-inline-secret",
+        ],
+    );
+    assert_eq!(out.code, 0, "{}", out.all());
+    assert_eq!(mode(&d.join("fhirconn.yaml")), 0o600);
 }
 
 /// `import dsf` writes its output 0600 when it carries a secret inline, and names every such
