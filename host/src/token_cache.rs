@@ -245,7 +245,8 @@ fn part(h: &mut Sha256, bytes: &[u8]) {
 
 /// SHA-256 of what a token depends on besides the settings fingerprint: the canonical
 /// directory relative paths resolve against, the inline secret values at `secrets`, and for
-/// every `*-env`/`*-file` setting under `auth` the variable's value or the file's content
+/// every `*-env`/`*-file` setting under `auth` the variable's value (of each variable, for a
+/// list of names such as exec's `inherit-env`) or the file's content
 /// (read as the plugins read it: relative to `base_dir`, regular files only, bounded).
 pub(crate) fn secret_material(base_dir: &Path, entry: &Value, secrets: &[String]) -> [u8; 32] {
     let mut h = Sha256::new();
@@ -292,6 +293,14 @@ fn secret_sources(v: &Value, ptr: &str, out: &mut Vec<(String, String, String)>,
                 match x {
                     Value::String(s) if k.ends_with("-env") || k.ends_with("-file") => {
                         out.push((p, k.clone(), s.clone()));
+                    }
+                    // A list of variable names (exec's `inherit-env`): each one's value.
+                    Value::Array(names) if k.ends_with("-env") => {
+                        for (i, n) in names.iter().enumerate() {
+                            if let Value::String(n) = n {
+                                out.push((format!("{p}/{i}"), k.clone(), n.clone()));
+                            }
+                        }
                     }
                     _ => secret_sources(x, &p, out, depth + 1),
                 }
@@ -797,6 +806,12 @@ mod tests {
         // another value of the variable
         std::env::set_var("FHIRCONN_TOKEN_CACHE_TEST_SECRET", "S2");
         assert_ne!(m(one.path(), &entry), base);
+        // the variables a list names (exec's `inherit-env`)
+        let listed = json!({"auth": {"scheme": "exec", "command": ["./t"],
+            "inherit-env": ["FHIRCONN_TOKEN_CACHE_TEST_SECRET"]}});
+        let before = m(one.path(), &listed);
+        std::env::set_var("FHIRCONN_TOKEN_CACHE_TEST_SECRET", "S3");
+        assert_ne!(m(one.path(), &listed), before);
         std::env::remove_var("FHIRCONN_TOKEN_CACHE_TEST_SECRET");
         assert_ne!(m(one.path(), &entry), base);
     }

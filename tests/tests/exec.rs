@@ -357,3 +357,8 @@ fn ctrl_c_on_fhirconn_token_stops_the_credential_process_and_its_children() {
 fn a_killed_fhirconn_token_leaves_no_credential_process_behind() {
     a_stopped_fhirconn_leaves_no_credential_process("KILL");
 }
+
+#[test]
+fn a_terminated_fhirconn_token_leaves_no_credential_process_behind() {
+    a_stopped_fhirconn_leaves_no_credential_process("TERM");
+}
