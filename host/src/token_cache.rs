@@ -331,24 +331,13 @@ fn read_secret_file(p: &Path) -> Option<Vec<u8>> {
     Some(bytes)
 }
 
-/// HMAC-SHA-256 (RFC 2104) of `message` under `key`.
+/// HMAC-SHA-256 (RFC 2104) of `message` under `key` (RustCrypto `hmac`).
 fn hmac_sha256(key: &[u8], message: &[u8]) -> [u8; 32] {
-    let mut block = [0u8; 64];
-    if key.len() > 64 {
-        block[..32].copy_from_slice(&Sha256::digest(key));
-    } else {
-        block[..key.len()].copy_from_slice(key);
-    }
-    let pad = |byte: u8| block.map(|b| b ^ byte);
-    let inner = Sha256::new()
-        .chain_update(pad(0x36))
-        .chain_update(message)
-        .finalize();
-    Sha256::new()
-        .chain_update(pad(0x5c))
-        .chain_update(inner)
-        .finalize()
-        .into()
+    use hmac::Mac as _;
+    // HMAC takes a key of any length; `new_from_slice` cannot fail for it.
+    let mut mac = <hmac::Hmac<Sha256>>::new_from_slice(key).expect("HMAC takes any key length");
+    mac.update(message);
+    mac.finalize().into_bytes().into()
 }
 
 fn unix(t: SystemTime) -> u64 {
