@@ -401,10 +401,8 @@ fn profile_describe_hides_exec_env_values() {
     assert_eq!(out.code, 0, "{}", out.stderr);
     assert!(!out.all().contains("CANARY"), "{}", out.stdout);
     assert!(out.stdout.contains("--visible-arg"), "{}", out.stdout);
-    let out = run(
-        d,
-        &[],
-        &[
+    let set_y = |extra: &[&str]| {
+        let mut args = vec![
             "profile",
             "set",
             "y",
@@ -416,30 +414,16 @@ fn profile_describe_hides_exec_env_values() {
             "command=[\"./t\"]",
             "--set",
             "env={\"VENDOR_CREDENTIAL\":\"CANARY-exec-env\"}",
-        ],
-    );
+        ];
+        args.extend_from_slice(extra);
+        run(d, &[], &args)
+    };
+    let out = set_y(&[]);
     assert_eq!(out.code, 2, "{}", out.all());
     assert!(out.stderr.contains("is a secret"), "{}", out.stderr);
     assert!(!out.all().contains("CANARY"), "{}", out.all());
     // Allowed inline, the file holding it is private.
-    let out = run(
-        d,
-        &[],
-        &[
-            "profile",
-            "set",
-            "y",
-            "--scheme",
-            "exec",
-            "--base-url",
-            "https://y.example/fhir",
-            "--set",
-            "command=[\"./t\"]",
-            "--set",
-            "env={\"VENDOR_CREDENTIAL\":\"CANARY-exec-env\"}",
-            "--allow-inline-secret",
-        ],
-    );
+    let out = set_y(&["--allow-inline-secret"]);
     assert_eq!(out.code, 0, "{}", out.all());
     assert_eq!(mode(&d.join("fhirconn.yaml")), 0o600);
 }
