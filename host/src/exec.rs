@@ -130,39 +130,12 @@ pub fn run(dir: &Path, request: &Exec, redactor: &Redactor) -> Result<ExecAnswer
         // Its own group (0: a new one), led by the watchdog when it started.
         cmd.process_group(group.id.and_then(|id| i32::try_from(id).ok()).unwrap_or(0));
     }
-    let mut child = cmd.spawn().map_err(|e| ExecError::Spawn {
+    let child = cmd.spawn().map_err(|e| ExecError::Spawn {
         command: command.clone(),
         reason: spawn_reason(&e),
     })?;
     group.id.get_or_insert(child.id());
-    let (tx, rx) = mpsc::channel();
-    for (stream, pipe, limit) in [
-        (
-            "stdout",
-            child
-                .stdout
-                .take()
-                .map(|p| Box::new(p) as Box<dyn Read + Send>),
-            MAX_STDOUT_BYTES,
-        ),
-        (
-            "stderr",
-            child
-                .stderr
-                .take()
-                .map(|p| Box::new(p) as Box<dyn Read + Send>),
-            MAX_STDERR_BYTES,
-        ),
-    ] {
-        let tx = tx.clone();
-        std::thread::spawn(move || {
-            let read = pipe.map_or(Ok(Vec::new()), |p| read_bounded(p, limit));
-            let _ = tx.send(Event::Output(stream, read));
-        });
-    }
-    std::thread::spawn(move || {
-        let _ = tx.send(Event::Exited(child.wait()));
-    });
+    let rx = watch(child);
     let (mut status, mut stdout, mut stderr) = (None, None, None);
     let mut deadline = started + timeout;
     let mut killed = false;
@@ -230,6 +203,40 @@ pub fn run(dir: &Path, request: &Exec, redactor: &Redactor) -> Result<ExecAnswer
         stdout,
         stderr: String::from_utf8_lossy(&stderr.unwrap_or_default()).into_owned(),
     })
+}
+
+/// Threads that read the child's stdout and stderr (each bounded) and wait for its exit, each
+/// reporting one [`Event`] on the returned channel.
+fn watch(mut child: std::process::Child) -> mpsc::Receiver<Event> {
+    let (tx, rx) = mpsc::channel();
+    for (stream, pipe, limit) in [
+        (
+            "stdout",
+            child
+                .stdout
+                .take()
+                .map(|p| Box::new(p) as Box<dyn Read + Send>),
+            MAX_STDOUT_BYTES,
+        ),
+        (
+            "stderr",
+            child
+                .stderr
+                .take()
+                .map(|p| Box::new(p) as Box<dyn Read + Send>),
+            MAX_STDERR_BYTES,
+        ),
+    ] {
+        let tx = tx.clone();
+        std::thread::spawn(move || {
+            let read = pipe.map_or(Ok(Vec::new()), |p| read_bounded(p, limit));
+            let _ = tx.send(Event::Output(stream, read));
+        });
+    }
+    std::thread::spawn(move || {
+        let _ = tx.send(Event::Exited(child.wait()));
+    });
+    rx
 }
 
 /// The command with its environment, directory, pipes and process group set.

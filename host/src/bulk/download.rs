@@ -5,6 +5,55 @@
 use super::*;
 use crate::transport::Outgoing;
 
+/// Why [`request_for`] gave no request.
+enum Refused {
+    /// The manifest asks for the token on a file of another origin.
+    ForeignOrigin,
+    /// The connection's credentials could not be had.
+    Credentials(Error),
+}
+
+/// The GET of `entry`, with its credentials: only for the connection's own origin (a client
+/// certificate then too), the headers only when the manifest asks for the token, signed by a
+/// signing scheme when credentials go with it (a streamed GET signs the empty body).
+async fn request_for(
+    conn: &Connection,
+    entry: &Entry,
+    with_token: bool,
+) -> Result<(Outgoing, Option<std::sync::Arc<crate::auth::Resolved>>), Refused> {
+    let url = &entry.url;
+    let same_origin = url.origin() == conn.base_url().origin();
+    if with_token && !same_origin {
+        return Err(Refused::ForeignOrigin);
+    }
+    let creds = if same_origin {
+        Some(
+            conn.credentials(false)
+                .await
+                .map_err(Refused::Credentials)?,
+        )
+    } else {
+        None
+    };
+    let (credential_headers, signer) = match (&creds, with_token) {
+        (Some(c), true) => (c.headers.clone(), conn.signer(None)),
+        _ => (Vec::new(), None),
+    };
+    let get = Outgoing {
+        method: reqwest::Method::GET,
+        url: url.clone(),
+        headers: vec![(
+            reqwest::header::ACCEPT,
+            reqwest::header::HeaderValue::from_static("application/fhir+ndjson"),
+        )],
+        credential_headers,
+        body: None,
+        follow_redirects: false,
+        signer,
+    };
+    Ok((get, creds))
+}
+
 /// Downloads one entry into a private temporary file in `out`, checking NDJSON as it
 /// streams, and renames it to its final name when every line passed.
 pub(super) async fn download(
@@ -27,39 +76,15 @@ pub(super) async fn download(
             error,
         })
     };
-    let same_origin = url.origin() == conn.base_url().origin();
-    if with_token && !same_origin {
-        return Err(EntryError::ForeignOrigin { name, url: shown });
-    }
-    // Credentials (and a client certificate) only for the connection's own origin; the
-    // headers only when the manifest asks for the token.
-    let creds = if same_origin {
-        Some(conn.credentials(false).await.map_err(conn_err)?)
-    } else {
-        None
-    };
-    let credential_headers = match (&creds, with_token) {
-        (Some(c), true) => c.headers.clone(),
-        _ => Vec::new(),
-    };
-    // A signing scheme signs the download when credentials go with it; a streamed GET signs
-    // the empty body.
-    let signer = match (&creds, with_token) {
-        (Some(_), true) => conn.signer(None),
-        _ => None,
-    };
-    let get = Outgoing {
-        method: reqwest::Method::GET,
-        url: url.clone(),
-        headers: vec![(
-            reqwest::header::ACCEPT,
-            reqwest::header::HeaderValue::from_static("application/fhir+ndjson"),
-        )],
-        credential_headers,
-        body: None,
-        follow_redirects: false,
-        signer,
-    };
+    let (get, creds) = request_for(conn, entry, with_token)
+        .await
+        .map_err(|e| match e {
+            Refused::ForeignOrigin => EntryError::ForeignOrigin {
+                name: name.clone(),
+                url: shown.clone(),
+            },
+            Refused::Credentials(source) => conn_err(source),
+        })?;
     let identity = creds.as_ref().and_then(|c| c.identity.as_ref());
     let settings = conn.transport.settings();
     let idle = settings.read_timeout;
