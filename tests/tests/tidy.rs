@@ -722,3 +722,50 @@ fn only_the_bridge_names_abi_types_in_the_host() {
     assert!(abi_mentions("let m = \"abi_stable's report\"; // RString").is_empty());
     assert!(abi_mentions("let s = MyRStringish;").is_empty());
 }
+
+/// The names of the tests SECURITY.md cites: the last `::` segment of every backticked path
+/// (`tests/tests/x.rs::name`, `host module::tests::name`, `::name` continuing a cell), a
+/// trailing `*` (a family of tests) kept as a prefix.
+fn cited_tests(security_md: &str) -> Vec<String> {
+    let mut out = Vec::new();
+    for (i, span) in security_md.split('`').enumerate() {
+        if i % 2 == 0 || !span.contains("::") {
+            continue;
+        }
+        let last = span.rsplit("::").next().unwrap_or_default();
+        if last.len() > 6
+            && last
+                .trim_end_matches('*')
+                .bytes()
+                .all(|b| b == b'_' || b.is_ascii_lowercase() || b.is_ascii_digit())
+        {
+            out.push(last.to_string());
+        }
+    }
+    out
+}
+
+/// Every test SECURITY.md names as the enforcer of a rule exists (a renamed or deleted test
+/// must take its row along).
+#[test]
+fn every_test_security_md_cites_exists() {
+    let root = fhirconn_tests::root();
+    let text = std::fs::read_to_string(root.join("SECURITY.md")).unwrap();
+    let cited = cited_tests(&text);
+    assert!(cited.len() > 100, "too few citations found: {cited:?}");
+    let mut sources = String::new();
+    for p in workspace_files(".rs") {
+        sources.push_str(&std::fs::read_to_string(p).unwrap_or_default());
+    }
+    let missing: Vec<_> = cited
+        .iter()
+        .filter(|name| match name.strip_suffix('*') {
+            Some(prefix) => !sources.contains(&format!("fn {prefix}")),
+            None => !sources.contains(&format!("fn {name}(")),
+        })
+        .collect();
+    assert!(
+        missing.is_empty(),
+        "SECURITY.md cites tests that do not exist: {missing:?}"
+    );
+}
