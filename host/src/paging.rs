@@ -36,7 +36,7 @@ pub enum PagingError {
     Status {
         /// The status.
         status: reqwest::StatusCode,
-        /// The `next` link asked for.
+        /// The page's URL, as `text::shown_url` shows it (query values elided).
         url: String,
     },
     /// The request for a later page failed.
@@ -113,9 +113,10 @@ where
         let resp = match conn.send(r).await {
             Ok(x) if x.status.is_success() => x,
             Ok(x) => {
+                // The URL answered (after redirects), its query values elided.
                 let error = PagingError::Status {
                     status: x.status,
-                    url: next,
+                    url: crate::text::shown_url(&x.url),
                 };
                 return Err(fail(pages, error));
             }

@@ -9,7 +9,7 @@ pub use crate::bridge::MAX_PLUGIN_FILE_BYTES;
 pub use crate::person::{browser_url, Person, StderrPerson};
 pub use crate::redact::{Redactor, SECRET_PARAMETERS};
 pub use crate::store::{CredentialStore, FileStore, MemoryStore, StoreError, MAX_STORE_BYTES};
-pub use crate::text::{json_text_safe, plugin_text, sanitize, sanitize_line};
+pub use crate::text::{json_text_safe, plugin_text, sanitize, sanitize_line, shown_url};
 pub use fhirconn_sdk::wire::{BROWSER_REDIRECT, REDACT_SECRET};
 
 #[cfg(test)]

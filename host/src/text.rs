@@ -37,15 +37,29 @@ pub fn sanitize(s: &str) -> String {
 
 /// A URL as shown in logs and messages: no user info or fragment, and the query's values
 /// elided (`?name=…&birthdate=…`): pre-signed file URLs carry their signature in the query
-/// (a capability for patient data) and FHIR searches carry patient details there.
+/// (a capability for patient data) and FHIR searches carry patient details there. A name is
+/// shown only as written (not decoded), with a value, and when it looks like a parameter name
+/// (at most 64 of `A-Za-z0-9_.:-`); anything else — a bare token as the whole query, an
+/// encoded `=` — is shown as `…`.
 pub fn shown_url(u: &url::Url) -> String {
     let mut shown = u.clone();
     let _ = shown.set_username("");
     let _ = shown.set_password(None);
     shown.set_fragment(None);
+    let plain = |n: &str| {
+        (1..=64).contains(&n.len())
+            && n.bytes()
+                .all(|b| b.is_ascii_alphanumeric() || b"_.:-".contains(&b))
+    };
     let names: Vec<String> = u
-        .query_pairs()
-        .map(|(name, _)| format!("{name}=\u{2026}"))
+        .query()
+        .unwrap_or_default()
+        .split('&')
+        .filter(|pair| !pair.is_empty())
+        .map(|pair| match pair.split_once('=') {
+            Some((name, _)) if plain(name) => format!("{name}=\u{2026}"),
+            _ => "\u{2026}".to_string(),
+        })
         .collect();
     shown.set_query(None);
     let mut out = shown.to_string();
@@ -118,10 +132,19 @@ mod tests {
         let shown = shown_url(&u);
         assert_eq!(
             shown,
-            "https://files.example/f.ndjson?X-Amz-Signature=\u{2026}&name=\u{2026}&flag=\u{2026}"
+            "https://files.example/f.ndjson?X-Amz-Signature=\u{2026}&name=\u{2026}&\u{2026}"
         );
-        for gone in ["s3cr3t", "Smith", "frag", "u:p@"] {
+        for gone in ["s3cr3t", "Smith", "frag", "u:p@", "flag"] {
             assert!(!shown.contains(gone), "{gone} in {shown}");
+        }
+        // A bare token as the whole query, an encoded `=`, an odd name: never shown.
+        for hidden in [
+            "https://h/f?S3CRETcapability",
+            "https://h/f?a%3DS3CRET",
+            "https://h/f?S3CRET%20x=1",
+        ] {
+            let shown = shown_url(&url::Url::parse(hidden).unwrap());
+            assert!(!shown.contains("S3CRET"), "{hidden}: {shown}");
         }
         let plain = url::Url::parse("http://127.0.0.1:8080/fhir/metadata").unwrap();
         assert_eq!(shown_url(&plain), "http://127.0.0.1:8080/fhir/metadata");

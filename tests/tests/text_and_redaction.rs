@@ -653,3 +653,49 @@ fn query_values_reach_neither_logs_nor_errors() {
         out.all()
     );
 }
+
+/// Security boundary: the URL named by an HTTP-status error — of `get` (after a redirect to a
+/// pre-signed URL) and of `get --all-pages` (a server's `next` link) — keeps its parameter
+/// names, never their values.
+#[test]
+fn status_errors_name_urls_without_query_values() {
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    let server = rt.block_on(HostileServer::start()).unwrap();
+    server
+        .on(
+            "GET",
+            "/fhir/Binary/x",
+            Answer::redirect(302, "{self}/fhir/files/x?X-Amz-Signature=CANARY-signature"),
+        )
+        .on(
+            "GET",
+            "/fhir/Patient",
+            Answer::fhir(
+                200,
+                &json!({"resourceType": "Bundle", "type": "searchset", "entry": [],
+                        "link": [{"relation": "next",
+                                  "url": "{self}/fhir/page2?name=CANARY-phi-name"}]}),
+            ),
+        )
+        .otherwise(Answer::text(403, "refused"));
+    let dir = tempfile::tempdir().unwrap();
+    write_config(
+        dir.path(),
+        json!({"c": {"base-url": server.url("/fhir"),
+                     "auth": {"scheme": "bearer", "token": "t0k3n-value"}}}),
+    );
+    for args in [
+        &["get", "c", "Observation?patient=CANARY-patient"][..],
+        &["get", "c", "Binary/x"],
+        &["get", "c", "Patient", "--all-pages"],
+    ] {
+        let out = run(dir.path(), args);
+        assert_eq!(out.code, 1, "{args:?}: {}", out.all());
+        assert!(out.all().contains("403"), "{args:?}: {}", out.all());
+        assert!(
+            !out.all().contains("CANARY"),
+            "{args:?}: a query value leaked:\n{}",
+            out.all()
+        );
+    }
+}

@@ -49,7 +49,7 @@ pub(crate) struct LazyVerifier {
     /// webpki over the file's roots alone, when there are any.
     file_only: Option<Arc<WebPkiServerVerifier>>,
     /// The verifier over every trusted root, built at first use.
-    full: OnceLock<Result<Arc<dyn ServerCertVerifier>, rustls::Error>>,
+    full: OnceLock<Arc<dyn ServerCertVerifier>>,
 }
 
 impl std::fmt::Debug for LazyVerifier {
@@ -97,27 +97,28 @@ impl LazyVerifier {
         })
     }
 
-    /// The verifier over every trusted root (reads the system's roots the first time).
+    /// The verifier over every trusted root (reads the system's roots the first time). A
+    /// failure is not kept: the next handshake tries again (a transient `EMFILE` must not
+    /// fail a long-lived proxy's TLS for good).
     fn full(&self) -> Result<&Arc<dyn ServerCertVerifier>, rustls::Error> {
-        self.full
-            .get_or_init(|| {
-                if !self.system {
-                    return self
-                        .file_only
-                        .clone()
-                        .map(|v| v as Arc<dyn ServerCertVerifier>)
-                        .ok_or_else(|| rustls::Error::General("no trusted roots".into()));
-                }
-                let p = self.provider.clone();
-                let v = if self.extra.is_empty() {
-                    rustls_platform_verifier::Verifier::new(p)
-                } else {
-                    rustls_platform_verifier::Verifier::new_with_extra_roots(self.extra.clone(), p)
-                };
-                v.map(|v| Arc::new(v) as Arc<dyn ServerCertVerifier>)
-            })
-            .as_ref()
-            .map_err(Clone::clone)
+        if let Some(v) = self.full.get() {
+            return Ok(v);
+        }
+        let built: Arc<dyn ServerCertVerifier> = if !self.system {
+            match &self.file_only {
+                Some(v) => v.clone(),
+                None => return Err(rustls::Error::General("no trusted roots".into())),
+            }
+        } else {
+            let p = self.provider.clone();
+            let v = if self.extra.is_empty() {
+                rustls_platform_verifier::Verifier::new(p)
+            } else {
+                rustls_platform_verifier::Verifier::new_with_extra_roots(self.extra.clone(), p)
+            };
+            Arc::new(v?)
+        };
+        Ok(self.full.get_or_init(|| built))
     }
 
     /// Reads the roots now (a long-lived host's warm-up), so no handshake waits for them.

@@ -95,7 +95,7 @@ pub async fn run(g: &Global, method: reqwest::Method, a: Args) -> CmdResult {
     if !resp.status.is_success() {
         return Err(CliError::Http {
             status: resp.status,
-            url: resp.url.to_string(),
+            url: fhirconn_host::services::shown_url(&resp.url),
             body: render::error_body(&host, &resp.body),
         });
     }
