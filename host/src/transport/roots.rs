@@ -133,6 +133,24 @@ impl LazyVerifier {
     }
 }
 
+impl LazyVerifier {
+    /// A handshake signature checked as webpki checks it where the platform verifier is webpki
+    /// (no roots needed), else by the verifier over every root.
+    fn signature(
+        &self,
+        webpki: impl FnOnce(
+            &rustls::crypto::WebPkiSupportedAlgorithms,
+        ) -> Result<HandshakeSignatureValid, rustls::Error>,
+        full: impl FnOnce(&dyn ServerCertVerifier) -> Result<HandshakeSignatureValid, rustls::Error>,
+    ) -> Result<HandshakeSignatureValid, rustls::Error> {
+        if PLATFORM_IS_WEBPKI {
+            webpki(&self.provider.signature_verification_algorithms)
+        } else {
+            full(self.full()?.as_ref())
+        }
+    }
+}
+
 impl ServerCertVerifier for LazyVerifier {
     fn verify_server_cert(
         &self,
@@ -165,12 +183,10 @@ impl ServerCertVerifier for LazyVerifier {
         cert: &CertificateDer<'_>,
         dss: &DigitallySignedStruct,
     ) -> Result<HandshakeSignatureValid, rustls::Error> {
-        if PLATFORM_IS_WEBPKI {
-            let algs = &self.provider.signature_verification_algorithms;
-            rustls::crypto::verify_tls12_signature(message, cert, dss, algs)
-        } else {
-            self.full()?.verify_tls12_signature(message, cert, dss)
-        }
+        self.signature(
+            |algs| rustls::crypto::verify_tls12_signature(message, cert, dss, algs),
+            |full| full.verify_tls12_signature(message, cert, dss),
+        )
     }
 
     fn verify_tls13_signature(
@@ -179,12 +195,10 @@ impl ServerCertVerifier for LazyVerifier {
         cert: &CertificateDer<'_>,
         dss: &DigitallySignedStruct,
     ) -> Result<HandshakeSignatureValid, rustls::Error> {
-        if PLATFORM_IS_WEBPKI {
-            let algs = &self.provider.signature_verification_algorithms;
-            rustls::crypto::verify_tls13_signature(message, cert, dss, algs)
-        } else {
-            self.full()?.verify_tls13_signature(message, cert, dss)
-        }
+        self.signature(
+            |algs| rustls::crypto::verify_tls13_signature(message, cert, dss, algs),
+            |full| full.verify_tls13_signature(message, cert, dss),
+        )
     }
 
     fn supported_verify_schemes(&self) -> Vec<SignatureScheme> {
