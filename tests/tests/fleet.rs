@@ -437,3 +437,110 @@ fn a_token_read_from_the_fleet_cache_is_redacted_where_a_server_echoes_it() {
     // The token the echoing server saw is the one shared by the fleet.
     assert_eq!(e.fhir.distinct_authorizations().len(), 1);
 }
+
+/// A TCP relay to Redis on `port` that holds the first `SET … NX` (the fleet's lock) until the
+/// test lets it go: the window between a process's lookup and its lock, made wide on purpose.
+/// Returns the relay's port, "the lock request arrived" and "let it through".
+async fn relay_holding_the_lock(
+    port: u16,
+) -> (
+    u16,
+    tokio::sync::oneshot::Receiver<()>,
+    tokio::sync::oneshot::Sender<()>,
+) {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let (reached_tx, reached) = tokio::sync::oneshot::channel();
+    let (go, go_rx) = tokio::sync::oneshot::channel::<()>();
+    let hold = std::sync::Arc::new(tokio::sync::Mutex::new((Some(reached_tx), Some(go_rx))));
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let relay_port = listener.local_addr().unwrap().port();
+    tokio::spawn(async move {
+        while let Ok((client, _)) = listener.accept().await {
+            let upstream = tokio::net::TcpStream::connect(("127.0.0.1", port))
+                .await
+                .unwrap();
+            let (mut cr, mut cw) = client.into_split();
+            let (mut ur, mut uw) = upstream.into_split();
+            tokio::spawn(async move { tokio::io::copy(&mut ur, &mut cw).await });
+            let hold = hold.clone();
+            tokio::spawn(async move {
+                let mut buf = vec![0u8; 64 * 1024];
+                while let Ok(n) = cr.read(&mut buf).await {
+                    let chunk = &buf[..n];
+                    if n == 0 {
+                        break;
+                    }
+                    if chunk.windows(6).any(|w| w == b"\r\nNX\r\n") {
+                        let mut h = hold.lock().await;
+                        if let (Some(reached), Some(go)) = (h.0.take(), h.1.take()) {
+                            let _ = reached.send(());
+                            let _ = go.await;
+                        }
+                    }
+                    if uw.write_all(chunk).await.is_err() {
+                        break;
+                    }
+                }
+            });
+        }
+    });
+    (relay_port, reached, go)
+}
+
+#[test]
+fn a_value_stored_between_a_lookup_and_the_lock_is_used_not_fetched_again() {
+    // Process A finds nothing and asks for the lock; before its `SET NX` reaches Redis,
+    // process B takes the lock, fetches, stores and releases it. A then wins a free lock: it
+    // must use B's value, not make a second token request (seen once on a loaded CI machine).
+    let _serial = serial();
+    let redis = RedisServer::start(None);
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    rt.block_on(async {
+        let e = env(Duration::from_secs(300)).await;
+        let dir = e.dir.path();
+        std::fs::write(dir.join("client-secret"), SECRET).unwrap();
+        std::fs::write(dir.join("cache-key"), KEY).unwrap();
+        fhirconn_tests::chmod(&dir.join("client-secret"), 0o600);
+        fhirconn_tests::chmod(&dir.join("cache-key"), 0o600);
+        let config = |url: String| {
+            let auth = json!({"scheme": "oidc-client-credentials",
+                "token-url": e.idp.token_endpoint(), "client-id": "fleet-client",
+                "client-secret-file": "client-secret", "scope": "system/*.rs"});
+            json!({
+                "credential-cache": {"backend": "redis", "url": url,
+                                     "encryption-key-file": "cache-key"},
+                "connections": {"shared": {"base-url": e.fhir.base_url(), "auth": auth}},
+            })
+        };
+        let (relay, reached, go) = relay_holding_the_lock(redis.port).await;
+        let a = fhirconn_tests::build_host(dir, config(format!("redis://127.0.0.1:{relay}/0")));
+        let a = a.await.connection("shared").unwrap();
+        let b = fhirconn_tests::build_host(dir, config(redis.url())).await;
+        let b = b.connection("shared").unwrap();
+        let a_get = {
+            let a = a.clone();
+            tokio::spawn(async move { a.get("Patient/1").await.map(|r| r.status.as_u16()) })
+        };
+        tokio::time::timeout(Duration::from_secs(20), reached)
+            .await
+            .expect("A asks for the lock")
+            .unwrap();
+        let b_status = b.get("Patient/1").await.map(|r| r.status.as_u16());
+        assert_eq!(b_status.unwrap(), 200);
+        assert_eq!(e.idp.token_requests(), 1, "B fetched under the lock");
+        go.send(()).unwrap();
+        let a_status = a_get.await.unwrap().unwrap();
+        assert_eq!(a_status, 200);
+        let source = a.credentials(false).await.unwrap().source.to_string();
+        assert_eq!(source, "fleet cache hit");
+        assert_eq!(e.idp.token_requests(), 1, "one token request for the fleet");
+        // The lock A won is released, not left to expire.
+        assert_eq!(
+            redis
+                .cli(&["--scan", "--pattern", "*:lock"])
+                .unwrap()
+                .trim(),
+            ""
+        );
+    });
+}

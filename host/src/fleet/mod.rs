@@ -6,7 +6,8 @@
 //!   from the environment or a file; keys are `<prefix>:token:<fingerprint>` where the
 //!   fingerprint covers the connection's settings without any secret value.
 //! - Distributed single flight: on a miss one process takes `<key>:lock` (`SET NX PX` with a
-//!   random fencing token), fetches, and stores the value only while it still holds the lock
+//!   random fencing token), looks once more for a value stored between its lookup and its
+//!   lock (then releases the lock and uses it), else fetches, and stores the value only while it still holds the lock
 //!   (one Lua script: compare the lock, `SET PX`, delete the lock); the others poll with
 //!   backoff for the value, bounded by [`WAIT_FOR_FLEET`], then fetch themselves. When a value
 //!   is due for renewal but still valid, the processes that lose the lock keep using it.
@@ -282,10 +283,6 @@ impl FleetTokens {
     }
 
     async fn lookup(&self, margin: Option<Duration>) -> Result<Found, FleetError> {
-        if self.skip_lookup_once.swap(false, Ordering::AcqRel) {
-            // Right after a 401: the shared value may be the rejected one put back.
-            return Ok(Found::Nothing);
-        }
         let max = MAX_VALUE.to_string();
         let raw: Option<Vec<u8>> = self
             .cache
@@ -337,8 +334,16 @@ impl FleetTokens {
     {
         let deadline = Instant::now() + WAIT_FOR_FLEET;
         let mut pause = Duration::from_millis(10);
+        // Right after a 401 the shared value may be the rejected one put back: the first
+        // lookup is skipped (and so is the check under the lock that follows it).
+        let mut skip = self.skip_lookup_once.swap(false, Ordering::AcqRel);
         loop {
-            let usable = match self.lookup(margin).await {
+            let found = if skip {
+                Ok(Found::Nothing)
+            } else {
+                self.lookup(margin).await
+            };
+            let usable = match found {
                 Ok(Found::Value { creds, raw, fresh }) if fresh => {
                     self.remember(Some(raw));
                     return Ok((*creds, CredentialSource::FleetCache));
@@ -366,8 +371,15 @@ impl FleetTokens {
                 )
                 .await;
             match locked {
-                Ok(Some(_)) => return self.fetch_as_leader(&fence, fetch).await,
-                Ok(None) => {}
+                Ok(Some(_)) => {
+                    if !skip {
+                        if let Some(shared) = self.stored_before_our_lock(margin, &fence).await {
+                            return Ok(shared);
+                        }
+                    }
+                    return self.fetch_as_leader(&fence, fetch).await;
+                }
+                Ok(None) => skip = false,
                 Err(e) => return self.fallback(e, fetch).await,
             }
             if let Some((mut creds, raw)) = usable {
@@ -385,6 +397,30 @@ impl FleetTokens {
             tokio::time::sleep(pause).await;
             pause = (pause * 2).min(Duration::from_millis(200));
         }
+    }
+
+    /// Under a lock just won: the value another process stored (and released its lock) between
+    /// our lookup and our `SET NX`, if there is a fresh one. Then our lock is released and the
+    /// value used: without this check, that window made a second token request for the fleet.
+    async fn stored_before_our_lock(
+        &self,
+        margin: Option<Duration>,
+        fence: &str,
+    ) -> Option<(Resolved, CredentialSource)> {
+        let Ok(Found::Value {
+            creds,
+            raw,
+            fresh: true,
+        }) = self.lookup(margin).await
+        else {
+            return None;
+        };
+        let _ = self
+            .cache
+            .script::<i64>(DELETE_IF_EQUAL, &[&self.lock_key], &[fence.as_bytes()])
+            .await;
+        self.remember(Some(raw));
+        Some((*creds, CredentialSource::FleetCache))
     }
 
     /// Whether the lock was set without the expiry fhirconn gives it (planted): waiting for
