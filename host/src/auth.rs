@@ -368,7 +368,7 @@ impl AuthRuntime {
             return;
         }
         if let Some(fleet) = &self.fleet {
-            fleet.invalidate().await;
+            fleet.invalidate(stale).await;
         }
         if self.persistent.is_some() {
             let stale = (**stale).clone();

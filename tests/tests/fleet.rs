@@ -9,6 +9,8 @@ use fhirconn_tests::{fhirconn_command, root, run_command};
 use serde_json::{json, Value};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
+use std::sync::atomic::{AtomicUsize, Ordering::SeqCst};
+use std::sync::Arc;
 use std::time::Duration;
 
 // The fleet tests start many processes each: one at a time (`serial`), so timings are the
@@ -53,6 +55,25 @@ impl Env {
         let path = self.dir.path().join("fhirconn.yaml");
         std::fs::write(&path, serde_json::to_string_pretty(&doc).unwrap()).unwrap();
         path
+    }
+}
+
+impl Env {
+    /// The connection `shared` for an in-process host, its secrets in 0600 files.
+    fn files_config(&self, redis_url: &str) -> Value {
+        let dir = self.dir.path();
+        for (name, text) in [("client-secret", SECRET), ("cache-key", KEY)] {
+            std::fs::write(dir.join(name), text).unwrap();
+            fhirconn_tests::chmod(&dir.join(name), 0o600);
+        }
+        let auth = json!({"scheme": "oidc-client-credentials",
+            "token-url": self.idp.token_endpoint(), "client-id": "fleet-client",
+            "client-secret-file": "client-secret", "scope": "system/*.rs"});
+        json!({
+            "credential-cache": {"backend": "redis", "url": redis_url,
+                                 "encryption-key-file": "cache-key"},
+            "connections": {"shared": {"base-url": self.fhir.base_url(), "auth": auth}},
+        })
     }
 }
 
@@ -300,11 +321,20 @@ fn a_fleet_renews_once_per_lifetime_over_two_minutes() {
     for s in &sums {
         assert_eq!(failed(s), 0, "{}", s.stderr);
     }
-    // 120 s of 20 s tokens renewed 2 s before expiry: 6 lifetimes, 7 token requests; one
-    // either way for where the run's edges fall.
+    // 120 s of 20 s tokens (stored to the second, renewed a few seconds before expiry): 6-7
+    // lifetimes, 7-8 token requests; one either way for where the run's edges fall. A
+    // process that found Redis too slow on this loaded machine says so and fetches for
+    // itself: one more each, and only those.
     let tokens = e.idp.token_requests();
+    let fallbacks = sums
+        .iter()
+        .filter(|s| s.stderr.contains("fleet credential cache not used"))
+        .count() as u64;
     eprintln!("fleet soak: 8 processes, {ok} requests, {tokens} token requests in {seconds} s");
-    assert!((6..=8).contains(&tokens), "{tokens} token requests");
+    assert!(
+        (6..=8 + fallbacks).contains(&tokens),
+        "{tokens} token requests, {fallbacks} processes fell back"
+    );
 }
 
 #[test]
@@ -438,20 +468,20 @@ fn a_token_read_from_the_fleet_cache_is_redacted_where_a_server_echoes_it() {
     assert_eq!(e.fhir.distinct_authorizations().len(), 1);
 }
 
-/// A TCP relay to Redis on `port` that holds the first `SET … NX` (the fleet's lock) until the
-/// test lets it go: the window between a process's lookup and its lock, made wide on purpose.
-/// Returns the relay's port, "the lock request arrived" and "let it through".
-async fn relay_holding_the_lock(
-    port: u16,
-) -> (
-    u16,
-    tokio::sync::oneshot::Receiver<()>,
-    tokio::sync::oneshot::Sender<()>,
-) {
+/// What a [`relay`] does with a chunk a client sent to Redis.
+enum Relay {
+    Forward,
+    /// Answers it itself with these bytes (not forwarded).
+    Answer(&'static [u8]),
+    /// Forwards it after this long (and everything the client sends after it).
+    Delay(Duration),
+}
+
+/// A TCP relay to Redis on `port` whose `rule` decides what happens to each chunk a client
+/// sends (one command per chunk here): a window of the fleet's protocol, opened on purpose.
+async fn relay(port: u16, rule: impl Fn(&[u8]) -> Relay + Send + Sync + 'static) -> u16 {
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
-    let (reached_tx, reached) = tokio::sync::oneshot::channel();
-    let (go, go_rx) = tokio::sync::oneshot::channel::<()>();
-    let hold = std::sync::Arc::new(tokio::sync::Mutex::new((Some(reached_tx), Some(go_rx))));
+    let rule = Arc::new(rule);
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let relay_port = listener.local_addr().unwrap().port();
     tokio::spawn(async move {
@@ -459,78 +489,87 @@ async fn relay_holding_the_lock(
             let upstream = tokio::net::TcpStream::connect(("127.0.0.1", port))
                 .await
                 .unwrap();
-            let (mut cr, mut cw) = client.into_split();
+            let (mut cr, cw) = client.into_split();
             let (mut ur, mut uw) = upstream.into_split();
-            tokio::spawn(async move { tokio::io::copy(&mut ur, &mut cw).await });
-            let hold = hold.clone();
+            let cw = Arc::new(tokio::sync::Mutex::new(cw));
+            let to_client = cw.clone();
             tokio::spawn(async move {
                 let mut buf = vec![0u8; 64 * 1024];
-                while let Ok(n) = cr.read(&mut buf).await {
-                    let chunk = &buf[..n];
-                    if n == 0 {
+                while let Ok(n @ 1..) = ur.read(&mut buf).await {
+                    if to_client.lock().await.write_all(&buf[..n]).await.is_err() {
                         break;
                     }
-                    if chunk.windows(6).any(|w| w == b"\r\nNX\r\n") {
-                        let mut h = hold.lock().await;
-                        if let (Some(reached), Some(go)) = (h.0.take(), h.1.take()) {
-                            let _ = reached.send(());
-                            let _ = go.await;
+                }
+            });
+            let rule = rule.clone();
+            tokio::spawn(async move {
+                let mut buf = vec![0u8; 64 * 1024];
+                while let Ok(n @ 1..) = cr.read(&mut buf).await {
+                    match rule(&buf[..n]) {
+                        Relay::Forward => {}
+                        Relay::Answer(reply) => {
+                            let _ = cw.lock().await.write_all(reply).await;
+                            continue;
                         }
+                        Relay::Delay(d) => tokio::time::sleep(d).await,
                     }
-                    if uw.write_all(chunk).await.is_err() {
+                    if uw.write_all(&buf[..n]).await.is_err() {
                         break;
                     }
                 }
             });
         }
     });
-    (relay_port, reached, go)
+    relay_port
+}
+
+fn is_script(chunk: &[u8]) -> bool {
+    chunk.windows(7).any(|w| w.eq_ignore_ascii_case(b"EVALSHA"))
+        || chunk
+            .windows(8)
+            .any(|w| w.eq_ignore_ascii_case(b"\r\nEVAL\r\n"))
+}
+
+fn is_lock(chunk: &[u8]) -> bool {
+    chunk.windows(6).any(|w| w == b"\r\nNX\r\n")
 }
 
 #[test]
 fn a_value_stored_between_a_lookup_and_the_lock_is_used_not_fetched_again() {
-    // Process A finds nothing and asks for the lock; before its `SET NX` reaches Redis,
-    // process B takes the lock, fetches, stores and releases it. A then wins a free lock: it
-    // must use B's value, not make a second token request (seen once on a loaded CI machine).
+    // Process B takes the lock, fetches, stores and releases it; process A's lookup had found
+    // nothing just before (the relay says so). A then wins a free lock: it must use B's
+    // value, not make a second token request (seen once on a loaded CI machine).
     let _serial = serial();
     let redis = RedisServer::start(None);
     let rt = tokio::runtime::Runtime::new().unwrap();
     rt.block_on(async {
         let e = env(Duration::from_secs(300)).await;
         let dir = e.dir.path();
-        std::fs::write(dir.join("client-secret"), SECRET).unwrap();
-        std::fs::write(dir.join("cache-key"), KEY).unwrap();
-        fhirconn_tests::chmod(&dir.join("client-secret"), 0o600);
-        fhirconn_tests::chmod(&dir.join("cache-key"), 0o600);
-        let config = |url: String| {
-            let auth = json!({"scheme": "oidc-client-credentials",
-                "token-url": e.idp.token_endpoint(), "client-id": "fleet-client",
-                "client-secret-file": "client-secret", "scope": "system/*.rs"});
-            json!({
-                "credential-cache": {"backend": "redis", "url": url,
-                                     "encryption-key-file": "cache-key"},
-                "connections": {"shared": {"base-url": e.fhir.base_url(), "auth": auth}},
-            })
-        };
-        let (relay, reached, go) = relay_holding_the_lock(redis.port).await;
+        let config = |url: String| e.files_config(&url);
+        let b = fhirconn_tests::build_host(dir, config(redis.url())).await;
+        let b_status = b.connection("shared").unwrap().get("Patient/1").await;
+        assert_eq!(b_status.unwrap().status.as_u16(), 200);
+        assert_eq!(e.idp.token_requests(), 1, "B fetched under the lock");
+        // The relay answers A's first lookup with "nothing", as if it had run just before B
+        // stored its value.
+        let answered = Arc::new(AtomicUsize::new(0));
+        let seen = answered.clone();
+        let relay = relay(redis.port, move |chunk| {
+            if is_script(chunk) && seen.fetch_add(1, SeqCst) == 0 {
+                Relay::Answer(b"$-1\r\n")
+            } else {
+                Relay::Forward
+            }
+        })
+        .await;
         let a = fhirconn_tests::build_host(dir, config(format!("redis://127.0.0.1:{relay}/0")));
         let a = a.await.connection("shared").unwrap();
-        let b = fhirconn_tests::build_host(dir, config(redis.url())).await;
-        let b = b.connection("shared").unwrap();
-        let a_get = {
-            let a = a.clone();
-            tokio::spawn(async move { a.get("Patient/1").await.map(|r| r.status.as_u16()) })
-        };
-        tokio::time::timeout(Duration::from_secs(20), reached)
-            .await
-            .expect("A asks for the lock")
-            .unwrap();
-        let b_status = b.get("Patient/1").await.map(|r| r.status.as_u16());
-        assert_eq!(b_status.unwrap(), 200);
-        assert_eq!(e.idp.token_requests(), 1, "B fetched under the lock");
-        go.send(()).unwrap();
-        let a_status = a_get.await.unwrap().unwrap();
+        let a_status = a.get("Patient/1").await.unwrap().status.as_u16();
         assert_eq!(a_status, 200);
+        assert!(
+            answered.load(SeqCst) >= 1,
+            "the relay answered A's first lookup"
+        );
         let source = a.credentials(false).await.unwrap().source.to_string();
         assert_eq!(source, "fleet cache hit");
         assert_eq!(e.idp.token_requests(), 1, "one token request for the fleet");
@@ -542,5 +581,80 @@ fn a_value_stored_between_a_lookup_and_the_lock_is_used_not_fetched_again() {
                 .trim(),
             ""
         );
+    });
+}
+
+#[test]
+fn after_a_401_each_process_takes_the_token_another_fetched_meanwhile() {
+    // A and B share token V; the server revokes it. A gets a 401, deletes V fleet-wide and
+    // fetches W. B's 401 on V comes after: it must take W, not fetch a third token (a
+    // revocation costs one token request for the fleet, not one per process).
+    let _serial = serial();
+    let redis = RedisServer::start(None);
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    rt.block_on(async {
+        let e = env(Duration::from_secs(300)).await;
+        let config = e.files_config(&redis.url());
+        let a = fhirconn_tests::build_host(e.dir.path(), config.clone()).await;
+        let b = fhirconn_tests::build_host(e.dir.path(), config).await;
+        let (a, b) = (
+            a.connection("shared").unwrap(),
+            b.connection("shared").unwrap(),
+        );
+        for c in [&a, &b] {
+            assert_eq!(c.get("Patient/1").await.unwrap().status.as_u16(), 200);
+        }
+        assert_eq!(e.idp.token_requests(), 1);
+        e.fhir.revoke_presented_tokens();
+        for c in [&a, &b] {
+            assert_eq!(c.get("Patient/1").await.unwrap().status.as_u16(), 200);
+        }
+        let b_source = b.credentials(false).await.unwrap().source.to_string();
+        assert_eq!(b_source, "fleet cache hit");
+        assert_eq!(
+            e.idp.token_requests(),
+            2,
+            "one token request after the revocation"
+        );
+    });
+}
+
+#[test]
+fn a_lock_request_that_timed_out_but_landed_is_released_by_the_fallback() {
+    // A's `SET NX` reaches Redis only after A stopped waiting for it (1 s): A falls back and
+    // fetches, and the lock it did take after all must not hold the fleet back for its
+    // lifetime: A stores its token under it, which releases it.
+    let _serial = serial();
+    let redis = RedisServer::start(None);
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    rt.block_on(async {
+        let e = env(Duration::from_secs(300)).await;
+        let delayed = Arc::new(AtomicUsize::new(0));
+        let seen = delayed.clone();
+        let relay = relay(redis.port, move |chunk| {
+            if is_lock(chunk) && seen.fetch_add(1, SeqCst) == 0 {
+                Relay::Delay(Duration::from_millis(1500))
+            } else {
+                Relay::Forward
+            }
+        })
+        .await;
+        let config = e.files_config(&format!("redis://127.0.0.1:{relay}/0"));
+        let a = fhirconn_tests::build_host(e.dir.path(), config).await;
+        let a = a.connection("shared").unwrap();
+        assert_eq!(a.get("Patient/1").await.unwrap().status.as_u16(), 200);
+        let source = a.credentials(false).await.unwrap().source.to_string();
+        assert!(source.contains("local fallback"), "{source}");
+        assert_eq!(delayed.load(SeqCst), 1);
+        // Past the delayed `SET NX`'s arrival whatever A did.
+        tokio::time::sleep(Duration::from_millis(1000)).await;
+        let keys = redis.cli(&["--scan", "--pattern", "*"]).unwrap();
+        assert!(!keys.contains(":lock"), "the lock is left: {keys}");
+        assert!(keys.contains(":token:"), "the token is shared: {keys}");
+        // Another process reads it: no second token request.
+        let b = fhirconn_tests::build_host(e.dir.path(), e.files_config(&redis.url())).await;
+        let b = b.connection("shared").unwrap();
+        assert_eq!(b.get("Patient/1").await.unwrap().status.as_u16(), 200);
+        assert_eq!(e.idp.token_requests(), 1);
     });
 }

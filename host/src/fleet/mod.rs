@@ -22,6 +22,7 @@ pub use seal::KeyError;
 
 use crate::auth::Resolved;
 use redis::aio::{ConnectionManager, ConnectionManagerConfig};
+use reqwest::header::{HeaderName, HeaderValue};
 use seal::Sealer;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
@@ -222,8 +223,9 @@ pub(crate) struct FleetTokens {
     fingerprint: String,
     connection_id: String,
     warned: AtomicBool,
-    /// Set after a 401: the next lookup goes straight to a fetch.
-    skip_lookup_once: AtomicBool,
+    /// The credential headers a server answered 401 to: a shared value holding them is a
+    /// miss (another process may store the rejected token back, or read it from elsewhere).
+    rejected: std::sync::Mutex<Option<Vec<(HeaderName, HeaderValue)>>>,
     /// The sealed value the current credentials came from (for compare-and-delete).
     last_value: std::sync::Mutex<Option<Vec<u8>>>,
 }
@@ -266,7 +268,7 @@ impl FleetTokens {
             fingerprint,
             connection_id: id.to_string(),
             warned: AtomicBool::new(false),
-            skip_lookup_once: AtomicBool::new(false),
+            rejected: std::sync::Mutex::new(None),
             last_value: std::sync::Mutex::new(None),
         }
     }
@@ -301,6 +303,7 @@ impl FleetTokens {
             .ok_or(FleetError::Undecryptable)?;
         let text = String::from_utf8(plain).map_err(|_| FleetError::Undecryptable)?;
         match crate::token_cache::decode(&text, &self.fingerprint, margin) {
+            Some(creds) if self.was_rejected(&creds) => Ok(Found::Nothing),
             Some(creds) => {
                 let fresh = creds.renew_at.is_some_and(|r| r > SystemTime::now());
                 Ok(Found::Value {
@@ -334,16 +337,8 @@ impl FleetTokens {
     {
         let deadline = Instant::now() + WAIT_FOR_FLEET;
         let mut pause = Duration::from_millis(10);
-        // Right after a 401 the shared value may be the rejected one put back: the first
-        // lookup is skipped (and so is the check under the lock that follows it).
-        let mut skip = self.skip_lookup_once.swap(false, Ordering::AcqRel);
         loop {
-            let found = if skip {
-                Ok(Found::Nothing)
-            } else {
-                self.lookup(margin).await
-            };
-            let usable = match found {
+            let usable = match self.lookup(margin).await {
                 Ok(Found::Value { creds, raw, fresh }) if fresh => {
                     self.remember(Some(raw));
                     return Ok((*creds, CredentialSource::FleetCache));
@@ -372,15 +367,26 @@ impl FleetTokens {
                 .await;
             match locked {
                 Ok(Some(_)) => {
-                    if !skip {
-                        if let Some(shared) = self.stored_before_our_lock(margin, &fence).await {
-                            return Ok(shared);
-                        }
+                    if let Some(shared) = self.stored_before_our_lock(margin, &fence).await {
+                        return Ok(shared);
                     }
                     return self.fetch_as_leader(&fence, fetch).await;
                 }
-                Ok(None) => skip = false,
-                Err(e) => return self.fallback(e, fetch).await,
+                Ok(None) => {}
+                // A `SET NX` that timed out may still have landed: the fetched value is then
+                // stored under it (which releases it), else the lock would hold every other
+                // process back for its whole lifetime.
+                Err(e) => {
+                    let sent = matches!(e, FleetError::Command(_));
+                    let (fresh, source) = self.fallback(e, fetch).await?;
+                    if !sent {
+                        return Ok((fresh, source));
+                    }
+                    if let Some(raw) = self.store_if_locked(&fence, &fresh).await {
+                        self.remember(Some(raw));
+                    }
+                    return Ok((fresh, source));
+                }
             }
             if let Some((mut creds, raw)) = usable {
                 // Another process is renewing: keep using the valid value a little longer.
@@ -450,7 +456,15 @@ impl FleetTokens {
                 return Err(e);
             }
         };
-        let stored = crate::token_cache::encode(&fresh, &self.fingerprint)
+        let kept = self.store_if_locked(fence, &fresh).await;
+        self.remember(kept);
+        Ok((fresh, CredentialSource::Fetched))
+    }
+
+    /// Stores `fresh` while `fence` still holds the lock (and releases it), else releases
+    /// nothing that is not ours; the sealed value when it was stored.
+    async fn store_if_locked(&self, fence: &str, fresh: &Resolved) -> Option<Vec<u8>> {
+        let stored = crate::token_cache::encode(fresh, &self.fingerprint)
             .and_then(|text| self.cache.sealer.seal(&self.key, text.as_bytes()));
         let ttl = fresh
             .expires_at
@@ -478,8 +492,7 @@ impl FleetTokens {
                 .script::<i64>(DELETE_IF_EQUAL, &[&self.lock_key], &[fence.as_bytes()])
                 .await;
         }
-        self.remember(raw_kept);
-        Ok((fresh, CredentialSource::Fetched))
+        raw_kept
     }
 
     async fn fallback<F, Fut>(
@@ -497,10 +510,22 @@ impl FleetTokens {
         Ok((fresh, CredentialSource::LocalFallback))
     }
 
-    /// After a 401: deletes the shared value the current credentials came from, unless
-    /// another process replaced it already (compare-and-delete on the exact bytes).
-    pub(crate) async fn invalidate(&self) {
-        self.skip_lookup_once.store(true, Ordering::Release);
+    fn was_rejected(&self, creds: &Resolved) -> bool {
+        self.rejected
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .as_ref()
+            .is_some_and(|r| *r == creds.headers)
+    }
+
+    /// After a 401 to `stale`: deletes the shared value the credentials came from, unless
+    /// another process replaced it already (compare-and-delete on the exact bytes), and
+    /// takes a shared value holding them for a miss from now on.
+    pub(crate) async fn invalidate(&self, stale: &Resolved) {
+        *self
+            .rejected
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner) = Some(stale.headers.clone());
         let raw = self
             .last_value
             .lock()
