@@ -55,13 +55,16 @@ async fn request_for(
 }
 
 /// Downloads one entry into a private temporary file in `out`, checking NDJSON as it
-/// streams, and renames it to its final name when every line passed.
+/// streams, and renames it to its final name when every line passed. `slot` is the download's
+/// share of the job's parallelism: it is given back once the last byte is written, so the next
+/// download starts while this file's `fsync` waits for the disk.
 pub(super) async fn download(
     conn: &Connection,
     entry: &Entry,
     with_token: bool,
     out: &Path,
     on: &Observer,
+    slot: tokio::sync::OwnedSemaphorePermit,
 ) -> Result<(String, u64), EntryError> {
     let name = entry.file_name();
     let url = &entry.url;
@@ -145,11 +148,15 @@ pub(super) async fn download(
             bytes: last.len() as u64,
         });
     }
+    let resources = check.resources();
+    // Nothing more is read: the buffer and the slot go before the wait for the disk.
+    drop((check, resp, slot));
     tmp.set_mode(0o600).map_err(|e| io_err(&path, e))?;
     // The `fsync` of the data runs off the runtime's threads, so the other downloads go on
     // meanwhile (persist's own `fsync` is then quick); the writeback started while the file
-    // was written leaves it little to do. On a cancel, this task drops `tmp` (the file is
-    // removed) and the sync of the clone finishes on an unlinked file.
+    // was written leaves it little to do. The job reports the file only after this. On a
+    // cancel, this task drops `tmp` (the file is removed) and the sync of the clone finishes
+    // on an unlinked file.
     let synced = tmp.file().try_clone().map_err(|e| io_err(&path, e))?;
     tokio::task::spawn_blocking(move || synced.sync_all())
         .await
@@ -157,7 +164,7 @@ pub(super) async fn download(
         .map_err(|e| io_err(&path, e))?;
     let target = out.join(&name);
     tmp.persist(&target).map_err(|e| io_err(&target, e))?;
-    Ok((name, check.resources()))
+    Ok((name, resources))
 }
 
 /// Checked bytes gathered for one `write` (fewer, larger writes).

@@ -249,8 +249,14 @@ impl Job {
             let task_name = name.clone();
             let id = tasks
                 .spawn(async move {
-                    let _permit = permits.acquire_owned().await;
-                    download(&conn, &entry, with_token, &out, &on).await
+                    let slot = permits
+                        .acquire_owned()
+                        .await
+                        .map_err(|e| EntryError::Aborted {
+                            name: entry.file_name(),
+                            reason: e.to_string(),
+                        })?;
+                    download(&conn, &entry, with_token, &out, &on, slot).await
                 })
                 .id();
             names.insert(id, task_name);
