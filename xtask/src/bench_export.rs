@@ -4,7 +4,8 @@
 //! the same run: wall time ratio and fhirconn's peak RSS. curl does not make its files
 //! durable, so the same curl run followed by `sync -d` of its files (an `fdatasync` each) is
 //! measured too: the ratio against it is the one for equal work on the disk. CPU time (user,
-//! system) of each side says where the rest goes.
+//! system) of each side says where the rest goes. `FHIRCONN_EXPORT_BASELINE` names another
+//! `fhirconn` binary (e.g. built from an earlier commit) measured as a fourth side.
 
 use crate::{median, start_testkit, Result};
 use std::path::Path;
@@ -23,13 +24,23 @@ pub(crate) fn bench(root: &Path) -> Result {
         &root.join("target/release/fhirconn-testkit"),
         &["serve", "--export-mb", &list],
     )?;
-    let result = compare(root, &info["bulk"]);
+    let disk = root.join("target/bench/export/out");
+    let mut result = compare(root, &info["bulk"], &disk, "on disk (target/)");
+    // The same on tmpfs, where `fsync` costs nothing: the checks and streaming against curl
+    // with equal work on the storage.
+    let shm = Path::new("/dev/shm");
+    if result.is_ok() && shm.is_dir() {
+        let out = shm.join(format!("fhirconn-bench-export-{}", std::process::id()));
+        result = compare(root, &info["bulk"], &out, "in memory (tmpfs /dev/shm)");
+        let _ = std::fs::remove_dir_all(&out);
+    }
     let _ = child.kill();
     let _ = child.wait();
     result
 }
 
-fn compare(root: &Path, bulk: &serde_json::Value) -> Result {
+/// Both sides writing into `out` (`place` says where that is).
+fn compare(root: &Path, bulk: &serde_json::Value, out: &Path, place: &str) -> Result {
     let s = |v: &serde_json::Value| v.as_str().unwrap_or_default().to_string();
     let base = s(&bulk["base-url"]);
     let token = s(&bulk["token"]);
@@ -51,7 +62,7 @@ fn compare(root: &Path, bulk: &serde_json::Value) -> Result {
              auth: {{scheme: bearer, token-file: token.txt}}\n"
         ),
     )?;
-    let out = dir.join("out");
+    let out = out.to_path_buf();
     let fhirconn = root.join("target/dist/fhirconn");
     let mut curl_args: Vec<String> = [
         "-sf",
@@ -79,15 +90,20 @@ fn compare(root: &Path, bulk: &serde_json::Value) -> Result {
         "--out".into(),
         out.display().to_string(),
     ];
-    let sides: [(&str, &Path, &[String]); 3] = [
+    let mut sides: Vec<(&str, &Path, &[String])> = vec![
         ("fhirconn export", &fhirconn, &fhirconn_args),
         ("curl", Path::new("curl"), &curl_args),
         ("curl + sync -d", Path::new("sh"), &synced_args),
     ];
+    // Another fhirconn binary (e.g. built from an earlier commit): a before/after in one run.
+    let baseline = std::env::var_os("FHIRCONN_EXPORT_BASELINE").map(std::path::PathBuf::from);
+    if let Some(b) = &baseline {
+        sides.push(("baseline export", b, &fhirconn_args));
+    }
     let mut runs: Vec<Vec<Measured>> = vec![Vec::new(); sides.len()];
     for _ in 0..RUNS {
         for ((_, program, args), runs) in sides.iter().zip(&mut runs) {
-            let fresh_dir = *program != fhirconn.as_path();
+            let fresh_dir = *args != fhirconn_args.as_slice();
             runs.push(measured(
                 program,
                 args,
@@ -99,8 +115,8 @@ fn compare(root: &Path, bulk: &serde_json::Value) -> Result {
         }
     }
     println!(
-        "\nbulk export, {} files, {:.0} MB, 4 in parallel, median of {RUNS} (CPU: user + system \
-         of the process, median; RSS: max):",
+        "\nbulk export {place}, {} files, {:.0} MB, 4 in parallel, median of {RUNS} (CPU: user \
+         + system of the process, median; RSS: max):",
         sizes.len(),
         total as f64 / 1e6,
     );
@@ -121,8 +137,42 @@ fn compare(root: &Path, bulk: &serde_json::Value) -> Result {
             ours.as_secs_f64() / wall.as_secs_f64(),
         );
     }
+    let floor = disk_floor(&out, total)?;
+    println!(
+        "  the storage's floor: {:.2} s to write {:.0} MB durably (one dd, conv=fdatasync), \
+         fhirconn/this {:.2}x",
+        floor.as_secs_f64(),
+        total as f64 / 1e6,
+        ours.as_secs_f64() / floor.as_secs_f64(),
+    );
     let _ = std::fs::remove_dir_all(&out);
     Ok(())
+}
+
+/// How long writing `total` bytes of zeros to a file in `out` and `fdatasync`ing them takes
+/// (median of [`RUNS`]): the least any export that makes its files durable can take there.
+fn disk_floor(out: &Path, total: u64) -> Result<Duration> {
+    let mut walls = Vec::new();
+    for _ in 0..RUNS {
+        let _ = std::fs::remove_dir_all(out);
+        std::fs::create_dir_all(out)?;
+        let _ = Command::new("sync").status();
+        let file = out.join("floor.bin");
+        let t = Instant::now();
+        let ok = Command::new("dd")
+            .arg("if=/dev/zero")
+            .arg(format!("of={}", file.display()))
+            .args(["bs=1M", &format!("count={}", total >> 20), "conv=fdatasync"])
+            .stderr(Stdio::null())
+            .status()?
+            .success();
+        walls.push(t.elapsed());
+        if !ok {
+            return Err("dd failed".into());
+        }
+    }
+    std::fs::remove_dir_all(out)?;
+    Ok(median(walls))
 }
 
 /// One timed run.
