@@ -15,7 +15,10 @@
 //! (`/proc/PID/stat`) over the measured window divided by the requests answered in it.
 //! `FHIRCONN_PROXY_SECONDS` sets each run's length (default 10 s); `FHIRCONN_PROXY_BASELINE`
 //! names another `fhirconn` binary (e.g. a copy built from an earlier commit) run as a second
-//! proxy in shape (b), for a before/after comparison within the same run.
+//! proxy in shape (b), for a before/after comparison within the same run. When `nginx` is
+//! installed (or `FHIRCONN_PROXY_NGINX` names it), it runs in shape (b) too as the reference
+//! of what a proxy can do on this machine: one worker process (no master), upstream keep-alive,
+//! the same token check and credential header, its access log to /dev/null.
 
 use crate::{start_testkit, write_private, Result};
 use serde_json::Value;
@@ -136,7 +139,7 @@ pub(crate) fn bench(root: &Path) -> Result {
     );
 
     // (a) nothing pinned.
-    let rig = Rig::start(root, &dir, &bins[..1], None, None)?;
+    let rig = Rig::start(root, &dir, &bins[..1], None, None, None)?;
     let (d, p) = rig.runs(&loadgen, None, secs, None)?;
     report(
         "(a) shared: loadgen, server and proxy unpinned, all on both cores",
@@ -146,7 +149,8 @@ pub(crate) fn bench(root: &Path) -> Result {
     drop(rig);
 
     // (b) server + loadgen on CPU 0, proxy on CPU 1.
-    let rig = Rig::start(root, &dir, &bins, Some("0"), Some("1"))?;
+    let nginx = nginx_binary();
+    let rig = Rig::start(root, &dir, &bins, Some("0"), Some("1"), nginx.as_deref())?;
     let (d, p) = rig.runs(&loadgen, Some("0"), secs, None)?;
     report(
         "(b) sidecar: loadgen + server pinned to CPU 0 (taskset -c 0), proxy pinned to CPU 1 \
@@ -165,6 +169,10 @@ pub(crate) fn bench(root: &Path) -> Result {
             100.0 * b.rate() / d.rate().max(1.0),
             100.0 * (now - before) / before
         );
+    }
+    match (&nginx, p.last()) {
+        (Some(_), Some(n)) => report_reference(&d, &p[0], n),
+        _ => println!("    (no nginx on PATH: install it for the reference proxy's row)"),
     }
     // (c) the same shape, paced to half of the direct saturation rate.
     let half = (d.rate() / 2.0).round();
@@ -239,6 +247,7 @@ impl Rig {
         proxy_bins: &[PathBuf],
         server_cpus: Cpus,
         proxy_cpus: Cpus,
+        nginx: Option<&Path>,
     ) -> Result<Self> {
         let testkit = root.join("target/release/fhirconn-testkit");
         // `taskset` execs the program: the children's pids are the server's and the proxies'.
@@ -266,6 +275,10 @@ impl Rig {
         let mut proxies = Vec::new();
         for bin in proxy_bins {
             proxies.push(start_proxy(root, dir, bin, &config, proxy_cpus)?);
+        }
+        if let Some(nginx) = nginx {
+            let upstream = base.split_once("://").map_or(base, |(_, r)| r);
+            proxies.push(start_nginx(dir, nginx, upstream, token, proxy_cpus)?);
         }
         Ok(Self {
             server,
@@ -370,4 +383,82 @@ fn path(p: &Path) -> Result<&str> {
 /// A loopback port nobody listens on right now.
 fn free_port() -> Result<u16> {
     Ok(TcpListener::bind("127.0.0.1:0")?.local_addr()?.port())
+}
+
+/// nginx from `FHIRCONN_PROXY_NGINX` or `PATH`.
+fn nginx_binary() -> Option<PathBuf> {
+    if let Some(p) = std::env::var_os("FHIRCONN_PROXY_NGINX") {
+        return Some(PathBuf::from(p));
+    }
+    let path = std::env::var_os("PATH")?;
+    std::env::split_paths(&path)
+        .chain([PathBuf::from("/usr/sbin")])
+        .map(|d| d.join("nginx"))
+        .find(|p| p.is_file())
+}
+
+/// The reference row: nginx in the sidecar shape against direct and `fhirconn proxy`.
+fn report_reference(d: &Run, ours: &Run, n: &Run) {
+    let (_, _, ours_us) = ours.per_request_us();
+    let (_, _, nginx_us) = n.per_request_us();
+    println!(
+        "    reference nginx in the same shape: {:.0} req/s ({:.1}% of direct, p50 {:+.3} ms), \
+         {nginx_us:.1} us CPU per proxied request; fhirconn proxy: {:.1}% of nginx's \
+         throughput, {:.2}x its CPU per request",
+        n.rate(),
+        100.0 * n.rate() / d.rate().max(1.0),
+        n.p50() - d.p50(),
+        100.0 * ours.rate() / n.rate().max(1.0),
+        ours_us / nginx_us.max(f64::MIN_POSITIVE),
+    );
+    let errors = n.out["errors"].as_u64().unwrap_or(0);
+    if errors > 0 {
+        println!("    warning: {errors} failed requests (nginx)");
+    }
+}
+
+/// Starts nginx as a proxy like `fhirconn proxy`'s: the same token required, the upstream
+/// credential added, keep-alive both ways, one worker process (the pid measured).
+fn start_nginx(dir: &Path, nginx: &Path, upstream: &str, token: &str, cpus: Cpus) -> Result<Proxy> {
+    let port = free_port()?;
+    let (authority, base_path) = upstream.split_once('/').unwrap_or((upstream, ""));
+    let conf = dir.join("nginx.conf");
+    let d = dir.display();
+    write_private(
+        &conf,
+        &format!(
+            "daemon off;\nmaster_process off;\nworker_processes 1;\npid {d}/nginx.pid;\n\
+             error_log {d}/nginx-error.log;\nevents {{ worker_connections 4096; }}\n\
+             http {{\n  access_log /dev/null;\n  keepalive_requests 1000000;\n\
+             client_body_temp_path {d}/nginx-body;\n  proxy_temp_path {d}/nginx-proxy;\n\
+             upstream up {{ server {authority}; keepalive 64; keepalive_requests 1000000; }}\n\
+             server {{\n    listen 127.0.0.1:{port};\n    location /s/ {{\n\
+             if ($http_authorization != \"Bearer {PROXY_TOKEN}\") {{ return 401; }}\n\
+             proxy_pass http://up/{base_path}/;\n      proxy_http_version 1.1;\n\
+             proxy_set_header Connection \"\";\n\
+             proxy_set_header Authorization \"Bearer {token}\";\n    }}\n  }}\n}}\n"
+        ),
+    )?;
+    let child = pinned(cpus, nginx)
+        .arg("-p")
+        .arg(dir)
+        .arg("-c")
+        .arg(&conf)
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .map_err(|e| format!("cannot start {}: {e}", nginx.display()))?;
+    let process = Running(child);
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
+        if Instant::now() > deadline {
+            return Err("nginx did not listen within 20 s".into());
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    Ok(Proxy {
+        process,
+        url: format!("http://127.0.0.1:{port}/s/Patient/1"),
+    })
 }
