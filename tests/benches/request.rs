@@ -67,10 +67,87 @@ fn request(c: &mut Criterion) {
         })
     });
     g.finish();
+    interleaved(&rt, &bare, &url, &token, &conn);
     assert_eq!(
         idp.tokens_issued(),
         1,
         "every measured request used the cached token"
+    );
+}
+
+/// Rounds of the interleaved comparison, and requests per side in each.
+const ROUNDS: usize = 31;
+const PER_ROUND: u32 = 300;
+
+/// The same two sides, interleaved: in each round [`PER_ROUND`] requests of one side then of
+/// the other (the order alternating), so drift over the run hits both alike. Prints the median
+/// of the per-round ratios (host / bare) with their spread: criterion's groups, run one after
+/// the other, swing by ±15% on a shared 2-core machine.
+fn interleaved(
+    rt: &tokio::runtime::Runtime,
+    bare: &reqwest::Client,
+    url: &str,
+    token: &str,
+    conn: &fhirconn_host::Connection,
+) {
+    let time_bare = || {
+        rt.block_on(async {
+            let t = std::time::Instant::now();
+            for _ in 0..PER_ROUND {
+                let r = bare
+                    .get(url)
+                    .header("Accept", "application/fhir+json")
+                    .header("Authorization", token)
+                    .send()
+                    .await
+                    .unwrap();
+                assert_eq!(r.status(), 200);
+                black_box(r.bytes().await.unwrap());
+            }
+            t.elapsed().as_secs_f64() / f64::from(PER_ROUND)
+        })
+    };
+    let time_host = || {
+        rt.block_on(async {
+            let t = std::time::Instant::now();
+            for _ in 0..PER_ROUND {
+                let r = conn.get("Patient/1").await.unwrap();
+                assert_eq!(r.status, 200);
+                black_box(r.body);
+            }
+            t.elapsed().as_secs_f64() / f64::from(PER_ROUND)
+        })
+    };
+    let (mut bares, mut hosts, mut ratios) = (Vec::new(), Vec::new(), Vec::new());
+    for round in 0..ROUNDS {
+        let (b, h) = if round % 2 == 0 {
+            let b = time_bare();
+            (b, time_host())
+        } else {
+            let h = time_host();
+            (time_bare(), h)
+        };
+        bares.push(b);
+        hosts.push(h);
+        ratios.push(h / b);
+    }
+    let median = |v: &mut Vec<f64>| {
+        v.sort_by(f64::total_cmp);
+        v[v.len() / 2]
+    };
+    let (lo, hi) = (
+        ratios.iter().copied().fold(f64::INFINITY, f64::min),
+        ratios.iter().copied().fold(0.0, f64::max),
+    );
+    println!(
+        "interleaved, {ROUNDS} rounds of {PER_ROUND} requests per side: bare reqwest {:.1} us, \
+         host {:.1} us per request (medians); host/bare per round: median {:+.1}% (min {:+.1}%, \
+         max {:+.1}%)",
+        median(&mut bares) * 1e6,
+        median(&mut hosts) * 1e6,
+        (median(&mut ratios) - 1.0) * 100.0,
+        (lo - 1.0) * 100.0,
+        (hi - 1.0) * 100.0,
     );
 }
 
