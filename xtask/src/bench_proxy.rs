@@ -362,13 +362,7 @@ fn start_proxy(root: &Path, dir: &Path, bin: &Path, config: &Path, cpus: Cpus) -
         .spawn()
         .map_err(|e| format!("cannot start {}: {e}", bin.display()))?;
     let process = Running(child);
-    let deadline = Instant::now() + Duration::from_secs(20);
-    while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
-        if Instant::now() > deadline {
-            return Err(format!("{} proxy did not listen within 20 s", bin.display()).into());
-        }
-        std::thread::sleep(Duration::from_millis(50));
-    }
+    wait_listening(port, &bin.display().to_string())?;
     Ok(Proxy {
         process,
         url: format!("http://127.0.0.1:{port}/s/Patient/1"),
@@ -450,15 +444,21 @@ fn start_nginx(dir: &Path, nginx: &Path, upstream: &str, token: &str, cpus: Cpus
         .spawn()
         .map_err(|e| format!("cannot start {}: {e}", nginx.display()))?;
     let process = Running(child);
-    let deadline = Instant::now() + Duration::from_secs(20);
-    while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
-        if Instant::now() > deadline {
-            return Err("nginx did not listen within 20 s".into());
-        }
-        std::thread::sleep(Duration::from_millis(50));
-    }
+    wait_listening(port, "nginx")?;
     Ok(Proxy {
         process,
         url: format!("http://127.0.0.1:{port}/s/Patient/1"),
     })
+}
+
+/// Waits until something listens on loopback `port` (at most 20 s); `what` names it.
+fn wait_listening(port: u16, what: &str) -> Result {
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
+        if Instant::now() > deadline {
+            return Err(format!("{what} did not listen on port {port} within 20 s").into());
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    Ok(())
 }
