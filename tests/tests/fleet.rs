@@ -9,7 +9,7 @@ use fhirconn_tests::{fhirconn_command, root, run_command};
 use serde_json::{json, Value};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
-use std::sync::atomic::{AtomicUsize, Ordering::SeqCst};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering::SeqCst};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -633,7 +633,7 @@ fn a_lock_request_that_timed_out_but_landed_is_released_by_the_fallback() {
         let seen = delayed.clone();
         let relay = relay(redis.port, move |chunk| {
             if is_lock(chunk) && seen.fetch_add(1, SeqCst) == 0 {
-                Relay::Delay(Duration::from_millis(1500))
+                Relay::Delay(Duration::from_millis(1200))
             } else {
                 Relay::Forward
             }
@@ -656,5 +656,41 @@ fn a_lock_request_that_timed_out_but_landed_is_released_by_the_fallback() {
         let b = b.connection("shared").unwrap();
         assert_eq!(b.get("Patient/1").await.unwrap().status.as_u16(), 200);
         assert_eq!(e.idp.token_requests(), 1);
+    });
+}
+
+#[test]
+fn a_refused_token_left_in_redis_is_never_used_again() {
+    // After a 401 the compare-and-delete of the refused value does not happen (the relay
+    // answers it "nothing deleted", as when it fails or another process puts the value back):
+    // the value is still in Redis, fresh by its expiry. The process must not take it again;
+    // it fetches a new token and the request succeeds.
+    let _serial = serial();
+    let redis = RedisServer::start(None);
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    rt.block_on(async {
+        let e = env(Duration::from_secs(300)).await;
+        let armed = Arc::new(AtomicBool::new(false));
+        let trigger = armed.clone();
+        let relay = relay(redis.port, move |chunk| {
+            if is_script(chunk) && trigger.swap(false, SeqCst) {
+                Relay::Answer(b":0\r\n")
+            } else {
+                Relay::Forward
+            }
+        })
+        .await;
+        let config = e.files_config(&format!("redis://127.0.0.1:{relay}/0"));
+        let a = fhirconn_tests::build_host(e.dir.path(), config).await;
+        let a = a.connection("shared").unwrap();
+        assert_eq!(a.get("Patient/1").await.unwrap().status.as_u16(), 200);
+        let stored = redis.dump();
+        e.fhir.revoke_presented_tokens();
+        armed.store(true, SeqCst);
+        let status = a.get("Patient/1").await.unwrap().status.as_u16();
+        assert!(!armed.load(SeqCst), "the relay answered the delete");
+        assert_eq!(stored.len(), 1, "{stored:?}");
+        assert_eq!(status, 200, "a new token, not the refused one again");
+        assert_eq!(e.idp.token_requests(), 2);
     });
 }

@@ -171,7 +171,7 @@ pub(crate) fn bench(root: &Path) -> Result {
         );
     }
     match (&nginx, p.last()) {
-        (Some(_), Some(n)) => report_reference(&d, &p[0], n),
+        (Some(_), Some(n)) if p.len() > bins.len() => report_reference(&d, &p[0], n),
         _ => println!("    (no nginx on PATH: install it for the reference proxy's row)"),
     }
     // (c) the same shape, paced to half of the direct saturation rate.
@@ -278,7 +278,11 @@ impl Rig {
         }
         if let Some(nginx) = nginx {
             let upstream = base.split_once("://").map_or(base, |(_, r)| r);
-            proxies.push(start_nginx(dir, nginx, upstream, token, proxy_cpus)?);
+            // The reference is optional: an nginx that does not start is reported, not fatal.
+            match start_nginx(dir, nginx, upstream, token, proxy_cpus) {
+                Ok(p) => proxies.push(p),
+                Err(e) => println!("    (reference nginx not started: {e})"),
+            }
         }
         Ok(Self {
             server,
@@ -425,6 +429,8 @@ fn start_nginx(dir: &Path, nginx: &Path, upstream: &str, token: &str, cpus: Cpus
              error_log {d}/nginx-error.log;\nevents {{ worker_connections 4096; }}\n\
              http {{\n  access_log /dev/null;\n  keepalive_requests 1000000;\n\
              client_body_temp_path {d}/nginx-body;\n  proxy_temp_path {d}/nginx-proxy;\n\
+             fastcgi_temp_path {d}/nginx-fastcgi;\n  scgi_temp_path {d}/nginx-scgi;\n\
+             uwsgi_temp_path {d}/nginx-uwsgi;\n\
              upstream up {{ server {authority}; keepalive 64; keepalive_requests 1000000; }}\n\
              server {{\n    listen 127.0.0.1:{port};\n    location /s/ {{\n\
              if ($http_authorization != \"Bearer {PROXY_TOKEN}\") {{ return 401; }}\n\

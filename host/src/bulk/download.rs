@@ -56,7 +56,7 @@ async fn request_for(
 
 /// Downloads one entry into a private temporary file in `out`, checking NDJSON as it
 /// streams, and renames it to its final name when every line passed. `slot` is the download's
-/// share of the job's parallelism: it is given back once the last byte is written, so the next
+/// share of the job's parallelism: given back once the last byte is written, so the next
 /// download starts while this file's `fsync` waits for the disk.
 pub(super) async fn download(
     conn: &Connection,
@@ -64,7 +64,7 @@ pub(super) async fn download(
     with_token: bool,
     out: &Path,
     on: &Observer,
-    slot: tokio::sync::OwnedSemaphorePermit,
+    slot: Slot,
 ) -> Result<(String, u64), EntryError> {
     let name = entry.file_name();
     let url = &entry.url;
@@ -149,8 +149,14 @@ pub(super) async fn download(
         });
     }
     let resources = check.resources();
-    // Nothing more is read: the buffer and the slot go before the wait for the disk.
-    drop((check, resp, slot));
+    // Nothing more is read: the buffer and the download slot go before the wait for the disk,
+    // once this file has a place among those waiting (bounded: open files, blocking threads).
+    let Slot { download, syncing } = slot;
+    let _waiting = syncing
+        .acquire_owned()
+        .await
+        .map_err(|e| io_err(&path, std::io::Error::other(e)))?;
+    drop((last, check, resp, download));
     tmp.set_mode(0o600).map_err(|e| io_err(&path, e))?;
     // The `fsync` of the data runs off the runtime's threads, so the other downloads go on
     // meanwhile (persist's own `fsync` is then quick); the writeback started while the file
@@ -166,6 +172,17 @@ pub(super) async fn download(
     tmp.persist(&target).map_err(|e| io_err(&target, e))?;
     Ok((name, resources))
 }
+
+/// A download's share of the job's parallelism.
+pub(super) struct Slot {
+    /// One of the job's `parallel` download slots.
+    pub(super) download: tokio::sync::OwnedSemaphorePermit,
+    /// The files waiting for the disk ([`SYNCING_PER_SLOT`] per download slot).
+    pub(super) syncing: Arc<tokio::sync::Semaphore>,
+}
+
+/// Files that may wait for their `fsync` at once, per download slot.
+pub(super) const SYNCING_PER_SLOT: usize = 2;
 
 /// Checked bytes gathered for one `write` (fewer, larger writes).
 const WRITE_BYTES: usize = 1 << 20;

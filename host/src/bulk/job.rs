@@ -227,6 +227,9 @@ impl Job {
             ..Report::default()
         };
         let permits = Arc::new(tokio::sync::Semaphore::new(opts.parallel.max(1)));
+        let syncing = Arc::new(tokio::sync::Semaphore::new(
+            opts.parallel.max(1) * super::download::SYNCING_PER_SLOT,
+        ));
         let mut tasks = tokio::task::JoinSet::new();
         let mut names = std::collections::HashMap::new();
         for entry in entries {
@@ -246,16 +249,22 @@ impl Job {
                 continue;
             }
             let (conn, out, permits, on) = (conn.clone(), out.clone(), permits.clone(), on.clone());
+            let syncing = syncing.clone();
             let task_name = name.clone();
             let id = tasks
                 .spawn(async move {
-                    let slot = permits
-                        .acquire_owned()
-                        .await
-                        .map_err(|e| EntryError::Aborted {
-                            name: entry.file_name(),
-                            reason: e.to_string(),
-                        })?;
+                    let download_slot =
+                        permits
+                            .acquire_owned()
+                            .await
+                            .map_err(|e| EntryError::Aborted {
+                                name: entry.file_name(),
+                                reason: e.to_string(),
+                            })?;
+                    let slot = super::download::Slot {
+                        download: download_slot,
+                        syncing,
+                    };
                     download(&conn, &entry, with_token, &out, &on, slot).await
                 })
                 .id();

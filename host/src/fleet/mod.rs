@@ -378,10 +378,14 @@ impl FleetTokens {
                 // process back for its whole lifetime.
                 Err(e) => {
                     let sent = matches!(e, FleetError::Command(_));
-                    let (fresh, source) = self.fallback(e, fetch).await?;
+                    let fetched = self.fallback(e, fetch).await;
                     if !sent {
-                        return Ok((fresh, source));
+                        return fetched;
                     }
+                    let Ok((fresh, source)) = fetched else {
+                        self.release(&fence).await;
+                        return fetched;
+                    };
                     if let Some(raw) = self.store_if_locked(&fence, &fresh).await {
                         self.remember(Some(raw));
                     }
@@ -421,10 +425,7 @@ impl FleetTokens {
         else {
             return None;
         };
-        let _ = self
-            .cache
-            .script::<i64>(DELETE_IF_EQUAL, &[&self.lock_key], &[fence.as_bytes()])
-            .await;
+        self.release(fence).await;
         self.remember(Some(raw));
         Some((*creds, CredentialSource::FleetCache))
     }
@@ -449,10 +450,7 @@ impl FleetTokens {
         let fresh = match fetch().await {
             Ok(f) => f,
             Err(e) => {
-                let _ = self
-                    .cache
-                    .script::<i64>(DELETE_IF_EQUAL, &[&self.lock_key], &[fence.as_bytes()])
-                    .await;
+                self.release(fence).await;
                 return Err(e);
             }
         };
@@ -487,12 +485,17 @@ impl FleetTokens {
                 Err(e) => self.warn_once(&e),
             }
         } else {
-            let _ = self
-                .cache
-                .script::<i64>(DELETE_IF_EQUAL, &[&self.lock_key], &[fence.as_bytes()])
-                .await;
+            self.release(fence).await;
         }
         raw_kept
+    }
+
+    /// Deletes the lock if `fence` still holds it (best effort: it expires anyway).
+    async fn release(&self, fence: &str) {
+        let _ = self
+            .cache
+            .script::<i64>(DELETE_IF_EQUAL, &[&self.lock_key], &[fence.as_bytes()])
+            .await;
     }
 
     async fn fallback<F, Fut>(
