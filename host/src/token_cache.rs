@@ -68,6 +68,11 @@ struct Stored {
     identity: String,
     headers: Vec<(String, String)>,
     expires_at: u64,
+    /// When the process that fetched the token planned to renew it (unix seconds): readers
+    /// without a margin of their own renew then too, not a fraction of what is left when they
+    /// read it (which put a fleet's renewal off to the last seconds of a token's life).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    renew_at: Option<u64>,
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     warnings: Vec<String>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -386,6 +391,7 @@ fn encode_bound(
         identity: identity.to_string(),
         headers,
         expires_at: unix(expires_at),
+        renew_at: fresh.renew_at.filter(|r| *r < expires_at).map(unix),
         warnings: fresh.warnings.clone(),
         launch_context: fresh.launch_context.clone(),
     };
@@ -425,7 +431,13 @@ fn decode_bound(text: &str, m: &Match<'_>, margin: Option<Duration>) -> Option<R
         headers,
         identity: None,
         expires_at: Some(expires_at),
-        renew_at: Some(renew_at(now, expires_at, margin)),
+        renew_at: Some(match (margin, stored.renew_at) {
+            (None, Some(planned)) => UNIX_EPOCH
+                .checked_add(Duration::from_secs(planned))
+                .filter(|r| *r < expires_at)
+                .unwrap_or_else(|| renew_at(now, expires_at, None)),
+            _ => renew_at(now, expires_at, margin),
+        }),
         warnings: stored.warnings,
         launch_context: stored.launch_context,
         source: crate::fleet::CredentialSource::PersistentCache,
@@ -604,6 +616,26 @@ mod tests {
 
     fn cache(store: &Arc<MemoryStore>, fp: &str) -> PersistentTokens {
         PersistentTokens::new(store.clone(), "c1", fp.into())
+    }
+
+    #[test]
+    fn readers_renew_when_the_fetcher_planned_to_not_when_a_fraction_of_the_rest_is_left() {
+        // A 300 s token planned for renewal 30 s before its expiry, read 280 s before it.
+        let mut fresh = resolved("T", Duration::from_secs(280));
+        let expires = fresh.expires_at.unwrap();
+        fresh.renew_at = Some(expires - Duration::from_secs(30));
+        let text = encode(&fresh, "fp").unwrap();
+        let back = decode(&text, "fp", None).unwrap();
+        let planned = back.renew_at.unwrap();
+        let off = expires.duration_since(planned).unwrap().as_secs_f64();
+        assert!((29.0..=31.0).contains(&off), "renews {off} s before expiry");
+        // A margin of the reader's own wins; a value without a plan is read as before.
+        let back = decode(&text, "fp", Some(Duration::from_secs(60))).unwrap();
+        let off = expires.duration_since(back.renew_at.unwrap()).unwrap();
+        assert!((59..=61).contains(&off.as_secs()), "{off:?}");
+        fresh.renew_at = None;
+        let back = decode(&encode(&fresh, "fp").unwrap(), "fp", None).unwrap();
+        assert!(back.renew_at.unwrap() < expires);
     }
 
     #[test]
