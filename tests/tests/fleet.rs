@@ -468,6 +468,22 @@ fn a_token_read_from_the_fleet_cache_is_redacted_where_a_server_echoes_it() {
     assert_eq!(e.fhir.distinct_authorizations().len(), 1);
 }
 
+/// Runs `body` (in-process hosts) with a fresh redis-server and test servers issuing 300 s
+/// tokens, one such test at a time.
+fn with_redis<F, Fut>(body: F)
+where
+    F: FnOnce(RedisServer, Env) -> Fut,
+    Fut: std::future::Future<Output = ()>,
+{
+    let _serial = serial();
+    let redis = RedisServer::start(None);
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    rt.block_on(async {
+        let e = env(Duration::from_secs(300)).await;
+        body(redis, e).await;
+    });
+}
+
 /// What a [`relay`] does with a chunk a client sent to Redis.
 enum Relay {
     Forward,
@@ -539,11 +555,7 @@ fn a_value_stored_between_a_lookup_and_the_lock_is_used_not_fetched_again() {
     // Process B takes the lock, fetches, stores and releases it; process A's lookup had found
     // nothing just before (the relay says so). A then wins a free lock: it must use B's
     // value, not make a second token request (seen once on a loaded CI machine).
-    let _serial = serial();
-    let redis = RedisServer::start(None);
-    let rt = tokio::runtime::Runtime::new().unwrap();
-    rt.block_on(async {
-        let e = env(Duration::from_secs(300)).await;
+    with_redis(|redis, e| async move {
         let dir = e.dir.path();
         let config = |url: String| e.files_config(&url);
         let b = fhirconn_tests::build_host(dir, config(redis.url())).await;
@@ -589,11 +601,7 @@ fn after_a_401_each_process_takes_the_token_another_fetched_meanwhile() {
     // A and B share token V; the server revokes it. A gets a 401, deletes V fleet-wide and
     // fetches W. B's 401 on V comes after: it must take W, not fetch a third token (a
     // revocation costs one token request for the fleet, not one per process).
-    let _serial = serial();
-    let redis = RedisServer::start(None);
-    let rt = tokio::runtime::Runtime::new().unwrap();
-    rt.block_on(async {
-        let e = env(Duration::from_secs(300)).await;
+    with_redis(|redis, e| async move {
         let config = e.files_config(&redis.url());
         let a = fhirconn_tests::build_host(e.dir.path(), config.clone()).await;
         let b = fhirconn_tests::build_host(e.dir.path(), config).await;
@@ -624,11 +632,7 @@ fn a_lock_request_that_timed_out_but_landed_is_released_by_the_fallback() {
     // A's `SET NX` reaches Redis only after A stopped waiting for it (1 s): A falls back and
     // fetches, and the lock it did take after all must not hold the fleet back for its
     // lifetime: A stores its token under it, which releases it.
-    let _serial = serial();
-    let redis = RedisServer::start(None);
-    let rt = tokio::runtime::Runtime::new().unwrap();
-    rt.block_on(async {
-        let e = env(Duration::from_secs(300)).await;
+    with_redis(|redis, e| async move {
         let delayed = Arc::new(AtomicUsize::new(0));
         let seen = delayed.clone();
         let relay = relay(redis.port, move |chunk| {
@@ -665,11 +669,7 @@ fn a_refused_token_left_in_redis_is_never_used_again() {
     // answers it "nothing deleted", as when it fails or another process puts the value back):
     // the value is still in Redis, fresh by its expiry. The process must not take it again;
     // it fetches a new token and the request succeeds.
-    let _serial = serial();
-    let redis = RedisServer::start(None);
-    let rt = tokio::runtime::Runtime::new().unwrap();
-    rt.block_on(async {
-        let e = env(Duration::from_secs(300)).await;
+    with_redis(|redis, e| async move {
         let armed = Arc::new(AtomicBool::new(false));
         let trigger = armed.clone();
         let relay = relay(redis.port, move |chunk| {
