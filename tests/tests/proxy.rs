@@ -1138,7 +1138,7 @@ async fn health_readiness_and_metrics_follow_the_access_rules_and_ids_reach_the_
     assert!(
         answered
             .iter()
-            .any(|v| v["span"]["request_id"] == "job-7.a"),
+            .any(|v| v["fields"]["request_id"] == "job-7.a" && v["fields"]["connection"] == "s"),
         "{log}"
     );
     assert!(!log.contains(TOKEN) && !log.contains(PROXY_TOKEN), "{log}");

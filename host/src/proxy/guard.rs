@@ -343,9 +343,8 @@ pub(super) async fn forward(State(st): State<ProxyState>, req: axum::extract::Re
     let request = upstream_request(&parts, rest, body, id_value.clone());
     let started = std::time::Instant::now();
     let method = parts.method.clone();
-    let span = tracing::info_span!("proxy", request_id = %request_id, connection = %id);
-    tracing::debug!(parent: &span, method = %method, path = %rest, "forwarding");
-    let answer = tracing::Instrument::instrument(conn.send_streaming(request), span.clone()).await;
+    tracing::debug!(request_id = %request_id, connection = %id, method = %method, path = %rest, "forwarding");
+    let answer = conn.send_streaming(request).await;
     let meters = st.meters.of(id);
     let mut out = match answer {
         Ok(resp) => {
@@ -354,7 +353,7 @@ pub(super) async fn forward(State(st): State<ProxyState>, req: axum::extract::Re
             let class = super::service::status_class(status.as_u16());
             meters.request(class);
             meters.upstream(class, took);
-            tracing::info!(parent: &span, status = status.as_u16(),
+            tracing::info!(request_id = %request_id, connection = %id, status = status.as_u16(),
                 ms = took.as_millis() as u64, "answered");
             stream_back(resp, meters.bytes())
         }
@@ -367,7 +366,7 @@ pub(super) async fn forward(State(st): State<ProxyState>, req: axum::extract::Re
         Err(e) => {
             meters.request(super::service::FAILED);
             let text = host.redact(&e.to_string());
-            tracing::warn!(parent: &span, "failed: {text}");
+            tracing::warn!(request_id = %request_id, connection = %id, "failed: {text}");
             outcome(
                 StatusCode::BAD_GATEWAY,
                 "transient",
