@@ -59,6 +59,20 @@ impl Env {
 }
 
 impl Env {
+    /// An in-process host with [`Env::files_config`] and its connection `shared` (the host
+    /// is returned too: it must outlive the connection's use).
+    async fn shared(
+        &self,
+        redis_url: &str,
+    ) -> (
+        fhirconn_host::Host,
+        std::sync::Arc<fhirconn_host::Connection>,
+    ) {
+        let host = fhirconn_tests::build_host(self.dir.path(), self.files_config(redis_url)).await;
+        let conn = host.connection("shared").unwrap();
+        (host, conn)
+    }
+
     /// The connection `shared` for an in-process host, its secrets in 0600 files.
     fn files_config(&self, redis_url: &str) -> Value {
         let dir = self.dir.path();
@@ -556,10 +570,8 @@ fn a_value_stored_between_a_lookup_and_the_lock_is_used_not_fetched_again() {
     // nothing just before (the relay says so). A then wins a free lock: it must use B's
     // value, not make a second token request (seen once on a loaded CI machine).
     with_redis(|redis, e| async move {
-        let dir = e.dir.path();
-        let config = |url: String| e.files_config(&url);
-        let b = fhirconn_tests::build_host(dir, config(redis.url())).await;
-        let b_status = b.connection("shared").unwrap().get("Patient/1").await;
+        let (_b_host, b) = e.shared(&redis.url()).await;
+        let b_status = b.get("Patient/1").await;
         assert_eq!(b_status.unwrap().status.as_u16(), 200);
         assert_eq!(e.idp.token_requests(), 1, "B fetched under the lock");
         // The relay answers A's first lookup with "nothing", as if it had run just before B
@@ -574,8 +586,7 @@ fn a_value_stored_between_a_lookup_and_the_lock_is_used_not_fetched_again() {
             }
         })
         .await;
-        let a = fhirconn_tests::build_host(dir, config(format!("redis://127.0.0.1:{relay}/0")));
-        let a = a.await.connection("shared").unwrap();
+        let (_a_host, a) = e.shared(&format!("redis://127.0.0.1:{relay}/0")).await;
         let a_status = a.get("Patient/1").await.unwrap().status.as_u16();
         assert_eq!(a_status, 200);
         assert!(
@@ -602,13 +613,8 @@ fn after_a_401_each_process_takes_the_token_another_fetched_meanwhile() {
     // fetches W. B's 401 on V comes after: it must take W, not fetch a third token (a
     // revocation costs one token request for the fleet, not one per process).
     with_redis(|redis, e| async move {
-        let config = e.files_config(&redis.url());
-        let a = fhirconn_tests::build_host(e.dir.path(), config.clone()).await;
-        let b = fhirconn_tests::build_host(e.dir.path(), config).await;
-        let (a, b) = (
-            a.connection("shared").unwrap(),
-            b.connection("shared").unwrap(),
-        );
+        let (_a_host, a) = e.shared(&redis.url()).await;
+        let (_b_host, b) = e.shared(&redis.url()).await;
         for c in [&a, &b] {
             assert_eq!(c.get("Patient/1").await.unwrap().status.as_u16(), 200);
         }
@@ -643,9 +649,7 @@ fn a_lock_request_that_timed_out_but_landed_is_released_by_the_fallback() {
             }
         })
         .await;
-        let config = e.files_config(&format!("redis://127.0.0.1:{relay}/0"));
-        let a = fhirconn_tests::build_host(e.dir.path(), config).await;
-        let a = a.connection("shared").unwrap();
+        let (_a_host, a) = e.shared(&format!("redis://127.0.0.1:{relay}/0")).await;
         assert_eq!(a.get("Patient/1").await.unwrap().status.as_u16(), 200);
         let source = a.credentials(false).await.unwrap().source.to_string();
         assert!(source.contains("local fallback"), "{source}");
@@ -656,8 +660,7 @@ fn a_lock_request_that_timed_out_but_landed_is_released_by_the_fallback() {
         assert!(!keys.contains(":lock"), "the lock is left: {keys}");
         assert!(keys.contains(":token:"), "the token is shared: {keys}");
         // Another process reads it: no second token request.
-        let b = fhirconn_tests::build_host(e.dir.path(), e.files_config(&redis.url())).await;
-        let b = b.connection("shared").unwrap();
+        let (_b_host, b) = e.shared(&redis.url()).await;
         assert_eq!(b.get("Patient/1").await.unwrap().status.as_u16(), 200);
         assert_eq!(e.idp.token_requests(), 1);
     });
@@ -680,9 +683,7 @@ fn a_refused_token_left_in_redis_is_never_used_again() {
             }
         })
         .await;
-        let config = e.files_config(&format!("redis://127.0.0.1:{relay}/0"));
-        let a = fhirconn_tests::build_host(e.dir.path(), config).await;
-        let a = a.connection("shared").unwrap();
+        let (_a_host, a) = e.shared(&format!("redis://127.0.0.1:{relay}/0")).await;
         assert_eq!(a.get("Patient/1").await.unwrap().status.as_u16(), 200);
         let stored = redis.dump();
         e.fhir.revoke_presented_tokens();
