@@ -89,6 +89,9 @@ pub(crate) struct AuthRuntime {
     fleet: Option<Arc<crate::fleet::FleetTokens>>,
     /// The entries whose scheme signs every request, with their inline services.
     signing: Option<Arc<Signing>>,
+    /// The counter of hits in `cache`, taken at the first hit (looking a labelled counter up
+    /// in the recorder costs more than the hit itself).
+    memory_hits: std::sync::OnceLock<metrics::Counter>,
 }
 
 impl AuthRuntime {
@@ -121,6 +124,7 @@ impl AuthRuntime {
             fetches: AtomicU64::new(0),
             persistent: None,
             fleet: None,
+            memory_hits: std::sync::OnceLock::new(),
         }
     }
 
@@ -214,9 +218,12 @@ impl AuthRuntime {
     /// Current credentials: cached, or fetched by exactly one caller while the others wait.
     pub async fn credentials(&self, interactive: bool) -> Result<Arc<Resolved>, Error> {
         if let Some(c) = self.cached() {
-            metrics::counter!("fhirconn_token_cache_hits_total",
-                "connection" => self.id.clone(), "cache" => "memory")
-            .increment(1);
+            self.memory_hits
+                .get_or_init(|| {
+                    metrics::counter!("fhirconn_token_cache_hits_total",
+                        "connection" => self.id.clone(), "cache" => "memory")
+                })
+                .increment(1);
             return Ok(c);
         }
         let _flight = self.fetch_lock.lock().await;

@@ -3,11 +3,14 @@
 //! so credentials never change origin.
 
 mod classify;
+mod direct;
 mod pool;
 mod roots;
 mod sign;
 
 pub use classify::describe_tls;
+pub(crate) use direct::DirectRequest;
+pub use direct::{Streamed, StreamedBody};
 pub(crate) use pool::warm_up;
 pub use pool::{ClientKey, ClientPool, IdentityKey};
 pub(crate) use sign::Signing;
@@ -18,8 +21,11 @@ use fhirconn_sdk::ClientIdentity;
 use reqwest::header::{HeaderMap, HeaderName, HeaderValue, LOCATION};
 use reqwest::{Method, StatusCode};
 use std::path::PathBuf;
-use std::sync::Arc;
+use std::sync::{Arc, OnceLock};
 use std::time::Duration;
+
+/// The `User-Agent` of requests that have none.
+pub(crate) const USER_AGENT: &str = concat!("fhirconn/", env!("CARGO_PKG_VERSION"));
 
 /// How many redirects a FHIR request follows.
 pub const MAX_REDIRECTS: usize = 5;
@@ -202,6 +208,10 @@ pub struct Transport {
     settings: ConnectionSettings,
     key: ClientKey,
     pool: Arc<ClientPool>,
+    /// The client without an identity, once taken from the pool (no key hashed per request).
+    plain: OnceLock<reqwest::Client>,
+    /// Whether requests may skip reqwest (no HTTP proxy applies), and its client then.
+    direct: OnceLock<Option<direct::DirectClient>>,
 }
 
 impl std::fmt::Debug for Transport {
@@ -241,6 +251,8 @@ impl Transport {
             settings,
             key,
             pool,
+            plain: OnceLock::new(),
+            direct: OnceLock::new(),
         })
     }
 
@@ -256,8 +268,17 @@ impl Transport {
         &self,
         identity: Option<&ClientIdentity>,
     ) -> Result<reqwest::Client, ClientError> {
+        if identity.is_none() {
+            if let Some(c) = self.plain.get() {
+                return Ok(c.clone());
+            }
+        }
         let key = self.key.with_identity(identity);
-        self.pool.get_or_build(key, || self.build(identity))
+        let client = self.pool.get_or_build(key, || self.build(identity))?;
+        if identity.is_none() {
+            let _ = self.plain.set(client.clone());
+        }
+        Ok(client)
     }
 
     /// Reads the trusted roots of this connection's clients now (a long-lived host's warm-up;
@@ -272,7 +293,7 @@ impl Transport {
         let s = &self.settings;
         let mut b = pool::with_timeouts(reqwest::Client::builder(), s)
             .redirect(reqwest::redirect::Policy::none())
-            .user_agent(concat!("fhirconn/", env!("CARGO_PKG_VERSION")))
+            .user_agent(USER_AGENT)
             .tls_info(true)
             .referer(false);
         // The roots of reqwest's own TLS set-up (the platform verifier, plus the file's), read
@@ -285,12 +306,12 @@ impl Transport {
         b = b.no_proxy();
         if let Some(p) = &s.proxy {
             let mut list = p.no_proxy.clone();
-            list.push(LOOPBACK_NO_PROXY.to_string());
+            list.push(pool::LOOPBACK_NO_PROXY.to_string());
             let proxy =
                 reqwest::Proxy::all(&p.url).map_err(|e| ClientError::Proxy(e.to_string()))?;
             b = b.proxy(proxy.no_proxy(reqwest::NoProxy::from_string(&list.join(","))));
         } else {
-            for proxy in env_proxies().map_err(ClientError::Proxy)? {
+            for proxy in pool::env_proxies().map_err(ClientError::Proxy)? {
                 b = b.proxy(proxy);
             }
         }
@@ -560,41 +581,6 @@ impl Transport {
     pub fn classify_error(&self, e: &reqwest::Error, url: &url::Url) -> TransportError {
         classify::classify(e, url, &self.settings)
     }
-}
-
-/// Destinations that never go through a proxy, whatever the configuration says.
-const LOOPBACK_NO_PROXY: &str = "localhost,127.0.0.0/8,::1";
-
-/// The proxies of the environment (`HTTPS_PROXY`, `HTTP_PROXY`, `ALL_PROXY`, either case, with
-/// `NO_PROXY`), as reqwest would use them, except that loopback is always direct.
-/// `HTTP_PROXY` is ignored in a CGI context (`REQUEST_METHOD` set: "httpoxy").
-fn env_proxies() -> Result<Vec<reqwest::Proxy>, String> {
-    let var = |name: &str| {
-        std::env::var(name)
-            .or_else(|_| std::env::var(name.to_ascii_lowercase()))
-            .ok()
-            .filter(|v| !v.trim().is_empty())
-    };
-    let mut no_proxy = var("NO_PROXY").unwrap_or_default();
-    if !no_proxy.is_empty() {
-        no_proxy.push(',');
-    }
-    no_proxy.push_str(LOOPBACK_NO_PROXY);
-    let cgi = std::env::var_os("REQUEST_METHOD").is_some();
-    let mut out = Vec::new();
-    let mut add = |url: Option<String>, make: fn(&str) -> reqwest::Result<reqwest::Proxy>| {
-        if let Some(u) = url {
-            let p = make(&u).map_err(|e| format!("proxy from the environment: {e}"))?;
-            out.push(p.no_proxy(reqwest::NoProxy::from_string(&no_proxy)));
-        }
-        Ok::<(), String>(())
-    };
-    add(var("HTTPS_PROXY"), |u| reqwest::Proxy::https(u))?;
-    add(if cgi { None } else { var("HTTP_PROXY") }, |u| {
-        reqwest::Proxy::http(u)
-    })?;
-    add(var("ALL_PROXY"), |u| reqwest::Proxy::all(u))?;
-    Ok(out)
 }
 
 #[cfg(test)]

@@ -334,13 +334,26 @@ fn the_running_cli_writes_no_core_dumps() {
         .stderr(std::process::Stdio::null())
         .spawn()
         .unwrap();
-    // The process sets its limits before parsing arguments; give it a moment to start.
+    // The process sets its limits first thing in `main`; until then /proc shows the limits
+    // it inherited. Poll (bounded) until they read 0, or the time is up.
+    let core_line = |limits: &str| {
+        limits
+            .lines()
+            .find(|l| l.starts_with("Max core file size"))
+            .map(|l| {
+                l.split_whitespace()
+                    .skip(4)
+                    .take(2)
+                    .collect::<Vec<_>>()
+                    .join(" ")
+            })
+    };
     let mut limits = String::new();
-    for _ in 0..50 {
+    for _ in 0..200 {
         std::thread::sleep(std::time::Duration::from_millis(50));
         limits =
             std::fs::read_to_string(format!("/proc/{}/limits", child.id())).unwrap_or_default();
-        if limits.contains("Max core file size") {
+        if core_line(&limits).as_deref() == Some("0 0") {
             break;
         }
     }

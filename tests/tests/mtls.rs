@@ -568,3 +568,33 @@ fn fhirconn_test_warns_about_a_client_certificate_that_expires_within_30_days() 
         "{v}"
     );
 }
+
+/// The proxy forwards on its own direct client (hyper-util, not reqwest): it must trust the
+/// connection's roots file and present its client certificate just the same. An mTLS server
+/// answers `fhirconn proxy`'s request, and saw the certificate; without one it would refuse.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn the_proxy_presents_the_client_certificate_and_trusts_the_roots_file() {
+    let e = env().await;
+    let stats = e.mtls.tls_stats().unwrap();
+    let host = e
+        .host(json!({"m": e.conn(e.mtls.base_url(), pem_auth("ec"))}))
+        .await
+        .unwrap();
+    let proxy = fhirconn_tests::serve_proxy(
+        std::sync::Arc::new(host),
+        fhirconn_host::proxy::Config::default(),
+    )
+    .await;
+    let before = stats.client_certs().len();
+    let resp = reqwest::get(format!("http://{}/m/metadata", proxy.addr))
+        .await
+        .unwrap();
+    let status = resp.status();
+    let body = resp.text().await.unwrap();
+    assert_eq!(status, 200, "{body}");
+    assert!(body.contains("CapabilityStatement"), "{body}");
+    assert!(
+        stats.client_certs().len() > before,
+        "the upstream saw no client certificate"
+    );
+}

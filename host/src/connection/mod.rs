@@ -12,7 +12,9 @@ pub use report::{CertificateFacts, ProbeReport, TestReport};
 
 use crate::auth::{AuthRuntime, Resolved};
 use crate::error::Error;
-use crate::transport::{Outgoing, Response, Transport, TransportError};
+use crate::transport::{
+    DirectRequest, Outgoing, Response, Streamed, StreamedBody, Transport, TransportError,
+};
 use reqwest::header::{HeaderName, HeaderValue, ACCEPT};
 use reqwest::{Method, StatusCode};
 use std::future::Future;
@@ -158,20 +160,56 @@ impl Connection {
 
     /// Like [`Connection::send`], but returns the response unread, to stream its body (the
     /// proxy). Redirects are returned, not followed; a 401 is retried once with fresh
-    /// credentials as in `send`.
-    pub async fn send_streaming(&self, request: Request) -> Result<reqwest::Response, Error> {
-        let url = self.url_for(&request.path)?;
+    /// credentials as in `send`. Requests that need no HTTP proxy and no per-request
+    /// signature go straight to the server on hyper-util's client (`transport/direct.rs`);
+    /// the others take reqwest's path, with the same rules.
+    pub async fn send_streaming(&self, request: Request) -> Result<Streamed, Error> {
+        let target = match direct_target(self.base_url(), &request.path) {
+            Some(uri) => Target::Uri(uri),
+            None => Target::Url(self.url_for(&request.path)?),
+        };
         let creds = self.auth.credentials(false).await?;
         let signer = self.auth.signer(request.body.as_deref());
-        let (request, url, signer) = (&request, &url, &signer);
+        let body = request
+            .body
+            .clone()
+            .map(bytes::Bytes::from)
+            .unwrap_or_default();
+        let (request, target, signer, body) = (&request, &target, &signer, &body);
         let send = move |c: Arc<Resolved>| async move {
-            let out = outgoing(request, url, &c, false, signer);
+            let direct = match signer {
+                Some(_) => None,
+                None => self
+                    .transport
+                    .direct_client(c.identity.as_ref())
+                    .map_err(|e| self.transport_error(e.into()))?,
+            };
+            if let (Some(client), Target::Uri(uri)) = (direct, target) {
+                let req = DirectRequest {
+                    method: &request.method,
+                    uri,
+                    headers: &request.headers,
+                    credential_headers: &c.headers,
+                    body: body.clone(),
+                };
+                return self
+                    .transport
+                    .open_direct(&client, req)
+                    .await
+                    .map_err(|error| self.transport_error(error));
+            }
+            let url = match target {
+                Target::Url(u) => u.clone(),
+                Target::Uri(_) => self.url_for(&request.path)?,
+            };
+            let out = outgoing(request, &url, &c, false, signer);
             self.transport
                 .open(&out, c.identity.as_ref())
                 .await
+                .map(StreamedBody::from_reqwest)
                 .map_err(|error| self.transport_error(error))
         };
-        let unauthorized = |r: &reqwest::Response| r.status() == StatusCode::UNAUTHORIZED;
+        let unauthorized = |r: &Streamed| r.status() == StatusCode::UNAUTHORIZED;
         Ok(self.renewing(creds, send, unauthorized).await?)
     }
 
@@ -326,6 +364,64 @@ impl From<Failure> for Error {
     }
 }
 
+/// Where a streamed request goes: a target built without `url` (most proxy requests), or
+/// one `url` parsed and normalised.
+enum Target {
+    Uri(http::Uri),
+    Url(url::Url),
+}
+
+/// The absolute target of `path` on `base`, the one [`Connection::url_for`] gives, when it
+/// needs no parsing: a relative path and query of plain characters, with no dot segment
+/// (which `url` would resolve), no bare `%` and nothing else `url` would percent-encode.
+/// `None` sends the caller to `url_for`.
+fn direct_target(base: &url::Url, path: &str) -> Option<http::Uri> {
+    if base.query().is_some() || base.fragment().is_some() {
+        return None;
+    }
+    let plain = |b: u8| b.is_ascii_alphanumeric() || b"-._~!$&()*+,;=:@/?%|".contains(&b);
+    if path.starts_with("http:") || path.starts_with("https:") || !path.bytes().all(plain) {
+        return None;
+    }
+    let path_part = path.split('?').next().unwrap_or_default();
+    if path_part.split('/').any(is_dot_segment) || !percent_escapes_only(path) {
+        return None;
+    }
+    let joined = format!(
+        "{}/{}",
+        base.as_str().trim_end_matches('/'),
+        path.trim_start_matches('/')
+    );
+    http::Uri::try_from(joined).ok()
+}
+
+/// `.` or `..`, a dot written `%2e` or `%2E` too (as `url` reads them).
+fn is_dot_segment(segment: &str) -> bool {
+    let mut rest = segment.as_bytes();
+    let mut dots = 0;
+    while !rest.is_empty() {
+        if rest[0] == b'.' {
+            rest = &rest[1..];
+        } else if rest.len() >= 3 && rest[..3].eq_ignore_ascii_case(b"%2e") {
+            rest = &rest[3..];
+        } else {
+            return false;
+        }
+        dots += 1;
+    }
+    dots == 1 || dots == 2
+}
+
+/// Every `%` starts an escape of two hex digits (`url` would encode a bare one).
+fn percent_escapes_only(path: &str) -> bool {
+    let b = path.as_bytes();
+    b.iter().enumerate().all(|(i, &c)| {
+        c != b'%'
+            || (b.get(i + 1).is_some_and(u8::is_ascii_hexdigit)
+                && b.get(i + 2).is_some_and(u8::is_ascii_hexdigit))
+    })
+}
+
 /// The transport's request for `request` at `url` with credentials `creds`.
 fn outgoing(
     request: &Request,
@@ -342,5 +438,57 @@ fn outgoing(
         body: request.body.clone(),
         follow_redirects: follow,
         signer: signer.clone(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn direct_targets_are_the_urls_url_for_gives_or_none() {
+        let base = url::Url::parse("https://fhir.example:8443/r4/").unwrap();
+        for path in [
+            "Patient/1",
+            "/Patient/1",
+            "",
+            "Patient?name=a%20b&_count=10",
+            "Observation?code=http://loinc.org|1234-5",
+            "Patient/1/_history/2?x=~!$&()*+,;=:@",
+            "a//b",
+        ] {
+            let u = direct_target(&base, path).unwrap_or_else(|| panic!("{path} is plain"));
+            let joined = format!(
+                "{}/{}",
+                "https://fhir.example:8443/r4",
+                path.trim_start_matches('/')
+            );
+            assert_eq!(
+                u.to_string(),
+                url::Url::parse(&joined).unwrap().as_str(),
+                "{path}"
+            );
+        }
+        for path in [
+            "../admin",
+            "Patient/..",
+            "Patient/%2e%2E/x",
+            "./Patient",
+            "Patient?q=%zz",
+            "Patient/a b",
+            "Patient?q='x'",
+            "Patient/1#frag",
+            "Patient\\1",
+            "https://fhir.example:8443/r4/Patient",
+            "http:Patient",
+            "Patient/\u{e9}",
+        ] {
+            assert!(
+                direct_target(&base, path).is_none(),
+                "{path} must go to url_for"
+            );
+        }
+        let with_query = url::Url::parse("https://fhir.example/r4?tenant=1").unwrap();
+        assert!(direct_target(&with_query, "Patient").is_none());
     }
 }

@@ -261,27 +261,15 @@ fn upstream_request(
     }
 }
 
-/// Streams the upstream answer back (returnable headers only, hardened), counting bytes.
-fn stream_back(mut resp: reqwest::Response, bytes: metrics::Counter) -> Response {
-    let status = resp.status();
-    // The headers are moved out (the body does not need them), not copied.
-    let headers = std::mem::take(resp.headers_mut());
-    let listed = connection_listed(&headers);
-    let chunks = futures_util::stream::unfold(Some((resp, bytes)), |state| async move {
-        let (mut resp, bytes) = state?;
-        match resp.chunk().await {
-            Ok(Some(c)) => {
-                bytes.increment(c.len() as u64);
-                Some((Ok::<_, reqwest::Error>(c), Some((resp, bytes))))
-            }
-            Ok(None) => None,
-            Err(e) => Some((Err(e), None)),
-        }
-    });
-    let mut out = Response::new(Body::from_stream(chunks));
-    *out.status_mut() = status;
+/// Streams the upstream answer back (returnable headers only, hardened), counting bytes. The
+/// body keeps its size, so an answer of known length goes back with a `Content-Length`.
+fn stream_back(resp: crate::transport::Streamed, bytes: metrics::Counter) -> Response {
+    let (parts, body) = resp.into_parts();
+    let listed = connection_listed(&parts.headers);
+    let mut out = Response::new(Body::new(Counted { body, bytes }));
+    *out.status_mut() = parts.status;
     let mut name = None;
-    for (k, v) in headers {
+    for (k, v) in parts.headers {
         // `None` continues the previous name's values (a header sent more than once).
         if k.is_some() {
             name = k;
@@ -294,7 +282,39 @@ fn stream_back(mut resp: reqwest::Response, bytes: metrics::Counter) -> Response
     out
 }
 
-pub(super) async fn forward(State(st): State<ProxyState>, req: axum::extract::Request) -> Response {
+/// A streamed body that counts the bytes it passes on.
+struct Counted {
+    body: crate::transport::StreamedBody,
+    bytes: metrics::Counter,
+}
+
+impl http_body::Body for Counted {
+    type Data = axum::body::Bytes;
+    type Error = crate::transport::TransportError;
+
+    fn poll_frame(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Option<Result<http_body::Frame<Self::Data>, Self::Error>>> {
+        let polled = std::pin::Pin::new(&mut self.body).poll_frame(cx);
+        if let std::task::Poll::Ready(Some(Ok(frame))) = &polled {
+            if let Some(data) = frame.data_ref() {
+                self.bytes.increment(data.len() as u64);
+            }
+        }
+        polled
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.body.is_end_stream()
+    }
+
+    fn size_hint(&self) -> http_body::SizeHint {
+        self.body.size_hint()
+    }
+}
+
+pub(super) async fn forward(st: ProxyState, req: axum::extract::Request) -> Response {
     let (parts, body) = req.into_parts();
     if let Err(refused) = check_browser(&st, &parts) {
         return refused;
@@ -365,13 +385,13 @@ pub(super) async fn forward(State(st): State<ProxyState>, req: axum::extract::Re
         ),
         Err(e) => {
             meters.request(super::service::FAILED);
-            let text = host.redact(&e.to_string());
+            let mut text = host.redact(&e.to_string());
             tracing::warn!(request_id = %request_id, connection = %id, "failed: {text}");
-            outcome(
-                StatusCode::BAD_GATEWAY,
-                "transient",
-                &format!("connection '{id}': {text}"),
-            )
+            // Most errors name the connection already (`connection 'id': ...`).
+            if !text.starts_with(&format!("connection '{id}'")) {
+                text = format!("connection '{id}': {text}");
+            }
+            outcome(StatusCode::BAD_GATEWAY, "transient", &text)
         }
     };
     out.headers_mut()

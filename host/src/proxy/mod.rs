@@ -40,7 +40,6 @@ use tls::TlsListener;
 
 use crate::connection::Request;
 use axum::body::{to_bytes, Body};
-use axum::extract::State;
 use axum::http::{header, HeaderMap, HeaderName, HeaderValue, StatusCode};
 use axum::response::{IntoResponse, Response};
 use secrecy::{ExposeSecret as _, SecretString};
@@ -437,7 +436,14 @@ pub async fn serve(
         },
         meters: Arc::default(),
     };
-    let app = axum::Router::new().fallback(forward).with_state(state);
+    // One handler and no routes: a service function, without the router's layers of futures
+    // around every request.
+    let app = axum::ServiceExt::<axum::extract::Request>::into_make_service(tower::service_fn(
+        move |req: axum::extract::Request| {
+            let st = state.clone();
+            async move { Ok::<_, std::convert::Infallible>(forward(st, req).await) }
+        },
+    ));
     match config.tls {
         None => {
             axum::serve(listener, app)

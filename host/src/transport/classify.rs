@@ -1,4 +1,4 @@
-//! Why a request failed, for a person: reqwest errors classified as DNS, connect, TLS (with
+//! Why a request failed, for a person: reqwest (and hyper-util) errors classified as DNS, connect, TLS (with
 //! the setting that fixes it), timeout.
 
 use super::TransportError;
@@ -38,11 +38,6 @@ pub(crate) fn classify_timed(
     settings: &ConnectionSettings,
     elapsed: Option<std::time::Duration>,
 ) -> TransportError {
-    let host = url.host_str().unwrap_or_default().to_string();
-    let hostport = match url.port_or_known_default() {
-        Some(p) => format!("{host}:{p}"),
-        None => host.clone(),
-    };
     let mut chain = error_chain(e);
     // reqwest's text ends with " for url (<the whole URL>)": a pre-signed query or a
     // search's patient details must not reach an error, a log or a terminal.
@@ -52,11 +47,55 @@ pub(crate) fn classify_timed(
             &format!(" for url ({})", crate::text::shown_url(u)),
         );
     }
-    if e.is_timeout() || chain.iter().any(|m| m.contains("timed out")) {
+    let facts = Facts {
+        host: url.host_str().unwrap_or_default(),
+        port: url.port_or_known_default(),
+        connect: e.is_connect(),
+        timeout: e.is_timeout(),
+        elapsed,
+    };
+    classify_chain(e, chain, facts, settings)
+}
+
+/// What is known about a failed exchange besides its error.
+pub(crate) struct Facts<'a> {
+    /// The server's host.
+    pub(crate) host: &'a str,
+    /// Its port.
+    pub(crate) port: Option<u16>,
+    /// The error happened while connecting.
+    pub(crate) connect: bool,
+    /// The error is a timeout.
+    pub(crate) timeout: bool,
+    /// How long the exchange had run.
+    pub(crate) elapsed: Option<std::time::Duration>,
+}
+
+/// Classifies any HTTP client's error (hyper-util's on the proxy's direct path).
+pub(crate) fn classify_error_of(
+    e: &(dyn std::error::Error + 'static),
+    facts: Facts<'_>,
+    settings: &ConnectionSettings,
+) -> TransportError {
+    classify_chain(e, error_chain(e), facts, settings)
+}
+
+fn classify_chain(
+    e: &(dyn std::error::Error + 'static),
+    chain: Vec<String>,
+    facts: Facts<'_>,
+    settings: &ConnectionSettings,
+) -> TransportError {
+    let host = facts.host.to_string();
+    let hostport = match facts.port {
+        Some(p) => format!("{host}:{p}"),
+        None => host.clone(),
+    };
+    if facts.timeout || chain.iter().any(|m| m.contains("timed out")) {
         let total = settings
             .request_timeout
-            .filter(|t| elapsed.is_some_and(|el| el + MARGIN >= *t));
-        let (what, after) = if e.is_connect() {
+            .filter(|t| facts.elapsed.is_some_and(|el| el + MARGIN >= *t));
+        let (what, after) = if facts.connect {
             ("connect-timeout", settings.connect_timeout)
         } else if let Some(total) = total {
             ("request-timeout", total)
@@ -85,7 +124,7 @@ pub(crate) fn classify_timed(
         let detail = chain.last().cloned().unwrap_or_default();
         return TransportError::Dns { host, detail };
     }
-    if e.is_connect() {
+    if facts.connect {
         let detail = chain
             .iter()
             .rev()

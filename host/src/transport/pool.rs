@@ -1,4 +1,5 @@
-//! The HTTP clients a [`crate::Host`] owns: one reqwest client per distinct [`ClientKey`],
+//! The HTTP clients a [`crate::Host`] owns: one reqwest client (and one direct client, for the
+//! proxy) per distinct [`ClientKey`], with the proxies that apply to them,
 //! shared by the host's connections, and one certificate verifier per distinct roots (it reads
 //! the system roots, ~10 ms, at the first TLS handshake: `roots.rs`).
 
@@ -112,6 +113,8 @@ impl std::fmt::Debug for IdentityKey {
 #[derive(Default)]
 pub struct ClientPool {
     clients: Mutex<HashMap<ClientKey, reqwest::Client>>,
+    /// The proxy's direct clients (hyper-util, no HTTP proxy), by the same keys.
+    direct: Mutex<HashMap<ClientKey, super::direct::DirectClient>>,
     verifiers: Mutex<HashMap<RootsKey, Arc<LazyVerifier>>>,
 }
 
@@ -135,6 +138,24 @@ impl ClientPool {
     ) -> Result<reqwest::Client, E> {
         let mut clients = self
             .clients
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        if let Some(c) = clients.get(&key) {
+            return Ok(c.clone());
+        }
+        let client = build()?;
+        clients.insert(key, client.clone());
+        Ok(client)
+    }
+
+    /// The direct client for `key` (see `direct.rs`), built by `build` the first time.
+    pub(crate) fn get_or_build_direct<E>(
+        &self,
+        key: ClientKey,
+        build: impl FnOnce() -> Result<super::direct::DirectClient, E>,
+    ) -> Result<super::direct::DirectClient, E> {
+        let mut clients = self
+            .direct
             .lock()
             .unwrap_or_else(std::sync::PoisonError::into_inner);
         if let Some(c) = clients.get(&key) {
@@ -198,6 +219,41 @@ pub(crate) async fn warm_up(transports: &[Arc<super::Transport>]) {
         }
     })
     .await;
+}
+
+/// Destinations that never go through a proxy, whatever the configuration says.
+pub(super) const LOOPBACK_NO_PROXY: &str = "localhost,127.0.0.0/8,::1";
+
+/// The proxies of the environment (`HTTPS_PROXY`, `HTTP_PROXY`, `ALL_PROXY`, either case, with
+/// `NO_PROXY`), as reqwest would use them, except that loopback is always direct.
+/// `HTTP_PROXY` is ignored in a CGI context (`REQUEST_METHOD` set: "httpoxy").
+pub(super) fn env_proxies() -> Result<Vec<reqwest::Proxy>, String> {
+    let var = |name: &str| {
+        std::env::var(name)
+            .or_else(|_| std::env::var(name.to_ascii_lowercase()))
+            .ok()
+            .filter(|v| !v.trim().is_empty())
+    };
+    let mut no_proxy = var("NO_PROXY").unwrap_or_default();
+    if !no_proxy.is_empty() {
+        no_proxy.push(',');
+    }
+    no_proxy.push_str(LOOPBACK_NO_PROXY);
+    let cgi = std::env::var_os("REQUEST_METHOD").is_some();
+    let mut out = Vec::new();
+    let mut add = |url: Option<String>, make: fn(&str) -> reqwest::Result<reqwest::Proxy>| {
+        if let Some(u) = url {
+            let p = make(&u).map_err(|e| format!("proxy from the environment: {e}"))?;
+            out.push(p.no_proxy(reqwest::NoProxy::from_string(&no_proxy)));
+        }
+        Ok::<(), String>(())
+    };
+    add(var("HTTPS_PROXY"), |u| reqwest::Proxy::https(u))?;
+    add(if cgi { None } else { var("HTTP_PROXY") }, |u| {
+        reqwest::Proxy::http(u)
+    })?;
+    add(var("ALL_PROXY"), |u| reqwest::Proxy::all(u))?;
+    Ok(out)
 }
 
 #[cfg(test)]

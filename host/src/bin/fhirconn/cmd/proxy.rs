@@ -36,18 +36,32 @@ pub struct Args {
     drain_timeout: u64,
 }
 
-/// Ctrl-C or SIGTERM.
-async fn stop_signal() {
+/// Ctrl-C or SIGTERM; SIGTERM's handler is installed when this is made, so a SIGTERM sent
+/// after the proxy said it is on is never lost (nor kills it without draining).
+struct Stop {
     #[cfg(unix)]
-    if let Ok(mut term) = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
-    {
-        tokio::select! {
-            _ = tokio::signal::ctrl_c() => {}
-            _ = term.recv() => {}
+    term: Option<tokio::signal::unix::Signal>,
+}
+
+impl Stop {
+    fn new() -> Self {
+        Self {
+            #[cfg(unix)]
+            term: tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()).ok(),
         }
-        return;
     }
-    let _ = tokio::signal::ctrl_c().await;
+
+    async fn wait(mut self) {
+        #[cfg(unix)]
+        if let Some(term) = self.term.as_mut() {
+            tokio::select! {
+                _ = tokio::signal::ctrl_c() => {}
+                _ = term.recv() => {}
+            }
+            return;
+        }
+        let _ = tokio::signal::ctrl_c().await;
+    }
 }
 
 /// Runs the proxy until Ctrl-C or SIGTERM (a generated token file is then removed).
@@ -120,6 +134,9 @@ pub async fn run(g: &Global, a: Args) -> CmdResult {
              network namespace) can use these connections with your credentials"
         );
     }
+    // Both signal handlers are in place before the proxy says it is on.
+    let stop = Stop::new();
+    let mut reloads = Reloads::new();
     eprintln!(
         "proxy on {scheme}://{bound}/<connection>/<path> for: {}",
         host.connection_ids().join(", ")
@@ -132,7 +149,7 @@ pub async fn run(g: &Global, a: Args) -> CmdResult {
     });
     let (stopping_tx, mut stopping) = tokio::sync::watch::channel(false);
     tokio::spawn(async move {
-        stop_signal().await;
+        stop.wait().await;
         let _ = stopping_tx.send(true);
     });
     let graceful = {
@@ -144,7 +161,6 @@ pub async fn run(g: &Global, a: Args) -> CmdResult {
     let serve = fhirconn_host::proxy::serve(served.clone(), listener, config, graceful);
     tokio::pin!(serve);
     let drain = std::time::Duration::from_secs(a.drain_timeout);
-    let mut reloads = Reloads::new();
     let reloading = std::sync::Arc::new(tokio::sync::Mutex::new(()));
     let result = loop {
         tokio::select! {

@@ -1,0 +1,303 @@
+//! The streaming path of the proxy: hyper-util's pooled client on the connection's own rustls
+//! configuration (the same roots, verifier and client identity as its reqwest client), used
+//! for requests that go straight to the server. A request that must pass an HTTP proxy
+//! (configured or from the environment) or carry a per-request signature takes the reqwest
+//! path instead. Like [`super::Transport::open`] it follows no redirect and adds nothing but
+//! the given headers (and a `User-Agent` when there is none); `connect-timeout`,
+//! `read-timeout` (idle, also while waiting for the answer) and `request-timeout` (total, to
+//! the end of the body) bound it the same way.
+//!
+//! It exists for speed: reqwest re-parses every request's URL in its redirect layer, converts
+//! a `Url` into a `Uri`, and wraps each exchange in several boxed futures; on the proxy's
+//! path that was a quarter of its own work per request (`BENCHMARKS.md`).
+
+use super::{classify, TransportError};
+use crate::config::ConnectionSettings;
+use bytes::Bytes;
+use fhirconn_sdk::ClientIdentity;
+use http::{HeaderName, HeaderValue, Method, Uri};
+use http_body::{Body, Frame, SizeHint};
+use http_body_util::Full;
+use hyper_util::client::legacy::connect::HttpConnector;
+use hyper_util::client::legacy::Client;
+use hyper_util::rt::{TokioExecutor, TokioTimer};
+use std::future::Future as _;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::task::{Context, Poll};
+use std::time::{Duration, Instant};
+use tokio::time::Sleep;
+
+/// A pooled client for one [`super::ClientKey`] without an HTTP proxy.
+pub(crate) type DirectClient = Client<hyper_rustls::HttpsConnector<HttpConnector>, Full<Bytes>>;
+
+/// Builds the direct client for `settings` on `tls` (the connection's rustls configuration,
+/// with its ALPN list, so HTTP/2 is used where the server offers it).
+pub(crate) fn build(settings: &ConnectionSettings, tls: rustls::ClientConfig) -> DirectClient {
+    let mut http = HttpConnector::new();
+    http.enforce_http(false);
+    http.set_nodelay(true);
+    http.set_connect_timeout(Some(settings.connect_timeout));
+    let https = hyper_rustls::HttpsConnector::from((http, Arc::new(tls)));
+    Client::builder(TokioExecutor::new())
+        .pool_timer(TokioTimer::new())
+        .timer(TokioTimer::new())
+        .build(https)
+}
+
+impl super::Transport {
+    /// The client of the direct path for an identity, or `None` when requests of this
+    /// connection must take reqwest's (an HTTP proxy applies: configured, or from the
+    /// environment when the connection was first used this way).
+    pub(crate) fn direct_client(
+        &self,
+        identity: Option<&ClientIdentity>,
+    ) -> Result<Option<DirectClient>, super::ClientError> {
+        let plain = self.direct.get_or_init(|| {
+            let allowed = self.settings.proxy.is_none()
+                && super::pool::env_proxies().is_ok_and(|p| p.is_empty());
+            if allowed {
+                self.pool
+                    .get_or_build_direct(self.key.clone(), || self.build_direct(None))
+                    .ok()
+            } else {
+                None
+            }
+        });
+        let Some(plain) = plain else {
+            // Not allowed, or the client could not be built: the reqwest path reports why.
+            return Ok(None);
+        };
+        match identity {
+            None => Ok(Some(plain.clone())),
+            Some(id) => {
+                let key = self.key.with_identity(Some(id));
+                self.pool
+                    .get_or_build_direct(key, || self.build_direct(Some(id)))
+                    .map(Some)
+            }
+        }
+    }
+
+    fn build_direct(
+        &self,
+        identity: Option<&ClientIdentity>,
+    ) -> Result<DirectClient, super::ClientError> {
+        let verifier = self.pool.verifier(&self.key)?;
+        let tls = super::roots::client_config(verifier, identity)?;
+        Ok(build(&self.settings, tls))
+    }
+
+    /// Sends one request on the direct path (see [`Transport::direct_client`]), without
+    /// following a redirect, and returns the answer with its body unread.
+    pub(crate) async fn open_direct(
+        &self,
+        client: &DirectClient,
+        req: DirectRequest<'_>,
+    ) -> Result<Streamed, TransportError> {
+        send(client, &self.settings, req).await
+    }
+}
+
+/// One request on the direct path.
+pub(crate) struct DirectRequest<'a> {
+    /// Method.
+    pub(crate) method: &'a Method,
+    /// Absolute target on the connection's origin.
+    pub(crate) uri: &'a Uri,
+    /// The caller's headers.
+    pub(crate) headers: &'a [(HeaderName, HeaderValue)],
+    /// The credential headers.
+    pub(crate) credential_headers: &'a [(HeaderName, HeaderValue)],
+    /// The body (empty: none).
+    pub(crate) body: Bytes,
+}
+
+/// An answer whose body is read as it arrives, bounded by the connection's timeouts.
+pub type Streamed = http::Response<StreamedBody>;
+
+/// Sends `req` with `client` and returns the answer once its head has arrived.
+pub(crate) async fn send(
+    client: &DirectClient,
+    settings: &ConnectionSettings,
+    req: DirectRequest<'_>,
+) -> Result<Streamed, TransportError> {
+    let started = Instant::now();
+    let mut out = http::Request::new(Full::new(req.body));
+    *out.method_mut() = req.method.clone();
+    *out.uri_mut() = req.uri.clone();
+    let headers = out.headers_mut();
+    headers.reserve(req.headers.len() + req.credential_headers.len() + 1);
+    for (k, v) in req.headers.iter().chain(req.credential_headers) {
+        headers.append(k.clone(), v.clone());
+    }
+    if !headers.contains_key(http::header::USER_AGENT) {
+        headers.insert(
+            http::header::USER_AGENT,
+            HeaderValue::from_static(super::USER_AGENT),
+        );
+    }
+    let total = settings.request_timeout.map(|t| started + t);
+    // Waiting for the head is bounded by the idle timeout, and by the total deadline.
+    let head_by = deadline(started + settings.read_timeout, total);
+    let answer = match tokio::time::timeout_at(head_by.into(), client.request(out)).await {
+        Ok(Ok(r)) => r,
+        Ok(Err(e)) => return Err(classify_direct(&e, req.uri, settings, started)),
+        Err(_) => return Err(timeout(settings, total, head_by)),
+    };
+    let (parts, body) = answer.into_parts();
+    let body = StreamedBody {
+        inner: Inner::Direct(body),
+        idle: settings.read_timeout,
+        idle_timer: Box::pin(tokio::time::sleep(settings.read_timeout)),
+        total: total.map(|t| Box::pin(tokio::time::sleep_until(t.into()))),
+        total_after: settings.request_timeout,
+    };
+    Ok(http::Response::from_parts(parts, body))
+}
+
+/// The earlier of an idle deadline and the total one.
+fn deadline(idle: Instant, total: Option<Instant>) -> Instant {
+    total.map_or(idle, |t| t.min(idle))
+}
+
+/// The timeout that elapsed at `at`: the total deadline when it was that one.
+fn timeout(settings: &ConnectionSettings, total: Option<Instant>, at: Instant) -> TransportError {
+    match (total, settings.request_timeout) {
+        (Some(t), Some(after)) if t <= at => TransportError::Timeout {
+            what: "request-timeout".into(),
+            after,
+        },
+        _ => TransportError::Timeout {
+            what: "read-timeout".into(),
+            after: settings.read_timeout,
+        },
+    }
+}
+
+/// Classifies a hyper-util error like a reqwest one (DNS, connect, TLS with a hint).
+fn classify_direct(
+    e: &hyper_util::client::legacy::Error,
+    uri: &Uri,
+    settings: &ConnectionSettings,
+    started: Instant,
+) -> TransportError {
+    let port = uri.port_u16().or(match uri.scheme_str() {
+        Some("https") => Some(443),
+        Some("http") => Some(80),
+        _ => None,
+    });
+    classify::classify_error_of(
+        e,
+        classify::Facts {
+            host: uri.host().unwrap_or_default(),
+            port,
+            connect: e.is_connect(),
+            timeout: false,
+            elapsed: Some(started.elapsed()),
+        },
+        settings,
+    )
+}
+
+/// The body of a [`Streamed`] answer: read as it arrives; an idle gap longer than
+/// `read-timeout`, or the end of `request-timeout`, ends it with a timeout error.
+pub struct StreamedBody {
+    inner: Inner,
+    idle: Duration,
+    idle_timer: Pin<Box<Sleep>>,
+    total: Option<Pin<Box<Sleep>>>,
+    total_after: Option<Duration>,
+}
+
+enum Inner {
+    Direct(hyper::body::Incoming),
+    Reqwest(reqwest::Body),
+}
+
+impl std::fmt::Debug for StreamedBody {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("StreamedBody").finish_non_exhaustive()
+    }
+}
+
+impl StreamedBody {
+    /// The body of a reqwest response (whose client applies the same timeouts itself).
+    pub(crate) fn from_reqwest(resp: reqwest::Response) -> http::Response<StreamedBody> {
+        let status = resp.status();
+        let mut resp = resp;
+        let headers = std::mem::take(resp.headers_mut());
+        let body = StreamedBody {
+            inner: Inner::Reqwest(reqwest::Body::from(resp)),
+            idle: Duration::MAX,
+            idle_timer: Box::pin(tokio::time::sleep(Duration::from_secs(86_400 * 365))),
+            total: None,
+            total_after: None,
+        };
+        let mut out = http::Response::new(body);
+        *out.status_mut() = status;
+        *out.headers_mut() = headers;
+        out
+    }
+}
+
+impl Body for StreamedBody {
+    type Data = Bytes;
+    type Error = TransportError;
+
+    fn poll_frame(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, TransportError>>> {
+        let this = &mut *self;
+        let polled = match &mut this.inner {
+            Inner::Direct(b) => Pin::new(b)
+                .poll_frame(cx)
+                .map_err(|e| TransportError::Other(format!("reading the answer failed: {e}"))),
+            Inner::Reqwest(b) => Pin::new(b)
+                .poll_frame(cx)
+                .map_err(|e| TransportError::Other(format!("reading the answer failed: {e}"))),
+        };
+        match polled {
+            Poll::Ready(Some(Ok(frame))) => {
+                if this.idle != Duration::MAX {
+                    let next = tokio::time::Instant::now() + this.idle;
+                    this.idle_timer.as_mut().reset(next);
+                }
+                Poll::Ready(Some(Ok(frame)))
+            }
+            Poll::Ready(other) => Poll::Ready(other),
+            Poll::Pending => {
+                if let Some(total) = &mut this.total {
+                    if total.as_mut().poll(cx).is_ready() {
+                        return Poll::Ready(Some(Err(TransportError::Timeout {
+                            what: "request-timeout".into(),
+                            after: this.total_after.unwrap_or_default(),
+                        })));
+                    }
+                }
+                if this.idle != Duration::MAX && this.idle_timer.as_mut().poll(cx).is_ready() {
+                    return Poll::Ready(Some(Err(TransportError::Timeout {
+                        what: "read-timeout".into(),
+                        after: this.idle,
+                    })));
+                }
+                Poll::Pending
+            }
+        }
+    }
+
+    fn is_end_stream(&self) -> bool {
+        match &self.inner {
+            Inner::Direct(b) => b.is_end_stream(),
+            Inner::Reqwest(b) => b.is_end_stream(),
+        }
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        match &self.inner {
+            Inner::Direct(b) => b.size_hint(),
+            Inner::Reqwest(b) => b.size_hint(),
+        }
+    }
+}
