@@ -115,12 +115,12 @@ pub(super) async fn download(
         source,
     };
     let mut tmp = safe_write::TempFile::new_in(out).map_err(|e| io_err(out, e))?;
-    let mut check = NdjsonCheck::default();
+    let path = tmp.path().to_path_buf();
+    let mut check = track(NdjsonCheck::default(), &path);
     let ndjson_err = |reason| EntryError::Ndjson {
         name: name.clone(),
         reason,
     };
-    let path = tmp.path().to_path_buf();
     let mut writeback = Writeback::default();
     loop {
         let chunk = tokio::time::timeout(idle, resp.chunk())
@@ -164,7 +164,8 @@ pub(super) async fn download(
     // cancel, this task drops `tmp` (the file is removed) and the sync of the clone finishes
     // on an unlinked file.
     let synced = tmp.file().try_clone().map_err(|e| io_err(&path, e))?;
-    tokio::task::spawn_blocking(move || synced.sync_all())
+    let sync = fsync(out, &path, &name);
+    tokio::task::spawn_blocking(move || sync(&synced))
         .await
         .map_err(|e| io_err(&path, std::io::Error::other(e)))?
         .map_err(|e| io_err(&path, e))?;
@@ -172,6 +173,28 @@ pub(super) async fn download(
     tmp.persist(&target).map_err(|e| io_err(&target, e))?;
     Ok((name, resources))
 }
+
+/// A file's `fsync`: `File::sync_all` itself (the tests put a slow, counting one in its place
+/// for the files of their output directory: `sync_tests`).
+#[cfg(not(test))]
+fn fsync(
+    _out: &Path,
+    _tmp: &Path,
+    _name: &str,
+) -> impl FnOnce(&std::fs::File) -> std::io::Result<()> + Send + 'static {
+    std::fs::File::sync_all
+}
+
+/// A download's NDJSON check (and the buffer it holds) as it is (the tests count the live
+/// ones: `sync_tests`).
+#[cfg(not(test))]
+#[inline]
+fn track(check: NdjsonCheck, _tmp: &Path) -> NdjsonCheck {
+    check
+}
+
+#[cfg(test)]
+use super::sync_tests::{fsync, track};
 
 /// A download's share of the job's parallelism.
 pub(super) struct Slot {

@@ -423,3 +423,6 @@ impl Entry {
 
 #[cfg(test)]
 mod tests;
+
+#[cfg(test)]
+mod sync_tests;
