@@ -1395,3 +1395,62 @@ async fn a_connection_with_an_http_proxy_is_forwarded_through_it() {
         "{seen:?}"
     );
 }
+
+/// CONNECT and TRACE are refused (405) and never reach the server: a CONNECT would go out as
+/// a tunnel request with the connection's credentials, and a TRACE would have the server echo
+/// them back to the caller.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn connect_and_trace_are_refused_and_never_forwarded() {
+    let upstream = HostileServer::start().await.unwrap();
+    upstream.otherwise(Answer::text(200, "echo"));
+    let host = host_for(
+        "s",
+        json!({"base-url": upstream.url("/fhir"), "auth": {"scheme": "bearer", "token": "t"}}),
+    )
+    .await;
+    let proxy = library_proxy(host).await;
+    let addr = proxy.addr;
+    for method in ["CONNECT", "TRACE"] {
+        let request =
+            format!("{method} /s/Patient/1 HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\r\n");
+        let (status, text) = tokio::task::spawn_blocking(move || raw_request(addr, &request))
+            .await
+            .unwrap();
+        assert!(status.contains(" 405 "), "{method}: {text}");
+    }
+    assert!(upstream.received().is_empty(), "{:?}", upstream.received());
+    let r = reqwest::get(format!("http://{addr}/s/Patient/1"))
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 200, "the proxy still forwards a GET");
+}
+
+/// `connect-timeout` bounds the whole connection set-up on the proxy's direct path, the TLS
+/// handshake included: a server that accepts and never answers the handshake fails the
+/// request after `connect-timeout`, not after `read-timeout`, and the answer names it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_stalled_tls_handshake_fails_at_the_connect_timeout() {
+    let silent = stalling_server("").await;
+    let host = host_for(
+        "tls",
+        json!({"base-url": format!("https://{silent}/fhir"), "connect-timeout": "PT1S",
+               "read-timeout": "PT60S", "auth": {"scheme": "bearer", "token": "t"}}),
+    )
+    .await;
+    let proxy = library_proxy(host).await;
+    let client = reqwest::Client::builder()
+        .timeout(Duration::from_secs(20))
+        .build()
+        .unwrap();
+    let started = Instant::now();
+    let r = client
+        .get(format!("http://{}/tls/Patient/1", proxy.addr))
+        .send()
+        .await
+        .unwrap();
+    let took = started.elapsed();
+    assert_eq!(r.status(), 502);
+    let text = r.text().await.unwrap();
+    assert!(text.contains("connect-timeout"), "{text}");
+    assert!(took < Duration::from_secs(10), "{took:?}");
+}

@@ -322,6 +322,15 @@ pub(super) async fn forward(st: ProxyState, req: axum::extract::Request) -> Resp
     if !authorised(&st, &parts.headers) {
         return unauthorised();
     }
+    // CONNECT would reach the server as a tunnel request with credentials (its path lost);
+    // TRACE would have the server echo the credential headers back to the caller.
+    if parts.method == axum::http::Method::CONNECT || parts.method == axum::http::Method::TRACE {
+        return outcome(
+            StatusCode::METHOD_NOT_ALLOWED,
+            "not-supported",
+            "the proxy forwards neither CONNECT nor TRACE",
+        );
+    }
     // Without a token nobody is known to be the person: ids are not listed.
     let may_list = st.token.is_some();
     if let Some(answer) = service_path(&st, parts.uri.path(), may_list) {

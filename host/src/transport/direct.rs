@@ -29,7 +29,7 @@ use std::time::{Duration, Instant};
 use tokio::time::Sleep;
 
 /// A pooled client for one [`super::ClientKey`] without an HTTP proxy.
-pub(crate) type DirectClient = Client<hyper_rustls::HttpsConnector<HttpConnector>, Full<Bytes>>;
+pub(crate) type DirectClient = Client<TimedConnector, Full<Bytes>>;
 
 /// Builds the direct client for `settings` on `tls` (the connection's rustls configuration,
 /// with its ALPN list, so HTTP/2 is used where the server offers it).
@@ -37,12 +37,54 @@ pub(crate) fn build(settings: &ConnectionSettings, tls: rustls::ClientConfig) ->
     let mut http = HttpConnector::new();
     http.enforce_http(false);
     http.set_nodelay(true);
-    http.set_connect_timeout(Some(settings.connect_timeout));
+    // As reqwest does: dead peers of idle pooled connections are noticed.
+    http.set_keepalive(Some(Duration::from_secs(15)));
     let https = hyper_rustls::HttpsConnector::from((http, Arc::new(tls)));
+    let connector = TimedConnector {
+        inner: https,
+        timeout: settings.connect_timeout,
+    };
     Client::builder(TokioExecutor::new())
         .pool_timer(TokioTimer::new())
         .timer(TokioTimer::new())
-        .build(https)
+        .build(connector)
+}
+
+/// The connector with `connect-timeout` over the whole connection set-up (DNS, TCP and the
+/// TLS handshake, as reqwest bounds it): a server that accepts and then stalls its handshake
+/// fails the request in time, and a connect hyper-util finishes in the background (a pooled
+/// connection won the race) ends too instead of holding a socket.
+#[derive(Clone)]
+pub(crate) struct TimedConnector {
+    inner: hyper_rustls::HttpsConnector<HttpConnector>,
+    timeout: Duration,
+}
+
+type Connected = hyper_rustls::MaybeHttpsStream<hyper_util::rt::TokioIo<tokio::net::TcpStream>>;
+type BoxError = Box<dyn std::error::Error + Send + Sync>;
+
+impl tower::Service<Uri> for TimedConnector {
+    type Response = Connected;
+    type Error = BoxError;
+    type Future = Pin<Box<dyn std::future::Future<Output = Result<Connected, BoxError>> + Send>>;
+
+    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), BoxError>> {
+        self.inner.poll_ready(cx)
+    }
+
+    fn call(&mut self, uri: Uri) -> Self::Future {
+        let connecting = self.inner.call(uri);
+        let timeout = self.timeout;
+        Box::pin(async move {
+            match tokio::time::timeout(timeout, connecting).await {
+                Ok(connected) => connected,
+                Err(_) => Err(Box::new(std::io::Error::new(
+                    std::io::ErrorKind::TimedOut,
+                    "connect timed out",
+                )) as BoxError),
+            }
+        })
+    }
 }
 
 impl super::Transport {
@@ -131,11 +173,15 @@ pub(crate) async fn send(
     for (k, v) in req.headers.iter().chain(req.credential_headers) {
         headers.append(k.clone(), v.clone());
     }
+    // What reqwest adds to a request without them.
     if !headers.contains_key(http::header::USER_AGENT) {
         headers.insert(
             http::header::USER_AGENT,
             HeaderValue::from_static(super::USER_AGENT),
         );
+    }
+    if !headers.contains_key(http::header::ACCEPT) {
+        headers.insert(http::header::ACCEPT, HeaderValue::from_static("*/*"));
     }
     let total = settings.request_timeout.map(|t| started + t);
     // Waiting for the head is bounded by the idle timeout, and by the total deadline.
@@ -145,6 +191,13 @@ pub(crate) async fn send(
         Ok(Err(e)) => return Err(classify_direct(&e, req.uri, settings, started)),
         Err(_) => return Err(timeout(settings, total, head_by)),
     };
+    log(
+        settings,
+        req.method,
+        req.uri,
+        answer.status().as_u16(),
+        started,
+    );
     let (parts, body) = answer.into_parts();
     let body = StreamedBody {
         inner: Inner::Direct(body),
@@ -154,6 +207,23 @@ pub(crate) async fn send(
         total_after: settings.request_timeout,
     };
     Ok(http::Response::from_parts(parts, body))
+}
+
+/// The `http` lines of the reqwest path: debug, and info for `enable-debug-logging`.
+fn log(settings: &ConnectionSettings, method: &Method, uri: &Uri, status: u16, started: Instant) {
+    let debug = tracing::enabled!(tracing::Level::DEBUG);
+    if !(debug || settings.host.enable_debug_logging) {
+        return;
+    }
+    let shown = url::Url::parse(&uri.to_string())
+        .map(|u| crate::text::shown_url(&u))
+        .unwrap_or_default();
+    let id = &settings.id;
+    tracing::debug!(connection = %id, %method, url = %shown, status,
+        elapsed_ms = started.elapsed().as_millis() as u64, "http");
+    if settings.host.enable_debug_logging {
+        tracing::info!(connection = %id, %method, url = %shown, status, "http");
+    }
 }
 
 /// The earlier of an idle deadline and the total one.
@@ -250,6 +320,15 @@ impl Body for StreamedBody {
         cx: &mut Context<'_>,
     ) -> Poll<Option<Result<Frame<Bytes>, TransportError>>> {
         let this = &mut *self;
+        // The total deadline first: a body that is always ready is cut at it too.
+        if let Some(total) = &mut this.total {
+            if total.as_mut().poll(cx).is_ready() {
+                return Poll::Ready(Some(Err(TransportError::Timeout {
+                    what: "request-timeout".into(),
+                    after: this.total_after.unwrap_or_default(),
+                })));
+            }
+        }
         let polled = match &mut this.inner {
             Inner::Direct(b) => Pin::new(b)
                 .poll_frame(cx)
@@ -268,14 +347,6 @@ impl Body for StreamedBody {
             }
             Poll::Ready(other) => Poll::Ready(other),
             Poll::Pending => {
-                if let Some(total) = &mut this.total {
-                    if total.as_mut().poll(cx).is_ready() {
-                        return Poll::Ready(Some(Err(TransportError::Timeout {
-                            what: "request-timeout".into(),
-                            after: this.total_after.unwrap_or_default(),
-                        })));
-                    }
-                }
                 if this.idle != Duration::MAX && this.idle_timer.as_mut().poll(cx).is_ready() {
                     return Poll::Ready(Some(Err(TransportError::Timeout {
                         what: "read-timeout".into(),

@@ -91,6 +91,8 @@ pub async fn run(g: &Global, a: Args) -> CmdResult {
     let addr = prepared.addr();
     let prepared_loose = prepared.loose_token_file();
     let scheme = if prepared.is_tls() { "https" } else { "http" };
+    // Before any request (start-up checks too): metric handles taken earlier would be no-ops.
+    fhirconn_host::proxy::install_metrics();
     let host = std::sync::Arc::new(g.host(&[]).await?);
     // `test-connection-on-startup: true`: tested before anything listens; one failure and the
     // proxy does not start (a service manager sees the exit code and the reason).
@@ -141,7 +143,6 @@ pub async fn run(g: &Global, a: Args) -> CmdResult {
         "proxy on {scheme}://{bound}/<connection>/<path> for: {}",
         host.connection_ids().join(", ")
     );
-    fhirconn_host::proxy::install_metrics();
     let served = fhirconn_host::proxy::ServedHost::from(host);
     tokio::spawn({
         let served = served.clone();
