@@ -246,6 +246,8 @@ async fn export_with_slow_fsync() -> Counts {
     counts
 }
 
+/// Counted by their live buffers: a download's check lives from after its slot is taken
+/// until before it is given back, so this bounds the memory of the downloads too.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn at_most_parallel_downloads_stream_at_once() {
     let c = export_with_slow_fsync().await;
