@@ -1315,6 +1315,22 @@ async fn stalling_server(head: &'static str) -> SocketAddr {
     addr
 }
 
+/// `GET http://ADDR/PATH` through a library proxy, bounded by 20 s (so a proxy that waits
+/// forever fails the test instead of hanging it): the answer, and how long its head took.
+async fn timed_get(addr: SocketAddr, path: &str) -> (reqwest::Response, Duration) {
+    let client = reqwest::Client::builder()
+        .timeout(Duration::from_secs(20))
+        .build()
+        .unwrap();
+    let started = Instant::now();
+    let r = client
+        .get(format!("http://{addr}/{path}"))
+        .send()
+        .await
+        .unwrap();
+    (r, started.elapsed())
+}
+
 /// The proxy's direct path keeps the connection's `read-timeout`: an upstream that never
 /// answers gets a 502 naming the timeout, and one that stops in the middle of a body ends the
 /// caller's body with an error (not a hang, not a body that looks complete).
@@ -1334,30 +1350,15 @@ async fn the_proxy_keeps_the_read_timeout_before_the_answer_and_within_its_body(
     let doc = json!({"connections": {"silent": conn(silent), "stops": conn(stops)}});
     let host = Arc::new(fhirconn_tests::build_host(dir.path(), doc).await);
     let proxy = library_proxy(host).await;
-    // Bounded, so that a proxy that waits forever fails the test instead of hanging it.
-    let client = reqwest::Client::builder()
-        .timeout(Duration::from_secs(20))
-        .build()
-        .unwrap();
 
-    let started = Instant::now();
-    let r = client
-        .get(format!("http://{}/silent/Patient/1", proxy.addr))
-        .send()
-        .await
-        .unwrap();
-    let took = started.elapsed();
+    let (r, took) = timed_get(proxy.addr, "silent/Patient/1").await;
     assert_eq!(r.status(), 502);
     let text = r.text().await.unwrap();
     assert!(text.contains("read-timeout"), "{text}");
     assert!(took >= Duration::from_millis(900), "{took:?}");
 
     let started = Instant::now();
-    let r = client
-        .get(format!("http://{}/stops/Patient/1", proxy.addr))
-        .send()
-        .await
-        .unwrap();
+    let (r, _) = timed_get(proxy.addr, "stops/Patient/1").await;
     assert_eq!(r.status(), 200);
     // Well before the client's own 20 s timeout.
     let body = tokio::time::timeout(Duration::from_secs(10), r.bytes())
@@ -1438,17 +1439,7 @@ async fn a_stalled_tls_handshake_fails_at_the_connect_timeout() {
     )
     .await;
     let proxy = library_proxy(host).await;
-    let client = reqwest::Client::builder()
-        .timeout(Duration::from_secs(20))
-        .build()
-        .unwrap();
-    let started = Instant::now();
-    let r = client
-        .get(format!("http://{}/tls/Patient/1", proxy.addr))
-        .send()
-        .await
-        .unwrap();
-    let took = started.elapsed();
+    let (r, took) = timed_get(proxy.addr, "tls/Patient/1").await;
     assert_eq!(r.status(), 502);
     let text = r.text().await.unwrap();
     assert!(text.contains("connect-timeout"), "{text}");

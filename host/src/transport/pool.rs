@@ -136,16 +136,7 @@ impl ClientPool {
         key: ClientKey,
         build: impl FnOnce() -> Result<reqwest::Client, E>,
     ) -> Result<reqwest::Client, E> {
-        let mut clients = self
-            .clients
-            .lock()
-            .unwrap_or_else(std::sync::PoisonError::into_inner);
-        if let Some(c) = clients.get(&key) {
-            return Ok(c.clone());
-        }
-        let client = build()?;
-        clients.insert(key, client.clone());
-        Ok(client)
+        get_or_insert(&self.clients, key, build)
     }
 
     /// The direct client for `key` (see `direct.rs`), built by `build` the first time.
@@ -154,16 +145,7 @@ impl ClientPool {
         key: ClientKey,
         build: impl FnOnce() -> Result<super::direct::DirectClient, E>,
     ) -> Result<super::direct::DirectClient, E> {
-        let mut clients = self
-            .direct
-            .lock()
-            .unwrap_or_else(std::sync::PoisonError::into_inner);
-        if let Some(c) = clients.get(&key) {
-            return Ok(c.clone());
-        }
-        let client = build()?;
-        clients.insert(key, client.clone());
-        Ok(client)
+        get_or_insert(&self.direct, key, build)
     }
 
     /// The verifier of `key`'s roots, shared by every client with the same roots (whatever
@@ -201,6 +183,23 @@ impl ClientPool {
     pub fn is_empty(&self) -> bool {
         self.len() == 0
     }
+}
+
+/// The value of `key` in `map`, built by `build` (under the lock: once) when absent.
+fn get_or_insert<T: Clone, E>(
+    map: &Mutex<HashMap<ClientKey, T>>,
+    key: ClientKey,
+    build: impl FnOnce() -> Result<T, E>,
+) -> Result<T, E> {
+    let mut map = map
+        .lock()
+        .unwrap_or_else(std::sync::PoisonError::into_inner);
+    if let Some(c) = map.get(&key) {
+        return Ok(c.clone());
+    }
+    let value = build()?;
+    map.insert(key, value.clone());
+    Ok(value)
 }
 
 /// Builds the default client (no client identity) of each of `transports` now, on a

@@ -117,25 +117,7 @@ pub async fn run(g: &Global, a: Args) -> CmdResult {
     let (config, generated) = prepared
         .into_config(bound, &token_dir)
         .map_err(|e| CliError::Failed(e.to_string()))?;
-    if let (Some(mode), Some(f)) = (prepared_loose, &a.token_file) {
-        eprintln!(
-            "warning: --token-file {} can be read or changed by other users (mode {mode:03o}); \
-             chmod 600 it",
-            f.display()
-        );
-    }
-    if let Some(g) = &generated {
-        eprintln!(
-            "callers must send 'Authorization: Bearer <token>'; the token (new for this run) is \
-             in {}",
-            g.path().display()
-        );
-    } else if a.no_token {
-        eprintln!(
-            "warning: --no-token: every local user and process (and any container sharing this \
-             network namespace) can use these connections with your credentials"
-        );
-    }
+    tell_about_the_token(&a, prepared_loose, generated.as_ref());
     // Both signal handlers are in place before the proxy says it is on.
     let stop = Stop::new();
     let mut reloads = Reloads::new();
@@ -185,6 +167,33 @@ pub async fn run(g: &Global, a: Args) -> CmdResult {
     drop(generated);
     result.map_err(|e| CliError::Failed(e.to_string()))?;
     Ok(ExitCode::SUCCESS)
+}
+
+/// What a caller needs to know about the proxy's token, and the warnings about it.
+fn tell_about_the_token(
+    a: &Args,
+    loose_mode: Option<u32>,
+    generated: Option<&fhirconn_host::proxy::GeneratedToken>,
+) {
+    if let (Some(mode), Some(f)) = (loose_mode, &a.token_file) {
+        eprintln!(
+            "warning: --token-file {} can be read or changed by other users (mode {mode:03o}); \
+             chmod 600 it",
+            f.display()
+        );
+    }
+    if let Some(g) = generated {
+        eprintln!(
+            "callers must send 'Authorization: Bearer <token>'; the token (new for this run) is \
+             in {}",
+            g.path().display()
+        );
+    } else if a.no_token {
+        eprintln!(
+            "warning: --no-token: every local user and process (and any container sharing this \
+             network namespace) can use these connections with your credentials"
+        );
+    }
 }
 
 /// SIGHUP, as a stream (never ready where there is no such signal).
