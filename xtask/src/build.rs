@@ -184,13 +184,13 @@ pub(crate) fn dist() -> Result {
     let locked = locked();
     cmd!(
         sh,
-        "cargo build {locked...} --release -p fhirconn-host --bin fhirconn"
+        "cargo build {locked...} --profile ship -p fhirconn-host --bin fhirconn"
     )
     .run()?;
     let root = project_root();
     let exe = format!("fhirconn{}", std::env::consts::EXE_SUFFIX);
     std::fs::copy(
-        root.join("target/release").join(&exe),
+        root.join("target/ship").join(&exe),
         root.join("target/dist").join(&exe),
     )?;
     println!("dist: {}", root.join("target/dist").display());
