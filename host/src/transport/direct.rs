@@ -199,12 +199,16 @@ pub(crate) async fn send(
         started,
     );
     let (parts, body) = answer.into_parts();
-    let body = StreamedBody {
-        inner: Inner::Direct(body),
+    let timers = Timers {
         idle: settings.read_timeout,
         idle_timer: Box::pin(tokio::time::sleep(settings.read_timeout)),
-        total: total.map(|t| Box::pin(tokio::time::sleep_until(t.into()))),
-        total_after: settings.request_timeout,
+        total: total
+            .zip(settings.request_timeout)
+            .map(|(at, after)| (Box::pin(tokio::time::sleep_until(at.into())), after)),
+    };
+    let body = StreamedBody {
+        inner: Inner::Direct(body),
+        timers: Some(timers),
     };
     Ok(http::Response::from_parts(parts, body))
 }
@@ -274,10 +278,15 @@ fn classify_direct(
 /// `read-timeout`, or the end of `request-timeout`, ends it with a timeout error.
 pub struct StreamedBody {
     inner: Inner,
+    /// The direct path's timeouts (reqwest's client applies its own).
+    timers: Option<Timers>,
+}
+
+/// `read-timeout` between frames, and `request-timeout` (its deadline, and its setting).
+struct Timers {
     idle: Duration,
     idle_timer: Pin<Box<Sleep>>,
-    total: Option<Pin<Box<Sleep>>>,
-    total_after: Option<Duration>,
+    total: Option<(Pin<Box<Sleep>>, Duration)>,
 }
 
 enum Inner {
@@ -299,10 +308,7 @@ impl StreamedBody {
         let headers = std::mem::take(resp.headers_mut());
         let body = StreamedBody {
             inner: Inner::Reqwest(reqwest::Body::from(resp)),
-            idle: Duration::MAX,
-            idle_timer: Box::pin(tokio::time::sleep(Duration::from_secs(86_400 * 365))),
-            total: None,
-            total_after: None,
+            timers: None,
         };
         let mut out = http::Response::new(body);
         *out.status_mut() = status;
@@ -321,11 +327,11 @@ impl Body for StreamedBody {
     ) -> Poll<Option<Result<Frame<Bytes>, TransportError>>> {
         let this = &mut *self;
         // The total deadline first: a body that is always ready is cut at it too.
-        if let Some(total) = &mut this.total {
+        if let Some((total, after)) = this.timers.as_mut().and_then(|t| t.total.as_mut()) {
             if total.as_mut().poll(cx).is_ready() {
                 return Poll::Ready(Some(Err(TransportError::Timeout {
                     what: "request-timeout".into(),
-                    after: this.total_after.unwrap_or_default(),
+                    after: *after,
                 })));
             }
         }
@@ -339,19 +345,21 @@ impl Body for StreamedBody {
         };
         match polled {
             Poll::Ready(Some(Ok(frame))) => {
-                if this.idle != Duration::MAX {
-                    let next = tokio::time::Instant::now() + this.idle;
-                    this.idle_timer.as_mut().reset(next);
+                if let Some(t) = &mut this.timers {
+                    let next = tokio::time::Instant::now() + t.idle;
+                    t.idle_timer.as_mut().reset(next);
                 }
                 Poll::Ready(Some(Ok(frame)))
             }
             Poll::Ready(other) => Poll::Ready(other),
             Poll::Pending => {
-                if this.idle != Duration::MAX && this.idle_timer.as_mut().poll(cx).is_ready() {
-                    return Poll::Ready(Some(Err(TransportError::Timeout {
-                        what: "read-timeout".into(),
-                        after: this.idle,
-                    })));
+                if let Some(t) = &mut this.timers {
+                    if t.idle_timer.as_mut().poll(cx).is_ready() {
+                        return Poll::Ready(Some(Err(TransportError::Timeout {
+                            what: "read-timeout".into(),
+                            after: t.idle,
+                        })));
+                    }
                 }
                 Poll::Pending
             }
