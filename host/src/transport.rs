@@ -5,14 +5,16 @@
 mod classify;
 mod direct;
 mod pool;
+mod relay;
 mod roots;
 mod sign;
 
 pub use classify::describe_tls;
-pub(crate) use direct::DirectRequest;
+pub(crate) use direct::{deadline, timeout as timeout_of, DirectRequest};
 pub use direct::{Streamed, StreamedBody};
 pub(crate) use pool::warm_up;
 pub use pool::{ClientKey, ClientPool, IdentityKey};
+pub(crate) use relay::{UpstreamIo, Upstreams};
 pub(crate) use sign::Signing;
 pub use sign::{body_sha256, Signer};
 
@@ -212,6 +214,8 @@ pub struct Transport {
     plain: OnceLock<reqwest::Client>,
     /// Whether requests may skip reqwest (no HTTP proxy applies), and its client then.
     direct: OnceLock<Option<direct::DirectClient>>,
+    /// The proxy's relay connections (`None`: its requests take another path).
+    relay: OnceLock<Option<Arc<relay::Upstreams>>>,
 }
 
 impl std::fmt::Debug for Transport {
@@ -253,6 +257,7 @@ impl Transport {
             pool,
             plain: OnceLock::new(),
             direct: OnceLock::new(),
+            relay: OnceLock::new(),
         })
     }
 

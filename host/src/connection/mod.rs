@@ -291,7 +291,7 @@ impl Connection {
         Ok(Some(fresh))
     }
 
-    fn transport_error(&self, error: TransportError) -> Error {
+    pub(crate) fn transport_error(&self, error: TransportError) -> Error {
         match error {
             // A scheme that could not sign is a credentials failure, diagnosed as one.
             TransportError::Signing { kind, message } => Error::Credentials {
@@ -375,7 +375,7 @@ enum Target {
 /// needs no parsing: a relative path and query of plain characters, with no dot segment
 /// (which `url` would resolve), no bare `%` and nothing else `url` would percent-encode.
 /// `None` sends the caller to `url_for`.
-fn direct_target(base: &url::Url, path: &str) -> Option<http::Uri> {
+pub(crate) fn direct_target(base: &url::Url, path: &str) -> Option<http::Uri> {
     if base.query().is_some() || base.fragment().is_some() {
         return None;
     }

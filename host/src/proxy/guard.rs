@@ -104,15 +104,18 @@ fn has_port(n: &str) -> bool {
     })
 }
 
+/// Whether `authority` (a `Host` value) is one of the proxy's own.
+pub(super) fn names_the_proxy(st: &ProxyState, authority: &str) -> bool {
+    st.authorities
+        .iter()
+        .any(|a| a.eq_ignore_ascii_case(authority))
+}
+
 /// Refuses requests that do not name the proxy (DNS rebinding) and browser requests from
 /// other sites (CSRF), before anything else is looked at.
 #[allow(clippy::result_large_err)]
 fn check_browser(st: &ProxyState, parts: &axum::http::request::Parts) -> Result<(), Response> {
-    let own = |authority: &str| {
-        st.authorities
-            .iter()
-            .any(|a| a.eq_ignore_ascii_case(authority))
-    };
+    let own = |authority: &str| names_the_proxy(st, authority);
     let misdirected = |what: &str| {
         outcome(
             StatusCode::MISDIRECTED_REQUEST,
@@ -179,17 +182,26 @@ fn check_browser(st: &ProxyState, parts: &axum::http::request::Parts) -> Result<
 
 /// Whether the request carries the proxy's token (or no token is required).
 fn authorised(st: &ProxyState, headers: &HeaderMap) -> bool {
+    let given = headers
+        .get(header::AUTHORIZATION)
+        .map(HeaderValue::as_bytes);
+    token_allows(st, given)
+}
+
+/// Whether an `Authorization` value (the first one) carries the proxy's token, or no token
+/// is required.
+pub(super) fn token_allows(st: &ProxyState, authorization: Option<&[u8]>) -> bool {
     st.token
         .as_ref()
-        .is_none_or(|expected| token_matches(expected, headers))
+        .is_none_or(|expected| token_matches(expected, authorization))
 }
 
 /// Compares the presented bearer token with the expected one's SHA-256 digest in constant
 /// time (digests have one length, so the token's length does not show either).
-fn token_matches(expected: &[u8; 32], headers: &HeaderMap) -> bool {
-    let presented = headers
-        .get(header::AUTHORIZATION)
-        .and_then(|v| v.to_str().ok())
+fn token_matches(expected: &[u8; 32], authorization: Option<&[u8]>) -> bool {
+    let presented = authorization
+        .and_then(|v| std::str::from_utf8(v).ok())
+        .filter(|v| v.bytes().all(|b| b == b'\t' || (b' '..=b'~').contains(&b)))
         .and_then(|v| {
             let (scheme, token) = v.split_once(' ')?;
             scheme.eq_ignore_ascii_case("bearer").then(|| token.trim())
@@ -211,6 +223,11 @@ fn unauthorised() -> Response {
         HeaderValue::from_static("Bearer realm=\"fhirconn proxy\""),
     );
     r
+}
+
+/// Whether `path` is one of the reserved service paths.
+pub(super) fn is_service_path(path: &str) -> bool {
+    matches!(path, "/healthz" | "/readyz" | "/metrics")
 }
 
 /// The reserved service paths (`/healthz`, `/readyz`, `/metrics`), answered after the access
@@ -392,20 +409,30 @@ pub(super) async fn forward(st: ProxyState, req: axum::extract::Request) -> Resp
             "invalid",
             &format!("connection '{id}': {}", host.redact(&e.to_string())),
         ),
-        Err(e) => {
-            meters.request(super::service::FAILED);
-            let mut text = host.redact(&e.to_string());
-            tracing::warn!(request_id = %request_id, connection = %id, "failed: {text}");
-            // Most errors name the connection already (`connection 'id': ...`).
-            if !text.starts_with(&format!("connection '{id}'")) {
-                text = format!("connection '{id}': {text}");
-            }
-            outcome(StatusCode::BAD_GATEWAY, "transient", &text)
-        }
+        Err(e) => failed(&|t: &str| host.redact(t), id, &request_id, &meters, e),
     };
     out.headers_mut()
         .insert(super::service::REQUEST_ID, id_value);
     out
+}
+
+/// The 502 answer to a request that got no answer from the server (`redact` removes the
+/// connections' secrets from the error's text).
+pub(super) fn failed(
+    redact: &dyn Fn(&str) -> String,
+    id: &str,
+    request_id: &str,
+    meters: &super::service::ConnectionMeters,
+    e: crate::Error,
+) -> Response {
+    meters.request(super::service::FAILED);
+    let mut text = redact(&e.to_string());
+    tracing::warn!(request_id = %request_id, connection = %id, "failed: {text}");
+    // Most errors name the connection already (`connection 'id': ...`).
+    if !text.starts_with(&format!("connection '{id}'")) {
+        text = format!("connection '{id}': {text}");
+    }
+    outcome(StatusCode::BAD_GATEWAY, "transient", &text)
 }
 
 #[cfg(test)]
@@ -439,13 +466,17 @@ mod tests {
         let with = |v: &'static str| {
             let mut h = HeaderMap::new();
             h.insert(header::AUTHORIZATION, HeaderValue::from_static(v));
-            token_matches(&expected, &h)
+            token_matches(
+                &expected,
+                h.get(header::AUTHORIZATION).map(HeaderValue::as_bytes),
+            )
         };
         assert!(with("Bearer abc"));
         assert!(with("bearer abc"));
         assert!(!with("Bearer abd"));
         assert!(!with("Bearer abcd"));
         assert!(!with("Basic abc"));
-        assert!(!token_matches(&expected, &HeaderMap::new()));
+        assert!(!token_matches(&expected, None));
+        assert!(!token_matches(&expected, Some(b"Bearer abc\xff")));
     }
 }

@@ -28,6 +28,8 @@
 //! serves HTTPS (required to listen beyond loopback).
 
 mod guard;
+mod h1;
+mod relay;
 mod service;
 mod tls;
 
@@ -35,7 +37,7 @@ pub use service::{install_metrics, Readiness, ServedHost, REQUEST_ID};
 
 pub use tls::tls_config;
 
-use guard::{authorities, forward, ProxyState};
+use guard::{authorities, ProxyState};
 use tls::TlsListener;
 
 use crate::connection::Request;
@@ -436,24 +438,44 @@ pub async fn serve(
         },
         meters: Arc::default(),
     };
-    // One handler and no routes: a service function, without the router's layers of futures
-    // around every request.
-    let app = axum::ServiceExt::<axum::extract::Request>::into_make_service(tower::service_fn(
-        move |req: axum::extract::Request| {
-            let st = state.clone();
-            async move { Ok::<_, std::convert::Infallible>(forward(st, req).await) }
-        },
-    ));
     match config.tls {
         None => {
-            axum::serve(listener, app)
-                .with_graceful_shutdown(shutdown)
-                .await
+            let listener = axum::serve::ListenerExt::tap_io(listener, |tcp| {
+                let _ = tcp.set_nodelay(true);
+            });
+            accept(listener, state, shutdown).await
         }
-        Some(tls) => {
-            axum::serve(TlsListener::new(listener, tls), app)
-                .with_graceful_shutdown(shutdown)
-                .await
+        Some(tls) => accept(TlsListener::new(listener, tls), state, shutdown).await,
+    }
+}
+
+/// Accepts connections until `shutdown`, each served by the relay in a task of its own;
+/// then stops accepting, lets every connection finish the request it is serving, and
+/// returns when all have closed.
+async fn accept<L>(
+    mut listener: L,
+    state: ProxyState,
+    shutdown: impl std::future::Future<Output = ()> + Send + 'static,
+) -> std::io::Result<()>
+where
+    L: axum::serve::Listener,
+    L::Io: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
+{
+    let (stop, stopping) = tokio::sync::watch::channel(false);
+    let mut tasks = tokio::task::JoinSet::new();
+    tokio::pin!(shutdown);
+    loop {
+        tokio::select! {
+            (io, _) = listener.accept() => {
+                tasks.spawn(relay::serve_connection(io, state.clone(), stopping.clone()));
+            }
+            // Finished connections are reaped as they end.
+            Some(_) = tasks.join_next(), if !tasks.is_empty() => {}
+            () = &mut shutdown => break,
         }
     }
+    drop(listener);
+    let _ = stop.send(true);
+    while tasks.join_next().await.is_some() {}
+    Ok(())
 }

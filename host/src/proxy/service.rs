@@ -187,14 +187,16 @@ pub(super) fn metrics() -> Response {
 /// key random to this process, so ids are unique in a run, tell a server nothing about other
 /// requests (not even how many), and cost no syscall.
 pub(super) fn request_id(headers: &HeaderMap) -> String {
-    let given = headers
-        .get(REQUEST_ID)
-        .and_then(|v| v.to_str().ok())
-        .filter(|v| {
-            (1..=64).contains(&v.len())
-                && v.bytes()
-                    .all(|b| b.is_ascii_alphanumeric() || b"._-".contains(&b))
-        });
+    request_id_of(headers.get(REQUEST_ID).map(HeaderValue::as_bytes))
+}
+
+/// [`request_id`] from the first `X-Request-Id` value, if any.
+pub(super) fn request_id_of(given: Option<&[u8]>) -> String {
+    let given = given.and_then(|v| std::str::from_utf8(v).ok()).filter(|v| {
+        (1..=64).contains(&v.len())
+            && v.bytes()
+                .all(|b| b.is_ascii_alphanumeric() || b"._-".contains(&b))
+    });
     match given {
         Some(v) => v.to_string(),
         None => {

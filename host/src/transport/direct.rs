@@ -34,20 +34,28 @@ pub(crate) type DirectClient = Client<TimedConnector, Full<Bytes>>;
 /// Builds the direct client for `settings` on `tls` (the connection's rustls configuration,
 /// with its ALPN list, so HTTP/2 is used where the server offers it).
 pub(crate) fn build(settings: &ConnectionSettings, tls: rustls::ClientConfig) -> DirectClient {
+    Client::builder(TokioExecutor::new())
+        .pool_timer(TokioTimer::new())
+        .timer(TokioTimer::new())
+        .build(connector(settings, tls))
+}
+
+/// The connector of the direct path (and of the proxy's relay): TCP with `TCP_NODELAY` and
+/// keepalive, rustls on `tls` for `https`, all within `connect-timeout`.
+pub(crate) fn connector(
+    settings: &ConnectionSettings,
+    tls: rustls::ClientConfig,
+) -> TimedConnector {
     let mut http = HttpConnector::new();
     http.enforce_http(false);
     http.set_nodelay(true);
     // As reqwest does: dead peers of idle pooled connections are noticed.
     http.set_keepalive(Some(Duration::from_secs(15)));
     let https = hyper_rustls::HttpsConnector::from((http, Arc::new(tls)));
-    let connector = TimedConnector {
+    TimedConnector {
         inner: https,
         timeout: settings.connect_timeout,
-    };
-    Client::builder(TokioExecutor::new())
-        .pool_timer(TokioTimer::new())
-        .timer(TokioTimer::new())
-        .build(connector)
+    }
 }
 
 /// The connector with `connect-timeout` over the whole connection set-up (DNS, TCP and the
@@ -60,7 +68,8 @@ pub(crate) struct TimedConnector {
     timeout: Duration,
 }
 
-type Connected = hyper_rustls::MaybeHttpsStream<hyper_util::rt::TokioIo<tokio::net::TcpStream>>;
+pub(crate) type Connected =
+    hyper_rustls::MaybeHttpsStream<hyper_util::rt::TokioIo<tokio::net::TcpStream>>;
 type BoxError = Box<dyn std::error::Error + Send + Sync>;
 
 impl tower::Service<Uri> for TimedConnector {
@@ -231,12 +240,16 @@ fn log(settings: &ConnectionSettings, method: &Method, uri: &Uri, status: u16, s
 }
 
 /// The earlier of an idle deadline and the total one.
-fn deadline(idle: Instant, total: Option<Instant>) -> Instant {
+pub(crate) fn deadline(idle: Instant, total: Option<Instant>) -> Instant {
     total.map_or(idle, |t| t.min(idle))
 }
 
 /// The timeout that elapsed at `at`: the total deadline when it was that one.
-fn timeout(settings: &ConnectionSettings, total: Option<Instant>, at: Instant) -> TransportError {
+pub(crate) fn timeout(
+    settings: &ConnectionSettings,
+    total: Option<Instant>,
+    at: Instant,
+) -> TransportError {
     match (total, settings.request_timeout) {
         (Some(t), Some(after)) if t <= at => TransportError::Timeout {
             what: "request-timeout".into(),

@@ -1,0 +1,124 @@
+//! The upstream side of the proxy's relay (`proxy/relay.rs`): HTTP/1.1 connections to one
+//! connection's server, plain TCP or rustls with the connection's own roots and verifier
+//! (ALPN `http/1.1` only), set up within `connect-timeout` by the direct path's connector and
+//! kept idle between requests. The relay writes each request head itself and reads the
+//! answer's head with `httparse`; nothing here parses HTTP.
+//!
+//! Only connections that the direct path would serve get one: no HTTP proxy applies and no
+//! client identity is presented (those take the hyper-util or reqwest path).
+
+use super::{classify, TransportError};
+use crate::config::ConnectionSettings;
+use http::Uri;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+/// A connection to the server, read and written with tokio's traits.
+pub(crate) type UpstreamIo = hyper_util::rt::TokioIo<super::direct::Connected>;
+
+/// Idle connections kept per server (more are closed when returned).
+const MAX_IDLE: usize = 64;
+
+/// How long an idle connection is kept (servers commonly close theirs after 60 s or more;
+/// one older than this may be half-closed already).
+const IDLE_FOR: Duration = Duration::from_secs(30);
+
+/// The relay's connections to one connection's server.
+pub(crate) struct Upstreams {
+    connector: super::direct::TimedConnector,
+    idle: Mutex<Vec<(Instant, UpstreamIo)>>,
+}
+
+impl std::fmt::Debug for Upstreams {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Upstreams").finish_non_exhaustive()
+    }
+}
+
+impl Upstreams {
+    fn new(settings: &ConnectionSettings, tls: rustls::ClientConfig) -> Self {
+        Self {
+            connector: super::direct::connector(settings, tls),
+            idle: Mutex::new(Vec::new()),
+        }
+    }
+
+    fn idle(&self) -> std::sync::MutexGuard<'_, Vec<(Instant, UpstreamIo)>> {
+        self.idle
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
+
+    /// The most recently returned idle connection, if one is young enough.
+    pub(crate) fn checkout(&self) -> Option<UpstreamIo> {
+        let mut idle = self.idle();
+        let now = Instant::now();
+        // The oldest are first: drop those idle for too long.
+        let stale = idle
+            .iter()
+            .take_while(|(at, _)| now.duration_since(*at) > IDLE_FOR)
+            .count();
+        idle.drain(..stale);
+        idle.pop().map(|(_, io)| io)
+    }
+
+    /// Keeps a connection whose last exchange ended cleanly for the next request.
+    pub(crate) fn checkin(&self, io: UpstreamIo) {
+        let mut idle = self.idle();
+        if idle.len() < MAX_IDLE {
+            idle.push((Instant::now(), io));
+        }
+    }
+
+    /// A new connection to `uri`'s origin (DNS, TCP and TLS within `connect-timeout`).
+    pub(crate) async fn connect(
+        &self,
+        uri: &Uri,
+        settings: &ConnectionSettings,
+    ) -> Result<UpstreamIo, TransportError> {
+        use tower::Service as _;
+        let started = Instant::now();
+        let mut connector = self.connector.clone();
+        match connector.call(uri.clone()).await {
+            Ok(io) => Ok(hyper_util::rt::TokioIo::new(io)),
+            Err(e) => {
+                let port = uri.port_u16().or(match uri.scheme_str() {
+                    Some("https") => Some(443),
+                    _ => Some(80),
+                });
+                Err(classify::classify_error_of(
+                    &*e,
+                    classify::Facts {
+                        host: uri.host().unwrap_or_default(),
+                        port,
+                        connect: true,
+                        timeout: false,
+                        elapsed: Some(started.elapsed()),
+                    },
+                    settings,
+                ))
+            }
+        }
+    }
+}
+
+impl super::Transport {
+    /// The relay's connections to this connection's server, or `None` when its requests
+    /// must take another path (an HTTP proxy applies, or the TLS set-up cannot be built:
+    /// that path reports why).
+    pub(crate) fn relay_upstreams(&self) -> Option<&Arc<Upstreams>> {
+        self.relay
+            .get_or_init(|| {
+                let allowed = self.settings.proxy.is_none()
+                    && super::pool::env_proxies().is_ok_and(|p| p.is_empty());
+                if !allowed {
+                    return None;
+                }
+                let verifier = self.pool.verifier(&self.key).ok()?;
+                let mut tls = super::roots::client_config(verifier, None).ok()?;
+                tls.alpn_protocols = vec![b"http/1.1".to_vec()];
+                Some(Arc::new(Upstreams::new(&self.settings, tls)))
+            })
+            .as_ref()
+    }
+}

@@ -1,0 +1,300 @@
+//! The proxy's relay (`host/src/proxy/relay.rs`) against a scripted raw upstream: framing it
+//! reads itself (chunked with trailers, conflicting lengths, `HEAD`, close-delimited), pooled
+//! connections the server closed, and one client connection whose requests go partly
+//! through the relay and partly through hyper's path.
+
+use fhirconn_tests::LibraryProxy;
+use serde_json::json;
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
+
+/// An upstream answering each request (across connections, in order) with the next scripted
+/// bytes (the last one repeats); `close` steps close the connection after answering.
+struct Raw {
+    addr: SocketAddr,
+    seen: Arc<Mutex<Vec<String>>>,
+    connections: Arc<AtomicUsize>,
+}
+
+#[derive(Clone, Copy)]
+struct Step {
+    answer: &'static str,
+    close: bool,
+}
+
+const fn answer(answer: &'static str) -> Step {
+    Step {
+        answer,
+        close: false,
+    }
+}
+
+const fn answer_and_close(answer: &'static str) -> Step {
+    Step {
+        answer,
+        close: true,
+    }
+}
+
+impl Raw {
+    async fn start(script: Vec<Step>) -> Raw {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let seen = Arc::new(Mutex::new(Vec::new()));
+        let connections = Arc::new(AtomicUsize::new(0));
+        let next = Arc::new(AtomicUsize::new(0));
+        let script = Arc::new(script);
+        let (seen2, connections2) = (seen.clone(), connections.clone());
+        tokio::spawn(async move {
+            while let Ok((socket, _)) = listener.accept().await {
+                connections2.fetch_add(1, Ordering::SeqCst);
+                let (seen, next, script) = (seen2.clone(), next.clone(), script.clone());
+                tokio::spawn(serve(socket, seen, next, script));
+            }
+        });
+        Raw {
+            addr,
+            seen,
+            connections,
+        }
+    }
+
+    fn seen(&self) -> Vec<String> {
+        self.seen.lock().unwrap().clone()
+    }
+}
+
+async fn serve(
+    mut socket: tokio::net::TcpStream,
+    seen: Arc<Mutex<Vec<String>>>,
+    next: Arc<AtomicUsize>,
+    script: Arc<Vec<Step>>,
+) {
+    let mut buf = Vec::new();
+    loop {
+        let Some(end) = find(&buf, b"\r\n\r\n") else {
+            let mut more = [0u8; 4096];
+            match socket.read(&mut more).await {
+                Ok(n) if n > 0 => buf.extend_from_slice(&more[..n]),
+                _ => return,
+            }
+            continue;
+        };
+        let head = String::from_utf8_lossy(&buf[..end]).to_string();
+        let length: usize = head
+            .lines()
+            .find_map(|l| {
+                l.to_ascii_lowercase()
+                    .strip_prefix("content-length:")
+                    .map(|v| v.trim().parse().unwrap())
+            })
+            .unwrap_or(0);
+        while buf.len() < end + 4 + length {
+            let mut more = [0u8; 4096];
+            match socket.read(&mut more).await {
+                Ok(n) if n > 0 => buf.extend_from_slice(&more[..n]),
+                _ => return,
+            }
+        }
+        let body = String::from_utf8_lossy(&buf[end + 4..end + 4 + length]).to_string();
+        buf.drain(..end + 4 + length);
+        seen.lock().unwrap().push(format!("{head}\r\n\r\n{body}"));
+        let i = next.fetch_add(1, Ordering::SeqCst).min(script.len() - 1);
+        let step = script[i];
+        if socket.write_all(step.answer.as_bytes()).await.is_err() || step.close {
+            return;
+        }
+    }
+}
+
+fn find(hay: &[u8], needle: &[u8]) -> Option<usize> {
+    hay.windows(needle.len()).position(|w| w == needle)
+}
+
+/// A proxy (no token) for connection `c` on `upstream`, with a bearer token `t`.
+async fn proxy_to(upstream: &Raw) -> LibraryProxy {
+    let dir = tempfile::tempdir().unwrap();
+    let doc = json!({"connections": {"c": {
+        "base-url": format!("http://{}/fhir", upstream.addr), "read-timeout": "PT5S",
+        "auth": {"scheme": "bearer", "token": "t"}}}});
+    let host = Arc::new(fhirconn_tests::build_host(dir.path(), doc).await);
+    fhirconn_tests::serve_proxy(host, fhirconn_host::proxy::Config::default()).await
+}
+
+/// Writes `requests` on one connection to the proxy and reads until it closes.
+async fn exchange(proxy: SocketAddr, requests: &str) -> String {
+    let mut s = tokio::net::TcpStream::connect(proxy).await.unwrap();
+    s.write_all(requests.as_bytes()).await.unwrap();
+    let mut out = Vec::new();
+    tokio::time::timeout(Duration::from_secs(10), s.read_to_end(&mut out))
+        .await
+        .expect("the proxy closes the connection after Connection: close")
+        .unwrap();
+    String::from_utf8_lossy(&out).into_owned()
+}
+
+fn get(proxy: SocketAddr, path: &str, extra: &str) -> String {
+    format!("GET /c/{path} HTTP/1.1\r\nHost: {proxy}\r\n{extra}\r\n")
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn chunked_answers_pass_decoded_and_their_trailers_and_extensions_stay_behind() {
+    let up = Raw::start(vec![answer(
+        "HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\nTrailer: X-Canary\r\n\r\n\
+         5;ext=CANARY-ext\r\nhello\r\n6\r\n world\r\n0\r\nX-Canary: CANARY-trailer\r\n\r\n",
+    )])
+    .await;
+    let proxy = proxy_to(&up).await;
+    let text = exchange(
+        proxy.addr,
+        &get(proxy.addr, "Patient/1", "Connection: close\r\n"),
+    )
+    .await;
+    assert!(text.starts_with("HTTP/1.1 200 OK\r\n"), "{text}");
+    assert!(text.contains("transfer-encoding: chunked\r\n"), "{text}");
+    assert!(
+        text.ends_with("\r\n\r\n5\r\nhello\r\n6\r\n world\r\n0\r\n\r\n"),
+        "{text}"
+    );
+    assert!(!text.contains("CANARY"), "{text}");
+    assert!(!text.to_ascii_lowercase().contains("trailer:"), "{text}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn conflicting_lengths_get_a_502_and_a_fresh_connection_after_them() {
+    let up = Raw::start(vec![
+        answer("HTTP/1.1 200 OK\r\nContent-Length: 5\r\nContent-Length: 6\r\n\r\nhello!"),
+        answer("HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok"),
+    ])
+    .await;
+    let proxy = proxy_to(&up).await;
+    let text = exchange(
+        proxy.addr,
+        &(get(proxy.addr, "Patient/1", "")
+            + &get(proxy.addr, "Patient/2", "Connection: close\r\n")),
+    )
+    .await;
+    assert!(text.starts_with("HTTP/1.1 502 Bad Gateway\r\n"), "{text}");
+    assert!(text.contains("two different Content-Lengths"), "{text}");
+    assert!(text.ends_with("\r\n\r\nok"), "{text}");
+    assert_eq!(up.connections.load(Ordering::SeqCst), 2);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_pooled_connection_the_server_closed_is_replaced_and_the_request_answered() {
+    let up = Raw::start(vec![answer_and_close(
+        "HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok",
+    )])
+    .await;
+    let proxy = proxy_to(&up).await;
+    for i in 0..3 {
+        let text = exchange(
+            proxy.addr,
+            &get(proxy.addr, "Patient/1", "Connection: close\r\n"),
+        )
+        .await;
+        assert!(
+            text.starts_with("HTTP/1.1 200 OK\r\n"),
+            "request {i}: {text}"
+        );
+        assert!(text.ends_with("\r\n\r\nok"), "request {i}: {text}");
+        // Let the server's FIN arrive before the next request takes the pooled connection.
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert_eq!(up.seen().len(), 3, "each request reached the server once");
+    assert_eq!(up.connections.load(Ordering::SeqCst), 3);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn one_connection_mixes_relayed_requests_and_those_hyper_answers() {
+    let up = Raw::start(vec![
+        answer("HTTP/1.1 200 OK\r\nContent-Length: 3\r\n\r\none"),
+        answer("HTTP/1.1 201 Created\r\nContent-Length: 3\r\n\r\ntwo"),
+        answer("HTTP/1.1 200 OK\r\nContent-Length: 5\r\n\r\nthree"),
+    ])
+    .await;
+    let proxy = proxy_to(&up).await;
+    let a = proxy.addr;
+    // A browser's request goes to hyper's path (and is refused there), the POST too; the
+    // connection stays there for the last GET.
+    let post = format!("POST /c/Patient HTTP/1.1\r\nHost: {a}\r\nContent-Length: 2\r\n\r\n{{}}");
+    let first = "Authorization: Bearer caller-token\r\nX-Request-Id: job-1\r\n";
+    let requests = get(a, "Patient/1", first)
+        + &get(a, "Patient/3", "Origin: http://evil.example\r\n")
+        + &post
+        + &get(a, "Patient/4", "Connection: close\r\n");
+    let text = exchange(a, &requests).await;
+    // Bodies run on into the next status line.
+    let statuses: Vec<&str> = text
+        .match_indices("HTTP/1.1 ")
+        .map(|(i, _)| text[i..].split("\r\n").next().unwrap())
+        .collect();
+    assert_eq!(
+        statuses,
+        [
+            "HTTP/1.1 200 OK",
+            "HTTP/1.1 403 Forbidden",
+            "HTTP/1.1 201 Created",
+            "HTTP/1.1 200 OK"
+        ],
+        "{text}"
+    );
+    assert!(text.contains("x-request-id: job-1\r\n"), "{text}");
+    let seen = up.seen();
+    assert_eq!(
+        seen.len(),
+        3,
+        "the cross-site request never reached the server: {seen:?}"
+    );
+    assert!(
+        seen[0].starts_with("GET /fhir/Patient/1 HTTP/1.1\r\n"),
+        "{}",
+        seen[0]
+    );
+    assert!(seen[1].starts_with("POST /fhir/Patient HTTP/1.1\r\n") && seen[1].ends_with("{}"));
+    assert!(
+        seen[2].starts_with("GET /fhir/Patient/4 HTTP/1.1\r\n"),
+        "{}",
+        seen[2]
+    );
+    for s in &seen {
+        let lower = s.to_ascii_lowercase();
+        assert!(lower.contains("\r\nauthorization: bearer t\r\n"), "{s}");
+        assert!(!lower.contains("caller-token"), "{s}");
+        assert!(lower.contains(&format!("\r\nhost: {}\r\n", up.addr)), "{s}");
+    }
+    assert!(seen[0]
+        .to_ascii_lowercase()
+        .contains("\r\nx-request-id: job-1\r\n"));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn head_answers_keep_their_length_and_carry_no_body() {
+    let up = Raw::start(vec![
+        answer("HTTP/1.1 200 OK\r\nContent-Length: 1234\r\n\r\n"),
+        answer("HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok"),
+    ])
+    .await;
+    let proxy = proxy_to(&up).await;
+    let a = proxy.addr;
+    let head = format!("HEAD /c/Patient/1 HTTP/1.1\r\nHost: {a}\r\n\r\n");
+    let text = exchange(a, &(head + &get(a, "Patient/2", "Connection: close\r\n"))).await;
+    let (first, second) = text.split_once("\r\n\r\n").unwrap();
+    assert!(first.contains("content-length: 1234"), "{text}");
+    assert!(second.starts_with("HTTP/1.1 200 OK\r\n"), "{text}");
+    assert!(second.ends_with("\r\n\r\nok"), "{text}");
+    assert!(up.seen()[0].starts_with("HEAD /fhir/Patient/1 "));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_answer_without_length_ends_with_the_connection() {
+    let up = Raw::start(vec![answer_and_close("HTTP/1.1 200 OK\r\n\r\nuntil-close")]).await;
+    let proxy = proxy_to(&up).await;
+    // No `Connection: close` from the caller: the proxy closes because the body ends so.
+    let text = exchange(proxy.addr, &get(proxy.addr, "Patient/1", "")).await;
+    assert!(text.contains("connection: close\r\n"), "{text}");
+    assert!(text.ends_with("\r\n\r\nuntil-close"), "{text}");
+}
