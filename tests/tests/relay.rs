@@ -116,10 +116,16 @@ fn find(hay: &[u8], needle: &[u8]) -> Option<usize> {
 
 /// A proxy (no token) for connection `c` on `upstream`, with a bearer token `t`.
 async fn proxy_to(upstream: &Raw) -> LibraryProxy {
-    let dir = tempfile::tempdir().unwrap();
-    let doc = json!({"connections": {"c": {
+    proxy_with(json!({
         "base-url": format!("http://{}/fhir", upstream.addr), "read-timeout": "PT5S",
-        "auth": {"scheme": "bearer", "token": "t"}}}});
+        "auth": {"scheme": "bearer", "token": "t"}}))
+    .await
+}
+
+/// A proxy (no token) for connection `c` with `settings`.
+async fn proxy_with(settings: serde_json::Value) -> LibraryProxy {
+    let dir = tempfile::tempdir().unwrap();
+    let doc = json!({"connections": {"c": settings}});
     let host = Arc::new(fhirconn_tests::build_host(dir.path(), doc).await);
     fhirconn_tests::serve_proxy(host, fhirconn_host::proxy::Config::default()).await
 }
@@ -290,11 +296,100 @@ async fn head_answers_keep_their_length_and_carry_no_body() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn an_answer_without_length_ends_with_the_connection() {
+async fn an_answer_the_server_ends_by_closing_goes_on_chunked_and_ends_only_on_its_close() {
     let up = Raw::start(vec![answer_and_close("HTTP/1.1 200 OK\r\n\r\nuntil-close")]).await;
     let proxy = proxy_to(&up).await;
-    // No `Connection: close` from the caller: the proxy closes because the body ends so.
-    let text = exchange(proxy.addr, &get(proxy.addr, "Patient/1", "")).await;
-    assert!(text.contains("connection: close\r\n"), "{text}");
-    assert!(text.ends_with("\r\n\r\nuntil-close"), "{text}");
+    let close = "Connection: close\r\n";
+    let text = exchange(proxy.addr, &get(proxy.addr, "Patient/1", close)).await;
+    assert!(text.contains("transfer-encoding: chunked\r\n"), "{text}");
+    assert!(
+        text.ends_with("\r\n\r\nb\r\nuntil-close\r\n0\r\n\r\n"),
+        "{text}"
+    );
+
+    // One that stalls instead is cut at read-timeout: the caller's body has no final chunk
+    // and reads as an error, not as a complete (truncated) answer.
+    let stalls = Raw::start(vec![answer("HTTP/1.1 200 OK\r\n\r\npartial")]).await;
+    let proxy = proxy_with(json!({
+        "base-url": format!("http://{}/fhir", stalls.addr), "read-timeout": "PT1S",
+        "auth": {"scheme": "bearer", "token": "t"}}))
+    .await;
+    let r = reqwest::get(format!("http://{}/c/Patient/1", proxy.addr))
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 200);
+    let body = tokio::time::timeout(Duration::from_secs(10), r.bytes())
+        .await
+        .unwrap();
+    assert!(body.is_err(), "a cut body must not look complete: {body:?}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_error_answer_to_head_has_no_body_and_the_connection_stays_in_step() {
+    let closed = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let port = closed.local_addr().unwrap().port();
+    drop(closed);
+    let proxy = proxy_with(json!({
+        "base-url": format!("http://127.0.0.1:{port}/fhir"),
+        "auth": {"scheme": "bearer", "token": "t"}}))
+    .await;
+    let a = proxy.addr;
+    let head = format!("HEAD /c/Patient/1 HTTP/1.1\r\nHost: {a}\r\n\r\n");
+    let text = exchange(a, &(head + &get(a, "Patient/2", "Connection: close\r\n"))).await;
+    let (first, second) = text.split_once("\r\n\r\n").unwrap();
+    assert!(first.starts_with("HTTP/1.1 502 "), "{text}");
+    assert!(first.contains("content-length: "), "{text}");
+    assert!(second.starts_with("HTTP/1.1 502 "), "{text}");
+    assert!(second.contains("\r\n\r\n{\"issue\""), "{text}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn connecting_counts_against_the_request_timeout() {
+    // Accepts and never speaks: the TLS handshake stalls until connect-timeout (30 s).
+    let silent = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = silent.local_addr().unwrap();
+    tokio::spawn(async move {
+        let mut held = Vec::new();
+        while let Ok((s, _)) = silent.accept().await {
+            held.push(s);
+        }
+    });
+    let proxy = proxy_with(json!({
+        "base-url": format!("https://{addr}/fhir"), "connect-timeout": "PT30S",
+        "request-timeout": "PT1S", "auth": {"scheme": "bearer", "token": "t"}}))
+    .await;
+    let started = std::time::Instant::now();
+    let r = reqwest::get(format!("http://{}/c/Patient/1", proxy.addr))
+        .await
+        .unwrap();
+    let took = started.elapsed();
+    assert_eq!(r.status(), 502);
+    let text = r.text().await.unwrap();
+    assert!(text.contains("request-timeout"), "{text}");
+    assert!(took < Duration::from_secs(5), "{took:?}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_failing_token_endpoint_is_asked_once_per_request_and_its_secret_never_shown() {
+    use fhirconn_testkit::hostile::{Answer, HostileServer};
+    let idp = HostileServer::start().await.unwrap();
+    idp.on("POST", "/token", Answer::text(500, "down"));
+    let proxy = proxy_with(json!({
+        "base-url": "http://127.0.0.1:9/fhir",
+        "auth": {"scheme": "oidc-client-credentials", "token-url": idp.url("/token"),
+                 "client-id": "a", "client-secret": "CANARY-relay-secret"}}))
+    .await;
+    for i in 1..=2 {
+        let r = reqwest::get(format!("http://{}/c/Patient/1", proxy.addr))
+            .await
+            .unwrap();
+        assert_eq!(r.status(), 502);
+        let text = r.text().await.unwrap();
+        assert!(!text.contains("CANARY"), "{text}");
+        assert_eq!(
+            idp.received_at("/token").len(),
+            i,
+            "token requests after {i}"
+        );
+    }
 }

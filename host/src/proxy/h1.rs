@@ -187,6 +187,9 @@ pub(super) fn parse_answer(buf: &[u8], to_head: bool) -> Result<AnswerHead, Stri
         Err(e) => return Err(format!("the server's answer is not HTTP/1.1 ({e})")),
     };
     let status = resp.code.unwrap_or_default();
+    if status < 100 {
+        return Err(format!("the server's status {status:03} is not a status"));
+    }
     if status == 101 {
         return Err("the server switched protocols unasked".into());
     }
@@ -209,15 +212,18 @@ pub(super) fn parse_answer(buf: &[u8], to_head: bool) -> Result<AnswerHead, Stri
         let name = h.name;
         let is = |n: &str| name.eq_ignore_ascii_case(n);
         if is("content-length") {
-            let n = std::str::from_utf8(h.value)
-                .ok()
-                .filter(|v| !v.is_empty() && v.bytes().all(|b| b.is_ascii_digit()))
-                .and_then(|v| v.parse::<u64>().ok())
-                .ok_or("the answer's Content-Length is not a number")?;
-            if length.is_some_and(|l| l != n) {
-                return Err("the answer has two different Content-Lengths".into());
+            // A list of one value repeated is that value (RFC 9110 §8.6).
+            for v in h.value.split(|&b| b == b',').map(<[u8]>::trim_ascii) {
+                let n = std::str::from_utf8(v)
+                    .ok()
+                    .filter(|v| !v.is_empty() && v.bytes().all(|b| b.is_ascii_digit()))
+                    .and_then(|v| v.parse::<u64>().ok())
+                    .ok_or("the answer's Content-Length is not a number")?;
+                if length.is_some_and(|l| l != n) {
+                    return Err("the answer has two different Content-Lengths".into());
+                }
+                length = Some(n);
             }
-            length = Some(n);
         } else if is("transfer-encoding") {
             if !h.value.trim_ascii().eq_ignore_ascii_case(b"chunked") || chunked {
                 return Err("the answer's Transfer-Encoding is not just chunked".into());
@@ -246,7 +252,12 @@ pub(super) fn parse_answer(buf: &[u8], to_head: bool) -> Result<AnswerHead, Stri
         status,
         headers: out,
         framing,
-        declared_length: if bodiless && !chunked { length } else { None },
+        // A 204 has no length to declare (RFC 9110 §8.6).
+        declared_length: if (to_head || status == 304) && !chunked {
+            length
+        } else {
+            None
+        },
         reusable,
     }))
 }
@@ -300,10 +311,12 @@ pub(super) fn answer_head(
         (Framing::Length(n), _) | (Framing::Empty, Some(n)) => {
             header(out, b"content-length", itoa(n).as_bytes())
         }
-        (Framing::Chunked, _) => header(out, b"transfer-encoding", b"chunked"),
-        (Framing::Close, _) | (Framing::Empty, None) => {}
+        // A body the server ends by closing goes on chunked: its end is then the final
+        // chunk, and a cut-off one cannot look complete.
+        (Framing::Chunked | Framing::Close, _) => header(out, b"transfer-encoding", b"chunked"),
+        (Framing::Empty, None) => {}
     }
-    if close || answer.framing == Framing::Close {
+    if close {
         header(out, b"connection", b"close");
     }
     header(out, b"x-content-type-options", b"nosniff");
@@ -396,9 +409,13 @@ impl Chunks {
                     self.state = ChunkState::Size;
                 }
                 ChunkState::Trailers(seen) => {
-                    let Some(end) = find_crlf(rest, MAX_TRAILERS - seen)? else {
+                    let limit = MAX_TRAILERS.saturating_sub(seen);
+                    let Some(end) = find_crlf(rest, limit)? else {
                         return Ok((used, Chunk::More));
                     };
+                    if seen + end + 2 > MAX_TRAILERS {
+                        return Err("the trailers are too long".into());
+                    }
                     used += end + 2;
                     self.state = if end == 0 {
                         ChunkState::Done
@@ -421,7 +438,8 @@ fn find_crlf(buf: &[u8], limit: usize) -> Result<Option<usize>, String> {
             b'\n' => Ok(Some(i)),
             _ => Err("a bare CR in a chunked body".into()),
         },
-        _ if buf.len() > limit => Err("a chunk-size line or the trailers are too long".into()),
+        // (A CR last in the buffer may be the end of a line of just `limit` bytes.)
+        _ if buf.len() > limit + 1 => Err("a chunk-size line or the trailers are too long".into()),
         _ => Ok(None),
     }
 }

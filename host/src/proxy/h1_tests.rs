@@ -90,8 +90,16 @@ fn answers_are_framed_as_rfc_9112_says() {
     assert_eq!((a.framing, a.reusable), (Framing::Chunked, false));
     let a = answer("HTTP/1.1 200 OK\r\n\r\n", false);
     assert_eq!((a.framing, a.reusable), (Framing::Close, false));
-    let a = answer("HTTP/1.1 204 No Content\r\n\r\n", false);
-    assert_eq!((a.framing, a.reusable), (Framing::Empty, true));
+    let a = answer(
+        "HTTP/1.1 204 No Content\r\nContent-Length: 3\r\n\r\n",
+        false,
+    );
+    assert_eq!(
+        (a.framing, a.reusable, a.declared_length),
+        (Framing::Empty, true, None)
+    );
+    let a = answer("HTTP/1.1 200 OK\r\nContent-Length: 5, 5\r\n\r\n", false);
+    assert_eq!(a.framing, Framing::Length(5));
     let a = answer(
         "HTTP/1.1 304 Not Modified\r\nContent-Length: 9\r\n\r\n",
         false,
@@ -124,6 +132,8 @@ fn ambiguous_or_broken_answers_are_refused() {
         "HTTP/1.1 200 OK\r\nTransfer-Encoding: gzip, chunked\r\n\r\n",
         "HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\nTransfer-Encoding: chunked\r\n\r\n",
         "HTTP/1.1 101 Switching Protocols\r\n\r\n",
+        "HTTP/1.1 099 Low\r\nContent-Length: 0\r\n\r\n",
+        "HTTP/1.1 200 OK\r\nContent-Length: 5, 6\r\n\r\n",
         "HTTP/1.1 200 OK\r\nBad Header: x\r\n\r\n",
         "SSH-2.0-OpenSSH\r\n\r\n",
     ] {
@@ -211,4 +221,23 @@ fn broken_chunked_bodies_are_errors() {
     }
     let long = format!("1;{}\r\nx\r\n0\r\n\r\n", "e".repeat(MAX_CHUNK_LINE));
     assert!(decode(long.as_bytes(), 64).is_err());
+    // Trailers just over their limit are an error, whatever the pieces (never a panic or a
+    // limit that wraps around).
+    for filler in [MAX_TRAILERS - 4, MAX_TRAILERS - 3, MAX_TRAILERS] {
+        let body = format!("0\r\na:{}\r\nb: c\r\n\r\n", "b".repeat(filler));
+        for step in [1, 7, 4096, body.len()] {
+            assert!(decode(body.as_bytes(), step).is_err(), "{filler} by {step}");
+        }
+    }
+}
+
+#[test]
+fn lines_of_just_the_limit_decode_even_when_split_between_cr_and_lf() {
+    // A chunk-size line of MAX_CHUNK_LINE bytes, its CR the last byte of a piece.
+    let line = format!("1;{}", "e".repeat(MAX_CHUNK_LINE - 2));
+    let body = format!("{line}\r\nx\r\n0\r\n\r\n");
+    let mut chunks = Chunks::default();
+    let first = &body.as_bytes()[..MAX_CHUNK_LINE + 1];
+    assert_eq!(chunks.next(first).unwrap(), (0, Chunk::More));
+    assert_eq!(decode(body.as_bytes(), MAX_CHUNK_LINE + 1).unwrap(), b"x");
 }

@@ -30,6 +30,7 @@
 mod guard;
 mod h1;
 mod relay;
+mod rewind;
 mod service;
 mod tls;
 

@@ -60,12 +60,14 @@ pub(super) async fn serve_connection<IO>(
             Some(plan) => relayable(&st, &buf, plan).await,
             None => None,
         };
-        let (Some(plan), Some(ready)) = (plan, ready) else {
+        let (Some(plan), Some((ready, creds))) = (plan, ready) else {
             return hand_over(io, buf.freeze(), st, stop).await;
         };
-        let keep = relay(&mut io, &buf, &plan, ready, &mut scratch).await;
+        // Once the proxy is stopping, this answer is the connection's last.
+        let close = plan.close || *stop.borrow();
+        let keep = relay(&mut io, &buf, &plan, ready, creds, close, &mut scratch).await;
         buf.advance(plan.len);
-        if !keep || plan.close {
+        if !keep || close {
             let _ = io.shutdown().await;
             return;
         }
@@ -85,7 +87,6 @@ struct Scratch {
 struct Ready {
     conn: Arc<Connection>,
     upstreams: Arc<Upstreams>,
-    creds: Arc<crate::auth::Resolved>,
     uri: http::Uri,
     id: String,
     request_id: String,
@@ -94,7 +95,7 @@ struct Ready {
 
 /// The checks of [`guard::forward`] that a relayed request must pass (every other outcome
 /// is left to it), and the connection it goes to.
-async fn relayable(st: &ProxyState, buf: &[u8], plan: &Plan) -> Option<Ready> {
+async fn relayable(st: &ProxyState, buf: &[u8], plan: &Plan) -> Option<(Ready, Creds)> {
     let host_value = std::str::from_utf8(&buf[plan.host.clone()]).ok()?;
     if !host_value.is_ascii() || !guard::names_the_proxy(st, host_value) {
         return None;
@@ -124,65 +125,65 @@ async fn relayable(st: &ProxyState, buf: &[u8], plan: &Plan) -> Option<Ready> {
     }
     let upstreams = conn.transport.relay_upstreams()?.clone();
     let uri = crate::connection::direct_target(conn.base_url(), &rest)?;
-    let creds = conn.credentials(false).await.ok()?;
-    if creds.identity.is_some() {
+    // A failure is answered here (fetching again on hyper's path would ask twice).
+    let creds = conn.credentials(false).await;
+    if creds.as_ref().is_ok_and(|c| c.identity.is_some()) {
         return None;
     }
     let given = plan.request_id.clone().map(|r| &buf[r]);
-    Some(Ready {
+    let ready = Ready {
         request_id: super::service::request_id_of(given),
         meters: st.meters.of(id),
         id: id.to_string(),
         conn,
         upstreams,
-        creds,
         uri,
-    })
+    };
+    Some((ready, creds))
 }
+
+/// The connection's credentials, or why there are none.
+type Creds = Result<Arc<crate::auth::Resolved>, crate::Error>;
 
 /// Relays one request and writes its answer; `false` when the caller's connection must
 /// close (a write failed, or the answer's body could not be passed on whole).
-async fn relay<IO>(io: &mut IO, buf: &[u8], plan: &Plan, r: Ready, s: &mut Scratch) -> bool
+async fn relay<IO>(
+    io: &mut IO,
+    buf: &[u8],
+    plan: &Plan,
+    r: Ready,
+    creds: Creds,
+    close: bool,
+    s: &mut Scratch,
+) -> bool
 where
     IO: AsyncWrite + Unpin,
 {
     let settings = r.conn.transport.settings();
     let started = Instant::now();
     let total = settings.request_timeout.map(|t| started + t);
-    let mut creds = r.creds.clone();
-    let mut answer = exchange(&r, &creds, buf, plan, s, total).await;
-    if matches!(&answer, Ok((_, a)) if a.status == 401) {
-        match r.conn.renew_after_401(&creds).await {
-            Ok(Some(fresh)) => {
-                creds = fresh;
-                answer = exchange(&r, &creds, buf, plan, s, total).await;
-            }
-            Ok(None) => {}
-            Err(e) => answer = Err(e),
-        }
-    }
+    let answer = match creds {
+        Ok(creds) => exchange_renewing(&r, &creds, buf, plan, s, total).await,
+        Err(e) => Err(e),
+    };
     let meters = &r.meters;
     let (upstream, head) = match answer {
         Ok(a) => a,
         Err(e) => {
             let resp = guard::failed(&|t: &str| r.conn.redact(t), &r.id, &r.request_id, meters, e);
-            return write_response(io, resp, &r.request_id, &mut s.out).await;
+            let out = &mut s.out;
+            return write_response(io, resp, &r.request_id, plan.head, close, out).await;
         }
     };
     let took = started.elapsed();
+    crate::transport::log_http(settings, &http::Method::GET, &r.uri, head.status, started);
     let class = super::service::status_class(head.status);
     meters.request(class);
     meters.upstream(class, took);
     tracing::info!(request_id = %r.request_id, connection = %r.id, status = head.status,
         ms = took.as_millis() as u64, "answered");
     s.out.clear();
-    h1::answer_head(
-        &mut s.out,
-        &head,
-        &s.answer,
-        r.request_id.as_bytes(),
-        plan.close,
-    );
+    h1::answer_head(&mut s.out, &head, &s.answer, r.request_id.as_bytes(), close);
     s.answer.advance(head.len);
     let bytes = meters.bytes();
     let timers = BodyTimers {
@@ -193,14 +194,35 @@ where
     match passed {
         Ok(Some(upstream)) => {
             r.upstreams.checkin(upstream);
-            head.framing != Framing::Close
+            true
         }
-        Ok(None) => head.framing != Framing::Close,
+        Ok(None) => true,
         Err(e) => {
             tracing::warn!(request_id = %r.request_id, connection = %r.id,
                 "the answer's body was cut off: {e}");
             false
         }
+    }
+}
+
+/// [`exchange`] with the 401 rule of [`Connection::send_streaming`]: after a 401 to
+/// credentials that were sent, fresh ones are fetched and, if they differ, the request is
+/// sent once more (the 401's connection is dropped unread).
+async fn exchange_renewing(
+    r: &Ready,
+    creds: &Arc<crate::auth::Resolved>,
+    buf: &[u8],
+    plan: &Plan,
+    s: &mut Scratch,
+    total: Option<Instant>,
+) -> Result<(UpstreamIo, h1::Answer), crate::Error> {
+    let answer = exchange(r, creds, buf, plan, s, total).await?;
+    if answer.1.status != 401 {
+        return Ok(answer);
+    }
+    match r.conn.renew_after_401(creds).await? {
+        Some(fresh) => exchange(r, &fresh, buf, plan, s, total).await,
+        None => Ok(answer),
     }
 }
 
@@ -217,17 +239,25 @@ async fn exchange(
     let settings = r.conn.transport.settings();
     request_head(&mut s.out, r, creds, buf, plan);
     let mut fresh = false;
+    // Connecting counts too, as on the direct path: the answer's head is due by then.
+    let head_by = crate::transport::deadline(Instant::now() + settings.read_timeout, total);
+    let timed_out = || {
+        r.conn
+            .transport_error(crate::transport::timeout_of(settings, total, head_by))
+    };
     loop {
-        let (mut up, reused) = match r.upstreams.checkout().filter(|_| !fresh) {
+        let pooled = if fresh { None } else { r.upstreams.checkout() };
+        let (mut up, reused) = match pooled {
             Some(up) => (up, true),
             None => {
-                let up = r.upstreams.connect(&r.uri, settings).await;
-                (up.map_err(|e| r.conn.transport_error(e))?, false)
+                let connecting = r.upstreams.connect(&r.uri, settings);
+                match tokio::time::timeout_at(head_by.into(), connecting).await {
+                    Ok(up) => (up.map_err(|e| r.conn.transport_error(e))?, false),
+                    Err(_) => return Err(timed_out()),
+                }
             }
         };
         s.answer.clear();
-        let started = Instant::now();
-        let head_by = crate::transport::deadline(started + settings.read_timeout, total);
         let sent = tokio::time::timeout_at(
             head_by.into(),
             send_and_read_head(&mut up, &s.out, &mut s.answer, plan.head),
@@ -238,10 +268,7 @@ async fn exchange(
             // A pooled connection the server had closed: nothing was answered, send again.
             Ok(Err(Sent::Closed)) if reused && s.answer.is_empty() => fresh = true,
             Ok(Err(e)) => return Err(r.conn.transport_error(e.into_error())),
-            Err(_) => {
-                let e = crate::transport::timeout_of(settings, total, head_by);
-                return Err(r.conn.transport_error(e));
-            }
+            Err(_) => return Err(timed_out()),
         }
     }
 }
@@ -369,9 +396,11 @@ async fn pass_body<IO: AsyncWrite + Unpin>(
             }
             Framing::Chunked => decode_chunks(&mut chunks, s, bytes)?,
             Framing::Close => {
-                bytes.increment(s.answer.len() as u64);
-                s.out.extend_from_slice(&s.answer);
-                s.answer.clear();
+                if !s.answer.is_empty() {
+                    bytes.increment(s.answer.len() as u64);
+                    chunk(&mut s.out, &s.answer);
+                    s.answer.clear();
+                }
                 false
             }
         };
@@ -385,7 +414,14 @@ async fn pass_body<IO: AsyncWrite + Unpin>(
             return Ok(clean.then_some(up));
         }
         match read_more(&mut up, &mut s.answer, timers).await? {
-            0 if head.framing == Framing::Close => return Ok(None),
+            // The server's close ends this body (and only a clean close: an error or a TLS
+            // end without close_notify leaves the caller's body unterminated, as cut off).
+            0 if head.framing == Framing::Close => {
+                io.write_all(b"0\r\n\r\n")
+                    .await
+                    .map_err(|e| e.to_string())?;
+                return Ok(None);
+            }
             0 => return Err("the server closed the connection".into()),
             _ => {}
         }
@@ -402,10 +438,7 @@ fn decode_chunks(
         let (used, found) = chunks.next(&s.answer)?;
         if let Chunk::Data(range) = &found {
             let data = &s.answer[range.clone()];
-            s.out
-                .extend_from_slice(format!("{:x}\r\n", data.len()).as_bytes());
-            s.out.extend_from_slice(data);
-            s.out.extend_from_slice(b"\r\n");
+            chunk(&mut s.out, data);
             bytes.increment(data.len() as u64);
         }
         s.answer.advance(used);
@@ -418,6 +451,13 @@ fn decode_chunks(
             }
         }
     }
+}
+
+/// Writes `data` (not empty) as one chunk.
+fn chunk(out: &mut Vec<u8>, data: &[u8]) {
+    out.extend_from_slice(format!("{:x}\r\n", data.len()).as_bytes());
+    out.extend_from_slice(data);
+    out.extend_from_slice(b"\r\n");
 }
 
 /// Reads more of the body, within `read-timeout` and what is left of `request-timeout`.
@@ -438,12 +478,14 @@ async fn read_more(
     }
 }
 
-/// Writes an answer made by the proxy (an error) with its request id; `false` when the
-/// caller's connection failed.
+/// Writes an answer made by the proxy (an error) with its request id, without its body for
+/// a `HEAD`; `false` when the caller's connection failed.
 async fn write_response<IO: AsyncWrite + Unpin>(
     io: &mut IO,
     resp: axum::response::Response,
     request_id: &str,
+    head: bool,
+    close: bool,
     out: &mut Vec<u8>,
 ) -> bool {
     use http_body_util::BodyExt as _;
@@ -466,8 +508,13 @@ async fn write_response<IO: AsyncWrite + Unpin>(
     }
     h1::header(out, b"content-length", body.len().to_string().as_bytes());
     h1::header(out, super::REQUEST_ID.as_bytes(), request_id.as_bytes());
+    if close {
+        h1::header(out, b"connection", b"close");
+    }
     out.extend_from_slice(b"\r\n");
-    out.extend_from_slice(&body);
+    if !head {
+        out.extend_from_slice(&body);
+    }
     io.write_all(out).await.is_ok()
 }
 
@@ -477,7 +524,7 @@ async fn hand_over<IO>(io: IO, read: Bytes, st: ProxyState, mut stop: watch::Rec
 where
     IO: AsyncRead + AsyncWrite + Unpin + Send + 'static,
 {
-    let io = hyper_util::rt::TokioIo::new(Rewind { read, io });
+    let io = hyper_util::rt::TokioIo::new(super::rewind::Rewind::new(read, io));
     let service = hyper::service::service_fn(move |req: http::Request<hyper::body::Incoming>| {
         let st = st.clone();
         async move {
@@ -497,62 +544,4 @@ where
     }
     conn.as_mut().graceful_shutdown();
     let _ = conn.await;
-}
-
-/// A stream that yields `read` before what `io` reads.
-struct Rewind<IO> {
-    read: Bytes,
-    io: IO,
-}
-
-impl<IO: AsyncRead + Unpin> AsyncRead for Rewind<IO> {
-    fn poll_read(
-        mut self: std::pin::Pin<&mut Self>,
-        cx: &mut std::task::Context<'_>,
-        buf: &mut tokio::io::ReadBuf<'_>,
-    ) -> std::task::Poll<std::io::Result<()>> {
-        if !self.read.is_empty() {
-            let n = self.read.len().min(buf.remaining());
-            buf.put_slice(&self.read[..n]);
-            self.read.advance(n);
-            return std::task::Poll::Ready(Ok(()));
-        }
-        std::pin::Pin::new(&mut self.io).poll_read(cx, buf)
-    }
-}
-
-impl<IO: AsyncWrite + Unpin> AsyncWrite for Rewind<IO> {
-    fn poll_write(
-        mut self: std::pin::Pin<&mut Self>,
-        cx: &mut std::task::Context<'_>,
-        buf: &[u8],
-    ) -> std::task::Poll<std::io::Result<usize>> {
-        std::pin::Pin::new(&mut self.io).poll_write(cx, buf)
-    }
-
-    fn poll_write_vectored(
-        mut self: std::pin::Pin<&mut Self>,
-        cx: &mut std::task::Context<'_>,
-        bufs: &[std::io::IoSlice<'_>],
-    ) -> std::task::Poll<std::io::Result<usize>> {
-        std::pin::Pin::new(&mut self.io).poll_write_vectored(cx, bufs)
-    }
-
-    fn is_write_vectored(&self) -> bool {
-        self.io.is_write_vectored()
-    }
-
-    fn poll_flush(
-        mut self: std::pin::Pin<&mut Self>,
-        cx: &mut std::task::Context<'_>,
-    ) -> std::task::Poll<std::io::Result<()>> {
-        std::pin::Pin::new(&mut self.io).poll_flush(cx)
-    }
-
-    fn poll_shutdown(
-        mut self: std::pin::Pin<&mut Self>,
-        cx: &mut std::task::Context<'_>,
-    ) -> std::task::Poll<std::io::Result<()>> {
-        std::pin::Pin::new(&mut self.io).poll_shutdown(cx)
-    }
 }

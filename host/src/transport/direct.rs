@@ -223,7 +223,13 @@ pub(crate) async fn send(
 }
 
 /// The `http` lines of the reqwest path: debug, and info for `enable-debug-logging`.
-fn log(settings: &ConnectionSettings, method: &Method, uri: &Uri, status: u16, started: Instant) {
+pub(crate) fn log(
+    settings: &ConnectionSettings,
+    method: &Method,
+    uri: &Uri,
+    status: u16,
+    started: Instant,
+) {
     let debug = tracing::enabled!(tracing::Level::DEBUG);
     if !(debug || settings.host.enable_debug_logging) {
         return;
