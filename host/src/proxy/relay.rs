@@ -176,7 +176,12 @@ where
         }
     };
     let took = started.elapsed();
-    crate::transport::log_http(settings, &http::Method::GET, &r.uri, head.status, started);
+    let method = if plan.head {
+        http::Method::HEAD
+    } else {
+        http::Method::GET
+    };
+    crate::transport::log_http(settings, &method, &r.uri, head.status, started);
     let class = super::service::status_class(head.status);
     meters.request(class);
     meters.upstream(class, took);
