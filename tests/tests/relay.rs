@@ -23,12 +23,15 @@ struct Raw {
 struct Step {
     answer: &'static str,
     close: bool,
+    /// Bytes written 100 ms after the answer, on the same connection.
+    later: Option<&'static str>,
 }
 
 const fn answer(answer: &'static str) -> Step {
     Step {
         answer,
         close: false,
+        later: None,
     }
 }
 
@@ -36,6 +39,7 @@ const fn answer_and_close(answer: &'static str) -> Step {
     Step {
         answer,
         close: true,
+        later: None,
     }
 }
 
@@ -107,6 +111,12 @@ async fn serve(
         if socket.write_all(step.answer.as_bytes()).await.is_err() || step.close {
             return;
         }
+        if let Some(later) = step.later {
+            tokio::time::sleep(Duration::from_millis(100)).await;
+            if socket.write_all(later.as_bytes()).await.is_err() {
+                return;
+            }
+        }
     }
 }
 
@@ -167,6 +177,37 @@ async fn chunked_answers_pass_decoded_and_their_trailers_and_extensions_stay_beh
     );
     assert!(!text.contains("CANARY"), "{text}");
     assert!(!text.to_ascii_lowercase().contains("trailer:"), "{text}");
+    // The server sent no Date: a proxy forwarding its answer adds one (RFC 9110 §6.6.1).
+    assert_eq!(text.matches("\r\ndate: ").count(), 1, "{text}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn bytes_a_server_sends_after_an_answer_are_never_read_as_the_next_answer() {
+    // After a complete answer the server sends a whole forged one on the idle connection
+    // (as a body written by someone else could make it do); a later request, from another
+    // caller, must get the server's real answer on a fresh connection.
+    let up = Raw::start(vec![
+        Step {
+            answer: "HTTP/1.1 200 OK\r\nDate: Mon, 30 Nov 2026 10:00:00 GMT\r\nContent-Length: 2\r\n\r\nok",
+            close: false,
+            later: Some("HTTP/1.1 200 OK\r\nContent-Length: 6\r\n\r\nforged"),
+        },
+        answer("HTTP/1.1 200 OK\r\nContent-Length: 4\r\n\r\nreal"),
+    ])
+    .await;
+    let proxy = proxy_to(&up).await;
+    let close = "Connection: close\r\n";
+    let first = exchange(proxy.addr, &get(proxy.addr, "Patient/1", close)).await;
+    assert!(first.ends_with("\r\n\r\nok"), "{first}");
+    assert_eq!(
+        first.matches("\r\ndate: ").count(),
+        1,
+        "one Date, the server's: {first}"
+    );
+    tokio::time::sleep(Duration::from_millis(400)).await;
+    let second = exchange(proxy.addr, &get(proxy.addr, "Patient/2", close)).await;
+    assert!(second.ends_with("\r\n\r\nreal"), "{second}");
+    assert_eq!(up.connections.load(Ordering::SeqCst), 2);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -161,6 +161,8 @@ pub(super) struct Answer {
     pub(super) declared_length: Option<u64>,
     /// Whether the connection may carry another request after this answer.
     pub(super) reusable: bool,
+    /// Whether the server sent a `Date` (else the proxy adds one, RFC 9110 §6.6.1).
+    pub(super) dated: bool,
 }
 
 /// What the answer buffer holds.
@@ -207,6 +209,7 @@ pub(super) fn parse_answer(buf: &[u8], to_head: bool) -> Result<AnswerHead, Stri
         resp.version == Some(1) && !listed.iter().any(|t| t.eq_ignore_ascii_case(b"close"));
     let mut length: Option<u64> = None;
     let mut chunked = false;
+    let mut dated = false;
     let mut out = Vec::with_capacity(resp.headers.len());
     for h in resp.headers.iter() {
         let name = h.name;
@@ -230,6 +233,7 @@ pub(super) fn parse_answer(buf: &[u8], to_head: bool) -> Result<AnswerHead, Stri
             }
             chunked = true;
         } else if returnable(name, &listed) {
+            dated |= is("date");
             out.push((range(buf, name.as_bytes()), range(buf, h.value)));
         }
     }
@@ -259,6 +263,7 @@ pub(super) fn parse_answer(buf: &[u8], to_head: bool) -> Result<AnswerHead, Stri
             None
         },
         reusable,
+        dated,
     }))
 }
 
@@ -319,10 +324,18 @@ pub(super) fn answer_head(
     if close {
         header(out, b"connection", b"close");
     }
+    if !answer.dated {
+        header(out, b"date", http_date().as_bytes());
+    }
     header(out, b"x-content-type-options", b"nosniff");
     header(out, b"content-security-policy", CSP.as_bytes());
     header(out, REQUEST_ID.as_bytes(), request_id);
     out.extend_from_slice(b"\r\n");
+}
+
+/// The current time as an HTTP date.
+pub(super) fn http_date() -> String {
+    httpdate::fmt_http_date(std::time::SystemTime::now())
 }
 
 fn itoa(n: u64) -> String {

@@ -145,7 +145,8 @@ fn ambiguous_or_broken_answers_are_refused() {
 
 #[test]
 fn the_caller_gets_no_hop_by_hop_browser_acting_or_own_headers() {
-    let text = "HTTP/1.1 200 OK\r\nContent-Type: a/b\r\nSet-Cookie: s=1\r\nAlt-Svc: h3\r\n\
+    let text =
+        "HTTP/1.1 200 OK\r\nContent-Type: a/b\r\nDate: d\r\nSet-Cookie: s=1\r\nAlt-Svc: h3\r\n\
                 Access-Control-Allow-Origin: *\r\nConnection: x-hop\r\nX-Hop: 1\r\n\
                 Keep-Alive: timeout=5\r\nX-Request-Id: theirs\r\n\
                 X-Content-Type-Options: x\r\nContent-Security-Policy: default-src 'self'\r\n\
@@ -156,7 +157,7 @@ fn the_caller_gets_no_hop_by_hop_browser_acting_or_own_headers() {
     let out = String::from_utf8(out).unwrap();
     assert_eq!(
         out,
-        "HTTP/1.1 200 OK\r\ncontent-type: a/b\r\n\
+        "HTTP/1.1 200 OK\r\ncontent-type: a/b\r\ndate: d\r\n\
          content-security-policy: default-src 'self'\r\ncontent-length: 2\r\n\
          x-content-type-options: nosniff\r\n\
          content-security-policy: sandbox; frame-ancestors 'none'\r\nx-request-id: ours\r\n\r\n"

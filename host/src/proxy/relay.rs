@@ -85,6 +85,9 @@ struct Scratch {
 
 /// What a relayed request needs, found before anything is consumed.
 struct Ready {
+    /// When the request was taken (before its credentials: the upstream latency metric
+    /// counts their fetch, as on hyper's path).
+    started: Instant,
     conn: Arc<Connection>,
     upstreams: Arc<Upstreams>,
     uri: http::Uri,
@@ -126,12 +129,14 @@ async fn relayable(st: &ProxyState, buf: &[u8], plan: &Plan) -> Option<(Ready, C
     let upstreams = conn.transport.relay_upstreams()?.clone();
     let uri = crate::connection::direct_target(conn.base_url(), &rest)?;
     // A failure is answered here (fetching again on hyper's path would ask twice).
+    let started = Instant::now();
     let creds = conn.credentials(false).await;
     if creds.as_ref().is_ok_and(|c| c.identity.is_some()) {
         return None;
     }
     let given = plan.request_id.clone().map(|r| &buf[r]);
     let ready = Ready {
+        started,
         request_id: super::service::request_id_of(given),
         meters: st.meters.of(id),
         id: id.to_string(),
@@ -175,7 +180,7 @@ where
             return write_response(io, resp, &r.request_id, plan.head, close, out).await;
         }
     };
-    let took = started.elapsed();
+    let took = r.started.elapsed();
     let method = if plan.head {
         http::Method::HEAD
     } else {
@@ -512,6 +517,7 @@ async fn write_response<IO: AsyncWrite + Unpin>(
         }
     }
     h1::header(out, b"content-length", body.len().to_string().as_bytes());
+    h1::header(out, b"date", h1::http_date().as_bytes());
     h1::header(out, super::REQUEST_ID.as_bytes(), request_id.as_bytes());
     if close {
         h1::header(out, b"connection", b"close");

@@ -49,25 +49,43 @@ impl Upstreams {
             .unwrap_or_else(std::sync::PoisonError::into_inner)
     }
 
-    /// The most recently returned idle connection, if one is young enough.
+    /// The most recently returned idle connection that is young enough and has nothing to
+    /// read: a server's bytes after an answer ended (a `HEAD` answered with a body, say) or
+    /// its close would otherwise be read as the next request's answer.
     pub(crate) fn checkout(&self) -> Option<UpstreamIo> {
         let mut idle = self.idle();
-        let now = Instant::now();
-        // The oldest are first: drop those idle for too long.
-        let stale = idle
-            .iter()
-            .take_while(|(at, _)| now.duration_since(*at) > IDLE_FOR)
-            .count();
-        idle.drain(..stale);
-        idle.pop().map(|(_, io)| io)
+        prune(&mut idle);
+        while let Some((_, mut io)) = idle.pop() {
+            if quiet(&mut io) {
+                return Some(io);
+            }
+        }
+        None
     }
 
     /// Keeps a connection whose last exchange ended cleanly for the next request.
     pub(crate) fn checkin(&self, io: UpstreamIo) {
         let mut idle = self.idle();
+        prune(&mut idle);
         if idle.len() < MAX_IDLE {
             idle.push((Instant::now(), io));
         }
+    }
+
+    /// Closes the connections idle for too long (every few seconds, while `this` lives).
+    fn sweep(this: std::sync::Weak<Self>) {
+        let Ok(runtime) = tokio::runtime::Handle::try_current() else {
+            return;
+        };
+        runtime.spawn(async move {
+            loop {
+                tokio::time::sleep(IDLE_FOR / 4).await;
+                let Some(upstreams) = this.upgrade() else {
+                    return;
+                };
+                prune(&mut upstreams.idle());
+            }
+        });
     }
 
     /// A new connection to `uri`'s origin (DNS, TCP and TLS within `connect-timeout`).
@@ -102,6 +120,28 @@ impl Upstreams {
     }
 }
 
+/// Drops the connections idle for longer than [`IDLE_FOR`] (the oldest come first).
+fn prune(idle: &mut Vec<(Instant, UpstreamIo)>) {
+    let now = Instant::now();
+    let stale = idle
+        .iter()
+        .take_while(|(at, _)| now.duration_since(*at) > IDLE_FOR)
+        .count();
+    idle.drain(..stale);
+}
+
+/// Whether an idle connection has nothing to read (no bytes, no end, no error), polled once
+/// without waiting.
+fn quiet(io: &mut UpstreamIo) -> bool {
+    use tokio::io::AsyncRead as _;
+    let mut byte = [0u8; 1];
+    let mut buf = tokio::io::ReadBuf::new(&mut byte);
+    let mut cx = std::task::Context::from_waker(std::task::Waker::noop());
+    std::pin::Pin::new(io)
+        .poll_read(&mut cx, &mut buf)
+        .is_pending()
+}
+
 impl super::Transport {
     /// The relay's connections to this connection's server, or `None` when its requests
     /// must take another path (an HTTP proxy applies, or the TLS set-up cannot be built:
@@ -117,7 +157,9 @@ impl super::Transport {
                 let verifier = self.pool.verifier(&self.key).ok()?;
                 let mut tls = super::roots::client_config(verifier, None).ok()?;
                 tls.alpn_protocols = vec![b"http/1.1".to_vec()];
-                Some(Arc::new(Upstreams::new(&self.settings, tls)))
+                let upstreams = Arc::new(Upstreams::new(&self.settings, tls));
+                Upstreams::sweep(Arc::downgrade(&upstreams));
+                Some(upstreams)
             })
             .as_ref()
     }
