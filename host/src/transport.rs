@@ -10,7 +10,9 @@ mod roots;
 mod sign;
 
 pub use classify::describe_tls;
-pub(crate) use direct::{deadline, log as log_http, timeout as timeout_of, DirectRequest};
+pub(crate) use direct::{
+    deadline, default_port, log as log_http, timeout as timeout_of, DirectRequest,
+};
 pub use direct::{Streamed, StreamedBody};
 pub(crate) use pool::warm_up;
 pub use pool::{ClientKey, ClientPool, IdentityKey};

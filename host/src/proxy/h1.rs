@@ -305,7 +305,7 @@ pub(super) fn answer_head(
         .and_then(|s| s.canonical_reason())
         .unwrap_or("");
     out.extend_from_slice(b"HTTP/1.1 ");
-    out.extend_from_slice(itoa(answer.status.into()).as_bytes());
+    out.extend_from_slice(answer.status.to_string().as_bytes());
     out.push(b' ');
     out.extend_from_slice(reason.as_bytes());
     out.extend_from_slice(b"\r\n");
@@ -314,7 +314,7 @@ pub(super) fn answer_head(
     }
     match (answer.framing, answer.declared_length) {
         (Framing::Length(n), _) | (Framing::Empty, Some(n)) => {
-            header(out, b"content-length", itoa(n).as_bytes())
+            header(out, b"content-length", n.to_string().as_bytes())
         }
         // A body the server ends by closing goes on chunked: its end is then the final
         // chunk, and a cut-off one cannot look complete.
@@ -336,10 +336,6 @@ pub(super) fn answer_head(
 /// The current time as an HTTP date.
 pub(super) fn http_date() -> String {
     httpdate::fmt_http_date(std::time::SystemTime::now())
-}
-
-fn itoa(n: u64) -> String {
-    n.to_string()
 }
 
 /// A strict decoder of a chunked body (RFC 9112 §7.1): sizes in hex with optional

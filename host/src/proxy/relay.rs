@@ -338,11 +338,8 @@ fn request_head(
     out.extend_from_slice(target.as_bytes());
     out.extend_from_slice(b" HTTP/1.1\r\n");
     let host = r.uri.host().unwrap_or_default();
-    let default_port = match r.uri.scheme_str() {
-        Some("https") => 443,
-        _ => 80,
-    };
-    match r.uri.port_u16().filter(|p| *p != default_port) {
+    let default_port = crate::transport::default_port(&r.uri);
+    match r.uri.port_u16().filter(|p| Some(*p) != default_port) {
         Some(p) => h1::header(out, b"host", format!("{host}:{p}").as_bytes()),
         None => h1::header(out, b"host", host.as_bytes()),
     }

@@ -105,9 +105,7 @@ impl super::Transport {
         identity: Option<&ClientIdentity>,
     ) -> Result<Option<DirectClient>, super::ClientError> {
         let plain = self.direct.get_or_init(|| {
-            let allowed = self.settings.proxy.is_none()
-                && super::pool::env_proxies().is_ok_and(|p| p.is_empty());
-            if allowed {
+            if self.goes_direct() {
                 self.pool
                     .get_or_build_direct(self.key.clone(), || self.build_direct(None))
                     .ok()
@@ -128,6 +126,12 @@ impl super::Transport {
                     .map(Some)
             }
         }
+    }
+
+    /// Whether no HTTP proxy applies to this connection (none configured, none in the
+    /// environment): its requests may go straight to the server.
+    pub(crate) fn goes_direct(&self) -> bool {
+        self.settings.proxy.is_none() && super::pool::env_proxies().is_ok_and(|p| p.is_empty())
     }
 
     fn build_direct(
@@ -275,22 +279,38 @@ fn classify_direct(
     settings: &ConnectionSettings,
     started: Instant,
 ) -> TransportError {
-    let port = uri.port_u16().or(match uri.scheme_str() {
-        Some("https") => Some(443),
-        Some("http") => Some(80),
-        _ => None,
-    });
+    classify_at(e, uri, e.is_connect(), settings, started)
+}
+
+/// Classifies an error of an exchange with `uri` that started at `started` (`connect`: it
+/// happened while connecting), for the direct path and the proxy's relay.
+pub(crate) fn classify_at(
+    e: &(dyn std::error::Error + 'static),
+    uri: &Uri,
+    connect: bool,
+    settings: &ConnectionSettings,
+    started: Instant,
+) -> TransportError {
     classify::classify_error_of(
         e,
         classify::Facts {
             host: uri.host().unwrap_or_default(),
-            port,
-            connect: e.is_connect(),
+            port: uri.port_u16().or(default_port(uri)),
+            connect,
             timeout: false,
             elapsed: Some(started.elapsed()),
         },
         settings,
     )
+}
+
+/// The port of `uri`'s scheme (80 for `http`, 443 for `https`).
+pub(crate) fn default_port(uri: &Uri) -> Option<u16> {
+    match uri.scheme_str() {
+        Some("https") => Some(443),
+        Some("http") => Some(80),
+        _ => None,
+    }
 }
 
 /// The body of a [`Streamed`] answer: read as it arrives; an idle gap longer than

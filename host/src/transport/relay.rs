@@ -7,7 +7,7 @@
 //! Only connections that the direct path would serve get one: no HTTP proxy applies and no
 //! client identity is presented (those take the hyper-util or reqwest path).
 
-use super::{classify, TransportError};
+use super::TransportError;
 use crate::config::ConnectionSettings;
 use http::Uri;
 use std::sync::{Arc, Mutex};
@@ -99,23 +99,9 @@ impl Upstreams {
         let mut connector = self.connector.clone();
         match connector.call(uri.clone()).await {
             Ok(io) => Ok(hyper_util::rt::TokioIo::new(io)),
-            Err(e) => {
-                let port = uri.port_u16().or(match uri.scheme_str() {
-                    Some("https") => Some(443),
-                    _ => Some(80),
-                });
-                Err(classify::classify_error_of(
-                    &*e,
-                    classify::Facts {
-                        host: uri.host().unwrap_or_default(),
-                        port,
-                        connect: true,
-                        timeout: false,
-                        elapsed: Some(started.elapsed()),
-                    },
-                    settings,
-                ))
-            }
+            Err(e) => Err(super::direct::classify_at(
+                &*e, uri, true, settings, started,
+            )),
         }
     }
 }
@@ -149,9 +135,7 @@ impl super::Transport {
     pub(crate) fn relay_upstreams(&self) -> Option<&Arc<Upstreams>> {
         self.relay
             .get_or_init(|| {
-                let allowed = self.settings.proxy.is_none()
-                    && super::pool::env_proxies().is_ok_and(|p| p.is_empty());
-                if !allowed {
+                if !self.goes_direct() {
                     return None;
                 }
                 let verifier = self.pool.verifier(&self.key).ok()?;
